@@ -1,0 +1,264 @@
+//! Command-line definitions (clap). The man pages and shell completions are generated from
+//! these by the hidden `generate` subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub const AFTER_HELP: &str = "\
+EXIT STATUS:
+  0  success
+  1  verify found differences (not repaired)
+  2  usage error or invalid input (nothing was changed)
+  3  done, but the mirror is degraded (a secondary failed or is out of sync)
+  4  I/O error on the primary, or unreadable metadata
+  5  busy: another mirrorctl holds the mirror's lock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mirrorctl",
+    version,
+    about = "Synchronously mirror a disk image to secondaries, with fracture and write-intent logs",
+    long_about = "mirrorctl keeps a primary disk image (an image file or a raw block device) \
+synchronously mirrored to one or more secondary images. Every write is durable on the primary \
+and on every in-sync secondary before a command reports success. When a secondary fails or is \
+fractured on purpose, the regions that change are tracked in its fracture log, so that resync \
+copies only those. A write-intent log bounds what a crash can leave different.",
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g.
+    /// 30s, 5m; without a value, as long as it takes) instead of exiting with status 5.
+    #[arg(long, global = true, value_name = "DURATION", num_args = 0..=1,
+          default_missing_value = "forever", require_equals = true)]
+    pub wait: Option<String>,
+
+    /// Never draw progress bars (they are drawn only when stderr is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a mirror: write a primary header onto an image file or block device.
+    #[command(after_help = AFTER_HELP)]
+    Create(CreateArgs),
+    /// Show the mirror's geometry, legs, out-of-sync regions and pending write intents.
+    #[command(after_help = AFTER_HELP)]
+    Status(StatusArgs),
+    /// Add a secondary image (file, created sparse if missing, or block device) and sync it.
+    #[command(after_help = AFTER_HELP)]
+    Attach(AttachArgs),
+    /// Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit.
+    #[command(after_help = AFTER_HELP)]
+    Write(WriteArgs),
+    /// Read the mirror's data area (from an in-sync secondary if the primary fails).
+    #[command(after_help = AFTER_HELP)]
+    Read(ReadArgs),
+    /// Stop writing to a secondary on purpose; its changed regions are tracked for resync.
+    #[command(after_help = AFTER_HELP)]
+    Fracture(FractureArgs),
+    /// Copy exactly the out-of-sync regions to secondaries and mark them in sync.
+    #[command(after_help = AFTER_HELP)]
+    Resync(ResyncArgs),
+    /// Remove a secondary from the mirror and free its slot.
+    #[command(after_help = AFTER_HELP)]
+    Detach(DetachArgs),
+    /// Compare the primary with its secondaries region by region (blake3) and report every
+    /// differing range; repair on request; scrub in budgeted steps from cron.
+    #[command(after_help = AFTER_HELP)]
+    Verify(VerifyArgs),
+    /// Write man pages and shell completions (for packaging and the repository).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Image file or block device to become the primary. A missing file is created sparse.
+    pub image: PathBuf,
+    /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
+    /// or device is used whole.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Bytes tracked by one bitmap bit: a power of two from 4K to 64M.
+    #[arg(long, value_name = "SIZE", default_value = "64K")]
+    pub region_size: String,
+    /// Number of secondary slots (1 to 32).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_secondaries: u32,
+    /// Overwrite an existing mirrorctl header or other data in the metadata area, and grow a
+    /// regular file that is too small for --size.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The primary (or any image of a mirror).
+    pub image: PathBuf,
+    /// Print a JSON document with stable field names (see README).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 3 if the mirror is not fully in sync.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub primary: PathBuf,
+    /// Secondary image: a file (created sparse at the right size if missing) or block device.
+    pub secondary: String,
+    /// Do not copy now: leave the regions for `mirrorctl resync`.
+    #[arg(long, conflicts_with = "assume_clean")]
+    pub no_sync: bool,
+    /// Declare the secondary identical to the primary already: copy nothing.
+    #[arg(long)]
+    pub assume_clean: bool,
+    /// Overwrite a secondary that belongs to another mirror or holds an unreadable header.
+    #[arg(long)]
+    pub force: bool,
+    /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
+    #[arg(long, value_name = "SIZE/s")]
+    pub rate: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Make data durable at the end (and at every write-intent window).
+    End,
+    /// Make every chunk durable before the next one.
+    Always,
+    /// Make data durable every SIZE bytes.
+    Every(u64),
+}
+
+pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
+    match s {
+        "end" => Ok(FlushPolicy::End),
+        "always" => Ok(FlushPolicy::Always),
+        _ => match s.strip_prefix("every=") {
+            Some(v) => {
+                let n = crate::units::parse_size(v)?;
+                if n == 0 {
+                    return Err("--flush every=SIZE needs a size above zero".into());
+                }
+                Ok(FlushPolicy::Every(n))
+            }
+            None => Err(format!(
+                "invalid flush policy '{s}': use end, always or every=SIZE (e.g. every=64M)"
+            )),
+        },
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WriteArgs {
+    pub primary: PathBuf,
+    /// Byte offset in the data area where writing starts.
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    pub offset: String,
+    /// Read from FILE instead of stdin (`-` is stdin).
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Write at most this many bytes (the input must hold at least that many).
+    #[arg(long, value_name = "SIZE")]
+    pub length: Option<String>,
+    /// When legs are made durable: end, always, or every=SIZE. Exit 0 always means every
+    /// byte is durable on every in-sync leg.
+    #[arg(long, value_name = "POLICY", default_value = "end", value_parser = parse_flush)]
+    pub flush: FlushPolicy,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    pub primary: PathBuf,
+    #[arg(long, value_name = "SIZE", default_value = "0")]
+    pub offset: String,
+    /// Bytes to read (default: to the end of the data area).
+    #[arg(long, value_name = "SIZE")]
+    pub length: Option<String>,
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FractureArgs {
+    pub primary: PathBuf,
+    /// Secondary path as given at attach, or its slot number.
+    pub secondary: String,
+    /// Why (recorded and shown by status).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResyncArgs {
+    pub primary: PathBuf,
+    /// Secondaries (paths or slot numbers); default: every leg with something to copy.
+    pub secondaries: Vec<String>,
+    /// Limit copying to this many bytes per second (e.g. 50M/s).
+    #[arg(long, value_name = "SIZE/s")]
+    pub rate: Option<String>,
+    /// Print the regions and bytes that would be copied; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    pub primary: PathBuf,
+    /// Secondary path as given at attach, or its slot number.
+    pub secondary: String,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    pub primary: PathBuf,
+    /// Secondaries to compare (paths or slot numbers); default: every attached leg
+    /// (fractured legs are reported, not compared).
+    pub secondaries: Vec<String>,
+    /// Copy mismatched regions from the primary in the same run (via the fracture log).
+    #[arg(long)]
+    pub repair: bool,
+    /// Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time
+    /// continues there, so repeated cron runs cover the whole image.
+    #[arg(long, value_name = "DURATION")]
+    pub max_time: Option<String>,
+    /// Start from the beginning instead of the saved cursor.
+    #[arg(long)]
+    pub restart: bool,
+    /// Print a JSON document with every mismatched range.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GenerateWhat {
+    All,
+    Man,
+    Completions,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory holding man/ and completions/ (the repository root).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "all")]
+    pub what: GenerateWhat,
+}

@@ -1,0 +1,975 @@
+//! Subcommands: paths, locking, opening images, progress bars and output. The mirror logic
+//! itself lives in `mirror`.
+
+use crate::bitmap::Bitmaps;
+use crate::cli::{self, Cli, Command};
+use crate::device::{identity, Device, FileDevice};
+use crate::error::{Error, Exit, Result};
+use crate::format::{Leg, LegState, Role, Superblock};
+use crate::image::{Image, ReadError};
+use crate::layout::Geometry;
+use crate::lock::{self, Mode, Wait};
+use crate::mirror::{self, FlushPolicy, Mirror, Opener, Progress};
+use crate::status;
+use crate::units::{format_size, now_unix, parse_rate, parse_size};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Runs a parsed command line and returns the exit status to use.
+pub fn run(cli: Cli) -> Result<Exit> {
+    let ctx = Ctx {
+        wait: lock::parse_wait(cli.wait.as_deref())
+            .map_err(|e| Error::usage(format!("--wait: {e}")))?,
+        progress: !cli.no_progress && io::stderr().is_terminal(),
+    };
+    match cli.command {
+        Command::Create(a) => create(&ctx, a),
+        Command::Status(a) => status_cmd(&ctx, a),
+        Command::Attach(a) => attach(&ctx, a),
+        Command::Write(a) => write(&ctx, a),
+        Command::Read(a) => read(&ctx, a),
+        Command::Fracture(a) => fracture(&ctx, a),
+        Command::Resync(a) => resync(&ctx, a),
+        Command::Detach(a) => detach(&ctx, a),
+        Command::Verify(a) => verify(&ctx, a),
+        Command::Generate(a) => {
+            let written: Vec<PathBuf> =
+                Err::<Vec<PathBuf>, io::Error>(io::Error::other(format!("{:?}", a.what))) // GEN-TODO
+                    .map_err(|e| {
+                        Error::usage(format!("generating into {}: {e}", a.out.display()))
+                    })?;
+            for p in written {
+                println!("{}", p.display());
+            }
+            Ok(Exit::Success)
+        }
+    }
+}
+
+struct Ctx {
+    wait: Wait,
+    progress: bool,
+}
+
+/// Prints the SIGBUS explanation and exits 4: an I/O error on a mapped bitmap page of the
+/// primary arrives as SIGBUS, not as an error return.
+extern "C" fn on_sigbus(_: libc::c_int) {
+    const MSG: &[u8] = b"mirrorctl: I/O error on the primary's bitmap area (SIGBUS while accessing mapped metadata): the primary device failed; nothing more was acknowledged\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::_exit(4);
+    }
+}
+
+pub fn install_sigbus_handler() {
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(libc::SIGBUS, on_sigbus as *const () as libc::sighandler_t);
+    }
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn size_arg(flag: &str, v: &str) -> Result<u64> {
+    parse_size(v).map_err(|e| Error::usage(format!("{flag}: {e}")))
+}
+
+fn open_error(what: &str, path: &Path, e: io::Error) -> Error {
+    let msg = format!("{what} {}: {e}", display(path));
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => {
+            Error::usage(msg)
+        }
+        _ => Error::primary(msg),
+    }
+}
+
+/// Opens secondaries by their recorded path.
+pub struct FileOpener {
+    pub writable: bool,
+}
+
+impl Opener for FileOpener {
+    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        Ok(Arc::new(FileDevice::open(
+            Path::new(location),
+            self.writable,
+        )?))
+    }
+}
+
+/// The primary opened and locked, with its mirror state.
+fn open_mirror(ctx: &Ctx, path: &Path, mode: Mode) -> Result<Mirror> {
+    open_mirror_wait(path, mode, ctx.wait)
+}
+
+fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
+    let writable = mode == Mode::Exclusive;
+    let dev = FileDevice::open(path, writable).map_err(|e| open_error("opening", path, e))?;
+    lock::lock(dev.file().unwrap(), mode, wait, &display(path))?;
+    let dev: Arc<dyn Device> = Arc::new(dev);
+    let m = Mirror::open(
+        dev,
+        &display(path),
+        Arc::new(FileOpener { writable }),
+        writable,
+    )?;
+    Ok(m)
+}
+
+fn print_warnings(m: &mut Mirror) {
+    for w in m.warnings.drain(..) {
+        eprintln!("mirrorctl: {w}");
+    }
+}
+
+/// Degraded (3) if any attached leg is not in sync or has regions to copy.
+fn health_exit(m: &mut Mirror) -> Result<Exit> {
+    let intents = m.pending_intents()?;
+    let mut exit = if intents > 0 {
+        Exit::Degraded
+    } else {
+        Exit::Success
+    };
+    for s in 0..m.geometry().slots {
+        let st = m.sb().legs[s as usize].state;
+        if st == LegState::Empty {
+            continue;
+        }
+        let (n, _) = m.pending_for(s)?;
+        if st != LegState::InSync || n > 0 {
+            exit = Exit::Degraded;
+        }
+    }
+    Ok(exit)
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::output(e.into()))?;
+    writeln!(out).map_err(Error::output)
+}
+
+// ---------------------------------------------------------------------------------------
+// create
+
+#[derive(Serialize)]
+struct CreateOut {
+    path: String,
+    mirror_uuid: String,
+    image_uuid: String,
+    data_offset: u64,
+    data_size: u64,
+    region_size: u64,
+    region_count: u64,
+    max_secondaries: u32,
+}
+
+fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
+    let region_size = size_arg("--region-size", &a.region_size)?;
+    crate::layout::check_region_size(region_size)
+        .map_err(|e| Error::usage(format!("--region-size: {e}")))?;
+    crate::layout::check_slots(a.max_secondaries)
+        .map_err(|e| Error::usage(format!("--max-secondaries: {e}")))?;
+    let size = a
+        .size
+        .as_deref()
+        .map(|s| size_arg("--size", s))
+        .transpose()?;
+    let name = display(&a.image);
+    let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
+    let (dev, created) = if !exists {
+        let Some(size) = size else {
+            return Err(Error::usage(format!(
+                "{name} does not exist: give --size to create a new image file (e.g. --size 10G)"
+            )));
+        };
+        let g = Geometry::for_data_size(size, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("--size: {e}")))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&a.image)
+            .map_err(|e| open_error("creating", &a.image, e))?;
+        let guard = RemoveOnDrop(Some(a.image.clone()));
+        file.set_len(g.total_len())
+            .map_err(|e| Error::usage(format!("sizing {name} to {} bytes: {e}", g.total_len())))?;
+        (
+            FileDevice::from_file(file, &a.image)
+                .map_err(|e| open_error("opening", &a.image, e))?,
+            Some(guard),
+        )
+    } else {
+        (
+            FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?,
+            None,
+        )
+    };
+    lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+    let capacity = dev.len();
+    let g = match size {
+        Some(s) => Geometry::for_data_size(s, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("--size: {e}")))?,
+        None => Geometry::fit(capacity, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("{name}: {e}")))?,
+    };
+    if created.is_none() {
+        let dev_arc: Arc<dyn Device> = Arc::new(
+            FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?,
+        );
+        match Image::read(dev_arc) {
+            Err(ReadError::NotMirrorctl) => {}
+            Ok(img) if !a.force => {
+                return Err(Error::usage(format!(
+                    "{name} already holds a mirrorctl header ({} of mirror {}); use --force to overwrite it",
+                    img.sb.role.as_str(),
+                    mirror::uuid_str(&img.sb.mirror_uuid)
+                )))
+            }
+            Err(e) if !a.force => {
+                return Err(Error::usage(format!(
+                    "{name} already holds a mirrorctl header that cannot be read ({e}); use --force to overwrite it"
+                )))
+            }
+            _ => {}
+        }
+        if g.total_len() > capacity {
+            if dev.is_block() || !a.force {
+                return Err(Error::usage(format!(
+                    "{name} is too small: it has {capacity} bytes, but {} of data needs {} bytes with metadata{}",
+                    g.data_size,
+                    g.total_len(),
+                    if dev.is_block() { "" } else { "; use --force to grow the file" }
+                )));
+            }
+            dev.file()
+                .unwrap()
+                .set_len(g.total_len())
+                .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
+        }
+        if !a.force {
+            if let Some(off) = first_nonzero(&dev, 0..g.data_offset)
+                .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?
+            {
+                return Err(Error::usage(format!(
+                    "{name} holds data at byte {off}, inside the {} bytes of metadata that create would overwrite; use --force to overwrite it",
+                    g.data_offset
+                )));
+            }
+        }
+    }
+    let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
+    let dev: Arc<dyn Device> = Arc::new(dev);
+    let now = now_unix();
+    let image_uuid = mirror::new_uuid();
+    let mut sb = Superblock {
+        mirror_uuid: mirror::new_uuid(),
+        image_uuid,
+        role: Role::Primary,
+        generation: 0,
+        created_at: now,
+        geometry: g,
+        primary_uuid: image_uuid,
+        primary_location: String::new(),
+        legs: (0..g.slots).map(|_| Leg::empty()).collect(),
+        in_sync_generation: 0,
+        history: vec![],
+        last_verify: None,
+        last_resync: None,
+        last_recovery: None,
+    };
+    sb.bump_generation("created", now);
+    dev.zero_range(g.bitmap_offset, g.bitmap_area().end - g.bitmap_offset)
+        .map_err(|e| Error::primary_io(format!("clearing the bitmap area of {name}"), &e))?;
+    let img = Image::format(dev, sb)
+        .map_err(|e| Error::primary_io(format!("writing the header of {name}"), &e))?;
+    if let Some(mut guard) = created {
+        guard.0 = None;
+    }
+    let out = CreateOut {
+        path: name.clone(),
+        mirror_uuid: mirror::uuid_str(&img.sb.mirror_uuid),
+        image_uuid: mirror::uuid_str(&img.sb.image_uuid),
+        data_offset: g.data_offset,
+        data_size: g.data_size,
+        region_size: g.region_size,
+        region_count: g.region_count,
+        max_secondaries: g.slots,
+    };
+    if a.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "created mirror {} on {name}: {} of data at offset {}, {} regions of {}, {} secondary slots",
+            out.mirror_uuid,
+            format_size(g.data_size),
+            g.data_offset,
+            g.region_count,
+            format_size(g.region_size),
+            g.slots
+        );
+    }
+    Ok(Exit::Success)
+}
+
+/// Removes a file this command created if the command fails before finishing.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// First non-zero byte in `range`, skipping holes.
+fn first_nonzero(dev: &dyn Device, range: std::ops::Range<u64>) -> io::Result<Option<u64>> {
+    let range = range.start..range.end.min(dev.len());
+    let extents = dev
+        .data_extents(range.clone())?
+        .unwrap_or_else(|| vec![range.clone()]);
+    let mut buf = vec![0u8; 1 << 20];
+    for e in extents {
+        let mut p = e.start;
+        while p < e.end {
+            let n = ((e.end - p) as usize).min(buf.len());
+            dev.read_at(&mut buf[..n], p)?;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(p + i as u64));
+            }
+            p += n as u64;
+        }
+    }
+    Ok(None)
+}
+
+// ---------------------------------------------------------------------------------------
+// status
+
+fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
+    let name = display(&a.image);
+    let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
+    lock::lock(dev.file().unwrap(), Mode::Shared, ctx.wait, &name)?;
+    let dev: Arc<dyn Device> = Arc::new(dev);
+    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
+    let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
+        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
+    let s = status::collect(&img, &mut bitmaps, &name)?;
+    if a.json {
+        print_json(&s)?;
+    } else {
+        status::render_text(&s, &mut io::stdout().lock()).map_err(Error::output)?;
+    }
+    Ok(if a.check && !s.healthy {
+        Exit::Degraded
+    } else {
+        Exit::Success
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// progress
+
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(ctx: &Ctx, msg: &str) -> Bar {
+        let pb = if ctx.progress {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_message(msg.to_string());
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        // Never above 100 %.
+        let len = self.0.length().unwrap_or(0);
+        let pos = (self.0.position() + bytes).min(len);
+        self.0.set_position(pos);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// attach
+
+#[derive(Serialize)]
+struct AttachOut {
+    slot: u32,
+    path: String,
+    reattached: bool,
+    regions_to_copy: u64,
+    copied_regions: u64,
+    copied_bytes: u64,
+    state: String,
+    seconds: f64,
+}
+
+fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
+    let rate = a
+        .rate
+        .as_deref()
+        .map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
+        .transpose()?;
+    let sec = PathBuf::from(&a.secondary);
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    m.recover()?;
+    print_warnings(&mut m);
+    let g = m.geometry();
+    let mut created = None;
+    if sec.exists() {
+        let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        if identity(&a.primary).ok() == Some(id) {
+            return Err(Error::usage(format!(
+                "{} is the primary itself; give a different image",
+                a.secondary
+            )));
+        }
+        for (i, l) in m.sb().legs.iter().enumerate() {
+            if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
+                return Err(Error::usage(format!(
+                    "{} is already attached as slot {i} ({}, {})",
+                    a.secondary,
+                    l.location,
+                    l.state.as_str()
+                )));
+            }
+        }
+        let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        if meta.is_file() && meta.len() == 0 {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&sec)
+                .map_err(|e| open_error("opening", &sec, e))?;
+            f.set_len(g.total_len())
+                .map_err(|e| Error::usage(format!("sizing {}: {e}", a.secondary)))?;
+        }
+    } else {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&sec)
+            .map_err(|e| open_error("creating secondary", &sec, e))?;
+        created = Some(RemoveOnDrop(Some(sec.clone())));
+        f.set_len(g.total_len()).map_err(|e| {
+            Error::usage(format!(
+                "sizing {} to {} bytes: {e}",
+                a.secondary,
+                g.total_len()
+            ))
+        })?;
+    }
+    let canonical = std::fs::canonicalize(&sec)
+        .map(|p| display(&p))
+        .unwrap_or_else(|_| a.secondary.clone());
+    let dev = FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
+    let outcome = m.attach(
+        Arc::new(dev),
+        &a.secondary,
+        &canonical,
+        a.assume_clean,
+        a.force,
+    )?;
+    if let Some(mut c) = created {
+        c.0 = None;
+    }
+    let mut out = AttachOut {
+        slot: outcome.slot,
+        path: a.secondary.clone(),
+        reattached: outcome.reattached,
+        regions_to_copy: outcome.regions,
+        copied_regions: 0,
+        copied_bytes: 0,
+        state: String::new(),
+        seconds: 0.0,
+    };
+    let mut exit = Exit::Success;
+    if !a.no_sync && m.sb().legs[outcome.slot as usize].state != LegState::InSync {
+        let bar = Bar::new(ctx, &format!("syncing slot {}", outcome.slot));
+        let r = m.resync(&[outcome.slot], rate, &bar)?;
+        if let Some(l) = r.legs.first() {
+            out.copied_regions = l.regions;
+            out.copied_bytes = l.bytes;
+            if let Some(e) = &l.error {
+                eprintln!(
+                    "mirrorctl: attach: initial sync of slot {} ({}) failed: {e}",
+                    l.slot, l.location
+                );
+                exit = Exit::Degraded;
+            }
+        }
+        out.seconds = r.seconds;
+    }
+    print_warnings(&mut m);
+    let state = m.sb().legs[outcome.slot as usize].state;
+    out.state = state.as_str().to_string();
+    if a.json {
+        print_json(&out)?;
+    } else {
+        let verb = if outcome.reattached {
+            "re-attached"
+        } else {
+            "attached"
+        };
+        print!("{verb} {} as slot {}", a.secondary, outcome.slot);
+        if a.no_sync && state != LegState::InSync {
+            println!(
+                "; {} regions left to copy: run `mirrorctl resync {} {}`",
+                outcome.regions,
+                display(&a.primary),
+                outcome.slot
+            );
+        } else {
+            println!(
+                "; copied {} regions ({}) in {:.1}s; state {}",
+                out.copied_regions,
+                format_size(out.copied_bytes),
+                out.seconds,
+                out.state
+            );
+        }
+    }
+    Ok(exit.worst(health_exit(&mut m)?))
+}
+
+// ---------------------------------------------------------------------------------------
+// write
+
+#[derive(Serialize)]
+struct WriteOut {
+    bytes_written: u64,
+    offset: u64,
+    legs_written: u32,
+    newly_fractured: Vec<u32>,
+}
+
+fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
+    let offset = size_arg("--offset", &a.offset)?;
+    let length = a
+        .length
+        .as_deref()
+        .map(|l| size_arg("--length", l))
+        .transpose()?;
+    let policy = match a.flush {
+        cli::FlushPolicy::End => FlushPolicy::End,
+        cli::FlushPolicy::Always => FlushPolicy::Always,
+        cli::FlushPolicy::Every(n) => FlushPolicy::Every(n),
+    };
+    let (mut input, known): (Box<dyn Read>, Option<u64>) = match a.input.as_deref() {
+        None => stdin_input(),
+        Some(p) if p == Path::new("-") => stdin_input(),
+        Some(p) => {
+            let f = File::open(p).map_err(|e| open_error("opening input", p, e))?;
+            let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+            (Box::new(f), len)
+        }
+    };
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    m.recover()?;
+    print_warnings(&mut m);
+    let r = m.write_stream(offset, &mut input, length, known, &policy);
+    print_warnings(&mut m);
+    let r = r?;
+    if a.json {
+        let legs_written = m
+            .sb()
+            .legs
+            .iter()
+            .filter(|l| l.state.receives_writes())
+            .count() as u32;
+        print_json(&WriteOut {
+            bytes_written: r.bytes,
+            offset,
+            legs_written,
+            newly_fractured: r.newly_fractured.clone(),
+        })?;
+    }
+    health_exit(&mut m)
+}
+
+fn stdin_input() -> (Box<dyn Read>, Option<u64>) {
+    use std::os::fd::AsFd;
+    let stdin = io::stdin();
+    let len = rustix::fs::fstat(stdin.as_fd())
+        .ok()
+        .filter(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFREG)
+        .map(|st| st.st_size as u64);
+    (Box::new(stdin), len)
+}
+
+// ---------------------------------------------------------------------------------------
+// read
+
+fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
+    let offset = size_arg("--offset", &a.offset)?;
+    let length = a
+        .length
+        .as_deref()
+        .map(|l| size_arg("--length", l))
+        .transpose()?;
+    let mut m = open_mirror(ctx, &a.primary, Mode::Shared)?;
+    print_warnings(&mut m);
+    let g = m.geometry();
+    if offset > g.data_size {
+        return Err(Error::usage(format!(
+            "--offset {offset} is past the end of the data area ({} bytes)",
+            g.data_size
+        )));
+    }
+    let len = match length {
+        Some(l) if offset.checked_add(l).is_none_or(|e| e > g.data_size) => {
+            return Err(Error::usage(format!(
+                "--offset {offset} plus --length {l} runs past the end of the data area ({} bytes)",
+                g.data_size
+            )))
+        }
+        Some(l) => l,
+        None => g.data_size - offset,
+    };
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) if p != Path::new("-") => {
+            Box::new(File::create(p).map_err(|e| open_error("creating output", p, e))?)
+        }
+        _ => Box::new(io::stdout().lock()),
+    };
+    let mut buf = vec![0u8; mirror::CHUNK];
+    let mut pos = offset;
+    let end = offset + len;
+    let mut exit = Exit::Success;
+    let mut told = std::collections::BTreeSet::new();
+    while pos < end {
+        let n = ((end - pos) as usize).min(buf.len());
+        if let Some((slot, why)) = m.read_at(&mut buf[..n], pos)? {
+            if told.insert(slot) {
+                eprintln!(
+                    "mirrorctl: warning: {why}; reading from in-sync secondary slot {slot} instead"
+                );
+            }
+            exit = Exit::Degraded;
+        }
+        out.write_all(&buf[..n]).map_err(Error::output)?;
+        pos += n as u64;
+    }
+    out.flush().map_err(Error::output)?;
+    Ok(exit)
+}
+
+// ---------------------------------------------------------------------------------------
+// fracture, detach
+
+fn same_file(spec: &str) -> impl Fn(&str) -> bool {
+    let id = identity(Path::new(spec)).ok();
+    move |loc: &str| id.is_some() && identity(Path::new(loc)).ok() == id
+}
+
+fn fracture(ctx: &Ctx, a: cli::FractureArgs) -> Result<Exit> {
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    m.recover()?;
+    let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
+    let leg = m.sb().legs[slot as usize].clone();
+    if m.fracture(slot, a.reason.as_deref())? {
+        println!(
+            "fractured slot {slot} ({}): its changes are tracked; `mirrorctl resync {} {slot}` brings it back",
+            leg.location,
+            display(&a.primary)
+        );
+    } else {
+        println!(
+            "slot {slot} ({}) is already {}",
+            leg.location,
+            leg.state.as_str()
+        );
+    }
+    print_warnings(&mut m);
+    Ok(Exit::Success)
+}
+
+fn detach(ctx: &Ctx, a: cli::DetachArgs) -> Result<Exit> {
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    m.recover()?;
+    let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
+    let leg = m.detach(slot)?;
+    println!(
+        "detached slot {slot} ({}, was {})",
+        leg.location,
+        leg.state.as_str()
+    );
+    print_warnings(&mut m);
+    Ok(Exit::Success)
+}
+
+// ---------------------------------------------------------------------------------------
+// resync
+
+#[derive(Serialize)]
+struct ResyncLegOut {
+    slot: u32,
+    path: String,
+    regions: u64,
+    bytes: u64,
+    state: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResyncOut {
+    dry_run: bool,
+    regions: u64,
+    bytes: u64,
+    seconds: f64,
+    legs: Vec<ResyncLegOut>,
+}
+
+fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
+    let rate = a
+        .rate
+        .as_deref()
+        .map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
+        .transpose()?;
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    if !a.dry_run {
+        m.recover()?;
+    }
+    print_warnings(&mut m);
+    let mut slots = Vec::new();
+    for s in &a.secondaries {
+        let slot = m.find_slot(s, &same_file(s))?;
+        if !slots.contains(&slot) {
+            slots.push(slot);
+        }
+    }
+    if a.secondaries.is_empty() {
+        slots = m.resync_candidates()?;
+        if a.dry_run {
+            // Pending write intents (unclean stop) will be added to every leg.
+            for s in 0..m.geometry().slots {
+                if m.sb().legs[s as usize].state != LegState::Empty
+                    && !slots.contains(&s)
+                    && m.pending_for(s)?.0 > 0
+                {
+                    slots.push(s);
+                }
+            }
+            slots.sort();
+        }
+    }
+    let mut out = ResyncOut {
+        dry_run: a.dry_run,
+        regions: 0,
+        bytes: 0,
+        seconds: 0.0,
+        legs: vec![],
+    };
+    let mut exit = Exit::Success;
+    if a.dry_run {
+        for &s in &slots {
+            let (regions, bytes) = m.pending_for(s)?;
+            let l = &m.sb().legs[s as usize];
+            out.regions += regions;
+            out.bytes += bytes;
+            out.legs.push(ResyncLegOut {
+                slot: s,
+                path: l.location.clone(),
+                regions,
+                bytes,
+                state: l.state.as_str().to_string(),
+                error: None,
+            });
+        }
+    } else if !slots.is_empty() {
+        let bar = Bar::new(ctx, "resync");
+        let r = m.resync(&slots, rate, &bar)?;
+        out.seconds = r.seconds;
+        for l in r.legs {
+            let state = m.sb().legs[l.slot as usize].state;
+            if l.error.is_some() || state != LegState::InSync {
+                exit = Exit::Degraded;
+            }
+            if let Some(e) = &l.error {
+                eprintln!(
+                    "mirrorctl: resync of slot {} ({}) failed: {e}",
+                    l.slot, l.location
+                );
+            }
+            out.regions += l.regions;
+            out.bytes += l.bytes;
+            out.legs.push(ResyncLegOut {
+                slot: l.slot,
+                path: l.location,
+                regions: l.regions,
+                bytes: l.bytes,
+                state: state.as_str().to_string(),
+                error: l.error,
+            });
+        }
+    }
+    print_warnings(&mut m);
+    if a.json {
+        print_json(&out)?;
+    } else if slots.is_empty() {
+        println!("nothing to resync: every secondary is in sync");
+    } else {
+        for l in &out.legs {
+            if a.dry_run {
+                println!(
+                    "slot {} ({}): would copy {} regions ({}, {} bytes)",
+                    l.slot,
+                    l.path,
+                    l.regions,
+                    format_size(l.bytes),
+                    l.bytes
+                );
+            } else {
+                println!(
+                    "slot {} ({}): copied {} regions ({}, {} bytes); state {}",
+                    l.slot,
+                    l.path,
+                    l.regions,
+                    format_size(l.bytes),
+                    l.bytes,
+                    l.state
+                );
+            }
+        }
+    }
+    Ok(exit)
+}
+
+// ---------------------------------------------------------------------------------------
+// verify
+
+fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
+    use crate::verify::{self, VerifyOpts};
+    let max_time = a
+        .max_time
+        .as_deref()
+        .map(|d| {
+            crate::units::parse_duration(d).map_err(|e| Error::usage(format!("--max-time: {e}")))
+        })
+        .transpose()?;
+    let path = a.primary.clone();
+    let mut open =
+        |first: bool, remaining: Option<std::time::Duration>| -> Result<Option<Mirror>> {
+            let wait = match (first, remaining) {
+                (true, _) => ctx.wait,
+                (false, Some(d)) => Wait::For(d),
+                (false, None) => Wait::Forever,
+            };
+            match open_mirror_wait(&path, Mode::Exclusive, wait) {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if !first && e.exit == Exit::Busy => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+    let specs = a.secondaries.clone();
+    let slots_for = |m: &Mirror| -> Result<Vec<u32>> {
+        if specs.is_empty() {
+            return Ok((0..m.geometry().slots)
+                .filter(|&s| m.sb().legs[s as usize].state != LegState::Empty)
+                .collect());
+        }
+        let mut v = Vec::new();
+        for s in &specs {
+            let slot = m.find_slot(s, &same_file(s))?;
+            if !v.contains(&slot) {
+                v.push(slot);
+            }
+        }
+        Ok(v)
+    };
+    let opts = VerifyOpts {
+        repair: a.repair,
+        max_time,
+        restart: a.restart,
+    };
+    let bar = Bar::new(ctx, "verify");
+    let (report, exit, warnings) = verify::run(&mut open, &slots_for, &opts, &bar)?;
+    for w in warnings {
+        eprintln!("mirrorctl: {w}");
+    }
+    if a.json {
+        print_json(&report)?;
+        return Ok(exit);
+    }
+    let bytes = report.bytes_compared;
+    println!(
+        "verified regions {}..{} of {}{}: {} compared in {:.1}s ({}/s)",
+        report.start_region,
+        report.end_region,
+        report.region_count,
+        if report.complete {
+            " (pass complete)"
+        } else {
+            " (stopped at the time budget; the next --max-time run continues here)"
+        },
+        format_size(bytes),
+        report.seconds,
+        format_size(report.bytes_per_second as u64)
+    );
+    for l in &report.legs {
+        if let Some(why) = &l.skipped {
+            println!("slot {} ({}): {why}", l.slot, l.path);
+            continue;
+        }
+        if let Some(e) = &l.error {
+            println!("slot {} ({}): error: {e}", l.slot, l.path);
+        }
+        let pending = if l.pending_regions > 0 {
+            format!(
+                ", {} regions pending resync not compared",
+                l.pending_regions
+            )
+        } else {
+            String::new()
+        };
+        if l.mismatched_regions == 0 {
+            println!("slot {} ({}): identical{pending}", l.slot, l.path);
+            continue;
+        }
+        println!(
+            "slot {} ({}): {} mismatched regions ({}){}{pending}",
+            l.slot,
+            l.path,
+            l.mismatched_regions,
+            format_size(l.mismatched_bytes),
+            if l.repaired { ", repaired" } else { "" }
+        );
+        for r in &l.mismatches {
+            println!(
+                "  regions {}..{}  bytes {}..{} ({} bytes)",
+                r.first_region,
+                r.end_region,
+                r.offset,
+                r.offset + r.length,
+                r.length
+            );
+        }
+    }
+    println!("result: {}", report.result);
+    Ok(exit)
+}

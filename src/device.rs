@@ -1,0 +1,218 @@
+//! The device trait every image access goes through, and its implementation for files and
+//! block devices.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// One image: a regular file, a block device, or (in tests) a simulated device.
+#[allow(clippy::len_without_is_empty)]
+pub trait Device: Send + Sync {
+    fn len(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `off`.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `off`.
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Sub-ranges of `range` that may hold data; `None` when the device cannot tell
+    /// (everything may hold data). Holes read as zeros.
+    fn data_extents(&self, _range: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
+        Ok(None)
+    }
+    /// Makes `len` bytes at `off` read as zeros (a hole where the device can).
+    fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        write_zeros(self, off, len)
+    }
+    /// The open file behind the device, where there is one (used to map bitmaps).
+    fn file(&self) -> Option<&File> {
+        None
+    }
+    /// Whether bitmap pages should be allocated before they are first written through a
+    /// mapping (regular files: a write fault on a hole can hit ENOSPC, which is a SIGBUS).
+    fn needs_allocation(&self) -> bool {
+        false
+    }
+    /// Allocates backing store for a range so later writes cannot fail with ENOSPC.
+    fn allocate(&self, _off: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn write_zeros<D: Device + ?Sized>(dev: &D, mut off: u64, len: u64) -> io::Result<()> {
+    let end = off + len;
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    while off < end {
+        let n = ((end - off) as usize).min(zeros.len());
+        dev.write_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// A regular file or a block device.
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    block: bool,
+}
+
+/// Identity of an image for "is this the same thing" checks: (device, inode) for files,
+/// the device number for block devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    File { dev: u64, ino: u64 },
+    Block { rdev: u64 },
+}
+
+pub fn identity(path: &Path) -> io::Result<Identity> {
+    let m = std::fs::metadata(path)?;
+    Ok(if m.file_type().is_block_device() {
+        Identity::Block { rdev: m.rdev() }
+    } else {
+        Identity::File {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    })
+}
+
+impl FileDevice {
+    pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        Self::from_file(file, path)
+    }
+
+    pub fn from_file(file: File, path: &Path) -> io::Result<Self> {
+        let m = file.metadata()?;
+        let block = m.file_type().is_block_device();
+        if !block && !m.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file or block device",
+            ));
+        }
+        let len = if block {
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0))?
+        } else {
+            m.len()
+        };
+        Ok(FileDevice {
+            file,
+            path: path.to_path_buf(),
+            len,
+            block,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_block(&self) -> bool {
+        self.block
+    }
+}
+
+impl Device for FileDevice {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, off)
+    }
+
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, off)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn data_extents(&self, range: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
+        if self.block {
+            return Ok(None);
+        }
+        use rustix::fs::{seek, SeekFrom};
+        let mut out: Vec<Range<u64>> = Vec::new();
+        let mut pos = range.start;
+        while pos < range.end {
+            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if data >= range.end {
+                break;
+            }
+            let hole = seek(&self.file, SeekFrom::Hole(data))?;
+            let end = hole.min(range.end);
+            match out.last_mut() {
+                Some(l) if l.end >= data => l.end = end,
+                _ => out.push(data..end),
+            }
+            pos = hole;
+        }
+        Ok(Some(out))
+    }
+
+    fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.block {
+            // BLKZEROOUT = _IO(0x12, 127): the device zeroes the range (write-zeroes or
+            // discard with zeroing where it can).
+            let range: [u64; 2] = [off, len];
+            // SAFETY: BLKZEROOUT reads a [u64; 2] from the pointer, which outlives the call.
+            let r = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                    0x127F as _,
+                    range.as_ptr(),
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            return write_zeros(self, off, len);
+        }
+        use rustix::fs::{fallocate, FallocateFlags};
+        match fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            off,
+            len,
+        ) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(self, off, len),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
+    fn needs_allocation(&self) -> bool {
+        !self.block
+    }
+
+    fn allocate(&self, off: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        match fallocate(&self.file, FallocateFlags::KEEP_SIZE, off, len) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

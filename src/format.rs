@@ -1,0 +1,487 @@
+//! Superblock format v1: the fixed copy header, the payload schema, and its encoding.
+//!
+//! This is the only module that names bincode (pinned to exactly 2.0.1 in Cargo.toml).
+//! Payload encoding: bincode 2 "standard" config with little-endian fixed-width integers:
+//! integers are fixed-width little-endian, `[u8; 16]` is 16 raw bytes, `String` and `Vec`
+//! are a u64 length then the elements, `Option` is a u8 tag (0 none, 1 some) then the value,
+//! enums are a u32 variant index then the fields. Newer minor versions only append fields
+//! to the end of [`Superblock`]; a reader ignores trailing payload bytes it does not know.
+
+use crate::layout::{Geometry, SB_COPY_SIZE};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 8] = *b"MRRCTLSB";
+pub const FORMAT_MAJOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 0;
+/// Size of the fixed header in front of each superblock copy's payload.
+pub const COPY_HEADER_LEN: usize = 64;
+/// Largest payload a copy can hold.
+pub const MAX_PAYLOAD: usize = SB_COPY_SIZE as usize - COPY_HEADER_LEN;
+/// Longest path stored for a leg.
+pub const MAX_LOCATION: usize = 1024;
+/// Longest reason / error text stored for a leg (longer text is cut).
+pub const MAX_TEXT: usize = 256;
+/// How many generation-history entries an image keeps.
+pub const MAX_HISTORY: usize = 64;
+
+pub type Uuid = [u8; 16];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Primary,
+    Secondary,
+    /// A former secondary whose slot was freed by `detach`.
+    Detached,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Detached => "detached",
+        }
+    }
+}
+
+/// State of a secondary slot. Writes go to `InSync` and `Syncing` legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LegState {
+    Empty,
+    /// Receives every write; its fracture log lists regions still to copy (normally none).
+    InSync,
+    /// Receives every write and has regions in its fracture log waiting for `resync`
+    /// (initial sync, after crash recovery, or a resync in progress).
+    Syncing,
+    FracturedByAdmin,
+    FracturedByError,
+}
+
+impl LegState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LegState::Empty => "empty",
+            LegState::InSync => "in-sync",
+            LegState::Syncing => "syncing",
+            LegState::FracturedByAdmin => "fractured-by-admin",
+            LegState::FracturedByError => "fractured-by-error",
+        }
+    }
+    /// Does this leg receive mirrored writes?
+    pub fn receives_writes(&self) -> bool {
+        matches!(self, LegState::InSync | LegState::Syncing)
+    }
+    pub fn is_fractured(&self) -> bool {
+        matches!(
+            self,
+            LegState::FracturedByAdmin | LegState::FracturedByError
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub image_uuid: Uuid,
+    /// The path as the admin gave it.
+    pub location: String,
+    /// The canonical path at attach time.
+    pub canonical: String,
+    pub state: LegState,
+    /// Why the leg is fractured (admin text or a summary of the error).
+    pub reason: String,
+    /// The last I/O error seen on this leg, with offset.
+    pub last_error: String,
+    pub attached_at: u64,
+    pub state_changed_at: u64,
+    pub fractured_at: Option<u64>,
+    /// Mirror generation when the leg stopped receiving writes (0 if never).
+    pub fracture_generation: u64,
+}
+
+impl Leg {
+    /// The path to open: as given if absolute (stable names like /dev/disk/by-id/...),
+    /// else the canonical path recorded at attach (independent of the working directory).
+    pub fn open_path(&self) -> &str {
+        if self.location.starts_with('/') || self.canonical.is_empty() {
+            &self.location
+        } else {
+            &self.canonical
+        }
+    }
+
+    pub fn empty() -> Self {
+        Leg {
+            image_uuid: [0; 16],
+            location: String::new(),
+            canonical: String::new(),
+            state: LegState::Empty,
+            reason: String::new(),
+            last_error: String::new(),
+            attached_at: 0,
+            state_changed_at: 0,
+            fractured_at: None,
+            fracture_generation: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRecord {
+    pub started_at: u64,
+    pub finished_at: u64,
+    /// Region where the next budgeted verify continues.
+    pub cursor: u64,
+    /// "clean", "differences", "repaired", "partial".
+    pub result: String,
+    pub mismatched_regions: u64,
+    pub compared_bytes: u64,
+    pub last_full_pass_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncRecord {
+    pub finished_at: u64,
+    pub slots: Vec<u32>,
+    pub regions_copied: u64,
+    pub bytes_copied: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub at: u64,
+    /// Write-intent regions found after an unclean stop and moved to the legs' fracture logs.
+    pub regions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub generation: u64,
+    pub at: u64,
+    pub event: String,
+}
+
+/// The superblock payload (format 1.0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    pub mirror_uuid: Uuid,
+    pub image_uuid: Uuid,
+    pub role: Role,
+    /// Bumped on every change of mirror state (attach, fracture, resync done, recovery ...).
+    pub generation: u64,
+    pub created_at: u64,
+    pub geometry: Geometry,
+    /// Image UUID of the primary this image belongs to (its own on the primary).
+    pub primary_uuid: Uuid,
+    /// The primary's path as last recorded (empty on the primary).
+    pub primary_location: String,
+    /// Leg table, exactly `geometry.slots` entries.
+    pub legs: Vec<Leg>,
+    /// On a secondary: the last mirror generation at which it was known in sync (0: never).
+    pub in_sync_generation: u64,
+    /// Recent generations this image went through, oldest first.
+    pub history: Vec<HistoryEntry>,
+    pub last_verify: Option<VerifyRecord>,
+    pub last_resync: Option<ResyncRecord>,
+    pub last_recovery: Option<RecoveryRecord>,
+}
+
+impl Superblock {
+    pub fn slot_of_uuid(&self, uuid: &Uuid) -> Option<usize> {
+        self.legs
+            .iter()
+            .position(|l| l.state != LegState::Empty && &l.image_uuid == uuid)
+    }
+
+    /// Bumps the generation and records why.
+    pub fn bump_generation(&mut self, event: &str, now: u64) {
+        self.generation += 1;
+        self.history.push(HistoryEntry {
+            generation: self.generation,
+            at: now,
+            event: cut(event, MAX_TEXT),
+        });
+        if self.history.len() > MAX_HISTORY {
+            let drop = self.history.len() - MAX_HISTORY;
+            self.history.drain(..drop);
+        }
+    }
+}
+
+/// Cuts text to at most `max` bytes on a character boundary.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ MAX_PAYLOAD }>()
+}
+
+/// Why one superblock copy could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyError {
+    /// No mirrorctl magic: never written (or not a mirrorctl image).
+    NoMagic,
+    UnknownMajor {
+        major: u16,
+        minor: u16,
+    },
+    BadLength(u32),
+    Checksum,
+    Decode(String),
+    Geometry(String),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::NoMagic => write!(f, "no mirrorctl magic"),
+            CopyError::UnknownMajor { major, minor } => write!(
+                f,
+                "format version {major}.{minor} is not supported by this mirrorctl (reads {FORMAT_MAJOR}.x, writes {FORMAT_MAJOR}.{FORMAT_MINOR}); upgrade mirrorctl"
+            ),
+            CopyError::BadLength(n) => write!(f, "payload length {n} out of range"),
+            CopyError::Checksum => write!(f, "checksum mismatch (torn or corrupted write)"),
+            CopyError::Decode(e) => write!(f, "payload does not decode: {e}"),
+            CopyError::Geometry(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A decoded, verified superblock copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedCopy {
+    pub seq: u64,
+    pub minor: u16,
+    pub sb: Superblock,
+}
+
+/// Encodes one superblock copy, padded to a whole number of 4 KiB pages.
+pub fn encode_copy(sb: &Superblock, seq: u64) -> Result<Vec<u8>, String> {
+    let payload = bincode::serde::encode_to_vec(sb, config())
+        .map_err(|e| format!("superblock does not fit in {MAX_PAYLOAD} bytes: {e}"))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "superblock payload of {} bytes exceeds {MAX_PAYLOAD}",
+            payload.len()
+        ));
+    }
+    let total = (COPY_HEADER_LEN + payload.len()).div_ceil(4096) * 4096;
+    let mut buf = vec![0u8; total];
+    buf[0..8].copy_from_slice(&MAGIC);
+    buf[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());
+    buf[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+    buf[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf[16..24].copy_from_slice(&seq.to_le_bytes());
+    buf[COPY_HEADER_LEN..COPY_HEADER_LEN + payload.len()].copy_from_slice(&payload);
+    let sum = checksum(&buf[0..32], &payload);
+    buf[32..64].copy_from_slice(&sum);
+    Ok(buf)
+}
+
+fn checksum(head: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(head);
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+/// Reads the payload length a copy claims, so a caller can read just enough bytes.
+pub fn peek_len(head: &[u8]) -> Option<usize> {
+    if head.len() < COPY_HEADER_LEN || head[0..8] != MAGIC {
+        return None;
+    }
+    let n = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
+    (n <= MAX_PAYLOAD).then_some(COPY_HEADER_LEN + n)
+}
+
+/// Decodes and verifies one copy. Magic and version are checked before the payload.
+pub fn decode_copy(buf: &[u8]) -> Result<DecodedCopy, CopyError> {
+    if buf.len() < COPY_HEADER_LEN || buf[0..8] != MAGIC {
+        return Err(CopyError::NoMagic);
+    }
+    let major = u16::from_le_bytes([buf[8], buf[9]]);
+    let minor = u16::from_le_bytes([buf[10], buf[11]]);
+    let len = u32::from_le_bytes(buf[12..16].try_into().unwrap());
+    if len as usize > MAX_PAYLOAD || COPY_HEADER_LEN + len as usize > buf.len() {
+        return Err(CopyError::BadLength(len));
+    }
+    let payload = &buf[COPY_HEADER_LEN..COPY_HEADER_LEN + len as usize];
+    if checksum(&buf[0..32], payload) != buf[32..64] {
+        // A torn major/minor field shows up as a checksum error, never as a version error.
+        return Err(CopyError::Checksum);
+    }
+    if major != FORMAT_MAJOR {
+        return Err(CopyError::UnknownMajor { major, minor });
+    }
+    let seq = u64::from_le_bytes(buf[16..24].try_into().unwrap());
+    let (sb, _used): (Superblock, usize) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| CopyError::Decode(e.to_string()))?;
+    sb.geometry.validate().map_err(CopyError::Geometry)?;
+    if sb.legs.len() != sb.geometry.slots as usize {
+        return Err(CopyError::Decode(format!(
+            "leg table has {} entries for {} slots",
+            sb.legs.len(),
+            sb.geometry.slots
+        )));
+    }
+    Ok(DecodedCopy { seq, minor, sb })
+}
+
+/// Picks the copy to trust: the valid one with the higher sequence number.
+/// The chosen copy's index, the copy, and the other copy's index and error if it was bad.
+pub type Choice = (usize, DecodedCopy, Option<(usize, CopyError)>);
+
+pub fn choose(
+    a: Result<DecodedCopy, CopyError>,
+    b: Result<DecodedCopy, CopyError>,
+) -> Result<Choice, [CopyError; 2]> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(if b.seq > a.seq {
+            (1, b, None)
+        } else {
+            (0, a, None)
+        }),
+        (Ok(a), Err(e)) => Ok((0, a, Some((1, e)))),
+        (Err(e), Ok(b)) => Ok((1, b, Some((0, e)))),
+        (Err(ea), Err(eb)) => Err([ea, eb]),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::layout::SlotIdx;
+
+    pub fn sample(slots: u32) -> Superblock {
+        let g = Geometry::for_data_size(1 << 30, 64 * 1024, slots).unwrap();
+        Superblock {
+            mirror_uuid: [1; 16],
+            image_uuid: [2; 16],
+            role: Role::Primary,
+            generation: 7,
+            created_at: 1_700_000_000,
+            geometry: g,
+            primary_uuid: [2; 16],
+            primary_location: String::new(),
+            legs: (0..slots).map(|_| Leg::empty()).collect(),
+            in_sync_generation: 0,
+            history: vec![],
+            last_verify: None,
+            last_resync: None,
+            last_recovery: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_round_trips_with_its_sequence_number() {
+        let sb = sample(4);
+        let buf = encode_copy(&sb, 42).unwrap();
+        assert_eq!(buf.len() % 4096, 0);
+        let d = decode_copy(&buf).unwrap();
+        assert_eq!(d.seq, 42);
+        assert_eq!(d.sb, sb);
+        assert!(peek_len(&buf).unwrap() <= buf.len());
+    }
+
+    #[test]
+    fn the_largest_possible_leg_table_fits_in_one_copy() {
+        let mut sb = sample(32);
+        for (i, l) in sb.legs.iter_mut().enumerate() {
+            l.state = LegState::FracturedByError;
+            l.location = "x".repeat(MAX_LOCATION);
+            l.canonical = "y".repeat(MAX_LOCATION);
+            l.reason = "r".repeat(MAX_TEXT);
+            l.last_error = "e".repeat(MAX_TEXT);
+            l.fractured_at = Some(i as u64);
+        }
+        sb.primary_location = "p".repeat(MAX_LOCATION);
+        for g in 0..MAX_HISTORY as u64 {
+            sb.bump_generation(&"h".repeat(MAX_TEXT), g);
+        }
+        sb.last_verify = Some(VerifyRecord {
+            started_at: 1,
+            finished_at: 2,
+            cursor: 3,
+            result: "differences".into(),
+            mismatched_regions: 4,
+            compared_bytes: 5,
+            last_full_pass_at: Some(6),
+        });
+        let buf = encode_copy(&sb, 1).unwrap();
+        assert!(buf.len() as u64 <= SB_COPY_SIZE);
+        assert_eq!(decode_copy(&buf).unwrap().sb, sb);
+    }
+
+    #[test]
+    fn every_flipped_byte_in_header_or_payload_is_detected() {
+        let sb = sample(2);
+        let buf = encode_copy(&sb, 3).unwrap();
+        let used = peek_len(&buf).unwrap();
+        for i in 0..used {
+            let mut b = buf.clone();
+            b[i] ^= 0x40;
+            assert!(decode_copy(&b).is_err(), "flip at {i} undetected");
+        }
+    }
+
+    #[test]
+    fn an_unknown_major_version_is_named_in_the_error() {
+        let sb = sample(1);
+        let mut buf = encode_copy(&sb, 1).unwrap();
+        buf[8..10].copy_from_slice(&2u16.to_le_bytes());
+        buf[10..12].copy_from_slice(&5u16.to_le_bytes());
+        let payload_len = peek_len(&buf).unwrap() - COPY_HEADER_LEN;
+        let sum = checksum(&buf[0..32], &buf[64..64 + payload_len]);
+        buf[32..64].copy_from_slice(&sum);
+        let err = decode_copy(&buf).unwrap_err();
+        assert_eq!(err, CopyError::UnknownMajor { major: 2, minor: 5 });
+        let msg = err.to_string();
+        assert!(msg.contains("2.5") && msg.contains("1.x"), "{msg}");
+    }
+
+    #[test]
+    fn a_newer_minor_version_with_appended_fields_is_read() {
+        let sb = sample(1);
+        let mut payload = bincode::serde::encode_to_vec(&sb, config()).unwrap();
+        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.1 appends
+        let mut buf = vec![0u8; 8192];
+        buf[0..8].copy_from_slice(&MAGIC);
+        buf[8..10].copy_from_slice(&1u16.to_le_bytes());
+        buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+        buf[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf[64..64 + payload.len()].copy_from_slice(&payload);
+        let sum = checksum(&buf[0..32], &payload);
+        buf[32..64].copy_from_slice(&sum);
+        let d = decode_copy(&buf).unwrap();
+        assert_eq!(d.minor, 1);
+        assert_eq!(d.sb, sb);
+    }
+
+    #[test]
+    fn choose_prefers_the_higher_sequence_and_survives_one_bad_copy() {
+        let sb = sample(1);
+        let a = decode_copy(&encode_copy(&sb, 5).unwrap());
+        let b = decode_copy(&encode_copy(&sb, 6).unwrap());
+        assert_eq!(choose(a.clone(), b.clone()).unwrap().0, 1);
+        assert_eq!(choose(a.clone(), Err(CopyError::Checksum)).unwrap().0, 0);
+        assert_eq!(choose(Err(CopyError::Checksum), b).unwrap().0, 1);
+        assert!(choose(Err(CopyError::Checksum), Err(CopyError::NoMagic)).is_err());
+    }
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("abc", 10), "abc");
+        let _ = SlotIdx(0);
+    }
+}

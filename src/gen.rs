@@ -1,0 +1,2 @@
+//! Generation of man pages and shell completions from the clap definitions (hidden
+//! `generate` subcommand).

@@ -1,0 +1,23 @@
+//! The `mirrorctl` binary: parse, run, map the outcome to the documented exit code.
+
+use clap::Parser;
+
+fn main() {
+    mirrorctl::commands::install_sigbus_handler();
+    let cli = match mirrorctl::cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match mirrorctl::commands::run(cli) {
+        Ok(exit) => std::process::exit(exit.code()),
+        Err(e) => {
+            if !e.broken_pipe {
+                eprintln!("mirrorctl: {e}");
+            }
+            std::process::exit(e.exit.code());
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Network Block Device client: remote secondaries over nbd:// and nbd+unix:// URIs.

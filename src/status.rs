@@ -1,0 +1,290 @@
+//! The status report: one structure rendered as text for people and as JSON with stable,
+//! flat field names for scripts (documented in the README).
+
+use crate::bitmap::Bitmaps;
+use crate::error::{Error, Result};
+use crate::format::{LegState, Role, FORMAT_MAJOR};
+use crate::image::Image;
+use crate::layout::{BitmapId, SlotIdx};
+use crate::mirror::{union, uuid_str};
+use crate::units::{format_size, format_time};
+use serde::Serialize;
+use std::io::Write;
+
+#[derive(Serialize, Debug)]
+pub struct LegStatus {
+    pub slot: u32,
+    pub path: String,
+    pub canonical_path: String,
+    pub image_uuid: String,
+    pub state: String,
+    pub out_of_sync_regions: u64,
+    pub out_of_sync_bytes: u64,
+    pub reason: String,
+    pub last_error: String,
+    pub fractured_at: Option<String>,
+    pub attached_at: Option<String>,
+    pub state_changed_at: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Status {
+    pub format_version: String,
+    pub mirror_uuid: String,
+    pub image_uuid: String,
+    pub role: String,
+    pub path: String,
+    pub generation: u64,
+    pub created_at: String,
+    pub data_offset: u64,
+    pub data_size: u64,
+    pub region_size: u64,
+    pub region_count: u64,
+    pub max_secondaries: u32,
+    pub secondaries: u32,
+    pub write_intent_regions: u64,
+    pub write_intent_bytes: u64,
+    /// No write-intent regions pending: the last writer stopped cleanly.
+    pub clean: bool,
+    pub healthy: bool,
+    pub superblock_warning: String,
+    pub primary_path: String,
+    pub in_sync_generation: u64,
+    pub last_resync_at: Option<String>,
+    pub last_resync_bytes: Option<u64>,
+    pub last_recovery_at: Option<String>,
+    pub last_recovery_regions: Option<u64>,
+    pub last_verify_at: Option<String>,
+    pub last_verify_result: Option<String>,
+    pub last_verify_mismatched_regions: Option<u64>,
+    /// Region where the next `verify --max-time` run continues.
+    pub verify_cursor: u64,
+    pub last_full_verify_at: Option<String>,
+    pub legs: Vec<LegStatus>,
+}
+
+fn t(v: u64) -> Option<String> {
+    (v != 0).then(|| format_time(v))
+}
+
+/// Collects the status of an image (the primary normally; a secondary shows its copy).
+pub fn collect(img: &Image, bitmaps: &mut Bitmaps, path: &str) -> Result<Status> {
+    let sb = &img.sb;
+    let g = sb.geometry;
+    let merr = |e: std::io::Error| Error::primary_io(format!("reading bitmaps of {path}"), &e);
+    let primary = sb.role == Role::Primary;
+    let (wi_regions, wi_bytes) = if primary {
+        bitmaps.count_bytes(BitmapId::WriteIntent).map_err(merr)?
+    } else {
+        (0, 0)
+    };
+    let wi_runs = if wi_regions > 0 {
+        bitmaps
+            .runs(BitmapId::WriteIntent, u64::MAX)
+            .map_err(merr)?
+    } else {
+        vec![]
+    };
+    let mut legs = Vec::new();
+    let mut healthy = wi_regions == 0;
+    for (i, l) in sb.legs.iter().enumerate() {
+        if l.state == LegState::Empty {
+            continue;
+        }
+        let id = BitmapId::Fracture(SlotIdx(i as u32));
+        let (regions, bytes) = if !primary {
+            (0, 0)
+        } else if wi_runs.is_empty() {
+            bitmaps.count_bytes(id).map_err(merr)?
+        } else {
+            let runs = union(&bitmaps.runs(id, u64::MAX).map_err(merr)?, &wi_runs);
+            runs.iter().fold((0, 0), |(r, b), x| {
+                let br = g.regions_bytes(x.clone());
+                (r + x.end - x.start, b + br.end - br.start)
+            })
+        };
+        if l.state != LegState::InSync || regions > 0 {
+            healthy = false;
+        }
+        legs.push(LegStatus {
+            slot: i as u32,
+            path: l.location.clone(),
+            canonical_path: l.canonical.clone(),
+            image_uuid: uuid_str(&l.image_uuid),
+            state: l.state.as_str().to_string(),
+            out_of_sync_regions: regions,
+            out_of_sync_bytes: bytes,
+            reason: l.reason.clone(),
+            last_error: l.last_error.clone(),
+            fractured_at: l.fractured_at.map(format_time),
+            attached_at: t(l.attached_at),
+            state_changed_at: t(l.state_changed_at),
+        });
+    }
+    let superblock_warning = match &img.damaged {
+        Some((i, e)) => format!(
+            "superblock copy {} is damaged ({e}); copy {} is in use",
+            crate::image::copy_name(*i),
+            crate::image::copy_name(1 - *i)
+        ),
+        None => String::new(),
+    };
+    Ok(Status {
+        format_version: format!("{FORMAT_MAJOR}.{}", img.minor),
+        mirror_uuid: uuid_str(&sb.mirror_uuid),
+        image_uuid: uuid_str(&sb.image_uuid),
+        role: sb.role.as_str().to_string(),
+        path: path.to_string(),
+        generation: sb.generation,
+        created_at: format_time(sb.created_at),
+        data_offset: g.data_offset,
+        data_size: g.data_size,
+        region_size: g.region_size,
+        region_count: g.region_count,
+        max_secondaries: g.slots,
+        secondaries: legs.len() as u32,
+        write_intent_regions: wi_regions,
+        write_intent_bytes: wi_bytes,
+        clean: wi_regions == 0,
+        healthy: healthy && primary,
+        superblock_warning,
+        primary_path: sb.primary_location.clone(),
+        in_sync_generation: sb.in_sync_generation,
+        last_resync_at: sb.last_resync.as_ref().map(|r| format_time(r.finished_at)),
+        last_resync_bytes: sb.last_resync.as_ref().map(|r| r.bytes_copied),
+        last_recovery_at: sb.last_recovery.as_ref().map(|r| format_time(r.at)),
+        last_recovery_regions: sb.last_recovery.as_ref().map(|r| r.regions),
+        last_verify_at: sb.last_verify.as_ref().map(|v| format_time(v.finished_at)),
+        last_verify_result: sb.last_verify.as_ref().map(|v| v.result.clone()),
+        last_verify_mismatched_regions: sb.last_verify.as_ref().map(|v| v.mismatched_regions),
+        verify_cursor: sb.last_verify.as_ref().map(|v| v.cursor).unwrap_or(0),
+        last_full_verify_at: sb
+            .last_verify
+            .as_ref()
+            .and_then(|v| v.last_full_pass_at)
+            .map(format_time),
+        legs,
+    })
+}
+
+/// Renders the status for people.
+pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "mirror        {} (format {}, generation {})",
+        s.mirror_uuid, s.format_version, s.generation
+    )?;
+    writeln!(
+        out,
+        "image         {} ({}, {})",
+        s.path, s.role, s.image_uuid
+    )?;
+    if s.role != "primary" {
+        writeln!(
+            out,
+            "primary       {} (this image's copy of the mirror state; run status on the primary for live counts)",
+            if s.primary_path.is_empty() { "unknown" } else { &s.primary_path }
+        )?;
+        writeln!(out, "in sync at    generation {}", s.in_sync_generation)?;
+    }
+    writeln!(
+        out,
+        "data area     {} at offset {} ({} bytes), {} regions of {}",
+        format_size(s.data_size),
+        s.data_offset,
+        s.data_size,
+        s.region_count,
+        format_size(s.region_size)
+    )?;
+    if s.role == "primary" {
+        if s.clean {
+            writeln!(out, "write intent  none pending (clean)")?;
+        } else {
+            writeln!(
+                out,
+                "write intent  {} regions ({}) pending: the last writer stopped uncleanly; the next command moves them to every secondary's fracture log",
+                s.write_intent_regions,
+                format_size(s.write_intent_bytes)
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "secondaries   {} of {} slots in use",
+        s.secondaries, s.max_secondaries
+    )?;
+    for l in &s.legs {
+        write!(
+            out,
+            "  slot {:<2} {:<19} {}  out of sync: {} regions ({})",
+            l.slot,
+            l.state,
+            l.path,
+            l.out_of_sync_regions,
+            format_size(l.out_of_sync_bytes)
+        )?;
+        if let Some(f) = &l.fractured_at {
+            write!(out, ", fractured {f}")?;
+        }
+        if !l.reason.is_empty() {
+            write!(out, ", reason: {}", l.reason)?;
+        }
+        if !l.last_error.is_empty() && l.last_error != l.reason {
+            write!(out, ", last error: {}", l.last_error)?;
+        }
+        writeln!(out)?;
+    }
+    if let Some(at) = &s.last_resync_at {
+        writeln!(
+            out,
+            "last resync   {at}, {}",
+            format_size(s.last_resync_bytes.unwrap_or(0))
+        )?;
+    }
+    if let Some(at) = &s.last_recovery_at {
+        writeln!(
+            out,
+            "last recovery {at}, {} regions after an unclean stop",
+            s.last_recovery_regions.unwrap_or(0)
+        )?;
+    }
+    if let Some(at) = &s.last_verify_at {
+        writeln!(
+            out,
+            "last verify   {at}, {} ({} mismatched regions), cursor at region {}, last full pass {}",
+            s.last_verify_result.as_deref().unwrap_or("?"),
+            s.last_verify_mismatched_regions.unwrap_or(0),
+            s.verify_cursor,
+            s.last_full_verify_at.as_deref().unwrap_or("never")
+        )?;
+    }
+    if !s.superblock_warning.is_empty() {
+        writeln!(out, "warning       {}", s.superblock_warning)?;
+    }
+    let health = if s.role != "primary" {
+        "n/a (not the primary)".to_string()
+    } else if s.healthy {
+        if s.secondaries == 0 {
+            "in sync (no secondaries attached: nothing is mirrored)".to_string()
+        } else {
+            "in sync".to_string()
+        }
+    } else {
+        let bad: Vec<String> = s
+            .legs
+            .iter()
+            .filter(|l| l.state != "in-sync" || l.out_of_sync_regions > 0)
+            .map(|l| format!("slot {} {}", l.slot, l.state))
+            .collect();
+        format!(
+            "DEGRADED: {}",
+            if bad.is_empty() {
+                "write intents pending".into()
+            } else {
+                bad.join(", ")
+            }
+        )
+    };
+    writeln!(out, "health        {health}")?;
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! verify: compares the data areas of the primary and its secondaries region by region with
+//! blake3, reports exact mismatch ranges per leg, repairs them on request, and scrubs within
+//! a time budget from a cursor saved in the primary's header.
+//!
+//! The mirror lock is held per batch of regions and released in between, so a concurrent
+//! `mirrorctl write --wait` proceeds between batches; each batch re-reads the mirror state,
+//! so a region is never compared while a write to it is in flight.
+
+use crate::error::{Exit, Result};
+use crate::format::{LegState, VerifyRecord};
+use crate::layout::{BitmapId, Geometry, SlotIdx, MIB};
+use crate::mirror::{union, Mirror, Progress};
+use crate::units::now_unix;
+use serde::Serialize;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Data compared under one hold of the lock.
+pub const BATCH: u64 = 256 * MIB;
+/// Data read from each leg at once.
+pub const READ_CHUNK: u64 = 8 * MIB;
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct MismatchRange {
+    pub first_region: u64,
+    /// Exclusive.
+    pub end_region: u64,
+    /// Byte offset in the data area.
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct LegVerify {
+    pub slot: u32,
+    pub path: String,
+    pub state: String,
+    /// Whether this leg's data was compared at all.
+    pub compared: bool,
+    /// Why it was not compared (fractured, cannot be opened ...).
+    pub skipped: Option<String>,
+    /// Regions not compared because they are already known out of sync.
+    pub pending_regions: u64,
+    pub regions_compared: u64,
+    pub mismatched_regions: u64,
+    pub mismatched_bytes: u64,
+    pub repaired: bool,
+    pub error: Option<String>,
+    pub mismatches: Vec<MismatchRange>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct VerifyReport {
+    /// "clean", "differences", "repaired" or "incomplete" (a leg could not be compared).
+    pub result: String,
+    /// The pass reached the end of the data area.
+    pub complete: bool,
+    pub start_region: u64,
+    /// Where this run stopped (exclusive); the next budgeted run starts here.
+    pub end_region: u64,
+    pub region_count: u64,
+    pub bytes_compared: u64,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+    pub last_full_pass_at: Option<String>,
+    pub legs: Vec<LegVerify>,
+}
+
+pub struct VerifyOpts {
+    pub repair: bool,
+    pub max_time: Option<Duration>,
+    pub restart: bool,
+}
+
+/// Opens (and locks) the mirror; `first` is true for the first batch.
+pub type Opener<'a> = dyn FnMut(bool, Option<Duration>) -> Result<Option<Mirror>> + 'a;
+
+/// Runs a verify pass. `slots` are the legs asked for (None: every non-empty leg; fractured
+/// ones are reported, not compared).
+pub fn run(
+    open: &mut Opener<'_>,
+    slots_for: &dyn Fn(&Mirror) -> Result<Vec<u32>>,
+    opts: &VerifyOpts,
+    progress: &dyn Progress,
+) -> Result<(VerifyReport, Exit, Vec<String>)> {
+    let started = Instant::now();
+    let started_at = now_unix();
+    let deadline = opts.max_time.map(|d| started + d);
+    let mut warnings = Vec::new();
+    let Some(mut m) = open(true, None)? else {
+        unreachable!("the first open either locks or fails");
+    };
+    m.recover()?;
+    warnings.append(&mut m.warnings);
+    let g = m.geometry();
+    let slots = slots_for(&m)?;
+    let start = match (
+        &m.sb().last_verify,
+        opts.max_time.is_some() && !opts.restart,
+    ) {
+        (Some(v), true) if v.cursor < g.region_count => v.cursor,
+        _ => 0,
+    };
+    let mut report = VerifyReport {
+        start_region: start,
+        region_count: g.region_count,
+        ..Default::default()
+    };
+    let mut legs: Vec<LegVerify> = slots
+        .iter()
+        .map(|&s| {
+            let l = &m.sb().legs[s as usize];
+            LegVerify {
+                slot: s,
+                path: l.location.clone(),
+                state: l.state.as_str().to_string(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let total_bytes = g.regions_bytes(start..g.region_count);
+    progress.set_total(total_bytes.end - total_bytes.start);
+    let mut pos = start;
+    let batch_regions = (BATCH / g.region_size).max(1);
+    let mut mm = Some(m);
+    while let Some(m) = mm.as_mut() {
+        let batch = pos..(pos + batch_regions).min(g.region_count);
+        // At least one chunk per run, so repeated budgeted runs always make progress.
+        let budget = deadline.map(|d| (d, start));
+        pos = compare_batch(
+            m,
+            &g,
+            batch,
+            &mut legs,
+            opts.repair,
+            &mut report,
+            progress,
+            budget,
+        )?;
+        warnings.append(&mut m.warnings);
+        let complete = pos >= g.region_count;
+        // Save the cursor before letting go of the lock.
+        save_record(m, &legs, started_at, pos, complete, &report)?;
+        if complete {
+            report.complete = true;
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        drop(mm.take()); // unlock between batches
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        mm = open(false, remaining)?;
+        if let Some(m) = mm.as_mut() {
+            m.recover()?;
+            warnings.append(&mut m.warnings);
+        }
+    }
+    progress.finish();
+    if let Some(m) = &mm {
+        report.last_full_pass_at = m
+            .sb()
+            .last_verify
+            .as_ref()
+            .and_then(|v| v.last_full_pass_at)
+            .map(crate::units::format_time);
+    }
+    report.end_region = pos;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.bytes_per_second = if report.seconds > 0.0 {
+        report.bytes_compared as f64 / report.seconds
+    } else {
+        0.0
+    };
+    let unrepaired: u64 = legs
+        .iter()
+        .filter(|l| !l.repaired)
+        .map(|l| l.mismatched_regions)
+        .sum();
+    let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
+    let broken = legs.iter().any(|l| l.error.is_some());
+    report.result = if unrepaired > 0 {
+        "differences"
+    } else if broken {
+        "incomplete"
+    } else if any_mismatch {
+        "repaired"
+    } else {
+        "clean"
+    }
+    .to_string();
+    let exit = if unrepaired > 0 {
+        Exit::Differences
+    } else if broken {
+        Exit::Degraded
+    } else {
+        Exit::Success
+    };
+    report.legs = legs;
+    Ok((report, exit, warnings))
+}
+
+fn save_record(
+    m: &mut Mirror,
+    legs: &[LegVerify],
+    started_at: u64,
+    pos: u64,
+    complete: bool,
+    report: &VerifyReport,
+) -> Result<()> {
+    let now = now_unix();
+    let prev_full = m
+        .sb()
+        .last_verify
+        .as_ref()
+        .and_then(|v| v.last_full_pass_at);
+    let mismatched: u64 = legs.iter().map(|l| l.mismatched_regions).sum();
+    let unrepaired = legs.iter().any(|l| l.mismatched_regions > 0 && !l.repaired);
+    m.image.sb.last_verify = Some(VerifyRecord {
+        started_at,
+        finished_at: now,
+        cursor: if complete { 0 } else { pos },
+        result: if unrepaired {
+            "differences"
+        } else if mismatched > 0 {
+            "repaired"
+        } else if complete {
+            "clean"
+        } else {
+            "partial"
+        }
+        .to_string(),
+        mismatched_regions: mismatched,
+        compared_bytes: report.bytes_compared,
+        last_full_pass_at: if complete { Some(now) } else { prev_full },
+    });
+    m.commit()
+}
+
+type ActiveLeg = (usize, Arc<dyn crate::device::Device>, Vec<Range<u64>>);
+
+/// Compares one batch of regions on every requested leg (legs read in parallel). Returns
+/// the region where it stopped: the batch end, or earlier when the time budget ran out.
+#[allow(clippy::too_many_arguments)]
+fn compare_batch(
+    m: &mut Mirror,
+    g: &Geometry,
+    batch: Range<u64>,
+    legs: &mut [LegVerify],
+    repair: bool,
+    report: &mut VerifyReport,
+    progress: &dyn Progress,
+    budget: Option<(Instant, u64)>,
+) -> Result<u64> {
+    // Which legs take part, and which of their regions are already known out of sync.
+    // (index into legs, device, regions of the batch already pending on that leg)
+    let mut active: Vec<ActiveLeg> = Vec::new();
+    for (i, lv) in legs.iter_mut().enumerate() {
+        let leg = m.sb().legs[lv.slot as usize].clone();
+        lv.state = leg.state.as_str().to_string();
+        if leg.state == LegState::Empty {
+            lv.skipped = Some("detached during verify".into());
+            continue;
+        }
+        if leg.state.is_fractured() {
+            lv.skipped = Some(format!("{}: not compared", leg.state.as_str()));
+            continue;
+        }
+        if lv.error.is_some() {
+            continue;
+        }
+        match m.open_leg(lv.slot) {
+            Ok(d) => {
+                let pending = pending_in(m, lv.slot, &batch)?;
+                lv.pending_regions += pending.iter().map(|r| r.end - r.start).sum::<u64>();
+                lv.compared = true;
+                active.push((i, d, pending));
+            }
+            Err(e) => lv.error = Some(e),
+        }
+    }
+    let primary = m.image.dev.clone();
+    let chunk_regions = (READ_CHUNK / g.region_size).max(1);
+    let mut found: Vec<Vec<u64>> = vec![Vec::new(); legs.len()];
+    let mut r = batch.start;
+    while r < batch.end {
+        if budget.is_some_and(|(d, run_start)| r > run_start && Instant::now() >= d) {
+            break;
+        }
+        let chunk = r..(r + chunk_regions).min(batch.end);
+        let bytes = g.regions_bytes(chunk.clone());
+        let len = (bytes.end - bytes.start) as usize;
+        let at = g.data_offset + bytes.start;
+        if active.is_empty() {
+            progress.advance(len as u64);
+            r = chunk.end;
+            continue;
+        }
+        // Both sides holes: equal without reading.
+        let all_holes = [&primary]
+            .into_iter()
+            .chain(active.iter().map(|(_, d, _)| d))
+            .all(|d| matches!(d.data_extents(at..at + len as u64), Ok(Some(v)) if v.is_empty()));
+        if !all_holes {
+            let hashes = std::thread::scope(|sc| {
+                let hs: Vec<_> = std::iter::once(&primary)
+                    .chain(active.iter().map(|(_, d, _)| d))
+                    .map(|d| {
+                        let d = d.clone();
+                        let chunk = chunk.clone();
+                        sc.spawn(move || hash_regions(&*d, g, chunk, at, len))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            });
+            let mut it = hashes.into_iter();
+            let ph = it
+                .next()
+                .unwrap()
+                .map_err(|e| m.meta_err(&format!("reading data at offset {}", bytes.start), &e))?;
+            for ((i, _, pending), lh) in active.iter_mut().zip(it) {
+                match lh {
+                    Err(e) => {
+                        legs[*i].error =
+                            Some(format!("reading at data offset {}: {e}", bytes.start));
+                    }
+                    Ok(lh) => {
+                        for (k, (a, b)) in ph.iter().zip(lh.iter()).enumerate() {
+                            let region = chunk.start + k as u64;
+                            if a != b && !pending.iter().any(|p| p.contains(&region)) {
+                                found[*i].push(region);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, _, pending) in &active {
+            if legs[*i].error.is_none() {
+                let skipped: u64 = pending
+                    .iter()
+                    .map(|p| {
+                        p.end
+                            .min(chunk.end)
+                            .saturating_sub(p.start.max(chunk.start))
+                    })
+                    .sum();
+                let n = chunk.end - chunk.start - skipped;
+                legs[*i].regions_compared += n;
+                report.bytes_compared += len as u64 * n / (chunk.end - chunk.start);
+            }
+        }
+        active.retain(|(i, _, _)| legs[*i].error.is_none());
+        progress.advance(len as u64);
+        r = chunk.end;
+    }
+    // A region reported as different is read again and compared byte for byte first.
+    let mut to_repair = Vec::new();
+    for (i, regions) in found.into_iter().enumerate() {
+        if regions.is_empty() {
+            continue;
+        }
+        let slot = legs[i].slot;
+        let dev = match m.open_leg(slot) {
+            Ok(d) => d,
+            Err(e) => {
+                legs[i].error = Some(e);
+                continue;
+            }
+        };
+        let mut confirmed = Vec::new();
+        for region in regions {
+            let b = g.region_bytes(crate::layout::RegionIdx(region));
+            let n = (b.end - b.start) as usize;
+            let (mut pa, mut pb) = (vec![0u8; n], vec![0u8; n]);
+            primary
+                .read_at(&mut pa, g.data_offset + b.start)
+                .map_err(|e| m.meta_err(&format!("re-reading data at offset {}", b.start), &e))?;
+            if let Err(e) = dev.read_at(&mut pb, g.data_offset + b.start) {
+                legs[i].error = Some(format!("re-reading at data offset {}: {e}", b.start));
+                break;
+            }
+            if pa != pb {
+                confirmed.push(region);
+            }
+        }
+        let lv = &mut legs[i];
+        for region in &confirmed {
+            let b = g.region_bytes(crate::layout::RegionIdx(*region));
+            lv.mismatched_regions += 1;
+            lv.mismatched_bytes += b.end - b.start;
+            match lv.mismatches.last_mut() {
+                Some(last) if last.end_region == *region => {
+                    last.end_region += 1;
+                    last.length = b.end - last.offset;
+                }
+                _ => lv.mismatches.push(MismatchRange {
+                    first_region: *region,
+                    end_region: region + 1,
+                    offset: b.start,
+                    length: b.end - b.start,
+                }),
+            }
+        }
+        if repair && !confirmed.is_empty() {
+            to_repair.push((slot, confirmed));
+        }
+    }
+    if !to_repair.is_empty() {
+        // The mismatched regions go into the leg's fracture log durably, then the ordinary
+        // resync path copies them (and clears the bits only once durable: rule S1).
+        for (slot, regions) in &to_repair {
+            for region in regions {
+                m.bitmaps
+                    .set_range(
+                        BitmapId::Fracture(SlotIdx(*slot)),
+                        *region..region + 1,
+                        true,
+                    )
+                    .map_err(|e| m.meta_err("setting a fracture log", &e))?;
+            }
+        }
+        m.flush_bitmaps()?;
+        let slots: Vec<u32> = to_repair.iter().map(|(s, _)| *s).collect();
+        let rr = m.resync(&slots, None, &crate::mirror::NoProgress)?;
+        for l in rr.legs {
+            let lv = legs.iter_mut().find(|x| x.slot == l.slot).unwrap();
+            match l.error {
+                None => lv.repaired = true,
+                Some(e) => lv.error = Some(format!("repair failed: {e}")),
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Regions of `batch` already known out of sync on `slot` (fracture log or write intents).
+fn pending_in(m: &mut Mirror, slot: u32, batch: &Range<u64>) -> Result<Vec<Range<u64>>> {
+    let mut out = Vec::new();
+    for id in [BitmapId::Fracture(SlotIdx(slot)), BitmapId::WriteIntent] {
+        let mut from = batch.start;
+        loop {
+            let r = m
+                .bitmaps
+                .next_run(id, from, u64::MAX)
+                .map_err(|e| m.meta_err("reading a fracture log", &e))?;
+            match r {
+                Some(r) if r.start < batch.end => {
+                    out.push(r.start.max(batch.start)..r.end.min(batch.end));
+                    from = r.end;
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(union(&out, &[]))
+}
+
+fn hash_regions(
+    dev: &dyn crate::device::Device,
+    g: &Geometry,
+    chunk: Range<u64>,
+    at: u64,
+    len: usize,
+) -> std::io::Result<Vec<[u8; 32]>> {
+    let mut buf = vec![0u8; len];
+    dev.read_at(&mut buf, at)?;
+    let rs = g.region_size as usize;
+    Ok((0..(chunk.end - chunk.start) as usize)
+        .map(|k| {
+            let end = ((k + 1) * rs).min(len);
+            *blake3::hash(&buf[k * rs..end]).as_bytes()
+        })
+        .collect())
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what mirrorctl's tests and benchmarks need on a Debian machine (idempotent).
+set -euo pipefail
+need=()
+command -v losetup >/dev/null || need+=(mount)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v strace >/dev/null || need+=(strace)
+command -v cmp >/dev/null || need+=(diffutils)
+command -v rsync >/dev/null || need+=(rsync)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+fi
