@@ -67,6 +67,9 @@ pub enum Command {
     /// Remove a secondary from the mirror and free its slot.
     #[command(after_help = AFTER_HELP)]
     Detach(DetachArgs),
+    /// Turn an in-sync secondary into the primary of its mirror (failover).
+    #[command(after_help = AFTER_HELP)]
+    Promote(PromoteArgs),
     /// Compare the primary with its secondaries region by region (blake3) and report every
     /// differing range; repair on request; scrub in budgeted steps from cron.
     #[command(after_help = AFTER_HELP)]
@@ -128,6 +131,23 @@ pub struct AttachArgs {
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
     #[arg(long, value_name = "SIZE/s")]
     pub rate: Option<String>,
+    /// Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep
+    /// PRIMARY's data and overwrite SECONDARY's changes (only the regions either side changed
+    /// are copied).
+    #[arg(long)]
+    pub discard_secondary_changes: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The secondary (path) to turn into the primary of its mirror.
+    pub secondary: PathBuf,
+    /// Promote even if the secondary was fractured or out of sync at its last known state
+    /// (its missing writes are lost).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }

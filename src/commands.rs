@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Resync(a) => resync(&ctx, a),
         Command::Detach(a) => detach(&ctx, a),
         Command::Verify(a) => verify(&ctx, a),
+        Command::Promote(a) => promote(&ctx, a),
         Command::Generate(a) => {
             let written: Vec<PathBuf> =
                 Err::<Vec<PathBuf>, io::Error>(io::Error::other(format!("{:?}", a.what))) // GEN-TODO
@@ -363,7 +364,12 @@ fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
-    let s = status::collect(&img, &mut bitmaps, &name)?;
+    let opener = FileOpener { writable: false };
+    let leg_header = |l: &Leg| -> Option<Superblock> {
+        let dev = opener.open(l.open_path()).ok()?;
+        Image::read(dev).ok().map(|i| i.sb)
+    };
+    let s = status::collect(&img, &mut bitmaps, &name, &leg_header)?;
     if a.json {
         print_json(&s)?;
     } else {
@@ -494,6 +500,7 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
         &canonical,
         a.assume_clean,
         a.force,
+        a.discard_secondary_changes,
     )?;
     if let Some(mut c) = created {
         c.0 = None;
@@ -972,4 +979,62 @@ fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
     }
     println!("result: {}", report.result);
     Ok(exit)
+}
+
+// ---------------------------------------------------------------------------------------
+// promote
+
+#[derive(Serialize)]
+struct PromoteOut {
+    path: String,
+    generation: u64,
+    old_primary_slot: u32,
+    old_primary_reachable: bool,
+    notes: Vec<String>,
+}
+
+fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
+    let name = display(&a.secondary);
+    let dev =
+        FileDevice::open(&a.secondary, true).map_err(|e| open_error("opening", &a.secondary, e))?;
+    lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+    let dev: Arc<dyn Device> = Arc::new(dev);
+    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
+    // The former primary, if it can be reached: it is the authority on how current this
+    // image is, and it must not be written while it is demoted.
+    let mut old = None;
+    if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
+        let p = PathBuf::from(&img.sb.primary_location);
+        match open_mirror_wait(&p, Mode::Exclusive, ctx.wait) {
+            Ok(mut m) => {
+                m.recover()?;
+                print_warnings(&mut m);
+                old = Some(m);
+            }
+            Err(e) if e.exit == Exit::Busy => return Err(e),
+            Err(e) => eprintln!("mirrorctl: note: former primary not used: {e}"),
+        }
+    }
+    drop(img);
+    let out = crate::failover::promote(dev.clone(), &name, old, a.force)?;
+    // Tell the other secondaries who their primary is now.
+    let mut m = Mirror::open(dev, &name, Arc::new(FileOpener { writable: true }), true)?;
+    m.refresh_headers(&[]);
+    print_warnings(&mut m);
+    let res = PromoteOut {
+        path: name.clone(),
+        generation: out.generation,
+        old_primary_slot: out.old_primary_slot,
+        old_primary_reachable: out.old_primary_reachable,
+        notes: out.notes,
+    };
+    if a.json {
+        print_json(&res)?;
+    } else {
+        println!("promoted {name} to primary (generation {})", res.generation);
+        for n in &res.notes {
+            println!("  {n}");
+        }
+    }
+    health_exit(&mut m)
 }

@@ -23,6 +23,8 @@ pub const MAX_LOCATION: usize = 1024;
 pub const MAX_TEXT: usize = 256;
 /// How many generation-history entries an image keeps.
 pub const MAX_HISTORY: usize = 64;
+/// Longest event text in a history entry.
+pub const MAX_EVENT: usize = 64;
 
 pub type Uuid = [u8; 16];
 
@@ -156,6 +158,9 @@ pub struct RecoveryRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub generation: u64,
+    /// Random identifier of this generation: two images that share an id went through the
+    /// same generation (counters alone could collide after a split).
+    pub id: u64,
     pub at: u64,
     pub event: String,
 }
@@ -197,8 +202,9 @@ impl Superblock {
         self.generation += 1;
         self.history.push(HistoryEntry {
             generation: self.generation,
+            id: uuid::Uuid::new_v4().as_u64_pair().0,
             at: now,
-            event: cut(event, MAX_TEXT),
+            event: cut(event, MAX_EVENT),
         });
         if self.history.len() > MAX_HISTORY {
             let drop = self.history.len() - MAX_HISTORY;
@@ -405,9 +411,10 @@ pub(crate) mod tests {
             l.fractured_at = Some(i as u64);
         }
         sb.primary_location = "p".repeat(MAX_LOCATION);
-        for g in 0..MAX_HISTORY as u64 {
+        for g in 0..MAX_HISTORY as u64 + 3 {
             sb.bump_generation(&"h".repeat(MAX_TEXT), g);
         }
+        assert_eq!(sb.history.len(), MAX_HISTORY);
         sb.last_verify = Some(VerifyRecord {
             started_at: 1,
             finished_at: 2,

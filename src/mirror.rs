@@ -305,6 +305,18 @@ impl Mirror {
             .map_err(|e| format!("opening {}: {e}", leg.open_path()))?;
         let img = Image::read(dev.clone())
             .map_err(|e| format!("reading header of {}: {e}", leg.location))?;
+        if img.sb.mirror_uuid == self.sb().mirror_uuid
+            && img.sb.image_uuid == leg.image_uuid
+            && img.sb.role != Role::Secondary
+        {
+            // Rule P1: an image that was promoted (or detached) is never written as a
+            // secondary; writing it would mix two primaries' data (split brain).
+            return Err(format!(
+                "{} is now a {} of this mirror, no longer this primary's secondary (promoted elsewhere?); not writing to it",
+                leg.location,
+                img.sb.role.as_str()
+            ));
+        }
         if img.sb.mirror_uuid != self.sb().mirror_uuid || img.sb.image_uuid != leg.image_uuid {
             return Err(format!(
                 "{} holds image {} of mirror {}, not this slot's image {}",
@@ -362,6 +374,7 @@ impl Mirror {
             .sb
             .bump_generation(&format!("recovered {n} write-intent regions"), now);
         self.commit()?;
+        self.refresh_headers(&[]);
         // R3: only now the write-intent log may go.
         self.bitmaps
             .clear_all(BitmapId::WriteIntent)
@@ -404,6 +417,7 @@ impl Mirror {
         self.warnings.push(format!(
             "warning: {name} failed ({text}); it is fractured and its changes are tracked for `mirrorctl resync`"
         ));
+        self.refresh_headers(&[]);
         Ok(())
     }
 
@@ -769,12 +783,8 @@ impl Mirror {
         l.fracture_generation = generation;
         self.commit()?;
         // Best effort: the secondary's own header records that it is no longer current.
-        if let Err(e) = self.update_secondary_header(slot, false) {
-            self.warnings.push(format!(
-                "warning: could not update the header of {}: {e}",
-                leg_name(slot, &leg)
-            ));
-        }
+        let _ = leg;
+        self.refresh_headers(&[slot]);
         Ok(true)
     }
 
@@ -789,7 +799,10 @@ impl Mirror {
             created_at: now_unix(),
             geometry: p.geometry,
             primary_uuid: p.image_uuid,
-            primary_location: self.name.clone(),
+            // Absolute, so `promote` finds the primary from any working directory.
+            primary_location: std::fs::canonicalize(&self.name)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| self.name.clone()),
             legs: p.legs.clone(),
             in_sync_generation: if in_sync { p.generation } else { 0 },
             history: p.history.clone(),
@@ -799,8 +812,33 @@ impl Mirror {
         }
     }
 
-    /// Rewrites a secondary's own header from the primary's current state (on state
-    /// changes only, never per write).
+    /// Rewrites the headers of the legs that receive writes (and of `also`) from the
+    /// primary's state: leg table, generation history, and whether the leg is in sync. Runs
+    /// on state changes only, never per write. A failure is a warning: the primary's
+    /// superblock is the authority, and `promote` refuses a secondary whose header does not
+    /// say it was in sync at its latest generation.
+    pub fn refresh_headers(&mut self, also: &[u32]) {
+        for s in 0..self.geometry().slots {
+            let leg = self.sb().legs[s as usize].clone();
+            if leg.state == LegState::Empty || !(leg.state.receives_writes() || also.contains(&s)) {
+                continue;
+            }
+            let clean = self
+                .bitmaps
+                .count(BitmapId::Fracture(SlotIdx(s)))
+                .map(|n| n == 0)
+                .unwrap_or(false);
+            let in_sync = leg.state == LegState::InSync && clean;
+            if let Err(e) = self.update_secondary_header(s, in_sync) {
+                self.warnings.push(format!(
+                    "warning: could not update the header of {}: {e}",
+                    leg_name(s, &leg)
+                ));
+            }
+        }
+    }
+
+    /// Rewrites one secondary's own header from the primary's current state.
     pub fn update_secondary_header(&mut self, slot: u32, in_sync: bool) -> io::Result<()> {
         let dev = self.open_leg(slot).map_err(io::Error::other)?;
         let mut img = Image::read(dev).map_err(|e| io::Error::other(e.to_string()))?;
@@ -992,16 +1030,8 @@ impl Mirror {
             });
         }
         self.commit()?;
-        for &s in &done {
-            if self.sb().legs[s as usize].state == LegState::InSync {
-                if let Err(e) = self.update_secondary_header(s, true) {
-                    let l = self.sb().legs[s as usize].clone();
-                    self.warnings.push(format!(
-                        "warning: could not update the header of {}: {e}",
-                        leg_name(s, &l)
-                    ));
-                }
-            }
+        if !done.is_empty() {
+            self.refresh_headers(&done);
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -1015,6 +1045,7 @@ impl Mirror {
         canonical: &str,
         assume_clean: bool,
         force: bool,
+        discard: bool,
     ) -> Result<AttachOutcome> {
         let g = self.geometry();
         if location.len() > format::MAX_LOCATION || canonical.len() > format::MAX_LOCATION {
@@ -1079,6 +1110,36 @@ impl Mirror {
         if let Some(s) = reattach_slot {
             // A3: keep the fracture log; only what changed is copied.
             let id = BitmapId::Fracture(SlotIdx(s));
+            let img = existing.as_ref().ok().unwrap();
+            if img.sb.role == Role::Primary {
+                // A former primary returning (or the other side of a split brain).
+                let theirs = crate::failover::returning_primary_regions(
+                    self.sb(),
+                    &self.name,
+                    img,
+                    location,
+                    discard,
+                )?;
+                if assume_clean {
+                    return Err(Error::usage(format!(
+                        "--assume-clean cannot be used for {location}: it was a primary and may hold writes this primary lacks"
+                    )));
+                }
+                // P3: its possible writes go into its log durably before its header changes.
+                for r in theirs {
+                    self.bitmaps
+                        .set_range(id, r, true)
+                        .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                }
+                self.flush_bitmaps()?;
+                let mut sec = Image::read(dev.clone())
+                    .map_err(|e| Error::degraded(format!("re-reading {location}: {e}")))?;
+                let mut sb = self.secondary_sb(sec.sb.image_uuid, false);
+                sb.created_at = sec.sb.created_at;
+                sec.sb = sb;
+                sec.commit()
+                    .map_err(|e| Error::degraded(format!("writing header of {location}: {e}")))?;
+            }
             let (regions, _) = self
                 .bitmaps
                 .count_bytes(id)
@@ -1200,9 +1261,7 @@ impl Mirror {
         };
         self.commit()?;
         self.open_legs[slot as usize] = Some(dev);
-        if regions == 0 {
-            let _ = self.update_secondary_header(slot, true);
-        }
+        self.refresh_headers(&[slot]);
         Ok(AttachOutcome {
             slot,
             reattached: false,
@@ -1226,6 +1285,7 @@ impl Mirror {
         self.image.sb.legs[slot as usize] = Leg::empty();
         self.commit()?;
         self.open_legs[slot as usize] = None;
+        self.refresh_headers(&[]);
         match dev.map(|d| -> io::Result<()> {
             let mut img = Image::read(d).map_err(|e| io::Error::other(e.to_string()))?;
             img.sb.role = Role::Detached;

@@ -25,6 +25,11 @@ pub struct LegStatus {
     pub fractured_at: Option<String>,
     pub attached_at: Option<String>,
     pub state_changed_at: Option<String>,
+    /// How the leg's own generation history relates to the primary's: "in-sync", "behind",
+    /// "ahead", "diverged", or "unknown" (its header could not be read).
+    pub generation_relation: String,
+    /// The generation the leg's own header records (null when unknown).
+    pub leg_generation: Option<u64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -68,7 +73,13 @@ fn t(v: u64) -> Option<String> {
 }
 
 /// Collects the status of an image (the primary normally; a secondary shows its copy).
-pub fn collect(img: &Image, bitmaps: &mut Bitmaps, path: &str) -> Result<Status> {
+/// `leg_header` reads a leg's own header (None when it cannot be reached).
+pub fn collect(
+    img: &Image,
+    bitmaps: &mut Bitmaps,
+    path: &str,
+    leg_header: &dyn Fn(&crate::format::Leg) -> Option<crate::format::Superblock>,
+) -> Result<Status> {
     let sb = &img.sb;
     let g = sb.geometry;
     let merr = |e: std::io::Error| Error::primary_io(format!("reading bitmaps of {path}"), &e);
@@ -106,6 +117,20 @@ pub fn collect(img: &Image, bitmaps: &mut Bitmaps, path: &str) -> Result<Status>
         if l.state != LegState::InSync || regions > 0 {
             healthy = false;
         }
+        let theirs = if primary { leg_header(l) } else { None };
+        let relation = match &theirs {
+            Some(h) if h.mirror_uuid == sb.mirror_uuid && h.image_uuid == l.image_uuid => {
+                match crate::history::relate(&sb.history, &h.history) {
+                    // Same generations, but its header says it stopped being current then.
+                    crate::history::Relation::Same if h.in_sync_generation != h.generation => {
+                        "behind".to_string()
+                    }
+                    r => r.as_str().to_string(),
+                }
+            }
+            Some(_) => "foreign".to_string(),
+            None => "unknown".to_string(),
+        };
         legs.push(LegStatus {
             slot: i as u32,
             path: l.location.clone(),
@@ -119,6 +144,8 @@ pub fn collect(img: &Image, bitmaps: &mut Bitmaps, path: &str) -> Result<Status>
             fractured_at: l.fractured_at.map(format_time),
             attached_at: t(l.attached_at),
             state_changed_at: t(l.state_changed_at),
+            generation_relation: relation,
+            leg_generation: theirs.map(|h| h.generation),
         });
     }
     let superblock_warning = match &img.damaged {
@@ -231,6 +258,12 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         }
         if !l.last_error.is_empty() && l.last_error != l.reason {
             write!(out, ", last error: {}", l.last_error)?;
+        }
+        if s.role == "primary" {
+            match l.leg_generation {
+                Some(g) => write!(out, ", generation {g} ({})", l.generation_relation)?,
+                None => write!(out, ", generation unknown")?,
+            }
         }
         writeln!(out)?;
     }

@@ -1,0 +1,312 @@
+//! Failover: promoting a secondary to primary (with or without the old primary reachable),
+//! and deciding what a returning former primary must have copied.
+//!
+//! Rules (beside the code that keeps them):
+//! - P1 An image whose header is not role secondary is never written as a leg (mirror.rs,
+//!   `open_leg`): a promoted image cannot be written by its former primary.
+//! - P2 Promote makes the new primary's bitmaps durable before its superblock names it
+//!   primary; a crash in between leaves a secondary with unused bits (cleared on retry).
+//! - P3 A returning former primary gets, in its slot's fracture log, durably and before its
+//!   header is rewritten as a secondary: its own write-intent log and the fracture log it
+//!   kept for the promoted image (what it wrote, or may have written, that the new primary
+//!   lacks), on top of what the new primary wrote since the promotion.
+//! - P4 Images whose histories diverged (both changed after the last shared generation) are
+//!   never mixed without an explicit choice of the side to discard.
+
+use crate::bitmap::Bitmaps;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::format::{cut, LegState, Role, Superblock, MAX_TEXT};
+use crate::history::{relate, Relation};
+use crate::image::Image;
+use crate::layout::{BitmapId, SlotIdx};
+use crate::mirror::{read_error, union, uuid_str, Mirror};
+use crate::units::{format_size, format_time, now_unix};
+use std::ops::Range;
+use std::sync::Arc;
+
+pub struct PromoteOutcome {
+    pub generation: u64,
+    /// Slot now naming the former primary.
+    pub old_primary_slot: u32,
+    pub old_primary_reachable: bool,
+    pub notes: Vec<String>,
+}
+
+fn runs(b: &mut Bitmaps, id: BitmapId, what: &str) -> Result<Vec<Range<u64>>> {
+    b.runs(id, u64::MAX)
+        .map_err(|e| Error::primary_io(format!("reading {what}"), &e))
+}
+
+/// Promotes the secondary on `dev` (already locked by the caller). `old` is the former
+/// primary, opened and locked, when it could be reached.
+pub fn promote(
+    dev: Arc<dyn Device>,
+    name: &str,
+    mut old: Option<Mirror>,
+    force: bool,
+) -> Result<PromoteOutcome> {
+    let mut img = Image::read(dev.clone()).map_err(|e| read_error(name, e))?;
+    let sb = img.sb.clone();
+    match sb.role {
+        Role::Secondary => {}
+        Role::Primary => {
+            return Err(Error::usage(format!(
+                "{name} is already the primary of mirror {}",
+                uuid_str(&sb.mirror_uuid)
+            )))
+        }
+        Role::Detached => {
+            return Err(Error::usage(format!(
+                "{name} was detached from mirror {}; it has no mirror to take over (create a new mirror on it instead)",
+                uuid_str(&sb.mirror_uuid)
+            )))
+        }
+    }
+    if let Some(o) = &old {
+        if o.sb().mirror_uuid != sb.mirror_uuid || o.sb().image_uuid != sb.primary_uuid {
+            old = None;
+        }
+    }
+    let g = sb.geometry;
+    let mut notes = Vec::new();
+    // The authority on how current this image is: the old primary if reachable, else the
+    // image's own header ("as far as it knows").
+    let base: Superblock = match &old {
+        Some(o) => o.sb().clone(),
+        None => sb.clone(),
+    };
+    let Some(slot) = base.slot_of_uuid(&sb.image_uuid) else {
+        return Err(Error::usage(format!(
+            "{name} is not listed in the leg table of mirror {}; it cannot be promoted",
+            uuid_str(&sb.mirror_uuid)
+        )));
+    };
+    let me = base.legs[slot].clone();
+    if let Some(o) = old.as_mut() {
+        let (regions, bytes) = o.pending_for(slot as u32)?;
+        let fr = o
+            .bitmaps
+            .count(BitmapId::Fracture(SlotIdx(slot as u32)))
+            .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
+        if (me.state != LegState::InSync || fr > 0) && !force {
+            return Err(Error::usage(format!(
+                "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use --force to promote it anyway and lose those changes",
+                o.name,
+                me.state.as_str(),
+                format_size(bytes)
+            )));
+        }
+    } else {
+        let current = sb.in_sync_generation != 0 && sb.in_sync_generation == sb.generation;
+        if (!current || me.state != LegState::InSync) && !force {
+            let since = me
+                .fractured_at
+                .map(|t| format!(" since {}", format_time(t)))
+                .unwrap_or_default();
+            return Err(Error::usage(format!(
+                "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use --force to promote it anyway",
+                sb.generation,
+                me.state.as_str(),
+                sb.in_sync_generation
+            )));
+        }
+        notes.push(format!(
+            "the former primary ({}) could not be opened; its last write window is unknown, so the other secondaries are marked for a full resync",
+            if sb.primary_location.is_empty() { "unknown path" } else { &sb.primary_location }
+        ));
+    }
+    // New leg table and logs.
+    let now = now_unix();
+    let mut new = base.clone();
+    new.image_uuid = sb.image_uuid;
+    new.role = Role::Primary;
+    new.primary_uuid = sb.image_uuid;
+    new.primary_location = String::new();
+    new.in_sync_generation = 0;
+    new.last_recovery = None;
+    new.last_resync = None;
+    new.last_verify = None;
+    new.bump_generation(&format!("promoted {}", &uuid_str(&sb.image_uuid)[..8]), now);
+    let generation = new.generation;
+    let old_loc = match &old {
+        Some(o) => o.name.clone(),
+        None => sb.primary_location.clone(),
+    };
+    {
+        let l = &mut new.legs[slot];
+        l.image_uuid = sb.primary_uuid;
+        l.location = old_loc.clone();
+        l.canonical = std::fs::canonicalize(&old_loc)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| old_loc.clone());
+        l.state = LegState::FracturedByError;
+        l.reason = cut(
+            &format!("former primary, replaced by promotion at generation {generation}"),
+            MAX_TEXT,
+        );
+        l.last_error.clear();
+        l.fractured_at = Some(now);
+        l.state_changed_at = now;
+        l.fracture_generation = generation;
+    }
+    let mut logs: Vec<(u32, Vec<Range<u64>>)> = Vec::new();
+    let all: Vec<Range<u64>> = std::iter::once(0..g.region_count).collect();
+    match old.as_mut() {
+        Some(o) => {
+            let wi = runs(
+                &mut o.bitmaps,
+                BitmapId::WriteIntent,
+                "the old primary's write-intent log",
+            )?;
+            for s in 0..g.slots {
+                if new.legs[s as usize].state == LegState::Empty {
+                    continue;
+                }
+                // The old primary's fracture log for this image becomes the log of the old
+                // primary's own slot (P3); other slots keep theirs.
+                let f = runs(
+                    &mut o.bitmaps,
+                    BitmapId::Fracture(SlotIdx(s)),
+                    "the old primary's fracture log",
+                )?;
+                logs.push((s, union(&f, &wi)));
+            }
+        }
+        None => {
+            for s in 0..g.slots {
+                let l = &mut new.legs[s as usize];
+                if l.state == LegState::Empty || s as usize == slot {
+                    continue;
+                }
+                if l.state.receives_writes() {
+                    l.state = LegState::Syncing;
+                    l.state_changed_at = now;
+                }
+                logs.push((s, all.clone()));
+                notes.push(format!(
+                    "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync (or compare first with `mirrorctl verify`)",
+                    l.location
+                ));
+            }
+        }
+    }
+    // P2: bitmaps first.
+    let mut bm = Bitmaps::open(dev.clone(), g, dev.file().is_some())
+        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
+    let merr = |e: std::io::Error| Error::primary_io(format!("writing bitmaps of {name}"), &e);
+    bm.clear_all(BitmapId::WriteIntent).map_err(merr)?;
+    for s in 0..g.slots {
+        bm.clear_all(BitmapId::Fracture(SlotIdx(s))).map_err(merr)?;
+    }
+    for (s, rs) in &logs {
+        for r in rs {
+            bm.set_range(BitmapId::Fracture(SlotIdx(*s)), r.clone(), true)
+                .map_err(merr)?;
+        }
+    }
+    bm.flush().map_err(merr)?;
+    drop(bm);
+    img.sb = new;
+    img.commit()
+        .map_err(|e| Error::primary_io(format!("writing the superblock of {name}"), &e))?;
+    let reachable = old.is_some();
+    // The former primary, when reachable, becomes a secondary of the new primary right away
+    // (planned failover); its slot's log already holds what it may have that we lack.
+    if let Some(o) = old.take() {
+        let dev = o.image.dev.clone();
+        drop(o);
+        match Image::read(dev) {
+            Ok(mut oi) => {
+                let mut osb = img.sb.clone();
+                osb.image_uuid = oi.sb.image_uuid;
+                osb.role = Role::Secondary;
+                osb.primary_uuid = img.sb.image_uuid;
+                osb.primary_location = name.to_string();
+                osb.in_sync_generation = 0;
+                osb.created_at = oi.sb.created_at;
+                oi.sb = osb;
+                match oi.commit() {
+                    Ok(()) => {
+                        let empty = logs
+                            .iter()
+                            .all(|(s, rs)| *s as usize != slot || rs.is_empty());
+                        let l = &mut img.sb.legs[slot];
+                        l.state = if empty { LegState::InSync } else { LegState::Syncing };
+                        l.reason = "former primary, demoted by promotion".into();
+                        l.fractured_at = None;
+                        img.commit().map_err(|e| {
+                            Error::primary_io(format!("writing the superblock of {name}"), &e)
+                        })?;
+                        notes.push(format!(
+                            "the former primary {old_loc} is now slot {slot} of {name}; `mirrorctl resync {name}` copies what it lacks"
+                        ));
+                    }
+                    Err(e) => notes.push(format!(
+                        "warning: could not rewrite the former primary's header ({e}); attach it again with `mirrorctl attach {name} {old_loc}`"
+                    )),
+                }
+            }
+            Err(e) => notes.push(format!(
+                "warning: could not re-read the former primary ({e}); attach it again later"
+            )),
+        }
+    } else {
+        notes.push(format!(
+            "when the former primary returns, `mirrorctl attach {name} {old_loc}` copies only what changed since generation {}",
+            generation - 1
+        ));
+    }
+    Ok(PromoteOutcome {
+        generation,
+        old_primary_slot: slot as u32,
+        old_primary_reachable: reachable,
+        notes,
+    })
+}
+
+/// What a returning image of this mirror that is (still) marked primary may hold that the
+/// current primary lacks: its write-intent log and the fracture log it kept for the current
+/// primary (P3). Refuses diverged histories unless `discard` (P4).
+pub fn returning_primary_regions(
+    primary: &Superblock,
+    primary_name: &str,
+    theirs: &Image,
+    their_name: &str,
+    discard: bool,
+) -> Result<Vec<Range<u64>>> {
+    let rel = relate(&primary.history, &theirs.sb.history);
+    match rel {
+        Relation::Same | Relation::Behind { .. } => {}
+        Relation::Ahead { .. } | Relation::Diverged { .. } if !discard => {
+            let common = match rel {
+                Relation::Diverged { common: Some(c) } => {
+                    format!("after generation {c}, the last they shared")
+                }
+                Relation::Diverged { common: None } => "with no generation in common".into(),
+                _ => format!("{their_name} is ahead of {primary_name}"),
+            };
+            return Err(Error::usage(format!(
+                "split brain: {their_name} (generation {}) and {primary_name} (generation {}) were both changed {common}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} --discard-secondary-changes`, or the opposite with `mirrorctl attach {their_name} {primary_name} --discard-secondary-changes`",
+                theirs.sb.generation, primary.generation
+            )));
+        }
+        _ => {}
+    }
+    let g = theirs.sb.geometry;
+    let mut b = Bitmaps::open(theirs.dev.clone(), g, false)
+        .map_err(|e| Error::degraded(format!("reading bitmaps of {their_name}: {e}")))?;
+    let mut out = b
+        .runs(BitmapId::WriteIntent, u64::MAX)
+        .map_err(|e| Error::degraded(format!("reading bitmaps of {their_name}: {e}")))?;
+    if let Some(s) = theirs.sb.slot_of_uuid(&primary.image_uuid) {
+        let f = b
+            .runs(BitmapId::Fracture(SlotIdx(s as u32)), u64::MAX)
+            .map_err(|e| Error::degraded(format!("reading bitmaps of {their_name}: {e}")))?;
+        out = union(&out, &f);
+    } else {
+        // It never knew the current primary: everything may differ.
+        out = std::iter::once(0..g.region_count).collect();
+    }
+    Ok(out)
+}
