@@ -38,11 +38,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify(&ctx, a),
         Command::Promote(a) => promote(&ctx, a),
         Command::Generate(a) => {
-            let written: Vec<PathBuf> =
-                Err::<Vec<PathBuf>, io::Error>(io::Error::other(format!("{:?}", a.what))) // GEN-TODO
-                    .map_err(|e| {
-                        Error::usage(format!("generating into {}: {e}", a.out.display()))
-                    })?;
+            let written: Vec<PathBuf> = crate::gen::generate(&a.out, a.what)
+                .map_err(|e| Error::usage(format!("generating into {}: {e}", a.out.display())))?;
             for p in written {
                 println!("{}", p.display());
             }
@@ -955,7 +952,10 @@ fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
             String::new()
         };
         if l.mismatched_regions == 0 {
-            println!("slot {} ({}): identical{pending}", l.slot, l.path);
+            // A leg that could not be read is not "identical".
+            if l.error.is_none() {
+                println!("slot {} ({}): identical{pending}", l.slot, l.path);
+            }
             continue;
         }
         println!(

@@ -76,6 +76,9 @@ pub struct Mirror {
     pub warnings: Vec<String>,
     /// Legs opened (and checked) during this command, by slot.
     open_legs: Vec<Option<Arc<dyn Device>>>,
+    /// Bytes of write-intent window marked at once; [`WINDOW`] unless a test shrinks it to
+    /// exercise window moves with small images.
+    pub window: u64,
 }
 
 /// "secondary slot 1 (/srv/b.img)".
@@ -241,6 +244,7 @@ impl Mirror {
             name: name.to_string(),
             warnings,
             open_legs: vec![None; slots],
+            window: WINDOW,
         })
     }
 
@@ -500,8 +504,15 @@ impl Mirror {
         // W2: the data under the old window must be durable before its bits go.
         self.sync_legs(legs, st)?;
         let g = self.geometry();
-        let window = (WINDOW / g.region_size).max(1);
-        let new = regions.start..regions.end.max(regions.start + window).min(st.limit);
+        let window = (self.window / g.region_size).max(1);
+        // W1 needs every region of this chunk marked, even if the input turned out longer
+        // than announced.
+        let new = regions.start
+            ..regions
+                .end
+                .max(regions.start + window)
+                .min(st.limit)
+                .max(regions.end);
         let old = st.marked.clone();
         let wi = BitmapId::WriteIntent;
         if !old.is_empty() {
@@ -594,7 +605,13 @@ impl Mirror {
                 )));
             }
         }
-        let limit = match known_len.map(|k| k.min(max_len.unwrap_or(u64::MAX))) {
+        // The write-intent window never reaches past the end of what will be written, when
+        // that is known (input file size or --length), so nothing extra is left marked.
+        let bound = match (known_len, max_len) {
+            (Some(k), Some(m)) => Some(k.min(m)),
+            (k, m) => k.or(m),
+        };
+        let limit = match bound {
             Some(k) => g
                 .regions_for(offset, k.min(g.data_size - offset))
                 .end
@@ -800,9 +817,12 @@ impl Mirror {
             geometry: p.geometry,
             primary_uuid: p.image_uuid,
             // Absolute, so `promote` finds the primary from any working directory.
-            primary_location: std::fs::canonicalize(&self.name)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| self.name.clone()),
+            primary_location: cut(
+                &std::fs::canonicalize(&self.name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| self.name.clone()),
+                format::MAX_LOCATION,
+            ),
             legs: p.legs.clone(),
             in_sync_generation: if in_sync { p.generation } else { 0 },
             history: p.history.clone(),
@@ -1274,16 +1294,18 @@ impl Mirror {
         let leg = self.sb().legs[slot as usize].clone();
         let id = BitmapId::Fracture(SlotIdx(slot));
         let dev = self.open_leg(slot).ok();
-        self.bitmaps
-            .clear_all(id)
-            .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
-        self.flush_bitmaps()?;
         let now = now_unix();
         self.image
             .sb
             .bump_generation(&format!("slot {slot} detached"), now);
         self.image.sb.legs[slot as usize] = Leg::empty();
         self.commit()?;
+        // Only once the slot is free may its log go: a crash before the commit must leave
+        // a listed leg with its log (A2 resets a free slot's log on attach anyway).
+        self.bitmaps
+            .clear_all(id)
+            .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
+        self.flush_bitmaps()?;
         self.open_legs[slot as usize] = None;
         self.refresh_headers(&[]);
         match dev.map(|d| -> io::Result<()> {

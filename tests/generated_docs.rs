@@ -1,0 +1,164 @@
+//! The man pages and shell completions checked in under man/ and completions/ must be exactly
+//! what `mirrorctl generate` produces from the current CLI definitions and format constants.
+
+use mirrorctl::{format, layout};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const REGENERATE: &str = "run `cargo run -- generate` to regenerate man/ and completions/";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generated() -> Vec<(PathBuf, Vec<u8>)> {
+    mirrorctl::gen::render_all()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn checked_in_man_pages_and_completions_match_the_cli_definitions() {
+    let mut problems = Vec::new();
+    for (rel, want) in generated() {
+        match std::fs::read(root().join(&rel)) {
+            Ok(have) if have == want => {}
+            Ok(_) => problems.push(format!("{} is out of date", rel.display())),
+            Err(e) => problems.push(format!("{} is missing ({e})", rel.display())),
+        }
+    }
+    assert!(problems.is_empty(), "{}\n{REGENERATE}", problems.join("\n"));
+}
+
+#[test]
+fn every_checked_in_page_and_completion_is_still_generated() {
+    let produced: BTreeSet<PathBuf> = generated().into_iter().map(|(p, _)| p).collect();
+    let mut present = Vec::new();
+    for dir in ["man", "completions"] {
+        files_under(&root().join(dir), &mut present);
+    }
+    let orphans: Vec<String> = present
+        .iter()
+        .map(|p| p.strip_prefix(root()).unwrap().to_path_buf())
+        .filter(|p| !produced.contains(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "not produced by `mirrorctl generate` any more (delete them): {}\n{REGENERATE}",
+        orphans.join(", ")
+    );
+}
+
+#[test]
+fn generation_is_deterministic() {
+    assert_eq!(generated(), generated());
+}
+
+#[test]
+fn the_format_page_states_the_layout_numbers_of_the_code() {
+    let files = generated();
+    let page = files
+        .iter()
+        .find(|(p, _)| p == Path::new("man/mirrorctl-format.5"))
+        .map(|(_, c)| String::from_utf8(c.clone()).unwrap())
+        .expect("man/mirrorctl-format.5 is generated");
+    let magic = std::str::from_utf8(&format::MAGIC).unwrap();
+    assert!(page.contains(magic), "magic {magic}");
+    for n in [
+        layout::BITMAP_AREA_OFFSET,
+        layout::SB_OFFSETS[1],
+        layout::SB_COPY_SIZE,
+        layout::DATA_ALIGN,
+        format::MAX_PAYLOAD as u64,
+        format::MAX_LOCATION as u64,
+    ] {
+        assert!(
+            page.contains(&n.to_string()),
+            "{n} missing from the format page"
+        );
+    }
+    let version = format!("{}.{}", format::FORMAT_MAJOR, format::FORMAT_MINOR);
+    assert!(
+        page.contains(&format!("{version} (mirrorctl ")),
+        "version history"
+    );
+    let g = layout::Geometry::for_data_size(1 << 30, layout::DEFAULT_REGION_SIZE, 4).unwrap();
+    for n in [g.region_count, g.bitmap_stride, g.data_offset] {
+        assert!(page.contains(&n.to_string()), "worked example: {n}");
+    }
+    for s in 0..4 {
+        let off = g.bitmap(layout::BitmapId::Fracture(layout::SlotIdx(s)));
+        assert!(
+            page.contains(&off.to_string()),
+            "worked example: slot {s} at {off}"
+        );
+    }
+}
+
+#[test]
+fn the_top_level_page_has_exit_status_and_refers_to_every_page() {
+    let files = generated();
+    let top = files
+        .iter()
+        .find(|(p, _)| p == Path::new("man/mirrorctl.1"))
+        .map(|(_, c)| String::from_utf8(c.clone()).unwrap())
+        .expect("man/mirrorctl.1 is generated");
+    assert!(top.contains(".SH \"EXIT STATUS\""));
+    assert!(top.contains("another mirrorctl holds the mirror"));
+    let see_also = &top[top.find(".SH \"SEE ALSO\"").expect("SEE ALSO")..];
+    for (p, _) in &files {
+        let Some(name) = p.strip_prefix("man").ok().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name == "mirrorctl.1" {
+            continue;
+        }
+        let (stem, section) = name.rsplit_once('.').unwrap();
+        let reference = format!(".BR {} ({section})", stem.replace('-', "\\-"));
+        assert!(see_also.contains(&reference), "SEE ALSO lacks {reference}");
+    }
+    assert!(!files
+        .iter()
+        .any(|(p, _)| p == Path::new("man/mirrorctl-generate.1")));
+}
+
+#[test]
+fn generate_writes_the_selected_files_under_the_output_directory() {
+    use mirrorctl::cli::GenerateWhat;
+    let dir = tempfile::tempdir().unwrap();
+    let all = mirrorctl::gen::generate(dir.path(), GenerateWhat::All).unwrap();
+    let want: Vec<PathBuf> = generated()
+        .into_iter()
+        .map(|(p, _)| dir.path().join(p))
+        .collect();
+    assert_eq!(all, want);
+    for (rel, contents) in generated() {
+        assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), contents);
+    }
+    let man = mirrorctl::gen::generate(dir.path(), GenerateWhat::Man).unwrap();
+    assert!(!man.is_empty() && man.iter().all(|p| p.starts_with(dir.path().join("man"))));
+    let comp = mirrorctl::gen::generate(dir.path(), GenerateWhat::Completions).unwrap();
+    assert_eq!(comp.len(), 3);
+    assert!(comp
+        .iter()
+        .all(|p| p.starts_with(dir.path().join("completions"))));
+}
