@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use rustix::fs::{flock, FlockOperation};
 use std::fs::File;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -28,32 +28,64 @@ pub fn parse_wait(v: Option<&str>) -> std::result::Result<Wait, String> {
     }
 }
 
+fn busy(name: &str) -> Error {
+    Error::busy(format!(
+        "{name} is busy: another mirrorctl is using this mirror; try again later or pass --wait[=DURATION]"
+    ))
+}
+
 /// Takes the lock on `file` (the open primary); released when the file is closed.
+///
+/// A waiter blocks in the kernel (on a duplicate of the descriptor, so the lock belongs to
+/// `file`'s open file description) rather than polling: when the holder lets go between
+/// batches (verify does), a waiting writer is woken and gets the lock first.
 pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
-    let op = match mode {
-        Mode::Shared => FlockOperation::NonBlockingLockShared,
-        Mode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+    let (try_op, block_op) = match mode {
+        Mode::Shared => (
+            FlockOperation::NonBlockingLockShared,
+            FlockOperation::LockShared,
+        ),
+        Mode::Exclusive => (
+            FlockOperation::NonBlockingLockExclusive,
+            FlockOperation::LockExclusive,
+        ),
     };
-    let start = Instant::now();
     loop {
-        match flock(file, op) {
+        match flock(file, try_op) {
             Ok(()) => return Ok(()),
-            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => break,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                return Err(Error::primary(format!("locking {name}: {e}")));
+            Err(e) => return Err(Error::primary(format!("locking {name}: {e}"))),
+        }
+    }
+    if wait == Wait::No {
+        return Err(busy(name));
+    }
+    let dup = file
+        .try_clone()
+        .map_err(|e| Error::primary(format!("locking {name}: {e}")))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        match flock(&dup, block_op) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => {
+                let _ = tx.send(r);
+                break;
             }
         }
-        let give_up = match wait {
-            Wait::No => true,
-            Wait::For(d) => start.elapsed() >= d,
-            Wait::Forever => false,
-        };
-        if give_up {
-            return Err(Error::busy(format!(
-                "{name} is busy: another mirrorctl is using this mirror; try again later or pass --wait[=DURATION]"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(25));
+    });
+    let got = match wait {
+        Wait::For(d) => rx.recv_timeout(d).ok(),
+        _ => rx.recv().ok(),
+    };
+    match got {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(Error::primary(format!("locking {name}: {e}"))),
+        None => Err(busy(name)),
     }
+}
+
+/// Lets a waiter blocked in [`lock`] take the lock that was just released.
+pub fn yield_to_waiters() {
+    std::thread::sleep(Duration::from_millis(2));
 }

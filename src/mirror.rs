@@ -391,6 +391,18 @@ impl Mirror {
         Ok(n)
     }
 
+    /// Fractures a leg that failed outside a write (e.g. unreadable during verify).
+    pub fn fracture_by_error(&mut self, slot: u32, what: &str, err: &str) -> Result<()> {
+        self.fracture_on_error(
+            LegFailure {
+                slot,
+                what: what.to_string(),
+                err: io::Error::other(err.to_string()),
+            },
+            &(0..0),
+        )
+    }
+
     /// Records a leg failure: W4 then the state change.
     fn fracture_on_error(&mut self, f: LegFailure, window: &Range<u64>) -> Result<()> {
         let s = f.slot;

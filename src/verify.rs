@@ -102,6 +102,13 @@ pub fn run(
         (Some(v), true) if v.cursor < g.region_count => v.cursor,
         _ => 0,
     };
+    // A pass split over budgeted runs keeps what its earlier runs found until it completes.
+    let carried = match &m.sb().last_verify {
+        Some(p) if start > 0 && start == p.cursor => {
+            (p.mismatched_regions, p.result == "differences")
+        }
+        _ => (0, false),
+    };
     let mut report = VerifyReport {
         start_region: start,
         region_count: g.region_count,
@@ -138,10 +145,16 @@ pub fn run(
             progress,
             budget,
         )?;
+        // A leg that cannot be read is fractured, as a failed write would do.
+        for lv in legs.iter().filter(|l| l.error.is_some()) {
+            if m.sb().legs[lv.slot as usize].state.receives_writes() {
+                m.fracture_by_error(lv.slot, "verify", lv.error.as_deref().unwrap_or(""))?;
+            }
+        }
         warnings.append(&mut m.warnings);
         let complete = pos >= g.region_count;
         // Save the cursor before letting go of the lock.
-        save_record(m, &legs, started_at, pos, complete, &report)?;
+        save_record(m, &legs, started_at, pos, complete, &report, carried)?;
         if complete {
             report.complete = true;
             break;
@@ -150,6 +163,7 @@ pub fn run(
             break;
         }
         drop(mm.take()); // unlock between batches
+        crate::lock::yield_to_waiters();
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         mm = open(false, remaining)?;
         if let Some(m) = mm.as_mut() {
@@ -180,9 +194,10 @@ pub fn run(
         .sum();
     let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
     let broken = legs.iter().any(|l| l.error.is_some());
+    let nothing_compared = !legs.is_empty() && legs.iter().all(|l| !l.compared);
     report.result = if unrepaired > 0 {
         "differences"
-    } else if broken {
+    } else if broken || nothing_compared {
         "incomplete"
     } else if any_mismatch {
         "repaired"
@@ -192,7 +207,7 @@ pub fn run(
     .to_string();
     let exit = if unrepaired > 0 {
         Exit::Differences
-    } else if broken {
+    } else if broken || nothing_compared {
         Exit::Degraded
     } else {
         Exit::Success
@@ -208,6 +223,7 @@ fn save_record(
     pos: u64,
     complete: bool,
     report: &VerifyReport,
+    carried: (u64, bool),
 ) -> Result<()> {
     let now = now_unix();
     let prev_full = m
@@ -215,8 +231,9 @@ fn save_record(
         .last_verify
         .as_ref()
         .and_then(|v| v.last_full_pass_at);
-    let mismatched: u64 = legs.iter().map(|l| l.mismatched_regions).sum();
-    let unrepaired = legs.iter().any(|l| l.mismatched_regions > 0 && !l.repaired);
+    let (carried, carried_diff) = carried;
+    let mismatched: u64 = carried + legs.iter().map(|l| l.mismatched_regions).sum::<u64>();
+    let unrepaired = carried_diff || legs.iter().any(|l| l.mismatched_regions > 0 && !l.repaired);
     m.image.sb.last_verify = Some(VerifyRecord {
         started_at,
         finished_at: now,
