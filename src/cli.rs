@@ -70,7 +70,7 @@ pub enum Command {
     /// Turn an in-sync secondary into the primary of its mirror (failover).
     #[command(after_help = AFTER_HELP)]
     Promote(PromoteArgs),
-    /// Compare the primary with its secondaries region by region (blake3) and report every
+    /// Compare the primary with its secondaries region by region, byte for byte, and report every
     /// differing range; repair on request; scrub in budgeted steps from cron.
     #[command(after_help = AFTER_HELP)]
     Verify(VerifyArgs),

@@ -1,11 +1,12 @@
-//! verify: compares the data areas of the primary and its secondaries region by region with
-//! blake3, reports exact mismatch ranges per leg, repairs them on request, and scrubs within
+//! verify: compares the data areas of the primary and its secondaries region by region, byte
+//! for byte (legs read ahead in parallel threads), reports exact mismatch ranges per leg, repairs them on request, and scrubs within
 //! a time budget from a cursor saved in the primary's header.
 //!
 //! The mirror lock is held per batch of regions and released in between, so a concurrent
 //! `mirrorctl write --wait` proceeds between batches; each batch re-reads the mirror state,
 //! so a region is never compared while a write to it is in flight.
 
+use crate::device::Device;
 use crate::error::{Exit, Result};
 use crate::format::{LegState, VerifyRecord};
 use crate::layout::{BitmapId, Geometry, SlotIdx, MIB};
@@ -13,13 +14,15 @@ use crate::mirror::{union, Mirror, Progress};
 use crate::units::now_unix;
 use serde::Serialize;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Data compared under one hold of the lock.
 pub const BATCH: u64 = 256 * MIB;
-/// Data read from each leg at once.
-pub const READ_CHUNK: u64 = 8 * MIB;
+/// Data read from each leg at once: small enough that the copy from the page cache and the
+/// comparison stay in the CPU caches (8 MiB took 1.6 times as long on a warm cache).
+pub const READ_CHUNK: u64 = MIB;
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct MismatchRange {
@@ -299,80 +302,105 @@ fn compare_batch(
     }
     let primary = m.image.dev.clone();
     let chunk_regions = (READ_CHUNK / g.region_size).max(1);
+    let chunks: Vec<Chunk> = (batch.start..batch.end)
+        .step_by(chunk_regions as usize)
+        .map(|r| {
+            let regions = r..(r + chunk_regions).min(batch.end);
+            let bytes = g.regions_bytes(regions.clone());
+            Chunk {
+                at: g.data_offset + bytes.start,
+                len: (bytes.end - bytes.start) as usize,
+                offset: bytes.start,
+                regions,
+            }
+        })
+        .collect();
     let mut found: Vec<Vec<u64>> = vec![Vec::new(); legs.len()];
     let mut r = batch.start;
-    while r < batch.end {
-        if budget.is_some_and(|(d, run_start)| r > run_start && Instant::now() >= d) {
-            break;
+    if active.is_empty() {
+        // Nothing to compare: the batch counts as covered.
+        for c in &chunks {
+            if budget.is_some_and(|(d, run_start)| r > run_start && Instant::now() >= d) {
+                break;
+            }
+            progress.advance(c.len as u64);
+            r = c.regions.end;
         }
-        let chunk = r..(r + chunk_regions).min(batch.end);
-        let bytes = g.regions_bytes(chunk.clone());
-        let len = (bytes.end - bytes.start) as usize;
-        let at = g.data_offset + bytes.start;
-        if active.is_empty() {
-            progress.advance(len as u64);
-            r = chunk.end;
-            continue;
-        }
-        // Both sides holes: equal without reading.
-        let all_holes = [&primary]
-            .into_iter()
-            .chain(active.iter().map(|(_, d, _)| d))
-            .all(|d| matches!(d.data_extents(at..at + len as u64), Ok(Some(v)) if v.is_empty()));
-        if !all_holes {
-            let hashes = std::thread::scope(|sc| {
-                let hs: Vec<_> = std::iter::once(&primary)
-                    .chain(active.iter().map(|(_, d, _)| d))
-                    .map(|d| {
-                        let d = d.clone();
-                        let chunk = chunk.clone();
-                        sc.spawn(move || hash_regions(&*d, g, chunk, at, len))
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<_>>()
-            });
-            let mut it = hashes.into_iter();
-            let ph = it
-                .next()
-                .unwrap()
-                .map_err(|e| m.meta_err(&format!("reading data at offset {}", bytes.start), &e))?;
-            for ((i, _, pending), lh) in active.iter_mut().zip(it) {
-                match lh {
+    } else {
+        // One reader thread per device (the primary first) reads ahead while this thread
+        // compares: reads of all legs and the comparison overlap, buffers are recycled.
+        let devs: Vec<Arc<dyn Device>> = std::iter::once(primary.clone())
+            .chain(active.iter().map(|(_, d, _)| d.clone()))
+            .collect();
+        let stop = AtomicBool::new(false);
+        let zeros = vec![0u8; chunks.iter().map(|c| c.len).max().unwrap_or(0)];
+        let outcome: Result<()> = std::thread::scope(|sc| {
+            let mut feeds: Vec<Option<Feed>> = devs
+                .iter()
+                .map(|d| Some(spawn_reader(sc, d.clone(), &chunks, &stop)))
+                .collect();
+            let mut result = Ok(());
+            for c in &chunks {
+                if budget.is_some_and(|(d, run_start)| r > run_start && Instant::now() >= d) {
+                    break;
+                }
+                let ppiece = match feeds[0].as_ref().unwrap().next() {
+                    Ok(p) => p,
                     Err(e) => {
-                        legs[*i].error =
-                            Some(format!("reading at data offset {}: {e}", bytes.start));
+                        result =
+                            Err(m.meta_err(&format!("reading data at offset {}", c.offset), &e));
+                        break;
                     }
-                    Ok(lh) => {
-                        for (k, (a, b)) in ph.iter().zip(lh.iter()).enumerate() {
-                            let region = chunk.start + k as u64;
-                            if a != b && !pending.iter().any(|p| p.contains(&region)) {
-                                found[*i].push(region);
+                };
+                let pbuf: &[u8] = ppiece.as_deref().unwrap_or(&zeros[..c.len]);
+                for (k, (i, _, pending)) in active.iter().enumerate() {
+                    let Some(feed) = feeds[k + 1].as_ref() else {
+                        continue;
+                    };
+                    match feed.next() {
+                        Err(e) => {
+                            legs[*i].error =
+                                Some(format!("reading at data offset {}: {e}", c.offset));
+                            feeds[k + 1] = None;
+                        }
+                        Ok(lpiece) => {
+                            if ppiece.is_some() || lpiece.is_some() {
+                                let lbuf: &[u8] = lpiece.as_deref().unwrap_or(&zeros[..c.len]);
+                                let rs = g.region_size as usize;
+                                for (n, (a, b)) in
+                                    pbuf.chunks(rs).zip(lbuf[..c.len].chunks(rs)).enumerate()
+                                {
+                                    let region = c.regions.start + n as u64;
+                                    if a != b && !pending.iter().any(|p| p.contains(&region)) {
+                                        found[*i].push(region);
+                                    }
+                                }
                             }
+                            feed.give_back(lpiece);
+                            let skipped: u64 = pending
+                                .iter()
+                                .map(|p| {
+                                    p.end
+                                        .min(c.regions.end)
+                                        .saturating_sub(p.start.max(c.regions.start))
+                                })
+                                .sum();
+                            let total = c.regions.end - c.regions.start;
+                            legs[*i].regions_compared += total - skipped;
+                            report.bytes_compared += c.len as u64 * (total - skipped) / total;
                         }
                     }
                 }
+                feeds[0].as_ref().unwrap().give_back(ppiece);
+                progress.advance(c.len as u64);
+                r = c.regions.end;
             }
-        }
-        for (i, _, pending) in &active {
-            if legs[*i].error.is_none() {
-                let skipped: u64 = pending
-                    .iter()
-                    .map(|p| {
-                        p.end
-                            .min(chunk.end)
-                            .saturating_sub(p.start.max(chunk.start))
-                    })
-                    .sum();
-                let n = chunk.end - chunk.start - skipped;
-                legs[*i].regions_compared += n;
-                report.bytes_compared += len as u64 * n / (chunk.end - chunk.start);
-            }
-        }
-        active.retain(|(i, _, _)| legs[*i].error.is_none());
-        progress.advance(len as u64);
-        r = chunk.end;
+            // Readers still running stop at their next chunk; dropping the feeds unblocks them.
+            stop.store(true, Ordering::SeqCst);
+            drop(feeds);
+            result
+        });
+        outcome?;
     }
     // A region reported as different is read again and compared byte for byte first.
     let mut to_repair = Vec::new();
@@ -476,20 +504,90 @@ fn pending_in(m: &mut Mirror, slot: u32, batch: &Range<u64>) -> Result<Vec<Range
     Ok(union(&out, &[]))
 }
 
-fn hash_regions(
-    dev: &dyn crate::device::Device,
-    g: &Geometry,
-    chunk: Range<u64>,
+/// A run of regions read and compared at once.
+struct Chunk {
+    regions: Range<u64>,
+    /// Device offset and length.
     at: u64,
     len: usize,
-) -> std::io::Result<Vec<[u8; 32]>> {
-    let mut buf = vec![0u8; len];
-    dev.read_at(&mut buf, at)?;
-    let rs = g.region_size as usize;
-    Ok((0..(chunk.end - chunk.start) as usize)
-        .map(|k| {
-            let end = ((k + 1) * rs).min(len);
-            *blake3::hash(&buf[k * rs..end]).as_bytes()
-        })
-        .collect())
+    /// Offset in the data area (for messages).
+    offset: u64,
+}
+
+/// Chunks read ahead by each reader.
+const READ_AHEAD: usize = 2;
+
+/// A chunk as read: `None` is a hole (reads as zeros; not read at all).
+type Piece = Option<Vec<u8>>;
+
+/// The receiving end of one reader thread.
+struct Feed {
+    rx: mpsc::Receiver<std::io::Result<Piece>>,
+    back: mpsc::Sender<Vec<u8>>,
+}
+
+impl Feed {
+    /// The next chunk; a closed channel is reported as an error.
+    fn next(&self) -> std::io::Result<Piece> {
+        self.rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader stopped")))
+    }
+
+    /// Returns a buffer to the reader for reuse.
+    fn give_back(&self, piece: Piece) {
+        if let Some(buf) = piece {
+            let _ = self.back.send(buf);
+        }
+    }
+}
+
+/// Starts a thread reading `chunks` from `dev` in order, `READ_AHEAD` chunks ahead of the
+/// comparison, recycling buffers given back. It stops after an error, when `stop` is set,
+/// or when its feed is dropped.
+fn spawn_reader<'s, 'e>(
+    sc: &'s std::thread::Scope<'s, 'e>,
+    dev: Arc<dyn Device>,
+    chunks: &'e [Chunk],
+    stop: &'e AtomicBool,
+) -> Feed {
+    let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+    let (back, back_rx) = mpsc::channel::<Vec<u8>>();
+    sc.spawn(move || {
+        // Sequential reads: ask for the larger readahead window (cold caches).
+        if let (Some(f), Some(first), Some(last)) = (dev.file(), chunks.first(), chunks.last()) {
+            let len = std::num::NonZeroU64::new(last.at + last.len as u64 - first.at);
+            let _ = rustix::fs::fadvise(f, first.at, len, rustix::fs::Advice::Sequential);
+        }
+        let mut fresh = READ_AHEAD + 2;
+        for c in chunks {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let hole =
+                matches!(dev.data_extents(c.at..c.at + c.len as u64), Ok(Some(v)) if v.is_empty());
+            let piece = if hole {
+                Ok(None)
+            } else {
+                let mut buf = match back_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if fresh > 0 => {
+                        fresh -= 1;
+                        Vec::new()
+                    }
+                    Err(_) => match back_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    },
+                };
+                buf.resize(c.len, 0);
+                dev.read_at(&mut buf, c.at).map(|()| Some(buf))
+            };
+            let failed = piece.is_err();
+            if tx.send(piece).is_err() || failed {
+                break;
+            }
+        }
+    });
+    Feed { rx, back }
 }

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Benchmarks mirrorctl against the tools admins use today (issue 5). Not part of `cargo test`.
+#
+#   bash tests/bench.sh                  # 2 GiB images, 3 repetitions, in /var/tmp/mirrorctl-bench
+#   SIZE=512M REPS=5 BENCH_DIR=/srv/x bash tests/bench.sh
+#   CASES="2 3" bash tests/bench.sh     # only some cases (numbers as printed; 3 is verify warm and cold)
+#
+# Builds the release binary, makes its own data, runs mirrorctl and the peers side by side in
+# this one run, checks every result (cmp after each write and resync, exit codes of verify),
+# and prints medians and ratios mirrorctl / peer. Figures swing between runs on a shared
+# 2-core machine: compare the columns of one run, not runs with each other. It never fails on
+# timing; it fails (exit 1) only when a result is wrong or a tool is missing.
+set -euo pipefail
+
+SIZE=${SIZE:-2G}
+CASES=${CASES:-1 2 3 5 7 9}
+REPS=${REPS:-3}
+D=${BENCH_DIR:-/var/tmp/mirrorctl-bench}
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+die() { echo "bench: $*" >&2; exit 1; }
+for t in qemu-img qemu-nbd rsync cmp strace python3 fallocate b3sum; do
+    command -v "$t" >/dev/null || die "$t is missing: run tests/setup.sh (b3sum: apt-get install -y b3sum)"
+done
+[ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+M="$root/target/release/mirrorctl"
+rm -rf "$D"; mkdir -p "$D"; cd "$D"
+trap 'cd /; umount "$D/big" 2>/dev/null; rm -rf "$D"; true' EXIT
+
+bytes() { numfmt --from=iec "$1"; }
+N=$(bytes "$SIZE")
+RESULTS="$D/results.tsv"; : >"$RESULTS"
+now() { date +%s.%N; }
+# timed CASE TOOL CMD...: runs CMD once, appends the wall time in seconds.
+timed() {
+    local case=$1 tool=$2; shift 2
+    local t0 t1; t0=$(now); "$@"; t1=$(now)
+    echo -e "$case\t$tool\t$(awk "BEGIN{print $t1 - $t0}")" >>"$RESULTS"
+}
+dropcaches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+doff() { "$M" status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_offset"])'; }
+# same_data A B: the data areas of two mirrorctl images are equal byte for byte.
+same_data() { cmp -s -i "$(doff "$1"):$(doff "$1")" -n "$N" "$1" "$2" || die "$1 and $2 differ: a wrong result"; }
+want() { [[ " $CASES " == *" $1 "* ]]; }
+note() { echo "== $*" >&2; }
+# ok3 CMD...: runs mirrorctl where exit 3 (degraded: a leg is fractured) is expected too.
+ok3() { "$M" "$@" || [ $? = 3 ] || die "mirrorctl $* failed"; }
+
+note "preparing $SIZE of random input"
+head -c "$N" /dev/urandom >input.bin
+# pair: a mirror p.img + s1.img holding the input (made by case 1, or here when it was not run)
+pair() {
+    [ -f p.img ] && [ -f s1.img ] && return
+    "$M" create p.img --size "$N" >/dev/null
+    "$M" write p.img <input.bin
+    "$M" attach p.img s1.img >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+if want 1; then
+note "case 1: mirrored write, pipe mode, 1 primary + 2 secondaries, pre-allocated, durable"
+for r in $(seq "$REPS"); do
+    rm -f x1 x2 x3; fallocate -l "$N" x1; fallocate -l "$N" x2; fallocate -l "$N" x3; sync
+    three_dd() {
+        for f in x1 x2 x3; do dd if=input.bin of=$f bs=4M conv=notrunc,fdatasync status=none & done
+        wait
+    }
+    timed write "3 x dd fdatasync" three_dd
+    cmp -s input.bin x3 || die "dd result differs"
+    rm -f x1 x2 x3; sync
+    tee_sync() { tee x1 x2 x3 <input.bin >/dev/null; sync; }
+    timed write "tee + sync" tee_sync
+    cmp -s input.bin x2 || die "tee result differs"
+    rm -f x1 x2 x3 p.img s1.img s2.img
+    meta=$((1 << 20))
+    for f in p.img s1.img s2.img; do fallocate -l $((N + meta)) $f; done
+    "$M" create p.img --force >/dev/null
+    [ "$(doff p.img)" = "$meta" ] || die "data offset is not 1 MiB; adjust the bench"
+    "$M" attach p.img s1.img --assume-clean >/dev/null
+    "$M" attach p.img s2.img --assume-clean >/dev/null
+    sync
+    mwrite() { "$M" write p.img <input.bin; }
+    timed write "mirrorctl" mwrite
+    for f in s1.img s2.img; do same_data p.img $f; done
+    cmp -s -i "$meta:0" p.img input.bin || die "primary differs from the input"
+done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 2; then
+note "case 2: resync after 1 % of 64 KiB regions changed (scattered)"
+regions=$((N / 65536)); changed=$((regions / 100))
+pair
+if [ -f s2.img ]; then "$M" detach p.img s2.img >/dev/null; rm -f s2.img; fi
+for r in $(seq "$REPS"); do
+    ok3 fracture p.img s1.img >/dev/null
+    cp --sparse=never p.img old.img
+    python3 - "$regions" "$changed" "$r" >offsets.txt <<'EOF'
+import random, sys
+n, k, seed = map(int, sys.argv[1:])
+random.seed(seed)
+for i in sorted(random.sample(range(n), k)):
+    print(i * 65536)
+EOF
+    head -c 65536 /dev/urandom >patch.bin
+    while read -r off; do ok3 write p.img --offset "$off" --input patch.bin; done <offsets.txt
+    sync
+    # peers bring a copy of the old image up to date
+    cp old.img dst.img; sync
+    timed resync "rsync --inplace" rsync --inplace --no-whole-file --ignore-times p.img dst.img
+    cmp -s p.img dst.img || die "rsync result differs"
+    cp old.img dst.img; sync
+    timed resync "dd full copy" dd if=p.img of=dst.img bs=4M conv=notrunc,fdatasync status=none
+    cmp -s p.img dst.img || die "dd result differs"
+    cp old.img dst.img; sync
+    ideal() {
+        python3 - p.img dst.img offsets.txt <<'EOF'
+import os, sys
+src = os.open(sys.argv[1], os.O_RDONLY); dst = os.open(sys.argv[2], os.O_WRONLY)
+base = 1 << 20
+for line in open(sys.argv[3]):
+    off = base + int(line)
+    os.pwrite(dst, os.pread(src, 65536, off), off)
+os.fdatasync(dst)
+EOF
+    }
+    timed resync "ideal (only the changed regions)" ideal
+    cmp -s -i 1048576:1048576 p.img dst.img || die "ideal copy differs"
+    timed resync "mirrorctl" "$M" resync p.img
+    same_data p.img s1.img
+done
+rm -f old.img dst.img
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 3; then
+note "case 3: verify of 1 primary + 1 secondary, identical, warm cache"
+pair
+o=$(doff p.img)
+img() { echo "driver=raw,offset=$o,size=$N,file.filename=$D/$1"; }
+cat p.img s1.img >/dev/null
+for r in $(seq "$REPS"); do
+    timed verify-warm "cmp" cmp -i "$o:$o" -n "$N" p.img s1.img
+    timed verify-warm "qemu-img compare" qemu-img compare -q --image-opts "$(img p.img)" "$(img s1.img)"
+    b3both() { b3sum p.img s1.img >/dev/null; }
+    timed verify-warm "b3sum both" b3both
+    timed verify-warm "mirrorctl" "$M" verify p.img --no-progress
+done
+
+note "case 3 (cold): verify, cold cache"
+for r in $(seq "$REPS"); do
+    dropcaches; timed verify-cold "cat both data areas" sh -c 'cat p.img s1.img >/dev/null'
+    dropcaches; timed verify-cold "cmp" cmp -i "$o:$o" -n "$N" p.img s1.img
+    dropcaches; timed verify-cold "qemu-img compare" qemu-img compare -q --image-opts "$(img p.img)" "$(img s1.img)"
+    dropcaches; timed verify-cold "mirrorctl" "$M" verify p.img --no-progress
+done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 5; then
+note "case 5/6: attach to a fresh 1 TiB sparse mirror; status and verify start-up on 16 TiB"
+for r in $(seq "$REPS"); do
+    rm -f t.img t2.img
+    "$M" create t.img --size 1T >/dev/null
+    timed attach-1T "mirrorctl" "$M" attach t.img t2.img
+    # ext4 files stop at 16 TiB - 4 KiB, so the 16 TiB images live on a tmpfs (sparse there)
+    mkdir -p big; mountpoint -q big || mount -t tmpfs -o size=1G tmpfs big
+    rm -f big/h.img big/h2.img; "$M" create big/h.img --size 16T >/dev/null
+    timed status-16T "mirrorctl" sh -c "'$M' status big/h.img >/dev/null"
+    "$M" attach big/h.img big/h2.img --no-sync >/dev/null || [ $? = 3 ]
+    timed verify-start-16T "mirrorctl (--max-time 1ms)" sh -c "'$M' verify big/h.img --max-time 1ms --json >/dev/null || true"
+done
+umount big; rm -f t.img t2.img
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 7; then
+note "case 7/8: syscall counts (strace -c -f)"
+rm -f c.img c1.img c2.img
+"$M" create c.img --size 2G >/dev/null
+"$M" attach c.img c1.img >/dev/null; "$M" attach c.img c2.img >/dev/null
+head -c 4096 /dev/urandom >4k.bin
+syncs() { # prints "fdatasync fsync msync" counts of a command
+    strace -f -c -e trace=fsync,fdatasync,msync,sync_file_range,syncfs -o strace.out "$@" >/dev/null
+    python3 - <<'EOF'
+import re
+c = {"fsync": 0, "fdatasync": 0, "msync": 0}
+for line in open("strace.out"):
+    f = line.split()
+    if len(f) >= 5 and f[-1] in c:
+        c[f[-1]] = int(f[3])
+print(c["fdatasync"], c["fsync"], c["msync"])
+EOF
+}
+read -r fd fs ms < <(syncs "$M" write c.img --input 4k.bin --offset 1M)
+same_data c.img c1.img
+SYSC="single 4 KiB write, 1 primary + 2 secondaries: fdatasync $fd, fsync $fs, msync $ms (legs' data syncs: 3; metadata syncs beyond them: $((fd + fs + ms - 3)), target <= 2)"
+head -c 1G /dev/urandom >1g.bin
+read -r fd fs ms < <(syncs sh -c "'$M' write c.img --offset 1M <1g.bin")
+same_data c.img c2.img
+SYSC2="streaming 1 GiB through pipe mode: fdatasync $fd, fsync $fs, msync $ms (metadata syncs: msync $ms = one per $((1024 / (ms > 0 ? ms : 1))) MiB; target <= 64, one per 16 MiB)"
+rm -f 1g.bin c.img c1.img c2.img
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 9; then
+note "case 9: mirrored write with a local secondary vs an NBD secondary (qemu-nbd, Unix socket)"
+nbd_n=$(( N < 1073741824 ? N : 1073741824 ))
+for r in $(seq "$REPS"); do
+    rm -f n.img nl.img nr.img
+    "$M" create n.img --size "$nbd_n" >/dev/null
+    fallocate -l $((nbd_n + (1 << 20))) nl.img; fallocate -l $((nbd_n + (1 << 20))) nr.img
+    "$M" attach n.img nl.img --assume-clean --force >/dev/null
+    sync
+    timed nbd-write "mirrorctl, local secondary" sh -c "head -c $nbd_n input.bin | '$M' write n.img"
+    same_data n.img nl.img
+    "$M" detach n.img nl.img >/dev/null
+    qemu-nbd -f raw -k "$D/nbd.sock" --persistent -x exp nr.img & qpid=$!
+    for _ in $(seq 50); do [ -S "$D/nbd.sock" ] && break; sleep 0.1; done
+    "$M" attach n.img "nbd+unix:///exp?socket=$D/nbd.sock" --assume-clean --force >/dev/null \
+        || { kill $qpid; die "attach over NBD failed"; }
+    sync
+    timed nbd-write "mirrorctl, NBD secondary" sh -c "head -c $nbd_n input.bin | '$M' write n.img"
+    kill $qpid; wait $qpid 2>/dev/null || true; rm -f "$D/nbd.sock"
+    same_data n.img nr.img
+done
+rm -f n.img nl.img nr.img
+fi
+
+# ---------------------------------------------------------------------------------------------
+python3 - "$RESULTS" "$SIZE" "$REPS" <<'EOF'
+import sys, statistics, collections
+path, size, reps = sys.argv[1:]
+rows = collections.OrderedDict()
+for line in open(path):
+    case, tool, t = line.rstrip("\n").split("\t")
+    rows.setdefault(case, collections.OrderedDict()).setdefault(tool, []).append(float(t))
+print(f"\nmirrorctl benchmark: {size} images, {reps} repetitions, medians in seconds\n")
+print("| case | tool | median s | mirrorctl / tool |")
+print("|---|---|---:|---:|")
+for case, tools in rows.items():
+    mine = [v for k, v in tools.items() if k.startswith("mirrorctl")]
+    m = statistics.median(mine[0]) if len(mine) == 1 else None
+    for tool, ts in tools.items():
+        med = statistics.median(ts)
+        ratio = "" if m is None or tool.startswith("mirrorctl") else f"{m / med:.2f}"
+        print(f"| {case} | {tool} | {med:.3f} | {ratio} |")
+EOF
+if want 7; then
+    echo
+    echo "- $SYSC"
+    echo "- $SYSC2"
+fi
