@@ -17,6 +17,11 @@ pub trait Device: Send + Sync {
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
     /// Makes every completed write durable.
     fn sync(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes at `off` back to stable storage without waiting for it.
+    /// Only a hint: durability still comes from [`Device::sync`]. A stream calls it after
+    /// each chunk so the disk works while the next chunk is written into the cache, and the
+    /// `sync` at a write-intent window boundary has little left to wait for.
+    fn start_writeback(&self, _off: u64, _len: u64) {}
     /// Sub-ranges of `range` that may hold data; `None` when the device cannot tell
     /// (everything may hold data). Holes read as zeros.
     fn data_extents(&self, _range: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {
@@ -133,6 +138,20 @@ impl Device for FileDevice {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, off: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor this device owns; errors are ignored
+        // because `sync` reports them (it is only a hint).
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 
     fn data_extents(&self, range: Range<u64>) -> io::Result<Option<Vec<Range<u64>>>> {

@@ -679,10 +679,18 @@ impl Mirror {
                         .map(|(s, d)| {
                             let d = d.clone();
                             let s = *s;
-                            sc.spawn(move || (s, d.write_at(data, at)))
+                            sc.spawn(move || {
+                                let r = d.write_at(data, at);
+                                d.start_writeback(at, data.len() as u64);
+                                (s, r)
+                            })
                         })
                         .collect();
-                    let ph = sc.spawn(move || primary.write_at(data, at));
+                    let ph = sc.spawn(move || {
+                        let r = primary.write_at(data, at);
+                        primary.start_writeback(at, data.len() as u64);
+                        r
+                    });
                     // Read the next chunk while the legs write this one.
                     let n = if want_next {
                         let take = (CHUNK as u64).min(remaining) as usize;

@@ -27,7 +27,7 @@ done
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 M="$root/target/release/mirrorctl"
 rm -rf "$D"; mkdir -p "$D"; cd "$D"
-trap 'cd /; umount "$D/big" 2>/dev/null; rm -rf "$D"; true' EXIT
+trap 'cd /; umount "$D/big" 2>/dev/null || true; rm -rf "$D"' EXIT
 
 bytes() { numfmt --from=iec "$1"; }
 N=$(bytes "$SIZE")
