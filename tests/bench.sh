@@ -90,10 +90,24 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want 2; then
-note "case 2: resync after 1 % of 64 KiB regions changed (scattered)"
+note "case 2: initial sync of a full 2 GiB secondary; resync after 1 % of 64 KiB regions changed (scattered)"
 regions=$((N / 65536)); changed=$((regions / 100))
 pair
 if [ -f s2.img ]; then "$M" detach p.img s2.img >/dev/null; rm -f s2.img; fi
+for r in $(seq "$REPS"); do
+    # a full initial sync (every region holds data) against whole-file copies
+    rm -f dst.img s3.img; sync
+    timed initial-sync "dd full copy" dd if=p.img of=dst.img bs=4M conv=fdatasync status=none
+    cmp -s p.img dst.img || die "dd result differs"
+    rm -f dst.img; sync
+    cp_sync() { cp p.img dst.img && sync dst.img; }
+    timed initial-sync "cp + sync" cp_sync
+    cmp -s p.img dst.img || die "cp result differs"
+    rm -f dst.img; sync
+    timed initial-sync "mirrorctl attach" "$M" attach p.img s3.img
+    same_data p.img s3.img
+    "$M" detach p.img s3.img >/dev/null; rm -f s3.img
+done
 for r in $(seq "$REPS"); do
     ok3 fracture p.img s1.img >/dev/null
     cp --sparse=never p.img old.img
