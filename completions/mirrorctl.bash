@@ -28,9 +28,6 @@ _mirrorctl() {
             mirrorctl,fracture)
                 cmd="mirrorctl__subcmd__fracture"
                 ;;
-            mirrorctl,generate)
-                cmd="mirrorctl__subcmd__generate"
-                ;;
             mirrorctl,help)
                 cmd="mirrorctl__subcmd__help"
                 ;;
@@ -64,9 +61,6 @@ _mirrorctl() {
             mirrorctl__subcmd__help,fracture)
                 cmd="mirrorctl__subcmd__help__subcmd__fracture"
                 ;;
-            mirrorctl__subcmd__help,generate)
-                cmd="mirrorctl__subcmd__help__subcmd__generate"
-                ;;
             mirrorctl__subcmd__help,help)
                 cmd="mirrorctl__subcmd__help__subcmd__help"
                 ;;
@@ -95,7 +89,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --help --version create status attach write read fracture resync detach promote verify generate help"
+            opts="-h -V --wait --no-progress --help --version create status attach write read fracture resync detach promote verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -113,7 +107,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__attach)
-            opts="-h -V --no-sync --assume-clean --force --rate --discard-secondary-changes --json --wait --no-progress --help --version"
+            opts="-h --no-sync --assume-clean --force --rate --discard-secondary-changes --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -135,7 +129,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__create)
-            opts="-h -V --size --region-size --max-secondaries --force --json --wait --no-progress --help --version"
+            opts="-h --size --region-size --max-secondaries --force --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -165,7 +159,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__detach)
-            opts="-h -V --wait --no-progress --help --version"
+            opts="-h --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -183,7 +177,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__fracture)
-            opts="-h -V --reason --wait --no-progress --help --version"
+            opts="-h --reason --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -204,34 +198,8 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        mirrorctl__subcmd__generate)
-            opts="-h -V --out --what --wait --no-progress --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --out)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --what)
-                    COMPREPLY=($(compgen -W "all man completions" -- "${cur}"))
-                    return 0
-                    ;;
-                --wait)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         mirrorctl__subcmd__help)
-            opts="create status attach write read fracture resync detach promote verify generate help"
+            opts="create status attach write read fracture resync detach promote verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -287,20 +255,6 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__fracture)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        mirrorctl__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -413,7 +367,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__promote)
-            opts="-h -V --force --json --wait --no-progress --help --version"
+            opts="-h --force --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -431,7 +385,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__read)
-            opts="-h -V --offset --length --output --wait --no-progress --help --version"
+            opts="-h --offset --length --output --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -461,7 +415,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__resync)
-            opts="-h -V --rate --dry-run --json --wait --no-progress --help --version"
+            opts="-h --rate --dry-run --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -483,7 +437,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__status)
-            opts="-h -V --json --check --wait --no-progress --help --version"
+            opts="-h --json --check --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -501,7 +455,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__verify)
-            opts="-h -V --repair --max-time --restart --json --wait --no-progress --help --version"
+            opts="-h --repair --max-time --restart --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,7 +477,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__write)
-            opts="-h -V --offset --input --length --flush --json --wait --no-progress --help --version"
+            opts="-h --offset --input --length --flush --json --wait --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

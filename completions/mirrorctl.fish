@@ -26,7 +26,7 @@ end
 
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "status" -d 'Show the mirror\'s geometry, legs, out-of-sync regions and pending write intents'
@@ -38,7 +38,6 @@ complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "resync" -d 'Cop
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "detach" -d 'Remove a secondary from the mirror and free its slot'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
-complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "generate" -d 'Write man pages and shell completions (for packaging and the repository)'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G). Required for a new file; by default an existing file or device is used whole' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-size -d 'Bytes tracked by one bitmap bit: a power of two from 4K to 64M' -r
@@ -48,13 +47,11 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l force -d 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l json -d 'Print the result as JSON'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l json -d 'Print a JSON document with stable field names (see README)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
@@ -64,7 +61,6 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-s
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write at most this many bytes (the input must hold at least that many)' -r
@@ -73,36 +69,30 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'I
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l output -d 'Write to FILE instead of stdout' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l reason -d 'Why (recorded and shown by status)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d 'Limit copying to this many bytes per second (e.g. 50M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s V -l version -d 'Print version'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run (via the fracture log)'
@@ -110,24 +100,14 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l json -d 'Print a JSON document with every mismatched range'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s V -l version -d 'Print version'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -l out -d 'Directory holding man/ and completions/ (the repository root)' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -l what -r -f -a "all\t''
-man\t''
-completions\t''"
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "status" -d 'Show the mirror\'s geometry, legs, out-of-sync regions and pending write intents'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "attach" -d 'Add a secondary image (file, created sparse if missing, or block device) and sync it'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "write" -d 'Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "read" -d 'Read the mirror\'s data area (from an in-sync secondary if the primary fails)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "fracture" -d 'Stop writing to a secondary on purpose; its changed regions are tracked for resync'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "resync" -d 'Copy exactly the out-of-sync regions to secondaries and mark them in sync'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "detach" -d 'Remove a secondary from the mirror and free its slot'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "generate" -d 'Write man pages and shell completions (for packaging and the repository)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "status" -d 'Show the mirror\'s geometry, legs, out-of-sync regions and pending write intents'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "attach" -d 'Add a secondary image (file, created sparse if missing, or block device) and sync it'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "write" -d 'Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "read" -d 'Read the mirror\'s data area (from an in-sync secondary if the primary fails)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "fracture" -d 'Stop writing to a secondary on purpose; its changed regions are tracked for resync'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "resync" -d 'Copy exactly the out-of-sync regions to secondaries and mark them in sync'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "detach" -d 'Remove a secondary from the mirror and free its slot'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status attach write read fracture resync detach promote verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

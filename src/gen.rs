@@ -73,12 +73,31 @@ pub fn render_man() -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Shell completions for bash, zsh and fish.
+/// The command with its hidden subcommands (`generate`) left out, for completions.
+fn without_hidden(cmd: clap::Command) -> clap::Command {
+    let visible: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    let mut out = clap::Command::new(BIN)
+        .args(cmd.get_arguments().cloned())
+        .subcommands(visible);
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    if cmd.get_version().is_some() {
+        out = out.version(env!("CARGO_PKG_VERSION"));
+    }
+    out
+}
+
+/// Shell completions for bash, zsh and fish (hidden subcommands left out).
 pub fn render_completions() -> Vec<(PathBuf, Vec<u8>)> {
     SHELLS
         .iter()
         .map(|&shell| {
-            let mut cmd = Cli::command();
+            let mut cmd = without_hidden(Cli::command());
             let mut buf = Vec::new();
             clap_complete::aot::generate(shell, &mut cmd, BIN, &mut buf);
             (Path::new(COMPLETIONS_DIR).join(shell.file_name(BIN)), buf)

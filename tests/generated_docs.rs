@@ -162,3 +162,27 @@ fn generate_writes_the_selected_files_under_the_output_directory() {
         .iter()
         .all(|p| p.starts_with(dir.path().join("completions"))));
 }
+
+#[test]
+fn completions_offer_every_visible_subcommand_and_not_the_hidden_generate() {
+    for (path, body) in generated() {
+        if !path.starts_with("completions") {
+            continue;
+        }
+        let text = String::from_utf8(body).unwrap();
+        for sub in [
+            "create", "attach", "write", "fracture", "resync", "verify", "promote",
+        ] {
+            assert!(
+                text.contains(sub),
+                "{} does not offer `{sub}`",
+                path.display()
+            );
+        }
+        assert!(
+            !text.contains("generate"),
+            "{} offers the hidden `generate` subcommand",
+            path.display()
+        );
+    }
+}
