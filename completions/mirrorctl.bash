@@ -89,13 +89,17 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --help --version create status attach write read fracture resync detach promote verify help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status attach write read fracture resync detach promote verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -107,7 +111,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__attach)
-            opts="-h --no-sync --assume-clean --force --rate --discard-secondary-changes --json --wait --no-progress --help"
+            opts="-h --no-sync --assume-clean --force --rate --discard-secondary-changes --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -121,6 +125,10 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -129,7 +137,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__create)
-            opts="-h --size --region-size --max-secondaries --force --json --wait --no-progress --help"
+            opts="-h --size --region-size --max-secondaries --force --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +159,10 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -159,13 +171,17 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__detach)
-            opts="-h --wait --no-progress --help"
+            opts="-h --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -177,7 +193,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__fracture)
-            opts="-h --reason --wait --no-progress --help"
+            opts="-h --reason --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -188,6 +204,10 @@ _mirrorctl() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -367,13 +387,17 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__promote)
-            opts="-h --force --json --wait --no-progress --help"
+            opts="-h --force --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -385,7 +409,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__read)
-            opts="-h --offset --length --output --wait --no-progress --help"
+            opts="-h --offset --length --output --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,6 +431,10 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -415,7 +443,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__resync)
-            opts="-h --rate --dry-run --json --wait --no-progress --help"
+            opts="-h --rate --dry-run --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -429,6 +457,10 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -437,13 +469,17 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__status)
-            opts="-h --json --check --wait --no-progress --help"
+            opts="-h --json --check --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -455,7 +491,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__verify)
-            opts="-h --repair --max-time --restart --json --wait --no-progress --help"
+            opts="-h --repair --max-time --restart --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,6 +505,10 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -477,7 +517,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__write)
-            opts="-h --offset --input --length --flush --json --wait --no-progress --help"
+            opts="-h --offset --input --length --flush --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -500,6 +540,10 @@ _mirrorctl() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

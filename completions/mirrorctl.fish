@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_mirrorctl_global_optspecs
-    string join \n wait= no-progress h/help V/version
+    string join \n wait= no-progress timeout= h/help V/version
 end
 
 function __fish_mirrorctl_needs_command
@@ -25,6 +25,7 @@ function __fish_mirrorctl_using_subcommand
 end
 
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s V -l version -d 'Print version'
@@ -43,17 +44,20 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-size -d 'Bytes tracked by one bitmap bit: a power of two from 4K to 64M' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l max-secondaries -d 'Number of secondary slots (1 to 32)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l force -d 'Overwrite an existing mirrorctl header or other data in the metadata area, and grow a regular file that is too small for --size'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l json -d 'Print the result as JSON'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l json -d 'Print a JSON document with stable field names (see README)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-clean -d 'Declare the secondary identical to the primary already: copy nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that belongs to another mirror or holds an unreadable header'
@@ -66,6 +70,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l input -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write at most this many bytes (the input must hold at least that many)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help'
@@ -73,28 +78,34 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l output -d 'Write to FILE instead of stdout' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l reason -d 'Why (recorded and shown by status)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d 'Limit copying to this many bytes per second (e.g. 50M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run (via the fracture log)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l json -d 'Print a JSON document with every mismatched range'

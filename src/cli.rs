@@ -39,6 +39,11 @@ pub struct Cli {
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
     #[arg(long, global = true)]
     pub no_progress: bool,
+
+    /// How long to wait for an NBD server (connect, handshake, each request) before the
+    /// secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

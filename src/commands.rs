@@ -10,6 +10,7 @@ use crate::image::{Image, ReadError};
 use crate::layout::Geometry;
 use crate::lock::{self, Mode, Wait};
 use crate::mirror::{self, FlushPolicy, Mirror, Opener, Progress};
+use crate::nbd::{self, NbdDevice, NbdUri};
 use crate::status;
 use crate::units::{format_size, now_unix, parse_rate, parse_size};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,6 +22,14 @@ use std::sync::Arc;
 
 /// Runs a parsed command line and returns the exit status to use.
 pub fn run(cli: Cli) -> Result<Exit> {
+    if let Some(t) = cli.timeout.as_deref() {
+        let d =
+            crate::units::parse_duration(t).map_err(|e| Error::usage(format!("--timeout: {e}")))?;
+        if d.is_zero() {
+            return Err(Error::usage("--timeout: must be more than 0".to_string()));
+        }
+        nbd::set_timeout(d);
+    }
     let ctx = Ctx {
         wait: lock::parse_wait(cli.wait.as_deref())
             .map_err(|e| Error::usage(format!("--wait: {e}")))?,
@@ -96,11 +105,28 @@ pub struct FileOpener {
 
 impl Opener for FileOpener {
     fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        if nbd::is_uri(location) {
+            return Ok(Arc::new(open_nbd(location, self.writable)?));
+        }
         Ok(Arc::new(FileDevice::open(
             Path::new(location),
             self.writable,
         )?))
     }
+}
+
+/// Connects to an NBD export; a read-only export is refused when it is to be written.
+fn open_nbd(location: &str, writable: bool) -> io::Result<NbdDevice> {
+    let uri =
+        NbdUri::parse(location).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let dev = NbdDevice::connect(&uri, location)?;
+    if writable && dev.read_only() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the server exports it read-only; export it writable (qemu-nbd without -r, nbdkit without -r)",
+        ));
+    }
+    Ok(dev)
 }
 
 /// The primary opened and locked, with its mirror state.
@@ -445,54 +471,68 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     print_warnings(&mut m);
     let g = m.geometry();
     let mut created = None;
-    if sec.exists() {
-        let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
-        if identity(&a.primary).ok() == Some(id) {
-            return Err(Error::usage(format!(
-                "{} is the primary itself; give a different image",
-                a.secondary
-            )));
-        }
-        for (i, l) in m.sb().legs.iter().enumerate() {
-            if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
+    let (dev, canonical): (Arc<dyn Device>, String) = if nbd::is_uri(&a.secondary) {
+        // A remote export: never created here; the server's export must be big enough
+        // (checked by the engine), and its canonical URI identifies it.
+        let canonical = NbdUri::parse(&a.secondary)
+            .map_err(Error::usage)?
+            .canonical();
+        let dev = open_nbd(&a.secondary, true)
+            .map_err(|e| Error::usage(format!("opening secondary {}: {e}", a.secondary)))?;
+        (Arc::new(dev), canonical)
+    } else {
+        if sec.exists() {
+            let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
+            if identity(&a.primary).ok() == Some(id) {
                 return Err(Error::usage(format!(
-                    "{} is already attached as slot {i} ({}, {})",
-                    a.secondary,
-                    l.location,
-                    l.state.as_str()
+                    "{} is the primary itself; give a different image",
+                    a.secondary
                 )));
             }
-        }
-        let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
-        if meta.is_file() && meta.len() == 0 {
+            for (i, l) in m.sb().legs.iter().enumerate() {
+                if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id)
+                {
+                    return Err(Error::usage(format!(
+                        "{} is already attached as slot {i} ({}, {})",
+                        a.secondary,
+                        l.location,
+                        l.state.as_str()
+                    )));
+                }
+            }
+            let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
+            if meta.is_file() && meta.len() == 0 {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&sec)
+                    .map_err(|e| open_error("opening", &sec, e))?;
+                f.set_len(g.total_len())
+                    .map_err(|e| Error::usage(format!("sizing {}: {e}", a.secondary)))?;
+            }
+        } else {
             let f = OpenOptions::new()
                 .write(true)
+                .create_new(true)
                 .open(&sec)
-                .map_err(|e| open_error("opening", &sec, e))?;
-            f.set_len(g.total_len())
-                .map_err(|e| Error::usage(format!("sizing {}: {e}", a.secondary)))?;
+                .map_err(|e| open_error("creating secondary", &sec, e))?;
+            created = Some(RemoveOnDrop(Some(sec.clone())));
+            f.set_len(g.total_len()).map_err(|e| {
+                Error::usage(format!(
+                    "sizing {} to {} bytes: {e}",
+                    a.secondary,
+                    g.total_len()
+                ))
+            })?;
         }
-    } else {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&sec)
-            .map_err(|e| open_error("creating secondary", &sec, e))?;
-        created = Some(RemoveOnDrop(Some(sec.clone())));
-        f.set_len(g.total_len()).map_err(|e| {
-            Error::usage(format!(
-                "sizing {} to {} bytes: {e}",
-                a.secondary,
-                g.total_len()
-            ))
-        })?;
-    }
-    let canonical = std::fs::canonicalize(&sec)
-        .map(|p| display(&p))
-        .unwrap_or_else(|_| a.secondary.clone());
-    let dev = FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
+        let canonical = std::fs::canonicalize(&sec)
+            .map(|p| display(&p))
+            .unwrap_or_else(|_| a.secondary.clone());
+        let dev =
+            FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
+        (Arc::new(dev), canonical)
+    };
     let outcome = m.attach(
-        Arc::new(dev),
+        dev,
         &a.secondary,
         &canonical,
         a.assume_clean,
@@ -686,9 +726,19 @@ fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
 // ---------------------------------------------------------------------------------------
 // fracture, detach
 
+/// Whether a recorded location names the same image as `spec`: the same device and inode
+/// for paths, the same canonical URI for NBD exports.
 fn same_file(spec: &str) -> impl Fn(&str) -> bool {
-    let id = identity(Path::new(spec)).ok();
-    move |loc: &str| id.is_some() && identity(Path::new(loc)).ok() == id
+    let uri = nbd::canonical(spec);
+    let id = if uri.is_none() {
+        identity(Path::new(spec)).ok()
+    } else {
+        None
+    };
+    move |loc: &str| match &uri {
+        Some(u) => nbd::canonical(loc).as_ref() == Some(u),
+        None => id.is_some() && !nbd::is_uri(loc) && identity(Path::new(loc)).ok() == id,
+    }
 }
 
 fn fracture(ctx: &Ctx, a: cli::FractureArgs) -> Result<Exit> {

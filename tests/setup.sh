@@ -8,6 +8,9 @@ command -v strace >/dev/null || need+=(strace)
 command -v cmp >/dev/null || need+=(diffutils)
 command -v rsync >/dev/null || need+=(rsync)
 command -v python3 >/dev/null || need+=(python3)
+command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v b3sum >/dev/null || need+=(b3sum)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2
