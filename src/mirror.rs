@@ -49,6 +49,8 @@ pub const WINDOW: u64 = 64 * MIB;
 pub const COPY_RUN: u64 = 8 * MIB;
 /// Bytes copied between durability points (target sync + fracture-bit clear) in resync.
 pub const RESYNC_BATCH: u64 = 64 * MIB;
+/// At most this long between a resync's durable progress points (see `copy_leg`).
+pub const CHECKPOINT: Duration = Duration::from_millis(250);
 
 /// Opens a secondary by the location recorded at attach.
 pub trait Opener: Send + Sync {
@@ -1468,7 +1470,15 @@ fn copy_leg(
         if batch.is_empty() {
             return Ok((regions, bytes));
         }
+        let batch_started = Instant::now();
+        let mut copied_runs = 0;
         for r in &batch {
+            if copied_runs > 0 && batch_started.elapsed() >= CHECKPOINT {
+                // Slow (rate-limited) copies make their progress durable in time too, so a
+                // killed resync loses at most CHECKPOINT of work; the rest is picked up next.
+                break;
+            }
+            copied_runs += 1;
             let br = g.regions_bytes(r.clone());
             let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
             let extents = primary.data_extents(start..end).map_err(|e| {
@@ -1541,6 +1551,10 @@ fn copy_leg(
                 }
             }
             progress.advance(br.end - br.start);
+        }
+        if copied_runs < batch.len() {
+            from = batch[copied_runs].start;
+            batch.truncate(copied_runs);
         }
         // S1: durable on the target before the bits go.
         target

@@ -1,0 +1,291 @@
+//! Failure behaviour of the write path on the real binary (issue 3): SIGKILL during long pipe
+//! writes and during resyncs (20+ rounds each, seeded random delays), a secondary on a
+//! size-limited tmpfs that fills up (real ENOSPC), a secondary loop device pulled away,
+//! `/dev/full`, and a primary that runs out of space. After every fault the legs are
+//! brought back and compared byte for byte, and acknowledged writes are checked.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Regions of the 64 MiB write-intent window at 64 KiB per region.
+const WINDOW_REGIONS: u64 = 64 * MIB / (64 * KIB);
+
+fn leg(v: &Value, slot: u64) -> Value {
+    v["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| u(&l["slot"]) == slot)
+        .cloned()
+        .unwrap_or_else(|| panic!("no leg in slot {slot}: {v:#}"))
+}
+
+/// Starts `mirrorctl write a.img --offset OFF` fed `data` by a thread; SIGKILLs it after
+/// `delay` and returns whether it had already exited on its own (and with which code).
+fn write_and_kill(fx: &Fx, off: u64, data: Vec<u8>, delay: Duration) -> Option<i32> {
+    let mut child = Command::new(bin())
+        .args(["write", "a.img", "--offset", &off.to_string()])
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for piece in data.chunks(1 << 20) {
+            if stdin.write_all(piece).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(delay);
+    let done = child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+    let _ = child.kill();
+    let _ = child.wait();
+    feeder.join().unwrap();
+    done
+}
+
+#[test]
+fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_acknowledged_write() {
+    let fx = Fx::with_legs("256M", "64K", &["b.img", "c.img"]);
+    let g = fx.geometry();
+    // Killed writes go to [0, 192 MiB); acknowledged ones to [192 MiB, 256 MiB), mirrored
+    // in `shadow`.
+    let ack_base = 192 * MIB;
+    let mut shadow = vec![0u8; (g.data_size - ack_base) as usize];
+    let mut rng = Rng::new(2024);
+    let mut killed = 0;
+    for round in 0..22 {
+        let mut data = vec![0u8; 160 * MIB as usize];
+        rng.fill(&mut data);
+        let off = (rng.next() % 32) * MIB;
+        let delay = Duration::from_millis(20 + rng.next() % 400);
+        if write_and_kill(&fx, off, data, delay).is_none() {
+            killed += 1;
+        }
+        // Pending after the crash stays within two write windows, never the whole image.
+        let s = fx.status();
+        let pending = u(&s["write_intent_regions"]);
+        assert!(
+            pending <= 2 * WINDOW_REGIONS,
+            "round {round}: {pending} write-intent regions pending: {s:#}"
+        );
+        // An acknowledged write, then recovery and resync.
+        let len = 4 * KIB + rng.next() % (2 * MIB);
+        let at = rng.next() % (shadow.len() as u64 - len);
+        let mut piece = vec![0u8; len as usize];
+        rng.fill(&mut piece);
+        let input = fx.path("ack.bin");
+        std::fs::write(&input, &piece).unwrap();
+        // Exit 3: the write is durable on every leg that receives writes, and this command
+        // found the killed writer's intents and marked them for resync (degraded).
+        let o = fx.run(&[
+            "write",
+            "a.img",
+            "--offset",
+            &(ack_base + at).to_string(),
+            "--input",
+            "ack.bin",
+        ]);
+        assert!(matches!(o.code, 0 | 3), "round {round}: {o:?}");
+        shadow[at as usize..(at + len) as usize].copy_from_slice(&piece);
+        let o = fx.run(&["resync", "a.img"]);
+        assert_eq!(o.code, 0, "round {round}: {o:?}");
+        let s = fx.status();
+        assert_eq!(s["healthy"], true, "round {round}: {s:#}");
+        for name in ["b.img", "c.img"] {
+            assert_eq!(
+                fx.first_difference(name),
+                None,
+                "round {round}: {name} differs"
+            );
+        }
+        let a = std::fs::File::open(fx.path("a.img")).unwrap();
+        let mut got = vec![0u8; shadow.len()];
+        a.read_exact_at(&mut got, g.data_offset + ack_base).unwrap();
+        assert!(
+            got == shadow,
+            "round {round}: an acknowledged write is missing"
+        );
+    }
+    assert!(
+        killed >= 15,
+        "only {killed} of 22 writes were killed while running"
+    );
+}
+
+#[test]
+fn twenty_kills_during_resync_never_grow_the_log_and_a_final_resync_makes_the_legs_equal() {
+    let fx = Fx::with_legs("256M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    let input = fx.path("big.bin");
+    random_file(&input, 200 * MIB, 7);
+    let o = fx.run(&["write", "a.img", "--input", "big.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let mut left = u(&leg(&fx.status(), 0)["out_of_sync_regions"]);
+    assert_eq!(left, 200 * MIB / (64 * KIB));
+    let mut rng = Rng::new(99);
+    let mut progressed = 0;
+    for round in 0..20 {
+        let mut child = Command::new(bin())
+            .args(["resync", "a.img", "--rate", "100M/s"])
+            .current_dir(fx.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let now = u(&leg(&fx.status(), 0)["out_of_sync_regions"]);
+        assert!(
+            now <= left,
+            "round {round}: the log grew from {left} to {now}"
+        );
+        if now < left {
+            progressed += 1;
+        }
+        left = now;
+    }
+    assert!(
+        progressed >= 5,
+        "killed resyncs made progress only {progressed} times"
+    );
+    fx.ok(&["resync", "a.img"]);
+    let l = leg(&fx.status(), 0);
+    assert_eq!(l["state"], "in-sync", "{l:#}");
+    assert_eq!(l["out_of_sync_regions"], 0);
+    assert_eq!(fx.first_difference("b.img"), None);
+}
+
+#[test]
+fn a_secondary_on_a_full_tmpfs_is_fractured_by_error_and_resynced_after_the_mount_grows() {
+    let fx = Fx::create("64M", "64K");
+    let small = Tmpfs::mount("24M");
+    let sec = small.join("b.img");
+    let sec_s = sec.to_str().unwrap().to_string();
+    fx.ok(&["attach", "a.img", &sec_s]);
+    let input = fx.path("in.bin");
+    random_file(&input, 48 * MIB, 5);
+    let o = fx.run(&["write", "a.img", "--input", "in.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert_eq!(o.stderr.lines().count(), 1, "one warning line: {o:?}");
+    assert!(o.stderr.contains(&sec_s), "{o:?}");
+    let l = leg(&fx.status(), 0);
+    assert_eq!(l["state"], "fractured-by-error", "{l:#}");
+    assert!(
+        l["last_error"].as_str().unwrap().contains("No space left"),
+        "{l:#}"
+    );
+    assert!(is_time(&l["fractured_at"]), "{l:#}");
+    let oos = u(&l["out_of_sync_bytes"]);
+    assert!((24 * MIB..=64 * MIB).contains(&oos), "{l:#}");
+    // The primary has everything.
+    let g = fx.geometry();
+    let mut got = vec![0u8; 48 * MIB as usize];
+    std::fs::File::open(fx.path("a.img"))
+        .unwrap()
+        .read_exact_at(&mut got, g.data_offset)
+        .unwrap();
+    assert!(
+        got == std::fs::read(&input).unwrap(),
+        "primary data differs"
+    );
+    // While fractured, writes only mark the log.
+    random_file(&fx.path("more.bin"), MIB, 6);
+    let o = fx.run(&["write", "a.img", "--offset", "60M", "--input", "more.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let after = u(&leg(&fx.status(), 0)["out_of_sync_bytes"]);
+    assert_eq!(after, oos + MIB);
+
+    small.resize("96M");
+    fx.ok(&["resync", "a.img"]);
+    assert_eq!(leg(&fx.status(), 0)["state"], "in-sync");
+    assert_eq!(
+        first_difference_between(&fx.path("a.img"), &sec, g.data_offset, g.data_size),
+        None
+    );
+}
+
+#[test]
+fn a_pulled_loop_device_is_fractured_and_its_image_is_reattached_with_only_the_changes() {
+    let fx = Fx::create("64M", "64K");
+    let g = fx.geometry();
+    let backing = fx.path("disk.raw");
+    let mut dev = LoopDev::with_size(&backing, g.data_offset + g.data_size);
+    fx.ok(&["attach", "a.img", dev.as_str()]);
+    fx.write_random(0, 4 * MIB, 1);
+    dev.detach();
+    let input = fx.path("in.bin");
+    random_file(&input, 2 * MIB, 2);
+    let o = fx.run(&["write", "a.img", "--offset", "8M", "--input", "in.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let l = leg(&fx.status(), 0);
+    assert_eq!(l["state"], "fractured-by-error", "{l:#}");
+    assert!(!l["last_error"].as_str().unwrap().is_empty(), "{l:#}");
+    assert_eq!(l["out_of_sync_bytes"], 2 * MIB, "{l:#}");
+
+    // The disk comes back (perhaps under another name): re-attaching recognises the image.
+    let back = LoopDev::attach(&backing);
+    let v = fx.ok(&["attach", "a.img", back.as_str(), "--json"]).json();
+    assert_eq!(v["reattached"], true, "{v:#}");
+    assert_eq!(v["copied_bytes"], 2 * MIB, "{v:#}");
+    drop(back);
+    assert_eq!(
+        first_difference_between(&fx.path("a.img"), &backing, g.data_offset, g.data_size),
+        None
+    );
+}
+
+#[test]
+fn dev_full_is_refused_as_a_secondary_and_nothing_changes() {
+    let fx = Fx::create("16M", "64K");
+    let before = std::fs::read(fx.path("a.img")).unwrap();
+    let o = fx.run(&["attach", "a.img", "/dev/full"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.starts_with("mirrorctl: "), "{o:?}");
+    assert!(o.stderr.contains("/dev/full"), "{o:?}");
+    assert!(std::fs::read(fx.path("a.img")).unwrap() == before);
+}
+
+#[test]
+fn a_primary_out_of_space_fails_the_write_with_exit_4_and_recovery_reconciles_the_legs() {
+    let fs = Tmpfs::mount("12M");
+    let fx = Fx {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let prim = fs.join("a.img");
+    let prim_s = prim.to_str().unwrap().to_string();
+    fx.ok(&["create", &prim_s, "--size", "32M"]);
+    fx.ok(&["attach", &prim_s, "b.img"]);
+    let input = fx.path("in.bin");
+    random_file(&input, 24 * MIB, 8);
+    let o = fx.run(&["write", &prim_s, "--input", "in.bin"]);
+    assert_eq!(o.code, 4, "{o:?}");
+    assert!(o.stderr.contains(&prim_s), "{o:?}");
+    let s = fx.ok(&["status", &prim_s, "--json"]).json();
+    assert!(u(&s["write_intent_regions"]) > 0, "{s:#}");
+
+    fs.resize("64M");
+    let o = fx.run(&["resync", &prim_s]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let s = fx.ok(&["status", &prim_s, "--json"]).json();
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(
+        first_difference_between(
+            &prim,
+            &fx.path("b.img"),
+            u(&s["data_offset"]),
+            u(&s["data_size"])
+        ),
+        None
+    );
+}
