@@ -13,10 +13,10 @@ fn main() {
     };
     match mirrorctl::commands::run(cli) {
         Ok(exit) => std::process::exit(exit.code()),
+        // The reader went away (`mirrorctl read ... | head`): what it wanted it got.
+        Err(e) if e.broken_pipe => std::process::exit(0),
         Err(e) => {
-            if !e.broken_pipe {
-                eprintln!("mirrorctl: {e}");
-            }
+            eprintln!("mirrorctl: {e}");
             std::process::exit(e.exit.code());
         }
     }
