@@ -292,28 +292,7 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
     let dev: Arc<dyn Device> = Arc::new(dev);
-    let now = now_unix();
-    let image_uuid = mirror::new_uuid();
-    let mut sb = Superblock {
-        mirror_uuid: mirror::new_uuid(),
-        image_uuid,
-        role: Role::Primary,
-        generation: 0,
-        created_at: now,
-        geometry: g,
-        primary_uuid: image_uuid,
-        primary_location: String::new(),
-        legs: (0..g.slots).map(|_| Leg::empty()).collect(),
-        in_sync_generation: 0,
-        history: vec![],
-        last_verify: None,
-        last_resync: None,
-        last_recovery: None,
-    };
-    sb.bump_generation("created", now);
-    dev.zero_range(g.bitmap_offset, g.bitmap_area().end - g.bitmap_offset)
-        .map_err(|e| Error::primary_io(format!("clearing the bitmap area of {name}"), &e))?;
-    let img = Image::format(dev, sb)
+    let img = Image::create_primary(dev, g, now_unix())
         .map_err(|e| Error::primary_io(format!("writing the header of {name}"), &e))?;
     if let Some(mut guard) = created {
         guard.0 = None;

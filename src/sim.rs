@@ -2,6 +2,8 @@
 //! and injectable write failures (EIO, ENOSPC) in the spirit of crucible's failure queue.
 
 use crate::device::Device;
+use crate::mirror::Opener;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +210,60 @@ impl Rng {
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next_u64() % 100 < percent
+    }
+}
+
+/// Opens simulated devices by location, like the real opener opens paths; a location can
+/// be made missing (as if the disk were pulled).
+pub struct SimOpener {
+    devs: HashMap<String, SimDevice>,
+    missing: Mutex<HashSet<String>>,
+}
+
+impl SimOpener {
+    pub fn new(devs: HashMap<String, SimDevice>) -> Self {
+        SimOpener {
+            devs,
+            missing: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn set_missing(&self, location: &str, missing: bool) {
+        let mut m = self.missing.lock().unwrap();
+        if missing {
+            m.insert(location.to_string());
+        } else {
+            m.remove(location);
+        }
+    }
+
+    pub fn is_missing(&self, location: &str) -> bool {
+        self.missing.lock().unwrap().contains(location)
+    }
+
+    /// The device at `location` (panics if there is none: a test bug).
+    pub fn dev(&self, location: &str) -> &SimDevice {
+        self.devs
+            .get(location)
+            .unwrap_or_else(|| panic!("no simulated device at {location}"))
+    }
+}
+
+impl Opener for SimOpener {
+    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        if self.is_missing(location) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{location}: no such device (simulated)"),
+            ));
+        }
+        match self.devs.get(location) {
+            Some(d) => Ok(Arc::new(d.clone())),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{location}: no such device"),
+            )),
+        }
     }
 }
 

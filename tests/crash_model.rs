@@ -12,17 +12,17 @@
 
 use mirrorctl::device::Device;
 use mirrorctl::error::Exit;
-use mirrorctl::format::{Leg, LegState, Role, Superblock};
+use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
-use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, Opener, WINDOW};
-use mirrorctl::sim::{Rng, SimDevice, World};
+use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, WINDOW};
+use mirrorctl::sim::{Rng, SimDevice, SimOpener, World};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// Locations of the secondaries, as recorded in the leg table.
 const SECS: [&str; 2] = ["sec0", "sec1"];
@@ -35,51 +35,6 @@ fn fracture_id(slot: u32) -> BitmapId {
 // ---------------------------------------------------------------------------------------
 // The opener and the devices of one world.
 // ---------------------------------------------------------------------------------------
-
-/// Maps locations ("sec0", "sec1") to simulated devices; a location can be made missing.
-struct SimOpener {
-    devs: HashMap<String, SimDevice>,
-    missing: Mutex<HashSet<String>>,
-}
-
-impl SimOpener {
-    fn set_missing(&self, location: &str, missing: bool) {
-        let mut m = self.missing.lock().unwrap();
-        if missing {
-            m.insert(location.to_string());
-        } else {
-            m.remove(location);
-        }
-    }
-
-    fn is_missing(&self, location: &str) -> bool {
-        self.missing.lock().unwrap().contains(location)
-    }
-
-    fn dev(&self, location: &str) -> &SimDevice {
-        self.devs
-            .get(location)
-            .unwrap_or_else(|| panic!("no simulated device at {location}"))
-    }
-}
-
-impl Opener for SimOpener {
-    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
-        if self.is_missing(location) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{location}: no such device (simulated)"),
-            ));
-        }
-        match self.devs.get(location) {
-            Some(d) => Ok(Arc::new(d.clone())),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{location}: no such device"),
-            )),
-        }
-    }
-}
 
 /// Which unsynced sectors survive a power cut.
 #[derive(Clone, Copy, Debug)]
@@ -109,10 +64,7 @@ impl Inst {
             world,
             primary,
             secs,
-            opener: Arc::new(SimOpener {
-                devs,
-                missing: Mutex::new(HashSet::new()),
-            }),
+            opener: Arc::new(SimOpener::new(devs)),
         }
     }
 
@@ -209,31 +161,7 @@ impl Template {
                 .unwrap();
             s.sync().unwrap();
         }
-        let image_uuid = *uuid::Uuid::new_v4().as_bytes();
-        let mut sb = Superblock {
-            mirror_uuid: *uuid::Uuid::new_v4().as_bytes(),
-            image_uuid,
-            role: Role::Primary,
-            generation: 0,
-            created_at: 1,
-            geometry: geom,
-            primary_uuid: image_uuid,
-            primary_location: String::new(),
-            legs: (0..geom.slots).map(|_| Leg::empty()).collect(),
-            in_sync_generation: 0,
-            history: vec![],
-            last_verify: None,
-            last_resync: None,
-            last_recovery: None,
-        };
-        sb.bump_generation("created", 1);
-        let pdev: Arc<dyn Device> = Arc::new(primary.clone());
-        pdev.zero_range(
-            geom.bitmap_offset,
-            geom.bitmap_area().end - geom.bitmap_offset,
-        )
-        .unwrap();
-        Image::format(pdev, sb).unwrap();
+        Image::create_primary(Arc::new(primary.clone()), geom, 1).unwrap();
         let inst = Inst::new(world, primary.clone(), secs.clone());
         let mut m = inst.open(WINDOW);
         for (i, s) in secs.iter().enumerate().take(attached) {
