@@ -122,7 +122,8 @@ pub struct StatusArgs {
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     pub primary: PathBuf,
-    /// Secondary image: a file (created sparse at the right size if missing) or block device.
+    /// Secondary image: a file (created sparse at the right size if missing), a block device,
+    /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH).
     pub secondary: String,
     /// Do not copy now: leave the regions for `mirrorctl resync`.
     #[arg(long, conflicts_with = "assume_clean")]
@@ -222,7 +223,7 @@ pub struct ReadArgs {
 #[derive(Args, Debug)]
 pub struct FractureArgs {
     pub primary: PathBuf,
-    /// Secondary path as given at attach, or its slot number.
+    /// Secondary path (or NBD URI) as given at attach, or its slot number.
     pub secondary: String,
     /// Why (recorded and shown by status).
     #[arg(long, value_name = "TEXT")]
@@ -232,7 +233,8 @@ pub struct FractureArgs {
 #[derive(Args, Debug)]
 pub struct ResyncArgs {
     pub primary: PathBuf,
-    /// Secondaries (paths or slot numbers); default: every leg with something to copy.
+    /// Secondaries (paths, NBD URIs or slot numbers); default: every leg with something to
+    /// copy.
     pub secondaries: Vec<String>,
     /// Limit copying to this many bytes per second (e.g. 50M/s).
     #[arg(long, value_name = "SIZE/s")]
@@ -247,14 +249,14 @@ pub struct ResyncArgs {
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     pub primary: PathBuf,
-    /// Secondary path as given at attach, or its slot number.
+    /// Secondary path (or NBD URI) as given at attach, or its slot number.
     pub secondary: String,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     pub primary: PathBuf,
-    /// Secondaries to compare (paths or slot numbers); default: every attached leg
+    /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg
     /// (fractured legs are reported, not compared).
     pub secondaries: Vec<String>,
     /// Copy mismatched regions from the primary in the same run (via the fracture log).

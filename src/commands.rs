@@ -438,77 +438,82 @@ struct AttachOut {
     seconds: f64,
 }
 
+/// An NBD export to attach: never created here (the engine checks its size); its canonical
+/// URI identifies it.
+fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
+    let canonical = NbdUri::parse(uri).map_err(Error::usage)?.canonical();
+    let dev =
+        open_nbd(uri, true).map_err(|e| Error::usage(format!("opening secondary {uri}: {e}")))?;
+    Ok((Arc::new(dev), canonical))
+}
+
+/// A file or block device to attach: refused if it is the primary or already a leg
+/// (compared by device and inode), created sparse at the mirror's size if missing (removed
+/// again unless the attach succeeds: the guard), sized if empty.
+fn file_secondary(
+    m: &Mirror,
+    primary: &Path,
+    spec: &str,
+) -> Result<(Arc<dyn Device>, String, Option<RemoveOnDrop>)> {
+    let sec = PathBuf::from(spec);
+    let total = m.geometry().total_len();
+    let mut created = None;
+    if sec.exists() {
+        let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        if identity(primary).ok() == Some(id) {
+            return Err(Error::usage(format!(
+                "{spec} is the primary itself; give a different image"
+            )));
+        }
+        for (i, l) in m.sb().legs.iter().enumerate() {
+            if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
+                return Err(Error::usage(format!(
+                    "{spec} is already attached as slot {i} ({}, {})",
+                    l.location,
+                    l.state.as_str()
+                )));
+            }
+        }
+        let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        if meta.is_file() && meta.len() == 0 {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&sec)
+                .map_err(|e| open_error("opening", &sec, e))?;
+            f.set_len(total)
+                .map_err(|e| Error::usage(format!("sizing {spec}: {e}")))?;
+        }
+    } else {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&sec)
+            .map_err(|e| open_error("creating secondary", &sec, e))?;
+        created = Some(RemoveOnDrop(Some(sec.clone())));
+        f.set_len(total)
+            .map_err(|e| Error::usage(format!("sizing {spec} to {total} bytes: {e}")))?;
+    }
+    let canonical = std::fs::canonicalize(&sec)
+        .map(|p| display(&p))
+        .unwrap_or_else(|_| spec.to_string());
+    let dev = FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
+    Ok((Arc::new(dev), canonical, created))
+}
+
 fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     let rate = a
         .rate
         .as_deref()
         .map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
         .transpose()?;
-    let sec = PathBuf::from(&a.secondary);
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
     m.recover()?;
     print_warnings(&mut m);
-    let g = m.geometry();
-    let mut created = None;
-    let (dev, canonical): (Arc<dyn Device>, String) = if nbd::is_uri(&a.secondary) {
-        // A remote export: never created here; the server's export must be big enough
-        // (checked by the engine), and its canonical URI identifies it.
-        let canonical = NbdUri::parse(&a.secondary)
-            .map_err(Error::usage)?
-            .canonical();
-        let dev = open_nbd(&a.secondary, true)
-            .map_err(|e| Error::usage(format!("opening secondary {}: {e}", a.secondary)))?;
-        (Arc::new(dev), canonical)
+    let (dev, canonical, created) = if nbd::is_uri(&a.secondary) {
+        let (dev, canonical) = nbd_secondary(&a.secondary)?;
+        (dev, canonical, None)
     } else {
-        if sec.exists() {
-            let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
-            if identity(&a.primary).ok() == Some(id) {
-                return Err(Error::usage(format!(
-                    "{} is the primary itself; give a different image",
-                    a.secondary
-                )));
-            }
-            for (i, l) in m.sb().legs.iter().enumerate() {
-                if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id)
-                {
-                    return Err(Error::usage(format!(
-                        "{} is already attached as slot {i} ({}, {})",
-                        a.secondary,
-                        l.location,
-                        l.state.as_str()
-                    )));
-                }
-            }
-            let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
-            if meta.is_file() && meta.len() == 0 {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&sec)
-                    .map_err(|e| open_error("opening", &sec, e))?;
-                f.set_len(g.total_len())
-                    .map_err(|e| Error::usage(format!("sizing {}: {e}", a.secondary)))?;
-            }
-        } else {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&sec)
-                .map_err(|e| open_error("creating secondary", &sec, e))?;
-            created = Some(RemoveOnDrop(Some(sec.clone())));
-            f.set_len(g.total_len()).map_err(|e| {
-                Error::usage(format!(
-                    "sizing {} to {} bytes: {e}",
-                    a.secondary,
-                    g.total_len()
-                ))
-            })?;
-        }
-        let canonical = std::fs::canonicalize(&sec)
-            .map(|p| display(&p))
-            .unwrap_or_else(|_| a.secondary.clone());
-        let dev =
-            FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
-        (Arc::new(dev), canonical)
+        file_secondary(&m, &a.primary, &a.secondary)?
     };
     let outcome = m.attach(
         dev,

@@ -25,8 +25,9 @@ done
 [ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-M="$root/target/release/mirrorctl"
 rm -rf "$D"; mkdir -p "$D"; cd "$D"
+# a copy, so a rebuild during the run cannot swap the binary under it
+cp "$root/target/release/mirrorctl" "$D/mirrorctl"; M="$D/mirrorctl"
 trap 'cd /; umount "$D/big" 2>/dev/null || true; rm -rf "$D"' EXIT
 
 bytes() { numfmt --from=iec "$1"; }

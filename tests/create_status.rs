@@ -20,7 +20,6 @@ use mirrorctl::layout::{Geometry, SB_OFFSETS};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FIXTURE: &str = "tests/fixtures/superblock-v1.bin";
@@ -454,14 +453,7 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
 
 /// Holds the mirror's lock from another process: a `write` reading a pipe that stays open.
 fn hold_lock(fx: &Fx) -> std::process::Child {
-    let child = Command::new(bin())
-        .args(["write", "a.img"])
-        .current_dir(fx.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(fx.dir.path(), &["write", "a.img"], false);
     // Wait until it holds the lock (a non-waiting writer gets exit 5).
     let t = Instant::now();
     loop {

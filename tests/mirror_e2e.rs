@@ -7,32 +7,14 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn leg(v: &Value, slot: u64) -> Value {
-    v["legs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| u(&l["slot"]) == slot)
-        .cloned()
-        .unwrap_or_else(|| panic!("no leg in slot {slot}: {v:#}"))
-}
-
 /// Runs mirrorctl with `input` on stdin, written in odd-sized pieces.
 fn run_piped(dir: &Path, args: &[&str], input: &[u8]) -> Out {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(dir, args, true);
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
     let feeder = std::thread::spawn(move || {
@@ -145,7 +127,7 @@ fn fracture_then_writes_then_resync_copies_exactly_the_written_regions_and_erase
     random_file(&fx.path("r.bin"), 64 * KIB, 99);
     let o = fx.run(&["write", "a.img", "--offset", "40032K", "--input", "r.bin"]);
     assert_eq!(o.code, 3, "{o:?}");
-    let l = leg(&fx.status(), 1);
+    let l = leg(&fx.status(), 1).clone();
     assert_eq!(l["state"], "fractured-by-admin");
     assert_eq!(l["out_of_sync_regions"], 9, "{l:#}");
     assert_eq!(leg(&fx.status(), 0)["out_of_sync_regions"], 0);
@@ -164,7 +146,7 @@ fn fracture_then_writes_then_resync_copies_exactly_the_written_regions_and_erase
     let r = fx.ok(&["resync", "a.img", "c.img", "--json"]).json();
     assert_eq!(r["regions"], 9, "{r:#}");
     assert_eq!(r["bytes"], 9 * 64 * KIB, "{r:#}");
-    let l = leg(&fx.status(), 1);
+    let l = leg(&fx.status(), 1).clone();
     assert_eq!(l["state"], "in-sync");
     assert_eq!(l["out_of_sync_regions"], 0);
     assert_eq!(fx.first_difference("c.img"), None);
@@ -206,7 +188,7 @@ fn no_sync_leaves_the_data_regions_pending_and_assume_clean_copies_nothing() {
     fx.write_random(0, 2 * MIB, 1);
     let o = fx.run(&["attach", "a.img", "b.img", "--no-sync"]);
     assert_eq!(o.code, 3, "{o:?}");
-    let l = leg(&fx.status(), 0);
+    let l = leg(&fx.status(), 0).clone();
     assert_eq!(l["state"], "syncing");
     assert_eq!(l["out_of_sync_bytes"], 2 * MIB, "{l:#}");
     let r = fx.ok(&["resync", "a.img", "--json"]).json();

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -16,27 +15,14 @@ use std::time::Duration;
 /// Regions of the 64 MiB write-intent window at 64 KiB per region.
 const WINDOW_REGIONS: u64 = 64 * MIB / (64 * KIB);
 
-fn leg(v: &Value, slot: u64) -> Value {
-    v["legs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| u(&l["slot"]) == slot)
-        .cloned()
-        .unwrap_or_else(|| panic!("no leg in slot {slot}: {v:#}"))
-}
-
 /// Starts `mirrorctl write a.img --offset OFF` fed `data` by a thread; SIGKILLs it after
 /// `delay` and returns whether it had already exited on its own (and with which code).
 fn write_and_kill(fx: &Fx, off: u64, data: Vec<u8>, delay: Duration) -> Option<i32> {
-    let mut child = Command::new(bin())
-        .args(["write", "a.img", "--offset", &off.to_string()])
-        .current_dir(fx.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(
+        fx.dir.path(),
+        &["write", "a.img", "--offset", &off.to_string()],
+        false,
+    );
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         for piece in data.chunks(1 << 20) {
@@ -160,7 +146,7 @@ fn twenty_kills_during_resync_never_grow_the_log_and_a_final_resync_makes_the_le
         "killed resyncs made progress only {progressed} times"
     );
     fx.ok(&["resync", "a.img"]);
-    let l = leg(&fx.status(), 0);
+    let l = leg(&fx.status(), 0).clone();
     assert_eq!(l["state"], "in-sync", "{l:#}");
     assert_eq!(l["out_of_sync_regions"], 0);
     assert_eq!(fx.first_difference("b.img"), None);
@@ -179,7 +165,7 @@ fn a_secondary_on_a_full_tmpfs_is_fractured_by_error_and_resynced_after_the_moun
     assert_eq!(o.code, 3, "{o:?}");
     assert_eq!(o.stderr.lines().count(), 1, "one warning line: {o:?}");
     assert!(o.stderr.contains(&sec_s), "{o:?}");
-    let l = leg(&fx.status(), 0);
+    let l = leg(&fx.status(), 0).clone();
     assert_eq!(l["state"], "fractured-by-error", "{l:#}");
     assert!(
         l["last_error"].as_str().unwrap().contains("No space left"),
@@ -228,7 +214,7 @@ fn a_pulled_loop_device_is_fractured_and_its_image_is_reattached_with_only_the_c
     random_file(&input, 2 * MIB, 2);
     let o = fx.run(&["write", "a.img", "--offset", "8M", "--input", "in.bin"]);
     assert_eq!(o.code, 3, "{o:?}");
-    let l = leg(&fx.status(), 0);
+    let l = leg(&fx.status(), 0).clone();
     assert_eq!(l["state"], "fractured-by-error", "{l:#}");
     assert!(!l["last_error"].as_str().unwrap().is_empty(), "{l:#}");
     assert_eq!(l["out_of_sync_bytes"], 2 * MIB, "{l:#}");

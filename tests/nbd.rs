@@ -187,14 +187,7 @@ fn a_server_killed_mid_write_fractures_the_leg_and_a_restarted_one_is_resynced_f
     let input = fx.path("input.bin");
     random_file(&input, 96 * MIB, 31);
     let data = std::fs::read(&input).unwrap();
-    let mut child = Command::new(bin())
-        .args(["--timeout", "2s", "write", "a.img"])
-        .current_dir(fx.dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(fx.dir.path(), &["--timeout", "2s", "write", "a.img"], true);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&data[..24 * MIB as usize]).unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -13,16 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The verify JSON entry of the leg in `slot`.
-fn leg(v: &Value, slot: u64) -> &Value {
-    v["legs"]
-        .as_array()
-        .expect("legs[]")
-        .iter()
-        .find(|l| u(&l["slot"]) == slot)
-        .unwrap_or_else(|| panic!("no leg in slot {slot}: {v:#}"))
-}
-
 fn range(first: u64, end: u64, region: u64, data_size: u64) -> Value {
     let offset = first * region;
     let length = (end * region).min(data_size) - offset;

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -384,4 +384,34 @@ pub fn first_difference_between(
         off += n as u64;
     }
     None
+}
+
+/// The entry of `legs[]` for `slot` in a `status` or `verify` JSON document.
+pub fn leg(v: &Value, slot: u64) -> &Value {
+    v["legs"]
+        .as_array()
+        .expect("legs[]")
+        .iter()
+        .find(|l| u(&l["slot"]) == slot)
+        .unwrap_or_else(|| panic!("no leg in slot {slot}: {v:#}"))
+}
+
+/// Starts mirrorctl in `dir` with a pipe on stdin (the caller feeds it or holds it open)
+/// and stdout/stderr captured (`capture`) or discarded.
+pub fn spawn_piped(dir: &Path, args: &[&str], capture: bool) -> Child {
+    let out = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("starting mirrorctl")
 }
