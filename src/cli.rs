@@ -148,7 +148,8 @@ pub struct AttachArgs {
 
 #[derive(Args, Debug)]
 pub struct PromoteArgs {
-    /// The secondary (path) to turn into the primary of its mirror.
+    /// The secondary to turn into the primary of its mirror: a path, or an NBD URI (the
+    /// export then holds the new primary; use it by path on its own machine).
     pub secondary: PathBuf,
     /// Promote even if the secondary was fractured or out of sync at its last known state
     /// (its missing writes are lost).

@@ -1029,10 +1029,19 @@ struct PromoteOut {
 
 fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     let name = display(&a.secondary);
-    let dev =
-        FileDevice::open(&a.secondary, true).map_err(|e| open_error("opening", &a.secondary, e))?;
-    lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
-    let dev: Arc<dyn Device> = Arc::new(dev);
+    let dev: Arc<dyn Device> = if nbd::is_uri(&name) {
+        // An export has no lock to take: the admin makes sure nothing else uses the image
+        // (see README, Remote secondaries).
+        Arc::new(
+            open_nbd(&name, true)
+                .map_err(|e| Error::usage(format!("opening secondary {name}: {e}")))?,
+        )
+    } else {
+        let dev = FileDevice::open(&a.secondary, true)
+            .map_err(|e| open_error("opening", &a.secondary, e))?;
+        lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+        Arc::new(dev)
+    };
     let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
     // The former primary, if it can be reached: it is the authority on how current this
     // image is, and it must not be written while it is demoted.

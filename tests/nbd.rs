@@ -344,3 +344,33 @@ fn a_server_that_never_answers_is_fractured_within_the_timeout() {
     assert_eq!(l["out_of_sync_regions"], 16, "{l:#}");
     drop(silent);
 }
+
+#[test]
+fn a_secondary_can_be_promoted_by_its_uri_and_the_old_primary_is_demoted() {
+    let fx = Fx::create("32M", "64K");
+    let file = backing(&fx, "remote.raw");
+    let sock = fx.path("nbd.sock");
+    let mut server = qemu_unix(&file, &sock, false);
+    let uri = unix_uri(&sock);
+    fx.ok(&["attach", "a.img", &uri]);
+    fx.write_random(0, 2 * MIB, 61);
+    let p = fx.ok(&["promote", &uri, "--json"]).json();
+    assert_eq!(p["old_primary_reachable"], true, "{p:#}");
+    server.kill();
+    // On "the remote machine": the export's file is the primary now, the old one its leg.
+    let s = fx.ok(&["status", "remote.raw", "--json"]).json();
+    assert_eq!(s["role"], "primary", "{s:#}");
+    assert_eq!(fx.status()["role"], "secondary");
+    assert_eq!(leg(&s, 0)["state"], "in-sync", "{s:#}");
+    random_file(&fx.path("w.bin"), 64 * KIB, 62);
+    fx.ok(&["write", "remote.raw", "--offset", "4M", "--input", "w.bin"]);
+    assert_eq!(
+        first_difference_between(
+            &file,
+            &fx.path("a.img"),
+            u(&s["data_offset"]),
+            u(&s["data_size"])
+        ),
+        None
+    );
+}
