@@ -438,6 +438,12 @@ struct AttachOut {
     seconds: f64,
 }
 
+/// `--rate SIZE/s`, when given.
+fn rate_arg(rate: Option<&str>) -> Result<Option<u64>> {
+    rate.map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
+        .transpose()
+}
+
 /// An NBD export to attach: never created here (the engine checks its size); its canonical
 /// URI identifies it.
 fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
@@ -501,11 +507,7 @@ fn file_secondary(
 }
 
 fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
-    let rate = a
-        .rate
-        .as_deref()
-        .map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
-        .transpose()?;
+    let rate = rate_arg(a.rate.as_deref())?;
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
     m.recover()?;
     print_warnings(&mut m);
@@ -784,11 +786,7 @@ struct ResyncOut {
 }
 
 fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
-    let rate = a
-        .rate
-        .as_deref()
-        .map(|r| parse_rate(r).map_err(|e| Error::usage(format!("--rate: {e}"))))
-        .transpose()?;
+    let rate = rate_arg(a.rate.as_deref())?;
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
     if !a.dry_run {
         m.recover()?;

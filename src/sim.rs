@@ -213,6 +213,17 @@ impl Rng {
     }
 }
 
+/// Deterministic pseudo-random bytes for test data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Opens simulated devices by location, like the real opener opens paths; a location can
 /// be made missing (as if the disk were pulled).
 pub struct SimOpener {

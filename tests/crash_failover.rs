@@ -15,7 +15,7 @@ use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::Geometry;
 use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress};
-use mirrorctl::sim::{Rng, SimDevice, SimOpener, World};
+use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -27,16 +27,6 @@ const LOCS: [&str; 3] = [P, S0, S1];
 
 fn geometry() -> Geometry {
     Geometry::for_data_size(64 * 4096, 4096, 2).unwrap()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn data_area(d: &SimDevice) -> Vec<u8> {

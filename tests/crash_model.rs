@@ -16,7 +16,7 @@ use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
 use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, WINDOW};
-use mirrorctl::sim::{Rng, SimDevice, SimOpener, World};
+use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use std::collections::BTreeSet;
@@ -101,17 +101,6 @@ impl Inst {
         m.window = window;
         m
     }
-}
-
-/// Deterministic pseudo-random bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A reader that hands out at most `step` bytes per call.
