@@ -49,7 +49,8 @@ pub const WINDOW: u64 = 64 * MIB;
 pub const COPY_RUN: u64 = 8 * MIB;
 /// Bytes copied between durability points (target sync + fracture-bit clear) in resync.
 pub const RESYNC_BATCH: u64 = 64 * MIB;
-/// At most this long between a resync's durable progress points (see `copy_leg`).
+/// About this long between a resync's durable progress points (at most 1.5 x under a
+/// `--rate` limit; see `copy_leg`).
 pub const CHECKPOINT: Duration = Duration::from_millis(250);
 
 /// Opens a secondary by the location recorded at attach.
@@ -158,6 +159,10 @@ impl RateLimit {
             start: Instant::now(),
             done: AtomicU64::new(0),
         }
+    }
+    /// Bytes the limit lets through in `d`, if there is a limit.
+    pub fn bytes_in(&self, d: Duration) -> Option<u64> {
+        self.rate.map(|r| (r as f64 * d.as_secs_f64()) as u64)
     }
     pub fn take(&self, bytes: u64) {
         let Some(rate) = self.rate else { return };
@@ -1437,7 +1442,14 @@ fn copy_leg(
     progress: &dyn Progress,
 ) -> std::result::Result<(u64, u64), LegError> {
     let id = BitmapId::Fracture(SlotIdx(slot));
-    let max_run = (COPY_RUN / g.region_size).max(1);
+    // A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
+    // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
+    // COPY_RUN takes 8 s at 1 MiB/s, and a resync interrupted more often than that never
+    // made any progress durable.
+    let run_bytes = limiter
+        .bytes_in(CHECKPOINT / 2)
+        .map_or(COPY_RUN, |b| b.min(COPY_RUN));
+    let max_run = (run_bytes / g.region_size).max(1);
     let mut buf = vec![0u8; (COPY_RUN.max(g.region_size)) as usize];
     let (mut regions, mut bytes) = (0u64, 0u64);
     let mut from = 0;
@@ -1475,7 +1487,7 @@ fn copy_leg(
         for r in &batch {
             if copied_runs > 0 && batch_started.elapsed() >= CHECKPOINT {
                 // Slow (rate-limited) copies make their progress durable in time too, so a
-                // killed resync loses at most CHECKPOINT of work; the rest is picked up next.
+                // killed resync loses about CHECKPOINT of work; the rest is picked up next.
                 break;
             }
             copied_runs += 1;
