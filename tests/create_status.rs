@@ -452,14 +452,23 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
 }
 
 /// Holds the mirror's lock from another process: a `write` reading a pipe that stays open.
+/// The holder itself waits (`--wait`): the probe below takes the lock for a moment, and a
+/// holder that started during that moment would otherwise exit 5 and never hold it.
 fn hold_lock(fx: &Fx) -> std::process::Child {
-    let child = spawn_piped(fx.dir.path(), &["write", "a.img"], false);
+    let mut child = spawn_piped(fx.dir.path(), &["--wait", "write", "a.img"], true);
     // Wait until it holds the lock (a non-waiting writer gets exit 5).
     let t = Instant::now();
     loop {
         let o = fx.run(&["fracture", "a.img", "9"]);
         if o.code == 5 {
             break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the lock holder exited ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert!(
             t.elapsed() < Duration::from_secs(10),
