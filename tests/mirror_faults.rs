@@ -41,6 +41,25 @@ fn write_and_kill(fx: &Fx, off: u64, data: Vec<u8>, delay: Duration) -> Option<i
     done
 }
 
+/// How long a complete `len`-byte pipe write takes here, so kills can be spread over it
+/// whatever the speed of this machine's disk.
+fn time_a_full_write(fx: &Fx, off: u64, len: u64, seed: u64) -> Duration {
+    let input = fx.path("calibrate.bin");
+    random_file(&input, len, seed);
+    let t = std::time::Instant::now();
+    let o = fx.run(&[
+        "write",
+        "a.img",
+        "--offset",
+        &off.to_string(),
+        "--input",
+        "calibrate.bin",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    std::fs::remove_file(&input).unwrap();
+    t.elapsed()
+}
+
 #[test]
 fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_acknowledged_write() {
     let fx = Fx::with_legs("256M", "64K", &["b.img", "c.img"]);
@@ -50,12 +69,20 @@ fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_ack
     let ack_base = 192 * MIB;
     let mut shadow = vec![0u8; (g.data_size - ack_base) as usize];
     let mut rng = Rng::new(2024);
+    // Kills land between 5 % and 90 % of the time a whole write takes on this machine (the
+    // faster of two overwrites), while it takes input or while it syncs at the end.
+    time_a_full_write(&fx, 0, 192 * MIB, 98);
+    let full = (0..2)
+        .map(|i| time_a_full_write(&fx, i * 32 * MIB, 160 * MIB, 99 + i))
+        .min()
+        .unwrap()
+        .as_millis() as u64;
     let (mut killed, mut unclean) = (0, 0);
     for round in 0..22 {
         let mut data = vec![0u8; 160 * MIB as usize];
         rng.fill(&mut data);
         let off = (rng.next() % 32) * MIB;
-        let delay = Duration::from_millis(20 + rng.next() % 400);
+        let delay = Duration::from_millis(full / 20 + rng.next() % (full * 85 / 100 + 1));
         if write_and_kill(&fx, off, data, delay).is_none() {
             killed += 1;
         }
@@ -141,7 +168,7 @@ fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_ack
     }
     assert!(
         killed >= 15,
-        "only {killed} of 22 writes were killed while running"
+        "only {killed} of 22 writes were killed while running (a whole write takes {full} ms)"
     );
     assert!(
         unclean >= 15,
