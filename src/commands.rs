@@ -1058,9 +1058,13 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     }
     drop(img);
     let out = crate::failover::promote(dev.clone(), &name, old, a.force)?;
-    // Tell the other secondaries who their primary is now.
+    // Take over every other secondary now (P5): from here on the former primary, should it
+    // still be running somewhere, cannot write to them.
     let mut m = Mirror::open(dev, &name, Arc::new(FileOpener { writable: true }), true)?;
-    m.refresh_headers(&[]);
+    let others: Vec<u32> = (0..m.geometry().slots)
+        .filter(|&s| s != out.old_primary_slot && m.sb().legs[s as usize].state != LegState::Empty)
+        .collect();
+    m.refresh_headers(&others);
     print_warnings(&mut m);
     let res = PromoteOut {
         path: name.clone(),

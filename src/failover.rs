@@ -12,6 +12,11 @@
 //!   lacks), on top of what the new primary wrote since the promotion.
 //! - P4 Images whose histories diverged (both changed after the last shared generation) are
 //!   never mixed without an explicit choice of the side to discard.
+//! - P5 A secondary whose header names another primary is written only after its header
+//!   names this one (durably), and only if its history is this primary's or a prefix of it
+//!   (mirror.rs, `adopt`): a former primary that comes back unaware of a promotion cannot
+//!   write to the secondaries the new primary took over. `promote` takes over every
+//!   reachable secondary at once.
 
 use crate::bitmap::Bitmaps;
 use crate::device::Device;

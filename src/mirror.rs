@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, cut, Leg, LegState, RecoveryRecord, ResyncRecord, Role, Superblock, Uuid,
 };
+use crate::history::{relate, Relation};
 use crate::image::{Image, ReadError};
 use crate::layout::{BitmapId, Geometry, SlotIdx, MIB};
 use crate::units::now_unix;
@@ -340,8 +341,41 @@ impl Mirror {
         if img.sb.geometry != self.geometry() {
             return Err(format!("{} has a different geometry", leg.location));
         }
+        if img.sb.primary_uuid != self.sb().image_uuid {
+            self.adopt(img, &leg)?;
+        }
         self.open_legs[slot as usize] = Some(dev.clone());
         Ok(dev)
+    }
+
+    /// A leg whose header names another primary of this mirror (failover.rs P5): taken
+    /// over when its history is ours or a prefix of ours (it followed the primary this one
+    /// replaced), refused when it went through generations this primary does not know (a
+    /// newer primary took it over: writing it would mix two primaries' data unseen).
+    fn adopt(&mut self, mut img: Image, leg: &Leg) -> std::result::Result<(), String> {
+        let rel = relate(&self.sb().history, &img.sb.history);
+        if !matches!(rel, Relation::Same | Relation::Behind { .. }) {
+            return Err(format!(
+                "{} now follows another primary of this mirror (image {}, {}, generation {}), which is {} this primary (generation {}); promoted elsewhere? not writing to it",
+                leg.location,
+                &uuid_str(&img.sb.primary_uuid)[..8],
+                if img.sb.primary_location.is_empty() { "unknown path" } else { &img.sb.primary_location },
+                img.sb.generation,
+                match rel {
+                    Relation::Ahead { .. } => "ahead of",
+                    _ => "diverged from",
+                },
+                self.sb().generation
+            ));
+        }
+        // P5: the leg names this primary durably before any data is written to it, so
+        // the primary it followed before can no longer take it back.
+        let keep = (img.sb.created_at, img.sb.in_sync_generation);
+        let mut sb = self.secondary_sb(img.sb.image_uuid, false);
+        (sb.created_at, sb.in_sync_generation) = keep;
+        img.sb = sb;
+        img.commit()
+            .map_err(|e| format!("writing the header of {}: {e}", leg.location))
     }
 
     /// Number of write-intent regions pending (non-zero after an unclean stop).

@@ -81,6 +81,64 @@ fn with_the_primary_gone_a_secondary_is_promoted_and_the_old_primary_returns_wit
 }
 
 #[test]
+fn a_former_primary_that_returns_unaware_of_the_promotion_cannot_write_to_the_secondaries_taken_over(
+) {
+    // a.img is cut off (not dead), b.img is promoted; c.img now follows b.img. When a.img
+    // comes back and someone writes to it, c.img must not receive a.img's data: b.img lists
+    // it as its own leg and would never know.
+    let fx = Fx::with_legs("32M", "64K", &["b.img", "c.img"]);
+    fx.write_random(0, 2 * MIB, 1);
+    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
+    let o = fx.run(&["promote", "b.img"]);
+    assert!(matches!(o.code, 0 | 3), "{o:?}");
+    assert!(
+        !o.stderr.contains("warning"),
+        "c.img was taken over without a warning: {o:?}"
+    );
+    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
+    let c_before = std::fs::read(fx.path("c.img")).unwrap();
+    let b_before = std::fs::read(fx.path("b.img")).unwrap();
+
+    // The stale primary writes: it may keep its own data, but both other legs refuse.
+    random_file(&fx.path("r.bin"), 64 * KIB, 5);
+    let o = fx.run(&["write", "a.img", "--offset", "1M", "--input", "r.bin"]);
+    assert_eq!(
+        o.code, 3,
+        "the former primary's write must leave it degraded: {o:?}"
+    );
+    assert!(o.stderr.contains("c.img"), "{o:?}");
+    assert!(
+        o.stderr.contains("follows another primary"),
+        "says why c.img is refused: {o:?}"
+    );
+    assert!(
+        std::fs::read(fx.path("c.img")).unwrap() == c_before,
+        "the former primary wrote to a secondary of the new primary"
+    );
+    assert!(
+        std::fs::read(fx.path("b.img")).unwrap() == b_before,
+        "the former primary wrote to the new primary"
+    );
+    let s = status_of(&fx, "a.img");
+    for n in ["b.img", "c.img"] {
+        let l = leg_named(&s, n);
+        assert_eq!(l["state"], "fractured-by-error", "{l:#}");
+    }
+    // The new primary keeps c.img as its leg and brings it up to date.
+    write_region(&fx, "b.img", 40, 6);
+    let o = fx.run(&["resync", "b.img", "c.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(same(&fx, "b.img", "c.img"));
+    assert_eq!(
+        status_of(&fx, "b.img")["healthy"],
+        false,
+        "a.img is still to return"
+    );
+    let l = leg_named(&status_of(&fx, "b.img"), "c.img");
+    assert_eq!(l["state"], "in-sync", "{l:#}");
+}
+
+#[test]
 fn a_planned_promotion_demotes_the_old_primary_and_keeps_the_other_legs_in_sync() {
     let fx = Fx::with_legs("32M", "64K", &["b.img", "c.img"]);
     fx.write_random(0, 4 * MIB, 1);
