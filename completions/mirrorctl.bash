@@ -443,7 +443,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__resync)
-            opts="-h --rate --dry-run --json --wait --no-progress --timeout --help"
+            opts="-h --rate --dry-run --compare --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -90,6 +90,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l compare -d 'Read each secondary too and write only the 64 KiB blocks that differ from the primary: for logs much larger than what really differs (after an unplanned promote, or re-attaching with --force an image known to be nearly equal). Reads both sides'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'

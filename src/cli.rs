@@ -243,6 +243,11 @@ pub struct ResyncArgs {
     /// Print the regions and bytes that would be copied; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Read each secondary too and write only the 64 KiB blocks that differ from the
+    /// primary: for logs much larger than what really differs (after an unplanned promote,
+    /// or re-attaching with --force an image known to be nearly equal). Reads both sides.
+    #[arg(long)]
+    pub compare: bool,
     #[arg(long)]
     pub json: bool,
 }

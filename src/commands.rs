@@ -772,6 +772,7 @@ struct ResyncLegOut {
     path: String,
     regions: u64,
     bytes: u64,
+    written_bytes: u64,
     state: String,
     error: Option<String>,
 }
@@ -779,8 +780,10 @@ struct ResyncLegOut {
 #[derive(Serialize)]
 struct ResyncOut {
     dry_run: bool,
+    compare: bool,
     regions: u64,
     bytes: u64,
+    written_bytes: u64,
     seconds: f64,
     legs: Vec<ResyncLegOut>,
 }
@@ -816,8 +819,10 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
     }
     let mut out = ResyncOut {
         dry_run: a.dry_run,
+        compare: a.compare,
         regions: 0,
         bytes: 0,
+        written_bytes: 0,
         seconds: 0.0,
         legs: vec![],
     };
@@ -828,18 +833,25 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
             let l = &m.sb().legs[s as usize];
             out.regions += regions;
             out.bytes += bytes;
+            // At most: --compare finds out while it runs.
+            out.written_bytes += bytes;
             out.legs.push(ResyncLegOut {
                 slot: s,
                 path: l.location.clone(),
                 regions,
                 bytes,
+                written_bytes: bytes,
                 state: l.state.as_str().to_string(),
                 error: None,
             });
         }
     } else if !slots.is_empty() {
         let bar = Bar::new(ctx, "resync");
-        let r = m.resync(&slots, rate, &bar)?;
+        let opts = mirror::ResyncOptions {
+            rate,
+            compare: a.compare,
+        };
+        let r = m.resync_with(&slots, &opts, &bar)?;
         out.seconds = r.seconds;
         for l in r.legs {
             let state = m.sb().legs[l.slot as usize].state;
@@ -854,11 +866,13 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
             }
             out.regions += l.regions;
             out.bytes += l.bytes;
+            out.written_bytes += l.written_bytes;
             out.legs.push(ResyncLegOut {
                 slot: l.slot,
                 path: l.location,
                 regions: l.regions,
                 bytes: l.bytes,
+                written_bytes: l.written_bytes,
                 state: state.as_str().to_string(),
                 error: l.error,
             });
@@ -879,6 +893,17 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
                     l.regions,
                     format_size(l.bytes),
                     l.bytes
+                );
+            } else if a.compare {
+                println!(
+                    "slot {} ({}): compared {} regions ({}), wrote {} ({} bytes); state {}",
+                    l.slot,
+                    l.path,
+                    l.regions,
+                    format_size(l.bytes),
+                    format_size(l.written_bytes),
+                    l.written_bytes,
+                    l.state
                 );
             } else {
                 println!(

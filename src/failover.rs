@@ -190,7 +190,7 @@ pub fn promote(
                 }
                 logs.push((s, all.clone()));
                 notes.push(format!(
-                    "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync (or compare first with `mirrorctl verify`)",
+                    "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} --compare` writes only the blocks that differ",
                     l.location
                 ));
             }

@@ -127,7 +127,19 @@ pub struct ResyncLegReport {
     pub location: String,
     pub regions: u64,
     pub bytes: u64,
+    /// Bytes actually written to the leg (less than `bytes` with `compare`).
+    pub written_bytes: u64,
     pub error: Option<String>,
+}
+
+/// How a resync copies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResyncOptions {
+    /// Bytes per second, or unlimited.
+    pub rate: Option<u64>,
+    /// Read the leg too and write only the blocks that differ (for legs whose log is much
+    /// larger than what really differs, e.g. after an unplanned promotion).
+    pub compare: bool,
 }
 
 #[derive(Debug, Default)]
@@ -985,6 +997,20 @@ impl Mirror {
         rate: Option<u64>,
         progress: &dyn Progress,
     ) -> Result<ResyncReport> {
+        let opts = ResyncOptions {
+            rate,
+            compare: false,
+        };
+        self.resync_with(slots, &opts, progress)
+    }
+
+    /// [`Mirror::resync`] with every option.
+    pub fn resync_with(
+        &mut self,
+        slots: &[u32],
+        opts: &ResyncOptions,
+        progress: &dyn Progress,
+    ) -> Result<ResyncReport> {
         let started = Instant::now();
         let g = self.geometry();
         let mut report = ResyncReport::default();
@@ -1020,20 +1046,28 @@ impl Mirror {
         }
         self.commit()?;
         progress.set_total(total);
-        let limiter = RateLimit::new(rate);
+        let limiter = RateLimit::new(opts.rate);
         let abort = AtomicBool::new(false);
         let primary = self.image.dev.clone();
         let bitmaps = Mutex::new(&mut self.bitmaps);
+        let written: Vec<AtomicU64> = work.iter().map(|_| AtomicU64::new(0)).collect();
         let results: Vec<(u32, LegResult)> = std::thread::scope(|sc| {
             let hs: Vec<_> = work
                 .iter()
-                .map(|(s, dev)| {
+                .zip(&written)
+                .map(|((s, dev), written)| {
                     let (s, dev) = (*s, dev.clone());
                     let primary = primary.clone();
                     let (bitmaps, limiter, abort) = (&bitmaps, &limiter, &abort);
+                    let ctl = CopyCtl {
+                        limiter,
+                        abort,
+                        progress,
+                        compare: opts.compare,
+                        written,
+                    };
                     sc.spawn(move || {
-                        let r =
-                            copy_leg(s, &g, &*primary, &*dev, bitmaps, limiter, abort, progress);
+                        let r = copy_leg(s, &g, &*primary, &*dev, bitmaps, &ctl);
                         if matches!(r, Err(LegError::Primary(_))) {
                             abort.store(true, Ordering::SeqCst);
                         }
@@ -1044,6 +1078,10 @@ impl Mirror {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         progress.finish();
+        for ((s, _), w) in work.iter().zip(&written) {
+            let lr = report.legs.iter_mut().find(|l| l.slot == *s).unwrap();
+            lr.written_bytes = w.load(Ordering::Relaxed);
+        }
         let mut primary_err = None;
         let now = now_unix();
         let mut done = Vec::new();
@@ -1456,6 +1494,72 @@ fn copy_file_range_all(
     Ok(())
 }
 
+enum CopyErr {
+    Primary(String),
+    Leg(String, io::Error),
+}
+
+/// `resync --compare` of one piece of a run: reads the primary (zeros for a hole) and the
+/// leg, and writes (or zeroes) only the COMPARE_BLOCKs that differ.
+#[allow(clippy::too_many_arguments)]
+fn compare_copy(
+    primary: &dyn Device,
+    target: &dyn Device,
+    piece: Range<u64>,
+    data: bool,
+    g: &Geometry,
+    ours: &mut [u8],
+    theirs: &mut [u8],
+    ctl: &CopyCtl,
+) -> std::result::Result<(), CopyErr> {
+    let at = |p: u64| p - g.data_offset;
+    let block = COMPARE_BLOCK.min(g.region_size) as usize;
+    let mut p = piece.start;
+    while p < piece.end {
+        let n = ((piece.end - p) as usize).min(ours.len());
+        if data {
+            primary.read_at(&mut ours[..n], p).map_err(|e| {
+                CopyErr::Primary(format!("reading primary at data offset {}: {e}", at(p)))
+            })?;
+        } else {
+            ours[..n].fill(0);
+        }
+        target
+            .read_at(&mut theirs[..n], p)
+            .map_err(|e| CopyErr::Leg(format!("read at data offset {}", at(p)), e))?;
+        ctl.limiter.take(n as u64);
+        // Runs of differing blocks, each written with one call.
+        let mut i = 0;
+        while i < n {
+            let differs = |i: usize| {
+                let e = (i + block).min(n);
+                ours[i..e] != theirs[i..e]
+            };
+            if !differs(i) {
+                i += block;
+                continue;
+            }
+            let mut j = i + block;
+            while j < n && differs(j) {
+                j += block;
+            }
+            let j = j.min(n);
+            let off = p + i as u64;
+            let len = (j - i) as u64;
+            let r = if data {
+                target.write_at(&ours[i..j], off)
+            } else {
+                target.zero_range(off, len)
+            };
+            r.map_err(|e| CopyErr::Leg(format!("write at data offset {}", at(off)), e))?;
+            ctl.written.fetch_add(len, Ordering::Relaxed);
+            i = j;
+        }
+        p += n as u64;
+    }
+    Ok(())
+}
+
 enum LegError {
     Primary(String),
     /// (what, error, regions done, bytes done)
@@ -1463,18 +1567,34 @@ enum LegError {
     Aborted(u64, u64),
 }
 
+/// What one leg's copy shares with the others, and how it copies.
+struct CopyCtl<'a> {
+    limiter: &'a RateLimit,
+    abort: &'a AtomicBool,
+    progress: &'a dyn Progress,
+    compare: bool,
+    /// Bytes written to this leg so far.
+    written: &'a AtomicU64,
+}
+
+/// Granularity of `resync --compare`: blocks that differ are written, the rest left alone.
+const COMPARE_BLOCK: u64 = 64 * 1024;
+
 /// Copies one leg's fracture log from the primary (S1).
-#[allow(clippy::too_many_arguments)]
 fn copy_leg(
     slot: u32,
     g: &Geometry,
     primary: &dyn Device,
     target: &dyn Device,
     bitmaps: &Mutex<&mut Bitmaps>,
-    limiter: &RateLimit,
-    abort: &AtomicBool,
-    progress: &dyn Progress,
+    ctl: &CopyCtl,
 ) -> std::result::Result<(u64, u64), LegError> {
+    let CopyCtl {
+        limiter,
+        abort,
+        progress,
+        ..
+    } = *ctl;
     let id = BitmapId::Fracture(SlotIdx(slot));
     // A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
     // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
@@ -1485,6 +1605,11 @@ fn copy_leg(
         .map_or(COPY_RUN, |b| b.min(COPY_RUN));
     let max_run = (run_bytes / g.region_size).max(1);
     let mut buf = vec![0u8; (COPY_RUN.max(g.region_size)) as usize];
+    let mut theirs = if ctl.compare {
+        vec![0u8; buf.len()]
+    } else {
+        Vec::new()
+    };
     let (mut regions, mut bytes) = (0u64, 0u64);
     let mut from = 0;
     let merr = |e: io::Error| {
@@ -1552,6 +1677,17 @@ fn copy_leg(
                 if piece.is_empty() {
                     continue;
                 }
+                if ctl.compare {
+                    let r =
+                        compare_copy(primary, target, piece, data, g, &mut buf, &mut theirs, ctl);
+                    r.map_err(|e| match e {
+                        CopyErr::Primary(m) => LegError::Primary(m),
+                        CopyErr::Leg(what, e) => LegError::Leg(what, e, regions, bytes),
+                    })?;
+                    continue;
+                }
+                ctl.written
+                    .fetch_add(piece.end - piece.start, Ordering::Relaxed);
                 if !data {
                     target
                         .zero_range(piece.start, piece.end - piece.start)

@@ -15,7 +15,7 @@ use mirrorctl::error::Exit;
 use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
-use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, WINDOW};
+use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, ResyncOptions, WINDOW};
 use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -215,6 +215,8 @@ enum Op {
     Fracture(u32),
     /// Resync of one slot, or of every candidate.
     Resync(Option<u32>),
+    /// The same with `--compare`: only differing blocks are written.
+    ResyncCompare(Option<u32>),
     /// The secondary at `SECS[i]` fails (EIO) after this many more writes.
     FailAfter(usize, u64),
     Heal(usize),
@@ -298,7 +300,11 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                     })
                 }
             }
-            Op::Resync(which) => {
+            Op::Resync(which) | Op::ResyncCompare(which) => {
+                let opts = ResyncOptions {
+                    rate: None,
+                    compare: matches!(op, Op::ResyncCompare(_)),
+                };
                 let slots = match which {
                     None => m.resync_candidates(),
                     Some(s) if m.sb().legs[*s as usize].state != LegState::Empty => Ok(vec![*s]),
@@ -310,7 +316,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                         for s in &slots {
                             out.fractured.remove(s);
                         }
-                        m.resync(&slots, None, &NoProgress).map(|rep| {
+                        m.resync_with(&slots, &opts, &NoProgress).map(|rep| {
                             format!(
                                 "{:?}",
                                 rep.legs
@@ -708,6 +714,27 @@ fn an_admin_fracture_then_writes_then_resync_survive_a_power_cut_at_every_sync_p
 }
 
 #[test]
+fn a_comparing_resync_after_writes_to_a_fractured_leg_survives_a_power_cut_at_every_sync_point() {
+    let t = small_template(2);
+    let scn = Scenario {
+        name: "fracture, resync --compare",
+        window: WINDOW,
+        ops: vec![
+            w(4096, 4096, FlushPolicy::End, true),
+            Op::Fracture(1),
+            w(2 * 4096 + 5, 20_000, FlushPolicy::End, true),
+            w(40 * 4096, 100, FlushPolicy::Always, false),
+            Op::ResyncCompare(None),
+            w(3 * 4096, 4096 * 2, FlushPolicy::End, true),
+            Op::Fracture(0),
+            w(60 * 4096 - 3, 9, FlushPolicy::End, true),
+            Op::ResyncCompare(Some(0)),
+        ],
+    };
+    assert!(exercise(t, &scn, &KEEPS) > 0);
+}
+
+#[test]
 fn a_leg_failing_mid_write_then_healed_and_resynced_survives_a_power_cut_at_every_sync_point() {
     let t = small_template(2);
     let scn = Scenario {
@@ -1017,6 +1044,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         ),
         1 => (0..2u32).prop_map(Op::Fracture),
         2 => prop::option::of(0..2u32).prop_map(Op::Resync),
+        1 => prop::option::of(0..2u32).prop_map(Op::ResyncCompare),
         1 => (0..2usize, 0..3u64).prop_map(|(l, n)| Op::FailAfter(l, n)),
         1 => (0..2usize).prop_map(Op::Heal),
         1 => (0..2usize, any::<bool>()).prop_map(|(l, b)| Op::Missing(l, b)),

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::os::unix::fs::FileExt;
 
 fn leg_named(v: &Value, path_suffix: &str) -> Value {
     v["legs"]
@@ -42,7 +43,19 @@ fn same(fx: &Fx, a: &str, b: &str) -> bool {
 fn with_the_primary_gone_a_secondary_is_promoted_and_the_old_primary_returns_with_only_the_changes()
 {
     let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    let g = fx.geometry();
     fx.write_random(0, 8 * MIB, 1);
+    // The former primary's last write reached c.img but not b.img: a few bytes in region 5
+    // (data) and in region 700 (a hole on the primary).
+    let c = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path("c.img"))
+        .unwrap();
+    for region in [5u64, 700] {
+        c.write_all_at(b"in flight", g.data_offset + region * 64 * KIB + 1000)
+            .unwrap();
+    }
+    drop(c);
     std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
     let o = fx.run(&["promote", "b.img", "--json"]);
     assert!(matches!(o.code, 0 | 3), "{o:?}");
@@ -50,6 +63,20 @@ fn with_the_primary_gone_a_secondary_is_promoted_and_the_old_primary_returns_wit
     assert_eq!(p["old_primary_reachable"], false, "{p:#}");
     let s = status_of(&fx, "b.img");
     assert_eq!(s["role"], "primary");
+    // c.img is marked for a full resync; --compare writes just the two differing blocks.
+    assert_eq!(u(&leg_named(&s, "c.img")["out_of_sync_regions"]), 1024);
+    let r = fx
+        .ok(&["resync", "b.img", "c.img", "--compare", "--json"])
+        .json();
+    assert_eq!(r["compare"], true, "{r:#}");
+    assert_eq!(r["regions"], 1024, "{r:#}");
+    assert_eq!(r["written_bytes"], 2 * 64 * KIB, "{r:#}");
+    assert_eq!(r["legs"][0]["state"], "in-sync", "{r:#}");
+    let (b, c) = (fx.path("b.img"), fx.path("c.img"));
+    assert_eq!(
+        first_difference_between(&b, &c, g.data_offset, g.data_size),
+        None
+    );
     // Keep writing on the new primary: three regions.
     for (i, r) in [200u64, 300, 301].iter().enumerate() {
         write_region(&fx, "b.img", *r, 10 + i as u64);
