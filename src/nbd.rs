@@ -15,7 +15,10 @@
 //!   neither has no volatile cache to flush (the protocol's meaning of not advertising it).
 //! - several requests in flight: a large read or write is split into requests of at most
 //!   [`REQUEST_MAX`] (or the server's maximum block size), up to [`IN_FLIGHT`] are sent before
-//!   the first reply is read, and replies are matched by cookie, in any order.
+//!   the first reply is read, and replies are matched by cookie, in any order. Writes
+//!   (without FUA) are posted: `write_at` returns once they are sent, their replies are
+//!   collected while later requests go out and in full before anything else (a flush
+//!   above all), and an error reply fails the next call, naming the write's offset.
 //!
 //! Every socket operation has the `--timeout` deadline. After any transport error or
 //! timeout the connection is dead (its request stream is out of step) and every later call
@@ -208,6 +211,10 @@ struct Conn {
     next_cookie: u64,
     /// Set after a transport error: the request stream is out of step for good.
     broken: Option<String>,
+    /// Writes sent without waiting for their replies (cookie, offset), oldest first.
+    posted: std::collections::VecDeque<(u64, u64)>,
+    /// The first error reply to a posted write, not yet reported.
+    late_err: Option<io::Error>,
 }
 
 /// An NBD export used as a [`Device`].
@@ -390,6 +397,18 @@ fn nbd_error(code: u32) -> io::Error {
     io::Error::from_raw_os_error(code as i32)
 }
 
+/// Bytes the kernel may hold for the server: a whole engine chunk, so a posted write
+/// returns while the server is still reading it and the next chunk is prepared meanwhile.
+const SEND_BUFFER: usize = 8 << 20;
+
+/// Asks for a [`SEND_BUFFER`]-deep socket send buffer: past `net.core.wmem_max` when
+/// allowed (root), else as deep as that limit allows. Only a speed matter: errors ignored.
+fn deep_send_buffer(fd: impl std::os::fd::AsFd) {
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(&fd, SEND_BUFFER).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, SEND_BUFFER);
+    }
+}
+
 impl NbdDevice {
     /// Connects and negotiates; the deadline of `--timeout` covers connect and handshake.
     pub fn connect(uri: &NbdUri, name: &str) -> io::Result<NbdDevice> {
@@ -413,6 +432,7 @@ impl NbdDevice {
                 }
                 let c = conn.ok_or(last)?;
                 c.set_nodelay(true)?;
+                deep_send_buffer(&c);
                 c.set_read_timeout(Some(t))?;
                 c.set_write_timeout(Some(t))?;
                 Box::new(c)
@@ -420,6 +440,7 @@ impl NbdDevice {
             Endpoint::Unix { socket } => {
                 let c = UnixStream::connect(socket)
                     .map_err(|e| ctx(e, format_args!("connecting to {socket}")))?;
+                deep_send_buffer(&c);
                 c.set_read_timeout(Some(t))?;
                 c.set_write_timeout(Some(t))?;
                 Box::new(c)
@@ -439,6 +460,8 @@ impl NbdDevice {
                 sock,
                 next_cookie: 1,
                 broken: None,
+                posted: Default::default(),
+                late_err: None,
             }),
         })
     }
@@ -458,7 +481,12 @@ impl NbdDevice {
                 format!("connection to {} lost earlier ({why})", self.name),
             ));
         }
-        let r = Self::transact_locked(&mut c, reqs, &mut out);
+        // Every posted write is answered before anything else is sent, so the replies below
+        // belong to these requests only; an error a posted write got is reported first.
+        let r = Self::drain_posted(&mut c, 0).and_then(|()| match c.late_err.take() {
+            Some(e) => Ok(Some(e)),
+            None => Self::transact_locked(&mut c, reqs, &mut out),
+        });
         match r {
             Ok(first_err) => first_err.map_or(Ok(()), Err),
             Err(e) => {
@@ -466,6 +494,78 @@ impl NbdDevice {
                 Err(ctx(e, format_args!("NBD connection to {}", self.name)))
             }
         }
+    }
+
+    /// Sends writes without waiting for their replies (at most [`IN_FLIGHT`] unanswered), so
+    /// the server stores one chunk while the engine prepares the next. Durability is
+    /// unchanged: [`Device::sync`] first collects every reply, and the engine syncs a leg
+    /// before it counts anything written to it as done (mirror.rs W2, S1). An error reply
+    /// is reported by the next call on this device, naming the write's offset.
+    fn post(&self, reqs: &[Req]) -> io::Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        if let Some(why) = &c.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("connection to {} lost earlier ({why})", self.name),
+            ));
+        }
+        let r = (|| {
+            for r in reqs {
+                Self::drain_posted(&mut c, IN_FLIGHT - 1)?;
+                let cookie = c.next_cookie;
+                c.next_cookie += 1;
+                Self::send(&mut c, r, cookie)?;
+                c.posted.push_back((cookie, r.off));
+            }
+            c.sock.flush()
+        })();
+        if let Err(e) = r {
+            c.broken = Some(e.to_string());
+            return Err(ctx(e, format_args!("NBD connection to {}", self.name)));
+        }
+        c.late_err.take().map_or(Ok(()), Err)
+    }
+
+    fn send(c: &mut Conn, r: &Req, cookie: u64) -> io::Result<()> {
+        let mut hdr = Vec::with_capacity(28);
+        hdr.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        hdr.extend_from_slice(&r.flags.to_be_bytes());
+        hdr.extend_from_slice(&r.typ.to_be_bytes());
+        hdr.extend_from_slice(&cookie.to_be_bytes());
+        hdr.extend_from_slice(&r.off.to_be_bytes());
+        hdr.extend_from_slice(&r.len.to_be_bytes());
+        c.sock.write_all(&hdr)?;
+        if let Some(p) = r.payload {
+            c.sock.write_all(p)?;
+        }
+        Ok(())
+    }
+
+    /// Reads replies to posted writes until at most `keep` are unanswered. Outer error:
+    /// transport; error replies go to `late_err`.
+    fn drain_posted(c: &mut Conn, keep: usize) -> io::Result<()> {
+        while c.posted.len() > keep {
+            let magic = rd_u32(&mut *c.sock)?;
+            if magic != SIMPLE_REPLY_MAGIC {
+                return Err(proto(format!("bad reply magic {magic:#x}")));
+            }
+            let err = rd_u32(&mut *c.sock)?;
+            let cookie = rd_u64(&mut *c.sock)?;
+            let i = c
+                .posted
+                .iter()
+                .position(|(k, _)| *k == cookie)
+                .ok_or_else(|| proto(format!("reply for unknown cookie {cookie}")))?;
+            let (_, off) = c.posted.remove(i).expect("position is in range");
+            if err != 0 && c.late_err.is_none() {
+                let e = nbd_error(err);
+                c.late_err = Some(io::Error::new(
+                    e.kind(),
+                    format!("NBD write at offset {off}: {e}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Outer error: transport (connection now useless). Inner: the first error reply.
@@ -478,19 +578,8 @@ impl NbdDevice {
         for group in reqs.chunks(IN_FLIGHT) {
             let base = c.next_cookie;
             c.next_cookie += group.len() as u64;
-            let mut hdr = Vec::with_capacity(28);
             for (i, r) in group.iter().enumerate() {
-                hdr.clear();
-                hdr.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-                hdr.extend_from_slice(&r.flags.to_be_bytes());
-                hdr.extend_from_slice(&r.typ.to_be_bytes());
-                hdr.extend_from_slice(&(base + i as u64).to_be_bytes());
-                hdr.extend_from_slice(&r.off.to_be_bytes());
-                hdr.extend_from_slice(&r.len.to_be_bytes());
-                c.sock.write_all(&hdr)?;
-                if let Some(p) = r.payload {
-                    c.sock.write_all(p)?;
-                }
+                Self::send(c, r, base + i as u64)?;
             }
             c.sock.flush()?;
             for _ in 0..group.len() {
@@ -604,7 +693,11 @@ impl Device for NbdDevice {
             0
         };
         let reqs = self.split(CMD_WRITE, flags, off, buf.len(), Some(buf));
-        self.transact(&reqs, None)
+        if flags & CMD_FLAG_FUA != 0 {
+            // Durable when the reply comes: wait for it.
+            return self.transact(&reqs, None);
+        }
+        self.post(&reqs)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -828,10 +921,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn requests_are_pipelined_and_error_replies_name_the_offset() {
-        let (client, mut server) = pair();
-        let dev = NbdDevice {
+    fn test_device(client: UnixStream) -> NbdDevice {
+        NbdDevice {
             name: "test".into(),
             size: 1 << 30,
             flags: 1 | TF_SEND_FLUSH,
@@ -840,40 +931,104 @@ mod tests {
                 sock: Box::new(client),
                 next_cookie: 1,
                 broken: None,
+                posted: Default::default(),
+                late_err: None,
             }),
-        };
-        // Answers in reverse order, after all requests of the group arrived; fails the
-        // write at offset 8192.
+        }
+    }
+
+    /// Reads one request: (type, cookie, offset, payload).
+    fn read_request(server: &mut UnixStream) -> (u16, u64, u64, Vec<u8>) {
+        let mut h = [0u8; 28];
+        server.read_exact(&mut h).unwrap();
+        let typ = u16::from_be_bytes([h[6], h[7]]);
+        let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+        let off = u64::from_be_bytes(h[16..24].try_into().unwrap());
+        let len = u32::from_be_bytes(h[24..28].try_into().unwrap());
+        let mut d = Vec::new();
+        if typ == CMD_WRITE {
+            d = vec![0u8; len as usize];
+            server.read_exact(&mut d).unwrap();
+        }
+        (typ, cookie, off, d)
+    }
+
+    fn reply(server: &mut UnixStream, cookie: u64, err: u32) {
+        server.write_all(&SIMPLE_REPLY_MAGIC.to_be_bytes()).unwrap();
+        server.write_all(&err.to_be_bytes()).unwrap();
+        server.write_all(&cookie.to_be_bytes()).unwrap();
+    }
+
+    #[test]
+    fn posted_writes_are_answered_in_any_order_and_an_error_reply_fails_the_next_sync_naming_the_offset(
+    ) {
+        let (client, mut server) = pair();
+        let dev = test_device(client);
+        // Answers in reverse order, after all four writes arrived; fails the one at 8192;
+        // then answers a flush.
         let srv = std::thread::spawn(move || {
             let mut reqs = Vec::new();
             for _ in 0..4 {
-                let mut h = [0u8; 28];
-                server.read_exact(&mut h).unwrap();
-                let typ = u16::from_be_bytes([h[6], h[7]]);
-                let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
-                let off = u64::from_be_bytes(h[16..24].try_into().unwrap());
-                let len = u32::from_be_bytes(h[24..28].try_into().unwrap());
+                let (typ, cookie, off, d) = read_request(&mut server);
                 assert_eq!(typ, CMD_WRITE);
-                let mut d = vec![0u8; len as usize];
-                server.read_exact(&mut d).unwrap();
                 assert!(d.iter().all(|&b| b == (off / 4096) as u8));
                 reqs.push((cookie, off));
             }
             for (cookie, off) in reqs.into_iter().rev() {
-                let err: u32 = if off == 8192 { 28 } else { 0 };
-                server.write_all(&SIMPLE_REPLY_MAGIC.to_be_bytes()).unwrap();
-                server.write_all(&err.to_be_bytes()).unwrap();
-                server.write_all(&cookie.to_be_bytes()).unwrap();
+                reply(&mut server, cookie, if off == 8192 { 28 } else { 0 });
             }
+            let (typ, cookie, _, _) = read_request(&mut server);
+            assert_eq!(typ, CMD_FLUSH, "expected the second sync's flush");
+            reply(&mut server, cookie, 0);
             server
         });
         let data: Vec<u8> = (0..4u8).flat_map(|i| vec![i; 4096]).collect();
-        let e = dev.write_at(&data, 0).unwrap_err();
-        let _server = srv.join().unwrap();
+        dev.write_at(&data, 0).unwrap();
+        let e = dev.sync().unwrap_err();
         assert_eq!(e.raw_os_error(), None);
         assert!(e.to_string().contains("offset 8192"), "{e}");
         assert_eq!(e.kind(), io::Error::from_raw_os_error(28).kind());
-        // The stream stayed in step: the connection is still usable.
+        // The stream stayed in step: the connection is still usable, the error reported once.
+        dev.sync().unwrap();
+        let _server = srv.join().unwrap();
         assert!(dev.conn.lock().unwrap().broken.is_none());
+    }
+
+    #[test]
+    fn at_most_in_flight_writes_go_unanswered() {
+        let (client, mut server) = pair();
+        let dev = test_device(client);
+        let n = IN_FLIGHT + 4;
+        let srv = std::thread::spawn(move || {
+            let mut cookies: Vec<u64> = (0..IN_FLIGHT)
+                .map(|_| read_request(&mut server).1)
+                .collect();
+            // Nothing more comes until some are answered.
+            server
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            let more = server.read(&mut b);
+            assert!(
+                matches!(&more, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "a request beyond {IN_FLIGHT} unanswered ones was sent: {more:?}"
+            );
+            server.set_read_timeout(None).unwrap();
+            for c in cookies.drain(..) {
+                reply(&mut server, c, 0);
+            }
+            for _ in IN_FLIGHT..n {
+                let (_, c, _, _) = read_request(&mut server);
+                reply(&mut server, c, 0);
+            }
+            let (typ, c, _, _) = read_request(&mut server);
+            assert_eq!(typ, CMD_FLUSH);
+            reply(&mut server, c, 0);
+            server
+        });
+        dev.write_at(&vec![7u8; 4096 * n], 0).unwrap();
+        dev.sync().unwrap();
+        let _server = srv.join().unwrap();
+        assert!(dev.conn.lock().unwrap().posted.is_empty());
     }
 }

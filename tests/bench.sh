@@ -19,7 +19,7 @@ D=${BENCH_DIR:-/var/tmp/mirrorctl-bench}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "bench: $*" >&2; exit 1; }
-for t in qemu-img qemu-nbd rsync cmp strace python3 fallocate b3sum; do
+for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum; do
     command -v "$t" >/dev/null || die "$t is missing: run tests/setup.sh (b3sum: apt-get install -y b3sum)"
 done
 [ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
@@ -221,7 +221,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want 9; then
-note "case 9: mirrored write with a local secondary vs an NBD secondary (qemu-nbd, Unix socket)"
+note "case 9: mirrored write with a local secondary vs an NBD secondary (qemu-nbd, nbdkit; Unix socket)"
 nbd_n=$(( N < 1073741824 ? N : 1073741824 ))
 for r in $(seq "$REPS"); do
     rm -f n.img nl.img nr.img
@@ -239,6 +239,16 @@ for r in $(seq "$REPS"); do
     sync
     timed nbd-write "mirrorctl, NBD secondary" sh -c "head -c $nbd_n input.bin | '$M' write n.img"
     kill $qpid; wait $qpid 2>/dev/null || true; rm -f "$D/nbd.sock"
+    same_data n.img nr.img
+    # the same through nbdkit's file plugin (multi-threaded; qemu-nbd serves from one thread)
+    "$M" detach n.img 0 >/dev/null
+    nbdkit -f -U "$D/kit.sock" file "file=$D/nr.img" & kpid=$!
+    for _ in $(seq 50); do [ -S "$D/kit.sock" ] && break; sleep 0.1; done
+    "$M" attach n.img "nbd+unix:///?socket=$D/kit.sock" --assume-clean --force >/dev/null \
+        || { kill $kpid; die "attach over NBD (nbdkit) failed"; }
+    sync
+    timed nbd-write "mirrorctl, NBD secondary on nbdkit" sh -c "head -c $nbd_n input.bin | '$M' write n.img"
+    kill $kpid; wait $kpid 2>/dev/null || true; rm -f "$D/kit.sock"
     same_data n.img nr.img
 done
 rm -f n.img nl.img nr.img
