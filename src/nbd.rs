@@ -18,7 +18,8 @@
 //!   the first reply is read, and replies are matched by cookie, in any order. Writes
 //!   (without FUA) are posted: `write_at` returns once they are sent, their replies are
 //!   collected while later requests go out and in full before anything else (a flush
-//!   above all), and an error reply fails the next call, naming the write's offset.
+//!   above all), and an error reply fails the next call, naming the write's offset. A
+//!   write over one still unanswered waits for it first (servers may reorder requests).
 //!
 //! Every socket operation has the `--timeout` deadline. After any transport error or
 //! timeout the connection is dead (its request stream is out of step) and every later call
@@ -211,8 +212,8 @@ struct Conn {
     next_cookie: u64,
     /// Set after a transport error: the request stream is out of step for good.
     broken: Option<String>,
-    /// Writes sent without waiting for their replies (cookie, offset), oldest first.
-    posted: std::collections::VecDeque<(u64, u64)>,
+    /// Writes sent without waiting for their replies (cookie, offset, length), oldest first.
+    posted: std::collections::VecDeque<(u64, u64, u64)>,
     /// The first error reply to a posted write, not yet reported.
     late_err: Option<io::Error>,
 }
@@ -511,11 +512,15 @@ impl NbdDevice {
         }
         let r = (|| {
             for r in reqs {
-                Self::drain_posted(&mut c, IN_FLIGHT - 1)?;
+                // A server may carry out requests in flight in any order: a write over
+                // one still unanswered waits for it, so the later data wins.
+                let (start, end) = (r.off, r.off + r.len as u64);
+                let overlaps = c.posted.iter().any(|&(_, o, l)| o < end && start < o + l);
+                Self::drain_posted(&mut c, if overlaps { 0 } else { IN_FLIGHT - 1 })?;
                 let cookie = c.next_cookie;
                 c.next_cookie += 1;
                 Self::send(&mut c, r, cookie)?;
-                c.posted.push_back((cookie, r.off));
+                c.posted.push_back((cookie, r.off, r.len as u64));
             }
             c.sock.flush()
         })();
@@ -554,9 +559,9 @@ impl NbdDevice {
             let i = c
                 .posted
                 .iter()
-                .position(|(k, _)| *k == cookie)
+                .position(|(k, _, _)| *k == cookie)
                 .ok_or_else(|| proto(format!("reply for unknown cookie {cookie}")))?;
-            let (_, off) = c.posted.remove(i).expect("position is in range");
+            let (_, off, _) = c.posted.remove(i).expect("position is in range");
             if err != 0 && c.late_err.is_none() {
                 let e = nbd_error(err);
                 c.late_err = Some(io::Error::new(
@@ -992,6 +997,39 @@ mod tests {
         dev.sync().unwrap();
         let _server = srv.join().unwrap();
         assert!(dev.conn.lock().unwrap().broken.is_none());
+    }
+
+    #[test]
+    fn a_write_over_an_unanswered_one_waits_for_its_reply() {
+        let (client, mut server) = pair();
+        let dev = test_device(client);
+        let srv = std::thread::spawn(move || {
+            let (_, first, off, _) = read_request(&mut server);
+            assert_eq!(off, 0);
+            let (_, second, off, _) = read_request(&mut server);
+            assert_eq!(off, 4096, "a write elsewhere is posted at once");
+            server
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            let more = server.read(&mut b);
+            assert!(
+                matches!(&more, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "the write over offset 0 was sent before the first was answered: {more:?}"
+            );
+            server.set_read_timeout(None).unwrap();
+            reply(&mut server, second, 0);
+            reply(&mut server, first, 0);
+            let (_, third, off, d) = read_request(&mut server);
+            assert_eq!((off, d[0]), (0, 3));
+            reply(&mut server, third, 0);
+            server
+        });
+        dev.write_at(&[1u8; 4096], 0).unwrap();
+        dev.write_at(&[2u8; 4096], 4096).unwrap();
+        dev.write_at(&[3u8; 4096], 0).unwrap();
+        let _server = srv.join().unwrap();
+        assert_eq!(dev.conn.lock().unwrap().posted.len(), 1);
     }
 
     #[test]
