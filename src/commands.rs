@@ -1086,10 +1086,7 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     // Take over every other secondary now (P5): from here on the former primary, should it
     // still be running somewhere, cannot write to them.
     let mut m = Mirror::open(dev, &name, Arc::new(FileOpener { writable: true }), true)?;
-    let others: Vec<u32> = (0..m.geometry().slots)
-        .filter(|&s| s != out.old_primary_slot && m.sb().legs[s as usize].state != LegState::Empty)
-        .collect();
-    m.refresh_headers(&others);
+    m.take_over_secondaries(out.old_primary_slot);
     print_warnings(&mut m);
     let res = PromoteOut {
         path: name.clone(),

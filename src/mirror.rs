@@ -931,6 +931,16 @@ impl Mirror {
         }
     }
 
+    /// After a promotion: every other listed secondary's header is made to name this
+    /// primary now (P5, through `open_leg`), so a former primary that is still running
+    /// somewhere can no longer write to them. `except` is the former primary's slot.
+    pub fn take_over_secondaries(&mut self, except: u32) {
+        let others: Vec<u32> = (0..self.geometry().slots)
+            .filter(|&s| s != except && self.sb().legs[s as usize].state != LegState::Empty)
+            .collect();
+        self.refresh_headers(&others);
+    }
+
     /// Rewrites one secondary's own header from the primary's current state.
     pub fn update_secondary_header(&mut self, slot: u32, in_sync: bool) -> io::Result<()> {
         let dev = self.open_leg(slot).map_err(io::Error::other)?;

@@ -1,6 +1,7 @@
 //! Crash safety of failover on the storage model of `mirrorctl::sim` (issue 7): power is cut
 //! at every sync point of a promotion (planned: the old primary reachable and demoted on
-//! the spot; unplanned: the old primary gone) followed by a write on the new primary and
+//! the spot; unplanned: the old primary gone) and the take-over of the other secondary's
+//! header (P5), followed by a write on the new primary and
 //! the re-attach of the returning old primary, keeping none, all, or a random half of the
 //! unsynced writes. The old primary itself crashed in the middle of a write before the
 //! failover, so it and one secondary hold data the promoted image lacks: the new primary's
@@ -157,12 +158,14 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
         opener.set_missing(P, true);
         None
     };
-    if promote(Arc::new(devs.dev(S0)), S0, old, false).is_err() {
+    let Ok(out) = promote(Arc::new(devs.dev(S0)), S0, old, false) else {
         return false;
-    }
+    };
     let Ok(mut m) = devs.open(S0, &opener) else {
         return false;
     };
+    // As `mirrorctl promote` does: s1's header names s0 from now on (P5).
+    m.take_over_secondaries(out.old_primary_slot);
     if m.recover().is_err() {
         return false;
     }
@@ -258,6 +261,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     for loc in [P, S1] {
         assert!(data_area(&devs.dev(loc)) == expect, "{ctx}: {loc} differs");
     }
+    let new_primary = Image::read(Arc::new(devs.dev(S0))).unwrap().sb.image_uuid;
     for (loc, role) in [
         (S0, Role::Primary),
         (P, Role::Secondary),
@@ -265,6 +269,10 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     ] {
         let img = Image::read(Arc::new(devs.dev(loc))).unwrap();
         assert_eq!(img.sb.role, role, "{ctx}: role of {loc}");
+        assert_eq!(
+            img.sb.primary_uuid, new_primary,
+            "{ctx}: {loc} follows another primary"
+        );
     }
 }
 
