@@ -113,6 +113,10 @@ impl Opener for FileOpener {
             self.writable,
         )?))
     }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
 }
 
 /// Connects to an NBD export; a read-only export is refused when it is to be written.

@@ -57,6 +57,10 @@ pub const CHECKPOINT: Duration = Duration::from_millis(250);
 /// Opens a secondary by the location recorded at attach.
 pub trait Opener: Send + Sync {
     fn open(&self, location: &str) -> io::Result<Arc<dyn Device>>;
+    /// Whether legs are opened for writing (false for commands that only read).
+    fn writable(&self) -> bool {
+        true
+    }
 }
 
 /// When the legs are made durable during a write.
@@ -379,6 +383,10 @@ impl Mirror {
                 },
                 self.sb().generation
             ));
+        }
+        if !self.opener.writable() {
+            // Only read (e.g. `read` falling back to a secondary): nothing to take over.
+            return Ok(());
         }
         // P5: the leg names this primary durably before any data is written to it, so
         // the primary it followed before can no longer take it back.

@@ -82,8 +82,8 @@ impl Devs {
     }
 }
 
-/// A mirror p + s0 + s1, in sync, with data; everything durable.
-fn template() -> (Devs, Vec<u8>) {
+/// A mirror p + s0 + s1 in sync, with data, closed cleanly; everything durable.
+fn clean_mirror() -> Devs {
     let g = geometry();
     let world = World::new();
     let d: [SimDevice; 3] = std::array::from_fn(|_| SimDevice::new(&world, g.total_len()));
@@ -117,7 +117,13 @@ fn template() -> (Devs, Vec<u8>) {
             "template: {loc} not in sync"
         );
     }
-    // Then the primary's machine crashes in the middle of a write: its write-intent bits are
+    devs
+}
+
+/// [`clean_mirror`], then p crashed in the middle of a write.
+fn template() -> (Devs, Vec<u8>) {
+    let devs = clean_mirror();
+    // The primary's machine crashes in the middle of a write: its write-intent bits are
     // durable, the new data reached the primary and s1 but not s0, the one to be promoted.
     let torn = devs.cut(1, 0);
     torn.world.crash_at(1);
@@ -312,4 +318,50 @@ fn a_planned_promotion_survives_a_power_cut_at_every_sync_point() {
 fn an_unplanned_promotion_and_the_old_primarys_return_survive_a_power_cut_at_every_sync_point() {
     let n = every_cut(false);
     assert!(n >= 8, "only {n} sync points: the scenario did not run");
+}
+
+/// Opens like a command that only reads (`mirrorctl read`).
+struct ReadOnly(Arc<SimOpener>);
+
+impl mirrorctl::mirror::Opener for ReadOnly {
+    fn open(&self, location: &str) -> std::io::Result<Arc<dyn Device>> {
+        self.0.open(location)
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_command_that_only_reads_uses_a_secondary_still_naming_the_former_primary_without_taking_it_over(
+) {
+    let devs = clean_mirror();
+    let opener = devs.opener();
+    let old = devs.open(P, &opener).unwrap();
+    // Planned promotion, without the take-over: s1 still names p, in sync.
+    promote(Arc::new(devs.dev(S0)), S0, Some(old), false).unwrap();
+    let p_uuid = Image::read(Arc::new(devs.dev(P))).unwrap().sb.image_uuid;
+    let s1_before = devs.dev(S1).contents();
+    assert_eq!(
+        Image::read(Arc::new(devs.dev(S1))).unwrap().sb.primary_uuid,
+        p_uuid
+    );
+    let ro: Arc<dyn mirrorctl::mirror::Opener> = Arc::new(ReadOnly(opener.clone()));
+    let mut m = Mirror::open(Arc::new(devs.dev(S0)), S0, ro, false).unwrap();
+    // The bitmaps were read while s0 still worked (the model pages them in on first use;
+    // a real primary maps them); then its data fails, and p is out of reach.
+    for s in 0..2 {
+        m.pending_for(s).unwrap();
+    }
+    devs.dev(S0).fail_reads(5);
+    opener.set_missing(P, true);
+    let mut buf = vec![0u8; 4096];
+    let from = m.read_at(&mut buf, 20 * 4096).unwrap();
+    let (slot, _) = from.expect("the read should have come from a secondary");
+    assert_eq!(m.sb().legs[slot as usize].location, S1);
+    let g = geometry();
+    let s1 = devs.dev(S1).contents();
+    let at = (g.data_offset + 20 * 4096) as usize;
+    assert!(buf == s1[at..at + 4096]);
+    assert!(s1 == s1_before, "a read-only command rewrote s1");
 }
