@@ -111,7 +111,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__attach)
-            opts="-h --no-sync --assume-clean --force --rate --discard-secondary-changes --json --wait --no-progress --timeout --help"
+            opts="-h --no-sync --assume-clean --force --rate --compare --discard-secondary-changes --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

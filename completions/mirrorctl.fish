@@ -61,6 +61,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-clean -d 'Declare the secondary identical to the primary already: copy nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that belongs to another mirror or holds an unreadable header'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l compare -d 'Initial sync reads the secondary too and writes only the 64 KiB blocks that differ: for a secondary that already holds most of the data (a shipped copy, an old replica attached with --force)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-secondary-changes -d 'Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep PRIMARY\'s data and overwrite SECONDARY\'s changes (only the regions either side changed are copied)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'

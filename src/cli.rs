@@ -137,6 +137,11 @@ pub struct AttachArgs {
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
     #[arg(long, value_name = "SIZE/s")]
     pub rate: Option<String>,
+    /// Initial sync reads the secondary too and writes only the 64 KiB blocks that differ:
+    /// for a secondary that already holds most of the data (a shipped copy, an old replica
+    /// attached with --force).
+    #[arg(long, conflicts_with_all = ["no_sync", "assume_clean"])]
+    pub compare: bool,
     /// Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep
     /// PRIMARY's data and overwrite SECONDARY's changes (only the regions either side changed
     /// are copied).

@@ -438,6 +438,7 @@ struct AttachOut {
     regions_to_copy: u64,
     copied_regions: u64,
     copied_bytes: u64,
+    written_bytes: u64,
     state: String,
     seconds: f64,
 }
@@ -521,11 +522,18 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     } else {
         file_secondary(&m, &a.primary, &a.secondary)?
     };
+    let initial = if a.assume_clean {
+        mirror::InitialSync::AssumeClean
+    } else if a.compare {
+        mirror::InitialSync::Compare
+    } else {
+        mirror::InitialSync::Copy
+    };
     let outcome = m.attach(
         dev,
         &a.secondary,
         &canonical,
-        a.assume_clean,
+        initial,
         a.force,
         a.discard_secondary_changes,
     )?;
@@ -539,16 +547,22 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
         regions_to_copy: outcome.regions,
         copied_regions: 0,
         copied_bytes: 0,
+        written_bytes: 0,
         state: String::new(),
         seconds: 0.0,
     };
     let mut exit = Exit::Success;
     if !a.no_sync && m.sb().legs[outcome.slot as usize].state != LegState::InSync {
         let bar = Bar::new(ctx, &format!("syncing slot {}", outcome.slot));
-        let r = m.resync(&[outcome.slot], rate, &bar)?;
+        let opts = mirror::ResyncOptions {
+            rate,
+            compare: a.compare,
+        };
+        let r = m.resync_with(&[outcome.slot], &opts, &bar)?;
         if let Some(l) = r.legs.first() {
             out.copied_regions = l.regions;
             out.copied_bytes = l.bytes;
+            out.written_bytes = l.written_bytes;
             if let Some(e) = &l.error {
                 eprintln!(
                     "mirrorctl: attach: initial sync of slot {} ({}) failed: {e}",
@@ -577,6 +591,15 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
                 outcome.regions,
                 display(&a.primary),
                 outcome.slot
+            );
+        } else if a.compare {
+            println!(
+                "; compared {} regions ({}), wrote {} in {:.1}s; state {}",
+                out.copied_regions,
+                format_size(out.copied_bytes),
+                format_size(out.written_bytes),
+                out.seconds,
+                out.state
             );
         } else {
             println!(

@@ -136,6 +136,17 @@ pub struct ResyncLegReport {
     pub error: Option<String>,
 }
 
+/// What `attach` does about the data already on a new secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialSync {
+    /// Copy every region the primary may hold data in (a file is cleared first).
+    Copy,
+    /// Keep the secondary's data and log every region, for a resync with `compare`.
+    Compare,
+    /// Declare it identical: copy nothing.
+    AssumeClean,
+}
+
 /// How a resync copies.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ResyncOptions {
@@ -1180,10 +1191,11 @@ impl Mirror {
         dev: Arc<dyn Device>,
         location: &str,
         canonical: &str,
-        assume_clean: bool,
+        initial: InitialSync,
         force: bool,
         discard: bool,
     ) -> Result<AttachOutcome> {
+        let assume_clean = initial == InitialSync::AssumeClean;
         let g = self.geometry();
         if location.len() > format::MAX_LOCATION || canonical.len() > format::MAX_LOCATION {
             return Err(Error::usage(format!(
@@ -1327,11 +1339,13 @@ impl Mirror {
         let slot = slot as u32;
         // What must be copied: regions of the primary that may hold data. A regular-file
         // secondary is punched to zeros first, so holes of the primary need no copy; a block
-        // device secondary gets every region (resync zeroes the target where the primary has
-        // holes).
+        // device secondary, or one to compare (its data is kept), gets every region (resync
+        // zeroes the target where the primary has holes).
         let image_uuid = new_uuid();
         let extents = if assume_clean {
             Some(vec![])
+        } else if initial == InitialSync::Compare {
+            None
         } else if dev.file().is_some() && dev.needs_allocation() {
             dev.zero_range(g.data_offset, g.data_size)
                 .map_err(|e| Error::degraded(format!("clearing secondary {location}: {e}")))?;
@@ -1852,7 +1866,14 @@ mod tests {
         for (i, d) in secs.iter().enumerate() {
             let loc = format!("s{i}");
             let o = m
-                .attach(Arc::new(d.clone()), &loc, &loc, true, false, false)
+                .attach(
+                    Arc::new(d.clone()),
+                    &loc,
+                    &loc,
+                    InitialSync::AssumeClean,
+                    false,
+                    false,
+                )
                 .unwrap();
             assert_eq!(o.regions, 0);
         }

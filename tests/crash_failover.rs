@@ -15,7 +15,7 @@ use mirrorctl::failover::promote;
 use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::Geometry;
-use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress};
+use mirrorctl::mirror::{FlushPolicy, InitialSync, Mirror, NoProgress};
 use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,8 +96,15 @@ fn clean_mirror() -> Devs {
     let opener = devs.opener();
     let mut m = devs.open(P, &opener).unwrap();
     for loc in [S0, S1] {
-        m.attach(Arc::new(devs.dev(loc)), loc, loc, false, false, false)
-            .unwrap();
+        m.attach(
+            Arc::new(devs.dev(loc)),
+            loc,
+            loc,
+            InitialSync::Copy,
+            false,
+            false,
+        )
+        .unwrap();
     }
     let c = m.resync_candidates().unwrap();
     m.resync(&c, None, &NoProgress).unwrap();
@@ -190,7 +197,7 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
     }
     if !planned {
         opener.set_missing(P, false);
-        if m.attach(Arc::new(devs.dev(P)), P, P, false, false, false)
+        if m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
             .is_err()
         {
             return true;
@@ -248,7 +255,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
         .slot_of_uuid(&p.sb.image_uuid)
         .is_some_and(|s| m.sb().legs[s].state.receives_writes());
     if p.sb.role == Role::Primary || !p_is_leg {
-        m.attach(Arc::new(devs.dev(P)), P, P, false, false, false)
+        m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
             .unwrap_or_else(|e| panic!("{ctx}: re-attaching the old primary: {e}"));
     }
     let c = m.resync_candidates().unwrap();

@@ -15,7 +15,7 @@ use mirrorctl::error::Exit;
 use mirrorctl::format::{LegState, Role};
 use mirrorctl::image::Image;
 use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
-use mirrorctl::mirror::{FlushPolicy, Mirror, NoProgress, ResyncOptions, WINDOW};
+use mirrorctl::mirror::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
 use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -155,7 +155,14 @@ impl Template {
         let mut m = inst.open(WINDOW);
         for (i, s) in secs.iter().enumerate().take(attached) {
             let out = m
-                .attach(Arc::new(s.clone()), SECS[i], SECS[i], false, false, false)
+                .attach(
+                    Arc::new(s.clone()),
+                    SECS[i],
+                    SECS[i],
+                    InitialSync::Copy,
+                    false,
+                    false,
+                )
                 .unwrap();
             assert_eq!(out.slot, i as u32);
             assert_eq!(out.regions, geom.region_count);
@@ -360,7 +367,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                         Arc::new(inst.secs[*l].clone()),
                         loc,
                         loc,
-                        false,
+                        InitialSync::Copy,
                         false,
                         false,
                     );

@@ -202,6 +202,40 @@ fn no_sync_leaves_the_data_regions_pending_and_assume_clean_copies_nothing() {
 }
 
 #[test]
+fn attach_compare_writes_only_the_blocks_where_a_seeded_copy_differs() {
+    // A copy of the data shipped ahead (no header yet), stale in three places and with
+    // stray bytes where the primary has a hole.
+    let fx = Fx::create("64M", "64K");
+    let g = fx.geometry();
+    fx.write_random(0, 8 * MIB, 1);
+    let mut seed = std::fs::read(fx.path("a.img")).unwrap();
+    seed[..g.data_offset as usize].fill(0);
+    for at in [5 * 64 * KIB + 7, 6 * 64 * KIB, 40 * MIB + 3] {
+        seed[(g.data_offset + at) as usize] ^= 0x5a;
+    }
+    std::fs::write(fx.path("b.img"), &seed).unwrap();
+    let v = fx
+        .ok(&["attach", "a.img", "b.img", "--compare", "--json"])
+        .json();
+    // Every region is compared: the copy keeps its data, so the primary's holes are
+    // checked too (the stray byte at 40 MiB is one of the three blocks written).
+    assert_eq!(v["copied_bytes"], 64 * MIB, "every region compared: {v:#}");
+    assert_eq!(
+        v["written_bytes"],
+        3 * 64 * KIB,
+        "only the differing blocks written: {v:#}"
+    );
+    assert_eq!(v["state"], "in-sync", "{v:#}");
+    assert_eq!(fx.first_difference("b.img"), None);
+    let (code, rep) = fx.verify(&[]);
+    assert_eq!(code, 0, "{rep:#}");
+    // --compare is an initial sync: with --no-sync or --assume-clean it is a usage error.
+    let o = fx.run(&["attach", "a.img", "c.img", "--compare", "--assume-clean"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(!fx.path("c.img").exists());
+}
+
+#[test]
 fn reattaching_a_detached_or_fractured_secondary_copies_only_what_changed() {
     let fx = Fx::with_legs("64M", "64K", &["b.img"]);
     fx.write_random(0, 16 * MIB, 1);
