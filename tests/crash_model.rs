@@ -230,6 +230,8 @@ enum Op {
     /// The secondary at `SECS[i]` cannot be opened (true) or is back (false).
     Missing(usize, bool),
     Attach(usize),
+    /// The same with `--compare` (the secondary's data is kept, every region logged).
+    AttachCompare(usize),
     Detach(u32),
     Recover,
 }
@@ -348,7 +350,12 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                 inst.opener.set_missing(SECS[*l], *b);
                 Ok(String::new())
             }
-            Op::Attach(l) => {
+            Op::Attach(l) | Op::AttachCompare(l) => {
+                let initial = if matches!(op, Op::AttachCompare(_)) {
+                    InitialSync::Compare
+                } else {
+                    InitialSync::Copy
+                };
                 let loc = SECS[*l];
                 let listed = m
                     .sb()
@@ -367,7 +374,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                         Arc::new(inst.secs[*l].clone()),
                         loc,
                         loc,
-                        InitialSync::Copy,
+                        initial,
                         false,
                         false,
                     );
@@ -736,6 +743,12 @@ fn a_comparing_resync_after_writes_to_a_fractured_leg_survives_a_power_cut_at_ev
             Op::Fracture(0),
             w(60 * 4096 - 3, 9, FlushPolicy::End, true),
             Op::ResyncCompare(Some(0)),
+            // A detached image keeps its data; attached again with --compare, only what
+            // changed meanwhile is written.
+            Op::Detach(1),
+            w(8 * 4096, 4096 * 3, FlushPolicy::End, true),
+            Op::AttachCompare(1),
+            Op::ResyncCompare(None),
         ],
     };
     assert!(exercise(t, &scn, &KEEPS) > 0);
@@ -1057,6 +1070,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..2usize, any::<bool>()).prop_map(|(l, b)| Op::Missing(l, b)),
         1 => (0..2u32).prop_map(Op::Detach),
         1 => (0..2usize).prop_map(Op::Attach),
+        1 => (0..2usize).prop_map(Op::AttachCompare),
         1 => Just(Op::Recover),
     ]
 }
