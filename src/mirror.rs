@@ -1532,9 +1532,40 @@ enum CopyErr {
 }
 
 /// `resync --compare` of one piece of a run: reads the primary (zeros for a hole) and the
-/// leg, and writes (or zeroes) only the COMPARE_BLOCKs that differ.
+/// leg, and writes (or zeroes) only the COMPARE_BLOCKs that differ. Where both the primary
+/// and the leg have holes nothing is read: both read as zeros.
 #[allow(clippy::too_many_arguments)]
 fn compare_copy(
+    primary: &dyn Device,
+    target: &dyn Device,
+    piece: Range<u64>,
+    data: bool,
+    g: &Geometry,
+    ours: &mut [u8],
+    theirs: &mut [u8],
+    ctl: &CopyCtl,
+) -> std::result::Result<(), CopyErr> {
+    if !data {
+        let at = piece.start - g.data_offset;
+        let ext = target
+            .data_extents(piece.clone())
+            .map_err(|e| CopyErr::Leg(format!("finding data at data offset {at}"), e))?;
+        if let Some(ext) = ext {
+            for e in ext {
+                let span = e.start.max(piece.start)..e.end.min(piece.end);
+                if !span.is_empty() {
+                    compare_span(primary, target, span, false, g, ours, theirs, ctl)?;
+                }
+            }
+            return Ok(());
+        }
+    }
+    compare_span(primary, target, piece, data, g, ours, theirs, ctl)
+}
+
+/// [`compare_copy`] of a span that is read in full.
+#[allow(clippy::too_many_arguments)]
+fn compare_span(
     primary: &dyn Device,
     target: &dyn Device,
     piece: Range<u64>,

@@ -236,6 +236,56 @@ fn attach_compare_writes_only_the_blocks_where_a_seeded_copy_differs() {
 }
 
 #[test]
+fn attach_compare_reads_nothing_where_the_primary_and_the_copy_both_have_holes() {
+    require("strace", "strace");
+    let fx = Fx::create("64G", "64K");
+    let g = fx.geometry();
+    fx.write_random(0, MIB, 1);
+    // A sparse copy: the primary's first MiB, and one stray byte 30 GiB in.
+    let mut first = vec![0u8; MIB as usize];
+    std::fs::File::open(fx.path("a.img"))
+        .unwrap()
+        .read_exact_at(&mut first, g.data_offset)
+        .unwrap();
+    let copy = std::fs::File::create(fx.path("b.img")).unwrap();
+    copy.set_len(g.data_offset + g.data_size).unwrap();
+    copy.write_all_at(&first, g.data_offset).unwrap();
+    copy.write_all_at(b"x", g.data_offset + 30 * 1024 * MIB)
+        .unwrap();
+    drop(copy);
+    let counts = fx.path("strace.txt");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-c", "-e", "trace=pread64,read", "-o"])
+        .arg(&counts)
+        .arg(bin())
+        .args(["attach", "a.img", "b.img", "--compare", "--json"])
+        .current_dir(fx.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["copied_bytes"], g.data_size, "{v:#}");
+    // The stray byte's block (a file-system block or a 64 KiB compare block) is zeroed.
+    let written = u(&v["written_bytes"]);
+    assert!(written > 0 && written <= 64 * KIB, "{v:#}");
+    let b = std::fs::File::open(fx.path("b.img")).unwrap();
+    let mut got = vec![0u8; MIB as usize];
+    b.read_exact_at(&mut got, g.data_offset).unwrap();
+    assert!(got == first, "the data the copy held was damaged");
+    b.read_exact_at(&mut got, g.data_offset + 30 * 1024 * MIB)
+        .unwrap();
+    assert!(got.iter().all(|&x| x == 0), "the stray byte is still there");
+    // 64 GiB read in full would take 8192 reads of 8 MiB; only the data is read.
+    let table = std::fs::read_to_string(&counts).unwrap();
+    let calls: u64 = table
+        .lines()
+        .filter(|l| l.ends_with(" pread64") || l.ends_with(" read"))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(calls < 500, "{calls} reads:\n{table}");
+}
+
+#[test]
 fn reattaching_a_detached_or_fractured_secondary_copies_only_what_changed() {
     let fx = Fx::with_legs("64M", "64K", &["b.img"]);
     fx.write_random(0, 16 * MIB, 1);
