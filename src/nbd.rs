@@ -476,12 +476,7 @@ impl NbdDevice {
     /// reply (after reading every outstanding reply, so the stream stays in step).
     fn transact(&self, reqs: &[Req], mut out: Option<&mut [u8]>) -> io::Result<()> {
         let mut c = self.conn.lock().unwrap();
-        if let Some(why) = &c.broken {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("connection to {} lost earlier ({why})", self.name),
-            ));
-        }
+        self.check_connected(&c)?;
         // Every posted write is answered before anything else is sent, so the replies below
         // belong to these requests only; an error a posted write got is reported first.
         let r = Self::drain_posted(&mut c, 0).and_then(|()| match c.late_err.take() {
@@ -497,6 +492,26 @@ impl NbdDevice {
         }
     }
 
+    /// Fails at once on a connection a transport error left out of step.
+    fn check_connected(&self, c: &Conn) -> io::Result<()> {
+        match &c.broken {
+            Some(why) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("connection to {} lost earlier ({why})", self.name),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads a simple reply's header: (error, cookie).
+    fn read_reply(c: &mut Conn) -> io::Result<(u32, u64)> {
+        let magic = rd_u32(&mut *c.sock)?;
+        if magic != SIMPLE_REPLY_MAGIC {
+            return Err(proto(format!("bad reply magic {magic:#x}")));
+        }
+        Ok((rd_u32(&mut *c.sock)?, rd_u64(&mut *c.sock)?))
+    }
+
     /// Sends writes without waiting for their replies (at most [`IN_FLIGHT`] unanswered), so
     /// the server stores one chunk while the engine prepares the next. Durability is
     /// unchanged: [`Device::sync`] first collects every reply, and the engine syncs a leg
@@ -504,12 +519,7 @@ impl NbdDevice {
     /// is reported by the next call on this device, naming the write's offset.
     fn post(&self, reqs: &[Req]) -> io::Result<()> {
         let mut c = self.conn.lock().unwrap();
-        if let Some(why) = &c.broken {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("connection to {} lost earlier ({why})", self.name),
-            ));
-        }
+        self.check_connected(&c)?;
         let r = (|| {
             for r in reqs {
                 // A server may carry out requests in flight in any order: a write over
@@ -550,12 +560,7 @@ impl NbdDevice {
     /// transport; error replies go to `late_err`.
     fn drain_posted(c: &mut Conn, keep: usize) -> io::Result<()> {
         while c.posted.len() > keep {
-            let magic = rd_u32(&mut *c.sock)?;
-            if magic != SIMPLE_REPLY_MAGIC {
-                return Err(proto(format!("bad reply magic {magic:#x}")));
-            }
-            let err = rd_u32(&mut *c.sock)?;
-            let cookie = rd_u64(&mut *c.sock)?;
+            let (err, cookie) = Self::read_reply(c)?;
             let i = c
                 .posted
                 .iter()
@@ -588,12 +593,7 @@ impl NbdDevice {
             }
             c.sock.flush()?;
             for _ in 0..group.len() {
-                let magic = rd_u32(&mut *c.sock)?;
-                if magic != SIMPLE_REPLY_MAGIC {
-                    return Err(proto(format!("bad reply magic {magic:#x}")));
-                }
-                let err = rd_u32(&mut *c.sock)?;
-                let cookie = rd_u64(&mut *c.sock)?;
+                let (err, cookie) = Self::read_reply(c)?;
                 let i = cookie
                     .checked_sub(base)
                     .filter(|i| (*i as usize) < group.len())
