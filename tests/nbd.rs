@@ -71,19 +71,32 @@ fn qemu_unix(file: &Path, sock: &Path, read_only: bool) -> Server {
     s
 }
 
-/// qemu-nbd exporting `file` as `exp` on 127.0.0.1:`port`.
-fn qemu_tcp(file: &Path, port: u16) -> Server {
+/// qemu-nbd exporting `file` as `exp` on 127.0.0.1, on a port found free; returns the
+/// server and its port. A port found free can be taken before qemu-nbd binds it (another
+/// test's socket): qemu-nbd then exits, and a new port is tried.
+fn qemu_tcp(file: &Path) -> (Server, u16) {
     require("qemu-nbd", "qemu-utils");
-    let s = Server::spawn(
-        Command::new("qemu-nbd")
-            .args(["-f", "raw", "--persistent", "--shared=8", "-x", "exp"])
-            .args(["-b", "127.0.0.1", "-p", &port.to_string()])
-            .arg(file),
-    );
-    wait_for("qemu-nbd on TCP", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    s
+    for _ in 0..5 {
+        let port = free_port();
+        let mut s = Server::spawn(
+            Command::new("qemu-nbd")
+                .args(["-f", "raw", "--persistent", "--shared=8", "-x", "exp"])
+                .args(["-b", "127.0.0.1", "-p", &port.to_string()])
+                .arg(file),
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (s, port);
+            }
+            if s.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.kill();
+    }
+    panic!("qemu-nbd on TCP did not come up on any of 5 ports");
 }
 
 fn free_port() -> u16 {
@@ -151,8 +164,7 @@ fn a_secondary_over_a_unix_socket_receives_every_write_byte_for_byte() {
 fn a_secondary_over_tcp_is_fractured_resynced_and_detached_by_its_uri() {
     let fx = Fx::create("32M", "64K");
     let file = backing(&fx, "tcp.raw");
-    let port = free_port();
-    let mut server = qemu_tcp(&file, port);
+    let (mut server, port) = qemu_tcp(&file);
     let uri = format!("nbd://127.0.0.1:{port}/exp");
     fx.ok(&["attach", "a.img", &uri]);
     // Attaching the same export again is refused (compared by canonical URI).
@@ -300,11 +312,21 @@ fn a_malformed_uri_or_an_absent_server_is_refused_at_attach_with_the_reason() {
     let o = fx.run(&["attach", "a.img", "nbd+unix:///exp"]);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("socket="), "{o:?}");
-    let o = fx.run(&[
-        "attach",
-        "a.img",
-        &format!("nbd://127.0.0.1:{}/x", free_port()),
-    ]);
+    // A port held bound but not listening: connecting is refused, and no other test's
+    // server can take the port meanwhile (a port merely found free could be).
+    let held = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    rustix::net::bind(&held, &any).unwrap();
+    let port = std::net::SocketAddr::try_from(rustix::net::getsockname(&held).unwrap())
+        .unwrap()
+        .port();
+    let o = fx.run(&["attach", "a.img", &format!("nbd://127.0.0.1:{port}/x")]);
+    drop(held);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("Connection refused"), "{o:?}");
     assert_eq!(fx.status()["legs"].as_array().unwrap().len(), 0);
