@@ -1545,80 +1545,69 @@ fn compare_copy(
     theirs: &mut [u8],
     ctl: &CopyCtl,
 ) -> std::result::Result<(), CopyErr> {
-    if !data {
-        let at = piece.start - g.data_offset;
-        let ext = target
-            .data_extents(piece.clone())
-            .map_err(|e| CopyErr::Leg(format!("finding data at data offset {at}"), e))?;
-        if let Some(ext) = ext {
-            for e in ext {
-                let span = e.start.max(piece.start)..e.end.min(piece.end);
-                if !span.is_empty() {
-                    compare_span(primary, target, span, false, g, ours, theirs, ctl)?;
-                }
-            }
-            return Ok(());
-        }
-    }
-    compare_span(primary, target, piece, data, g, ours, theirs, ctl)
-}
-
-/// [`compare_copy`] of a span that is read in full.
-#[allow(clippy::too_many_arguments)]
-fn compare_span(
-    primary: &dyn Device,
-    target: &dyn Device,
-    piece: Range<u64>,
-    data: bool,
-    g: &Geometry,
-    ours: &mut [u8],
-    theirs: &mut [u8],
-    ctl: &CopyCtl,
-) -> std::result::Result<(), CopyErr> {
     let at = |p: u64| p - g.data_offset;
+    // Spans to read: all of it, or for a hole of the primary only where the leg has data.
+    let extents = if data {
+        None
+    } else {
+        target.data_extents(piece.clone()).map_err(|e| {
+            let what = format!("finding data at data offset {}", at(piece.start));
+            CopyErr::Leg(what, e)
+        })?
+    };
+    let spans: Vec<Range<u64>> = extents
+        .map(|ext| {
+            ext.into_iter()
+                .map(|e| e.start.max(piece.start)..e.end.min(piece.end))
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![piece]);
     let block = COMPARE_BLOCK.min(g.region_size) as usize;
-    let mut p = piece.start;
-    while p < piece.end {
-        let n = ((piece.end - p) as usize).min(ours.len());
-        if data {
-            primary.read_at(&mut ours[..n], p).map_err(|e| {
-                CopyErr::Primary(format!("reading primary at data offset {}: {e}", at(p)))
-            })?;
-        } else {
-            ours[..n].fill(0);
-        }
-        target
-            .read_at(&mut theirs[..n], p)
-            .map_err(|e| CopyErr::Leg(format!("read at data offset {}", at(p)), e))?;
-        ctl.limiter.take(n as u64);
-        // Runs of differing blocks, each written with one call.
-        let mut i = 0;
-        while i < n {
-            let differs = |i: usize| {
-                let e = (i + block).min(n);
-                ours[i..e] != theirs[i..e]
-            };
-            if !differs(i) {
-                i += block;
-                continue;
-            }
-            let mut j = i + block;
-            while j < n && differs(j) {
-                j += block;
-            }
-            let j = j.min(n);
-            let off = p + i as u64;
-            let len = (j - i) as u64;
-            let r = if data {
-                target.write_at(&ours[i..j], off)
+    for piece in spans {
+        let mut p = piece.start;
+        while p < piece.end {
+            let n = ((piece.end - p) as usize).min(ours.len());
+            if data {
+                primary.read_at(&mut ours[..n], p).map_err(|e| {
+                    CopyErr::Primary(format!("reading primary at data offset {}: {e}", at(p)))
+                })?;
             } else {
-                target.zero_range(off, len)
-            };
-            r.map_err(|e| CopyErr::Leg(format!("write at data offset {}", at(off)), e))?;
-            ctl.written.fetch_add(len, Ordering::Relaxed);
-            i = j;
+                ours[..n].fill(0);
+            }
+            target
+                .read_at(&mut theirs[..n], p)
+                .map_err(|e| CopyErr::Leg(format!("read at data offset {}", at(p)), e))?;
+            ctl.limiter.take(n as u64);
+            // Runs of differing blocks, each written with one call.
+            let mut i = 0;
+            while i < n {
+                let differs = |i: usize| {
+                    let e = (i + block).min(n);
+                    ours[i..e] != theirs[i..e]
+                };
+                if !differs(i) {
+                    i += block;
+                    continue;
+                }
+                let mut j = i + block;
+                while j < n && differs(j) {
+                    j += block;
+                }
+                let j = j.min(n);
+                let off = p + i as u64;
+                let len = (j - i) as u64;
+                let r = if data {
+                    target.write_at(&ours[i..j], off)
+                } else {
+                    target.zero_range(off, len)
+                };
+                r.map_err(|e| CopyErr::Leg(format!("write at data offset {}", at(off)), e))?;
+                ctl.written.fetch_add(len, Ordering::Relaxed);
+                i = j;
+            }
+            p += n as u64;
         }
-        p += n as u64;
     }
     Ok(())
 }

@@ -964,6 +964,20 @@ mod tests {
         server.write_all(&cookie.to_be_bytes()).unwrap();
     }
 
+    /// Fails with `why` if the client sends anything within 300 ms.
+    fn nothing_more_arrives(server: &mut UnixStream, why: &str) {
+        server
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        let more = server.read(&mut b);
+        assert!(
+            matches!(&more, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "{why}: {more:?}"
+        );
+        server.set_read_timeout(None).unwrap();
+    }
+
     #[test]
     fn posted_writes_are_answered_in_any_order_and_an_error_reply_fails_the_next_sync_naming_the_offset(
     ) {
@@ -1008,16 +1022,10 @@ mod tests {
             assert_eq!(off, 0);
             let (_, second, off, _) = read_request(&mut server);
             assert_eq!(off, 4096, "a write elsewhere is posted at once");
-            server
-                .set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut b = [0u8; 1];
-            let more = server.read(&mut b);
-            assert!(
-                matches!(&more, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-                "the write over offset 0 was sent before the first was answered: {more:?}"
+            nothing_more_arrives(
+                &mut server,
+                "the write over offset 0 was sent before the first was answered",
             );
-            server.set_read_timeout(None).unwrap();
             reply(&mut server, second, 0);
             reply(&mut server, first, 0);
             let (_, third, off, d) = read_request(&mut server);
@@ -1042,16 +1050,10 @@ mod tests {
                 .map(|_| read_request(&mut server).1)
                 .collect();
             // Nothing more comes until some are answered.
-            server
-                .set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut b = [0u8; 1];
-            let more = server.read(&mut b);
-            assert!(
-                matches!(&more, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-                "a request beyond {IN_FLIGHT} unanswered ones was sent: {more:?}"
+            nothing_more_arrives(
+                &mut server,
+                &format!("a request beyond {IN_FLIGHT} unanswered ones was sent"),
             );
-            server.set_read_timeout(None).unwrap();
             for c in cookies.drain(..) {
                 reply(&mut server, c, 0);
             }
