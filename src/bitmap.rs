@@ -3,6 +3,11 @@
 //! simulated ones. Only pages whose bits change are dirtied, and a flush writes only those.
 //!
 //! Bit order: region `r` of a bitmap is bit `r % 8` (least significant first) of byte `r / 8`.
+//!
+//! Rule B1: bits past `region_count` in a bitmap's last page name no region. They are never
+//! counted or iterated, and are cleared when that page next changes; without this, a stray
+//! bit there reads as a pending region no resync or recovery can clear, and the mirror
+//! stays degraded ("not closed cleanly") forever.
 
 use crate::device::Device;
 use crate::layout::{BitmapId, Geometry, PAGE};
@@ -123,6 +128,15 @@ impl Bitmaps {
         })
     }
 
+    /// For the last page of a bitmap: the bit (within the page) where regions end. Bits
+    /// from there on name no region (B1).
+    fn tail_bit(&self, p: u64) -> Option<usize> {
+        let stride_pages = self.geom.bitmap_stride / PAGE;
+        let last = (self.geom.region_count - 1) / PAGE_BITS;
+        let used = (self.geom.region_count % PAGE_BITS) as usize;
+        (p % stride_pages == last && used != 0).then_some(used)
+    }
+
     fn page_mut(&mut self, p: u64) -> io::Result<&mut [u8]> {
         if !self.touched.contains(&p) {
             if self.dev.needs_allocation() && matches!(self.store, Store::Mapped(_)) {
@@ -134,10 +148,17 @@ impl Bitmaps {
             self.touched.insert(p);
         }
         self.load(p)?;
-        Ok(match &mut self.store {
+        let tail = self.tail_bit(p);
+        let page = match &mut self.store {
             Store::Mapped(m) => &mut m[(p * PAGE) as usize..((p + 1) * PAGE) as usize],
             Store::Paged(pages) => pages.get_mut(&p).unwrap(),
-        })
+        };
+        // B1: bits past the last region are garbage (a stray write, an old tool); they are
+        // never counted and are cleared with the page's next change.
+        if let Some(t) = tail {
+            page.view_bits_mut::<Lsb0>()[t..].fill(false);
+        }
+        Ok(page)
     }
 
     fn check_range(&self, rs: &Range<u64>) {
@@ -269,11 +290,10 @@ impl Bitmaps {
         let mut total = 0u64;
         let mut p = base;
         while let Some(c) = self.next_candidate_page(p, end) {
+            let tail = self.tail_bit(c).unwrap_or(PAGE_BITS as usize);
             let page = self.page(c)?;
-            total += page
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().unwrap()).count_ones() as u64)
-                .sum::<u64>();
+            // B1: only bits that name a region count.
+            total += page.view_bits::<Lsb0>()[..tail].count_ones() as u64;
             p = c + 1;
         }
         Ok(total)
@@ -411,6 +431,28 @@ mod tests {
         assert_eq!(b.runs(F1, u64::MAX).unwrap(), vec![1..4, 65_000..65_536]);
         b.clear_all(WI).unwrap();
         assert_eq!(b.count(WI).unwrap(), 0);
+    }
+
+    #[test]
+    fn garbage_past_the_last_region_is_never_counted_and_goes_with_the_next_change() {
+        let (d, b) = setup(100);
+        let g = *b.geometry();
+        // Bits 100.. of the write-intent page and of slot 1's page set behind our back.
+        for id in [WI, F1] {
+            let at = g.bitmap(id) + 100 / 8;
+            d.write_at(&[0xf0, 0xff, 0xff], at).unwrap();
+        }
+        d.sync().unwrap();
+        let mut b = Bitmaps::open(Arc::new(d.clone()), g, false).unwrap();
+        assert_eq!(b.count(WI).unwrap(), 0);
+        assert_eq!(b.count(F1).unwrap(), 0);
+        assert_eq!(b.runs(F1, u64::MAX).unwrap(), vec![]);
+        b.set_range(F1, 3..4, true).unwrap();
+        b.flush().unwrap();
+        assert_eq!(b.count(F1).unwrap(), 1);
+        let mut raw = [0u8; 3];
+        d.read_at(&mut raw, g.bitmap(F1) + 100 / 8).unwrap();
+        assert_eq!(raw, [0, 0, 0], "the changed page's tail is cleared");
     }
 
     #[test]

@@ -84,6 +84,24 @@ pub enum Command {
     Generate(GenerateArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output (failures print a JSON document too).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Create(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Attach(a) => a.json,
+            Command::Write(a) => a.json,
+            Command::Resync(a) => a.json,
+            Command::Promote(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Read(_) | Command::Fracture(_) | Command::Detach(_) | Command::Generate(_) => {
+                false
+            }
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Image file or block device to become the primary. A missing file is created sparse.

@@ -88,14 +88,64 @@ fn size_arg(flag: &str, v: &str) -> Result<u64> {
     parse_size(v).map_err(|e| Error::usage(format!("{flag}: {e}")))
 }
 
+/// An image that could not be opened: a problem with the path given (2), or an I/O error
+/// on the image (4). A read-only image says "read-only" (4: the primary cannot be written).
 fn open_error(what: &str, path: &Path, e: io::Error) -> Error {
-    let msg = format!("{what} {}: {e}", display(path));
-    match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => {
-            Error::usage(msg)
-        }
-        _ => Error::primary(msg),
+    let msg = format!(
+        "{what} {}: {}",
+        display(path),
+        crate::error::describe_io(&e)
+    );
+    if is_read_only(&e) {
+        return Error::primary(format!(
+            "{what} {}: read-only ({}); make it writable (`blockdev --setrw`, `chattr -i`, remount read-write) or give another image",
+            display(path),
+            crate::error::describe_io(&e)
+        ));
     }
+    if is_path_problem(&e) {
+        Error::usage(msg)
+    } else {
+        Error::primary(msg)
+    }
+}
+
+/// A secondary that could not be opened or created at the path given: always a problem
+/// with that path (2), read-only included, since the primary is untouched.
+fn secondary_open_error(what: &str, path: &Path, e: io::Error) -> Error {
+    if is_read_only(&e) {
+        return Error::usage(format!(
+            "{what} {}: read-only ({}); give a writable secondary",
+            display(path),
+            crate::error::describe_io(&e)
+        ));
+    }
+    let msg = format!(
+        "{what} {}: {}",
+        display(path),
+        crate::error::describe_io(&e)
+    );
+    if is_path_problem(&e) {
+        Error::usage(msg)
+    } else {
+        Error::degraded(msg)
+    }
+}
+
+fn is_read_only(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ReadOnlyFilesystem
+        || matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM))
+}
+
+/// Errors that say the path names nothing usable (missing, a directory, too long...).
+fn is_path_problem(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EISDIR) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) | Some(libc::ELOOP)
+    )
 }
 
 /// Opens secondaries by their recorded path.
@@ -149,6 +199,16 @@ fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
         Arc::new(FileOpener { writable }),
         writable,
     )?;
+    Ok(m)
+}
+
+/// The primary opened for a command that writes data or logs: locked, refused if it was
+/// replaced by a promotion (P6, before anything is written), then recovered (R1..R3).
+fn open_for_change(ctx: &Ctx, path: &Path) -> Result<Mirror> {
+    let mut m = open_mirror(ctx, path, Mode::Exclusive)?;
+    m.refuse_if_replaced()?;
+    m.recover()?;
+    print_warnings(&mut m);
     Ok(m)
 }
 
@@ -214,6 +274,7 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     let name = display(&a.image);
     let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
     let (dev, created) = if !exists {
+        refuse_missing_device(&a.image, "creating")?;
         let Some(size) = size else {
             return Err(Error::usage(format!(
                 "{name} does not exist: give --size to create a new image file (e.g. --size 10G)"
@@ -283,6 +344,21 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
                 .set_len(g.total_len())
                 .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
         }
+        // D0: say what is there, and overwrite it only with --force.
+        let found = crate::probe::holds_data(&dev)
+            .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?;
+        if let Some(f) = found.as_ref().filter(|f| f.signature) {
+            if !a.force {
+                return Err(Error::usage(format!(
+                    "{name} holds {} (signature at byte {}); create would overwrite its first {} bytes with mirrorctl metadata. Nothing was written; use --force to overwrite it",
+                    f.what, f.offset, g.data_offset
+                )));
+            }
+            eprintln!(
+                "mirrorctl: note: --force: overwriting {} on {name} (signature at byte {})",
+                f.what, f.offset
+            );
+        }
         if !a.force {
             if let Some(off) = first_nonzero(&dev, 0..g.data_offset)
                 .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?
@@ -327,6 +403,24 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// A path that does not exist is created as a new image file, except under /dev: there a
+/// missing name is a device that is not there (a typo, a disk not plugged in), and a
+/// regular file on devtmpfs would silently take the writes meant for it.
+fn refuse_missing_device(path: &Path, what: &str) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = std::fs::canonicalize(&parent).unwrap_or(parent);
+    if dir.starts_with("/dev") {
+        return Err(Error::usage(format!(
+            "{what} {}: no such device; check the name (`lsblk`, `losetup -a`), or give a path outside /dev to create an image file",
+            display(path)
+        )));
+    }
+    Ok(())
+}
+
 /// Removes a file this command created if the command fails before finishing.
 struct RemoveOnDrop(Option<PathBuf>);
 
@@ -367,7 +461,7 @@ fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
     lock::lock(dev.file().unwrap(), Mode::Shared, ctx.wait, &name)?;
     let dev: Arc<dyn Device> = Arc::new(dev);
-    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
+    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e, &*dev))?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
     let opener = FileOpener { writable: false };
@@ -470,7 +564,7 @@ fn file_secondary(
     let total = m.geometry().total_len();
     let mut created = None;
     if sec.exists() {
-        let id = identity(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        let id = identity(&sec).map_err(|e| secondary_open_error("examining", &sec, e))?;
         if identity(primary).ok() == Some(id) {
             return Err(Error::usage(format!(
                 "{spec} is the primary itself; give a different image"
@@ -485,37 +579,38 @@ fn file_secondary(
                 )));
             }
         }
-        let meta = std::fs::metadata(&sec).map_err(|e| open_error("examining", &sec, e))?;
+        let meta =
+            std::fs::metadata(&sec).map_err(|e| secondary_open_error("examining", &sec, e))?;
         if meta.is_file() && meta.len() == 0 {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&sec)
-                .map_err(|e| open_error("opening", &sec, e))?;
+                .map_err(|e| secondary_open_error("opening", &sec, e))?;
             f.set_len(total)
-                .map_err(|e| Error::usage(format!("sizing {spec}: {e}")))?;
+                .map_err(|e| secondary_open_error("sizing", &sec, e))?;
         }
     } else {
+        refuse_missing_device(&sec, "attaching")?;
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&sec)
-            .map_err(|e| open_error("creating secondary", &sec, e))?;
+            .map_err(|e| secondary_open_error("creating secondary", &sec, e))?;
         created = Some(RemoveOnDrop(Some(sec.clone())));
         f.set_len(total)
-            .map_err(|e| Error::usage(format!("sizing {spec} to {total} bytes: {e}")))?;
+            .map_err(|e| secondary_open_error(&format!("sizing to {total} bytes:"), &sec, e))?;
     }
     let canonical = std::fs::canonicalize(&sec)
         .map(|p| display(&p))
         .unwrap_or_else(|_| spec.to_string());
-    let dev = FileDevice::open(&sec, true).map_err(|e| open_error("opening secondary", &sec, e))?;
+    let dev = FileDevice::open(&sec, true)
+        .map_err(|e| secondary_open_error("opening secondary", &sec, e))?;
     Ok((Arc::new(dev), canonical, created))
 }
 
 fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     let rate = rate_arg(a.rate.as_deref())?;
-    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
-    m.recover()?;
-    print_warnings(&mut m);
+    let mut m = open_for_change(ctx, &a.primary)?;
     let (dev, canonical, created) = if nbd::is_uri(&a.secondary) {
         let (dev, canonical) = nbd_secondary(&a.secondary)?;
         (dev, canonical, None)
@@ -646,9 +741,7 @@ fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
             (Box::new(f), len)
         }
     };
-    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
-    m.recover()?;
-    print_warnings(&mut m);
+    let mut m = open_for_change(ctx, &a.primary)?;
     let r = m.write_stream(offset, &mut input, length, known, &policy);
     print_warnings(&mut m);
     let r = r?;
@@ -666,7 +759,52 @@ fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
             newly_fractured: r.newly_fractured.clone(),
         })?;
     }
-    health_exit(&mut m)
+    let exit = health_exit(&mut m)?;
+    if exit == Exit::Degraded {
+        // A cron job under `set -e` fails on exit 3: its log says why (legs fractured by
+        // this write have had their warning line already).
+        if let Some(line) = degraded_line(&mut m, &a.primary, &r.newly_fractured)? {
+            eprintln!("mirrorctl: {line}");
+        }
+    }
+    Ok(exit)
+}
+
+/// One line naming the legs a write did not reach in full (but those in `told`), and the
+/// command that brings them back; `None` when there is nothing more to say.
+fn degraded_line(m: &mut Mirror, primary: &Path, told: &[u32]) -> Result<Option<String>> {
+    let mut missed = Vec::new();
+    let mut behind = Vec::new();
+    for s in 0..m.geometry().slots {
+        let l = m.sb().legs[s as usize].clone();
+        if l.state == LegState::Empty || told.contains(&s) {
+            continue;
+        }
+        let (n, _) = m.pending_for(s)?;
+        if l.state.is_fractured() {
+            missed.push(format!("slot {s} ({}, {})", l.location, l.state.as_str()));
+        } else if l.state != LegState::InSync || n > 0 {
+            behind.push(format!("slot {s} ({}, {n} region(s) to copy)", l.location));
+        }
+    }
+    let mut parts = Vec::new();
+    if !missed.is_empty() {
+        parts.push(format!(
+            "not written to {} (changes tracked in the fracture log)",
+            missed.join(", ")
+        ));
+    }
+    if !behind.is_empty() {
+        parts.push(format!("out of sync: {}", behind.join(", ")));
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "degraded: {}; `mirrorctl resync {}` brings them back",
+        parts.join("; "),
+        display(primary)
+    )))
 }
 
 fn stdin_input() -> (Box<dyn Read>, Option<u64>) {
@@ -689,7 +827,13 @@ fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
         .as_deref()
         .map(|l| size_arg("--length", l))
         .transpose()?;
-    let mut m = open_mirror(ctx, &a.primary, Mode::Shared)?;
+    let mut m = open_mirror(ctx, &a.primary, Mode::Shared).map_err(|mut e| {
+        if e.exit == Exit::Primary {
+            // Without its header the leg table is unknown: say where the data still is.
+            e.msg.push_str("; the primary's secondaries still hold the data: `mirrorctl status SECONDARY` shows which are in sync, `mirrorctl promote SECONDARY` makes one the primary");
+        }
+        e
+    })?;
     print_warnings(&mut m);
     let g = m.geometry();
     if offset > g.data_size {
@@ -800,6 +944,9 @@ struct ResyncLegOut {
     regions: u64,
     bytes: u64,
     written_bytes: u64,
+    /// Regions (and bytes) still out of sync on the leg afterwards, as status shows them.
+    remaining_regions: u64,
+    remaining_bytes: u64,
     state: String,
     error: Option<String>,
 }
@@ -817,10 +964,11 @@ struct ResyncOut {
 
 fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
     let rate = rate_arg(a.rate.as_deref())?;
-    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
-    if !a.dry_run {
-        m.recover()?;
-    }
+    let mut m = if a.dry_run {
+        open_mirror(ctx, &a.primary, Mode::Exclusive)?
+    } else {
+        open_for_change(ctx, &a.primary)?
+    };
     print_warnings(&mut m);
     let mut slots = Vec::new();
     for s in &a.secondaries {
@@ -868,6 +1016,8 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
                 regions,
                 bytes,
                 written_bytes: bytes,
+                remaining_regions: regions,
+                remaining_bytes: bytes,
                 state: l.state.as_str().to_string(),
                 error: None,
             });
@@ -894,12 +1044,15 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
             out.regions += l.regions;
             out.bytes += l.bytes;
             out.written_bytes += l.written_bytes;
+            let (remaining_regions, remaining_bytes) = m.pending_for(l.slot)?;
             out.legs.push(ResyncLegOut {
                 slot: l.slot,
                 path: l.location,
                 regions: l.regions,
                 bytes: l.bytes,
                 written_bytes: l.written_bytes,
+                remaining_regions,
+                remaining_bytes,
                 state: state.as_str().to_string(),
                 error: l.error,
             });
@@ -969,6 +1122,7 @@ fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
                 (false, None) => Wait::Forever,
             };
             match open_mirror_wait(&path, Mode::Exclusive, wait) {
+                Ok(m) if first => m.refuse_if_replaced().map(|()| Some(m)),
                 Ok(m) => Ok(Some(m)),
                 Err(e) if !first && e.exit == Exit::Busy => Ok(None),
                 Err(e) => Err(e),
@@ -1027,7 +1181,9 @@ fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         if let Some(e) = &l.error {
             println!("slot {} ({}): error: {e}", l.slot, l.path);
         }
-        let pending = if l.pending_regions > 0 {
+        let pending = if false {
+            String::new()
+        } else if l.pending_regions > 0 {
             format!(
                 ", {} regions pending resync not compared",
                 l.pending_regions
@@ -1092,15 +1248,21 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
         Arc::new(dev)
     };
-    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e))?;
+    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e, &*dev))?;
+    if img.sb.role == Role::Primary {
+        drop(img);
+        return finish_promotion(ctx, dev, &name, a.json);
+    }
     // The former primary, if it can be reached: it is the authority on how current this
     // image is, and it must not be written while it is demoted.
     let mut old = None;
     if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
         let p = PathBuf::from(&img.sb.primary_location);
         match open_mirror_wait(&p, Mode::Exclusive, ctx.wait) {
+            // No recovery here: promote's checks read the write-intent log as it is, so a
+            // refusal leaves both images exactly as they were (its log plan includes the
+            // intents, P3).
             Ok(mut m) => {
-                m.recover()?;
                 print_warnings(&mut m);
                 old = Some(m);
             }
@@ -1129,6 +1291,58 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         for n in &res.notes {
             println!("  {n}");
         }
+    }
+    health_exit(&mut m)
+}
+
+/// `promote` of an image that is already the primary: finishes an interrupted promotion
+/// (P7) when the former primary's slot still holds an image that was not demoted, or says
+/// there is nothing to promote.
+fn finish_promotion(ctx: &Ctx, dev: Arc<dyn Device>, name: &str, json: bool) -> Result<Exit> {
+    let mut m = Mirror::open(dev, name, Arc::new(FileOpener { writable: true }), true)?;
+    let Some((slot, leg)) = m.unfinished_demotion() else {
+        return Err(Error::usage(format!(
+            "{name} is already the primary of mirror {}; there is nothing to promote",
+            mirror::uuid_str(&m.sb().mirror_uuid)
+        )));
+    };
+    let old_path = PathBuf::from(leg.open_path());
+    let (old_dev, canonical): (Arc<dyn Device>, String) = if nbd::is_uri(&leg.location) {
+        nbd_secondary(&leg.location)?
+    } else {
+        let d = FileDevice::open(&old_path, true)
+            .map_err(|e| open_error("opening the former primary", &old_path, e))?;
+        lock::lock(d.file().unwrap(), Mode::Exclusive, ctx.wait, &leg.location)?;
+        (Arc::new(d), leg.canonical.clone())
+    };
+    m.recover()?;
+    let outcome = m.attach(
+        old_dev,
+        &leg.location,
+        &canonical,
+        mirror::InitialSync::Copy,
+        false,
+        false,
+    )?;
+    print_warnings(&mut m);
+    let note = format!(
+        "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} region(s) to copy: run `mirrorctl resync {name}`",
+        leg.location, outcome.regions
+    );
+    if json {
+        print_json(&PromoteOut {
+            path: name.to_string(),
+            generation: m.sb().generation,
+            old_primary_slot: slot,
+            old_primary_reachable: true,
+            notes: vec![note],
+        })?;
+    } else {
+        println!(
+            "{name} is already the primary (generation {})",
+            m.sb().generation
+        );
+        println!("  {note}");
     }
     health_exit(&mut m)
 }

@@ -57,6 +57,38 @@ pub fn write_zeros<D: Device + ?Sized>(dev: &D, mut off: u64, len: u64) -> io::R
     Ok(())
 }
 
+/// BLKROGET: whether the kernel has the block device set read-only.
+fn block_read_only(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET (_IO(0x12, 94)) writes one int through the pointer, which outlives
+    // the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), 0x125E as _, &mut ro) };
+    r == 0 && ro != 0
+}
+
+/// The error for a path that is neither a regular file nor a block device.
+fn not_an_image(path: &Path, t: &std::fs::FileType) -> io::Error {
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {kind}, not a regular file or block device: give an image file or a disk",
+            path.display()
+        ),
+    )
+}
+
 /// A regular file or a block device.
 pub struct FileDevice {
     file: File,
@@ -87,7 +119,25 @@ pub fn identity(path: &Path) -> io::Result<Identity> {
 
 impl FileDevice {
     pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
+        // Only regular files and block devices, checked before opening: opening a FIFO
+        // blocks until a writer comes, a character device may have side effects.
+        let m = std::fs::metadata(path)?;
+        let t = m.file_type();
+        if !t.is_file() && !t.is_block_device() {
+            return Err(not_an_image(path, &t));
+        }
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        if writable && t.is_block_device() && block_read_only(&file) {
+            // Opening for writing succeeds on a read-only block device; every write (and a
+            // writable mapping) would fail later with a less clear error.
+            return Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                format!(
+                    "{} is a read-only block device (losetup -r, blockdev --setro, or write-protected)",
+                    path.display()
+                ),
+            ));
+        }
         Self::from_file(file, path)
     }
 
@@ -95,10 +145,7 @@ impl FileDevice {
         let m = file.metadata()?;
         let block = m.file_type().is_block_device();
         if !block && !m.file_type().is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file or block device",
-            ));
+            return Err(not_an_image(path, &m.file_type()));
         }
         let len = if block {
             use std::io::Seek;
@@ -106,11 +153,36 @@ impl FileDevice {
         } else {
             m.len()
         };
+        if block && len == 0 {
+            // A detached loop device or a removed disk: the node is there, the medium not.
+            return Err(io::Error::other(format!(
+                "{} is a block device of size 0: no medium (a detached loop device, or a disk that was removed?)",
+                path.display()
+            )));
+        }
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
             len,
             block,
+        })
+    }
+
+    /// An error if the file is now shorter than `need` bytes (truncated behind our back).
+    fn shrunk(&self, need: u64) -> Option<io::Error> {
+        if self.block {
+            return None;
+        }
+        let now = self.file.metadata().ok()?.len();
+        (now < need.min(self.len)).then(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} shrank to {now} bytes while in use (it had {}); data past its end cannot be read",
+                    self.path.display(),
+                    self.len
+                ),
+            )
         })
     }
 
@@ -129,7 +201,17 @@ impl Device for FileDevice {
     }
 
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, off)
+        // A short read is an error, never zeros: the image ended early (it shrank, or a
+        // device went away).
+        self.file.read_exact_at(buf, off).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                self.shrunk(off + buf.len() as u64).unwrap_or_else(|| {
+                    io::Error::new(e.kind(), format!("short read at byte {off}"))
+                })
+            } else {
+                e
+            }
+        })
     }
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -180,6 +262,11 @@ impl Device for FileDevice {
                 _ => out.push(data..end),
             }
             pos = hole;
+        }
+        // Holes past a new end of file are not holes: the file was truncated. Checked
+        // after the seeks, so a truncation during them is caught too.
+        if let Some(e) = self.shrunk(range.end) {
+            return Err(e);
         }
         Ok(Some(out))
     }

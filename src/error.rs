@@ -51,6 +51,9 @@ pub struct Error {
     pub msg: String,
     /// Writing to stdout hit a closed pipe: exit quietly.
     pub broken_pipe: bool,
+    /// What was done before the failure, for the `--json` error document (e.g.
+    /// `bytes_written`).
+    pub details: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl fmt::Display for Error {
@@ -67,8 +70,27 @@ impl Error {
             exit,
             msg: msg.into(),
             broken_pipe: false,
+            details: Vec::new(),
         }
     }
+    /// Adds a field to the `--json` error document.
+    pub fn with(mut self, key: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.push((key, value.into()));
+        self
+    }
+
+    /// The one JSON document a `--json` command prints when it fails: `error`,
+    /// `exit_code`, and what was done.
+    pub fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("error".into(), self.msg.clone().into());
+        m.insert("exit_code".into(), self.exit.code().into());
+        for (k, v) in &self.details {
+            m.insert((*k).into(), v.clone());
+        }
+        serde_json::Value::Object(m)
+    }
+
     pub fn usage(msg: impl Into<String>) -> Self {
         Self::new(Exit::Usage, msg)
     }

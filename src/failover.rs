@@ -17,11 +17,22 @@
 //!   (mirror.rs, `adopt`): a former primary that comes back unaware of a promotion cannot
 //!   write to the secondaries the new primary took over. `promote` takes over every
 //!   reachable secondary at once.
+//! - P6 A primary that any reachable leg shows was replaced (the leg itself was promoted, or
+//!   it now follows a primary whose history is ahead of this one's) refuses every command
+//!   that writes data or logs (write, resync, attach, verify --repair) before it writes
+//!   anything, and `status` calls it replaced (`replaced_by`): without this, a former
+//!   primary that comes back reports itself healthy and accepts writes nobody will see
+//!   (split brain). Interrupted promotions land here too (P7).
+//! - P7 Promotion is finished by whichever comes first: its own last step (the former
+//!   primary's header rewritten as a secondary), a rerun of `promote` on the new primary, or
+//!   `attach NEW OLD`; the last two take the same path (the returning-primary attach, P3).
+//!   A crash at any point leaves either nothing changed, or a new primary and a former one
+//!   that refuses writes (P6) and names the command that finishes the promotion.
 
 use crate::bitmap::Bitmaps;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::format::{cut, LegState, Role, Superblock, MAX_TEXT};
+use crate::format::{cut, Leg, LegState, Role, Superblock, MAX_TEXT};
 use crate::history::{relate, Relation};
 use crate::image::Image;
 use crate::layout::{BitmapId, SlotIdx};
@@ -29,6 +40,42 @@ use crate::mirror::{read_error, union, uuid_str, Mirror};
 use crate::units::{format_size, format_time, now_unix};
 use std::ops::Range;
 use std::sync::Arc;
+
+/// Reason recorded for the former primary's slot by promotion.
+pub const REPLACED_REASON: &str = "former primary, replaced by promotion";
+
+/// The history event promotion records (followed by the promoted image's short UUID).
+pub const PROMOTED_EVENT: &str = "promoted ";
+
+/// P6: whether `leg` (a slot of `primary`, whose own header is `theirs`) shows that another
+/// image replaced `primary`: its history, after the last generation it shares with
+/// `primary`, records a promotion. (A former primary this one replaced shows no such
+/// promotion after the shared part, even when it wrote on after it: that is split brain,
+/// refused by attach, P4.) Returns the location of the new primary.
+pub fn replaced_by(primary: &Superblock, leg: &Leg, theirs: &Superblock) -> Option<String> {
+    if theirs.mirror_uuid != primary.mirror_uuid || theirs.image_uuid != leg.image_uuid {
+        return None;
+    }
+    let shared = theirs
+        .history
+        .iter()
+        .rposition(|e| primary.history.iter().any(|p| p.id == e.id));
+    let after = shared.map_or(&theirs.history[..], |i| &theirs.history[i + 1..]);
+    if !after.iter().any(|e| e.event.starts_with(PROMOTED_EVENT)) {
+        return None;
+    }
+    match theirs.role {
+        Role::Primary => Some(leg.location.clone()),
+        Role::Secondary if theirs.primary_uuid != primary.image_uuid => {
+            Some(if theirs.primary_location.is_empty() {
+                format!("the image {}", &uuid_str(&theirs.primary_uuid)[..8])
+            } else {
+                theirs.primary_location.clone()
+            })
+        }
+        _ => None,
+    }
+}
 
 pub struct PromoteOutcome {
     pub generation: u64,
@@ -51,7 +98,7 @@ pub fn promote(
     mut old: Option<Mirror>,
     force: bool,
 ) -> Result<PromoteOutcome> {
-    let mut img = Image::read(dev.clone()).map_err(|e| read_error(name, e))?;
+    let mut img = Image::read(dev.clone()).map_err(|e| read_error(name, e, &*dev))?;
     let sb = img.sb.clone();
     match sb.role {
         Role::Secondary => {}
@@ -89,6 +136,10 @@ pub fn promote(
     };
     let me = base.legs[slot].clone();
     if let Some(o) = old.as_mut() {
+        // Its fracture log only, read before anything is written (recovery does not run
+        // first: a refusal changes nothing on either image). Pending write intents are
+        // writes never acknowledged; an in-sync leg holds every acknowledged one, and the
+        // intents go into the former primary's log below (P3).
         let (regions, bytes) = o.pending_for(slot as u32)?;
         let fr = o
             .bitmaps
@@ -132,7 +183,10 @@ pub fn promote(
     new.last_recovery = None;
     new.last_resync = None;
     new.last_verify = None;
-    new.bump_generation(&format!("promoted {}", &uuid_str(&sb.image_uuid)[..8]), now);
+    new.bump_generation(
+        &format!("{PROMOTED_EVENT}{}", &uuid_str(&sb.image_uuid)[..8]),
+        now,
+    );
     let generation = new.generation;
     let old_loc = match &old {
         Some(o) => o.name.clone(),
@@ -147,7 +201,7 @@ pub fn promote(
             .unwrap_or_else(|_| old_loc.clone());
         l.state = LegState::FracturedByError;
         l.reason = cut(
-            &format!("former primary, replaced by promotion at generation {generation}"),
+            &format!("{REPLACED_REASON} at generation {generation}"),
             MAX_TEXT,
         );
         l.last_error.clear();

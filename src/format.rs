@@ -251,9 +251,14 @@ impl std::fmt::Display for CopyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CopyError::NoMagic => write!(f, "no mirrorctl magic"),
+            CopyError::UnknownMajor { major, minor } if *major > FORMAT_MAJOR => write!(
+                f,
+                "format version {major}.{minor} is newer than this mirrorctl reads ({FORMAT_MAJOR}.x, writes {FORMAT_MAJOR}.{FORMAT_MINOR}); upgrade mirrorctl"
+            ),
+            // No mirrorctl release wrote a version before 1.0: not a header we made.
             CopyError::UnknownMajor { major, minor } => write!(
                 f,
-                "format version {major}.{minor} is not supported by this mirrorctl (reads {FORMAT_MAJOR}.x, writes {FORMAT_MAJOR}.{FORMAT_MINOR}); upgrade mirrorctl"
+                "format version {major}.{minor} was never written by any mirrorctl (the first format is {FORMAT_MAJOR}.0): the header is corrupt or not mirrorctl's"
             ),
             CopyError::BadLength(n) => write!(f, "payload length {n} out of range"),
             CopyError::Checksum => write!(f, "checksum mismatch (torn or corrupted write)"),

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod lock;
 pub mod mirror;
 pub mod nbd;
+pub mod probe;
 pub mod sim;
 pub mod status;
 pub mod units;

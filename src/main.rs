@@ -11,12 +11,17 @@ fn main() {
             std::process::exit(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let json = cli.command.json();
     match mirrorctl::commands::run(cli) {
         Ok(exit) => std::process::exit(exit.code()),
         // The reader went away (`mirrorctl read ... | head`): what it wanted it got.
         Err(e) if e.broken_pipe => std::process::exit(0),
         Err(e) => {
             eprintln!("mirrorctl: {e}");
+            if json {
+                // Scripts never parse an empty stdout: one document on failure too.
+                println!("{:#}", e.json());
+            }
             std::process::exit(e.exit.code());
         }
     }

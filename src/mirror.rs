@@ -102,12 +102,25 @@ pub fn new_uuid() -> Uuid {
     *uuid::Uuid::new_v4().as_bytes()
 }
 
-/// Maps a superblock read error on the primary to an exit code and message.
-pub fn read_error(name: &str, e: ReadError) -> Error {
+/// Maps a superblock read error on the primary to an exit code and message. An image with
+/// no header is offered `create` only when it holds nothing: a header of zeros over data may
+/// be a destroyed mirrorctl header, and `create` would make it worse.
+pub fn read_error(name: &str, e: ReadError, dev: &dyn Device) -> Error {
     match e {
-        ReadError::NotMirrorctl => Error::usage(format!(
-            "opening {name}: not a mirrorctl image (no header); create one with `mirrorctl create`"
-        )),
+        ReadError::NotMirrorctl => match crate::probe::holds_data(dev) {
+            Ok(None) => Error::usage(format!(
+                "opening {name}: not a mirrorctl image (no header); create one with `mirrorctl create`"
+            )),
+            Ok(Some(f)) if f.signature => Error::usage(format!(
+                "opening {name}: not a mirrorctl image: it holds {} (signature at byte {}), not a mirrorctl header",
+                f.what, f.offset
+            )),
+            Ok(Some(f)) => Error::usage(format!(
+                "opening {name}: not a mirrorctl image (no header), but it holds {}: if it was a mirrorctl primary its header is destroyed, and `mirrorctl status` on one of its secondaries shows the mirror (`mirrorctl promote` can replace it). Nothing was changed",
+                f.what
+            )),
+            Err(e) => Error::primary(format!("reading {name}: {e}")),
+        },
         other => Error::primary(format!("reading metadata of {name}: {other}")),
     }
 }
@@ -239,7 +252,7 @@ impl Mirror {
         opener: Arc<dyn Opener>,
         map: bool,
     ) -> Result<Mirror> {
-        let image = Image::read(dev.clone()).map_err(|e| read_error(name, e))?;
+        let image = Image::read(dev.clone()).map_err(|e| read_error(name, e, &*dev))?;
         match image.sb.role {
             Role::Primary => {}
             Role::Secondary => {
@@ -409,6 +422,73 @@ impl Mirror {
             .map_err(|e| format!("writing the header of {}: {e}", leg.location))
     }
 
+    /// P6 (failover.rs): refuses, before anything is written, when a reachable leg shows
+    /// that another image replaced this primary.
+    pub fn refuse_if_replaced(&self) -> Result<()> {
+        for (s, leg) in self.sb().legs.iter().enumerate() {
+            if leg.state == LegState::Empty {
+                continue;
+            }
+            let Ok(dev) = self.opener.open(leg.open_path()) else {
+                continue;
+            };
+            let Ok(theirs) = Image::read(dev) else {
+                continue;
+            };
+            if let Some(new) = crate::failover::replaced_by(self.sb(), leg, &theirs.sb) {
+                let how = if theirs.sb.role == Role::Primary {
+                    format!(
+                        "its secondary slot {s} ({}) was promoted to primary",
+                        leg.location
+                    )
+                } else {
+                    format!(
+                        "its secondary slot {s} ({}) now follows the newer primary {new}",
+                        leg.location
+                    )
+                };
+                let me = std::fs::canonicalize(&self.name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| self.name.clone());
+                return Err(Error::usage(format!(
+                    "{} is no longer the primary of its mirror: {how}; nothing was written. Bring it back as a secondary of the new primary with `mirrorctl attach {new} {me}` (if the promotion was interrupted, `mirrorctl promote {new}` finishes it the same way)",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// P7 (failover.rs): the former primary's slot, when the image there was not demoted yet
+    /// (it still says primary, or it is this primary's secondary while the slot still says
+    /// "replaced by promotion").
+    pub fn unfinished_demotion(&self) -> Option<(u32, Leg)> {
+        for (s, leg) in self.sb().legs.iter().enumerate() {
+            if leg.state != LegState::FracturedByError
+                || !leg.reason.starts_with(crate::failover::REPLACED_REASON)
+            {
+                continue;
+            }
+            let Ok(dev) = self.opener.open(leg.open_path()) else {
+                continue;
+            };
+            let Ok(theirs) = Image::read(dev) else {
+                continue;
+            };
+            let same = theirs.sb.mirror_uuid == self.sb().mirror_uuid
+                && theirs.sb.image_uuid == leg.image_uuid;
+            let pending = match theirs.sb.role {
+                Role::Primary => true,
+                Role::Secondary => theirs.sb.primary_uuid == self.sb().image_uuid,
+                Role::Detached => false,
+            };
+            if same && pending {
+                return Some((s as u32, leg.clone()));
+            }
+        }
+        None
+    }
+
     /// Number of write-intent regions pending (non-zero after an unclean stop).
     pub fn pending_intents(&mut self) -> Result<u64> {
         self.bitmaps
@@ -461,6 +541,33 @@ impl Mirror {
             self.name
         ));
         Ok(n)
+    }
+
+    /// Records regions found to differ on a leg (verify, V1 in verify.rs): they go into its
+    /// fracture log durably, then an in-sync leg becomes syncing (S2: in sync only with an
+    /// empty log) and its header stops claiming to be current.
+    pub fn mark_out_of_sync(&mut self, slot: u32, regions: &[u64]) -> Result<()> {
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        for r in union(&regions.iter().map(|&r| r..r + 1).collect::<Vec<_>>(), &[]) {
+            self.bitmaps
+                .set_range(id, r, true)
+                .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+        }
+        self.flush_bitmaps()?;
+        let now = now_unix();
+        if self.sb().legs[slot as usize].state == LegState::InSync {
+            self.image.sb.bump_generation(
+                &format!("slot {slot}: {} region(s) differ", regions.len()),
+                now,
+            );
+            let l = &mut self.image.sb.legs[slot as usize];
+            l.state = LegState::Syncing;
+            l.state_changed_at = now;
+            l.reason = crate::verify::RECORDED_REASON.to_string();
+            self.commit()?;
+            self.refresh_headers(&[slot]);
+        }
+        Ok(())
     }
 
     /// Fractures a leg that failed outside a write (e.g. unreadable during verify).
@@ -709,11 +816,12 @@ impl Mirror {
             unsynced: false,
             limit,
         };
-        let mut legs = self.active_legs()?;
-        let mut report = WriteReport::default();
+        // Before the legs are opened: a leg that fails to open is newly fractured too.
         let fractured_before: Vec<u32> = (0..g.slots)
             .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
             .collect();
+        let mut legs = self.active_legs()?;
+        let mut report = WriteReport::default();
         let mut remaining = max_len.unwrap_or(u64::MAX);
         let mut cur = vec![0u8; CHUNK];
         let mut next = vec![0u8; CHUNK];
@@ -784,7 +892,9 @@ impl Mirror {
                     return Err(Error::primary(format!(
                         "writing primary {} at data offset {pos}: {e}; nothing from this offset on is acknowledged, the next command recovers the touched regions",
                         self.name
-                    )));
+                    ))
+                    .with("bytes_written", report.bytes)
+                    .with("acknowledged", false));
                 }
                 st.unsynced = true;
                 for (s, r) in lres {
@@ -829,17 +939,28 @@ impl Mirror {
                 report.newly_fractured.push(s);
             }
         }
+        let partial = |e: Error| {
+            e.with("bytes_written", report.bytes)
+                .with("acknowledged", true)
+                .with("newly_fractured", report.newly_fractured.clone())
+        };
         if overflow {
-            return Err(Error::usage(format!(
+            return Err(partial(Error::usage(format!(
                 "input runs past the end of the data area ({} bytes): wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored; the rest of the input was not written",
                 g.data_size, report.bytes
-            )));
+            ))));
         }
         if let Some(e) = input_err {
-            return Err(Error::usage(format!(
+            return Err(partial(Error::usage(format!(
                 "reading input: {e}; wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
                 report.bytes
-            )));
+            ))));
+        }
+        if let Some(want) = max_len.filter(|&l| report.bytes < l) {
+            return Err(partial(Error::usage(format!(
+                "the input ended after {} bytes, short of the {want} bytes --length asked for: wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
+                report.bytes, report.bytes
+            ))));
         }
         Ok(report)
     }
@@ -1222,11 +1343,23 @@ impl Mirror {
                     )));
                 }
                 if let Some(s) = self.sb().slot_of_uuid(&img.sb.image_uuid) {
-                    let leg = &self.sb().legs[s];
+                    let leg = self.sb().legs[s].clone();
                     if leg.state.receives_writes() && leg.canonical == canonical {
                         return Err(Error::usage(format!(
                             "{location} is already attached as slot {s} ({})",
                             leg.state.as_str()
+                        )));
+                    }
+                    // A4: one image UUID, one leg. A byte copy of an attached image carries
+                    // its UUID; re-attaching it while the recorded location still holds that
+                    // image would silently stop writes to the original and call the copy
+                    // in sync.
+                    if leg.canonical != canonical && self.location_holds(&leg) {
+                        return Err(Error::usage(format!(
+                            "{location} carries the identity (image {}) of slot {s}, which {} still holds: it is a byte copy of an attached secondary, and two images with one identity cannot both be legs. To replace slot {s} with it, detach the slot first (`mirrorctl detach {} {s}`); to add it as a new secondary, detach the slot or attach a blank image",
+                            uuid_str(&img.sb.image_uuid),
+                            leg.open_path(),
+                            self.name
                         )));
                     }
                     reattach_slot = Some(s as u32);
@@ -1244,6 +1377,7 @@ impl Mirror {
                     uuid_str(&img.sb.mirror_uuid)
                 )))
             }
+            Err(ReadError::NotMirrorctl) if !force => self.refuse_if_holds_data(&*dev, location, initial)?,
             Err(ReadError::NotMirrorctl) | Ok(_) => {}
             Err(ReadError::Io(e)) => {
                 return Err(Error::degraded(format!("reading secondary {location}: {e}")))
@@ -1288,6 +1422,14 @@ impl Mirror {
                 sec.sb = sb;
                 sec.commit()
                     .map_err(|e| Error::degraded(format!("writing header of {location}: {e}")))?;
+            }
+            if initial == InitialSync::Compare {
+                // --compare compares everything it re-attaches: what the image holds is only
+                // known by reading it (it may be an old copy, or changed behind our back).
+                self.bitmaps
+                    .set_range(id, 0..g.region_count, true)
+                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                self.flush_bitmaps()?;
             }
             let (regions, _) = self
                 .bitmaps
@@ -1420,41 +1562,103 @@ impl Mirror {
         })
     }
 
+    /// Whether a leg's recorded location still holds the leg's image (its header names
+    /// this mirror and the slot's image UUID).
+    fn location_holds(&self, leg: &Leg) -> bool {
+        match self.opener.open(leg.open_path()) {
+            Ok(d) => matches!(Image::read(d), Ok(i) if i.sb.mirror_uuid == self.sb().mirror_uuid
+                && i.sb.image_uuid == leg.image_uuid),
+            Err(_) => false,
+        }
+    }
+
+    /// D0 (probe.rs): a secondary without a mirrorctl header is overwritten only when it
+    /// holds nothing. With --compare or --assume-clean its data area is kept, so only a
+    /// signature inside the metadata area (which attach overwrites) is refused.
+    fn refuse_if_holds_data(
+        &self,
+        dev: &dyn Device,
+        location: &str,
+        initial: InitialSync,
+    ) -> Result<()> {
+        let g = self.geometry();
+        let found = crate::probe::holds_data(dev)
+            .map_err(|e| Error::degraded(format!("reading secondary {location}: {e}")))?;
+        let Some(f) = found else { return Ok(()) };
+        if initial != InitialSync::Copy {
+            if !f.signature || f.offset >= g.data_offset {
+                return Ok(());
+            }
+            return Err(Error::usage(format!(
+                "secondary {location} holds {} (signature at byte {}), inside the first {} bytes that attach overwrites with the mirror's metadata: it is not a copy of this mirror. Nothing was written; use --force to overwrite it",
+                f.what, f.offset, g.data_offset
+            )));
+        }
+        Err(Error::usage(format!(
+            "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use --force to overwrite it, or --compare to keep it and write only what differs from the primary",
+            f.what, f.offset
+        )))
+    }
+
     /// Frees a slot. The detached image's header is marked detached where reachable.
+    ///
+    /// D1 The image's own header says detached, durably, before the primary frees the slot:
+    ///    a crash in between leaves the slot listed, so a rerun of `detach` finds it and
+    ///    completes (the other order left an image claiming to be a secondary of a primary
+    ///    that no longer lists it, and a rerun said "not attached").
+    /// D2 The slot's fracture log is cleared only after the slot is free: a crash before the
+    ///    commit leaves a listed leg with its log (A2 resets a free slot's log on attach).
     pub fn detach(&mut self, slot: u32) -> Result<Leg> {
         let leg = self.sb().legs[slot as usize].clone();
         let id = BitmapId::Fracture(SlotIdx(slot));
-        let dev = self.open_leg(slot).ok();
         let now = now_unix();
+        // D1
+        let marked = self
+            .opener
+            .open(leg.open_path())
+            .map_err(|e| e.to_string())
+            .and_then(|d| Image::read(d).map_err(|e| e.to_string()))
+            .and_then(|mut img| {
+                if img.sb.mirror_uuid != self.sb().mirror_uuid
+                    || img.sb.image_uuid != leg.image_uuid
+                {
+                    return Err(format!(
+                        "it holds image {} of mirror {}, not this slot's image; left as it is",
+                        uuid_str(&img.sb.image_uuid),
+                        uuid_str(&img.sb.mirror_uuid)
+                    ));
+                }
+                if img.sb.role == Role::Detached {
+                    return Ok(()); // a rerun after a crash
+                }
+                if img.sb.role != Role::Secondary {
+                    return Err(format!(
+                        "it is now a {} of this mirror; left as it is",
+                        img.sb.role.as_str()
+                    ));
+                }
+                img.sb.role = Role::Detached;
+                img.sb.bump_generation("detached", now);
+                img.commit().map_err(|e| e.to_string())
+            });
+        if let Err(e) = marked {
+            self.warnings.push(format!(
+                "note: could not mark {} as detached ({e}); its header still names this mirror",
+                leg.location
+            ));
+        }
         self.image
             .sb
             .bump_generation(&format!("slot {slot} detached"), now);
         self.image.sb.legs[slot as usize] = Leg::empty();
         self.commit()?;
-        // Only once the slot is free may its log go: a crash before the commit must leave
-        // a listed leg with its log (A2 resets a free slot's log on attach anyway).
+        // D2
         self.bitmaps
             .clear_all(id)
             .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
         self.flush_bitmaps()?;
         self.open_legs[slot as usize] = None;
         self.refresh_headers(&[]);
-        match dev.map(|d| -> io::Result<()> {
-            let mut img = Image::read(d).map_err(|e| io::Error::other(e.to_string()))?;
-            img.sb.role = Role::Detached;
-            img.sb.bump_generation("detached", now);
-            img.commit()
-        }) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => self.warnings.push(format!(
-                "warning: could not mark {} as detached: {e}",
-                leg.location
-            )),
-            None => self.warnings.push(format!(
-                "note: {} could not be opened; its header still names this mirror",
-                leg.location
-            )),
-        }
         Ok(leg)
     }
 

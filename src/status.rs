@@ -66,6 +66,9 @@ pub struct Status {
     pub verify_cursor: u64,
     pub last_full_verify_at: Option<String>,
     pub legs: Vec<LegStatus>,
+    /// The image that replaced this primary by promotion, when a leg shows one (P6); the
+    /// role is then "replaced" and the mirror unhealthy.
+    pub replaced_by: Option<String>,
 }
 
 fn t(v: u64) -> Option<String> {
@@ -98,6 +101,7 @@ pub fn collect(
     };
     let mut legs = Vec::new();
     let mut healthy = wi_regions == 0;
+    let mut replaced_by = None;
     for (i, l) in sb.legs.iter().enumerate() {
         if l.state == LegState::Empty {
             continue;
@@ -118,6 +122,12 @@ pub fn collect(
             healthy = false;
         }
         let theirs = if primary { leg_header(l) } else { None };
+        if let Some(new) = theirs
+            .as_ref()
+            .and_then(|h| crate::failover::replaced_by(sb, l, h))
+        {
+            replaced_by.get_or_insert(new);
+        }
         let relation = match &theirs {
             Some(h) if h.mirror_uuid == sb.mirror_uuid && h.image_uuid == l.image_uuid => {
                 match crate::history::relate(&sb.history, &h.history) {
@@ -160,7 +170,11 @@ pub fn collect(
         format_version: format!("{FORMAT_MAJOR}.{}", img.minor),
         mirror_uuid: uuid_str(&sb.mirror_uuid),
         image_uuid: uuid_str(&sb.image_uuid),
-        role: sb.role.as_str().to_string(),
+        role: if replaced_by.is_some() {
+            "replaced".to_string()
+        } else {
+            sb.role.as_str().to_string()
+        },
         path: path.to_string(),
         generation: sb.generation,
         created_at: format_time(sb.created_at),
@@ -173,7 +187,7 @@ pub fn collect(
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
         clean: wi_regions == 0,
-        healthy: healthy && primary,
+        healthy: healthy && primary && replaced_by.is_none(),
         superblock_warning,
         primary_path: sb.primary_location.clone(),
         in_sync_generation: sb.in_sync_generation,
@@ -191,6 +205,7 @@ pub fn collect(
             .and_then(|v| v.last_full_pass_at)
             .map(format_time),
         legs,
+        replaced_by,
     })
 }
 
@@ -206,7 +221,8 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         "image         {} ({}, {})",
         s.path, s.role, s.image_uuid
     )?;
-    if s.role != "primary" {
+    let primary = s.role == "primary" || s.role == "replaced";
+    if !primary {
         writeln!(
             out,
             "primary       {} (this image's copy of the mirror state; run status on the primary for live counts)",
@@ -223,7 +239,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         s.region_count,
         format_size(s.region_size)
     )?;
-    if s.role == "primary" {
+    if primary {
         if s.clean {
             writeln!(out, "write intent  none pending (clean)")?;
         } else {
@@ -259,7 +275,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         if !l.last_error.is_empty() && l.last_error != l.reason {
             write!(out, ", last error: {}", l.last_error)?;
         }
-        if s.role == "primary" {
+        if primary {
             match l.leg_generation {
                 Some(g) => write!(out, ", generation {g} ({})", l.generation_relation)?,
                 None => write!(out, ", generation unknown")?,
@@ -294,7 +310,12 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if !s.superblock_warning.is_empty() {
         writeln!(out, "warning       {}", s.superblock_warning)?;
     }
-    let health = if s.role != "primary" {
+    let health = if let Some(new) = &s.replaced_by {
+        format!(
+            "REPLACED: {new} was promoted to primary in this image's place; this image refuses writes. Bring it back with `mirrorctl attach {new} {}`",
+            s.path
+        )
+    } else if !primary {
         "n/a (not the primary)".to_string()
     } else if s.healthy {
         if s.secondaries == 0 {

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+/// The reason a leg carries while differences verify recorded (V1) wait for a resync.
+pub const RECORDED_REASON: &str = "verify found differences";
+
 /// Data compared under one hold of the lock.
 pub const BATCH: u64 = 256 * MIB;
 /// Data read from each leg at once: small enough that the copy from the page cache and the
@@ -98,6 +101,7 @@ pub fn run(
     warnings.append(&mut m.warnings);
     let g = m.geometry();
     let slots = slots_for(&m)?;
+
     let start = match (
         &m.sb().last_verify,
         opts.max_time.is_some() && !opts.restart,
@@ -292,7 +296,14 @@ fn compare_batch(
         }
         match m.open_leg(lv.slot) {
             Ok(d) => {
-                let pending = pending_in(m, lv.slot, &batch)?;
+                // A leg whose differences an earlier verify recorded (V1) is compared in
+                // full: what it recorded is reported again until it is repaired, so a
+                // second verify does not turn "differences" into "clean".
+                let pending = if leg.reason == RECORDED_REASON {
+                    Vec::new()
+                } else {
+                    pending_in(m, lv.slot, &batch)?
+                };
                 lv.pending_regions += pending.iter().map(|r| r.end - r.start).sum::<u64>();
                 lv.compared = true;
                 active.push((i, d, pending));
@@ -450,25 +461,19 @@ fn compare_batch(
                 }),
             }
         }
-        if repair && !confirmed.is_empty() {
+        if !confirmed.is_empty() {
             to_repair.push((slot, confirmed));
         }
     }
-    if !to_repair.is_empty() {
-        // The mismatched regions go into the leg's fracture log durably, then the ordinary
-        // resync path copies them (and clears the bits only once durable: rule S1).
-        for (slot, regions) in &to_repair {
-            for region in regions {
-                m.bitmaps
-                    .set_range(
-                        BitmapId::Fracture(SlotIdx(*slot)),
-                        *region..region + 1,
-                        true,
-                    )
-                    .map_err(|e| m.meta_err("setting a fracture log", &e))?;
-            }
-        }
-        m.flush_bitmaps()?;
+    // V1: differences found are recorded in the leg's fracture log durably (and the leg
+    // leaves in-sync) before verify reports them, so status is unhealthy until they are
+    // repaired and a plain `resync` repairs them; without it a leg known to differ stayed
+    // "in-sync" and promotable.
+    for (slot, regions) in &to_repair {
+        m.mark_out_of_sync(*slot, regions)?;
+    }
+    if repair && !to_repair.is_empty() {
+        // The ordinary resync path copies them (and clears the bits only once durable: S1).
         let slots: Vec<u32> = to_repair.iter().map(|(s, _)| *s).collect();
         let rr = m.resync(&slots, None, &crate::mirror::NoProgress)?;
         for l in rr.legs {

@@ -13,7 +13,7 @@
 use mirrorctl::device::Device;
 use mirrorctl::error::Exit;
 use mirrorctl::format::{LegState, Role};
-use mirrorctl::image::Image;
+use mirrorctl::image::{Image, ReadError};
 use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
 use mirrorctl::mirror::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
 use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
@@ -160,7 +160,8 @@ impl Template {
                     SECS[i],
                     SECS[i],
                     InitialSync::Copy,
-                    false,
+                    // The junk is to be overwritten: the admin says --force (rule D0).
+                    true,
                     false,
                 )
                 .unwrap();
@@ -370,12 +371,17 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                     Ok("skipped".into())
                 } else {
                     out.fractured.clear();
+                    // Junk (no header) is overwritten only with --force (rule D0).
+                    let junk = matches!(
+                        Image::read(Arc::new(inst.secs[*l].clone())),
+                        Err(ReadError::NotMirrorctl)
+                    );
                     let r = m.attach(
                         Arc::new(inst.secs[*l].clone()),
                         loc,
                         loc,
                         initial,
-                        false,
+                        junk,
                         false,
                     );
                     match r {
@@ -485,7 +491,13 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
         let dev = inst.opener.dev(&leg.location).clone();
         let img = Image::read(Arc::new(dev.clone()))
             .unwrap_or_else(|e| panic!("{ctx}: header of listed slot {s} unreadable: {e}"));
-        assert_eq!(img.sb.role, Role::Secondary, "{ctx}: slot {s} role");
+        // Detached: a cut inside `detach` after D1 (the image says so first); the slot is
+        // still listed and a rerun of detach frees it.
+        assert!(
+            matches!(img.sb.role, Role::Secondary | Role::Detached),
+            "{ctx}: slot {s} role {:?}",
+            img.sb.role
+        );
         assert_eq!(img.sb.image_uuid, leg.image_uuid, "{ctx}: slot {s} uuid");
         assert_eq!(img.sb.mirror_uuid, m.sb().mirror_uuid, "{ctx}: slot {s}");
         let data = data_area(&dev, &g);
@@ -582,6 +594,19 @@ fn recover_and_check(
         "{ctx}: intents after recover"
     );
     check_state(&mut m, inst, exp, false, &format!("{ctx}, after recovery"));
+    // A detach cut after D1: the admin runs it again, and it completes.
+    for s in 0..m.geometry().slots {
+        let leg = m.sb().legs[s as usize].clone();
+        if leg.state == LegState::Empty {
+            continue;
+        }
+        let img = Image::read(Arc::new(inst.opener.dev(&leg.location).clone())).unwrap();
+        if img.sb.role == Role::Detached {
+            m.detach(s)
+                .unwrap_or_else(|e| panic!("{ctx}: detach again: {e}"));
+            assert_eq!(m.sb().legs[s as usize].state, LegState::Empty, "{ctx}");
+        }
+    }
     let cands = m.resync_candidates().unwrap();
     let r = m.resync(&cands, None, &NoProgress);
     if inst.world.crashed() {

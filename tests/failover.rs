@@ -128,17 +128,25 @@ fn a_former_primary_that_returns_unaware_of_the_promotion_cannot_write_to_the_se
     let c_before = std::fs::read(fx.path("c.img")).unwrap();
     let b_before = std::fs::read(fx.path("b.img")).unwrap();
 
-    // The stale primary writes: it may keep its own data, but both other legs refuse.
+    let a_before = std::fs::read(fx.path("a.img")).unwrap();
+    // The stale primary refuses the write before writing anything (P6): every command that
+    // writes data or logs, naming the new primary and how to come back as its secondary.
     random_file(&fx.path("r.bin"), 64 * KIB, 5);
-    let o = fx.run(&["write", "a.img", "--offset", "1M", "--input", "r.bin"]);
-    assert_eq!(
-        o.code, 3,
-        "the former primary's write must leave it degraded: {o:?}"
-    );
-    assert!(o.stderr.contains("c.img"), "{o:?}");
+    for args in [
+        &["write", "a.img", "--offset", "1M", "--input", "r.bin"][..],
+        &["resync", "a.img"],
+        &["attach", "a.img", "d.img"],
+        &["verify", "a.img", "--repair"],
+    ] {
+        let o = fx.run(args);
+        assert_eq!(o.code, 2, "{args:?} on the replaced primary: {o:?}");
+        assert!(o.stderr.contains("no longer the primary"), "{o:?}");
+        assert!(o.stderr.contains("mirrorctl attach b.img"), "{o:?}");
+    }
+    assert!(!fx.path("d.img").exists(), "attach created its secondary");
     assert!(
-        o.stderr.contains("follows another primary"),
-        "says why c.img is refused: {o:?}"
+        std::fs::read(fx.path("a.img")).unwrap() == a_before,
+        "the replaced primary changed"
     );
     assert!(
         std::fs::read(fx.path("c.img")).unwrap() == c_before,
@@ -149,10 +157,15 @@ fn a_former_primary_that_returns_unaware_of_the_promotion_cannot_write_to_the_se
         "the former primary wrote to the new primary"
     );
     let s = status_of(&fx, "a.img");
-    for n in ["b.img", "c.img"] {
-        let l = leg_named(&s, n);
-        assert_eq!(l["state"], "fractured-by-error", "{l:#}");
-    }
+    assert_eq!(s["role"], "replaced", "{s:#}");
+    assert_eq!(s["healthy"], false, "{s:#}");
+    assert!(
+        s["replaced_by"].as_str().unwrap().ends_with("b.img"),
+        "{s:#}"
+    );
+    let o = fx.run(&["status", "a.img", "--check"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(o.stdout.contains("REPLACED"), "{o:?}");
     // The new primary keeps c.img as its leg and brings it up to date.
     write_region(&fx, "b.img", 40, 6);
     let o = fx.run(&["resync", "b.img", "c.img"]);
@@ -216,14 +229,18 @@ fn split_brain_is_refused_by_every_mixing_command_and_the_discard_flag_copies_th
     write_region(&fx, "b.img", 100, 2);
     std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
     let b_before = std::fs::read(fx.path("b.img")).unwrap();
-    // The old primary still believes it is primary and writes: the promoted image is
-    // never written by it (it is fractured instead).
+    // The old primary still believes it is primary and, while it cannot see b.img (P6
+    // needs a reachable leg), writes: b.img is fractured there instead.
+    std::fs::rename(fx.path("b.img"), fx.path("b.away")).unwrap();
     assert_eq!(write_region(&fx, "a.img", 200, 3), 3);
     write_region(&fx, "a.img", 201, 4);
+    std::fs::rename(fx.path("b.away"), fx.path("b.img")).unwrap();
     let a_status = status_of(&fx, "a.img");
     assert_eq!(leg_named(&a_status, "b.img")["state"], "fractured-by-error");
+    assert_eq!(a_status["role"], "replaced", "{a_status:#}");
+    // With b.img back in sight it refuses to write to it.
     let o = fx.run(&["resync", "a.img"]);
-    assert_eq!(o.code, 3, "{o:?}");
+    assert_eq!(o.code, 2, "{o:?}");
     let b_now = std::fs::read(fx.path("b.img")).unwrap();
     assert!(
         b_now[1 << 20..] == b_before[1 << 20..],
