@@ -1356,10 +1356,11 @@ impl Mirror {
                     // in sync.
                     if leg.canonical != canonical && self.location_holds(&leg) {
                         return Err(Error::usage(format!(
-                            "{location} carries the identity (image {}) of slot {s}, which {} still holds: it is a byte copy of an attached secondary, and two images with one identity cannot both be legs. To replace slot {s} with it, detach the slot first (`mirrorctl detach {} {s}`); to add it as a new secondary, detach the slot or attach a blank image",
+                            "{location} carries the identity (image {}) of slot {s}, which {} still holds: it is a byte copy of an attached secondary, and two images with one identity cannot both be legs. To put it in slot {s}'s place, detach the slot first (`mirrorctl detach {} {s}`) or move {} away; to add another secondary, attach a blank image",
                             uuid_str(&img.sb.image_uuid),
                             leg.open_path(),
-                            self.name
+                            self.name,
+                            leg.location
                         )));
                     }
                     reattach_slot = Some(s as u32);
@@ -1594,8 +1595,14 @@ impl Mirror {
                 f.what, f.offset, g.data_offset
             )));
         }
+        // --compare keeps the data area only: offered when what was found lies there.
+        let compare = if f.signature && f.offset < g.data_offset {
+            ""
+        } else {
+            ", or --compare if it is a copy of this mirror's data to keep (only what differs is written)"
+        };
         Err(Error::usage(format!(
-            "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use --force to overwrite it, or --compare to keep it and write only what differs from the primary",
+            "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use --force to overwrite it{compare}",
             f.what, f.offset
         )))
     }

@@ -254,6 +254,24 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
         .sb()
         .slot_of_uuid(&p.sb.image_uuid)
         .is_some_and(|s| m.sb().legs[s].state.receives_writes());
+    if p.sb.role == Role::Primary {
+        // P6: the old primary still says primary, and refuses every change.
+        let old = devs
+            .open(P, &opener)
+            .unwrap_or_else(|e| panic!("{ctx}: opening the old primary: {e}"));
+        let e = old.refuse_if_replaced().expect_err(&format!(
+            "{ctx}: the old primary does not know it was replaced"
+        ));
+        assert!(
+            e.to_string().contains("no longer the primary"),
+            "{ctx}: {e}"
+        );
+        // P7: a rerun of promote finds the unfinished demotion (`finish_promotion`).
+        let (slot, leg) = m
+            .unfinished_demotion()
+            .unwrap_or_else(|| panic!("{ctx}: the new primary finds nothing to finish"));
+        assert_eq!(leg.location, P, "{ctx}: slot {slot}");
+    }
     if p.sb.role == Role::Primary || !p_is_leg {
         m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
             .unwrap_or_else(|e| panic!("{ctx}: re-attaching the old primary: {e}"));
