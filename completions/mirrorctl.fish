@@ -45,7 +45,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-si
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l max-secondaries -d 'Number of secondary slots (1 to 32)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l force -d 'Overwrite an existing mirrorctl header or other data in the metadata area, and grow a regular file that is too small for --size'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l force -d 'Overwrite an existing mirrorctl header, a filesystem or other signature (named in the refusal and again in a note when forced), or other data in the metadata area, and grow a regular file that is too small for --size'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l json -d 'Print the result as JSON'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s h -l help -d 'Print help'
@@ -60,15 +60,15 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-clean -d 'Declare the secondary identical to the primary already: copy nothing'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that belongs to another mirror or holds an unreadable header'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l compare -d 'Initial sync reads the secondary too and writes only the 64 KiB blocks that differ: for a secondary that already holds most of the data (a shipped copy, an old replica attached with --force)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition table signature (named in the refusal), any data in its first or last MiB, any allocated extent of a file, another mirror\'s header or an unreadable one'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l compare -d 'Initial sync reads the secondary too and writes only the 64 KiB blocks that differ: for a secondary that already holds most of the data (a shipped copy, an old replica). Its data area is kept, so data there needs no --force; a re-attached image is compared in full'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-secondary-changes -d 'Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep PRIMARY\'s data and overwrite SECONDARY\'s changes (only the regions either side changed are copied)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write at most this many bytes (the input must hold at least that many)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write exactly this many bytes: a shorter input is exit 2 after writing (durably, mirrored) what came, and the message says how much' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
@@ -108,7 +108,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l hel
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run (via the fracture log)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run. Without it they are recorded in the leg\'s fracture log (the mirror is degraded until `resync` copies them)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l json -d 'Print a JSON document with every mismatched range'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'

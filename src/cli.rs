@@ -116,8 +116,9 @@ pub struct CreateArgs {
     /// Number of secondary slots (1 to 32).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_secondaries: u32,
-    /// Overwrite an existing mirrorctl header or other data in the metadata area, and grow a
-    /// regular file that is too small for --size.
+    /// Overwrite an existing mirrorctl header, a filesystem or other signature (named in the
+    /// refusal and again in a note when forced), or other data in the metadata area, and grow
+    /// a regular file that is too small for --size.
     #[arg(long)]
     pub force: bool,
     /// Print the result as JSON.
@@ -149,15 +150,18 @@ pub struct AttachArgs {
     /// Declare the secondary identical to the primary already: copy nothing.
     #[arg(long)]
     pub assume_clean: bool,
-    /// Overwrite a secondary that belongs to another mirror or holds an unreadable header.
+    /// Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition
+    /// table signature (named in the refusal), any data in its first or last MiB, any
+    /// allocated extent of a file, another mirror's header or an unreadable one.
     #[arg(long)]
     pub force: bool,
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
     #[arg(long, value_name = "SIZE/s")]
     pub rate: Option<String>,
     /// Initial sync reads the secondary too and writes only the 64 KiB blocks that differ:
-    /// for a secondary that already holds most of the data (a shipped copy, an old replica
-    /// attached with --force).
+    /// for a secondary that already holds most of the data (a shipped copy, an old replica).
+    /// Its data area is kept, so data there needs no --force; a re-attached image is compared
+    /// in full.
     #[arg(long, conflicts_with_all = ["no_sync", "assume_clean"])]
     pub compare: bool,
     /// Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep
@@ -220,7 +224,8 @@ pub struct WriteArgs {
     /// Read from FILE instead of stdin (`-` is stdin).
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Write at most this many bytes (the input must hold at least that many).
+    /// Write exactly this many bytes: a shorter input is exit 2 after writing (durably,
+    /// mirrored) what came, and the message says how much.
     #[arg(long, value_name = "SIZE")]
     pub length: Option<String>,
     /// When legs are made durable: end, always, or every=SIZE. Exit 0 always means every
@@ -288,7 +293,8 @@ pub struct VerifyArgs {
     /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg
     /// (fractured legs are reported, not compared).
     pub secondaries: Vec<String>,
-    /// Copy mismatched regions from the primary in the same run (via the fracture log).
+    /// Copy mismatched regions from the primary in the same run. Without it they are recorded
+    /// in the leg's fracture log (the mirror is degraded until `resync` copies them).
     #[arg(long)]
     pub repair: bool,
     /// Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time

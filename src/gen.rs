@@ -1347,8 +1347,9 @@ fn format_page() -> String {
     r.sh("BITMAPS");
     r.para(
         "Each bitmap has one bit per region: region r is bit r mod 8 (the least significant \
-         bit first) of byte floor(r / 8) of the bitmap. Bits for r >= region_count are zero. \
-         A set bit marks the region; a clear bit means nothing is pending for it. The bitmaps \
+         bit first) of byte floor(r / 8) of the bitmap. Bits for r >= region_count name no \
+         region: they are written as zero, never counted or read as pending when set (a stray \
+         write, an old tool), and cleared when their page next changes (rule B1). A set bit marks the region; a clear bit means nothing is pending for it. The bitmaps \
          are kept by the primary; every image reserves the area so that a secondary can be \
          promoted.",
     );

@@ -2,7 +2,8 @@
 //! over [`Device`]s, with the ordering rules that keep the write-intent and fracture logs
 //! exact. Paths, locks and output formatting live in `commands`; this module sees devices.
 //!
-//! Durability rules (referenced as W1..W6, R1..R3, S1..S3, A1..A3 at the code that keeps them):
+//! Durability rules (referenced as W1..W6, R1..R3, S1..S3, A1..A4, D0..D2 at the code that
+//! keeps them):
 //! - W1 A region's write-intent bit is durable before any leg is written in that region.
 //! - W2 A write-intent bit is cleared only after the data written in its region is durable on
 //!   every leg that receives writes.
@@ -23,7 +24,14 @@
 //! - A1 A new secondary's header is durable before the primary lists it.
 //! - A2 A free slot's fracture log is reset and the initial log set durably before the slot
 //!   is recorded in the superblock.
-//! - A3 A re-attached image (same mirror and image UUID) keeps its fracture log.
+//! - A3 A re-attached image (same mirror and image UUID) keeps its fracture log; with
+//!   `--compare` every region is logged too, so what it holds is read, never assumed.
+//! - A4 One image UUID, one leg: an image carrying the UUID of a slot whose recorded location
+//!   still holds that image (a byte copy) is refused; otherwise writes would silently stop
+//!   reaching the original while the copy was called in sync.
+//! - D0 (probe.rs) A secondary without a header is overwritten only if it holds nothing or
+//!   with --force. D1, D2 (`detach`): the image says detached before the slot is freed, and
+//!   the slot's log is cleared only after.
 
 use crate::bitmap::Bitmaps;
 use crate::device::Device;

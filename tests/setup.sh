@@ -11,6 +11,17 @@ command -v python3 >/dev/null || need+=(python3)
 command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v b3sum >/dev/null || need+=(b3sum)
+# Real formatted images for the attach/create refusals (tests/safety.rs).
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+command -v sgdisk >/dev/null || need+=(gdisk)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v blkid >/dev/null || need+=(util-linux)
+command -v mkswap >/dev/null || need+=(util-linux)
+command -v mkfifo >/dev/null || need+=(coreutils)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2
