@@ -446,19 +446,35 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn an_unknown_major_version_is_named_in_the_error() {
-        let sb = sample(1);
-        let mut buf = encode_copy(&sb, 1).unwrap();
-        buf[8..10].copy_from_slice(&2u16.to_le_bytes());
-        buf[10..12].copy_from_slice(&5u16.to_le_bytes());
+    /// A valid copy of a sample superblock claiming format version `major.minor`.
+    fn copy_with_version(major: u16, minor: u16) -> Vec<u8> {
+        let mut buf = encode_copy(&sample(1), 1).unwrap();
+        buf[8..10].copy_from_slice(&major.to_le_bytes());
+        buf[10..12].copy_from_slice(&minor.to_le_bytes());
         let payload_len = peek_len(&buf).unwrap() - COPY_HEADER_LEN;
         let sum = checksum(&buf[0..32], &buf[64..64 + payload_len]);
         buf[32..64].copy_from_slice(&sum);
-        let err = decode_copy(&buf).unwrap_err();
+        buf
+    }
+
+    #[test]
+    fn an_unknown_major_version_is_named_in_the_error() {
+        let err = decode_copy(&copy_with_version(2, 5)).unwrap_err();
         assert_eq!(err, CopyError::UnknownMajor { major: 2, minor: 5 });
         let msg = err.to_string();
         assert!(msg.contains("2.5") && msg.contains("1.x"), "{msg}");
+    }
+
+    #[test]
+    fn a_version_before_1_0_is_called_corrupt_never_a_reason_to_upgrade() {
+        let msg = decode_copy(&copy_with_version(0, 9))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("0.9") && msg.contains("never written"),
+            "{msg}"
+        );
+        assert!(!msg.contains("upgrade"), "{msg}");
     }
 
     #[test]

@@ -101,7 +101,12 @@ fn damaged_metadata_never_panics_hangs_or_changes_anything_when_refused() {
     let mut rng = Rng::new(42);
     let mut runs = 0;
     let mut by_code = [0u32; 6];
-    for case in 0..30 {
+    // MIRRORCTL_FUZZ_CASES=N runs more damage cases (30 in the suite).
+    let cases: u64 = std::env::var("MIRRORCTL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    for case in 0..cases {
         let how = match case % 4 {
             0 => Damage::Flips(1),
             1 => Damage::Flips(1 + (rng.next() % 16) as u32),

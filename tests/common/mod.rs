@@ -247,7 +247,8 @@ pub fn require_root(what: &str) {
     );
 }
 
-fn sh(cmd: &str, args: &[&str]) -> String {
+/// Runs a program that must succeed; returns its stdout, trimmed.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd)
         .args(args)
         .output()
