@@ -437,10 +437,7 @@ impl Mirror {
             if leg.state == LegState::Empty {
                 continue;
             }
-            let Ok(dev) = self.opener.open(leg.open_path()) else {
-                continue;
-            };
-            let Ok(theirs) = Image::read(dev) else {
+            let Some(theirs) = self.leg_header(leg) else {
                 continue;
             };
             if let Some(new) = crate::failover::replaced_by(self.sb(), leg, &theirs.sb) {
@@ -477,10 +474,7 @@ impl Mirror {
             {
                 continue;
             }
-            let Ok(dev) = self.opener.open(leg.open_path()) else {
-                continue;
-            };
-            let Ok(theirs) = Image::read(dev) else {
+            let Some(theirs) = self.leg_header(leg) else {
                 continue;
             };
             let same = theirs.sb.mirror_uuid == self.sb().mirror_uuid
@@ -1574,11 +1568,15 @@ impl Mirror {
     /// Whether a leg's recorded location still holds the leg's image (its header names
     /// this mirror and the slot's image UUID).
     fn location_holds(&self, leg: &Leg) -> bool {
-        match self.opener.open(leg.open_path()) {
-            Ok(d) => matches!(Image::read(d), Ok(i) if i.sb.mirror_uuid == self.sb().mirror_uuid
-                && i.sb.image_uuid == leg.image_uuid),
-            Err(_) => false,
-        }
+        self.leg_header(leg).is_some_and(|i| {
+            i.sb.mirror_uuid == self.sb().mirror_uuid && i.sb.image_uuid == leg.image_uuid
+        })
+    }
+
+    /// The header at a leg's recorded location, if it can be opened and read (no checks).
+    fn leg_header(&self, leg: &Leg) -> Option<Image> {
+        let dev = self.opener.open(leg.open_path()).ok()?;
+        Image::read(dev).ok()
     }
 
     /// D0 (probe.rs): a secondary without a mirrorctl header is overwritten only when it
