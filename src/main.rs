@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() {
-    mirrorctl::commands::install_sigbus_handler();
+    mirrorctl::cli::commands::install_sigbus_handler();
     let cli = match mirrorctl::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -12,7 +12,7 @@ fn main() {
         }
     };
     let json = cli.command.json();
-    match mirrorctl::commands::run(cli) {
+    match mirrorctl::cli::commands::run(cli) {
         Ok(exit) => std::process::exit(exit.code()),
         // The reader went away (`mirrorctl read ... | head`): what it wanted it got.
         Err(e) if e.broken_pipe => std::process::exit(0),

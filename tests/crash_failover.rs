@@ -1,4 +1,4 @@
-//! Crash safety of failover on the storage model of `mirrorctl::sim` (issue 7): power is cut
+//! Crash safety of failover on the storage model of `mirrorctl::device::sim` (issue 7): power is cut
 //! at every sync point of a promotion (planned: the old primary reachable and demoted on
 //! the spot; unplanned: the old primary gone) and the take-over of the other secondary's
 //! header (P5), followed by a write on the new primary and
@@ -10,13 +10,13 @@
 //! is not a leg yet, recover, resync) and it must converge: every header readable, the
 //! promoted image the only primary, the acknowledged write present, every leg equal to it.
 
+use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
-use mirrorctl::failover::promote;
+use mirrorctl::engine::failover::promote;
+use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress};
+use mirrorctl::format::layout::Geometry;
 use mirrorctl::format::{LegState, Role};
-use mirrorctl::image::Image;
-use mirrorctl::layout::Geometry;
-use mirrorctl::mirror::{FlushPolicy, InitialSync, Mirror, NoProgress};
-use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
+use mirrorctl::meta::image::Image;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -348,7 +348,7 @@ fn an_unplanned_promotion_and_the_old_primarys_return_survive_a_power_cut_at_eve
 /// Opens like a command that only reads (`mirrorctl read`).
 struct ReadOnly(Arc<SimOpener>);
 
-impl mirrorctl::mirror::Opener for ReadOnly {
+impl mirrorctl::engine::Opener for ReadOnly {
     fn open(&self, location: &str) -> std::io::Result<Arc<dyn Device>> {
         self.0.open(location)
     }
@@ -371,7 +371,7 @@ fn a_command_that_only_reads_uses_a_secondary_still_naming_the_former_primary_wi
         Image::read(Arc::new(devs.dev(S1))).unwrap().sb.primary_uuid,
         p_uuid
     );
-    let ro: Arc<dyn mirrorctl::mirror::Opener> = Arc::new(ReadOnly(opener.clone()));
+    let ro: Arc<dyn mirrorctl::engine::Opener> = Arc::new(ReadOnly(opener.clone()));
     let mut m = Mirror::open(Arc::new(devs.dev(S0)), S0, ro, false).unwrap();
     // The bitmaps were read while s0 still worked (the model pages them in on first use;
     // a real primary maps them); then its data fails, and p is out of reach.

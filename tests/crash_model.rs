@@ -1,4 +1,4 @@
-//! Crash-safety tests on the storage model of `mirrorctl::sim`.
+//! Crash-safety tests on the storage model of `mirrorctl::device::sim`.
 //!
 //! A mirror lives on simulated devices that keep a durable and a live image. Each scenario
 //! is first run without a crash to count its sync points N; then, for every k in 0..N and
@@ -10,13 +10,13 @@
 //! fracture logs alone cover every difference) and after a resync (every leg equal to the
 //! primary, in sync, with an empty fracture log).
 
+use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
+use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
 use mirrorctl::error::Exit;
+use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
 use mirrorctl::format::{LegState, Role};
-use mirrorctl::image::{Image, ReadError};
-use mirrorctl::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
-use mirrorctl::mirror::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
-use mirrorctl::sim::{pattern, Rng, SimDevice, SimOpener, World};
+use mirrorctl::meta::image::{Image, ReadError};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use std::collections::BTreeSet;

@@ -12,11 +12,11 @@
 mod common;
 
 use common::*;
+use mirrorctl::format::layout::{Geometry, SB_OFFSETS};
 use mirrorctl::format::{
     decode_copy, encode_copy, HistoryEntry, Leg, LegState, RecoveryRecord, ResyncRecord, Role,
     Superblock, VerifyRecord, FORMAT_MAJOR,
 };
-use mirrorctl::layout::{Geometry, SB_OFFSETS};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;

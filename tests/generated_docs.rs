@@ -1,7 +1,7 @@
 //! The man pages and shell completions checked in under man/ and completions/ must be exactly
 //! what `mirrorctl generate` produces from the current CLI definitions and format constants.
 
-use mirrorctl::{format, layout};
+use mirrorctl::format::{self, layout};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 }
 
 fn generated() -> Vec<(PathBuf, Vec<u8>)> {
-    mirrorctl::gen::render_all()
+    mirrorctl::cli::doc::render_all()
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -145,7 +145,7 @@ fn the_top_level_page_has_exit_status_and_refers_to_every_page() {
 fn generate_writes_the_selected_files_under_the_output_directory() {
     use mirrorctl::cli::GenerateWhat;
     let dir = tempfile::tempdir().unwrap();
-    let all = mirrorctl::gen::generate(dir.path(), GenerateWhat::All).unwrap();
+    let all = mirrorctl::cli::doc::generate(dir.path(), GenerateWhat::All).unwrap();
     let want: Vec<PathBuf> = generated()
         .into_iter()
         .map(|(p, _)| dir.path().join(p))
@@ -154,9 +154,9 @@ fn generate_writes_the_selected_files_under_the_output_directory() {
     for (rel, contents) in generated() {
         assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), contents);
     }
-    let man = mirrorctl::gen::generate(dir.path(), GenerateWhat::Man).unwrap();
+    let man = mirrorctl::cli::doc::generate(dir.path(), GenerateWhat::Man).unwrap();
     assert!(!man.is_empty() && man.iter().all(|p| p.starts_with(dir.path().join("man"))));
-    let comp = mirrorctl::gen::generate(dir.path(), GenerateWhat::Completions).unwrap();
+    let comp = mirrorctl::cli::doc::generate(dir.path(), GenerateWhat::Completions).unwrap();
     assert_eq!(comp.len(), 3);
     assert!(comp
         .iter()

@@ -2,8 +2,8 @@
 //! alternately so that a torn write always leaves the previous copy intact.
 
 use crate::device::Device;
+use crate::format::layout::{Geometry, SB_COPY_SIZE, SB_OFFSETS};
 use crate::format::{self, CopyError, Leg, Role, Superblock};
-use crate::layout::{Geometry, SB_COPY_SIZE, SB_OFFSETS};
 use std::io;
 use std::sync::Arc;
 
@@ -111,9 +111,9 @@ impl Image {
     /// an empty leg table, cleared bitmaps, generation 1 ("created"). The data area is left
     /// as it is.
     pub fn create_primary(dev: Arc<dyn Device>, g: Geometry, now: u64) -> io::Result<Image> {
-        let image_uuid = crate::mirror::new_uuid();
+        let image_uuid = crate::engine::new_uuid();
         let mut sb = Superblock {
-            mirror_uuid: crate::mirror::new_uuid(),
+            mirror_uuid: crate::engine::new_uuid(),
             image_uuid,
             role: Role::Primary,
             generation: 0,

@@ -29,14 +29,15 @@
 //!   A crash at any point leaves either nothing changed, or a new primary and a former one
 //!   that refuses writes (P6) and names the command that finishes the promotion.
 
-use crate::bitmap::Bitmaps;
 use crate::device::Device;
+use crate::engine::{read_error, uuid_str, Mirror};
 use crate::error::{Error, Result};
+use crate::format::history::{relate, Relation};
+use crate::format::layout::{BitmapId, SlotIdx};
+use crate::format::ranges::union;
 use crate::format::{cut, Leg, LegState, Role, Superblock, MAX_TEXT};
-use crate::history::{relate, Relation};
-use crate::image::Image;
-use crate::layout::{BitmapId, SlotIdx};
-use crate::mirror::{read_error, union, uuid_str, Mirror};
+use crate::meta::bitmaps::Bitmaps;
+use crate::meta::image::Image;
 use crate::units::{format_size, format_time, now_unix};
 use std::ops::Range;
 use std::sync::Arc;

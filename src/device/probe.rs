@@ -9,7 +9,7 @@
 //! what it found. Without it `attach` over a formatted disk destroys a filesystem silently.
 
 use crate::device::Device;
-use crate::layout::{KIB, MIB};
+use crate::format::layout::{KIB, MIB};
 use std::io;
 
 /// Something found on an image: what it is ("an ext4 filesystem labelled 'precious'") and

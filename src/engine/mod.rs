@@ -33,15 +33,20 @@
 //!   with --force. D1, D2 (`detach`): the image says detached before the slot is freed, and
 //!   the slot's log is cleared only after.
 
-use crate::bitmap::Bitmaps;
+pub mod failover;
+pub mod status;
+pub mod verify;
+
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::format::history::{relate, Relation};
+use crate::format::layout::{BitmapId, Geometry, SlotIdx, MIB};
+use crate::format::ranges::union;
 use crate::format::{
     self, cut, Leg, LegState, RecoveryRecord, ResyncRecord, Role, Superblock, Uuid,
 };
-use crate::history::{relate, Relation};
-use crate::image::{Image, ReadError};
-use crate::layout::{BitmapId, Geometry, SlotIdx, MIB};
+use crate::meta::bitmaps::Bitmaps;
+use crate::meta::image::{Image, ReadError};
 use crate::units::now_unix;
 use std::io::{self, Read};
 use std::ops::Range;
@@ -115,7 +120,7 @@ pub fn new_uuid() -> Uuid {
 /// be a destroyed mirrorctl header, and `create` would make it worse.
 pub fn read_error(name: &str, e: ReadError, dev: &dyn Device) -> Error {
     match e {
-        ReadError::NotMirrorctl => match crate::probe::holds_data(dev) {
+        ReadError::NotMirrorctl => match crate::device::probe::holds_data(dev) {
             Ok(None) => Error::usage(format!(
                 "opening {name}: not a mirrorctl image (no header); create one with `mirrorctl create`"
             )),
@@ -285,8 +290,8 @@ impl Mirror {
         if let Some((i, e)) = &image.damaged {
             warnings.push(format!(
                 "warning: superblock copy {} of {name} is damaged ({e}); using copy {}, the damaged copy is rewritten on the next change",
-                crate::image::copy_name(*i),
-                crate::image::copy_name(1 - *i)
+                crate::meta::image::copy_name(*i),
+                crate::meta::image::copy_name(1 - *i)
             ));
         }
         let geom = image.sb.geometry;
@@ -440,7 +445,7 @@ impl Mirror {
             let Some(theirs) = self.leg_header(leg) else {
                 continue;
             };
-            if let Some(new) = crate::failover::replaced_by(self.sb(), leg, &theirs.sb) {
+            if let Some(new) = crate::engine::failover::replaced_by(self.sb(), leg, &theirs.sb) {
                 let how = if theirs.sb.role == Role::Primary {
                     format!(
                         "its secondary slot {s} ({}) was promoted to primary",
@@ -470,7 +475,9 @@ impl Mirror {
     pub fn unfinished_demotion(&self) -> Option<(u32, Leg)> {
         for (s, leg) in self.sb().legs.iter().enumerate() {
             if leg.state != LegState::FracturedByError
-                || !leg.reason.starts_with(crate::failover::REPLACED_REASON)
+                || !leg
+                    .reason
+                    .starts_with(crate::engine::failover::REPLACED_REASON)
             {
                 continue;
             }
@@ -565,7 +572,7 @@ impl Mirror {
             let l = &mut self.image.sb.legs[slot as usize];
             l.state = LegState::Syncing;
             l.state_changed_at = now;
-            l.reason = crate::verify::RECORDED_REASON.to_string();
+            l.reason = crate::engine::verify::RECORDED_REASON.to_string();
             self.commit()?;
             self.refresh_headers(&[slot]);
         }
@@ -1399,7 +1406,7 @@ impl Mirror {
             let img = existing.as_ref().ok().unwrap();
             if img.sb.role == Role::Primary {
                 // A former primary returning (or the other side of a split brain).
-                let theirs = crate::failover::returning_primary_regions(
+                let theirs = crate::engine::failover::returning_primary_regions(
                     self.sb(),
                     &self.name,
                     img,
@@ -1589,7 +1596,7 @@ impl Mirror {
         initial: InitialSync,
     ) -> Result<()> {
         let g = self.geometry();
-        let found = crate::probe::holds_data(dev)
+        let found = crate::device::probe::holds_data(dev)
             .map_err(|e| Error::degraded(format!("reading secondary {location}: {e}")))?;
         let Some(f) = found else { return Ok(()) };
         if initial != InitialSync::Copy {
@@ -2023,39 +2030,12 @@ fn copy_leg(
     }
 }
 
-/// Union of two sorted lists of ranges, merged and sorted.
-pub fn union(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
-    let mut all: Vec<Range<u64>> = a
-        .iter()
-        .chain(b.iter())
-        .filter(|r| !r.is_empty())
-        .cloned()
-        .collect();
-    all.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for r in all {
-        match out.last_mut() {
-            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn union_merges_overlapping_and_touching_ranges() {
-        assert_eq!(
-            union(&[0..2, 5..7], &[1..3, 7..8, 10..10]),
-            vec![0..3, 5..8]
-        );
-        assert_eq!(union(&[], &[]), Vec::<Range<u64>>::new());
-    }
+    use crate::device::sim::{SimDevice, World};
     use crate::format::Leg;
-    use crate::sim::{SimDevice, World};
     use std::collections::HashMap;
 
     struct Legs(HashMap<String, SimDevice>);

@@ -2,7 +2,7 @@
 //! and injectable write failures (EIO, ENOSPC) in the spirit of crucible's failure queue.
 
 use crate::device::Device;
-use crate::mirror::Opener;
+use crate::engine::Opener;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,10 @@
 //! The device trait every image access goes through, and its implementation for files and
 //! block devices.
 
+pub mod nbd;
+pub mod probe;
+pub mod sim;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;

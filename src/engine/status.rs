@@ -1,12 +1,13 @@
 //! The status report: one structure rendered as text for people and as JSON with stable,
 //! flat field names for scripts (documented in the README).
 
-use crate::bitmap::Bitmaps;
+use crate::engine::uuid_str;
 use crate::error::{Error, Result};
+use crate::format::layout::{BitmapId, SlotIdx};
+use crate::format::ranges::union;
 use crate::format::{LegState, Role, FORMAT_MAJOR};
-use crate::image::Image;
-use crate::layout::{BitmapId, SlotIdx};
-use crate::mirror::{union, uuid_str};
+use crate::meta::bitmaps::Bitmaps;
+use crate::meta::image::Image;
 use crate::units::{format_size, format_time};
 use serde::Serialize;
 use std::io::Write;
@@ -124,15 +125,17 @@ pub fn collect(
         let theirs = if primary { leg_header(l) } else { None };
         if let Some(new) = theirs
             .as_ref()
-            .and_then(|h| crate::failover::replaced_by(sb, l, h))
+            .and_then(|h| crate::engine::failover::replaced_by(sb, l, h))
         {
             replaced_by.get_or_insert(new);
         }
         let relation = match &theirs {
             Some(h) if h.mirror_uuid == sb.mirror_uuid && h.image_uuid == l.image_uuid => {
-                match crate::history::relate(&sb.history, &h.history) {
+                match crate::format::history::relate(&sb.history, &h.history) {
                     // Same generations, but its header says it stopped being current then.
-                    crate::history::Relation::Same if h.in_sync_generation != h.generation => {
+                    crate::format::history::Relation::Same
+                        if h.in_sync_generation != h.generation =>
+                    {
                         "behind".to_string()
                     }
                     r => r.as_str().to_string(),
@@ -161,8 +164,8 @@ pub fn collect(
     let superblock_warning = match &img.damaged {
         Some((i, e)) => format!(
             "superblock copy {} is damaged ({e}); copy {} is in use",
-            crate::image::copy_name(*i),
-            crate::image::copy_name(1 - *i)
+            crate::meta::image::copy_name(*i),
+            crate::meta::image::copy_name(1 - *i)
         ),
         None => String::new(),
     };

@@ -3,14 +3,14 @@
 //!
 //! Everything written here comes from code: the section 1 pages from [`Cli`] (via
 //! `clap_mangen`), the completions via `clap_complete`, and `mirrorctl-format(5)` from the
-//! constants of [`crate::layout`] and [`crate::format`] plus a schema of the superblock
+//! constants of [`crate::format::layout`] and [`crate::format`] plus a schema of the superblock
 //! payload (`SUPERBLOCK`) that the unit tests below check against the real encoder, so the
 //! page cannot drift from the code. Output is deterministic (no dates).
 //! `tests/generated_docs.rs` fails when the checked-in files differ from [`render_all`].
 
 use crate::cli::{Cli, GenerateWhat};
+use crate::format::layout::{self, Geometry};
 use crate::format::{self, LegState, Role};
-use crate::layout::{self, Geometry};
 use clap::CommandFactory;
 use clap_complete::aot::{Generator, Shell};
 use std::io;

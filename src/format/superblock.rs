@@ -7,7 +7,7 @@
 //! enums are a u32 variant index then the fields. Newer minor versions only append fields
 //! to the end of [`Superblock`]; a reader ignores trailing payload bytes it does not know.
 
-use crate::layout::{Geometry, SB_COPY_SIZE};
+use crate::format::layout::{Geometry, SB_COPY_SIZE};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"MRRCTLSB";
@@ -371,7 +371,7 @@ pub fn choose(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::layout::SlotIdx;
+    use crate::format::layout::SlotIdx;
 
     pub fn sample(slots: u32) -> Superblock {
         let g = Geometry::for_data_size(1 << 30, 64 * 1024, slots).unwrap();

@@ -7,10 +7,11 @@
 //! so a region is never compared while a write to it is in flight.
 
 use crate::device::Device;
+use crate::engine::{Mirror, Progress};
 use crate::error::{Exit, Result};
+use crate::format::layout::{BitmapId, Geometry, SlotIdx, MIB};
+use crate::format::ranges::union;
 use crate::format::{LegState, VerifyRecord};
-use crate::layout::{BitmapId, Geometry, SlotIdx, MIB};
-use crate::mirror::{union, Mirror, Progress};
 use crate::units::now_unix;
 use serde::Serialize;
 use std::ops::Range;
@@ -429,7 +430,7 @@ fn compare_batch(
         };
         let mut confirmed = Vec::new();
         for region in regions {
-            let b = g.region_bytes(crate::layout::RegionIdx(region));
+            let b = g.region_bytes(crate::format::layout::RegionIdx(region));
             let n = (b.end - b.start) as usize;
             let (mut pa, mut pb) = (vec![0u8; n], vec![0u8; n]);
             primary
@@ -445,7 +446,7 @@ fn compare_batch(
         }
         let lv = &mut legs[i];
         for region in &confirmed {
-            let b = g.region_bytes(crate::layout::RegionIdx(*region));
+            let b = g.region_bytes(crate::format::layout::RegionIdx(*region));
             lv.mismatched_regions += 1;
             lv.mismatched_bytes += b.end - b.start;
             match lv.mismatches.last_mut() {
@@ -475,7 +476,7 @@ fn compare_batch(
     if repair && !to_repair.is_empty() {
         // The ordinary resync path copies them (and clears the bits only once durable: S1).
         let slots: Vec<u32> = to_repair.iter().map(|(s, _)| *s).collect();
-        let rr = m.resync(&slots, None, &crate::mirror::NoProgress)?;
+        let rr = m.resync(&slots, None, &crate::engine::NoProgress)?;
         for l in rr.legs {
             let lv = legs.iter_mut().find(|x| x.slot == l.slot).unwrap();
             match l.error {

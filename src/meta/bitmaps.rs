@@ -10,7 +10,7 @@
 //! stays degraded ("not closed cleanly") forever.
 
 use crate::device::Device;
-use crate::layout::{BitmapId, Geometry, PAGE};
+use crate::format::layout::{BitmapId, Geometry, PAGE};
 use bitvec::prelude::*;
 use memmap2::{MmapMut, MmapOptions};
 use std::collections::{BTreeSet, HashMap};
@@ -367,8 +367,8 @@ impl Bitmaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::SlotIdx;
-    use crate::sim::{Rng, SimDevice, World};
+    use crate::device::sim::{Rng, SimDevice, World};
+    use crate::format::layout::SlotIdx;
     use std::collections::BTreeSet as Set;
 
     fn setup(regions: u64) -> (SimDevice, Bitmaps) {

@@ -1,6 +1,9 @@
 //! Command-line definitions (clap). The man pages and shell completions are generated from
 //! these by the hidden `generate` subcommand.
 
+pub mod commands;
+pub mod doc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 

@@ -1,17 +1,17 @@
 //! Subcommands: paths, locking, opening images, progress bars and output. The mirror logic
 //! itself lives in `mirror`.
 
-use crate::bitmap::Bitmaps;
 use crate::cli::{self, Cli, Command};
+use crate::device::nbd::{self, NbdDevice, NbdUri};
 use crate::device::{identity, Device, FileDevice};
+use crate::engine::status;
+use crate::engine::{self, FlushPolicy, Mirror, Opener, Progress};
 use crate::error::{Error, Exit, Result};
+use crate::format::layout::Geometry;
 use crate::format::{Leg, LegState, Role, Superblock};
-use crate::image::{Image, ReadError};
-use crate::layout::Geometry;
 use crate::lock::{self, Mode, Wait};
-use crate::mirror::{self, FlushPolicy, Mirror, Opener, Progress};
-use crate::nbd::{self, NbdDevice, NbdUri};
-use crate::status;
+use crate::meta::bitmaps::Bitmaps;
+use crate::meta::image::{Image, ReadError};
 use crate::units::{format_size, now_unix, parse_rate, parse_size};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify(&ctx, a),
         Command::Promote(a) => promote(&ctx, a),
         Command::Generate(a) => {
-            let written: Vec<PathBuf> = crate::gen::generate(&a.out, a.what)
+            let written: Vec<PathBuf> = crate::cli::doc::generate(&a.out, a.what)
                 .map_err(|e| Error::usage(format!("generating into {}: {e}", a.out.display())))?;
             for p in written {
                 println!("{}", p.display());
@@ -262,9 +262,9 @@ struct CreateOut {
 
 fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     let region_size = size_arg("--region-size", &a.region_size)?;
-    crate::layout::check_region_size(region_size)
+    crate::format::layout::check_region_size(region_size)
         .map_err(|e| Error::usage(format!("--region-size: {e}")))?;
-    crate::layout::check_slots(a.max_secondaries)
+    crate::format::layout::check_slots(a.max_secondaries)
         .map_err(|e| Error::usage(format!("--max-secondaries: {e}")))?;
     let size = a
         .size
@@ -320,7 +320,7 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
                 return Err(Error::usage(format!(
                     "{name} already holds a mirrorctl header ({} of mirror {}); use --force to overwrite it",
                     img.sb.role.as_str(),
-                    mirror::uuid_str(&img.sb.mirror_uuid)
+                    engine::uuid_str(&img.sb.mirror_uuid)
                 )))
             }
             Err(e) if !a.force => {
@@ -345,7 +345,7 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
                 .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
         }
         // D0: say what is there, and overwrite it only with --force.
-        let found = crate::probe::holds_data(&dev)
+        let found = crate::device::probe::holds_data(&dev)
             .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?;
         if let Some(f) = found.as_ref().filter(|f| f.signature) {
             if !a.force {
@@ -379,8 +379,8 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     }
     let out = CreateOut {
         path: name.clone(),
-        mirror_uuid: mirror::uuid_str(&img.sb.mirror_uuid),
-        image_uuid: mirror::uuid_str(&img.sb.image_uuid),
+        mirror_uuid: engine::uuid_str(&img.sb.mirror_uuid),
+        image_uuid: engine::uuid_str(&img.sb.image_uuid),
         data_offset: g.data_offset,
         data_size: g.data_size,
         region_size: g.region_size,
@@ -461,7 +461,7 @@ fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
     lock::lock(dev.file().unwrap(), Mode::Shared, ctx.wait, &name)?;
     let dev: Arc<dyn Device> = Arc::new(dev);
-    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e, &*dev))?;
+    let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
     let opener = FileOpener { writable: false };
@@ -618,11 +618,11 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
         file_secondary(&m, &a.primary, &a.secondary)?
     };
     let initial = if a.assume_clean {
-        mirror::InitialSync::AssumeClean
+        engine::InitialSync::AssumeClean
     } else if a.compare {
-        mirror::InitialSync::Compare
+        engine::InitialSync::Compare
     } else {
-        mirror::InitialSync::Copy
+        engine::InitialSync::Copy
     };
     let outcome = m.attach(
         dev,
@@ -649,7 +649,7 @@ fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     let mut exit = Exit::Success;
     if !a.no_sync && m.sb().legs[outcome.slot as usize].state != LegState::InSync {
         let bar = Bar::new(ctx, &format!("syncing slot {}", outcome.slot));
-        let opts = mirror::ResyncOptions {
+        let opts = engine::ResyncOptions {
             rate,
             compare: a.compare,
         };
@@ -858,7 +858,7 @@ fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
         }
         _ => Box::new(io::stdout().lock()),
     };
-    let mut buf = vec![0u8; mirror::CHUNK];
+    let mut buf = vec![0u8; engine::CHUNK];
     let mut pos = offset;
     let end = offset + len;
     let mut exit = Exit::Success;
@@ -1024,7 +1024,7 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
         }
     } else if !slots.is_empty() {
         let bar = Bar::new(ctx, "resync");
-        let opts = mirror::ResyncOptions {
+        let opts = engine::ResyncOptions {
             rate,
             compare: a.compare,
         };
@@ -1105,7 +1105,7 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
 // verify
 
 fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
-    use crate::verify::{self, VerifyOpts};
+    use crate::engine::verify::{self, VerifyOpts};
     let max_time = a
         .max_time
         .as_deref()
@@ -1248,7 +1248,7 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
         Arc::new(dev)
     };
-    let img = Image::read(dev.clone()).map_err(|e| mirror::read_error(&name, e, &*dev))?;
+    let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
     if img.sb.role == Role::Primary {
         drop(img);
         return finish_promotion(ctx, dev, &name, a.json);
@@ -1271,7 +1271,7 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         }
     }
     drop(img);
-    let out = crate::failover::promote(dev.clone(), &name, old, a.force)?;
+    let out = crate::engine::failover::promote(dev.clone(), &name, old, a.force)?;
     // Take over every other secondary now (P5): from here on the former primary, should it
     // still be running somewhere, cannot write to them.
     let mut m = Mirror::open(dev, &name, Arc::new(FileOpener { writable: true }), true)?;
@@ -1303,7 +1303,7 @@ fn finish_promotion(ctx: &Ctx, dev: Arc<dyn Device>, name: &str, json: bool) -> 
     let Some((slot, leg)) = m.unfinished_demotion() else {
         return Err(Error::usage(format!(
             "{name} is already the primary of mirror {}; there is nothing to promote",
-            mirror::uuid_str(&m.sb().mirror_uuid)
+            engine::uuid_str(&m.sb().mirror_uuid)
         )));
     };
     let old_path = PathBuf::from(leg.open_path());
@@ -1320,7 +1320,7 @@ fn finish_promotion(ctx: &Ctx, dev: Arc<dyn Device>, name: &str, json: bool) -> 
         old_dev,
         &leg.location,
         &canonical,
-        mirror::InitialSync::Copy,
+        engine::InitialSync::Copy,
         false,
         false,
     )?;

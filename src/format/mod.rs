@@ -1,0 +1,9 @@
+//! The format: every byte mirrorctl puts on disk, as pure code (no I/O). The superblock's
+//! types and encoding are re-exported here.
+
+pub mod history;
+pub mod layout;
+pub mod ranges;
+pub mod superblock;
+
+pub use superblock::*;
