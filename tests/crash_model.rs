@@ -504,8 +504,8 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
         for r in 0..g.region_count {
             let br = g.regions_bytes(r..r + 1);
             let (a, b) = (br.start as usize, br.end as usize);
-            let wi = with_intents && m.bitmaps.get(WI, r).unwrap();
-            let fr = m.bitmaps.get(fracture_id(s), r).unwrap();
+            let wi = with_intents && m.log_bit(WI, r).unwrap();
+            let fr = m.log_bit(fracture_id(s), r).unwrap();
             if data[a..b] != primary[a..b] {
                 assert!(
                     wi || fr,
@@ -539,7 +539,7 @@ fn check_converged(m: &mut Mirror, inst: &Inst, exp: &Expect, ctx: &str) {
         }
         assert_eq!(leg.state, LegState::InSync, "{ctx}: slot {s} after resync");
         assert_eq!(
-            m.bitmaps.count(fracture_id(s)).unwrap(),
+            m.log_count(fracture_id(s)).unwrap(),
             0,
             "{ctx}: slot {s} fracture log not empty after resync"
         );
@@ -909,7 +909,7 @@ fn the_write_intent_window_moves_along_a_multi_chunk_write() {
         let mut m = inst.open(window);
         let len = 9 * MIB as usize + 12345;
         let data = write_data(0, 300_000, len);
-        let before = m.bitmaps.flushes;
+        let before = m.metadata_syncs();
         m.write_stream(
             300_000,
             &mut Trickle {
@@ -921,7 +921,7 @@ fn the_write_intent_window_moves_along_a_multi_chunk_write() {
             &FlushPolicy::End,
         )
         .unwrap();
-        let flushes = m.bitmaps.flushes - before;
+        let flushes = m.metadata_syncs() - before;
         assert!(
             flushes >= min_flushes,
             "window {window}: only {flushes} bitmap flushes for a 3-chunk write"
@@ -991,7 +991,7 @@ fn a_secondary_out_of_space_is_fractured_by_error_and_logs_the_written_regions()
         leg.last_error
     );
     for r in g.regions_for(off, len as u64) {
-        assert!(m.bitmaps.get(fracture_id(1), r).unwrap(), "region {r}");
+        assert!(m.log_bit(fracture_id(1), r).unwrap(), "region {r}");
     }
     assert_eq!(m.sb().legs[0].state, LegState::InSync);
     assert_eq!(m.pending_intents().unwrap(), 0);
@@ -1041,7 +1041,7 @@ fn a_failing_primary_fails_the_write_with_exit_4_and_keeps_the_write_intents() {
         assert_eq!(err.exit.code(), 4);
         let touched = g.regions_for(off, len as u64);
         for r in touched.clone() {
-            assert!(m.bitmaps.get(WI, r).unwrap(), "write intent of region {r}");
+            assert!(m.log_bit(WI, r).unwrap(), "write intent of region {r}");
         }
         let exp = Expect {
             data: t.pre.clone(),

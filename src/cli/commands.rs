@@ -8,9 +8,8 @@ use crate::engine::status;
 use crate::engine::{self, FlushPolicy, Mirror, Opener, Progress};
 use crate::error::{Error, Exit, Result};
 use crate::format::layout::Geometry;
-use crate::format::{Leg, LegState, Role, Superblock};
+use crate::format::{LegState, Role};
 use crate::lock::{self, Mode, Wait};
-use crate::meta::bitmaps::Bitmaps;
 use crate::meta::image::{Image, ReadError};
 use crate::units::{format_size, now_unix, parse_rate, parse_size};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -218,25 +217,13 @@ fn print_warnings(m: &mut Mirror) {
     }
 }
 
-/// Degraded (3) if any attached leg is not in sync or has regions to copy.
+/// Degraded (3) unless the mirror is healthy (the engine's one health rule).
 fn health_exit(m: &mut Mirror) -> Result<Exit> {
-    let intents = m.pending_intents()?;
-    let mut exit = if intents > 0 {
-        Exit::Degraded
-    } else {
+    Ok(if m.is_healthy()? {
         Exit::Success
-    };
-    for s in 0..m.geometry().slots {
-        let st = m.sb().legs[s as usize].state;
-        if st == LegState::Empty {
-            continue;
-        }
-        let (n, _) = m.pending_for(s)?;
-        if st != LegState::InSync || n > 0 {
-            exit = Exit::Degraded;
-        }
-    }
-    Ok(exit)
+    } else {
+        Exit::Degraded
+    })
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
@@ -460,16 +447,7 @@ fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let name = display(&a.image);
     let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
     lock::lock(dev.file().unwrap(), Mode::Shared, ctx.wait, &name)?;
-    let dev: Arc<dyn Device> = Arc::new(dev);
-    let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
-    let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
-        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
-    let opener = FileOpener { writable: false };
-    let leg_header = |l: &Leg| -> Option<Superblock> {
-        let dev = opener.open(l.open_path()).ok()?;
-        Image::read(dev).ok().map(|i| i.sb)
-    };
-    let s = status::collect(&img, &mut bitmaps, &name, &leg_header)?;
+    let s = status::report(Arc::new(dev), &name, &FileOpener { writable: false })?;
     if a.json {
         print_json(&s)?;
     } else {

@@ -1,7 +1,9 @@
 //! The status report: one structure rendered as text for people and as JSON with stable,
 //! flat field names for scripts (documented in the README).
 
+use crate::device::Device;
 use crate::engine::uuid_str;
+use crate::engine::{read_error, Mirror, Opener};
 use crate::error::{Error, Result};
 use crate::format::layout::{BitmapId, SlotIdx};
 use crate::format::ranges::union;
@@ -11,6 +13,7 @@ use crate::meta::image::Image;
 use crate::units::{format_size, format_time};
 use serde::Serialize;
 use std::io::Write;
+use std::sync::Arc;
 
 #[derive(Serialize, Debug)]
 pub struct LegStatus {
@@ -72,6 +75,46 @@ pub struct Status {
     pub replaced_by: Option<String>,
 }
 
+/// The health rule, the one place it is written: no write intents pending, and every
+/// attached leg in sync with nothing in its log (`pending` counts its log plus the intents).
+pub fn healthy(intents: u64, legs: impl IntoIterator<Item = (LegState, u64)>) -> bool {
+    intents == 0
+        && legs
+            .into_iter()
+            .all(|(st, pending)| st == LegState::Empty || (st == LegState::InSync && pending == 0))
+}
+
+/// The status of the image on `dev` (named `name`), reading each leg's own header through
+/// `opener`: the `status` command's one engine call.
+pub fn report(dev: Arc<dyn Device>, name: &str, opener: &dyn Opener) -> Result<Status> {
+    let img = Image::read(dev.clone()).map_err(|e| read_error(name, e, &*dev))?;
+    let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
+        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
+    let leg_header = |l: &crate::format::Leg| -> Option<crate::format::Superblock> {
+        let dev = opener.open(l.open_path()).ok()?;
+        Image::read(dev).ok().map(|i| i.sb)
+    };
+    collect(&img, &mut bitmaps, name, &leg_header)
+}
+
+impl Mirror {
+    /// Whether the mirror is fully in sync (the health rule, [`healthy`]).
+    pub fn is_healthy(&mut self) -> Result<bool> {
+        let intents = self.pending_intents()?;
+        let mut legs = Vec::new();
+        for s in 0..self.geometry().slots {
+            let st = self.sb().legs[s as usize].state;
+            let pending = if st == LegState::Empty {
+                0
+            } else {
+                self.pending_for(s)?.0
+            };
+            legs.push((st, pending));
+        }
+        Ok(healthy(intents, legs))
+    }
+}
+
 fn t(v: u64) -> Option<String> {
     (v != 0).then(|| format_time(v))
 }
@@ -101,7 +144,7 @@ pub fn collect(
         vec![]
     };
     let mut legs = Vec::new();
-    let mut healthy = wi_regions == 0;
+    let mut leg_health = Vec::new();
     let mut replaced_by = None;
     for (i, l) in sb.legs.iter().enumerate() {
         if l.state == LegState::Empty {
@@ -119,9 +162,7 @@ pub fn collect(
                 (r + x.end - x.start, b + br.end - br.start)
             })
         };
-        if l.state != LegState::InSync || regions > 0 {
-            healthy = false;
-        }
+        leg_health.push((l.state, regions));
         let theirs = if primary { leg_header(l) } else { None };
         if let Some(new) = theirs
             .as_ref()
@@ -190,7 +231,7 @@ pub fn collect(
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
         clean: wi_regions == 0,
-        healthy: healthy && primary && replaced_by.is_none(),
+        healthy: healthy(wi_regions, leg_health) && primary && replaced_by.is_none(),
         superblock_warning,
         primary_path: sb.primary_location.clone(),
         in_sync_generation: sb.in_sync_generation,

@@ -1,0 +1,60 @@
+//! Crash recovery: after an unclean stop, the regions in the write-intent log may differ
+//! between legs; they are moved into every leg's fracture log.
+//!
+//! Rules (tagged at the lines that keep them):
+//! - R1 Recovery first merges the write-intent log into the fracture log of every non-empty
+//!   slot and makes that durable,
+//! - R2 then records the legs as syncing in the superblock,
+//! - R3 and only then clears the write-intent log. A crash anywhere repeats the recovery;
+//!   in any other order a crash could clear the intents before a log holds them.
+
+use super::*;
+
+impl Mirror {
+    /// Crash recovery: after an unclean stop the write-intent regions may differ between
+    /// legs; move them into every leg's fracture log (R1..R3). Returns how many regions.
+    pub fn recover(&mut self) -> Result<u64> {
+        let n = self.pending_intents()?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let slots: Vec<u32> = (0..self.geometry().slots)
+            .filter(|&s| self.sb().legs[s as usize].state != LegState::Empty)
+            .collect();
+        // R1: merge into every non-empty slot's fracture log, durably.
+        for &s in &slots {
+            self.bitmaps
+                .or_into(BitmapId::WriteIntent, BitmapId::Fracture(SlotIdx(s)))
+                .map_err(|e| self.meta_err("merging the write-intent log", &e))?;
+        }
+        self.flush_bitmaps()?;
+        // R2: the legs now have regions to copy.
+        let now = now_unix();
+        for &s in &slots {
+            let leg = &mut self.image.sb.legs[s as usize];
+            if leg.state == LegState::InSync {
+                leg.state = LegState::Syncing;
+                leg.state_changed_at = now;
+            }
+        }
+        self.image.sb.last_recovery = Some(RecoveryRecord {
+            at: now,
+            regions: n,
+        });
+        self.image
+            .sb
+            .bump_generation(&format!("recovered {n} write-intent regions"), now);
+        self.commit()?;
+        self.refresh_headers(&[]);
+        // R3: only now the write-intent log may go.
+        self.bitmaps
+            .clear_all(BitmapId::WriteIntent)
+            .map_err(|e| self.meta_err("clearing the write-intent log", &e))?;
+        self.flush_bitmaps()?;
+        self.warnings.push(format!(
+            "note: {} was not closed cleanly; {n} write-intent region(s) marked out of sync on every secondary (run `mirrorctl resync`)",
+            self.name
+        ));
+        Ok(n)
+    }
+}

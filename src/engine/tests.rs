@@ -1,0 +1,158 @@
+//! Engine rules on the storage model, without files.
+use super::*;
+
+use crate::device::sim::{SimDevice, World};
+use crate::format::Leg;
+use std::collections::HashMap;
+
+struct Legs(HashMap<String, SimDevice>);
+impl Opener for Legs {
+    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        match self.0.get(location) {
+            Some(d) => Ok(Arc::new(d.clone())),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+}
+
+/// A primary with `n` attached, in-sync secondaries "s0".. on the storage model.
+fn mirror(regions: u64, n: u32) -> (Mirror, SimDevice, Vec<SimDevice>) {
+    let w = World::new();
+    let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
+    let p = SimDevice::new(&w, g.total_len());
+    let uuid = new_uuid();
+    let mut sb = Superblock {
+        mirror_uuid: new_uuid(),
+        image_uuid: uuid,
+        role: Role::Primary,
+        generation: 0,
+        created_at: 0,
+        geometry: g,
+        primary_uuid: uuid,
+        primary_location: String::new(),
+        legs: (0..4).map(|_| Leg::empty()).collect(),
+        in_sync_generation: 0,
+        history: vec![],
+        last_verify: None,
+        last_resync: None,
+        last_recovery: None,
+    };
+    sb.bump_generation("created", 0);
+    Image::format(Arc::new(p.clone()), sb).unwrap();
+    let secs: Vec<SimDevice> = (0..n).map(|_| SimDevice::new(&w, g.total_len())).collect();
+    let legs = Legs(
+        secs.iter()
+            .enumerate()
+            .map(|(i, d)| (format!("s{i}"), d.clone()))
+            .collect(),
+    );
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(legs), false).unwrap();
+    for (i, d) in secs.iter().enumerate() {
+        let loc = format!("s{i}");
+        let o = m
+            .attach(
+                Arc::new(d.clone()),
+                &loc,
+                &loc,
+                InitialSync::AssumeClean,
+                false,
+                false,
+            )
+            .unwrap();
+        assert_eq!(o.regions, 0);
+    }
+    (m, p, secs)
+}
+
+fn data(m: &Mirror, d: &SimDevice) -> Vec<u8> {
+    let g = m.geometry();
+    d.contents()[g.data_offset as usize..g.total_len() as usize].to_vec()
+}
+
+#[test]
+fn a_streaming_write_pays_one_metadata_sync_per_window_not_per_chunk() {
+    let (mut m, p, secs) = mirror(8192, 2); // 32 MiB of 4 KiB regions
+    m.window = 8 << 20; // two chunks per window
+    let before = m.bitmaps.flushes;
+    let input = vec![7u8; 24 << 20]; // 6 chunks of CHUNK (4 MiB)
+    m.write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap();
+    let syncs = m.bitmaps.flushes - before;
+    // 3 windows marked (the clear of the previous window rides along in the same
+    // flush) plus the final clear; not one per chunk.
+    assert_eq!(syncs, 3 + 1, "metadata syncs");
+    assert_eq!(m.pending_intents().unwrap(), 0);
+    for d in &secs {
+        assert_eq!(data(&m, d), data(&m, &p));
+    }
+}
+
+#[test]
+fn fracture_bits_set_ahead_of_a_short_write_are_trimmed_at_the_end() {
+    let (mut m, _p, _secs) = mirror(1024, 2);
+    m.fracture(1, Some("test")).unwrap();
+    // A pipe of unknown length: the window (64 MiB > data area) is marked ahead.
+    let input = vec![1u8; 10_000];
+    m.write_stream(4096 * 5, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap();
+    let runs = m
+        .bitmaps
+        .runs(BitmapId::Fracture(SlotIdx(1)), u64::MAX)
+        .unwrap();
+    assert_eq!(runs, vec![5..8], "only the written regions stay in the log");
+    assert_eq!(m.bitmaps.count(BitmapId::Fracture(SlotIdx(0))).unwrap(), 0);
+}
+
+#[test]
+fn a_failing_secondary_is_fractured_and_its_log_covers_the_write() {
+    let (mut m, p, secs) = mirror(1024, 2);
+    secs[0].fail_writes(libc::ENOSPC);
+    let input = vec![3u8; 3 * 4096];
+    let r = m
+        .write_stream(
+            4096 * 10,
+            &mut &input[..],
+            None,
+            Some(input.len() as u64),
+            &FlushPolicy::End,
+        )
+        .unwrap();
+    assert_eq!(r.newly_fractured, vec![0]);
+    let leg = &m.sb().legs[0];
+    assert_eq!(leg.state, LegState::FracturedByError);
+    assert!(
+        leg.last_error.contains("offset 40960"),
+        "{}",
+        leg.last_error
+    );
+    let runs = m
+        .bitmaps
+        .runs(BitmapId::Fracture(SlotIdx(0)), u64::MAX)
+        .unwrap();
+    assert!(
+        runs.iter().any(|r| r.start <= 10 && r.end >= 13),
+        "{runs:?}"
+    );
+    assert_eq!(data(&m, &secs[1]), data(&m, &p));
+}
+
+#[test]
+fn reads_fall_back_to_an_in_sync_secondary_when_the_primary_fails() {
+    let (mut m, p, secs) = mirror(256, 2);
+    let input: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+    m.write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap();
+    p.fail_reads(libc::EIO);
+    let mut buf = vec![0u8; 8192];
+    let used = m.read_at(&mut buf, 0).unwrap();
+    assert_eq!(used.map(|(s, _)| s), Some(0));
+    assert_eq!(buf, input);
+    // A leg with the region in its log is not used.
+    m.fracture(0, None).unwrap();
+    m.bitmaps
+        .set_range(BitmapId::Fracture(SlotIdx(1)), 0..1, true)
+        .unwrap();
+    let err = m.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(err.exit, crate::error::Exit::Primary);
+    let _ = secs;
+}

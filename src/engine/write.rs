@@ -1,0 +1,427 @@
+//! Mirrored writes: the write-intent window over a stream, legs written in parallel, the
+//! flush policy, and what happens when a leg or the primary fails mid-write.
+//!
+//! Rules (tagged at the lines that keep them):
+//! - W1 A region's write-intent bit is durable before any leg is written in that region;
+//!   otherwise a crash could leave legs differing in a region no log names.
+//! - W2 A write-intent bit is cleared only after the data written in its region is durable on
+//!   every leg that receives writes; otherwise a crash after the clear loses the difference.
+//! - W3 Writes to a leg that does not receive writes (fractured) are recorded in its fracture
+//!   log durably together with W1, i.e. before the data is written anywhere; otherwise a
+//!   resync would miss them.
+//! - W4 A leg that fails gets the whole current write-intent window set in its fracture log,
+//!   durably, before its state changes and before any write-intent bit is cleared; otherwise
+//!   what it missed of the window is forgotten.
+//! - W5 A command reports success only after W2's clear has been flushed; otherwise the next
+//!   command recovers regions for nothing (and says the mirror was not closed cleanly).
+//! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
+//!   otherwise regions the primary may not hold would look clean.
+
+use super::*;
+
+/// Bytes read from the input and written to every leg at once.
+pub const CHUNK: usize = 4 << 20;
+
+/// Bytes of write-intent window marked at once: metadata syncs grow with the write's size
+/// divided by this, never with the number of chunks.
+pub const WINDOW: u64 = 64 * MIB;
+
+/// Result of a mirrored write.
+#[derive(Debug, Default)]
+pub struct WriteReport {
+    pub bytes: u64,
+    pub newly_fractured: Vec<u32>,
+}
+
+/// Fills `buf` from `input` until full or end of input; returns bytes read.
+pub(super) fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// State of one streaming write.
+pub(super) struct Stream {
+    /// Regions currently marked in the write-intent log by this command.
+    marked: Range<u64>,
+    /// Fracture-log regions this command set ahead of the data (for legs not receiving
+    /// writes) that were clear before; cleared again at the end if never written.
+    ahead: Vec<(u32, Range<u64>)>,
+    /// Writes since the legs were last synced.
+    unsynced: bool,
+    /// Last region (exclusive) a write may touch, when the total length is known.
+    limit: u64,
+}
+
+impl Mirror {
+    /// Syncs the primary and every active leg in parallel; failed legs are fractured.
+    pub(super) fn sync_legs(
+        &mut self,
+        legs: &mut Vec<(u32, Arc<dyn Device>)>,
+        st: &mut Stream,
+    ) -> Result<()> {
+        if !st.unsynced {
+            return Ok(());
+        }
+        let primary = self.image.dev.clone();
+        let (pres, lres) = std::thread::scope(|sc| {
+            let hs: Vec<_> = legs
+                .iter()
+                .map(|(s, d)| {
+                    let d = d.clone();
+                    let s = *s;
+                    sc.spawn(move || (s, d.sync()))
+                })
+                .collect();
+            let p = primary.sync();
+            (
+                p,
+                hs.into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if let Err(e) = pres {
+            // W6: leave the write-intent log as it is.
+            return Err(self.meta_err("syncing data", &e));
+        }
+        for (s, r) in lres {
+            if let Err(err) = r {
+                legs.retain(|(x, _)| *x != s);
+                self.fracture_on_error(
+                    LegFailure {
+                        slot: s,
+                        what: "sync".into(),
+                        err,
+                    },
+                    &st.marked.clone(),
+                )?;
+            }
+        }
+        st.unsynced = false;
+        Ok(())
+    }
+
+    /// Makes sure `regions` are marked in the write-intent log before data goes there.
+    pub(super) fn ensure_marked(
+        &mut self,
+        regions: Range<u64>,
+        legs: &mut Vec<(u32, Arc<dyn Device>)>,
+        st: &mut Stream,
+    ) -> Result<()> {
+        if regions.start >= st.marked.start && regions.end <= st.marked.end {
+            return Ok(());
+        }
+        // W2: the data under the old window must be durable before its bits go.
+        self.sync_legs(legs, st)?;
+        let g = self.geometry();
+        let window = (self.window / g.region_size).max(1);
+        // W1 needs every region of this chunk marked, even if the input turned out longer
+        // than announced.
+        let new = regions.start
+            ..regions
+                .end
+                .max(regions.start + window)
+                .min(st.limit)
+                .max(regions.end);
+        let old = st.marked.clone();
+        let wi = BitmapId::WriteIntent;
+        if !old.is_empty() {
+            let keep = new.start.max(old.start)..new.end.min(old.end);
+            if keep.is_empty() {
+                self.bitmaps.set_range(wi, old.clone(), false)
+            } else {
+                self.bitmaps
+                    .set_range(wi, old.start..keep.start, false)
+                    .and_then(|_| {
+                        self.bitmaps
+                            .set_range(wi, keep.end..old.end.max(keep.end), false)
+                    })
+            }
+            .map_err(|e| self.meta_err("clearing write intents", &e))?;
+        }
+        // W1: mark the new window.
+        self.bitmaps
+            .set_range(wi, new.clone(), true)
+            .map_err(|e| self.meta_err("marking write intents", &e))?;
+        // W3: legs not receiving writes get the window in their fracture log, in the same
+        // flush, i.e. before any data of the window is written.
+        st.ahead.clear();
+        for s in 0..g.slots {
+            let leg = &self.sb().legs[s as usize];
+            if leg.state == LegState::Empty || leg.state.receives_writes() {
+                continue;
+            }
+            let id = BitmapId::Fracture(SlotIdx(s));
+            let clear = self
+                .clear_runs(id, new.clone())
+                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+            for r in clear {
+                self.bitmaps
+                    .set_range(id, r.clone(), true)
+                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                st.ahead.push((s, r));
+            }
+        }
+        self.flush_bitmaps()?;
+        st.marked = new;
+        Ok(())
+    }
+
+    /// Sub-ranges of `within` whose bits are clear.
+    pub(super) fn clear_runs(
+        &mut self,
+        id: BitmapId,
+        within: Range<u64>,
+    ) -> io::Result<Vec<Range<u64>>> {
+        let mut out = Vec::new();
+        let mut pos = within.start;
+        while pos < within.end {
+            match self.bitmaps.next_run(id, pos, u64::MAX)? {
+                Some(r) if r.start < within.end => {
+                    if r.start > pos {
+                        out.push(pos..r.start);
+                    }
+                    pos = r.end;
+                }
+                _ => {
+                    out.push(pos..within.end);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams `input` into the data area at `offset`, mirrored to every leg that receives
+    /// writes. At most `max_len` bytes are taken; `known_len` (if the input's length is
+    /// known) bounds the write-intent window. On success every byte is durable on every leg
+    /// still receiving writes.
+    pub fn write_stream(
+        &mut self,
+        offset: u64,
+        input: &mut dyn Read,
+        max_len: Option<u64>,
+        known_len: Option<u64>,
+        policy: &FlushPolicy,
+    ) -> Result<WriteReport> {
+        let g = self.geometry();
+        if offset > g.data_size {
+            return Err(Error::usage(format!(
+                "--offset {offset} is past the end of the data area ({} bytes)",
+                g.data_size
+            )));
+        }
+        if let Some(l) = max_len {
+            if offset.checked_add(l).is_none_or(|e| e > g.data_size) {
+                return Err(Error::usage(format!(
+                    "--offset {offset} plus --length {l} runs past the end of the data area ({} bytes); nothing was written",
+                    g.data_size
+                )));
+            }
+        }
+        // The write-intent window never reaches past the end of what will be written, when
+        // that is known (input file size or --length), so nothing extra is left marked.
+        let bound = match (known_len, max_len) {
+            (Some(k), Some(m)) => Some(k.min(m)),
+            (k, m) => k.or(m),
+        };
+        let limit = match bound {
+            Some(k) => g
+                .regions_for(offset, k.min(g.data_size - offset))
+                .end
+                .max(g.regions_for(offset, 0).end + 1)
+                .min(g.region_count),
+            None => g.region_count,
+        };
+        let mut st = Stream {
+            marked: 0..0,
+            ahead: Vec::new(),
+            unsynced: false,
+            limit,
+        };
+        // Before the legs are opened: a leg that fails to open is newly fractured too.
+        let fractured_before: Vec<u32> = (0..g.slots)
+            .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
+            .collect();
+        let mut legs = self.active_legs()?;
+        let mut report = WriteReport::default();
+        let mut remaining = max_len.unwrap_or(u64::MAX);
+        let mut cur = vec![0u8; CHUNK];
+        let mut next = vec![0u8; CHUNK];
+        let first = (CHUNK as u64).min(remaining) as usize;
+        let mut cur_len = match fill(input, &mut cur[..first]) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "reading input: {e}; nothing was written"
+                )))
+            }
+        };
+        remaining -= cur_len as u64;
+        let mut pos = offset;
+        let mut since_sync = 0u64;
+        let mut input_err: Option<io::Error> = None;
+        let mut overflow = false;
+        while cur_len > 0 {
+            let room = g.data_size - pos;
+            let wlen = (cur_len as u64).min(room) as usize;
+            if (cur_len as u64) > room {
+                overflow = true;
+            }
+            let mut next_len = 0;
+            if wlen > 0 {
+                self.ensure_marked(g.regions_for(pos, wlen as u64), &mut legs, &mut st)?;
+                let at = g.data_offset + pos;
+                let data = &cur[..wlen];
+                let want_next = !overflow && remaining > 0;
+                let primary = self.image.dev.clone();
+                let nbuf = &mut next;
+                let (pres, lres, nres) = std::thread::scope(|sc| {
+                    let hs: Vec<_> = legs
+                        .iter()
+                        .map(|(s, d)| {
+                            let d = d.clone();
+                            let s = *s;
+                            sc.spawn(move || {
+                                let r = d.write_at(data, at);
+                                d.start_writeback(at, data.len() as u64);
+                                (s, r)
+                            })
+                        })
+                        .collect();
+                    let ph = sc.spawn(move || {
+                        let r = primary.write_at(data, at);
+                        primary.start_writeback(at, data.len() as u64);
+                        r
+                    });
+                    // Read the next chunk while the legs write this one.
+                    let n = if want_next {
+                        let take = (CHUNK as u64).min(remaining) as usize;
+                        fill(input, &mut nbuf[..take])
+                    } else {
+                        Ok(0)
+                    };
+                    let p = ph.join().unwrap();
+                    (
+                        p,
+                        hs.into_iter()
+                            .map(|h| h.join().unwrap())
+                            .collect::<Vec<_>>(),
+                        n,
+                    )
+                });
+                if let Err(e) = pres {
+                    // W6: the write-intent log keeps these regions for recovery.
+                    return Err(Error::primary(format!(
+                        "writing primary {} at data offset {pos}: {e}; nothing from this offset on is acknowledged, the next command recovers the touched regions",
+                        self.name
+                    ))
+                    .with("bytes_written", report.bytes)
+                    .with("acknowledged", false));
+                }
+                st.unsynced = true;
+                for (s, r) in lres {
+                    if let Err(err) = r {
+                        legs.retain(|(x, _)| *x != s);
+                        self.fracture_on_error(
+                            LegFailure {
+                                slot: s,
+                                what: format!("write at data offset {pos}"),
+                                err,
+                            },
+                            &st.marked.clone(),
+                        )?;
+                    }
+                }
+                pos += wlen as u64;
+                report.bytes += wlen as u64;
+                since_sync += wlen as u64;
+                match policy {
+                    FlushPolicy::Always => self.sync_legs(&mut legs, &mut st)?,
+                    FlushPolicy::Every(n) if since_sync >= *n => {
+                        self.sync_legs(&mut legs, &mut st)?;
+                        since_sync = 0;
+                    }
+                    _ => {}
+                }
+                match nres {
+                    Ok(n) => next_len = n,
+                    Err(e) => input_err = Some(e),
+                }
+            }
+            if overflow || input_err.is_some() {
+                break;
+            }
+            remaining -= next_len as u64;
+            std::mem::swap(&mut cur, &mut next);
+            cur_len = next_len;
+        }
+        self.finish_stream(&mut legs, &mut st, pos)?;
+        for s in 0..g.slots {
+            if self.sb().legs[s as usize].state.is_fractured() && !fractured_before.contains(&s) {
+                report.newly_fractured.push(s);
+            }
+        }
+        let partial = |e: Error| {
+            e.with("bytes_written", report.bytes)
+                .with("acknowledged", true)
+                .with("newly_fractured", report.newly_fractured.clone())
+        };
+        if overflow {
+            return Err(partial(Error::usage(format!(
+                "input runs past the end of the data area ({} bytes): wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored; the rest of the input was not written",
+                g.data_size, report.bytes
+            ))));
+        }
+        if let Some(e) = input_err {
+            return Err(partial(Error::usage(format!(
+                "reading input: {e}; wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
+                report.bytes
+            ))));
+        }
+        if let Some(want) = max_len.filter(|&l| report.bytes < l) {
+            return Err(partial(Error::usage(format!(
+                "the input ended after {} bytes, short of the {want} bytes --length asked for: wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
+                report.bytes, report.bytes
+            ))));
+        }
+        Ok(report)
+    }
+
+    /// W2 + W5: sync, then clear this command's write intents (and fracture bits set ahead
+    /// for data that never came) in one flush.
+    pub(super) fn finish_stream(
+        &mut self,
+        legs: &mut Vec<(u32, Arc<dyn Device>)>,
+        st: &mut Stream,
+        end_pos: u64,
+    ) -> Result<()> {
+        self.sync_legs(legs, st)?;
+        let g = self.geometry();
+        if !st.marked.is_empty() {
+            self.bitmaps
+                .set_range(BitmapId::WriteIntent, st.marked.clone(), false)
+                .map_err(|e| self.meta_err("clearing write intents", &e))?;
+        }
+        let written_end = end_pos.div_ceil(g.region_size);
+        for (s, r) in std::mem::take(&mut st.ahead) {
+            let unwritten = r.start.max(written_end)..r.end;
+            if !unwritten.is_empty() {
+                self.bitmaps
+                    .set_range(BitmapId::Fracture(SlotIdx(s)), unwritten, false)
+                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
+            }
+        }
+        self.flush_bitmaps()?;
+        st.marked = 0..0;
+        Ok(())
+    }
+}
