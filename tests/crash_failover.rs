@@ -12,6 +12,7 @@
 
 use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
+use mirrorctl::engine::create;
 use mirrorctl::engine::failover::promote;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress};
 use mirrorctl::format::layout::Geometry;
@@ -92,7 +93,7 @@ fn clean_mirror() -> Devs {
     p.write_at(&pattern(1, g.data_size as usize), g.data_offset)
         .unwrap();
     p.sync().unwrap();
-    Image::create_primary(Arc::new(p), g, 1).unwrap();
+    create::format_primary(Arc::new(p), P, g).unwrap();
     let opener = devs.opener();
     let mut m = devs.open(P, &opener).unwrap();
     for loc in [S0, S1] {
@@ -171,14 +172,10 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
         opener.set_missing(P, true);
         None
     };
-    let Ok(out) = promote(Arc::new(devs.dev(S0)), S0, old, false) else {
+    // The promotion and its take-over of s1 (P5), as `mirrorctl promote` runs them.
+    let Ok((_, mut m)) = promote(Arc::new(devs.dev(S0)), S0, old, false, opener.clone()) else {
         return false;
     };
-    let Ok(mut m) = devs.open(S0, &opener) else {
-        return false;
-    };
-    // As `mirrorctl promote` does: s1's header names s0 from now on (P5).
-    m.take_over_secondaries(out.old_primary_slot);
     if m.recover().is_err() {
         return false;
     }
@@ -223,7 +220,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
         assert_eq!(s0.sb.role, Role::Secondary, "{ctx}");
         // The promotion did not commit: run it again (the old primary is reachable now).
         let old = devs.open(P, &opener).ok();
-        promote(Arc::new(devs.dev(S0)), S0, old, false)
+        promote(Arc::new(devs.dev(S0)), S0, old, false, opener.clone())
             .unwrap_or_else(|e| panic!("{ctx}: promote again: {e}"));
     }
     let mut m = devs
@@ -363,8 +360,11 @@ fn a_command_that_only_reads_uses_a_secondary_still_naming_the_former_primary_wi
     let devs = clean_mirror();
     let opener = devs.opener();
     let old = devs.open(P, &opener).unwrap();
-    // Planned promotion, without the take-over: s1 still names p, in sync.
-    promote(Arc::new(devs.dev(S0)), S0, Some(old), false).unwrap();
+    // Planned promotion while s1 cannot be reached, so it is not taken over: s1 still
+    // names p, in sync.
+    opener.set_missing(S1, true);
+    promote(Arc::new(devs.dev(S0)), S0, Some(old), false, opener.clone()).unwrap();
+    opener.set_missing(S1, false);
     let p_uuid = Image::read(Arc::new(devs.dev(P))).unwrap().sb.image_uuid;
     let s1_before = devs.dev(S1).contents();
     assert_eq!(

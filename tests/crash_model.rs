@@ -12,6 +12,7 @@
 
 use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
+use mirrorctl::engine::create;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
 use mirrorctl::error::Exit;
 use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
@@ -131,7 +132,7 @@ struct Template {
 }
 
 impl Template {
-    /// Creates the primary like `commands::create`, fills it with data, and attaches and
+    /// Creates the primary with `create`'s engine call, fills it with data, and attaches and
     /// resyncs the first `attached` secondaries. The other secondaries hold random junk.
     fn build(geom: Geometry, attached: usize, seed: u64) -> Template {
         let world = World::new();
@@ -150,7 +151,7 @@ impl Template {
                 .unwrap();
             s.sync().unwrap();
         }
-        Image::create_primary(Arc::new(primary.clone()), geom, 1).unwrap();
+        create::format_primary(Arc::new(primary.clone()), "primary", geom).unwrap();
         let inst = Inst::new(world, primary.clone(), secs.clone());
         let mut m = inst.open(WINDOW);
         for (i, s) in secs.iter().enumerate().take(attached) {

@@ -4,14 +4,14 @@
 use crate::cli::{self, Cli, Command};
 use crate::device::nbd::{self, NbdDevice, NbdUri};
 use crate::device::{identity, Device, FileDevice};
-use crate::engine::status;
 use crate::engine::{self, FlushPolicy, Mirror, Opener, Progress};
+use crate::engine::{create, status};
 use crate::error::{Error, Exit, Result};
 use crate::format::layout::Geometry;
 use crate::format::{LegState, Role};
 use crate::lock::{self, Mode, Wait};
-use crate::meta::image::{Image, ReadError};
-use crate::units::{format_size, now_unix, parse_rate, parse_size};
+use crate::meta::image::Image;
+use crate::units::{format_size, parse_rate, parse_size};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -298,76 +298,32 @@ fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             .map_err(|e| Error::usage(format!("{name}: {e}")))?,
     };
     if created.is_none() {
-        let dev_arc: Arc<dyn Device> = Arc::new(
+        let existing: Arc<dyn Device> = Arc::new(
             FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?,
         );
-        match Image::read(dev_arc) {
-            Err(ReadError::NotMirrorctl) => {}
-            Ok(img) if !a.force => {
-                return Err(Error::usage(format!(
-                    "{name} already holds a mirrorctl header ({} of mirror {}); use --force to overwrite it",
-                    img.sb.role.as_str(),
-                    engine::uuid_str(&img.sb.mirror_uuid)
-                )))
-            }
-            Err(e) if !a.force => {
-                return Err(Error::usage(format!(
-                    "{name} already holds a mirrorctl header that cannot be read ({e}); use --force to overwrite it"
-                )))
-            }
-            _ => {}
-        }
-        if g.total_len() > capacity {
-            if dev.is_block() || !a.force {
-                return Err(Error::usage(format!(
-                    "{name} is too small: it has {capacity} bytes, but {} of data needs {} bytes with metadata{}",
-                    g.data_size,
-                    g.total_len(),
-                    if dev.is_block() { "" } else { "; use --force to grow the file" }
-                )));
-            }
-            dev.file()
-                .unwrap()
-                .set_len(g.total_len())
-                .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
-        }
-        // D0: say what is there, and overwrite it only with --force.
-        let found = crate::device::probe::holds_data(&dev)
-            .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?;
-        if let Some(f) = found.as_ref().filter(|f| f.signature) {
-            if !a.force {
-                return Err(Error::usage(format!(
-                    "{name} holds {} (signature at byte {}); create would overwrite its first {} bytes with mirrorctl metadata. Nothing was written; use --force to overwrite it",
-                    f.what, f.offset, g.data_offset
-                )));
-            }
+        let checks = create::check_existing(existing, &name, &g, a.force, dev.is_block())?;
+        if let Some(f) = &checks.overwrites {
             eprintln!(
                 "mirrorctl: note: --force: overwriting {} on {name} (signature at byte {})",
                 f.what, f.offset
             );
         }
-        if !a.force {
-            if let Some(off) = first_nonzero(&dev, 0..g.data_offset)
-                .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?
-            {
-                return Err(Error::usage(format!(
-                    "{name} holds data at byte {off}, inside the {} bytes of metadata that create would overwrite; use --force to overwrite it",
-                    g.data_offset
-                )));
-            }
+        if checks.grow {
+            dev.file()
+                .unwrap()
+                .set_len(g.total_len())
+                .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
         }
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
-    let dev: Arc<dyn Device> = Arc::new(dev);
-    let img = Image::create_primary(dev, g, now_unix())
-        .map_err(|e| Error::primary_io(format!("writing the header of {name}"), &e))?;
+    let img = create::format_primary(Arc::new(dev), &name, g)?;
     if let Some(mut guard) = created {
         guard.0 = None;
     }
     let out = CreateOut {
         path: name.clone(),
-        mirror_uuid: engine::uuid_str(&img.sb.mirror_uuid),
-        image_uuid: engine::uuid_str(&img.sb.image_uuid),
+        mirror_uuid: engine::uuid_str(&img.mirror_uuid),
+        image_uuid: engine::uuid_str(&img.image_uuid),
         data_offset: g.data_offset,
         data_size: g.data_size,
         region_size: g.region_size,
@@ -417,27 +373,6 @@ impl Drop for RemoveOnDrop {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-/// First non-zero byte in `range`, skipping holes.
-fn first_nonzero(dev: &dyn Device, range: std::ops::Range<u64>) -> io::Result<Option<u64>> {
-    let range = range.start..range.end.min(dev.len());
-    let extents = dev
-        .data_extents(range.clone())?
-        .unwrap_or_else(|| vec![range.clone()]);
-    let mut buf = vec![0u8; 1 << 20];
-    for e in extents {
-        let mut p = e.start;
-        while p < e.end {
-            let n = ((e.end - p) as usize).min(buf.len());
-            dev.read_at(&mut buf[..n], p)?;
-            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
-                return Ok(Some(p + i as u64));
-            }
-            p += n as u64;
-        }
-    }
-    Ok(None)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1249,11 +1184,8 @@ fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         }
     }
     drop(img);
-    let out = crate::engine::failover::promote(dev.clone(), &name, old, a.force)?;
-    // Take over every other secondary now (P5): from here on the former primary, should it
-    // still be running somewhere, cannot write to them.
-    let mut m = Mirror::open(dev, &name, Arc::new(FileOpener { writable: true }), true)?;
-    m.take_over_secondaries(out.old_primary_slot);
+    let opener = Arc::new(FileOpener { writable: true });
+    let (out, mut m) = crate::engine::failover::promote(dev, &name, old, a.force, opener)?;
     print_warnings(&mut m);
     let res = PromoteOut {
         path: name.clone(),

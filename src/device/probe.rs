@@ -226,6 +226,27 @@ pub fn holds_data(dev: &dyn Device) -> io::Result<Option<Found>> {
     Ok(None)
 }
 
+/// First non-zero byte in `range`, skipping holes.
+pub fn first_nonzero(dev: &dyn Device, range: std::ops::Range<u64>) -> io::Result<Option<u64>> {
+    let range = range.start..range.end.min(dev.len());
+    let extents = dev
+        .data_extents(range.clone())?
+        .unwrap_or_else(|| vec![range.clone()]);
+    let mut buf = vec![0u8; 1 << 20];
+    for e in extents {
+        let mut p = e.start;
+        while p < e.end {
+            let n = ((e.end - p) as usize).min(buf.len());
+            dev.read_at(&mut buf[..n], p)?;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(p + i as u64));
+            }
+            p += n as u64;
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@
 //!   that refuses writes (P6) and names the command that finishes the promotion.
 
 use crate::device::Device;
-use crate::engine::{read_error, uuid_str, Mirror};
+use crate::engine::{read_error, uuid_str, Mirror, Opener};
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
 use crate::format::layout::{BitmapId, SlotIdx};
@@ -91,9 +91,27 @@ fn runs(b: &mut Bitmaps, id: BitmapId, what: &str) -> Result<Vec<Range<u64>>> {
         .map_err(|e| Error::primary_io(format!("reading {what}"), &e))
 }
 
-/// Promotes the secondary on `dev` (already locked by the caller). `old` is the former
-/// primary, opened and locked, when it could be reached.
+/// `promote`: promotes the secondary on `dev` (already locked by the caller; `old` is the
+/// former primary, opened and locked, when it could be reached), then takes over every
+/// other reachable secondary at once (P5): from then on the former primary, should it still
+/// be running somewhere, cannot write to them. Returns the new primary, opened with
+/// `opener`.
 pub fn promote(
+    dev: Arc<dyn Device>,
+    name: &str,
+    old: Option<Mirror>,
+    force: bool,
+    opener: Arc<dyn Opener>,
+) -> Result<(PromoteOutcome, Mirror)> {
+    let out = promote_image(dev.clone(), name, old, force)?;
+    let map = dev.file().is_some();
+    let mut m = Mirror::open(dev, name, opener, map)?;
+    m.take_over_secondaries(out.old_primary_slot);
+    Ok((out, m))
+}
+
+/// The promotion itself (P2, P3), before the take-over.
+fn promote_image(
     dev: Arc<dyn Device>,
     name: &str,
     mut old: Option<Mirror>,

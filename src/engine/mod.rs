@@ -7,6 +7,7 @@
 //! locks or output.
 
 mod attach;
+pub mod create;
 pub mod failover;
 mod legs;
 mod recover;
