@@ -1018,6 +1018,7 @@ fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
 // verify
 
 fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
+    use crate::engine::plan::Verdict;
     use crate::engine::verify::{self, VerifyOpts};
     let max_time = a
         .max_time
@@ -1063,7 +1064,12 @@ fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         restart: a.restart,
     };
     let bar = Bar::new(ctx, "verify");
-    let (report, exit, warnings) = verify::run(&mut open, &slots_for, &opts, &bar)?;
+    let (report, verdict, warnings) = verify::run(&mut open, &slots_for, &opts, &bar)?;
+    let exit = match verdict {
+        Verdict::Differences => Exit::Differences,
+        Verdict::Incomplete => Exit::Degraded,
+        Verdict::Clean | Verdict::Repaired => Exit::Success,
+    };
     for w in warnings {
         eprintln!("mirrorctl: {w}");
     }

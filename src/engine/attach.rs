@@ -19,6 +19,7 @@
 //! - D2 The slot's fracture log is cleared only after the slot is free: a crash before the
 //!   commit leaves a listed leg with its log (A2 resets a free slot's log on attach anyway).
 
+use super::plan;
 use super::*;
 
 /// What `attach` does about the data already on a new secondary.
@@ -187,12 +188,14 @@ impl Mirror {
             let l = &mut self.image.sb.legs[s as usize];
             l.location = location.to_string();
             l.canonical = canonical.to_string();
-            l.state = if assume_clean {
-                LegState::InSync
-            } else {
-                LegState::Syncing
-            };
-            l.state_changed_at = now;
+            l.set_state(
+                if assume_clean {
+                    LegState::InSync
+                } else {
+                    LegState::Syncing
+                },
+                now,
+            );
             l.reason.clear();
             self.commit()?;
             self.open_legs[s as usize] = None;
@@ -253,15 +256,8 @@ impl Mirror {
         self.bitmaps
             .clear_all(id)
             .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
-        let ranges: Vec<Range<u64>> = match extents {
-            None => std::iter::once(0..g.region_count).collect(),
-            Some(v) => v
-                .into_iter()
-                .map(|r| g.regions_for(r.start - g.data_offset, r.end - r.start))
-                .collect(),
-        };
         let mut regions = 0;
-        for r in union(&ranges, &[]) {
+        for r in plan::initial_log(&g, extents) {
             regions += r.end - r.start;
             self.bitmaps
                 .set_range(id, r, true)
@@ -271,22 +267,22 @@ impl Mirror {
         self.image
             .sb
             .bump_generation(&format!("slot {slot} attached"), now);
-        self.image.sb.legs[slot as usize] = Leg {
+        let l = &mut self.image.sb.legs[slot as usize];
+        *l = Leg {
             image_uuid,
             location: location.to_string(),
             canonical: canonical.to_string(),
-            state: if regions == 0 {
+            attached_at: now,
+            ..Leg::empty()
+        };
+        l.set_state(
+            if regions == 0 {
                 LegState::InSync
             } else {
                 LegState::Syncing
             },
-            reason: String::new(),
-            last_error: String::new(),
-            attached_at: now,
-            state_changed_at: now,
-            fractured_at: None,
-            fracture_generation: 0,
-        };
+            now,
+        );
         self.commit()?;
         self.open_legs[slot as usize] = Some(dev);
         self.refresh_headers(&[slot]);

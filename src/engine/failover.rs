@@ -30,7 +30,7 @@
 //!   that refuses writes (P6) and names the command that finishes the promotion.
 
 use crate::device::Device;
-use crate::engine::{read_error, uuid_str, Mirror, Opener};
+use crate::engine::{plan, read_error, uuid_str, Mirror, Opener};
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
 use crate::format::layout::{BitmapId, SlotIdx};
@@ -218,55 +218,50 @@ fn promote_image(
         l.canonical = std::fs::canonicalize(&old_loc)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| old_loc.clone());
-        l.state = LegState::FracturedByError;
+        l.set_state(LegState::FracturedByError, now);
         l.reason = cut(
             &format!("{REPLACED_REASON} at generation {generation}"),
             MAX_TEXT,
         );
         l.last_error.clear();
         l.fractured_at = Some(now);
-        l.state_changed_at = now;
         l.fracture_generation = generation;
     }
-    let mut logs: Vec<(u32, Vec<Range<u64>>)> = Vec::new();
-    let all: Vec<Range<u64>> = std::iter::once(0..g.region_count).collect();
-    match old.as_mut() {
+    let listed: Vec<u32> = (0..g.slots)
+        .filter(|&s| new.legs[s as usize].state != LegState::Empty)
+        .collect();
+    let old_logs = match old.as_mut() {
         Some(o) => {
-            let wi = runs(
-                &mut o.bitmaps,
-                BitmapId::WriteIntent,
-                "the old primary's write-intent log",
-            )?;
-            for s in 0..g.slots {
-                if new.legs[s as usize].state == LegState::Empty {
-                    continue;
-                }
-                // The old primary's fracture log for this image becomes the log of the old
-                // primary's own slot (P3); other slots keep theirs.
-                let f = runs(
-                    &mut o.bitmaps,
-                    BitmapId::Fracture(SlotIdx(s)),
-                    "the old primary's fracture log",
-                )?;
-                logs.push((s, union(&f, &wi)));
-            }
-        }
-        None => {
-            for s in 0..g.slots {
-                let l = &mut new.legs[s as usize];
-                if l.state == LegState::Empty || s as usize == slot {
-                    continue;
-                }
-                if l.state.receives_writes() {
-                    l.state = LegState::Syncing;
-                    l.state_changed_at = now;
-                }
-                logs.push((s, all.clone()));
-                notes.push(format!(
-                    "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} --compare` writes only the blocks that differ",
-                    l.location
+            // The old primary's fracture log for this image becomes the log of the old
+            // primary's own slot (P3); other slots keep theirs.
+            let mut fracture = Vec::new();
+            for &s in &listed {
+                let what = "the old primary's fracture log";
+                fracture.push((
+                    s,
+                    runs(&mut o.bitmaps, BitmapId::Fracture(SlotIdx(s)), what)?,
                 ));
             }
+            let what = "the old primary's write-intent log";
+            let write_intents = runs(&mut o.bitmaps, BitmapId::WriteIntent, what)?;
+            Some(plan::OldPrimaryLogs {
+                write_intents,
+                fracture,
+            })
+        }
+        None => None,
+    };
+    let logs = plan::promote_logs(&listed, slot as u32, g.region_count, old_logs.as_ref());
+    if old_logs.is_none() {
+        for (s, _) in &logs {
+            let l = &mut new.legs[*s as usize];
+            if l.state.receives_writes() {
+                l.set_state(LegState::Syncing, now);
+            }
+            notes.push(format!(
+                "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} --compare` writes only the blocks that differ",
+                l.location
+            ));
         }
     }
     // P2: bitmaps first.
@@ -310,7 +305,14 @@ fn promote_image(
                             .iter()
                             .all(|(s, rs)| *s as usize != slot || rs.is_empty());
                         let l = &mut img.sb.legs[slot];
-                        l.state = if empty { LegState::InSync } else { LegState::Syncing };
+                        l.set_state(
+                            if empty {
+                                LegState::InSync
+                            } else {
+                                LegState::Syncing
+                            },
+                            now,
+                        );
                         l.reason = "former primary, demoted by promotion".into();
                         l.fractured_at = None;
                         img.commit().map_err(|e| {

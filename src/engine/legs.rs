@@ -169,8 +169,7 @@ impl Mirror {
                 now,
             );
             let l = &mut self.image.sb.legs[slot as usize];
-            l.state = LegState::Syncing;
-            l.state_changed_at = now;
+            l.set_state(LegState::Syncing, now);
             l.reason = crate::engine::verify::RECORDED_REASON.to_string();
             self.commit()?;
             self.refresh_headers(&[slot]);
@@ -209,11 +208,10 @@ impl Mirror {
             .bump_generation(&format!("slot {s} fractured by error"), now);
         let generation = self.sb().generation;
         let leg = &mut self.image.sb.legs[s as usize];
-        leg.state = LegState::FracturedByError;
+        leg.set_state(LegState::FracturedByError, now);
         leg.reason = cut(&format!("I/O error: {}", f.err), format::MAX_TEXT);
         leg.last_error = cut(&text, format::MAX_TEXT);
         leg.fractured_at = Some(now);
-        leg.state_changed_at = now;
         leg.fracture_generation = generation;
         self.commit()?;
         self.open_legs[s as usize] = None;
@@ -258,10 +256,9 @@ impl Mirror {
             .bump_generation(&format!("slot {slot} fractured by admin"), now);
         let generation = self.sb().generation;
         let l = &mut self.image.sb.legs[slot as usize];
-        l.state = LegState::FracturedByAdmin;
+        l.set_state(LegState::FracturedByAdmin, now);
         l.reason = cut(reason.unwrap_or("fractured by admin"), format::MAX_TEXT);
         l.fractured_at = Some(now);
-        l.state_changed_at = now;
         l.fracture_generation = generation;
         self.commit()?;
         // Best effort: the secondary's own header records that it is no longer current.

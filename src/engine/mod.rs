@@ -10,6 +10,7 @@ mod attach;
 pub mod create;
 pub mod failover;
 mod legs;
+pub mod plan;
 mod recover;
 mod resync;
 pub mod status;

@@ -33,8 +33,7 @@ impl Mirror {
         for &s in &slots {
             let leg = &mut self.image.sb.legs[s as usize];
             if leg.state == LegState::InSync {
-                leg.state = LegState::Syncing;
-                leg.state_changed_at = now;
+                leg.set_state(LegState::Syncing, now);
             }
         }
         self.image.sb.last_recovery = Some(RecoveryRecord {

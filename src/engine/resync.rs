@@ -12,6 +12,7 @@
 //!   zeros are written only where the primary reports a hole, never for data it could not
 //!   read (device.rs turns a short read or a shrunk file into an error).
 
+use super::plan;
 use super::*;
 
 /// Largest single copy during resync.
@@ -124,10 +125,7 @@ impl Mirror {
                     work.push((s, d));
                     // S3: from now on the leg receives writes.
                     let l = &mut self.image.sb.legs[s as usize];
-                    if l.state != LegState::Syncing {
-                        l.state = LegState::Syncing;
-                        l.state_changed_at = now;
-                    }
+                    l.set_state(LegState::Syncing, now);
                 }
                 Err(msg) => {
                     let l = &mut self.image.sb.legs[s as usize];
@@ -221,8 +219,7 @@ impl Mirror {
                 continue;
             }
             let l = &mut self.image.sb.legs[s as usize];
-            l.state = LegState::InSync;
-            l.state_changed_at = now;
+            l.set_state(LegState::InSync, now);
             l.fractured_at = None;
             l.reason.clear();
             l.last_error.clear();
@@ -325,31 +322,16 @@ pub(super) fn compare_copy(
                 .map_err(|e| CopyErr::Leg(format!("read at data offset {}", at(p)), e))?;
             ctl.limiter.take(n as u64);
             // Runs of differing blocks, each written with one call.
-            let mut i = 0;
-            while i < n {
-                let differs = |i: usize| {
-                    let e = (i + block).min(n);
-                    ours[i..e] != theirs[i..e]
-                };
-                if !differs(i) {
-                    i += block;
-                    continue;
-                }
-                let mut j = i + block;
-                while j < n && differs(j) {
-                    j += block;
-                }
-                let j = j.min(n);
-                let off = p + i as u64;
-                let len = (j - i) as u64;
+            for run in plan::differing_runs(&ours[..n], &theirs[..n], block) {
+                let off = p + run.start as u64;
+                let len = run.len() as u64;
                 let r = if data {
-                    target.write_at(&ours[i..j], off)
+                    target.write_at(&ours[run], off)
                 } else {
                     target.zero_range(off, len)
                 };
                 r.map_err(|e| CopyErr::Leg(format!("write at data offset {}", at(off)), e))?;
                 ctl.written.fetch_add(len, Ordering::Relaxed);
-                i = j;
             }
             p += n as u64;
         }
@@ -397,10 +379,7 @@ pub(super) fn copy_leg(
     // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
     // COPY_RUN takes 8 s at 1 MiB/s, and a resync interrupted more often than that never
     // made any progress durable.
-    let run_bytes = limiter
-        .bytes_in(CHECKPOINT / 2)
-        .map_or(COPY_RUN, |b| b.min(COPY_RUN));
-    let max_run = (run_bytes / g.region_size).max(1);
+    let max_run = plan::max_run_regions(limiter.bytes_in(CHECKPOINT / 2), COPY_RUN, g.region_size);
     let mut buf = vec![0u8; (COPY_RUN.max(g.region_size)) as usize];
     let mut theirs = if ctl.compare {
         vec![0u8; buf.len()]
@@ -452,24 +431,7 @@ pub(super) fn copy_leg(
             let extents = primary.data_extents(start..end).map_err(|e| {
                 LegError::Primary(format!("reading primary at data offset {}: {e}", br.start))
             })?;
-            let pieces = match extents {
-                None => vec![(start..end, true)],
-                Some(ext) => {
-                    let mut v = Vec::new();
-                    let mut p = start;
-                    for e in ext {
-                        if e.start > p {
-                            v.push((p..e.start, false));
-                        }
-                        v.push((e.start.max(p)..e.end.min(end), true));
-                        p = e.end.min(end);
-                    }
-                    if p < end {
-                        v.push((p..end, false));
-                    }
-                    v
-                }
-            };
+            let pieces = plan::copy_pieces(start..end, extents);
             for (piece, data) in pieces {
                 if piece.is_empty() {
                     continue;

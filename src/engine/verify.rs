@@ -7,8 +7,9 @@
 //! so a region is never compared while a write to it is in flight.
 
 use crate::device::Device;
+use crate::engine::plan::{self, Verdict};
 use crate::engine::{Mirror, Progress};
-use crate::error::{Exit, Result};
+use crate::error::Result;
 use crate::format::layout::{BitmapId, Geometry, SlotIdx, MIB};
 use crate::format::ranges::union;
 use crate::format::{LegState, VerifyRecord};
@@ -90,7 +91,7 @@ pub fn run(
     slots_for: &dyn Fn(&Mirror) -> Result<Vec<u32>>,
     opts: &VerifyOpts,
     progress: &dyn Progress,
-) -> Result<(VerifyReport, Exit, Vec<String>)> {
+) -> Result<(VerifyReport, Verdict, Vec<String>)> {
     let started = Instant::now();
     let started_at = now_unix();
     let deadline = opts.max_time.map(|d| started + d);
@@ -203,25 +204,10 @@ pub fn run(
     let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
     let broken = legs.iter().any(|l| l.error.is_some());
     let nothing_compared = !legs.is_empty() && legs.iter().all(|l| !l.compared);
-    report.result = if unrepaired > 0 {
-        "differences"
-    } else if broken || nothing_compared {
-        "incomplete"
-    } else if any_mismatch {
-        "repaired"
-    } else {
-        "clean"
-    }
-    .to_string();
-    let exit = if unrepaired > 0 {
-        Exit::Differences
-    } else if broken || nothing_compared {
-        Exit::Degraded
-    } else {
-        Exit::Success
-    };
+    let verdict = plan::verdict(unrepaired, broken, nothing_compared, any_mismatch);
+    report.result = verdict.as_str().to_string();
     report.legs = legs;
-    Ok((report, exit, warnings))
+    Ok((report, verdict, warnings))
 }
 
 fn save_record(

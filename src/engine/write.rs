@@ -17,6 +17,7 @@
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
 //!   otherwise regions the primary may not hold would look clean.
 
+use super::plan;
 use super::*;
 
 /// Bytes read from the input and written to every leg at once.
@@ -125,27 +126,12 @@ impl Mirror {
         let window = (self.window / g.region_size).max(1);
         // W1 needs every region of this chunk marked, even if the input turned out longer
         // than announced.
-        let new = regions.start
-            ..regions
-                .end
-                .max(regions.start + window)
-                .min(st.limit)
-                .max(regions.end);
-        let old = st.marked.clone();
+        let new = plan::next_window(&regions, window, st.limit);
         let wi = BitmapId::WriteIntent;
-        if !old.is_empty() {
-            let keep = new.start.max(old.start)..new.end.min(old.end);
-            if keep.is_empty() {
-                self.bitmaps.set_range(wi, old.clone(), false)
-            } else {
-                self.bitmaps
-                    .set_range(wi, old.start..keep.start, false)
-                    .and_then(|_| {
-                        self.bitmaps
-                            .set_range(wi, keep.end..old.end.max(keep.end), false)
-                    })
-            }
-            .map_err(|e| self.meta_err("clearing write intents", &e))?;
+        for r in plan::window_release(&st.marked, &new) {
+            self.bitmaps
+                .set_range(wi, r, false)
+                .map_err(|e| self.meta_err("clearing write intents", &e))?;
         }
         // W1: mark the new window.
         self.bitmaps
@@ -233,14 +219,7 @@ impl Mirror {
             (Some(k), Some(m)) => Some(k.min(m)),
             (k, m) => k.or(m),
         };
-        let limit = match bound {
-            Some(k) => g
-                .regions_for(offset, k.min(g.data_size - offset))
-                .end
-                .max(g.regions_for(offset, 0).end + 1)
-                .min(g.region_count),
-            None => g.region_count,
-        };
+        let limit = plan::write_limit(&g, offset, bound);
         let mut st = Stream {
             marked: 0..0,
             ahead: Vec::new(),

@@ -100,7 +100,53 @@ pub struct Leg {
     pub fracture_generation: u64,
 }
 
+/// Every legal change of a leg's state, in one place (crucible's
+/// `checked_state_transition`): an illegal one is a bug, caught by the assertion in
+/// [`Leg::set_state`] wherever a test reaches it, never a silent assignment.
+pub fn transition_allowed(from: LegState, to: LegState) -> bool {
+    use LegState::*;
+    match (from, to) {
+        (a, b) if a == b => true,
+        // attach (A2), detach
+        (Empty, InSync | Syncing) | (_, Empty) => true,
+        // recovery (R2), resync starting (S3), verify differences (V1)
+        (InSync, Syncing) => true,
+        // resync complete (S2)
+        (Syncing, InSync) => true,
+        // admin fracture, a failure (W4); a fractured leg that also fails
+        (InSync | Syncing, FracturedByAdmin | FracturedByError) => true,
+        (FracturedByAdmin, FracturedByError) => true,
+        // resync or re-attach of a fractured leg; re-attach --assume-clean, or a demoted
+        // former primary with nothing to copy
+        (FracturedByAdmin | FracturedByError, Syncing | InSync) => true,
+        // a fracture comes from a leg that was attached; an error does not make an admin
+        // fracture
+        (Empty, FracturedByAdmin | FracturedByError) | (FracturedByError, FracturedByAdmin) => {
+            false
+        }
+        // the guard above covers a == b; the compiler cannot see it
+        (InSync, InSync)
+        | (Syncing, Syncing)
+        | (FracturedByAdmin, FracturedByAdmin)
+        | (FracturedByError, FracturedByError) => true,
+    }
+}
+
 impl Leg {
+    /// Changes the leg's state (and when it changed); panics on an illegal transition.
+    pub fn set_state(&mut self, to: LegState, now: u64) {
+        assert!(
+            transition_allowed(self.state, to),
+            "illegal leg state transition {:?} -> {:?}",
+            self.state,
+            to
+        );
+        if self.state != to {
+            self.state = to;
+            self.state_changed_at = now;
+        }
+    }
+
     /// The path to open: as given if absolute (stable names like /dev/disk/by-id/...),
     /// else the canonical path recorded at attach (independent of the working directory).
     pub fn open_path(&self) -> &str {
@@ -455,6 +501,36 @@ pub(crate) mod tests {
         let sum = checksum(&buf[0..32], &buf[64..64 + payload_len]);
         buf[32..64].copy_from_slice(&sum);
         buf
+    }
+
+    #[test]
+    fn leg_state_transitions_are_checked_in_one_table() {
+        use LegState::*;
+        let all = [Empty, InSync, Syncing, FracturedByAdmin, FracturedByError];
+        let illegal = [
+            (Empty, FracturedByAdmin),
+            (Empty, FracturedByError),
+            (FracturedByError, FracturedByAdmin),
+        ];
+        for a in all {
+            for b in all {
+                assert_eq!(
+                    transition_allowed(a, b),
+                    !illegal.contains(&(a, b)),
+                    "{a:?} -> {b:?}"
+                );
+            }
+        }
+        let mut l = Leg::empty();
+        l.set_state(Syncing, 7);
+        assert_eq!((l.state, l.state_changed_at), (Syncing, 7));
+        l.set_state(Syncing, 9);
+        assert_eq!(l.state_changed_at, 7, "no change, no new time");
+        let r = std::panic::catch_unwind(|| {
+            let mut e = Leg::empty();
+            e.set_state(FracturedByAdmin, 1);
+        });
+        assert!(r.is_err(), "an illegal transition must not pass silently");
     }
 
     #[test]

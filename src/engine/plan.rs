@@ -1,0 +1,307 @@
+//! Pure planning: the decisions the operations make, as functions of numbers and ranges,
+//! with no device in sight (crucible's `mend.rs` habit), unit-tested on their own. The
+//! operations do the I/O these plans describe.
+
+use crate::format::layout::Geometry;
+use crate::format::ranges::union;
+use std::ops::Range;
+
+/// The write-intent window to mark for a chunk touching `chunk` (regions): from its first
+/// region, `window` regions long, but never past `limit` (the last region the write can
+/// touch) and always covering the whole chunk (W1, even if the input ran longer than
+/// announced).
+pub fn next_window(chunk: &Range<u64>, window: u64, limit: u64) -> Range<u64> {
+    chunk.start
+        ..chunk
+            .end
+            .max(chunk.start + window)
+            .min(limit)
+            .max(chunk.end)
+}
+
+/// The regions of the old window that the new one does not keep: their intents are
+/// cleared (after the sync of W2) in the same flush that marks the new window.
+pub fn window_release(old: &Range<u64>, new: &Range<u64>) -> Vec<Range<u64>> {
+    if old.is_empty() {
+        return vec![];
+    }
+    let keep = new.start.max(old.start)..new.end.min(old.end);
+    if keep.is_empty() {
+        return vec![old.clone()];
+    }
+    [old.start..keep.start, keep.end..old.end.max(keep.end)]
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// The region after the last one a write of `len` bytes (if known) at `offset` can touch:
+/// where its write-intent window stops, so that nothing past the write stays marked.
+pub fn write_limit(g: &Geometry, offset: u64, len: Option<u64>) -> u64 {
+    match len {
+        Some(k) => g
+            .regions_for(offset, k.min(g.data_size - offset))
+            .end
+            .max(g.regions_for(offset, 0).end + 1)
+            .min(g.region_count),
+        None => g.region_count,
+    }
+}
+
+/// How a span of the primary is copied: `(range, true)` pieces hold data and are copied,
+/// `(range, false)` pieces are holes the primary reports (SEEK_HOLE) and are zeroed on the
+/// target. `extents` is where the primary may hold data; `None` (unknown) copies it all.
+pub fn copy_pieces(span: Range<u64>, extents: Option<Vec<Range<u64>>>) -> Vec<(Range<u64>, bool)> {
+    let Some(ext) = extents else {
+        return vec![(span, true)];
+    };
+    let mut v = Vec::new();
+    let mut p = span.start;
+    for e in ext {
+        if e.start > p {
+            v.push((p..e.start, false));
+        }
+        v.push((e.start.max(p)..e.end.min(span.end), true));
+        p = e.end.min(span.end);
+    }
+    if p < span.end {
+        v.push((p..span.end, false));
+    }
+    v.retain(|(r, _)| !r.is_empty());
+    v
+}
+
+/// The longest run of regions a resync copies before it looks at the clock: `copy_run`
+/// bytes, or under a rate limit what the limit lets through in half a checkpoint
+/// (`half_checkpoint_bytes`), so durable points come within 1.5 checkpoints. Never 0.
+pub fn max_run_regions(half_checkpoint_bytes: Option<u64>, copy_run: u64, region_size: u64) -> u64 {
+    let run_bytes = half_checkpoint_bytes.map_or(copy_run, |b| b.min(copy_run));
+    (run_bytes / region_size).max(1)
+}
+
+/// Runs of `block`-sized pieces where `ours` and `theirs` differ (byte offsets, the last
+/// block may be short), each run to be written with one call.
+pub fn differing_runs(ours: &[u8], theirs: &[u8], block: usize) -> Vec<Range<usize>> {
+    let n = ours.len().min(theirs.len());
+    let differs = |i: usize| {
+        let e = (i + block).min(n);
+        ours[i..e] != theirs[i..e]
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !differs(i) {
+            i += block;
+            continue;
+        }
+        let mut j = i + block;
+        while j < n && differs(j) {
+            j += block;
+        }
+        let j = j.min(n);
+        out.push(i..j);
+        i = j;
+    }
+    out
+}
+
+/// A new secondary's initial fracture log (A2): the regions of the primary's data extents
+/// (device offsets), or every region when they are unknown or the secondary keeps its data.
+pub fn initial_log(g: &Geometry, extents: Option<Vec<Range<u64>>>) -> Vec<Range<u64>> {
+    match extents {
+        None => vec![0..g.region_count],
+        Some(v) => union(
+            &v.into_iter()
+                .map(|r| g.regions_for(r.start - g.data_offset, r.end - r.start))
+                .collect::<Vec<_>>(),
+            &[],
+        ),
+    }
+}
+
+/// What the former primary told promotion, when it was reachable: its write-intent log and
+/// each slot's fracture log.
+pub struct OldPrimaryLogs {
+    pub write_intents: Vec<Range<u64>>,
+    pub fracture: Vec<(u32, Vec<Range<u64>>)>,
+}
+
+/// The new primary's fracture logs after promotion (P3). With the former primary's logs
+/// every listed slot keeps its log plus the pending intents (the promoted image's old log
+/// becomes the former primary's slot's); without them every other listed slot may differ
+/// anywhere in the former primary's last window, which is unknown: all regions.
+/// `listed` are the slots of the new leg table in use; `promoted` the slot the former
+/// primary now takes.
+pub fn promote_logs(
+    listed: &[u32],
+    promoted: u32,
+    region_count: u64,
+    old: Option<&OldPrimaryLogs>,
+) -> Vec<(u32, Vec<Range<u64>>)> {
+    match old {
+        Some(o) => listed
+            .iter()
+            .map(|&s| {
+                let f = o
+                    .fracture
+                    .iter()
+                    .find(|(x, _)| *x == s)
+                    .map(|(_, r)| r.as_slice())
+                    .unwrap_or(&[]);
+                (s, union(f, &o.write_intents))
+            })
+            .collect(),
+        None => listed
+            .iter()
+            .filter(|&&s| s != promoted)
+            .map(|&s| (s, vec![0..region_count]))
+            .collect(),
+    }
+}
+
+/// The outcome of a verify run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every compared region matches.
+    Clean,
+    /// Some differed and all of them were repaired.
+    Repaired,
+    /// Some differ and were not repaired.
+    Differences,
+    /// A leg could not be read, or nothing at all could be compared.
+    Incomplete,
+}
+
+impl Verdict {
+    /// The `result` word of the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Repaired => "repaired",
+            Verdict::Differences => "differences",
+            Verdict::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// The verify verdict: unrepaired differences first, then an incomplete comparison, then
+/// repaired ones.
+pub fn verdict(
+    unrepaired: u64,
+    broken: bool,
+    nothing_compared: bool,
+    any_mismatch: bool,
+) -> Verdict {
+    if unrepaired > 0 {
+        Verdict::Differences
+    } else if broken || nothing_compared {
+        Verdict::Incomplete
+    } else if any_mismatch {
+        Verdict::Repaired
+    } else {
+        Verdict::Clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_covers_the_chunk_stops_at_the_limit_and_releases_what_it_leaves() {
+        assert_eq!(next_window(&(10..12), 100, 1000), 10..110);
+        assert_eq!(next_window(&(10..12), 100, 50), 10..50);
+        // A chunk longer than announced is still covered (W1).
+        assert_eq!(next_window(&(10..60), 100, 50), 10..60);
+        assert_eq!(window_release(&(0..0), &(5..9)), Vec::<Range<u64>>::new());
+        assert_eq!(window_release(&(0..100), &(100..200)), vec![0..100]);
+        assert_eq!(window_release(&(0..100), &(50..150)), vec![0..50]);
+        assert_eq!(window_release(&(0..100), &(20..40)), vec![0..20, 40..100]);
+    }
+
+    #[test]
+    fn a_known_length_bounds_the_window_to_the_regions_it_touches() {
+        let g = Geometry::for_data_size(1 << 20, 4096, 2).unwrap();
+        assert_eq!(write_limit(&g, 0, None), 256);
+        assert_eq!(write_limit(&g, 4096, Some(10)), 2);
+        assert_eq!(write_limit(&g, 8192, Some(0)), 3, "at least one region");
+        assert_eq!(write_limit(&g, 0, Some(u64::MAX)), 256);
+    }
+
+    #[test]
+    fn copy_pieces_copy_data_and_zero_only_reported_holes() {
+        assert_eq!(copy_pieces(0..100, None), vec![(0..100, true)]);
+        assert_eq!(copy_pieces(0..100, Some(vec![])), vec![(0..100, false)]);
+        assert_eq!(
+            copy_pieces(10..100, Some(vec![0..20, 40..50, 90..200])),
+            vec![
+                (10..20, true),
+                (20..40, false),
+                (40..50, true),
+                (50..90, false),
+                (90..100, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_shortens_runs_but_never_to_nothing() {
+        assert_eq!(max_run_regions(None, 8 << 20, 64 << 10), 128);
+        assert_eq!(max_run_regions(Some(1 << 20), 8 << 20, 64 << 10), 16);
+        assert_eq!(max_run_regions(Some(1), 8 << 20, 64 << 10), 1);
+    }
+
+    #[test]
+    fn differing_blocks_are_found_as_runs_including_a_short_last_block() {
+        let a = vec![0u8; 10];
+        let mut b = a.clone();
+        assert_eq!(differing_runs(&a, &b, 4), Vec::<Range<usize>>::new());
+        b[1] = 1;
+        b[5] = 1;
+        b[9] = 1;
+        assert_eq!(differing_runs(&a, &b, 4), vec![0..10]);
+        b[5] = 0;
+        assert_eq!(differing_runs(&a, &b, 4), vec![0..4, 8..10]);
+    }
+
+    #[test]
+    fn the_initial_log_is_the_regions_of_the_primarys_extents() {
+        let g = Geometry::for_data_size(1 << 20, 4096, 2).unwrap();
+        let d = g.data_offset;
+        assert_eq!(initial_log(&g, None), vec![0..256]);
+        assert_eq!(
+            initial_log(
+                &g,
+                Some(vec![d..d + 1, d + 4096..d + 8193, d + 12288..d + 12289])
+            ),
+            vec![0..4]
+        );
+        assert_eq!(initial_log(&g, Some(vec![])), Vec::<Range<u64>>::new());
+    }
+
+    #[test]
+    fn promotion_keeps_logs_plus_intents_or_marks_the_others_in_full() {
+        let old = OldPrimaryLogs {
+            write_intents: vec![5..6],
+            fracture: vec![(0, vec![1..2]), (1, vec![])],
+        };
+        assert_eq!(
+            promote_logs(&[0, 1], 0, 100, Some(&old)),
+            vec![(0, vec![1..2, 5..6]), (1, vec![5..6])]
+        );
+        assert_eq!(
+            promote_logs(&[0, 1, 3], 0, 100, None),
+            vec![(1, vec![0..100]), (3, vec![0..100])]
+        );
+    }
+
+    #[test]
+    fn the_verdict_puts_unrepaired_differences_before_an_incomplete_run() {
+        assert_eq!(verdict(0, false, false, false), Verdict::Clean);
+        assert_eq!(verdict(0, false, false, true), Verdict::Repaired);
+        assert_eq!(verdict(0, true, false, true), Verdict::Incomplete);
+        assert_eq!(verdict(0, false, true, false), Verdict::Incomplete);
+        assert_eq!(verdict(3, true, true, true), Verdict::Differences);
+        assert_eq!(Verdict::Differences.as_str(), "differences");
+    }
+}
