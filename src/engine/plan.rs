@@ -109,7 +109,7 @@ pub fn differing_runs(ours: &[u8], theirs: &[u8], block: usize) -> Vec<Range<usi
 /// (device offsets), or every region when they are unknown or the secondary keeps its data.
 pub fn initial_log(g: &Geometry, extents: Option<Vec<Range<u64>>>) -> Vec<Range<u64>> {
     match extents {
-        None => vec![0..g.region_count],
+        None => every(g.region_count),
         Some(v) => union(
             &v.into_iter()
                 .map(|r| g.regions_for(r.start - g.data_offset, r.end - r.start))
@@ -117,6 +117,11 @@ pub fn initial_log(g: &Geometry, extents: Option<Vec<Range<u64>>>) -> Vec<Range<
             &[],
         ),
     }
+}
+
+/// All of `0..n` as a list of ranges.
+pub fn every(n: u64) -> Vec<Range<u64>> {
+    std::iter::once(0..n).collect()
 }
 
 /// What the former primary told promotion, when it was reachable: its write-intent log and
@@ -154,7 +159,7 @@ pub fn promote_logs(
         None => listed
             .iter()
             .filter(|&&s| s != promoted)
-            .map(|&s| (s, vec![0..region_count]))
+            .map(|&s| (s, every(region_count)))
             .collect(),
     }
 }
@@ -204,6 +209,7 @@ pub fn verdict(
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // lists of one range are what is expected
 mod tests {
     use super::*;
 
