@@ -4,6 +4,7 @@
 pub mod history;
 pub mod layout;
 pub mod ranges;
+pub mod schema;
 pub mod superblock;
 
 pub use superblock::*;
