@@ -6,10 +6,7 @@ fn main() {
     mirrorctl::cli::commands::install_sigbus_handler();
     let cli = match mirrorctl::cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            std::process::exit(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(e) => std::process::exit(mirrorctl::cli::parse_failure(e)),
     };
     let json = cli.command.json();
     match mirrorctl::cli::commands::run(cli) {

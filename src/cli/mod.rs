@@ -3,9 +3,14 @@
 
 pub mod commands;
 pub mod doc;
+pub mod output;
 
+use crate::engine::FlushPolicy;
+use crate::lock::Wait;
+use crate::units::{parse_duration, parse_rate, parse_size};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const AFTER_HELP: &str = "\
 EXIT STATUS:
@@ -36,8 +41,8 @@ pub struct Cli {
     /// If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g.
     /// 30s, 5m; without a value, as long as it takes) instead of exiting with status 5.
     #[arg(long, global = true, value_name = "DURATION", num_args = 0..=1,
-          default_missing_value = "forever", require_equals = true)]
-    pub wait: Option<String>,
+          default_missing_value = "forever", require_equals = true, value_parser = parse_wait)]
+    pub wait: Option<Wait>,
 
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
     #[arg(long, global = true)]
@@ -45,8 +50,8 @@ pub struct Cli {
 
     /// How long to wait for an NBD server (connect, handshake, each request) before the
     /// secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s.
-    #[arg(long, global = true, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,11 +116,11 @@ pub struct CreateArgs {
     pub image: PathBuf,
     /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
     /// or device is used whole.
-    #[arg(long, value_name = "SIZE")]
-    pub size: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: Option<u64>,
     /// Bytes tracked by one bitmap bit: a power of two from 4K to 64M.
-    #[arg(long, value_name = "SIZE", default_value = "64K")]
-    pub region_size: String,
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_region_size)]
+    pub region_size: u64,
     /// Number of secondary slots (1 to 32).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub max_secondaries: u32,
@@ -159,8 +164,8 @@ pub struct AttachArgs {
     #[arg(long)]
     pub force: bool,
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
-    #[arg(long, value_name = "SIZE/s")]
-    pub rate: Option<String>,
+    #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
+    pub rate: Option<u64>,
     /// Initial sync reads the secondary too and writes only the 64 KiB blocks that differ:
     /// for a secondary that already holds most of the data (a shipped copy, an old replica).
     /// Its data area is kept, so data there needs no --force; a re-attached image is compared
@@ -189,16 +194,58 @@ pub struct PromoteArgs {
     pub json: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FlushPolicy {
-    /// Make data durable at the end (and at every write-intent window).
-    End,
-    /// Make every chunk durable before the next one.
-    Always,
-    /// Make data durable every SIZE bytes.
-    Every(u64),
+/// Reports a command line clap refused and returns the exit status: a bad value of an
+/// option (a size, rate, duration or policy, checked once by the value parsers below) reads
+/// `mirrorctl: --FLAG: why`, like every other error, and a command given `--json` also
+/// prints its JSON error document; everything else (help, version, unknown flags) is
+/// clap's own text.
+pub fn parse_failure(e: clap::Error) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(a)) => a.split(' ').next().map(str::to_string),
+        _ => None,
+    };
+    let why = std::error::Error::source(&e).map(|c| c.to_string());
+    match (e.kind(), flag, why) {
+        (ErrorKind::ValueValidation, Some(flag), Some(why)) => {
+            let err = crate::error::Error::usage(format!("{flag}: {why}"));
+            eprintln!("mirrorctl: {err}");
+            if std::env::args().any(|a| a == "--json") {
+                println!("{:#}", err.json());
+            }
+        }
+        _ => {
+            let _ = e.print();
+        }
+    }
+    2
 }
 
+/// `--wait[=DURATION]`: a duration, or "forever" (the flag without a value).
+fn parse_wait(s: &str) -> Result<Wait, String> {
+    crate::lock::parse_wait(Some(s))
+}
+
+/// `--timeout DURATION`, above zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// `--region-size SIZE`: a power of two from 4 KiB to 64 MiB.
+fn parse_region_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    crate::format::layout::check_region_size(v)?;
+    Ok(v)
+}
+
+/// `--flush end|always|every=SIZE`.
 pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
     match s {
         "end" => Ok(FlushPolicy::End),
@@ -222,15 +269,15 @@ pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
 pub struct WriteArgs {
     pub primary: PathBuf,
     /// Byte offset in the data area where writing starts.
-    #[arg(long, value_name = "SIZE", default_value = "0")]
-    pub offset: String,
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub offset: u64,
     /// Read from FILE instead of stdin (`-` is stdin).
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// Write exactly this many bytes: a shorter input is exit 2 after writing (durably,
     /// mirrored) what came, and the message says how much.
-    #[arg(long, value_name = "SIZE")]
-    pub length: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub length: Option<u64>,
     /// When legs are made durable: end, always, or every=SIZE. Exit 0 always means every
     /// byte is durable on every in-sync leg.
     #[arg(long, value_name = "POLICY", default_value = "end", value_parser = parse_flush)]
@@ -242,11 +289,11 @@ pub struct WriteArgs {
 #[derive(Args, Debug)]
 pub struct ReadArgs {
     pub primary: PathBuf,
-    #[arg(long, value_name = "SIZE", default_value = "0")]
-    pub offset: String,
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub offset: u64,
     /// Bytes to read (default: to the end of the data area).
-    #[arg(long, value_name = "SIZE")]
-    pub length: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub length: Option<u64>,
     /// Write to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -269,8 +316,8 @@ pub struct ResyncArgs {
     /// copy.
     pub secondaries: Vec<String>,
     /// Limit copying to this many bytes per second (e.g. 50M/s).
-    #[arg(long, value_name = "SIZE/s")]
-    pub rate: Option<String>,
+    #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
+    pub rate: Option<u64>,
     /// Print the regions and bytes that would be copied; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -302,8 +349,8 @@ pub struct VerifyArgs {
     pub repair: bool,
     /// Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time
     /// continues there, so repeated cron runs cover the whole image.
-    #[arg(long, value_name = "DURATION")]
-    pub max_time: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_time: Option<Duration>,
     /// Start from the beginning instead of the saved cursor.
     #[arg(long)]
     pub restart: bool,

@@ -2,6 +2,7 @@
 //! block devices.
 
 pub mod nbd;
+pub mod open;
 pub mod probe;
 pub mod sim;
 

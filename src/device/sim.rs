@@ -1,8 +1,8 @@
 //! Simulated devices for tests: a storage model that loses unsynced writes at a power cut,
 //! and injectable write failures (EIO, ENOSPC) in the spirit of crucible's failure queue.
 
+use crate::device::open::Opener;
 use crate::device::Device;
-use crate::engine::Opener;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -24,6 +24,7 @@ pub use resync::{
 };
 pub use write::{WriteReport, CHUNK, WINDOW};
 
+pub use crate::device::open::Opener;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
@@ -40,15 +41,6 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Opens a secondary by the location recorded at attach.
-pub trait Opener: Send + Sync {
-    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>>;
-    /// Whether legs are opened for writing (false for commands that only read).
-    fn writable(&self) -> bool {
-        true
-    }
-}
 
 /// When the legs are made durable during a write.
 #[derive(Clone, Debug, PartialEq, Eq)]

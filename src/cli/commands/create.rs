@@ -1,0 +1,137 @@
+//! `create`: finds or makes the image file, then the engine's checks and header.
+
+use super::*;
+
+#[derive(Serialize)]
+struct CreateOut {
+    path: String,
+    mirror_uuid: String,
+    image_uuid: String,
+    data_offset: u64,
+    data_size: u64,
+    region_size: u64,
+    region_count: u64,
+    max_secondaries: u32,
+}
+
+pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
+    let region_size = a.region_size;
+    crate::format::layout::check_slots(a.max_secondaries)
+        .map_err(|e| Error::usage(format!("--max-secondaries: {e}")))?;
+    let size = a.size;
+    let name = display(&a.image);
+    let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
+    let (dev, created) = if !exists {
+        refuse_missing_device(&a.image, "creating")?;
+        let Some(size) = size else {
+            return Err(Error::usage(format!(
+                "{name} does not exist: give --size to create a new image file (e.g. --size 10G)"
+            )));
+        };
+        let g = Geometry::for_data_size(size, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("--size: {e}")))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&a.image)
+            .map_err(|e| open_error("creating", &a.image, e))?;
+        let guard = RemoveOnDrop(Some(a.image.clone()));
+        file.set_len(g.total_len())
+            .map_err(|e| Error::usage(format!("sizing {name} to {} bytes: {e}", g.total_len())))?;
+        (
+            FileDevice::from_file(file, &a.image)
+                .map_err(|e| open_error("opening", &a.image, e))?,
+            Some(guard),
+        )
+    } else {
+        (
+            FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?,
+            None,
+        )
+    };
+    lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+    let capacity = dev.len();
+    let g = match size {
+        Some(s) => Geometry::for_data_size(s, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("--size: {e}")))?,
+        None => Geometry::fit(capacity, region_size, a.max_secondaries)
+            .map_err(|e| Error::usage(format!("{name}: {e}")))?,
+    };
+    if created.is_none() {
+        let existing: Arc<dyn Device> = Arc::new(
+            FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?,
+        );
+        let checks = engine::create::check_existing(existing, &name, &g, a.force, dev.is_block())?;
+        if let Some(f) = &checks.overwrites {
+            eprintln!(
+                "mirrorctl: note: --force: overwriting {} on {name} (signature at byte {})",
+                f.what, f.offset
+            );
+        }
+        if checks.grow {
+            dev.file()
+                .unwrap()
+                .set_len(g.total_len())
+                .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
+        }
+    }
+    let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
+    let img = engine::create::format_primary(Arc::new(dev), &name, g)?;
+    if let Some(mut guard) = created {
+        guard.0 = None;
+    }
+    let out = CreateOut {
+        path: name.clone(),
+        mirror_uuid: engine::uuid_str(&img.mirror_uuid),
+        image_uuid: engine::uuid_str(&img.image_uuid),
+        data_offset: g.data_offset,
+        data_size: g.data_size,
+        region_size: g.region_size,
+        region_count: g.region_count,
+        max_secondaries: g.slots,
+    };
+    if a.json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "created mirror {} on {name}: {} of data at offset {}, {} regions of {}, {} secondary slots",
+            out.mirror_uuid,
+            format_size(g.data_size),
+            g.data_offset,
+            g.region_count,
+            format_size(g.region_size),
+            g.slots
+        );
+    }
+    Ok(Exit::Success)
+}
+
+/// A path that does not exist is created as a new image file, except under /dev: there a
+/// missing name is a device that is not there (a typo, a disk not plugged in), and a
+/// regular file on devtmpfs would silently take the writes meant for it.
+pub(super) fn refuse_missing_device(path: &Path, what: &str) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = std::fs::canonicalize(&parent).unwrap_or(parent);
+    if dir.starts_with("/dev") {
+        return Err(Error::usage(format!(
+            "{what} {}: no such device; check the name (`lsblk`, `losetup -a`), or give a path outside /dev to create an image file",
+            display(path)
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a file this command created if the command fails before finishing.
+pub(super) struct RemoveOnDrop(pub(super) Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The subcommands: per command, arguments -> lock -> one engine call -> output. Shared
+//! here: opening and locking the primary, error mapping to exit codes, the health exit.
+
+use crate::cli::output::{print_json, print_warnings, Bar};
+use crate::cli::{self, Cli, Command};
+use crate::device::nbd::{self, NbdUri};
+use crate::device::open::{open_nbd, same_file, FileOpener};
+use crate::device::{identity, Device, FileDevice};
+use crate::engine::{self, Mirror};
+use crate::error::{Error, Exit, Result};
+use crate::format::layout::Geometry;
+use crate::format::{LegState, Role};
+use crate::lock::{self, Mode, Wait};
+use crate::meta::image::Image;
+use crate::units::format_size;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod attach;
+mod create;
+mod legs;
+mod promote;
+mod read;
+mod resync;
+mod status;
+mod verify;
+mod write;
+
+/// Runs a parsed command line and returns the exit status to use.
+pub fn run(cli: Cli) -> Result<Exit> {
+    if let Some(d) = cli.timeout {
+        nbd::set_timeout(d);
+    }
+    let ctx = Ctx {
+        wait: cli.wait.unwrap_or(Wait::No),
+        progress: !cli.no_progress && io::stderr().is_terminal(),
+    };
+    match cli.command {
+        Command::Create(a) => create::create(&ctx, a),
+        Command::Status(a) => status::status_cmd(&ctx, a),
+        Command::Attach(a) => attach::attach(&ctx, a),
+        Command::Write(a) => write::write(&ctx, a),
+        Command::Read(a) => read::read(&ctx, a),
+        Command::Fracture(a) => legs::fracture(&ctx, a),
+        Command::Resync(a) => resync::resync(&ctx, a),
+        Command::Detach(a) => legs::detach(&ctx, a),
+        Command::Verify(a) => verify::verify(&ctx, a),
+        Command::Promote(a) => promote::promote(&ctx, a),
+        Command::Generate(a) => {
+            let written: Vec<PathBuf> = crate::cli::doc::generate(&a.out, a.what)
+                .map_err(|e| Error::usage(format!("generating into {}: {e}", a.out.display())))?;
+            for p in written {
+                println!("{}", p.display());
+            }
+            Ok(Exit::Success)
+        }
+    }
+}
+
+struct Ctx {
+    wait: Wait,
+    progress: bool,
+}
+
+/// Prints the SIGBUS explanation and exits 4: an I/O error on a mapped bitmap page of the
+/// primary arrives as SIGBUS, not as an error return.
+extern "C" fn on_sigbus(_: libc::c_int) {
+    const MSG: &[u8] = b"mirrorctl: I/O error on the primary's bitmap area (SIGBUS while accessing mapped metadata): the primary device failed; nothing more was acknowledged\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::_exit(4);
+    }
+}
+
+pub fn install_sigbus_handler() {
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(libc::SIGBUS, on_sigbus as *const () as libc::sighandler_t);
+    }
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// An image that could not be opened: a problem with the path given (2), or an I/O error
+/// on the image (4). A read-only image says "read-only" (4: the primary cannot be written).
+fn open_error(what: &str, path: &Path, e: io::Error) -> Error {
+    let msg = format!(
+        "{what} {}: {}",
+        display(path),
+        crate::error::describe_io(&e)
+    );
+    if is_read_only(&e) {
+        return Error::primary(format!(
+            "{what} {}: read-only ({}); make it writable (`blockdev --setrw`, `chattr -i`, remount read-write) or give another image",
+            display(path),
+            crate::error::describe_io(&e)
+        ));
+    }
+    if is_path_problem(&e) {
+        Error::usage(msg)
+    } else {
+        Error::primary(msg)
+    }
+}
+
+/// A secondary that could not be opened or created at the path given: always a problem
+/// with that path (2), read-only included, since the primary is untouched.
+fn secondary_open_error(what: &str, path: &Path, e: io::Error) -> Error {
+    if is_read_only(&e) {
+        return Error::usage(format!(
+            "{what} {}: read-only ({}); give a writable secondary",
+            display(path),
+            crate::error::describe_io(&e)
+        ));
+    }
+    let msg = format!(
+        "{what} {}: {}",
+        display(path),
+        crate::error::describe_io(&e)
+    );
+    if is_path_problem(&e) {
+        Error::usage(msg)
+    } else {
+        Error::degraded(msg)
+    }
+}
+
+fn is_read_only(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ReadOnlyFilesystem
+        || matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM))
+}
+
+/// Errors that say the path names nothing usable (missing, a directory, too long...).
+fn is_path_problem(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EISDIR) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) | Some(libc::ELOOP)
+    )
+}
+
+/// The primary opened and locked, with its mirror state.
+fn open_mirror(ctx: &Ctx, path: &Path, mode: Mode) -> Result<Mirror> {
+    open_mirror_wait(path, mode, ctx.wait)
+}
+
+fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
+    let writable = mode == Mode::Exclusive;
+    let dev = FileDevice::open(path, writable).map_err(|e| open_error("opening", path, e))?;
+    lock::lock(dev.file().unwrap(), mode, wait, &display(path))?;
+    let dev: Arc<dyn Device> = Arc::new(dev);
+    let m = Mirror::open(
+        dev,
+        &display(path),
+        Arc::new(FileOpener { writable }),
+        writable,
+    )?;
+    Ok(m)
+}
+
+/// The primary opened for a command that writes data or logs: locked, refused if it was
+/// replaced by a promotion (P6, before anything is written), then recovered (R1..R3).
+fn open_for_change(ctx: &Ctx, path: &Path) -> Result<Mirror> {
+    let mut m = open_mirror(ctx, path, Mode::Exclusive)?;
+    m.refuse_if_replaced()?;
+    m.recover()?;
+    print_warnings(&mut m);
+    Ok(m)
+}
+
+/// Degraded (3) unless the mirror is healthy (the engine's one health rule).
+fn health_exit(m: &mut Mirror) -> Result<Exit> {
+    Ok(if m.is_healthy()? {
+        Exit::Success
+    } else {
+        Exit::Degraded
+    })
+}

@@ -1,0 +1,129 @@
+//! `promote`: failover, or finishing an interrupted promotion (P7).
+
+use super::attach::nbd_secondary;
+use super::*;
+
+#[derive(Serialize)]
+struct PromoteOut {
+    path: String,
+    generation: u64,
+    old_primary_slot: u32,
+    old_primary_reachable: bool,
+    notes: Vec<String>,
+}
+
+pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
+    let name = display(&a.secondary);
+    let dev: Arc<dyn Device> = if nbd::is_uri(&name) {
+        // An export has no lock to take: the admin makes sure nothing else uses the image
+        // (see README, Remote secondaries).
+        Arc::new(
+            open_nbd(&name, true)
+                .map_err(|e| Error::usage(format!("opening secondary {name}: {e}")))?,
+        )
+    } else {
+        let dev = FileDevice::open(&a.secondary, true)
+            .map_err(|e| open_error("opening", &a.secondary, e))?;
+        lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+        Arc::new(dev)
+    };
+    let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
+    if img.sb.role == Role::Primary {
+        drop(img);
+        return finish_promotion(ctx, dev, &name, a.json);
+    }
+    // The former primary, if it can be reached: it is the authority on how current this
+    // image is, and it must not be written while it is demoted.
+    let mut old = None;
+    if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
+        let p = PathBuf::from(&img.sb.primary_location);
+        match open_mirror_wait(&p, Mode::Exclusive, ctx.wait) {
+            // No recovery here: promote's checks read the write-intent log as it is, so a
+            // refusal leaves both images exactly as they were (its log plan includes the
+            // intents, P3).
+            Ok(mut m) => {
+                print_warnings(&mut m);
+                old = Some(m);
+            }
+            Err(e) if e.exit == Exit::Busy => return Err(e),
+            Err(e) => eprintln!("mirrorctl: note: former primary not used: {e}"),
+        }
+    }
+    drop(img);
+    let opener = Arc::new(FileOpener { writable: true });
+    let (out, mut m) = crate::engine::failover::promote(dev, &name, old, a.force, opener)?;
+    print_warnings(&mut m);
+    let res = PromoteOut {
+        path: name.clone(),
+        generation: out.generation,
+        old_primary_slot: out.old_primary_slot,
+        old_primary_reachable: out.old_primary_reachable,
+        notes: out.notes,
+    };
+    if a.json {
+        print_json(&res)?;
+    } else {
+        println!("promoted {name} to primary (generation {})", res.generation);
+        for n in &res.notes {
+            println!("  {n}");
+        }
+    }
+    health_exit(&mut m)
+}
+
+/// `promote` of an image that is already the primary: finishes an interrupted promotion
+/// (P7) when the former primary's slot still holds an image that was not demoted, or says
+/// there is nothing to promote.
+pub(super) fn finish_promotion(
+    ctx: &Ctx,
+    dev: Arc<dyn Device>,
+    name: &str,
+    json: bool,
+) -> Result<Exit> {
+    let mut m = Mirror::open(dev, name, Arc::new(FileOpener { writable: true }), true)?;
+    let Some((slot, leg)) = m.unfinished_demotion() else {
+        return Err(Error::usage(format!(
+            "{name} is already the primary of mirror {}; there is nothing to promote",
+            engine::uuid_str(&m.sb().mirror_uuid)
+        )));
+    };
+    let old_path = PathBuf::from(leg.open_path());
+    let (old_dev, canonical): (Arc<dyn Device>, String) = if nbd::is_uri(&leg.location) {
+        nbd_secondary(&leg.location)?
+    } else {
+        let d = FileDevice::open(&old_path, true)
+            .map_err(|e| open_error("opening the former primary", &old_path, e))?;
+        lock::lock(d.file().unwrap(), Mode::Exclusive, ctx.wait, &leg.location)?;
+        (Arc::new(d), leg.canonical.clone())
+    };
+    m.recover()?;
+    let outcome = m.attach(
+        old_dev,
+        &leg.location,
+        &canonical,
+        engine::InitialSync::Copy,
+        false,
+        false,
+    )?;
+    print_warnings(&mut m);
+    let note = format!(
+        "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} region(s) to copy: run `mirrorctl resync {name}`",
+        leg.location, outcome.regions
+    );
+    if json {
+        print_json(&PromoteOut {
+            path: name.to_string(),
+            generation: m.sb().generation,
+            old_primary_slot: slot,
+            old_primary_reachable: true,
+            notes: vec![note],
+        })?;
+    } else {
+        println!(
+            "{name} is already the primary (generation {})",
+            m.sb().generation
+        );
+        println!("  {note}");
+    }
+    health_exit(&mut m)
+}

@@ -1,0 +1,56 @@
+//! Output shared by the commands: JSON documents, warning lines, progress bars.
+
+use crate::engine::{Mirror, Progress};
+use crate::error::{Error, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::io::{self, Write};
+
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar drawn on stderr when `draw` (a terminal), hidden otherwise.
+    pub fn new(draw: bool, msg: &str) -> Bar {
+        let pb = if draw {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        pb.set_message(msg.to_string());
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        // Never above 100 %.
+        let len = self.0.length().unwrap_or(0);
+        let pos = (self.0.position() + bytes).min(len);
+        self.0.set_position(pos);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn print_warnings(m: &mut Mirror) {
+    for w in m.warnings.drain(..) {
+        eprintln!("mirrorctl: {w}");
+    }
+}
+
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::output(e.into()))?;
+    writeln!(out).map_err(Error::output)
+}
