@@ -1,53 +1,30 @@
-//! Errors and the documented exit codes they map to.
+//! Errors: what failed, of which kind, and what was done before; no exit codes (the CLI
+//! maps kinds to them, `cli::exit`).
 
 use std::fmt;
 
-/// Documented exit codes (README, mirrorctl(1)). Scripts rely on these numbers.
+/// What kind of failure an error is, as the code that failed sees it. The front end (the
+/// CLI: `cli::exit`) decides what each kind means to its caller (an exit code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Success = 0,
-    /// verify found differences that were not repaired.
-    Differences = 1,
-    /// Usage error or invalid input; nothing was changed.
-    Usage = 2,
-    /// The command did its work, but the mirror is degraded (a secondary failed or is out
-    /// of sync).
-    Degraded = 3,
-    /// I/O error on the primary, or its metadata is unreadable.
-    Primary = 4,
-    /// Another mirrorctl holds the lock.
-    Busy = 5,
+pub enum Kind {
+    /// Invalid input, or a refusal: nothing was changed (with the exceptions the message
+    /// names, e.g. a write input that ran out).
+    Invalid,
+    /// The work was done, but a secondary failed or is out of sync.
+    Degraded,
+    /// An I/O error on the primary, or its metadata is unreadable.
+    Primary,
+    /// Another process holds the mirror's lock.
+    Busy,
+    /// verify found differences it did not repair.
+    Differences,
 }
 
-impl Exit {
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-    /// The more severe of two outcomes.
-    pub fn worst(self, other: Exit) -> Exit {
-        fn rank(e: Exit) -> u8 {
-            match e {
-                Exit::Success => 0,
-                Exit::Degraded => 1,
-                Exit::Differences => 2,
-                Exit::Busy => 3,
-                Exit::Usage => 4,
-                Exit::Primary => 5,
-            }
-        }
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
-        }
-    }
-}
-
-/// A failure with the exit code it maps to. The message reads
+/// A failure of a given [`Kind`]. The message reads
 /// `<what failed>: <cause>` and names the leg, path and offset involved.
 #[derive(Debug)]
 pub struct Error {
-    pub exit: Exit,
+    pub kind: Kind,
     pub msg: String,
     /// Writing to stdout hit a closed pipe: exit quietly.
     pub broken_pipe: bool,
@@ -65,9 +42,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Error {
-    pub fn new(exit: Exit, msg: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, msg: impl Into<String>) -> Self {
         Error {
-            exit,
+            kind,
             msg: msg.into(),
             broken_pipe: false,
             details: Vec::new(),
@@ -79,32 +56,20 @@ impl Error {
         self
     }
 
-    /// The one JSON document a `--json` command prints when it fails: `error`,
-    /// `exit_code`, and what was done.
-    pub fn json(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        m.insert("error".into(), self.msg.clone().into());
-        m.insert("exit_code".into(), self.exit.code().into());
-        for (k, v) in &self.details {
-            m.insert((*k).into(), v.clone());
-        }
-        serde_json::Value::Object(m)
-    }
-
-    pub fn usage(msg: impl Into<String>) -> Self {
-        Self::new(Exit::Usage, msg)
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::new(Kind::Invalid, msg)
     }
     pub fn primary(msg: impl Into<String>) -> Self {
-        Self::new(Exit::Primary, msg)
+        Self::new(Kind::Primary, msg)
     }
     pub fn busy(msg: impl Into<String>) -> Self {
-        Self::new(Exit::Busy, msg)
+        Self::new(Kind::Busy, msg)
     }
     pub fn degraded(msg: impl Into<String>) -> Self {
-        Self::new(Exit::Degraded, msg)
+        Self::new(Kind::Degraded, msg)
     }
     pub fn differences(msg: impl Into<String>) -> Self {
-        Self::new(Exit::Differences, msg)
+        Self::new(Kind::Differences, msg)
     }
     /// An I/O error on the primary, with context.
     pub fn primary_io(what: impl fmt::Display, e: &std::io::Error) -> Self {
@@ -112,7 +77,7 @@ impl Error {
     }
     /// Writing our output failed; a closed pipe is quiet.
     pub fn output(e: std::io::Error) -> Self {
-        let mut err = Self::usage(format!("writing output: {e}"));
+        let mut err = Self::invalid(format!("writing output: {e}"));
         err.broken_pipe = e.kind() == std::io::ErrorKind::BrokenPipe;
         err
     }

@@ -17,9 +17,9 @@ fn main() {
             eprintln!("mirrorctl: {e}");
             if json {
                 // Scripts never parse an empty stdout: one document on failure too.
-                println!("{:#}", e.json());
+                println!("{:#}", mirrorctl::cli::exit::json(&e));
             }
-            std::process::exit(e.exit.code());
+            std::process::exit(mirrorctl::cli::exit::of(&e).code());
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod doc;
+pub mod exit;
 pub mod output;
 
 use crate::engine::FlushPolicy;
@@ -212,10 +213,10 @@ pub fn parse_failure(e: clap::Error) -> i32 {
     let why = std::error::Error::source(&e).map(|c| c.to_string());
     match (e.kind(), flag, why) {
         (ErrorKind::ValueValidation, Some(flag), Some(why)) => {
-            let err = crate::error::Error::usage(format!("{flag}: {why}"));
+            let err = crate::error::Error::invalid(format!("{flag}: {why}"));
             eprintln!("mirrorctl: {err}");
             if std::env::args().any(|a| a == "--json") {
-                println!("{:#}", err.json());
+                println!("{:#}", exit::json(&err));
             }
         }
         _ => {

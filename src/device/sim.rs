@@ -211,16 +211,19 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next_u64() % 100 < percent
     }
+    /// Fills `buf` with the next bytes of the sequence.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes for test data.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    Rng::new(seed).fill(&mut out);
     out
 }
 

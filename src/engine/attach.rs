@@ -54,13 +54,13 @@ impl Mirror {
         let assume_clean = initial == InitialSync::AssumeClean;
         let g = self.geometry();
         if location.len() > format::MAX_LOCATION || canonical.len() > format::MAX_LOCATION {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "secondary path is longer than {} bytes; use a shorter path or a symlink",
                 format::MAX_LOCATION
             )));
         }
         if dev.len() < g.total_len() {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "secondary {location} is too small: it has {} bytes, the mirror needs {} ({} of metadata + {} of data)",
                 dev.len(),
                 g.total_len(),
@@ -73,14 +73,14 @@ impl Mirror {
         match &existing {
             Ok(img) if img.sb.mirror_uuid == self.sb().mirror_uuid => {
                 if img.sb.image_uuid == self.sb().image_uuid {
-                    return Err(Error::usage(format!(
+                    return Err(Error::invalid(format!(
                         "{location} is this mirror's primary itself; give a different image"
                     )));
                 }
                 if let Some(s) = self.sb().slot_of_uuid(&img.sb.image_uuid) {
                     let leg = self.sb().legs[s].clone();
                     if leg.state.receives_writes() && leg.canonical == canonical {
-                        return Err(Error::usage(format!(
+                        return Err(Error::invalid(format!(
                             "{location} is already attached as slot {s} ({})",
                             leg.state.as_str()
                         )));
@@ -90,7 +90,7 @@ impl Mirror {
                     // image would silently stop writes to the original and call the copy
                     // in sync.
                     if leg.canonical != canonical && self.location_holds(&leg) {
-                        return Err(Error::usage(format!(
+                        return Err(Error::invalid(format!(
                             "{location} carries the identity (image {}) of slot {s}, which {} still holds: it is a byte copy of an attached secondary, and two images with one identity cannot both be legs. To put it in slot {s}'s place, detach the slot first (`mirrorctl detach {} {s}`) or move {} away; to add another secondary, attach a blank image",
                             uuid_str(&img.sb.image_uuid),
                             leg.open_path(),
@@ -100,14 +100,14 @@ impl Mirror {
                     }
                     reattach_slot = Some(s as u32);
                 } else if img.sb.role == Role::Primary && !force {
-                    return Err(Error::usage(format!(
+                    return Err(Error::invalid(format!(
                         "{location} is a primary of mirror {}; use --force to overwrite it",
                         uuid_str(&img.sb.mirror_uuid)
                     )));
                 }
             }
             Ok(img) if !force => {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "{location} belongs to another mirror ({} image of mirror {}); use --force to overwrite it",
                     img.sb.role.as_str(),
                     uuid_str(&img.sb.mirror_uuid)
@@ -119,7 +119,7 @@ impl Mirror {
                 return Err(Error::degraded(format!("reading secondary {location}: {e}")))
             }
             Err(e) if !force => {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "{location} holds a damaged mirrorctl header ({e}); use --force to overwrite it"
                 )))
             }
@@ -140,7 +140,7 @@ impl Mirror {
                     discard,
                 )?;
                 if assume_clean {
-                    return Err(Error::usage(format!(
+                    return Err(Error::invalid(format!(
                         "--assume-clean cannot be used for {location}: it was a primary and may hold writes this primary lacks"
                     )));
                 }
@@ -172,7 +172,7 @@ impl Mirror {
                 .count_bytes(id)
                 .map_err(|e| self.meta_err("reading a fracture log", &e))?;
             if assume_clean && regions > 0 && !force {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "--assume-clean would discard {regions} out-of-sync region(s) of re-attached {location}; run without it (or add --force)"
                 )));
             }
@@ -211,7 +211,7 @@ impl Mirror {
             .iter()
             .position(|l| l.state == LegState::Empty)
         else {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "no free slot: all {} secondary slots of {} are in use; detach one first (the slot count is fixed at create with --max-secondaries)",
                 g.slots, self.name
             )));
@@ -310,7 +310,7 @@ impl Mirror {
             if !f.signature || f.offset >= g.data_offset {
                 return Ok(());
             }
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "secondary {location} holds {} (signature at byte {}), inside the first {} bytes that attach overwrites with the mirror's metadata: it is not a copy of this mirror. Nothing was written; use --force to overwrite it",
                 f.what, f.offset, g.data_offset
             )));
@@ -321,7 +321,7 @@ impl Mirror {
         } else {
             ", or --compare if it is a copy of this mirror's data to keep (only what differs is written)"
         };
-        Err(Error::usage(format!(
+        Err(Error::invalid(format!(
             "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use --force to overwrite it{compare}",
             f.what, f.offset
         )))

@@ -27,14 +27,14 @@ pub fn check_existing(
     match Image::read(dev.clone()) {
         Err(ReadError::NotMirrorctl) => {}
         Ok(img) if !force => {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} already holds a mirrorctl header ({} of mirror {}); use --force to overwrite it",
                 img.sb.role.as_str(),
                 uuid_str(&img.sb.mirror_uuid)
             )))
         }
         Err(e) if !force => {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} already holds a mirrorctl header that cannot be read ({e}); use --force to overwrite it"
             )))
         }
@@ -42,7 +42,7 @@ pub fn check_existing(
     }
     let grow = g.total_len() > capacity;
     if grow && (block || !force) {
-        return Err(Error::usage(format!(
+        return Err(Error::invalid(format!(
             "{name} is too small: it has {capacity} bytes, but {} of data needs {} bytes with metadata{}",
             g.data_size,
             g.total_len(),
@@ -55,7 +55,7 @@ pub fn check_existing(
     let overwrites = found.filter(|f| f.signature);
     if let Some(f) = &overwrites {
         if !force {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} holds {} (signature at byte {}); create would overwrite its first {} bytes with mirrorctl metadata. Nothing was written; use --force to overwrite it",
                 f.what, f.offset, g.data_offset
             )));
@@ -65,7 +65,7 @@ pub fn check_existing(
         if let Some(off) = probe::first_nonzero(&*dev, 0..g.data_offset)
             .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?
         {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} holds data at byte {off}, inside the {} bytes of metadata that create would overwrite; use --force to overwrite it",
                 g.data_offset
             )));

@@ -122,13 +122,13 @@ fn promote_image(
     match sb.role {
         Role::Secondary => {}
         Role::Primary => {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} is already the primary of mirror {}",
                 uuid_str(&sb.mirror_uuid)
             )))
         }
         Role::Detached => {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} was detached from mirror {}; it has no mirror to take over (create a new mirror on it instead)",
                 uuid_str(&sb.mirror_uuid)
             )))
@@ -148,7 +148,7 @@ fn promote_image(
         None => sb.clone(),
     };
     let Some(slot) = base.slot_of_uuid(&sb.image_uuid) else {
-        return Err(Error::usage(format!(
+        return Err(Error::invalid(format!(
             "{name} is not listed in the leg table of mirror {}; it cannot be promoted",
             uuid_str(&sb.mirror_uuid)
         )));
@@ -165,7 +165,7 @@ fn promote_image(
             .count(BitmapId::Fracture(SlotIdx(slot as u32)))
             .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
         if (me.state != LegState::InSync || fr > 0) && !force {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use --force to promote it anyway and lose those changes",
                 o.name,
                 me.state.as_str(),
@@ -179,7 +179,7 @@ fn promote_image(
                 .fractured_at
                 .map(|t| format!(" since {}", format_time(t)))
                 .unwrap_or_default();
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use --force to promote it anyway",
                 sb.generation,
                 me.state.as_str(),
@@ -366,7 +366,7 @@ pub fn returning_primary_regions(
                 Relation::Diverged { common: None } => "with no generation in common".into(),
                 _ => format!("{their_name} is ahead of {primary_name}"),
             };
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "split brain: {their_name} (generation {}) and {primary_name} (generation {}) were both changed {common}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} --discard-secondary-changes`, or the opposite with `mirrorctl attach {their_name} {primary_name} --discard-secondary-changes`",
                 theirs.sb.generation, primary.generation
             )));

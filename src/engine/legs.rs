@@ -113,7 +113,7 @@ impl Mirror {
                 let me = std::fs::canonicalize(&self.name)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| self.name.clone());
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "{} is no longer the primary of its mirror: {how}; nothing was written. Bring it back as a secondary of the new primary with `mirrorctl attach {new} {me}` (if the promotion was interrupted, `mirrorctl promote {new}` finishes it the same way)",
                     self.name
                 )));

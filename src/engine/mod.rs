@@ -87,14 +87,14 @@ pub fn new_uuid() -> Uuid {
 pub fn read_error(name: &str, e: ReadError, dev: &dyn Device) -> Error {
     match e {
         ReadError::NotMirrorctl => match crate::device::probe::holds_data(dev) {
-            Ok(None) => Error::usage(format!(
+            Ok(None) => Error::invalid(format!(
                 "opening {name}: not a mirrorctl image (no header); create one with `mirrorctl create`"
             )),
-            Ok(Some(f)) if f.signature => Error::usage(format!(
+            Ok(Some(f)) if f.signature => Error::invalid(format!(
                 "opening {name}: not a mirrorctl image: it holds {} (signature at byte {}), not a mirrorctl header",
                 f.what, f.offset
             )),
-            Ok(Some(f)) => Error::usage(format!(
+            Ok(Some(f)) => Error::invalid(format!(
                 "opening {name}: not a mirrorctl image (no header), but it holds {}: if it was a mirrorctl primary its header is destroyed, and `mirrorctl status` on one of its secondaries shows the mirror (`mirrorctl promote` can replace it). Nothing was changed",
                 f.what
             )),
@@ -128,7 +128,7 @@ impl Mirror {
         match image.sb.role {
             Role::Primary => {}
             Role::Secondary => {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "opening {name}: this image is a secondary of mirror {}; give its primary ({})",
                     uuid_str(&image.sb.mirror_uuid),
                     if image.sb.primary_location.is_empty() {
@@ -139,7 +139,7 @@ impl Mirror {
                 )))
             }
             Role::Detached => {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "opening {name}: this image was detached from mirror {}; attach it to a primary or create a new mirror on it",
                     uuid_str(&image.sb.mirror_uuid)
                 )))
@@ -226,7 +226,7 @@ impl Mirror {
                 return Ok(n);
             }
             if !std::path::Path::new(spec).exists() {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "secondary '{spec}': slot {n} is not in use on {} (see `mirrorctl status`)",
                     self.name
                 )));
@@ -237,7 +237,7 @@ impl Mirror {
                 return Ok(i as u32);
             }
         }
-        Err(Error::usage(format!(
+        Err(Error::invalid(format!(
             "secondary '{spec}' is not attached to {} (see `mirrorctl status` for slots and paths)",
             self.name
         )))

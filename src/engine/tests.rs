@@ -2,7 +2,6 @@
 use super::*;
 
 use crate::device::sim::{SimDevice, World};
-use crate::format::Leg;
 use std::collections::HashMap;
 
 struct Legs(HashMap<String, SimDevice>);
@@ -20,25 +19,7 @@ fn mirror(regions: u64, n: u32) -> (Mirror, SimDevice, Vec<SimDevice>) {
     let w = World::new();
     let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
     let p = SimDevice::new(&w, g.total_len());
-    let uuid = new_uuid();
-    let mut sb = Superblock {
-        mirror_uuid: new_uuid(),
-        image_uuid: uuid,
-        role: Role::Primary,
-        generation: 0,
-        created_at: 0,
-        geometry: g,
-        primary_uuid: uuid,
-        primary_location: String::new(),
-        legs: (0..4).map(|_| Leg::empty()).collect(),
-        in_sync_generation: 0,
-        history: vec![],
-        last_verify: None,
-        last_resync: None,
-        last_recovery: None,
-    };
-    sb.bump_generation("created", 0);
-    Image::format(Arc::new(p.clone()), sb).unwrap();
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
     let secs: Vec<SimDevice> = (0..n).map(|_| SimDevice::new(&w, g.total_len())).collect();
     let legs = Legs(
         secs.iter()
@@ -153,6 +134,6 @@ fn reads_fall_back_to_an_in_sync_secondary_when_the_primary_fails() {
         .set_range(BitmapId::Fracture(SlotIdx(1)), 0..1, true)
         .unwrap();
     let err = m.read_at(&mut buf, 0).unwrap_err();
-    assert_eq!(err.exit, crate::error::Exit::Primary);
+    assert_eq!(err.kind, crate::error::Kind::Primary);
     let _ = secs;
 }

@@ -200,15 +200,15 @@ impl Mirror {
     ) -> Result<WriteReport> {
         let g = self.geometry();
         if offset > g.data_size {
-            return Err(Error::usage(format!(
-                "--offset {offset} is past the end of the data area ({} bytes)",
+            return Err(Error::invalid(format!(
+                "offset {offset} is past the end of the data area ({} bytes)",
                 g.data_size
             )));
         }
         if let Some(l) = max_len {
             if offset.checked_add(l).is_none_or(|e| e > g.data_size) {
-                return Err(Error::usage(format!(
-                    "--offset {offset} plus --length {l} runs past the end of the data area ({} bytes); nothing was written",
+                return Err(Error::invalid(format!(
+                    "offset {offset} plus length {l} runs past the end of the data area ({} bytes); nothing was written",
                     g.data_size
                 )));
             }
@@ -239,7 +239,7 @@ impl Mirror {
         let mut cur_len = match fill(input, &mut cur[..first]) {
             Ok(n) => n,
             Err(e) => {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "reading input: {e}; nothing was written"
                 )))
             }
@@ -355,20 +355,20 @@ impl Mirror {
                 .with("newly_fractured", report.newly_fractured.clone())
         };
         if overflow {
-            return Err(partial(Error::usage(format!(
+            return Err(partial(Error::invalid(format!(
                 "input runs past the end of the data area ({} bytes): wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored; the rest of the input was not written",
                 g.data_size, report.bytes
             ))));
         }
         if let Some(e) = input_err {
-            return Err(partial(Error::usage(format!(
+            return Err(partial(Error::invalid(format!(
                 "reading input: {e}; wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
                 report.bytes
             ))));
         }
         if let Some(want) = max_len.filter(|&l| report.bytes < l) {
-            return Err(partial(Error::usage(format!(
-                "the input ended after {} bytes, short of the {want} bytes --length asked for: wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
+            return Err(partial(Error::invalid(format!(
+                "the input ended after {} bytes, short of the {want} bytes asked for: wrote {} bytes at offset {offset}..{pos}, which are durable and mirrored",
                 report.bytes, report.bytes
             ))));
         }

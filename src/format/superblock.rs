@@ -243,6 +243,30 @@ impl Superblock {
             .position(|l| l.state != LegState::Empty && &l.image_uuid == uuid)
     }
 
+    /// The superblock of a new mirror's primary (the one superblock builder): new mirror and
+    /// image UUIDs, an empty leg table, generation 1 ("created").
+    pub fn new_primary(g: Geometry, now: u64) -> Superblock {
+        let image_uuid = *uuid::Uuid::new_v4().as_bytes();
+        let mut sb = Superblock {
+            mirror_uuid: *uuid::Uuid::new_v4().as_bytes(),
+            image_uuid,
+            role: Role::Primary,
+            generation: 0,
+            created_at: now,
+            geometry: g,
+            primary_uuid: image_uuid,
+            primary_location: String::new(),
+            legs: (0..g.slots).map(|_| Leg::empty()).collect(),
+            in_sync_generation: 0,
+            history: vec![],
+            last_verify: None,
+            last_resync: None,
+            last_recovery: None,
+        };
+        sb.bump_generation("created", now);
+        sb
+    }
+
     /// Bumps the generation and records why.
     pub fn bump_generation(&mut self, event: &str, now: u64) {
         self.generation += 1;

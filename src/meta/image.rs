@@ -3,7 +3,7 @@
 
 use crate::device::Device;
 use crate::format::layout::{Geometry, SB_COPY_SIZE, SB_OFFSETS};
-use crate::format::{self, CopyError, Leg, Role, Superblock};
+use crate::format::{self, CopyError, Superblock};
 use std::io;
 use std::sync::Arc;
 
@@ -111,24 +111,7 @@ impl Image {
     /// an empty leg table, cleared bitmaps, generation 1 ("created"). The data area is left
     /// as it is.
     pub fn create_primary(dev: Arc<dyn Device>, g: Geometry, now: u64) -> io::Result<Image> {
-        let image_uuid = crate::engine::new_uuid();
-        let mut sb = Superblock {
-            mirror_uuid: crate::engine::new_uuid(),
-            image_uuid,
-            role: Role::Primary,
-            generation: 0,
-            created_at: now,
-            geometry: g,
-            primary_uuid: image_uuid,
-            primary_location: String::new(),
-            legs: (0..g.slots).map(|_| Leg::empty()).collect(),
-            in_sync_generation: 0,
-            history: vec![],
-            last_verify: None,
-            last_resync: None,
-            last_recovery: None,
-        };
-        sb.bump_generation("created", now);
+        let sb = Superblock::new_primary(g, now);
         dev.zero_range(g.bitmap_offset, g.bitmap_area().end - g.bitmap_offset)?;
         Image::format(dev, sb)
     }

@@ -19,9 +19,9 @@ struct AttachOut {
 /// An NBD export to attach: never created here (the engine checks its size); its canonical
 /// URI identifies it.
 pub(super) fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
-    let canonical = NbdUri::parse(uri).map_err(Error::usage)?.canonical();
+    let canonical = NbdUri::parse(uri).map_err(Error::invalid)?.canonical();
     let dev =
-        open_nbd(uri, true).map_err(|e| Error::usage(format!("opening secondary {uri}: {e}")))?;
+        open_nbd(uri, true).map_err(|e| Error::invalid(format!("opening secondary {uri}: {e}")))?;
     Ok((Arc::new(dev), canonical))
 }
 
@@ -39,13 +39,13 @@ pub(super) fn file_secondary(
     if sec.exists() {
         let id = identity(&sec).map_err(|e| secondary_open_error("examining", &sec, e))?;
         if identity(primary).ok() == Some(id) {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{spec} is the primary itself; give a different image"
             )));
         }
         for (i, l) in m.sb().legs.iter().enumerate() {
             if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
-                return Err(Error::usage(format!(
+                return Err(Error::invalid(format!(
                     "{spec} is already attached as slot {i} ({}, {})",
                     l.location,
                     l.state.as_str()

@@ -17,19 +17,19 @@ struct CreateOut {
 pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     let region_size = a.region_size;
     crate::format::layout::check_slots(a.max_secondaries)
-        .map_err(|e| Error::usage(format!("--max-secondaries: {e}")))?;
+        .map_err(|e| Error::invalid(format!("--max-secondaries: {e}")))?;
     let size = a.size;
     let name = display(&a.image);
     let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
     let (dev, created) = if !exists {
         refuse_missing_device(&a.image, "creating")?;
         let Some(size) = size else {
-            return Err(Error::usage(format!(
+            return Err(Error::invalid(format!(
                 "{name} does not exist: give --size to create a new image file (e.g. --size 10G)"
             )));
         };
         let g = Geometry::for_data_size(size, region_size, a.max_secondaries)
-            .map_err(|e| Error::usage(format!("--size: {e}")))?;
+            .map_err(|e| Error::invalid(format!("--size: {e}")))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -37,8 +37,9 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             .open(&a.image)
             .map_err(|e| open_error("creating", &a.image, e))?;
         let guard = RemoveOnDrop(Some(a.image.clone()));
-        file.set_len(g.total_len())
-            .map_err(|e| Error::usage(format!("sizing {name} to {} bytes: {e}", g.total_len())))?;
+        file.set_len(g.total_len()).map_err(|e| {
+            Error::invalid(format!("sizing {name} to {} bytes: {e}", g.total_len()))
+        })?;
         (
             FileDevice::from_file(file, &a.image)
                 .map_err(|e| open_error("opening", &a.image, e))?,
@@ -54,9 +55,9 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     let capacity = dev.len();
     let g = match size {
         Some(s) => Geometry::for_data_size(s, region_size, a.max_secondaries)
-            .map_err(|e| Error::usage(format!("--size: {e}")))?,
+            .map_err(|e| Error::invalid(format!("--size: {e}")))?,
         None => Geometry::fit(capacity, region_size, a.max_secondaries)
-            .map_err(|e| Error::usage(format!("{name}: {e}")))?,
+            .map_err(|e| Error::invalid(format!("{name}: {e}")))?,
     };
     if created.is_none() {
         let existing: Arc<dyn Device> = Arc::new(
@@ -73,7 +74,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             dev.file()
                 .unwrap()
                 .set_len(g.total_len())
-                .map_err(|e| Error::usage(format!("growing {name}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("growing {name}: {e}")))?;
         }
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
@@ -117,7 +118,7 @@ pub(super) fn refuse_missing_device(path: &Path, what: &str) -> Result<()> {
     };
     let dir = std::fs::canonicalize(&parent).unwrap_or(parent);
     if dir.starts_with("/dev") {
-        return Err(Error::usage(format!(
+        return Err(Error::invalid(format!(
             "{what} {}: no such device; check the name (`lsblk`, `losetup -a`), or give a path outside /dev to create an image file",
             display(path)
         )));

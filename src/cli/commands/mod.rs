@@ -1,13 +1,14 @@
 //! The subcommands: per command, arguments -> lock -> one engine call -> output. Shared
 //! here: opening and locking the primary, error mapping to exit codes, the health exit.
 
+use crate::cli::exit::Exit;
 use crate::cli::output::{print_json, print_warnings, Bar};
 use crate::cli::{self, Cli, Command};
 use crate::device::nbd::{self, NbdUri};
 use crate::device::open::{open_nbd, same_file, FileOpener};
 use crate::device::{identity, Device, FileDevice};
 use crate::engine::{self, Mirror};
-use crate::error::{Error, Exit, Result};
+use crate::error::{Error, Kind, Result};
 use crate::format::layout::Geometry;
 use crate::format::{LegState, Role};
 use crate::lock::{self, Mode, Wait};
@@ -51,7 +52,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Generate(a) => {
             let written: Vec<PathBuf> = crate::cli::doc::generate(&a.out, a.what)
-                .map_err(|e| Error::usage(format!("generating into {}: {e}", a.out.display())))?;
+                .map_err(|e| Error::invalid(format!("generating into {}: {e}", a.out.display())))?;
             for p in written {
                 println!("{}", p.display());
             }
@@ -103,7 +104,7 @@ fn open_error(what: &str, path: &Path, e: io::Error) -> Error {
         ));
     }
     if is_path_problem(&e) {
-        Error::usage(msg)
+        Error::invalid(msg)
     } else {
         Error::primary(msg)
     }
@@ -113,7 +114,7 @@ fn open_error(what: &str, path: &Path, e: io::Error) -> Error {
 /// with that path (2), read-only included, since the primary is untouched.
 fn secondary_open_error(what: &str, path: &Path, e: io::Error) -> Error {
     if is_read_only(&e) {
-        return Error::usage(format!(
+        return Error::invalid(format!(
             "{what} {}: read-only ({}); give a writable secondary",
             display(path),
             crate::error::describe_io(&e)
@@ -125,7 +126,7 @@ fn secondary_open_error(what: &str, path: &Path, e: io::Error) -> Error {
         crate::error::describe_io(&e)
     );
     if is_path_problem(&e) {
-        Error::usage(msg)
+        Error::invalid(msg)
     } else {
         Error::degraded(msg)
     }
@@ -183,4 +184,27 @@ fn health_exit(m: &mut Mirror) -> Result<Exit> {
     } else {
         Exit::Degraded
     })
+}
+
+/// `--offset` and `--length` against the data area (read and write), with `then` added to
+/// the second message ("nothing was written").
+fn check_range(offset: u64, length: Option<u64>, data_size: u64, then: &str) -> Result<()> {
+    if offset > data_size {
+        return Err(Error::invalid(format!(
+            "--offset {offset} is past the end of the data area ({data_size} bytes)"
+        )));
+    }
+    match length {
+        Some(l) if offset.checked_add(l).is_none_or(|e| e > data_size) => {
+            let then = if then.is_empty() {
+                String::new()
+            } else {
+                format!("; {then}")
+            };
+            Err(Error::invalid(format!(
+                "--offset {offset} plus --length {l} runs past the end of the data area ({data_size} bytes){then}"
+            )))
+        }
+        _ => Ok(()),
+    }
 }

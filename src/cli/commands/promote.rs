@@ -19,7 +19,7 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         // (see README, Remote secondaries).
         Arc::new(
             open_nbd(&name, true)
-                .map_err(|e| Error::usage(format!("opening secondary {name}: {e}")))?,
+                .map_err(|e| Error::invalid(format!("opening secondary {name}: {e}")))?,
         )
     } else {
         let dev = FileDevice::open(&a.secondary, true)
@@ -45,7 +45,7 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
                 print_warnings(&mut m);
                 old = Some(m);
             }
-            Err(e) if e.exit == Exit::Busy => return Err(e),
+            Err(e) if e.kind == Kind::Busy => return Err(e),
             Err(e) => eprintln!("mirrorctl: note: former primary not used: {e}"),
         }
     }
@@ -82,7 +82,7 @@ pub(super) fn finish_promotion(
 ) -> Result<Exit> {
     let mut m = Mirror::open(dev, name, Arc::new(FileOpener { writable: true }), true)?;
     let Some((slot, leg)) = m.unfinished_demotion() else {
-        return Err(Error::usage(format!(
+        return Err(Error::invalid(format!(
             "{name} is already the primary of mirror {}; there is nothing to promote",
             engine::uuid_str(&m.sb().mirror_uuid)
         )));

@@ -5,7 +5,7 @@ use super::*;
 pub(super) fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
     let (offset, length) = (a.offset, a.length);
     let mut m = open_mirror(ctx, &a.primary, Mode::Shared).map_err(|mut e| {
-        if e.exit == Exit::Primary {
+        if e.kind == Kind::Primary {
             // Without its header the leg table is unknown: say where the data still is.
             e.msg.push_str("; the primary's secondaries still hold the data: `mirrorctl status SECONDARY` shows which are in sync, `mirrorctl promote SECONDARY` makes one the primary");
         }
@@ -13,22 +13,8 @@ pub(super) fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
     })?;
     print_warnings(&mut m);
     let g = m.geometry();
-    if offset > g.data_size {
-        return Err(Error::usage(format!(
-            "--offset {offset} is past the end of the data area ({} bytes)",
-            g.data_size
-        )));
-    }
-    let len = match length {
-        Some(l) if offset.checked_add(l).is_none_or(|e| e > g.data_size) => {
-            return Err(Error::usage(format!(
-                "--offset {offset} plus --length {l} runs past the end of the data area ({} bytes)",
-                g.data_size
-            )))
-        }
-        Some(l) => l,
-        None => g.data_size - offset,
-    };
+    check_range(offset, length, g.data_size, "")?;
+    let len = length.unwrap_or(g.data_size - offset);
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) if p != Path::new("-") => {
             Box::new(File::create(p).map_err(|e| open_error("creating output", p, e))?)

@@ -23,6 +23,12 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         }
     };
     let mut m = open_for_change(ctx, &a.primary)?;
+    check_range(
+        offset,
+        length,
+        m.geometry().data_size,
+        "nothing was written",
+    )?;
     let r = m.write_stream(offset, &mut input, length, known, &policy);
     print_warnings(&mut m);
     let r = r?;

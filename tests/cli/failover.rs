@@ -4,9 +4,7 @@
 //! refused by every command that would mix the sides and resolved with
 //! `--discard-secondary-changes`, and the generation relation shown by `status`.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 

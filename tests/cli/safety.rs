@@ -4,9 +4,7 @@
 //! and unusable devices, exit codes by meaning, no hangs, short inputs, JSON on failure,
 //! degraded writes). Each test fails without its fix.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

@@ -3,9 +3,7 @@
 //! under a timeout. No panic, no death by a signal, no hang; the exit code is one of the
 //! documented ones; and a command that refused (exit 2) left every image as it was.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -36,26 +34,26 @@ fn damage(path: &Path, how: Damage, meta: u64, rng: &mut Rng) -> String {
             let mut at = Vec::new();
             for _ in 0..n {
                 // Mostly the superblocks and the first bitmap pages, where the bytes live.
-                let off = if rng.next() % 2 == 0 {
-                    rng.next() % (256 * KIB)
+                let off = if rng.next_u64() % 2 == 0 {
+                    rng.next_u64() % (256 * KIB)
                 } else {
-                    rng.next() % meta
+                    rng.next_u64() % meta
                 };
                 let mut b = [0u8; 1];
                 f.read_exact_at(&mut b, off).unwrap();
-                b[0] ^= 1 << (rng.next() % 8);
+                b[0] ^= 1 << (rng.next_u64() % 8);
                 f.write_all_at(&b, off).unwrap();
                 at.push(off);
             }
             format!("flipped bytes at {at:?}")
         }
         Damage::ZeroPage => {
-            let off = (rng.next() % (meta / 4096)) * 4096;
+            let off = (rng.next_u64() % (meta / 4096)) * 4096;
             f.write_all_at(&[0u8; 4096], off).unwrap();
             format!("zeroed the page at {off}")
         }
         Damage::Truncate => {
-            let off = rng.next() % (meta + 64 * KIB);
+            let off = rng.next_u64() % (meta + 64 * KIB);
             f.set_len(off).unwrap();
             format!("truncated to {off} bytes")
         }
@@ -109,7 +107,7 @@ fn damaged_metadata_never_panics_hangs_or_changes_anything_when_refused() {
     for case in 0..cases {
         let how = match case % 4 {
             0 => Damage::Flips(1),
-            1 => Damage::Flips(1 + (rng.next() % 16) as u32),
+            1 => Damage::Flips(1 + (rng.next_u64() % 16) as u32),
             2 => Damage::ZeroPage,
             _ => Damage::Truncate,
         };

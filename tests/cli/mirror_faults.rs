@@ -6,9 +6,7 @@
 //! with the primary, the failed ones are brought back and compared byte for byte, and
 //! acknowledged writes are checked on every leg.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
@@ -81,8 +79,8 @@ fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_ack
     for round in 0..22 {
         let mut data = vec![0u8; 160 * MIB as usize];
         rng.fill(&mut data);
-        let off = (rng.next() % 32) * MIB;
-        let delay = Duration::from_millis(full / 20 + rng.next() % (full * 85 / 100 + 1));
+        let off = (rng.next_u64() % 32) * MIB;
+        let delay = Duration::from_millis(full / 20 + rng.next_u64() % (full * 85 / 100 + 1));
         if write_and_kill(&fx, off, data, delay).is_none() {
             killed += 1;
         }
@@ -97,8 +95,8 @@ fn twenty_kills_during_pipe_writes_leave_only_the_window_pending_and_lose_no_ack
         assert_eq!(s["clean"], pending == 0, "round {round}: {s:#}");
         unclean += (pending > 0) as u32;
         // An acknowledged write, then recovery and resync.
-        let len = 4 * KIB + rng.next() % (2 * MIB);
-        let at = rng.next() % (shadow.len() as u64 - len);
+        let len = 4 * KIB + rng.next_u64() % (2 * MIB);
+        let at = rng.next_u64() % (shadow.len() as u64 - len);
         let mut piece = vec![0u8; len as usize];
         rng.fill(&mut piece);
         let input = fx.path("ack.bin");
@@ -196,7 +194,7 @@ fn twenty_kills_during_resync_never_grow_the_log_and_a_final_resync_makes_the_le
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(450 + rng.next() % 350));
+        std::thread::sleep(Duration::from_millis(450 + rng.next_u64() % 350));
         // Every kill must land on a running resync (10 MiB/s leaves much of the log).
         assert_eq!(
             child.try_wait().unwrap(),

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests: running the real binary, a mirror in a
 //! temporary directory, deterministic data, and guards for loop devices and tmpfs mounts
 //! that clean up by exact name and fail (never skip) with what to install.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -177,28 +176,8 @@ pub fn u(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
 }
 
-/// xorshift64*: fast, deterministic, good enough to make every region distinct.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+/// The one PRNG of the tests: the storage model's (deterministic, seedable).
+pub use mirrorctl::device::sim::Rng;
 
 pub fn random_file(path: &Path, len: u64, seed: u64) {
     let mut rng = Rng::new(seed);

@@ -3,9 +3,7 @@
 //! filter, a read-only export, a server killed in the middle of a pipe write and restarted,
 //! and a server that accepts connections but never answers.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use std::io::Write;
 use std::net::TcpListener;

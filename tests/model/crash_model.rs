@@ -14,7 +14,7 @@ use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
 use mirrorctl::engine::create;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
-use mirrorctl::error::Exit;
+use mirrorctl::error::Kind;
 use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx, KIB, MIB};
 use mirrorctl::format::{LegState, Role};
 use mirrorctl::meta::image::{Image, ReadError};
@@ -1038,8 +1038,8 @@ fn a_failing_primary_fails_the_write_with_exit_4_and_keeps_the_write_intents() {
                 &FlushPolicy::End,
             )
             .expect_err("a failing primary must fail the write");
-        assert_eq!(err.exit, Exit::Primary, "{err}");
-        assert_eq!(err.exit.code(), 4);
+        assert_eq!(err.kind, Kind::Primary, "{err}");
+        assert_eq!(mirrorctl::cli::exit::of(&err).code(), 4);
         let touched = g.regions_for(off, len as u64);
         for r in touched.clone() {
             assert!(m.log_bit(WI, r).unwrap(), "write intent of region {r}");

@@ -3,9 +3,7 @@
 //! status fields, a concurrent writer, fractured and syncing legs, bad arguments and broken
 //! secondaries. Every test drives the real binary in its own temporary directory.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -543,7 +541,7 @@ fn a_concurrent_writer_causes_no_false_mismatch() {
             let mut rng = Rng::new(6);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let off = rng.next() % (DATA - CHUNK);
+                let off = rng.next_u64() % (DATA - CHUNK);
                 let input = &chunks[(n % 4) as usize];
                 let t0 = Instant::now();
                 let o = run_in(

@@ -9,9 +9,7 @@
 //! kill comes at whichever thread reaches its Nth call first, so N = 1, 2, ... covers every
 //! call of every thread, though not every combination.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;

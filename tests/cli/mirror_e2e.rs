@@ -4,9 +4,7 @@
 //! the fracture log, loop devices as primary and secondary, slot numbers, every refusal
 //! (with nothing changed on disk), input past the end, and a closed stdout on `read`.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -118,7 +116,7 @@ fn fracture_then_writes_then_resync_copies_exactly_the_written_regions_and_erase
     // Seven scattered single regions plus one unaligned write spanning two: 9 regions.
     let mut rng = Rng::new(3);
     for i in 0..7u64 {
-        let region = 10 + i * 50 + rng.next() % 20;
+        let region = 10 + i * 50 + rng.next_u64() % 20;
         random_file(&fx.path("r.bin"), 64 * KIB, i);
         let off = (region * 64 * KIB).to_string();
         let o = fx.run(&["write", "a.img", "--offset", &off, "--input", "r.bin"]);

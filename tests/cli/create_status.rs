@@ -9,9 +9,7 @@
 //! format change (with a new version in `man/mirrorctl-format.5`) may regenerate it, with
 //! `MIRRORCTL_BLESS=1 cargo test --test create_status`, and the new file is then committed.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use mirrorctl::format::layout::{Geometry, SB_OFFSETS};
 use mirrorctl::format::{
     decode_copy, encode_copy, HistoryEntry, Leg, LegState, RecoveryRecord, ResyncRecord, Role,

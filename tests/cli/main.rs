@@ -1,0 +1,16 @@
+//! The real binary on real files, loop devices, tmpfs mounts, killed processes and real
+//! third-party programs (qemu-nbd, nbdkit, mkfs, strace ...): one test binary, one support
+//! module (running the binary, fixtures, data, guards that clean up and never skip).
+
+mod support;
+
+mod create_status;
+mod failover;
+mod generated_docs;
+mod kill_points;
+mod metadata_fuzz;
+mod mirror_e2e;
+mod mirror_faults;
+mod nbd;
+mod safety;
+mod verify;
