@@ -2,7 +2,7 @@
 //! and deciding what a returning former primary must have copied.
 //!
 //! Rules (beside the code that keeps them):
-//! - P1 An image whose header is not role secondary is never written as a leg (mirror.rs,
+//! - P1 An image whose header is not role secondary is never written as a leg (engine/legs.rs,
 //!   `open_leg`): a promoted image cannot be written by its former primary.
 //! - P2 Promote makes the new primary's bitmaps durable before its superblock names it
 //!   primary; a crash in between leaves a secondary with unused bits (cleared on retry).
@@ -14,13 +14,13 @@
 //!   never mixed without an explicit choice of the side to discard.
 //! - P5 A secondary whose header names another primary is written only after its header
 //!   names this one (durably), and only if its history is this primary's or a prefix of it
-//!   (mirror.rs, `adopt`): a former primary that comes back unaware of a promotion cannot
+//!   (engine/legs.rs, `adopt`): a former primary that comes back unaware of a promotion cannot
 //!   write to the secondaries the new primary took over. `promote` takes over every
 //!   reachable secondary at once.
 //! - P6 A primary that any reachable leg shows was replaced (the leg itself was promoted, or
 //!   it now follows a primary whose history is ahead of this one's) refuses every command
-//!   that writes data or logs (write, resync, attach, verify --repair) before it writes
-//!   anything, and `status` calls it replaced (`replaced_by`): without this, a former
+//!   that changes the mirror (`Mirror::prepare_for_change`: write, resync, attach, verify,
+//!   fracture, detach) before it writes anything, and `status` calls it replaced (`replaced_by`): without this, a former
 //!   primary that comes back reports itself healthy and accepts writes nobody will see
 //!   (split brain). Interrupted promotions land here too (P7).
 //! - P7 Promotion is finished by whichever comes first: its own last step (the former

@@ -11,6 +11,15 @@
 use super::*;
 
 impl Mirror {
+    /// What every command that changes the mirror does first, once it holds the exclusive
+    /// lock, in this one place: refuse if a promotion replaced this primary (P6, before
+    /// anything is written), then recover after an unclean stop (R1..R3).
+    pub fn prepare_for_change(&mut self) -> Result<()> {
+        self.refuse_if_replaced()?;
+        self.recover()?;
+        Ok(())
+    }
+
     /// Crash recovery: after an unclean stop the write-intent regions may differ between
     /// legs; move them into every leg's fracture log (R1..R3). Returns how many regions.
     pub fn recover(&mut self) -> Result<u64> {

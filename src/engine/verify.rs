@@ -99,7 +99,7 @@ pub fn run(
     let Some(mut m) = open(true, None)? else {
         unreachable!("the first open either locks or fails");
     };
-    m.recover()?;
+    m.prepare_for_change()?;
     warnings.append(&mut m.warnings);
     let g = m.geometry();
     let slots = slots_for(&m)?;
@@ -176,7 +176,7 @@ pub fn run(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         mm = open(false, remaining)?;
         if let Some(m) = mm.as_mut() {
-            m.recover()?;
+            m.prepare_for_change()?;
             warnings.append(&mut m.warnings);
         }
     }

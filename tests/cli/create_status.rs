@@ -1,13 +1,13 @@
 //! The foundation (issue 2): the golden v1 superblock fixture, damaged superblock copies
 //! (A, B, both), an unknown major version, a truncated image, `create` on sparse files and
 //! loop devices, its refusals and bad sizes, `status` text and JSON, and the lock (exit 5,
-//! `--wait`). Format round trips and size bounds are unit tests in `src/format.rs`.
+//! `--wait`). Format round trips and size bounds are unit tests in `src/format/superblock.rs`.
 //!
 //! The golden fixture `tests/fixtures/superblock-v1.bin` is one encoded superblock copy of a
 //! fully populated, fixed superblock. A change to the encoding fails
 //! `the_v1_superblock_encoding_matches_the_golden_fixture_byte_for_byte`; only an intended
 //! format change (with a new version in `man/mirrorctl-format.5`) may regenerate it, with
-//! `MIRRORCTL_BLESS=1 cargo test --test create_status`, and the new file is then committed.
+//! `MIRRORCTL_BLESS=1 cargo test --test cli create_status`, and the new file is then committed.
 
 use crate::support::*;
 use mirrorctl::format::layout::{Geometry, SB_OFFSETS};

@@ -3,8 +3,7 @@
 use super::*;
 
 pub(super) fn fracture(ctx: &Ctx, a: cli::FractureArgs) -> Result<Exit> {
-    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
-    m.recover()?;
+    let mut m = open_for_change(ctx, &a.primary)?;
     let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
     let leg = m.sb().legs[slot as usize].clone();
     if m.fracture(slot, a.reason.as_deref())? {
@@ -25,8 +24,7 @@ pub(super) fn fracture(ctx: &Ctx, a: cli::FractureArgs) -> Result<Exit> {
 }
 
 pub(super) fn detach(ctx: &Ctx, a: cli::DetachArgs) -> Result<Exit> {
-    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
-    m.recover()?;
+    let mut m = open_for_change(ctx, &a.primary)?;
     let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
     let leg = m.detach(slot)?;
     println!(

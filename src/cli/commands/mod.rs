@@ -171,8 +171,7 @@ fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
 /// replaced by a promotion (P6, before anything is written), then recovered (R1..R3).
 fn open_for_change(ctx: &Ctx, path: &Path) -> Result<Mirror> {
     let mut m = open_mirror(ctx, path, Mode::Exclusive)?;
-    m.refuse_if_replaced()?;
-    m.recover()?;
+    m.prepare_for_change()?;
     print_warnings(&mut m);
     Ok(m)
 }

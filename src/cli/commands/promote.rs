@@ -96,7 +96,7 @@ pub(super) fn finish_promotion(
         lock::lock(d.file().unwrap(), Mode::Exclusive, ctx.wait, &leg.location)?;
         (Arc::new(d), leg.canonical.clone())
     };
-    m.recover()?;
+    m.prepare_for_change()?;
     let outcome = m.attach(
         old_dev,
         &leg.location,

@@ -15,7 +15,6 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
                 (false, None) => Wait::Forever,
             };
             match open_mirror_wait(&path, Mode::Exclusive, wait) {
-                Ok(m) if first => m.refuse_if_replaced().map(|()| Some(m)),
                 Ok(m) => Ok(Some(m)),
                 Err(e) if !first && e.kind == Kind::Busy => Ok(None),
                 Err(e) => Err(e),

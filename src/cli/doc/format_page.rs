@@ -133,7 +133,7 @@ pub(super) fn format_page() -> String {
         "This page describes format {FORMAT_MAJOR}.{FORMAT_MINOR}. All offsets and sizes are \
          in bytes; offsets are from the start of the image unless stated otherwise. All \
          integers are little-endian. It is generated from the constants and types of the \
-         mirrorctl source (src/layout.rs, src/format.rs), so it matches the code it was \
+         mirrorctl source (src/format/layout.rs, src/format/superblock.rs, src/format/schema.rs), so it matches the code it was \
          built from.",
     );
 
@@ -434,31 +434,75 @@ pub(super) fn format_page() -> String {
     r.tp(
         "Write-intent bitmap (bitmap 0)",
         "A set bit means a write to the region may be in progress, so the legs may differ \
-         there. A bit is made durable before any leg is written in its region, and is \
-         cleared only after the data written there is durable on every leg that receives \
-         writes (in-sync and syncing legs). Regions stay marked while they are being written, \
-         so a streaming write costs one metadata sync per window rather than per chunk.",
+         there. When bits are set and cleared is rules W1, W2, W5 and W6 (src/engine/write.rs). \
+         Regions stay marked while they are being written, so a streaming write costs one \
+         metadata sync per window rather than per chunk.",
     );
     r.tp(
         "Fracture bitmap of slot s (bitmap 1 + s)",
         "A set bit means the secondary in slot s may differ from the primary in the region and \
-         needs it copied by resync. Writes that a fractured leg does not receive are set in \
-         its fracture bitmap durably before the data is written anywhere. When a leg fails, \
-         the regions of the write in progress are set in its fracture bitmap durably before \
-         its state changes and before the write-intent bits covering them are cleared; in \
-         general, fracture bits are durable before the write-intent bits covering the same \
-         regions are cleared. Resync \
-         clears a bit only after the copied data is durable on the target, and a leg becomes \
-         in-sync only when its fracture bitmap is empty. A free slot's fracture bitmap is \
-         reset before a new secondary is recorded in the slot.",
+         needs it copied by resync: set under rules W3 and W4 (writes a leg did not receive, \
+         a leg that failed), A2 and A3 (attach), R1 (recovery), V1 (differences verify \
+         found) and P3 (promotion); cleared under S1 and S2 (src/engine/resync.rs) and D2 \
+         (detach).",
     );
     r.tp(
         "Unclean stop",
-        "Write-intent bits found set when a mirror is opened mean it was not closed cleanly. \
-         Recovery merges (ORs) the write-intent bitmap into the fracture bitmap of every \
-         non-empty slot and makes that durable, then records the affected legs as syncing in \
-         the superblock, and only then clears the write-intent bitmap. A crash during \
-         recovery repeats it. resync then copies exactly those regions.",
+        "Write-intent bits found set when a mirror is opened mean it was not closed cleanly; \
+         the next command that changes the mirror recovers under rules R1 to R3 \
+         (src/engine/recover.rs), and resync then copies exactly those regions.",
+    );
+
+    // ---- media
+    r.sh("MEDIA ASSUMPTIONS");
+    r.para(
+        "What the code assumes of the storage under an image, and what a failure of each \
+         assumption would mean. The storage model the crash tests run on \
+         (src/device/sim.rs) is built to these assumptions and no stronger ones.",
+    );
+    r.tp(
+        "Sector atomicity",
+        "Nothing larger than a 512-byte sector is assumed to be written atomically; the \
+         storage model tears an interrupted write at 512-byte sectors. A superblock copy \
+         spans many sectors, so any copy may be torn: each copy carries a blake3 checksum over \
+         its header and payload, and commits alternate between the copies (rule F2), so a \
+         torn copy fails its checksum and the other, previous copy is used. A new header is \
+         written over a zeroed and synced superblock area (F1), so a crash part-way leaves no \
+         header rather than a mix of an old and a new one.",
+    );
+    r.tp(
+        "Write ordering",
+        "No order between writes is assumed without a sync: whatever must be durable before \
+         something else is written is synced first. At a power cut the storage model keeps \
+         any subset of the writes not yet synced (none, all, or a random half).",
+    );
+    r.tp(
+        "fdatasync",
+        "On a regular file or a block device, fdatasync(2) is assumed to make every completed \
+         write durable, with the file-size metadata needed to read it back, and to flush a \
+         disk's volatile write cache. On an NBD export the same role is played by \
+         NBD_CMD_FLUSH (or FUA writes where the server offers no flush).",
+    );
+    r.tp(
+        "msync",
+        "Bitmap pages of a file or block device are mapped and made durable with \
+         msync(MS_SYNC) over the span of the pages changed. On a regular file a page is \
+         allocated (fallocate) before its first write, so a full file system is an error \
+         rather than a SIGBUS; an I/O error on a mapped page does arrive as SIGBUS, which ends \
+         the command with exit status 4 before anything more is acknowledged.",
+    );
+    r.tp(
+        "A torn bitmap page",
+        "Bitmap pages carry no checksum: a torn page mixes old and new bits of one flush. \
+         Either value of each bit is safe, because bits are set durably before the data they \
+         protect is written (W1, W3, W4: a lost set bit belongs to a write that never \
+         started) and cleared only after that data is durable (W2, S1: a clear that is lost \
+         only copies a region again). Bits past the last region are ignored (B1).",
+    );
+    r.tp(
+        "A torn superblock on a secondary",
+        "A secondary's header is rewritten only on state changes, with the same F1 and F2 \
+         rules; a secondary whose header cannot be read is fractured, never written.",
     );
 
     // ---- versions

@@ -194,7 +194,7 @@ impl NbdDevice {
     /// Sends writes without waiting for their replies (at most [`IN_FLIGHT`] unanswered), so
     /// the server stores one chunk while the engine prepares the next. Durability is
     /// unchanged: [`Device::sync`] first collects every reply, and the engine syncs a leg
-    /// before it counts anything written to it as done (mirror.rs W2, S1). An error reply
+    /// before it counts anything written to it as done (engine rules W2, S1). An error reply
     /// is reported by the next call on this device, naming the write's offset.
     fn post(&self, reqs: &[Req]) -> io::Result<()> {
         let mut c = self.conn.lock().unwrap();
