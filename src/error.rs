@@ -20,6 +20,30 @@ pub enum Kind {
     Differences,
 }
 
+/// An option of an operation (`force`, `compare`, ...), as the engine names it in a message:
+/// the spelling is the front end's (`cli::exit` writes `--force`), so the engine names no
+/// command-line flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    Force,
+    Compare,
+    AssumeClean,
+    DiscardSecondaryChanges,
+    MaxSecondaries,
+    Timeout,
+}
+
+/// The options by name, for messages (`format!("use {FORCE} to overwrite it")`).
+pub mod opt {
+    use super::Opt;
+    pub const FORCE: Opt = Opt::Force;
+    pub const COMPARE: Opt = Opt::Compare;
+    pub const ASSUME_CLEAN: Opt = Opt::AssumeClean;
+    pub const DISCARD_SECONDARY_CHANGES: Opt = Opt::DiscardSecondaryChanges;
+    pub const MAX_SECONDARIES: Opt = Opt::MaxSecondaries;
+    pub const TIMEOUT: Opt = Opt::Timeout;
+}
+
 /// A failure of a given [`Kind`]. The message reads
 /// `<what failed>: <cause>` and names the leg, path and offset involved.
 #[derive(Debug)]

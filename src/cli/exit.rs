@@ -1,6 +1,7 @@
 //! The documented exit codes (README, mirrorctl(1)) and how error kinds map to them.
 
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, Opt};
+use std::fmt;
 
 /// Documented exit codes (README, mirrorctl(1)). Scripts rely on these numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,4 +71,18 @@ pub fn json(e: &Error) -> serde_json::Value {
         m.insert((*k).into(), v.clone());
     }
     serde_json::Value::Object(m)
+}
+
+/// How the command line spells the engine's options in messages.
+impl fmt::Display for Opt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Opt::Force => "--force",
+            Opt::Compare => "--compare",
+            Opt::AssumeClean => "--assume-clean",
+            Opt::DiscardSecondaryChanges => "--discard-secondary-changes",
+            Opt::MaxSecondaries => "--max-secondaries",
+            Opt::Timeout => "--timeout",
+        })
+    }
 }

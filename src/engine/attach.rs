@@ -7,12 +7,12 @@
 //! - A2 A free slot's fracture log is reset and the initial log set durably before the slot
 //!   is recorded in the superblock; otherwise a crash leaves a listed leg with a stale log.
 //! - A3 A re-attached image (same mirror and image UUID) keeps its fracture log; with
-//!   `--compare` every region is logged too, so what it holds is read, never assumed.
+//!   `{COMPARE}` every region is logged too, so what it holds is read, never assumed.
 //! - A4 One image UUID, one leg: an image carrying the UUID of a slot whose recorded location
 //!   still holds that image (a byte copy) is refused; otherwise writes would silently stop
 //!   reaching the original while the copy was called in sync.
 //! - D0 (device/probe.rs) A secondary without a header is overwritten only if it holds
-//!   nothing, or with --force.
+//!   nothing, or with {FORCE}.
 //! - D1 The image's own header says detached, durably, before the primary frees the slot:
 //!   a crash in between leaves the slot listed, so a rerun of `detach` completes (the other
 //!   order left an image claiming to be a secondary of a primary that no longer lists it).
@@ -21,6 +21,7 @@
 
 use super::plan;
 use super::*;
+use crate::error::opt::*;
 
 /// What `attach` does about the data already on a new secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,14 +102,14 @@ impl Mirror {
                     reattach_slot = Some(s as u32);
                 } else if img.sb.role == Role::Primary && !force {
                     return Err(Error::invalid(format!(
-                        "{location} is a primary of mirror {}; use --force to overwrite it",
+                        "{location} is a primary of mirror {}; use {FORCE} to overwrite it",
                         uuid_str(&img.sb.mirror_uuid)
                     )));
                 }
             }
             Ok(img) if !force => {
                 return Err(Error::invalid(format!(
-                    "{location} belongs to another mirror ({} image of mirror {}); use --force to overwrite it",
+                    "{location} belongs to another mirror ({} image of mirror {}); use {FORCE} to overwrite it",
                     img.sb.role.as_str(),
                     uuid_str(&img.sb.mirror_uuid)
                 )))
@@ -120,7 +121,7 @@ impl Mirror {
             }
             Err(e) if !force => {
                 return Err(Error::invalid(format!(
-                    "{location} holds a damaged mirrorctl header ({e}); use --force to overwrite it"
+                    "{location} holds a damaged mirrorctl header ({e}); use {FORCE} to overwrite it"
                 )))
             }
             Err(_) => {}
@@ -141,7 +142,7 @@ impl Mirror {
                 )?;
                 if assume_clean {
                     return Err(Error::invalid(format!(
-                        "--assume-clean cannot be used for {location}: it was a primary and may hold writes this primary lacks"
+                        "{ASSUME_CLEAN} cannot be used for {location}: it was a primary and may hold writes this primary lacks"
                     )));
                 }
                 // P3: its possible writes go into its log durably before its header changes.
@@ -160,7 +161,7 @@ impl Mirror {
                     .map_err(|e| Error::degraded(format!("writing header of {location}: {e}")))?;
             }
             if initial == InitialSync::Compare {
-                // --compare compares everything it re-attaches: what the image holds is only
+                // {COMPARE} compares everything it re-attaches: what the image holds is only
                 // known by reading it (it may be an old copy, or changed behind our back).
                 self.bitmaps
                     .set_range(id, 0..g.region_count, true)
@@ -173,7 +174,7 @@ impl Mirror {
                 .map_err(|e| self.meta_err("reading a fracture log", &e))?;
             if assume_clean && regions > 0 && !force {
                 return Err(Error::invalid(format!(
-                    "--assume-clean would discard {regions} out-of-sync region(s) of re-attached {location}; run without it (or add --force)"
+                    "{ASSUME_CLEAN} would discard {regions} out-of-sync region(s) of re-attached {location}; run without it (or add {FORCE})"
                 )));
             }
             if assume_clean {
@@ -212,7 +213,7 @@ impl Mirror {
             .position(|l| l.state == LegState::Empty)
         else {
             return Err(Error::invalid(format!(
-                "no free slot: all {} secondary slots of {} are in use; detach one first (the slot count is fixed at create with --max-secondaries)",
+                "no free slot: all {} secondary slots of {} are in use; detach one first (the slot count is fixed at create with {MAX_SECONDARIES})",
                 g.slots, self.name
             )));
         };
@@ -294,7 +295,7 @@ impl Mirror {
     }
 
     /// D0 (probe.rs): a secondary without a mirrorctl header is overwritten only when it
-    /// holds nothing. With --compare or --assume-clean its data area is kept, so only a
+    /// holds nothing. With {COMPARE} or {ASSUME_CLEAN} its data area is kept, so only a
     /// signature inside the metadata area (which attach overwrites) is refused.
     pub(super) fn refuse_if_holds_data(
         &self,
@@ -311,18 +312,18 @@ impl Mirror {
                 return Ok(());
             }
             return Err(Error::invalid(format!(
-                "secondary {location} holds {} (signature at byte {}), inside the first {} bytes that attach overwrites with the mirror's metadata: it is not a copy of this mirror. Nothing was written; use --force to overwrite it",
+                "secondary {location} holds {} (signature at byte {}), inside the first {} bytes that attach overwrites with the mirror's metadata: it is not a copy of this mirror. Nothing was written; use {FORCE} to overwrite it",
                 f.what, f.offset, g.data_offset
             )));
         }
-        // --compare keeps the data area only: offered when what was found lies there.
+        // {COMPARE} keeps the data area only: offered when what was found lies there.
         let compare = if f.signature && f.offset < g.data_offset {
             ""
         } else {
-            ", or --compare if it is a copy of this mirror's data to keep (only what differs is written)"
+            &format!(", or {COMPARE} if it is a copy of this mirror's data to keep (only what differs is written)")
         };
         Err(Error::invalid(format!(
-            "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use --force to overwrite it{compare}",
+            "secondary {location} holds {} (at byte {}); attaching would overwrite it. Nothing was written; use {FORCE} to overwrite it{compare}",
             f.what, f.offset
         )))
     }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::device::probe::{self, Found};
+use crate::error::opt::*;
 
 /// What `create` found on an existing image that it may go on with.
 pub struct CreateChecks {
@@ -28,14 +29,14 @@ pub fn check_existing(
         Err(ReadError::NotMirrorctl) => {}
         Ok(img) if !force => {
             return Err(Error::invalid(format!(
-                "{name} already holds a mirrorctl header ({} of mirror {}); use --force to overwrite it",
+                "{name} already holds a mirrorctl header ({} of mirror {}); use {FORCE} to overwrite it",
                 img.sb.role.as_str(),
                 uuid_str(&img.sb.mirror_uuid)
             )))
         }
         Err(e) if !force => {
             return Err(Error::invalid(format!(
-                "{name} already holds a mirrorctl header that cannot be read ({e}); use --force to overwrite it"
+                "{name} already holds a mirrorctl header that cannot be read ({e}); use {FORCE} to overwrite it"
             )))
         }
         _ => {}
@@ -46,17 +47,21 @@ pub fn check_existing(
             "{name} is too small: it has {capacity} bytes, but {} of data needs {} bytes with metadata{}",
             g.data_size,
             g.total_len(),
-            if block { "" } else { "; use --force to grow the file" }
+            if block {
+                String::new()
+            } else {
+                format!("; use {FORCE} to grow the file")
+            }
         )));
     }
-    // D0: say what is there, and overwrite it only with --force.
+    // D0: say what is there, and overwrite it only with {FORCE}.
     let found =
         probe::holds_data(&*dev).map_err(|e| Error::primary_io(format!("reading {name}"), &e))?;
     let overwrites = found.filter(|f| f.signature);
     if let Some(f) = &overwrites {
         if !force {
             return Err(Error::invalid(format!(
-                "{name} holds {} (signature at byte {}); create would overwrite its first {} bytes with mirrorctl metadata. Nothing was written; use --force to overwrite it",
+                "{name} holds {} (signature at byte {}); create would overwrite its first {} bytes with mirrorctl metadata. Nothing was written; use {FORCE} to overwrite it",
                 f.what, f.offset, g.data_offset
             )));
         }
@@ -66,7 +71,7 @@ pub fn check_existing(
             .map_err(|e| Error::primary_io(format!("reading {name}"), &e))?
         {
             return Err(Error::invalid(format!(
-                "{name} holds data at byte {off}, inside the {} bytes of metadata that create would overwrite; use --force to overwrite it",
+                "{name} holds data at byte {off}, inside the {} bytes of metadata that create would overwrite; use {FORCE} to overwrite it",
                 g.data_offset
             )));
         }

@@ -31,6 +31,7 @@
 
 use crate::device::Device;
 use crate::engine::{plan, read_error, uuid_str, Mirror, Opener};
+use crate::error::opt::*;
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
 use crate::format::layout::{BitmapId, SlotIdx};
@@ -166,7 +167,7 @@ fn promote_image(
             .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
         if (me.state != LegState::InSync || fr > 0) && !force {
             return Err(Error::invalid(format!(
-                "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use --force to promote it anyway and lose those changes",
+                "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use {FORCE} to promote it anyway and lose those changes",
                 o.name,
                 me.state.as_str(),
                 format_size(bytes)
@@ -180,7 +181,7 @@ fn promote_image(
                 .map(|t| format!(" since {}", format_time(t)))
                 .unwrap_or_default();
             return Err(Error::invalid(format!(
-                "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use --force to promote it anyway",
+                "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use {FORCE} to promote it anyway",
                 sb.generation,
                 me.state.as_str(),
                 sb.in_sync_generation
@@ -259,7 +260,7 @@ fn promote_image(
                 l.set_state(LegState::Syncing, now);
             }
             notes.push(format!(
-                "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} --compare` writes only the blocks that differ",
+                "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} {COMPARE}` writes only the blocks that differ",
                 l.location
             ));
         }
@@ -367,7 +368,7 @@ pub fn returning_primary_regions(
                 _ => format!("{their_name} is ahead of {primary_name}"),
             };
             return Err(Error::invalid(format!(
-                "split brain: {their_name} (generation {}) and {primary_name} (generation {}) were both changed {common}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} --discard-secondary-changes`, or the opposite with `mirrorctl attach {their_name} {primary_name} --discard-secondary-changes`",
+                "split brain: {their_name} (generation {}) and {primary_name} (generation {}) were both changed {common}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} {DISCARD_SECONDARY_CHANGES}`, or the opposite with `mirrorctl attach {their_name} {primary_name} {DISCARD_SECONDARY_CHANGES}`",
                 theirs.sb.generation, primary.generation
             )));
         }

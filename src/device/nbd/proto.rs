@@ -2,6 +2,7 @@
 //! encoding, and the client's fixed-newstyle handshake. Shared by whatever speaks NBD.
 
 use super::timeout;
+use crate::error::opt::TIMEOUT;
 use std::io::{self, Read, Write};
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -43,7 +44,7 @@ pub fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
         e.kind()
     };
     let msg = if kind == io::ErrorKind::TimedOut {
-        format!("{what}: no answer within {:?} (--timeout)", timeout())
+        format!("{what}: no answer within {:?} ({TIMEOUT})", timeout())
     } else {
         format!("{what}: {e}")
     };
