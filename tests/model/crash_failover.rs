@@ -10,7 +10,8 @@
 //! is not a leg yet, recover, resync) and it must converge: every header readable, the
 //! promoted image the only primary, the acknowledged write present, every leg equal to it.
 
-use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
+use crate::harness::{self, survive, Keep};
+use mirrorctl::device::sim::{pattern, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
 use mirrorctl::engine::create;
 use mirrorctl::engine::failover::promote;
@@ -32,8 +33,7 @@ fn geometry() -> Geometry {
 }
 
 fn data_area(d: &SimDevice) -> Vec<u8> {
-    let g = geometry();
-    d.contents()[g.data_offset as usize..(g.data_offset + g.data_size) as usize].to_vec()
+    harness::data_area(d, &geometry())
 }
 
 /// The three devices of one world.
@@ -71,13 +71,12 @@ impl Devs {
     fn cut_each(&self, keeps: [u8; 3], seed: u64) -> Devs {
         let world = World::new();
         let d = std::array::from_fn(|i| {
-            let mut rng = Rng::new(seed ^ (i as u64 + 1));
-            let keep = keeps[i];
-            self.d[i].after_power_cut(&world, move || match keep {
-                0 => false,
-                1 => true,
-                _ => rng.chance(50),
-            })
+            let keep = match keeps[i] {
+                0 => Keep::Nothing,
+                1 => Keep::Everything,
+                _ => Keep::Half(seed ^ (i as u64 + 1)),
+            };
+            survive(&self.d[i], &world, keep)
         });
         Devs { world, d }
     }

@@ -10,7 +10,8 @@
 //! fracture logs alone cover every difference) and after a resync (every leg equal to the
 //! primary, in sync, with an empty fracture log).
 
-use mirrorctl::device::sim::{pattern, Rng, SimDevice, SimOpener, World};
+use crate::harness::{data_area, survive, Keep};
+use mirrorctl::device::sim::{pattern, SimDevice, SimOpener, World};
 use mirrorctl::device::Device;
 use mirrorctl::engine::create;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
@@ -36,15 +37,6 @@ fn fracture_id(slot: u32) -> BitmapId {
 // ---------------------------------------------------------------------------------------
 // The opener and the devices of one world.
 // ---------------------------------------------------------------------------------------
-
-/// Which unsynced sectors survive a power cut.
-#[derive(Clone, Copy, Debug)]
-enum Keep {
-    Nothing,
-    Everything,
-    /// Each unsynced sector survives with probability 1/2 (seeded).
-    Half(u64),
-}
 
 /// The primary and every secondary of one world.
 struct Inst {
@@ -73,13 +65,12 @@ impl Inst {
     /// nothing missing).
     fn cut(&self, keep: Keep) -> Inst {
         let world = World::new();
-        let one = |d: &SimDevice, i: u64| match keep {
-            Keep::Nothing => d.after_power_cut(&world, || false),
-            Keep::Everything => d.after_power_cut(&world, || true),
-            Keep::Half(seed) => {
-                let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(i));
-                d.after_power_cut(&world, move || rng.chance(50))
-            }
+        let one = |d: &SimDevice, i: u64| {
+            let keep = match keep {
+                Keep::Half(seed) => Keep::Half(seed.wrapping_mul(31).wrapping_add(i)),
+                k => k,
+            };
+            survive(d, &world, keep)
         };
         let primary = one(&self.primary, 0);
         let secs = self
@@ -196,11 +187,6 @@ impl Template {
                 .collect(),
         )
     }
-}
-
-fn data_area(d: &SimDevice, g: &Geometry) -> Vec<u8> {
-    let c = d.contents();
-    c[g.data_offset as usize..(g.data_offset + g.data_size) as usize].to_vec()
 }
 
 fn small_geometry() -> Geometry {

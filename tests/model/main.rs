@@ -5,3 +5,4 @@
 
 mod crash_failover;
 mod crash_model;
+mod harness;
