@@ -1,6 +1,12 @@
 //! verify: compares the data areas of the primary and its secondaries region by region, byte
-//! for byte (legs read ahead in parallel threads), reports exact mismatch ranges per leg, repairs them on request, and scrubs within
-//! a time budget from a cursor saved in the primary's header.
+//! for byte (legs read ahead in parallel threads), reports exact mismatch ranges per leg,
+//! repairs them on request, and scrubs within a time budget from a cursor saved in the
+//! primary's header.
+//!
+//! Rule (tagged where it is kept):
+//! - V1 Differences found are recorded in the leg's fracture log durably, and an in-sync leg
+//!   becomes syncing, before verify reports them; a repair then copies them through resync
+//!   (S1). Without it a leg known to differ stayed "in-sync", healthy and promotable.
 //!
 //! The mirror lock is held per batch of regions and released in between, so a concurrent
 //! `mirrorctl write --wait` proceeds between batches; each batch re-reads the mirror state,

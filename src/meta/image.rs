@@ -1,5 +1,11 @@
 //! One image's superblock pair: reading and choosing the valid copy, and committing updates
 //! alternately so that a torn write always leaves the previous copy intact.
+//!
+//! Rules (tagged where they are kept):
+//! - F1 A brand-new header is written over a zeroed and synced superblock area; otherwise a
+//!   crash part-way could leave a mix of an old and a new header that both verify.
+//! - F2 A commit writes the copy not holding the current version, with the next sequence
+//!   number, then syncs; otherwise a torn write could destroy the only good copy.
 
 use crate::device::Device;
 use crate::format::layout::{Geometry, SB_COPY_SIZE, SB_OFFSETS};
