@@ -63,7 +63,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-cl
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition table signature (named in the refusal), any data in its first or last MiB, any allocated extent of a file, another mirror\'s header or an unreadable one'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l compare -d 'Initial sync reads the secondary too and writes only the 64 KiB blocks that differ: for a secondary that already holds most of the data (a shipped copy, an old replica). Its data area is kept, so data there needs no --force; a re-attached image is compared in full'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-secondary-changes -d 'Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep PRIMARY\'s data and overwrite SECONDARY\'s changes (only the regions either side changed are copied)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json -d 'Print the result as JSON (see README, JSON output)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
@@ -72,10 +72,10 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l json
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l json -d 'Print the result as JSON: bytes written, legs written, legs newly fractured'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -d 'Byte offset in the data area where reading starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l output -d 'Write to FILE instead of stdout' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
@@ -92,7 +92,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l compare -d 'Read each secondary too and write only the 64 KiB blocks that differ from the primary: for logs much larger than what really differs (after an unplanned promote, or re-attaching with --force an image known to be nearly equal). Reads both sides'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json -d 'Print the result as JSON: regions and bytes copied and remaining, per leg'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
@@ -102,7 +102,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s h -l help
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l json
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l json -d 'Print the result as JSON: the new generation, the former primary\'s slot, notes'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r

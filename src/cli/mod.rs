@@ -13,14 +13,38 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const AFTER_HELP: &str = "\
-EXIT STATUS:
-  0  success
-  1  verify found differences (not repaired)
-  2  usage error or invalid input (nothing was changed)
-  3  done, but the mirror is degraded (a secondary failed or is out of sync)
-  4  I/O error on the primary, or unreadable metadata
-  5  busy: another mirrorctl holds the mirror's lock";
+/// The exit statuses, each with its meaning (README, mirrorctl(1)).
+pub const EXIT_STATUSES: [(u8, &str); 6] = [
+    (0, "success"),
+    (1, "verify found differences (not repaired)"),
+    (2, "usage error or invalid input (nothing was changed)"),
+    (
+        3,
+        "done, but the mirror is degraded (a secondary failed or is out of sync)",
+    ),
+    (4, "I/O error on the primary, or unreadable metadata"),
+    (5, "busy: another mirrorctl holds the mirror's lock"),
+];
+
+/// The EXIT STATUS section listing `codes` (a command lists only those it can return).
+pub fn exit_status(codes: &[u8]) -> String {
+    let mut s = String::from("EXIT STATUS:");
+    for (c, what) in EXIT_STATUSES {
+        if codes.contains(&c) {
+            s.push_str(&format!("\n  {c}  {what}"));
+        }
+    }
+    s
+}
+
+/// The exit statuses each subcommand can return.
+pub fn exit_codes(subcommand: &str) -> &'static [u8] {
+    match subcommand {
+        "create" | "fracture" | "detach" => &[0, 2, 4, 5],
+        "status" | "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
+        _ => &[0, 1, 2, 3, 4, 5],
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,7 +56,7 @@ synchronously mirrored to one or more secondary images. Every write is durable o
 and on every in-sync secondary before a command reports success. When a secondary fails or is \
 fractured on purpose, the regions that change are tracked in its fracture log, so that resync \
 copies only those. A write-intent log bounds what a crash can leave different.",
-    after_help = AFTER_HELP,
+    after_help = exit_status(exit_codes("mirrorctl")),
     propagate_version = true
 )]
 pub struct Cli {
@@ -58,35 +82,35 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a mirror: write a primary header onto an image file or block device.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("create")))]
     Create(CreateArgs),
     /// Show the mirror's geometry, legs, out-of-sync regions and pending write intents.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("status")))]
     Status(StatusArgs),
     /// Add a secondary image (file, created sparse if missing, or block device) and sync it.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("attach")))]
     Attach(AttachArgs),
     /// Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("write")))]
     Write(WriteArgs),
     /// Read the mirror's data area (from an in-sync secondary if the primary fails).
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("read")))]
     Read(ReadArgs),
     /// Stop writing to a secondary on purpose; its changed regions are tracked for resync.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("fracture")))]
     Fracture(FractureArgs),
     /// Copy exactly the out-of-sync regions to secondaries and mark them in sync.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("resync")))]
     Resync(ResyncArgs),
     /// Remove a secondary from the mirror and free its slot.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("detach")))]
     Detach(DetachArgs),
     /// Turn an in-sync secondary into the primary of its mirror (failover).
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("promote")))]
     Promote(PromoteArgs),
     /// Compare the primary with its secondaries region by region, byte for byte, and report every
     /// differing range; repair on request; scrub in budgeted steps from cron.
-    #[command(after_help = AFTER_HELP)]
+    #[command(after_help = exit_status(exit_codes("verify")))]
     Verify(VerifyArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
@@ -149,6 +173,7 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
     /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH).
@@ -178,6 +203,7 @@ pub struct AttachArgs {
     /// are copied).
     #[arg(long)]
     pub discard_secondary_changes: bool,
+    /// Print the result as JSON (see README, JSON output).
     #[arg(long)]
     pub json: bool,
 }
@@ -191,6 +217,7 @@ pub struct PromoteArgs {
     /// (its missing writes are lost).
     #[arg(long)]
     pub force: bool,
+    /// Print the result as JSON: the new generation, the former primary's slot, notes.
     #[arg(long)]
     pub json: bool,
 }
@@ -268,6 +295,7 @@ pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
 
 #[derive(Args, Debug)]
 pub struct WriteArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Byte offset in the data area where writing starts.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
@@ -283,13 +311,16 @@ pub struct WriteArgs {
     /// byte is durable on every in-sync leg.
     #[arg(long, value_name = "POLICY", default_value = "end", value_parser = parse_flush)]
     pub flush: FlushPolicy,
+    /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
+    /// Byte offset in the data area where reading starts.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub offset: u64,
     /// Bytes to read (default: to the end of the data area).
@@ -302,6 +333,7 @@ pub struct ReadArgs {
 
 #[derive(Args, Debug)]
 pub struct FractureArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
     pub secondary: String,
@@ -312,6 +344,7 @@ pub struct FractureArgs {
 
 #[derive(Args, Debug)]
 pub struct ResyncArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondaries (paths, NBD URIs or slot numbers); default: every leg with something to
     /// copy.
@@ -327,12 +360,14 @@ pub struct ResyncArgs {
     /// or re-attaching with --force an image known to be nearly equal). Reads both sides.
     #[arg(long)]
     pub compare: bool,
+    /// Print the result as JSON: regions and bytes copied and remaining, per leg.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DetachArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
     pub secondary: String,
@@ -340,6 +375,7 @@ pub struct DetachArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg
     /// (fractured legs are reported, not compared).

@@ -186,3 +186,67 @@ fn completions_offer_every_visible_subcommand_and_not_the_hidden_generate() {
         );
     }
 }
+
+#[test]
+fn every_positional_and_option_of_every_subcommand_has_a_description() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    let root = mirrorctl::cli::Cli::command();
+    let mut cmds = vec![root.clone()];
+    cmds.extend(root.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    for c in &cmds {
+        for a in c.get_arguments() {
+            if a.is_hide_set() || ["help", "version"].contains(&a.get_id().as_str()) {
+                continue;
+            }
+            if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                missing.push(format!("{} {}", c.get_name(), a.get_id()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "arguments without a description: {missing:?}"
+    );
+}
+
+#[test]
+fn each_subcommand_lists_only_the_exit_statuses_it_can_return() {
+    let expect: [(&str, &[u8]); 10] = [
+        ("create", &[0, 2, 4, 5]),
+        ("status", &[0, 2, 3, 4, 5]),
+        ("attach", &[0, 2, 3, 4, 5]),
+        ("write", &[0, 2, 3, 4, 5]),
+        ("read", &[0, 2, 3, 4, 5]),
+        ("fracture", &[0, 2, 4, 5]),
+        ("resync", &[0, 2, 3, 4, 5]),
+        ("detach", &[0, 2, 4, 5]),
+        ("promote", &[0, 2, 3, 4, 5]),
+        ("verify", &[0, 1, 2, 3, 4, 5]),
+    ];
+    for (sub, codes) in expect {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorctl"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&o.stdout);
+        let section = help
+            .split("EXIT STATUS:")
+            .nth(1)
+            .expect("an EXIT STATUS section");
+        let listed: Vec<u8> = section
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(listed, codes, "{sub} --help lists {listed:?}");
+        let page = std::fs::read_to_string(root().join(format!("man/mirrorctl-{sub}.1"))).unwrap();
+        for c in 0..=5u8 {
+            let line = format!(".TP\n\\fB{c}\\fR\n");
+            assert_eq!(
+                page.contains(&line),
+                codes.contains(&c),
+                "{sub}.1, status {c}"
+            );
+        }
+    }
+}

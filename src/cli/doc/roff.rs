@@ -159,7 +159,9 @@ mod tests {
     #[test]
     fn after_help_becomes_an_exit_status_section() {
         let mut r = Roff::default();
-        r.after_help(crate::cli::AFTER_HELP);
+        r.after_help(&crate::cli::exit_status(crate::cli::exit_codes(
+            "mirrorctl",
+        )));
         assert!(r.out.starts_with(".SH \"EXIT STATUS\"\n"), "{}", r.out);
         assert!(r
             .out
