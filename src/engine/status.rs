@@ -24,8 +24,10 @@ pub struct LegStatus {
     pub state: String,
     pub out_of_sync_regions: u64,
     pub out_of_sync_bytes: u64,
-    pub reason: String,
-    pub last_error: String,
+    /// Why the leg is fractured or syncing; null when there is nothing to say.
+    pub reason: Option<String>,
+    /// The last I/O error seen on the leg; null when none.
+    pub last_error: Option<String>,
     pub fractured_at: Option<String>,
     pub attached_at: Option<String>,
     pub state_changed_at: Option<String>,
@@ -56,9 +58,12 @@ pub struct Status {
     /// No write-intent regions pending: the last writer stopped cleanly.
     pub clean: bool,
     pub healthy: bool,
-    pub superblock_warning: String,
-    pub primary_path: String,
-    pub in_sync_generation: u64,
+    /// Set when one superblock copy is damaged (the other is in use); null otherwise.
+    pub superblock_warning: Option<String>,
+    /// On a secondary: its primary; null on a primary or when unknown.
+    pub primary_path: Option<String>,
+    /// On a secondary: the generation it was last in sync at; null on a primary.
+    pub in_sync_generation: Option<u64>,
     pub last_resync_at: Option<String>,
     pub last_resync_bytes: Option<u64>,
     pub last_recovery_at: Option<String>,
@@ -113,6 +118,11 @@ impl Mirror {
         }
         Ok(healthy(intents, legs))
     }
+}
+
+/// Text that is absent when empty (JSON null, never "").
+fn some(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 fn t(v: u64) -> Option<String> {
@@ -193,8 +203,8 @@ pub fn collect(
             state: l.state.as_str().to_string(),
             out_of_sync_regions: regions,
             out_of_sync_bytes: bytes,
-            reason: l.reason.clone(),
-            last_error: l.last_error.clone(),
+            reason: some(&l.reason),
+            last_error: some(&l.last_error),
             fractured_at: l.fractured_at.map(format_time),
             attached_at: t(l.attached_at),
             state_changed_at: t(l.state_changed_at),
@@ -202,14 +212,13 @@ pub fn collect(
             leg_generation: theirs.map(|h| h.generation),
         });
     }
-    let superblock_warning = match &img.damaged {
-        Some((i, e)) => format!(
+    let superblock_warning = img.damaged.as_ref().map(|(i, e)| {
+        format!(
             "superblock copy {} is damaged ({e}); copy {} is in use",
             crate::meta::image::copy_name(*i),
             crate::meta::image::copy_name(1 - *i)
-        ),
-        None => String::new(),
-    };
+        )
+    });
     Ok(Status {
         format_version: format!("{FORMAT_MAJOR}.{}", img.minor),
         mirror_uuid: uuid_str(&sb.mirror_uuid),
@@ -233,8 +242,8 @@ pub fn collect(
         clean: wi_regions == 0,
         healthy: healthy(wi_regions, leg_health) && primary && replaced_by.is_none(),
         superblock_warning,
-        primary_path: sb.primary_location.clone(),
-        in_sync_generation: sb.in_sync_generation,
+        primary_path: some(&sb.primary_location),
+        in_sync_generation: (!primary).then_some(sb.in_sync_generation),
         last_resync_at: sb.last_resync.as_ref().map(|r| format_time(r.finished_at)),
         last_resync_bytes: sb.last_resync.as_ref().map(|r| r.bytes_copied),
         last_recovery_at: sb.last_recovery.as_ref().map(|r| format_time(r.at)),
@@ -270,9 +279,13 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
             "primary       {} (this image's copy of the mirror state; run status on the primary for live counts)",
-            if s.primary_path.is_empty() { "unknown" } else { &s.primary_path }
+            s.primary_path.as_deref().unwrap_or("unknown")
         )?;
-        writeln!(out, "in sync at    generation {}", s.in_sync_generation)?;
+        writeln!(
+            out,
+            "in sync at    generation {}",
+            s.in_sync_generation.unwrap_or(0)
+        )?;
     }
     writeln!(
         out,
@@ -313,11 +326,15 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         if let Some(f) = &l.fractured_at {
             write!(out, ", fractured {f}")?;
         }
-        if !l.reason.is_empty() {
-            write!(out, ", reason: {}", l.reason)?;
+        if let Some(r) = &l.reason {
+            write!(out, ", reason: {r}")?;
         }
-        if !l.last_error.is_empty() && l.last_error != l.reason {
-            write!(out, ", last error: {}", l.last_error)?;
+        if let Some(e) = l
+            .last_error
+            .as_ref()
+            .filter(|e| Some(*e) != l.reason.as_ref())
+        {
+            write!(out, ", last error: {e}")?;
         }
         if primary {
             match l.leg_generation {
@@ -351,8 +368,8 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             s.last_full_verify_at.as_deref().unwrap_or("never")
         )?;
     }
-    if !s.superblock_warning.is_empty() {
-        writeln!(out, "warning       {}", s.superblock_warning)?;
+    if let Some(w) = &s.superblock_warning {
+        writeln!(out, "warning       {w}")?;
     }
     let health = if let Some(new) = &s.replaced_by {
         format!(

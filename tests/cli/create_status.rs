@@ -422,7 +422,7 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
     );
     assert_eq!(c["out_of_sync_bytes"], 4 * 64 * KIB);
     assert!(is_time(&c["fractured_at"]), "{c:#}");
-    assert_eq!(c["last_error"], "");
+    assert_eq!(c["last_error"], serde_json::Value::Null, "absent is null");
     let o = fx.run(&["status", "a.img", "--check"]);
     assert_eq!(o.code, 3, "{o:?}");
 

@@ -12,5 +12,6 @@ mod metadata_fuzz;
 mod mirror_e2e;
 mod mirror_faults;
 mod nbd;
+mod output;
 mod safety;
 mod verify;
