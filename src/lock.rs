@@ -81,7 +81,14 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
     match got {
         Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(Error::primary(format!("locking {name}: {e}"))),
-        None => Err(busy(name)),
+        // The caller already waited: suggesting --wait again would be no help.
+        None => Err(Error::busy(format!(
+            "{name} is busy: another mirrorctl still held this mirror after waiting {}; try again later or wait longer",
+            crate::units::format_duration(match wait {
+                Wait::For(d) => d,
+                _ => Duration::ZERO,
+            })
+        ))),
     }
 }
 

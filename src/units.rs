@@ -103,6 +103,17 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// A duration as it would be typed: `500ms`, `2s`, `1.5s`.
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// RFC 3339 UTC timestamp for a Unix time, without pulling in a date crate.
 pub fn format_time(t: u64) -> String {
     let days = (t / 86400) as i64;
@@ -173,6 +184,13 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn durations_format_as_they_are_typed() {
+        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
     }
 
     #[test]

@@ -319,9 +319,15 @@ fn promote_image(
                         img.commit().map_err(|e| {
                             Error::primary_io(format!("writing the superblock of {name}"), &e)
                         })?;
-                        notes.push(format!(
+                        notes.push(if empty {
+                            format!(
+                                "the former primary {old_loc} is now slot {slot} of {name}, in sync (nothing to copy)"
+                            )
+                        } else {
+                            format!(
                             "the former primary {old_loc} is now slot {slot} of {name}; `mirrorctl resync {name}` copies what it lacks"
-                        ));
+                        )
+                        });
                     }
                     Err(e) => notes.push(format!(
                         "warning: could not rewrite the former primary's header ({e}); attach it again with `mirrorctl attach {name} {old_loc}`"

@@ -157,7 +157,11 @@ pub fn collect(
     let mut leg_health = Vec::new();
     let mut replaced_by = None;
     for (i, l) in sb.legs.iter().enumerate() {
-        if l.state == LegState::Empty {
+        // A detached image's copy of the leg table still lists its own old slot: it is no
+        // longer a leg of anything, so it is not shown as one.
+        if l.state == LegState::Empty
+            || (sb.role == Role::Detached && l.image_uuid == sb.image_uuid)
+        {
             continue;
         }
         let id = BitmapId::Fracture(SlotIdx(i as u32));

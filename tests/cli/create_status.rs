@@ -494,6 +494,9 @@ fn a_second_writer_gets_exit_5_or_waits_with_wait() {
     let o = fx.run(&["--wait=300ms", "status", "a.img"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(t.elapsed() >= Duration::from_millis(250), "did not wait");
+    // It waited already: the message says how long, and does not say to pass --wait.
+    assert!(o.stderr.contains("after waiting 300ms"), "{o:?}");
+    assert!(!o.stderr.contains("pass --wait"), "{o:?}");
     // Released while a waiter waits: the waiter goes on.
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));

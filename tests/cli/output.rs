@@ -72,3 +72,36 @@ fn absent_values_are_null_in_the_json_of_every_command() {
     assert!(secondary["in_sync_generation"].is_u64(), "{secondary:#}");
     assert!(secondary["primary_path"].is_string(), "{secondary:#}");
 }
+
+#[test]
+fn a_detached_image_does_not_list_itself_and_promote_suggests_no_resync_with_nothing_to_copy() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img", "c.img"]);
+    fx.write_random(0, MIB, 1);
+    fx.ok(&["detach", "a.img", "c.img"]);
+    let c = fx.ok(&["status", "c.img", "--json"]).json();
+    assert_eq!(c["role"], "detached", "{c:#}");
+    let me = c["image_uuid"].clone();
+    let listed: Vec<&Value> = c["legs"].as_array().unwrap().iter().collect();
+    assert!(
+        listed.iter().all(|l| l["image_uuid"] != me),
+        "the detached image lists itself: {c:#}"
+    );
+    assert_eq!(c["secondaries"], listed.len() as u64);
+    // A planned promotion leaves nothing to copy: no resync is suggested.
+    let p = fx.ok(&["promote", "b.img", "--json"]).json();
+    let notes: Vec<&str> = p["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("nothing to copy")),
+        "{notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("mirrorctl resync")),
+        "a resync is suggested with nothing to copy: {notes:?}"
+    );
+    assert_eq!(fx.run(&["status", "b.img", "--check"]).code, 0);
+}
