@@ -222,11 +222,12 @@ pub struct PromoteArgs {
     pub json: bool,
 }
 
-/// Reports a command line clap refused and returns the exit status: a bad value of an
-/// option (a size, rate, duration or policy, checked once by the value parsers below) reads
-/// `mirrorctl: --FLAG: why`, like every other error, and a command given `--json` also
-/// prints its JSON error document; everything else (help, version, unknown flags) is
-/// clap's own text.
+/// Reports a command line clap refused and returns the exit status. Help and version go
+/// to stdout as clap writes them (exit 0). Everything else is one line in the
+/// `mirrorctl: ...` form, with at most one hint line: a bad option value reads
+/// `mirrorctl: --FLAG: why` (sizes, rates, durations and policies are checked once by the
+/// value parsers below), any other mistake gives the usage line. A command given `--json`
+/// also prints its JSON error document.
 pub fn parse_failure(e: clap::Error) -> i32 {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if !e.use_stderr() {
@@ -234,23 +235,55 @@ pub fn parse_failure(e: clap::Error) -> i32 {
         return 0;
     }
     let flag = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(a)) => a.split(' ').next().map(str::to_string),
+        Some(ContextValue::String(a)) => a.split([' ', '[', '=']).next().map(str::to_string),
         _ => None,
     };
     let why = std::error::Error::source(&e).map(|c| c.to_string());
-    match (e.kind(), flag, why) {
-        (ErrorKind::ValueValidation, Some(flag), Some(why)) => {
-            let err = crate::error::Error::invalid(format!("{flag}: {why}"));
-            eprintln!("mirrorctl: {err}");
-            if std::env::args().any(|a| a == "--json") {
-                println!("{:#}", exit::json(&err));
-            }
-        }
-        _ => {
-            let _ = e.print();
-        }
+    let (msg, hint) = match (e.kind(), flag, why) {
+        (ErrorKind::ValueValidation, Some(flag), Some(why)) => (format!("{flag}: {why}"), None),
+        _ => one_line(&e.render().to_string()),
+    };
+    let err = crate::error::Error::invalid(msg);
+    eprintln!("mirrorctl: {err}");
+    if let Some(h) = hint {
+        eprintln!("  {h}");
+    }
+    if std::env::args().any(|a| a == "--json") {
+        println!("{:#}", exit::json(&err));
     }
     2
+}
+
+/// clap's multi-line error text as one line (the message, with any indented list folded
+/// in) and a usage hint.
+fn one_line(text: &str) -> (String, Option<String>) {
+    let mut lines = text.lines();
+    let mut msg = lines
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .trim_end_matches(':')
+        .to_string();
+    let mut items = Vec::new();
+    let mut usage = None;
+    for l in lines {
+        if let Some(u) = l.strip_prefix("Usage: ") {
+            usage = Some(u.trim().to_string());
+        } else if l.starts_with("  ") && !l.trim_start().starts_with("tip:") && usage.is_none() {
+            items.push(l.trim().to_string());
+        }
+    }
+    if !items.is_empty() {
+        msg = format!("{msg}: {}", items.join(", "));
+    }
+    let hint = usage.map(|u| {
+        let cmd: Vec<&str> = u
+            .split_whitespace()
+            .take_while(|w| !w.starts_with(['<', '[', '-']))
+            .collect();
+        format!("usage: {u} (more: `{} --help`)", cmd.join(" "))
+    });
+    (msg, hint)
 }
 
 /// `--wait[=DURATION]`: a duration, or "forever" (the flag without a value).

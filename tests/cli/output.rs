@@ -105,3 +105,38 @@ fn a_detached_image_does_not_list_itself_and_promote_suggests_no_resync_with_not
     );
     assert_eq!(fx.run(&["status", "b.img", "--check"]).code, 0);
 }
+
+#[test]
+fn argument_errors_are_one_mirrorctl_line_with_at_most_a_usage_hint() {
+    let fx = Fx::create("16M", "64K");
+    for args in [
+        &["verify", "a.img", "--bogus"][..],
+        &["bogus"],
+        &["attach"],
+        &["--wait=5x", "status", "a.img"],
+        &["create", "x.img", "--size", "5q"],
+        &["write", "a.img", "--flush", "sometimes"],
+    ] {
+        let o = fx.run(args);
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        let lines: Vec<&str> = o.stderr.lines().collect();
+        assert!(
+            lines.len() <= 2 && lines[0].starts_with("mirrorctl: "),
+            "{args:?}: {o:?}"
+        );
+        if let Some(h) = lines.get(1) {
+            assert!(
+                h.trim_start().starts_with("usage: mirrorctl"),
+                "{args:?}: {o:?}"
+            );
+        }
+        assert!(!o.stderr.contains("error:"), "{args:?}: {o:?}");
+    }
+    let o = fx.run(&["attach", "--json"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(o.json()["exit_code"], 2, "{o:?}");
+    // Help still goes to stdout, exit 0.
+    let o = fx.run(&["write", "--help"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("Usage: mirrorctl write"), "{o:?}");
+}
