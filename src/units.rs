@@ -103,6 +103,15 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// `1 region`, `2 regions`: a count with its noun, singular or plural.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A duration as it would be typed: `500ms`, `2s`, `1.5s`.
 pub fn format_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -184,6 +193,13 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(plural(0, "region"), "0 regions");
+        assert_eq!(plural(1, "region"), "1 region");
+        assert_eq!(plural(2, "region"), "2 regions");
     }
 
     #[test]

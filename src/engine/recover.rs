@@ -60,8 +60,9 @@ impl Mirror {
             .map_err(|e| self.meta_err("clearing the write-intent log", &e))?;
         self.flush_bitmaps()?;
         self.warnings.push(format!(
-            "note: {} was not closed cleanly; {n} write-intent region(s) marked out of sync on every secondary (run `mirrorctl resync`)",
-            self.name
+            "note: {} was not closed cleanly; {} marked out of sync on every secondary (run `mirrorctl resync`)",
+            self.name,
+            crate::units::plural(n, "write-intent region")
         ));
         Ok(n)
     }

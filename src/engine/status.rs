@@ -10,7 +10,7 @@ use crate::format::ranges::union;
 use crate::format::{LegState, Role, FORMAT_MAJOR};
 use crate::meta::bitmaps::Bitmaps;
 use crate::meta::image::Image;
-use crate::units::{format_size, format_time};
+use crate::units::{format_size, format_time, plural};
 use serde::Serialize;
 use std::io::Write;
 use std::sync::Arc;
@@ -293,11 +293,11 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "data area     {} at offset {} ({} bytes), {} regions of {}",
+        "data area     {} at offset {} ({} bytes), {} of {}",
         format_size(s.data_size),
         s.data_offset,
         s.data_size,
-        s.region_count,
+        plural(s.region_count, "region"),
         format_size(s.region_size)
     )?;
     if primary {
@@ -306,8 +306,8 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         } else {
             writeln!(
                 out,
-                "write intent  {} regions ({}) pending: the last writer stopped uncleanly; the next command moves them to every secondary's fracture log",
-                s.write_intent_regions,
+                "write intent  {} ({}) pending: the last writer stopped uncleanly; the next command moves them to every secondary's fracture log",
+                plural(s.write_intent_regions, "region"),
                 format_size(s.write_intent_bytes)
             )?;
         }
@@ -320,11 +320,11 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     for l in &s.legs {
         write!(
             out,
-            "  slot {:<2} {:<19} {}  out of sync: {} regions ({})",
+            "  slot {:<2} {:<19} {}  out of sync: {} ({})",
             l.slot,
             l.state,
             l.path,
-            l.out_of_sync_regions,
+            plural(l.out_of_sync_regions, "region"),
             format_size(l.out_of_sync_bytes)
         )?;
         if let Some(f) = &l.fractured_at {
@@ -358,16 +358,19 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(at) = &s.last_recovery_at {
         writeln!(
             out,
-            "last recovery {at}, {} regions after an unclean stop",
-            s.last_recovery_regions.unwrap_or(0)
+            "last recovery {at}, {} after an unclean stop",
+            plural(s.last_recovery_regions.unwrap_or(0), "region")
         )?;
     }
     if let Some(at) = &s.last_verify_at {
         writeln!(
             out,
-            "last verify   {at}, {} ({} mismatched regions), cursor at region {}, last full pass {}",
+            "last verify   {at}, {} ({}), cursor at region {}, last full pass {}",
             s.last_verify_result.as_deref().unwrap_or("?"),
-            s.last_verify_mismatched_regions.unwrap_or(0),
+            plural(
+                s.last_verify_mismatched_regions.unwrap_or(0),
+                "mismatched region"
+            ),
             s.verify_cursor,
             s.last_full_verify_at.as_deref().unwrap_or("never")
         )?;

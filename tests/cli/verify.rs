@@ -85,7 +85,7 @@ fn flipping_one_byte_in_a_secondary_exits_1_and_names_exactly_that_region_and_le
     assert_eq!(o.code, 1, "{o:?}");
     assert!(o.has_line("slot 0 (b.img): identical"), "{o:?}");
     assert!(
-        o.has_line("slot 1 (c.img): 1 mismatched regions (64.0 KiB)"),
+        o.has_line("slot 1 (c.img): 1 mismatched region (64.0 KiB)"),
         "{o:?}"
     );
     assert!(
@@ -508,7 +508,7 @@ fn status_shows_the_last_verify_time_result_cursor_and_last_full_pass() {
     assert_eq!(s["last_full_verify_at"], v["last_full_pass_at"]);
     let t = fx.ok(&["status", "a.img"]);
     let line = format!(
-        "last verify   {}, differences (1 mismatched regions), cursor at region 0, last full pass {}",
+        "last verify   {}, differences (1 mismatched region), cursor at region 0, last full pass {}",
         s["last_verify_at"].as_str().unwrap(),
         s["last_full_verify_at"].as_str().unwrap()
     );

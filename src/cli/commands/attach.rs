@@ -155,15 +155,15 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
         print!("{verb} {} as slot {}", a.secondary, outcome.slot);
         if a.no_sync && state != LegState::InSync {
             println!(
-                "; {} regions left to copy: run `mirrorctl resync {} {}`",
-                outcome.regions,
+                "; {} left to copy: run `mirrorctl resync {} {}`",
+                plural(outcome.regions, "region"),
                 display(&a.primary),
                 outcome.slot
             );
         } else if a.compare {
             println!(
-                "; compared {} regions ({}), wrote {} in {:.1}s; state {}",
-                out.copied_regions,
+                "; compared {} ({}), wrote {} in {:.1}s; state {}",
+                plural(out.copied_regions, "region"),
                 format_size(out.copied_bytes),
                 format_size(out.written_bytes),
                 out.seconds,
@@ -171,8 +171,8 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
             );
         } else {
             println!(
-                "; copied {} regions ({}) in {:.1}s; state {}",
-                out.copied_regions,
+                "; copied {} ({}) in {:.1}s; state {}",
+                plural(out.copied_regions, "region"),
                 format_size(out.copied_bytes),
                 out.seconds,
                 out.state

@@ -96,13 +96,13 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
         print_json(&out)?;
     } else {
         println!(
-            "created mirror {} on {name}: {} of data at offset {}, {} regions of {}, {} secondary slots",
+            "created mirror {} on {name}: {} of data at offset {}, {} of {}, {}",
             out.mirror_uuid,
             format_size(g.data_size),
             g.data_offset,
-            g.region_count,
+            plural(g.region_count, "region"),
             format_size(g.region_size),
-            g.slots
+            plural(g.slots as u64, "secondary slot")
         );
     }
     Ok(Exit::Success)

@@ -13,7 +13,7 @@ use crate::format::layout::Geometry;
 use crate::format::{LegState, Role};
 use crate::lock::{self, Mode, Wait};
 use crate::meta::image::Image;
-use crate::units::format_size;
+use crate::units::{format_size, plural};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};

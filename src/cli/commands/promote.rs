@@ -107,8 +107,8 @@ pub(super) fn finish_promotion(
     )?;
     print_warnings(&mut m);
     let note = format!(
-        "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} region(s) to copy: run `mirrorctl resync {name}`",
-        leg.location, outcome.regions
+        "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} to copy: run `mirrorctl resync {name}`",
+        leg.location, plural(outcome.regions, "region")
     );
     if json {
         print_json(&PromoteOut {

@@ -132,19 +132,19 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
         for l in &out.legs {
             if a.dry_run {
                 println!(
-                    "slot {} ({}): would copy {} regions ({}, {} bytes)",
+                    "slot {} ({}): would copy {} ({}, {} bytes)",
                     l.slot,
                     l.path,
-                    l.regions,
+                    plural(l.regions, "region"),
                     format_size(l.bytes),
                     l.bytes
                 );
             } else if a.compare {
                 println!(
-                    "slot {} ({}): compared {} regions ({}), wrote {} ({} bytes); state {}",
+                    "slot {} ({}): compared {} ({}), wrote {} ({} bytes); state {}",
                     l.slot,
                     l.path,
-                    l.regions,
+                    plural(l.regions, "region"),
                     format_size(l.bytes),
                     format_size(l.written_bytes),
                     l.written_bytes,
@@ -152,10 +152,10 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
                 );
             } else {
                 println!(
-                    "slot {} ({}): copied {} regions ({}, {} bytes); state {}",
+                    "slot {} ({}): copied {} ({}, {} bytes); state {}",
                     l.slot,
                     l.path,
-                    l.regions,
+                    plural(l.regions, "region"),
                     format_size(l.bytes),
                     l.bytes,
                     l.state

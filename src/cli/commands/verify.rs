@@ -78,12 +78,10 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         if let Some(e) = &l.error {
             println!("slot {} ({}): error: {e}", l.slot, l.path);
         }
-        let pending = if false {
-            String::new()
-        } else if l.pending_regions > 0 {
+        let pending = if l.pending_regions > 0 {
             format!(
-                ", {} regions pending resync not compared",
-                l.pending_regions
+                ", {} pending resync not compared",
+                plural(l.pending_regions, "region")
             )
         } else {
             String::new()
@@ -96,10 +94,10 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
             continue;
         }
         println!(
-            "slot {} ({}): {} mismatched regions ({}){}{pending}",
+            "slot {} ({}): {} ({}){}{pending}",
             l.slot,
             l.path,
-            l.mismatched_regions,
+            plural(l.mismatched_regions, "mismatched region"),
             format_size(l.mismatched_bytes),
             if l.repaired { ", repaired" } else { "" }
         );

@@ -75,7 +75,11 @@ pub(super) fn degraded_line(
         if l.state.is_fractured() {
             missed.push(format!("slot {s} ({}, {})", l.location, l.state.as_str()));
         } else if l.state != LegState::InSync || n > 0 {
-            behind.push(format!("slot {s} ({}, {n} region(s) to copy)", l.location));
+            behind.push(format!(
+                "slot {s} ({}, {} to copy)",
+                l.location,
+                plural(n, "region")
+            ));
         }
     }
     let mut parts = Vec::new();
