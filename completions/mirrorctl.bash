@@ -40,6 +40,9 @@ _mirrorctl() {
             mirrorctl,resync)
                 cmd="mirrorctl__subcmd__resync"
                 ;;
+            mirrorctl,serve)
+                cmd="mirrorctl__subcmd__serve"
+                ;;
             mirrorctl,status)
                 cmd="mirrorctl__subcmd__status"
                 ;;
@@ -73,6 +76,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,resync)
                 cmd="mirrorctl__subcmd__help__subcmd__resync"
                 ;;
+            mirrorctl__subcmd__help,serve)
+                cmd="mirrorctl__subcmd__help__subcmd__serve"
+                ;;
             mirrorctl__subcmd__help,status)
                 cmd="mirrorctl__subcmd__help__subcmd__status"
                 ;;
@@ -89,7 +95,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status attach write read fracture resync detach promote verify help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status attach write read fracture resync detach promote verify serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -219,7 +225,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status attach write read fracture resync detach promote verify help"
+            opts="create status attach write read fracture resync detach promote verify serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -344,6 +350,20 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mirrorctl__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mirrorctl__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -450,6 +470,44 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__serve)
+            opts="-h --socket --listen --export --read-only --hot-extents --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --export)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hot-extents)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

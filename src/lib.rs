@@ -2,6 +2,7 @@
 //!
 //! The map, one folder per concern (dependencies point down this list, never up):
 //! - `cli`: the commands: clap definitions, argument handling, output, generated docs.
+//! - `server`: the NBD server front end of `serve` (handshake, transmission, listening).
 //! - `engine`: the mirror: one file per operation, each with its durability rules on top.
 //! - `meta`: one image's header and logs (superblock pair, bitmaps), through a `Device`.
 //! - `device`: the devices: the `Device` trait, files and block devices, NBD exports, the
@@ -15,4 +16,5 @@ pub mod error;
 pub mod format;
 pub mod lock;
 pub mod meta;
+pub mod server;
 pub mod units;

@@ -11,6 +11,10 @@ command -v python3 >/dev/null || need+=(python3)
 command -v qemu-nbd >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v b3sum >/dev/null || need+=(b3sum)
+# Clients of `serve` (tests/cli/serve.rs): fio with its nbd engine, nbdinfo/nbdcopy/nbdfuse.
+command -v fio >/dev/null || need+=(fio)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 # Real formatted images for the attach/create refusals (tests/safety.rs).
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v chattr >/dev/null || need+=(e2fsprogs)

@@ -40,7 +40,7 @@ pub fn exit_status(codes: &[u8]) -> String {
 /// The exit statuses each subcommand can return.
 pub fn exit_codes(subcommand: &str) -> &'static [u8] {
     match subcommand {
-        "create" | "fracture" | "detach" => &[0, 2, 4, 5],
+        "create" | "fracture" | "detach" | "serve" => &[0, 2, 4, 5],
         "status" | "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
         _ => &[0, 1, 2, 3, 4, 5],
     }
@@ -112,6 +112,10 @@ pub enum Command {
     /// differing range; repair on request; scrub in budgeted steps from cron.
     #[command(after_help = exit_status(exit_codes("verify")))]
     Verify(VerifyArgs),
+    /// Serve the mirror's data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every
+    /// write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT.
+    #[command(long_about = SERVE_ABOUT, after_help = exit_status(exit_codes("serve")))]
+    Serve(ServeArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -128,9 +132,11 @@ impl Command {
             Command::Resync(a) => a.json,
             Command::Promote(a) => a.json,
             Command::Verify(a) => a.json,
-            Command::Read(_) | Command::Fracture(_) | Command::Detach(_) | Command::Generate(_) => {
-                false
-            }
+            Command::Read(_)
+            | Command::Fracture(_)
+            | Command::Detach(_)
+            | Command::Serve(_)
+            | Command::Generate(_) => false,
         }
     }
 }
@@ -347,6 +353,66 @@ pub struct WriteArgs {
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(long)]
     pub json: bool,
+}
+
+const SERVE_ABOUT: &str = "Serve the mirror's data area (data_size bytes, starting at \
+data_offset of the primary) to hosts over NBD, until SIGTERM or SIGINT.
+
+Durability: a write is answered once it is written on the primary and on every in-sync \
+secondary; a flush, or a write with FUA, is answered once everything written before it is \
+durable (synced) on all of them: the contract of a disk's cache flush that filesystems and \
+databases rely on. A secondary that fails (I/O error, full disk, NBD server gone) is fractured, \
+its changes tracked for `resync`, and the host's request still succeeds; a primary that fails \
+gets the host an I/O error for that request. Regions being written stay marked in the \
+write-intent log in 4 MiB extents (--hot-extents); after a crash the next command (or serve) \
+marks at most those out of sync, and `resync` copies them.
+
+Clients: qemu -drive file=nbd+unix:///?socket=PATH,format=raw; the kernel's nbd-client \
+-unix PATH /dev/nbd0; nbdfuse DIR nbd+unix:///?socket=PATH; fio --ioengine=nbd \
+--uri=nbd+unix:///?socket=PATH; qemu-img convert -n -O raw SRC nbd+unix:///?socket=PATH. \
+Several connections at once are fine (a flush on one covers the writes of all).
+
+While it serves, the mirror is locked: other mirrorctl commands on it exit 5 (busy). Stop it \
+with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
+the write intents are cleared, so status is clean afterwards.";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The mirror's primary image (file or block device).
+    pub primary: PathBuf,
+    /// Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for
+    /// root, else under $XDG_RUNTIME_DIR; the path is logged at start.
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// The export name clients ask for (default: the empty name, which a URI without a
+    /// name asks for: nbd+unix:///?socket=PATH).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub export: String,
+    /// Serve reads only: writes are refused (EPERM); nothing on disk changes, not even a
+    /// recovery.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Extents of 4 MiB kept marked in the write-intent log (the activity log): writes into
+    /// them cost no metadata I/O; after a crash at most these are resynced. At least 16.
+    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_HOT_EXTENTS,
+          value_parser = parse_hot_extents)]
+    pub hot_extents: usize,
+}
+
+fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of extents (e.g. 1237)"))?;
+    if n < crate::engine::MIN_HOT_EXTENTS {
+        return Err(format!(
+            "{n} is too few: at least {} (one 32 MiB request touches up to 9 extents)",
+            crate::engine::MIN_HOT_EXTENTS
+        ));
+    }
+    Ok(n)
 }
 
 #[derive(Args, Debug)]

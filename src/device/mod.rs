@@ -36,6 +36,10 @@ pub trait Device: Send + Sync {
     fn zero_range(&self, off: u64, len: u64) -> io::Result<()> {
         write_zeros(self, off, len)
     }
+    /// Whether [`Device::zero_range`] is fast (a hole punched, not zeros written).
+    fn zero_is_fast(&self) -> bool {
+        false
+    }
     /// The open file behind the device, where there is one (used to map bitmaps).
     fn file(&self) -> Option<&File> {
         None
@@ -308,6 +312,10 @@ impl Device for FileDevice {
             Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(self, off, len),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn zero_is_fast(&self) -> bool {
+        !self.block
     }
 
     fn file(&self) -> Option<&File> {

@@ -185,18 +185,19 @@ impl Mirror {
                 what: what.to_string(),
                 err: io::Error::other(err.to_string()),
             },
-            &(0..0),
+            &[],
         )
     }
 
     /// Records a leg failure: W4 then the state change.
-    pub(super) fn fracture_on_error(&mut self, f: LegFailure, window: &Range<u64>) -> Result<()> {
+    pub(super) fn fracture_on_error(&mut self, f: LegFailure, window: &[Range<u64>]) -> Result<()> {
         let s = f.slot;
         let id = BitmapId::Fracture(SlotIdx(s));
-        // W4: everything not known durable on the leg is in the current window.
-        if !window.is_empty() {
+        // W4: everything not known durable on the leg is in the current window (a stream's
+        // window, or a server's hot set).
+        for r in window.iter().filter(|r| !r.is_empty()) {
             self.bitmaps
-                .set_range(id, window.clone(), true)
+                .set_range(id, r.clone(), true)
                 .map_err(|e| self.meta_err("setting a fracture log", &e))?;
         }
         self.flush_bitmaps()?;
@@ -237,7 +238,7 @@ impl Mirror {
                         what: "opening".into(),
                         err: io::Error::other(msg),
                     },
-                    &(0..0),
+                    &[],
                 )?,
             }
         }

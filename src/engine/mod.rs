@@ -3,9 +3,11 @@
 //! own file, with the durability rules it keeps at the top of that file:
 //! `write` (W1-W6), `recover` (R1-R3), `resync` (S1-S4), `attach` (A1-A4, D0-D2),
 //! `legs` (fractures, headers of the secondaries), `failover` (P1-P7), `verify` (V1),
-//! `status` (the report and the one health rule). This module sees devices, never paths,
+//! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H5,
+//! over the activity log of `activity`). This module sees devices, never paths,
 //! locks or output.
 
+mod activity;
 mod attach;
 pub mod create;
 pub mod failover;
@@ -13,10 +15,12 @@ mod legs;
 pub mod plan;
 mod recover;
 mod resync;
+pub mod serve;
 pub mod status;
 pub mod verify;
 mod write;
 
+pub use activity::{DEFAULT_HOT_EXTENTS, EXTENT_BYTES, MIN_HOT_EXTENTS};
 pub use attach::{AttachOutcome, InitialSync};
 use legs::LegFailure;
 pub use resync::{

@@ -102,7 +102,7 @@ impl Mirror {
                         what: "sync".into(),
                         err,
                     },
-                    &st.marked.clone(),
+                    std::slice::from_ref(&st.marked),
                 )?;
             }
         }
@@ -316,7 +316,7 @@ impl Mirror {
                                 what: format!("write at data offset {pos}"),
                                 err,
                             },
-                            &st.marked.clone(),
+                            std::slice::from_ref(&st.marked),
                         )?;
                     }
                 }

@@ -14,4 +14,5 @@ mod mirror_faults;
 mod nbd;
 mod output;
 mod safety;
+mod serve;
 mod verify;

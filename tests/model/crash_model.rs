@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 /// Locations of the secondaries, as recorded in the leg table.
-const SECS: [&str; 2] = ["sec0", "sec1"];
+pub(crate) const SECS: [&str; 2] = ["sec0", "sec1"];
 const WI: BitmapId = BitmapId::WriteIntent;
 
 fn fracture_id(slot: u32) -> BitmapId {
@@ -39,15 +39,15 @@ fn fracture_id(slot: u32) -> BitmapId {
 // ---------------------------------------------------------------------------------------
 
 /// The primary and every secondary of one world.
-struct Inst {
-    world: Arc<World>,
-    primary: SimDevice,
-    secs: Vec<SimDevice>,
-    opener: Arc<SimOpener>,
+pub(crate) struct Inst {
+    pub(crate) world: Arc<World>,
+    pub(crate) primary: SimDevice,
+    pub(crate) secs: Vec<SimDevice>,
+    pub(crate) opener: Arc<SimOpener>,
 }
 
 impl Inst {
-    fn new(world: Arc<World>, primary: SimDevice, secs: Vec<SimDevice>) -> Inst {
+    pub(crate) fn new(world: Arc<World>, primary: SimDevice, secs: Vec<SimDevice>) -> Inst {
         let devs = SECS
             .iter()
             .zip(&secs)
@@ -63,7 +63,7 @@ impl Inst {
 
     /// The devices as found after a power cut now, in a new world (failures healed,
     /// nothing missing).
-    fn cut(&self, keep: Keep) -> Inst {
+    pub(crate) fn cut(&self, keep: Keep) -> Inst {
         let world = World::new();
         let one = |d: &SimDevice, i: u64| {
             let keep = match keep {
@@ -82,7 +82,7 @@ impl Inst {
         Inst::new(world.clone(), primary, secs)
     }
 
-    fn open(&self, window: u64) -> Mirror {
+    pub(crate) fn open(&self, window: u64) -> Mirror {
         let mut m = Mirror::open(
             Arc::new(self.primary.clone()),
             "primary",
@@ -114,18 +114,18 @@ impl Read for Trickle<'_> {
 // Templates: a created mirror with attached, resynced secondaries and data, all durable.
 // ---------------------------------------------------------------------------------------
 
-struct Template {
-    geom: Geometry,
-    primary: SimDevice,
-    secs: Vec<SimDevice>,
+pub(crate) struct Template {
+    pub(crate) geom: Geometry,
+    pub(crate) primary: SimDevice,
+    pub(crate) secs: Vec<SimDevice>,
     /// The primary's data area before any scenario.
-    pre: Vec<u8>,
+    pub(crate) pre: Vec<u8>,
 }
 
 impl Template {
     /// Creates the primary with `create`'s engine call, fills it with data, and attaches and
     /// resyncs the first `attached` secondaries. The other secondaries hold random junk.
-    fn build(geom: Geometry, attached: usize, seed: u64) -> Template {
+    pub(crate) fn build(geom: Geometry, attached: usize, seed: u64) -> Template {
         let world = World::new();
         let len = geom.total_len();
         let primary = SimDevice::new(&world, len);
@@ -176,7 +176,7 @@ impl Template {
     }
 
     /// A fresh copy of the template in a new world.
-    fn instance(&self) -> Inst {
+    pub(crate) fn instance(&self) -> Inst {
         let world = World::new();
         Inst::new(
             world.clone(),

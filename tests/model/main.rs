@@ -5,4 +5,5 @@
 
 mod crash_failover;
 mod crash_model;
+mod crash_serve;
 mod harness;

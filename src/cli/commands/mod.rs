@@ -26,6 +26,7 @@ mod legs;
 mod promote;
 mod read;
 mod resync;
+mod serve;
 mod status;
 mod verify;
 mod write;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Detach(a) => legs::detach(&ctx, a),
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
+        Command::Serve(a) => serve::serve(&ctx, a),
         Command::Generate(a) => {
             let written: Vec<PathBuf> = crate::cli::doc::generate(&a.out, a.what)
                 .map_err(|e| Error::invalid(format!("generating into {}: {e}", a.out.display())))?;

@@ -25,7 +25,7 @@
 //! timeout the connection is dead (its request stream is out of step) and every later call
 //! fails at once, so the engine fractures the leg instead of hanging.
 
-mod proto;
+pub mod proto;
 mod uri;
 
 use proto::*;

@@ -1,0 +1,95 @@
+//! `serve`: the mirror as an NBD export until SIGTERM/SIGINT; a clean stop syncs every leg
+//! and clears the write intents.
+
+use super::*;
+use crate::server::{self, Listen};
+
+pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
+    let listen = match (&a.socket, &a.listen) {
+        (_, Some(hp)) => {
+            if !hp.contains(':') {
+                return Err(Error::invalid(format!(
+                    "--listen {hp}: give HOST:PORT (e.g. 127.0.0.1:10809, or [::1]:10809)"
+                )));
+            }
+            let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+            if !loopback {
+                server::log_line(&format!(
+                    "warning: --listen {hp} is not a loopback address: anyone who can reach it can read and overwrite the disk (NBD has no authentication without TLS)"
+                ));
+            }
+            Listen::Tcp(hp.clone())
+        }
+        (Some(p), None) => Listen::Unix(p.clone()),
+        (None, None) => Listen::Unix(server::default_socket(&a.primary)),
+    };
+    if let Listen::Unix(p) = &listen {
+        // sun_path holds 107 bytes and a NUL.
+        if p.as_os_str().len() > 107 {
+            return Err(Error::invalid(format!(
+                "--socket {}: a Unix socket path has at most 107 bytes; give a shorter one",
+                p.display()
+            )));
+        }
+    }
+    let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    if !a.read_only {
+        // P6 and recovery (R1..R3) as for every changing command.
+        m.prepare_for_change()?;
+    }
+    for w in m.warnings.drain(..) {
+        server::log_line(&w);
+    }
+    let description = display(&a.primary);
+    let cfg = engine::serve::ServeConfig {
+        hot_extents: a.hot_extents,
+        read_only: a.read_only,
+        ..Default::default()
+    };
+    let srv = Arc::new(m.serve(&cfg, Box::new(server::log_line))?);
+    let summary = server::run(srv.clone(), &listen, &a.export, &description).map_err(|e| {
+        let what = match &listen {
+            Listen::Unix(p) => format!("listening on {}", p.display()),
+            Listen::Tcp(hp) => format!("listening on {hp}"),
+        };
+        Error::invalid(format!("{what}: {}", crate::error::describe_io(&e)))
+    });
+    // Every connection thread has ended: this is the only reference left.
+    let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;
+    let counters = srv.counters();
+    let stopped = srv.stop();
+    let summary = summary?;
+    let (mut m, _) = stopped?;
+    let healthy = m.is_healthy()?;
+    server::log_line(&format!(
+        "stopped{}: {} served, {} and {} written, {} read, {}; {}",
+        summary
+            .signal
+            .map(|s| format!(" on {s}"))
+            .unwrap_or_default(),
+        plural(summary.connections, "connection"),
+        plural(counters.writes, "request"),
+        format_size(counters.bytes_written),
+        format_size(counters.bytes_read),
+        match counters.flushes {
+            1 => "1 flush".to_string(),
+            n => format!("{n} flushes"),
+        },
+        if a.read_only {
+            "nothing on disk was changed".to_string()
+        } else if healthy {
+            "every leg synced and the write intents cleared; the mirror is healthy".to_string()
+        } else {
+            format!(
+                "every leg synced and the write intents cleared; the mirror is degraded (see `mirrorctl status {}`)",
+                display(&a.primary)
+            )
+        }
+    ));
+    Ok(Exit::Success)
+}

@@ -1,0 +1,421 @@
+//! The activity log: the bounded set of hot extents whose regions stay marked in the
+//! write-intent log while hosts write (DRBD's `al-extents`), as pure bookkeeping: which
+//! extents are hot, in use, written since the legs were last synced, and which to evict.
+//! No I/O here; `serve.rs` does the marking, syncing and clearing this plans.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Bytes per extent: DRBD's 4 MiB (never less than one region).
+pub const EXTENT_BYTES: u64 = 4 << 20;
+
+/// Default number of hot extents (DRBD's `al-extents` default: about 4.8 GiB hot).
+pub const DEFAULT_HOT_EXTENTS: usize = 1237;
+
+/// The fewest hot extents allowed: one maximal request (32 MiB) touches at most nine
+/// 4 MiB extents, and a few requests must fit at once.
+pub const MIN_HOT_EXTENTS: usize = 16;
+
+/// Index of an extent (a run of regions of [`ActivityLog::extent_regions`] each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExtentIdx(pub u64);
+
+#[derive(Debug)]
+struct Hot {
+    /// Requests using the extent now (it cannot be evicted while any do).
+    refs: u32,
+    /// Logical clock of the last use, for least-recently-used eviction.
+    last_use: u64,
+    /// Flush epoch of the last completed write; `None` if never written while hot.
+    dirty: Option<u64>,
+    /// A write failed on the primary: its intents stay until the next command recovers.
+    pinned: bool,
+    /// Regions (absolute) written while hot, as sorted, merged runs.
+    written: Vec<Range<u64>>,
+    /// Fracture-log bits set ahead of the data for legs not receiving writes (slot, regions
+    /// that were clear before); those never written are cleared again at eviction.
+    ahead: Vec<(u32, Range<u64>)>,
+}
+
+/// What making a set of extents hot needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Every extent is hot: no metadata I/O.
+    Ready,
+    /// Mark `cold` (and clear `evict` to make room) in one bitmap flush; if `sync`, the legs
+    /// must be synced first because an evicted extent holds data not yet durable.
+    Activate {
+        cold: Vec<ExtentIdx>,
+        evict: Vec<ExtentIdx>,
+        sync: bool,
+    },
+    /// Not enough idle extents to evict: wait until a request finishes.
+    Wait,
+}
+
+/// An extent leaving the hot set, with what its clear must trim.
+#[derive(Debug)]
+pub struct Evicted {
+    pub regions: Range<u64>,
+    /// Fracture bits set ahead that no write used: (slot, regions).
+    pub unwritten_ahead: Vec<(u32, Range<u64>)>,
+}
+
+#[derive(Debug)]
+#[allow(clippy::len_without_is_empty)]
+pub struct ActivityLog {
+    capacity: usize,
+    extent_regions: u64,
+    region_count: u64,
+    hot: HashMap<ExtentIdx, Hot>,
+    clock: u64,
+    /// Current flush epoch: bumped when a flush starts.
+    epoch: u64,
+    /// Writes completed at an epoch below this are durable on every leg.
+    durable: u64,
+}
+
+impl ActivityLog {
+    pub fn new(
+        capacity: usize,
+        extent_bytes: u64,
+        region_size: u64,
+        region_count: u64,
+    ) -> ActivityLog {
+        ActivityLog {
+            capacity: capacity.max(1),
+            extent_regions: (extent_bytes / region_size).max(1),
+            region_count,
+            hot: HashMap::new(),
+            clock: 0,
+            epoch: 0,
+            durable: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.hot.len()
+    }
+
+    /// The extents covering `regions`.
+    pub fn extents_of(&self, regions: &Range<u64>) -> Vec<ExtentIdx> {
+        if regions.is_empty() {
+            return Vec::new();
+        }
+        let first = regions.start / self.extent_regions;
+        let last = (regions.end - 1) / self.extent_regions;
+        (first..=last).map(ExtentIdx).collect()
+    }
+
+    /// The regions of an extent (the last one clipped to the image).
+    pub fn regions_of(&self, e: ExtentIdx) -> Range<u64> {
+        let start = e.0 * self.extent_regions;
+        start..(start + self.extent_regions).min(self.region_count)
+    }
+
+    /// Every region of the hot set, as runs (what W4 puts in a failing leg's log).
+    pub fn hot_regions(&self) -> Vec<Range<u64>> {
+        let mut es: Vec<ExtentIdx> = self.hot.keys().copied().collect();
+        es.sort();
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for e in es {
+            let r = self.regions_of(e);
+            match out.last_mut() {
+                Some(l) if l.end == r.start => l.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    /// What making `want` hot needs, without changing anything.
+    pub fn plan(&self, want: &[ExtentIdx]) -> Plan {
+        let cold: Vec<ExtentIdx> = want
+            .iter()
+            .copied()
+            .filter(|e| !self.hot.contains_key(e))
+            .collect();
+        if cold.is_empty() {
+            return Plan::Ready;
+        }
+        let over = (self.hot.len() + cold.len()).saturating_sub(self.capacity);
+        let mut idle: Vec<(u64, ExtentIdx)> = self
+            .hot
+            .iter()
+            .filter(|(e, h)| h.refs == 0 && !h.pinned && !want.contains(e))
+            .map(|(e, h)| (h.last_use, *e))
+            .collect();
+        if idle.len() < over {
+            return Plan::Wait;
+        }
+        idle.sort();
+        let evict: Vec<ExtentIdx> = idle.into_iter().take(over).map(|(_, e)| e).collect();
+        let sync = evict.iter().any(|e| !self.is_clean(*e));
+        Plan::Activate { cold, evict, sync }
+    }
+
+    fn is_clean(&self, e: ExtentIdx) -> bool {
+        self.hot[&e].dirty.is_none_or(|d| d < self.durable)
+    }
+
+    /// Makes `cold` hot (their bits are durable now), with the fracture bits set ahead.
+    pub fn insert(&mut self, cold: &[ExtentIdx], ahead: Vec<(u32, Range<u64>)>) {
+        for &e in cold {
+            let r = self.regions_of(e);
+            let mine = ahead
+                .iter()
+                .filter(|(_, a)| a.start < r.end && a.end > r.start)
+                .map(|(s, a)| (*s, a.start.max(r.start)..a.end.min(r.end)))
+                .collect();
+            self.hot.insert(
+                e,
+                Hot {
+                    refs: 0,
+                    last_use: self.clock,
+                    dirty: None,
+                    pinned: false,
+                    written: Vec::new(),
+                    ahead: mine,
+                },
+            );
+        }
+    }
+
+    /// Takes `evict` out of the hot set (their data is durable; their bits are cleared in
+    /// the same flush that marks the new ones).
+    pub fn evict(&mut self, evict: &[ExtentIdx]) -> Vec<Evicted> {
+        evict
+            .iter()
+            .filter_map(|e| {
+                let h = self.hot.remove(e)?;
+                Some(Evicted {
+                    regions: self.regions_of(*e),
+                    unwritten_ahead: unwritten(&h),
+                })
+            })
+            .collect()
+    }
+
+    /// Every hot extent that may be cleared at a clean stop (all but pinned ones), taken
+    /// out of the set. Only call after a sync of every leg.
+    pub fn drain_clean(&mut self) -> Vec<Evicted> {
+        let mut es: Vec<ExtentIdx> = self
+            .hot
+            .iter()
+            .filter(|(_, h)| !h.pinned && h.refs == 0)
+            .map(|(e, _)| *e)
+            .collect();
+        es.sort();
+        self.evict(&es)
+    }
+
+    /// A request starts using `want` (all hot).
+    pub fn acquire(&mut self, want: &[ExtentIdx]) {
+        self.clock += 1;
+        for e in want {
+            let h = self.hot.get_mut(e).expect("acquire of a cold extent");
+            h.refs += 1;
+            h.last_use = self.clock;
+        }
+    }
+
+    /// A request using `want` finished; `written` regions were written (on the primary at
+    /// least) at the current epoch.
+    pub fn release(&mut self, want: &[ExtentIdx], written: Option<&Range<u64>>) {
+        let epoch = self.epoch;
+        for e in want {
+            let er = self.regions_of(*e);
+            let h = self.hot.get_mut(e).expect("release of a cold extent");
+            h.refs -= 1;
+            if let Some(w) = written {
+                let part = w.start.max(er.start)..w.end.min(er.end);
+                if !part.is_empty() {
+                    h.dirty = Some(epoch);
+                    add_run(&mut h.written, part);
+                }
+            }
+        }
+    }
+
+    /// The primary failed a write in `want`: those extents keep their intents (W6).
+    pub fn pin(&mut self, want: &[ExtentIdx]) {
+        for e in want {
+            if let Some(h) = self.hot.get_mut(e) {
+                h.pinned = true;
+            }
+        }
+    }
+
+    /// The primary failed a sync: every extent written since the last good flush may be
+    /// missing data on the primary, so all of them keep their intents (W6).
+    pub fn pin_unflushed(&mut self) {
+        let durable = self.durable;
+        for h in self.hot.values_mut() {
+            if h.dirty.is_some_and(|d| d >= durable) {
+                h.pinned = true;
+            }
+        }
+    }
+
+    pub fn pinned(&self) -> usize {
+        self.hot.values().filter(|h| h.pinned).count()
+    }
+
+    /// A flush (sync of every leg) starts; returns the token to give [`Self::flush_done`].
+    pub fn flush_started(&mut self) -> u64 {
+        let covered = self.epoch;
+        self.epoch += 1;
+        covered
+    }
+
+    /// The flush that started with `covered` finished on every leg.
+    pub fn flush_done(&mut self, covered: u64) {
+        self.durable = self.durable.max(covered + 1);
+    }
+}
+
+fn unwritten(h: &Hot) -> Vec<(u32, Range<u64>)> {
+    let mut out = Vec::new();
+    for (s, a) in &h.ahead {
+        let mut pos = a.start;
+        for w in &h.written {
+            if w.end <= pos || w.start >= a.end {
+                continue;
+            }
+            if w.start > pos {
+                out.push((*s, pos..w.start));
+            }
+            pos = pos.max(w.end);
+        }
+        if pos < a.end {
+            out.push((*s, pos..a.end));
+        }
+    }
+    out
+}
+
+fn add_run(runs: &mut Vec<Range<u64>>, r: Range<u64>) {
+    runs.push(r);
+    runs.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(runs.len());
+    for r in runs.drain(..) {
+        match out.last_mut() {
+            Some(l) if l.end >= r.start => l.end = l.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    *runs = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 64 KiB regions: 64 regions per extent.
+    fn log(cap: usize) -> ActivityLog {
+        ActivityLog::new(cap, EXTENT_BYTES, 64 << 10, 64 * 100)
+    }
+
+    fn activate(al: &mut ActivityLog, want: &[ExtentIdx]) -> Plan {
+        let p = al.plan(want);
+        if let Plan::Activate { cold, evict, .. } = &p {
+            al.evict(evict);
+            al.insert(cold, Vec::new());
+        }
+        p
+    }
+
+    #[test]
+    fn a_write_into_a_hot_extent_needs_no_metadata_io_and_a_cold_one_one_activation() {
+        let mut al = log(4);
+        let e = al.extents_of(&(10..20));
+        assert_eq!(e, vec![ExtentIdx(0)]);
+        assert!(
+            matches!(activate(&mut al, &e), Plan::Activate { ref cold, ref evict, sync: false } if cold == &e && evict.is_empty())
+        );
+        assert_eq!(al.plan(&e), Plan::Ready);
+        assert_eq!(al.extents_of(&(60..70)), vec![ExtentIdx(0), ExtentIdx(1)]);
+    }
+
+    #[test]
+    fn the_least_recently_used_idle_extent_is_evicted_and_a_dirty_one_needs_a_sync_first() {
+        let mut al = log(2);
+        for e in [0, 1] {
+            activate(&mut al, &[ExtentIdx(e)]);
+            al.acquire(&[ExtentIdx(e)]);
+            al.release(&[ExtentIdx(e)], Some(&(e * 64..e * 64 + 1)));
+        }
+        // Extent 0 used again: extent 1 is now the least recently used.
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], None);
+        match al.plan(&[ExtentIdx(2)]) {
+            Plan::Activate { evict, sync, .. } => {
+                assert_eq!(evict, vec![ExtentIdx(1)]);
+                assert!(sync, "extent 1 was written since the last flush");
+            }
+            p => panic!("{p:?}"),
+        }
+        let t = al.flush_started();
+        al.flush_done(t);
+        match al.plan(&[ExtentIdx(2)]) {
+            Plan::Activate { sync, .. } => assert!(!sync, "durable after the flush"),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn a_write_completed_after_a_flush_started_is_not_covered_by_it() {
+        let mut al = log(1);
+        activate(&mut al, &[ExtentIdx(0)]);
+        al.acquire(&[ExtentIdx(0)]);
+        let t = al.flush_started();
+        al.release(&[ExtentIdx(0)], Some(&(0..1)));
+        al.flush_done(t);
+        assert!(matches!(
+            al.plan(&[ExtentIdx(5)]),
+            Plan::Activate { sync: true, .. }
+        ));
+    }
+
+    #[test]
+    fn extents_in_use_or_pinned_are_never_evicted_so_a_full_busy_set_waits() {
+        let mut al = log(2);
+        activate(&mut al, &[ExtentIdx(0), ExtentIdx(1)]);
+        al.acquire(&[ExtentIdx(0)]);
+        al.pin(&[ExtentIdx(1)]);
+        assert_eq!(al.plan(&[ExtentIdx(3)]), Plan::Wait);
+        al.release(&[ExtentIdx(0)], None);
+        assert!(
+            matches!(al.plan(&[ExtentIdx(3)]), Plan::Activate { ref evict, .. } if evict == &[ExtentIdx(0)])
+        );
+        let left = al.drain_clean();
+        assert_eq!(left.len(), 1, "the pinned extent stays for recovery");
+        assert_eq!(al.pinned(), 1);
+    }
+
+    #[test]
+    fn fracture_bits_set_ahead_are_trimmed_to_the_regions_never_written() {
+        let mut al = log(4);
+        al.insert(&[ExtentIdx(0)], vec![(1, 0..64), (2, 10..20)]);
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], Some(&(5..12)));
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], Some(&(30..31)));
+        let ev = al.evict(&[ExtentIdx(0)]);
+        assert_eq!(
+            ev[0].unwritten_ahead,
+            vec![(1, 0..5), (1, 12..30), (1, 31..64), (2, 12..20)]
+        );
+    }
+
+    #[test]
+    fn the_hot_regions_are_merged_runs_clipped_to_the_image() {
+        let mut al = ActivityLog::new(8, EXTENT_BYTES, 64 << 10, 64 * 3 + 5);
+        activate(&mut al, &[ExtentIdx(0), ExtentIdx(1), ExtentIdx(3)]);
+        assert_eq!(al.hot_regions(), vec![0..128, 192..197]);
+    }
+}

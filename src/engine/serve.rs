@@ -1,0 +1,642 @@
+//! The mirror serving hosts: request-level writes, zeroes, trims, flushes and reads, with the
+//! activity log (hot extents) in the write-intent log, safe for many requests at once.
+//! `server/` speaks NBD and calls these; this file decides what is durable when.
+//!
+//! Rules (W1..W6 of `write.rs` hold here too; tagged at the lines that keep them):
+//! - H1 A request's extents are hot (their write-intent bits durable, W1, and W3's fracture
+//!   bits for legs not receiving writes in the same flush) before any leg is written;
+//!   otherwise a crash could leave legs differing where no log says so.
+//! - H2 An extent leaves the hot set only when no request uses it and after a sync of the
+//!   primary and every leg receiving writes that started after its last write completed
+//!   (W2); otherwise its clear could forget data not yet durable on some leg.
+//! - H3 A write is replied to only once it is written on the primary and on every leg
+//!   receiving writes; a FLUSH, or a FUA request, only after the primary and every such leg
+//!   synced (every write completed before the flush started is durable everywhere); otherwise
+//!   an acknowledged write could be missing from a leg the mirror calls in sync.
+//! - H4 Overlapping mutations run in the order they arrived: a request waits for every
+//!   earlier overlapping one to finish; otherwise legs could end with different orders of
+//!   the same two writes (and so different bytes).
+//! - H5 A leg that fails gets the whole hot set in its fracture log (W4) before any intent
+//!   bit is cleared, and the request still succeeds; a primary that fails a write pins the
+//!   request's extents (never cleared, W6) and the host gets an error for that request only.
+
+use super::activity::{ActivityLog, ExtentIdx, Plan};
+use super::*;
+use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
+use std::sync::Condvar;
+
+/// A failed request: the error number to send and the line to log.
+#[derive(Debug)]
+pub struct Failure {
+    pub errno: u32,
+    pub msg: String,
+}
+
+impl Failure {
+    fn new(errno: u32, msg: String) -> Failure {
+        Failure { errno, msg }
+    }
+    fn io(msg: String, e: &io::Error) -> Failure {
+        let errno = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ENOSPC,
+            Some(libc::EPERM) | Some(libc::EROFS) => EPERM,
+            _ => EIO,
+        };
+        Failure::new(errno, format!("{msg}: {e}"))
+    }
+}
+
+pub type Served<T> = std::result::Result<T, Failure>;
+
+/// A mutation's place in arrival order (H4), taken by the connection as the request comes.
+pub struct Ticket {
+    seq: u64,
+    range: Range<u64>,
+}
+
+/// What a mutation does on one device (at absolute device offsets).
+pub enum Mutation<'a> {
+    Write(&'a [u8]),
+    /// Zeroes; `punch` lets the device make a hole (TRIM, WRITE_ZEROES without NO_HOLE).
+    Zero {
+        len: u64,
+        punch: bool,
+    },
+}
+
+impl Mutation<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Mutation::Write(d) => d.len() as u64,
+            Mutation::Zero { len, .. } => *len,
+        }
+    }
+    fn apply(&self, d: &dyn Device, at: u64) -> io::Result<()> {
+        match self {
+            Mutation::Write(data) => d.write_at(data, at),
+            Mutation::Zero { len, punch: true } => d.zero_range(at, *len),
+            Mutation::Zero { len, punch: false } => crate::device::write_zeros(d, at, *len),
+        }
+    }
+}
+
+/// Counters for the log and (later) status.
+#[derive(Default, Debug, Clone)]
+pub struct Counters {
+    pub writes: u64,
+    pub bytes_written: u64,
+    pub reads: u64,
+    pub bytes_read: u64,
+    pub flushes: u64,
+    pub activations: u64,
+    pub evictions: u64,
+}
+
+struct State {
+    mirror: Mirror,
+    al: ActivityLog,
+    legs: Vec<(u32, Arc<dyn Device>)>,
+    /// Mutations admitted and not yet finished, in arrival order.
+    inflight: Vec<(u64, Range<u64>)>,
+    next_seq: u64,
+    counters: Counters,
+    read_fallback_logged: bool,
+}
+
+/// A mirror serving requests. Many threads may call it at once.
+pub struct Server {
+    state: Mutex<State>,
+    changed: Condvar,
+    primary: Arc<dyn Device>,
+    geometry: Geometry,
+    read_only: bool,
+    fast_zero: bool,
+    name: String,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// How a mirror is served.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Extents kept hot (marked in the write-intent log).
+    pub hot_extents: usize,
+    /// Bytes per extent ([`super::EXTENT_BYTES`]; tests use smaller ones on small images).
+    pub extent_bytes: u64,
+    /// Refuse writes; change nothing on disk.
+    pub read_only: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            hot_extents: super::DEFAULT_HOT_EXTENTS,
+            extent_bytes: super::EXTENT_BYTES,
+            read_only: false,
+        }
+    }
+}
+
+impl Mirror {
+    /// Turns this (locked, recovered) mirror into a server. `log` gets one line per
+    /// fracture, recovery fallback and error.
+    pub fn serve(
+        mut self,
+        cfg: &ServeConfig,
+        log: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Server> {
+        let g = self.geometry();
+        let read_only = cfg.read_only;
+        let legs = if read_only {
+            Vec::new()
+        } else {
+            self.active_legs()?
+        };
+        for w in self.warnings.drain(..) {
+            log(&w);
+        }
+        let fast_zero = self.image.dev.zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
+        Ok(Server {
+            name: self.name.clone(),
+            primary: self.image.dev.clone(),
+            state: Mutex::new(State {
+                al: ActivityLog::new(
+                    cfg.hot_extents,
+                    cfg.extent_bytes,
+                    g.region_size,
+                    g.region_count,
+                ),
+                mirror: self,
+                legs,
+                inflight: Vec::new(),
+                next_seq: 0,
+                counters: Counters::default(),
+                read_fallback_logged: false,
+            }),
+            changed: Condvar::new(),
+            geometry: g,
+            read_only,
+            fast_zero,
+            log,
+        })
+    }
+}
+
+impl Server {
+    pub fn size(&self) -> u64 {
+        self.geometry.data_size
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether zeroing is fast on every leg (holes punched), for `NBD_CMD_FLAG_FAST_ZERO`.
+    pub fn fast_zero(&self) -> bool {
+        self.fast_zero
+    }
+
+    /// Legs receiving writes now (the primary not counted).
+    pub fn legs(&self) -> usize {
+        self.lock().legs.len()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    /// (hot extents now, capacity).
+    pub fn hot(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.al.len(), st.al.capacity())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush_log(&self, st: &mut State) {
+        for w in st.mirror.warnings.drain(..) {
+            (self.log)(&w);
+        }
+    }
+
+    /// Checks a request's range against the data area.
+    pub fn check(&self, off: u64, len: u64) -> Served<()> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.geometry.data_size => Ok(()),
+            _ => Err(Failure::new(
+                EINVAL,
+                format!(
+                    "request at offset {off} length {len} runs past the end of the export ({} bytes)",
+                    self.geometry.data_size
+                ),
+            )),
+        }
+    }
+
+    /// H4: takes a mutation's place in arrival order. Call in the order requests arrive.
+    pub fn ticket(&self, off: u64, len: u64) -> Ticket {
+        let mut st = self.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let range = off..off + len;
+        st.inflight.push((seq, range.clone()));
+        Ticket { seq, range }
+    }
+
+    /// Gives a ticket back unused (a request refused before it ran).
+    pub fn cancel(&self, t: Ticket) {
+        let mut st = self.lock();
+        st.inflight.retain(|(s, _)| *s != t.seq);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Reads from the data area; a primary read error is served from an in-sync leg whose
+    /// logs show the region current.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Served<()> {
+        let r = self.primary.read_at(buf, self.geometry.data_offset + off);
+        let mut st = self.lock();
+        st.counters.reads += 1;
+        st.counters.bytes_read += buf.len() as u64;
+        if r.is_ok() {
+            return Ok(());
+        }
+        match st.mirror.read_at(buf, off) {
+            Ok(None) => Ok(()),
+            Ok(Some((slot, why))) => {
+                if !st.read_fallback_logged {
+                    st.read_fallback_logged = true;
+                    (self.log)(&format!(
+                        "warning: {why}; reads are served from secondary slot {slot} where it is current (logged once)"
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => Err(Failure::new(EIO, e.to_string())),
+        }
+    }
+
+    /// Data and hole extents of `off..off+len` from the primary: (length, is a hole).
+    pub fn extents(&self, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
+        let base = self.geometry.data_offset;
+        let whole = vec![(len, false)];
+        let ext = match self.primary.data_extents(base + off..base + off + len) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(whole),
+            Err(e) => {
+                return Err(Failure::io(
+                    format!("mapping primary at data offset {off}"),
+                    &e,
+                ))
+            }
+        };
+        let mut out = Vec::new();
+        let mut pos = base + off;
+        for r in ext {
+            if r.start > pos {
+                out.push((r.start - pos, true));
+            }
+            out.push((r.end - r.start.max(pos), false));
+            pos = r.end;
+        }
+        if pos < base + off + len {
+            out.push((base + off + len - pos, true));
+        }
+        Ok(out)
+    }
+
+    /// Writes, zeroes or trims one admitted range, mirrored; syncs everything first if `fua`.
+    pub fn mutate(&self, t: Ticket, m: Mutation<'_>, fua: bool) -> Served<()> {
+        let r = self.mutate_inner(&t, &m);
+        {
+            let mut st = self.lock();
+            st.inflight.retain(|(s, _)| *s != t.seq);
+        }
+        self.changed.notify_all();
+        r?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn mutate_inner(&self, t: &Ticket, m: &Mutation<'_>) -> Served<()> {
+        if self.read_only {
+            return Err(Failure::new(EPERM, "the export is read-only".into()));
+        }
+        debug_assert_eq!(t.range.end - t.range.start, m.len());
+        let g = self.geometry;
+        let regions = g.regions_for(t.range.start, m.len());
+        let mut st = self.lock();
+        // H4: wait for every earlier overlapping mutation.
+        while st
+            .inflight
+            .iter()
+            .any(|(s, r)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
+        {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let exts = st.al.extents_of(&regions);
+        loop {
+            match st.al.plan(&exts) {
+                Plan::Ready => break,
+                Plan::Wait => st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Plan::Activate { cold, evict, sync } => {
+                    let r = self.activate(&mut st, &cold, &evict, sync);
+                    self.flush_log(&mut st);
+                    r?;
+                }
+            }
+        }
+        st.al.acquire(&exts);
+        let legs = st.legs.clone();
+        drop(st);
+
+        let at = g.data_offset + t.range.start;
+        let primary = self.primary.clone();
+        let (pres, lres) = if legs.is_empty() {
+            (m.apply(&*primary, at), Vec::new())
+        } else {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = legs
+                    .iter()
+                    .map(|(s, d)| {
+                        let d = d.clone();
+                        let s = *s;
+                        sc.spawn(move || (s, m.apply(&*d, at)))
+                    })
+                    .collect();
+                let p = m.apply(&*primary, at);
+                (p, hs.into_iter().map(|h| h.join().unwrap()).collect())
+            })
+        };
+
+        let mut st = self.lock();
+        if let Err(e) = pres {
+            // H5/W6: the intents of these extents stay until the next command recovers.
+            st.al.pin(&exts);
+            st.al.release(&exts, None);
+            drop(st);
+            self.changed.notify_all();
+            let f = Failure::io(
+                format!(
+                    "writing primary {} at data offset {}",
+                    self.name, t.range.start
+                ),
+                &e,
+            );
+            (self.log)(&format!("error: {}; the host gets an error for this request, the region stays marked for recovery", f.msg));
+            return Err(f);
+        }
+        let mut res = Ok(());
+        for (s, r) in lres {
+            if let Err(err) = r {
+                let what = format!("write at data offset {}", t.range.start);
+                if let Err(e) = self.fracture(&mut st, s, what, err) {
+                    res = Err(e);
+                }
+            }
+        }
+        st.al.release(&exts, Some(&regions));
+        st.counters.writes += 1;
+        st.counters.bytes_written += m.len();
+        self.flush_log(&mut st);
+        res
+    }
+
+    /// H5 + W4: a leg failed; its log gets the hot set, then it is fractured.
+    fn fracture(&self, st: &mut State, slot: u32, what: String, err: io::Error) -> Served<()> {
+        if !st.legs.iter().any(|(s, _)| *s == slot) {
+            return Ok(()); // already fractured by a request that failed first
+        }
+        st.legs.retain(|(s, _)| *s != slot);
+        let hot = st.al.hot_regions();
+        st.mirror
+            .fracture_on_error(LegFailure { slot, what, err }, &hot)
+            .map_err(|e| Failure::new(EIO, e.to_string()))
+    }
+
+    /// Syncs the primary and every leg receiving writes, in parallel; failing legs are
+    /// fractured. Called with the state locked (activation) or not (flush).
+    fn sync_all(&self, legs: &[(u32, Arc<dyn Device>)]) -> (io::Result<()>, Vec<(u32, io::Error)>) {
+        let primary = self.primary.clone();
+        if legs.is_empty() {
+            return (primary.sync(), Vec::new());
+        }
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = legs
+                .iter()
+                .map(|(s, d)| {
+                    let d = d.clone();
+                    let s = *s;
+                    sc.spawn(move || (s, d.sync()))
+                })
+                .collect();
+            let p = primary.sync();
+            let errs = hs
+                .into_iter()
+                .filter_map(|h| match h.join().unwrap() {
+                    (s, Err(e)) => Some((s, e)),
+                    _ => None,
+                })
+                .collect();
+            (p, errs)
+        })
+    }
+
+    /// Syncs with the state locked, recording the flush in the activity log.
+    fn sync_locked(&self, st: &mut State) -> Served<()> {
+        let covered = st.al.flush_started();
+        let legs = st.legs.clone();
+        let (p, errs) = self.sync_all(&legs);
+        if let Err(e) = p {
+            // W6: nothing written since the last good flush is ever cleared.
+            st.al.pin_unflushed();
+            return Err(Failure::io(
+                format!("syncing primary {}", st.mirror.name),
+                &e,
+            ));
+        }
+        for (s, e) in errs {
+            self.fracture(st, s, "sync".into(), e)?;
+        }
+        st.al.flush_done(covered);
+        Ok(())
+    }
+
+    /// H1 + H2: one activation: sync if an evicted extent is dirty, then clear the evicted
+    /// extents' intents, set the new ones (and W3's fracture bits) in one flush.
+    fn activate(
+        &self,
+        st: &mut State,
+        cold: &[ExtentIdx],
+        evict: &[ExtentIdx],
+        sync: bool,
+    ) -> Served<()> {
+        if sync {
+            // H2: the evicted extents' data durable on every leg before their bits go.
+            self.sync_locked(st)?;
+        }
+        let meta = |e: &io::Error, what: &str| Failure::io(format!("{what} on primary"), e);
+        for ev in st.al.evict(evict) {
+            st.mirror
+                .bitmaps
+                .set_range(BitmapId::WriteIntent, ev.regions.clone(), false)
+                .map_err(|e| meta(&e, "clearing write intents"))?;
+            for (s, r) in ev.unwritten_ahead {
+                st.mirror
+                    .bitmaps
+                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
+                    .map_err(|e| meta(&e, "trimming a fracture log"))?;
+            }
+            st.counters.evictions += 1;
+        }
+        let g = self.geometry;
+        let mut ahead = Vec::new();
+        for &e in cold {
+            let regions = st.al.regions_of(e);
+            // H1/W1: the intents of the new extent.
+            st.mirror
+                .bitmaps
+                .set_range(BitmapId::WriteIntent, regions.clone(), true)
+                .map_err(|e| meta(&e, "marking write intents"))?;
+            // W3: legs not receiving writes get the extent in their fracture log, in the
+            // same flush, remembering which bits were clear so unused ones go again.
+            for s in 0..g.slots {
+                let leg = &st.mirror.sb().legs[s as usize];
+                if leg.state == LegState::Empty || st.legs.iter().any(|(x, _)| *x == s) {
+                    continue;
+                }
+                let id = BitmapId::Fracture(SlotIdx(s));
+                let clear = st
+                    .mirror
+                    .clear_runs(id, regions.clone())
+                    .map_err(|e| meta(&e, "reading a fracture log"))?;
+                for r in clear {
+                    st.mirror
+                        .bitmaps
+                        .set_range(id, r.clone(), true)
+                        .map_err(|e| meta(&e, "setting a fracture log"))?;
+                    ahead.push((s, r));
+                }
+            }
+        }
+        st.mirror
+            .flush_bitmaps()
+            .map_err(|e| Failure::new(EIO, e.to_string()))?;
+        st.al.insert(cold, ahead);
+        st.counters.activations += cold.len() as u64;
+        Ok(())
+    }
+
+    /// H3: makes every write completed so far durable on the primary and every leg
+    /// receiving writes (legs that fail are fractured, the flush still succeeds).
+    pub fn flush(&self) -> Served<()> {
+        let (covered, legs) = {
+            let mut st = self.lock();
+            st.counters.flushes += 1;
+            (st.al.flush_started(), st.legs.clone())
+        };
+        let (p, errs) = self.sync_all(&legs);
+        let mut st = self.lock();
+        if let Err(e) = p {
+            // W6: nothing written since the last good flush is ever cleared.
+            st.al.pin_unflushed();
+            let f = Failure::io(format!("syncing primary {}", st.mirror.name), &e);
+            (self.log)(&format!("error: {}", f.msg));
+            return Err(f);
+        }
+        let mut res = Ok(());
+        for (s, e) in errs {
+            if let Err(f) = self.fracture(&mut st, s, "sync".into(), e) {
+                res = Err(f);
+            }
+        }
+        st.al.flush_done(covered);
+        self.flush_log(&mut st);
+        res
+    }
+
+    /// Whether a zero request with FAST_ZERO can be honoured.
+    pub fn check_fast_zero(&self) -> Served<()> {
+        if self.fast_zero {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                ENOTSUP,
+                "fast zeroing is not possible on every leg".into(),
+            ))
+        }
+    }
+
+    /// A clean stop: every request has finished. Syncs every leg, clears the intents of the
+    /// hot set (W2, W5) but pinned extents (W6), and gives the mirror back.
+    pub fn stop(self) -> Result<(Mirror, Counters)> {
+        let log = self.log;
+        let st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let State {
+            mut mirror,
+            mut al,
+            legs,
+            counters,
+            ..
+        } = st;
+        if self.read_only {
+            return Ok((mirror, counters));
+        }
+        let covered = al.flush_started();
+        let primary = self.primary.clone();
+        let sync = || -> (io::Result<()>, Vec<(u32, io::Error)>) {
+            let p = primary.sync();
+            let errs = legs
+                .iter()
+                .filter_map(|(s, d)| d.sync().err().map(|e| (*s, e)))
+                .collect();
+            (p, errs)
+        };
+        let (p, errs) = sync();
+        if let Err(e) = p {
+            return Err(Error::primary_io(
+                format!("syncing primary {} at stop", mirror.name),
+                &e,
+            ));
+        }
+        for (slot, err) in errs {
+            let hot = al.hot_regions();
+            mirror.fracture_on_error(
+                LegFailure {
+                    slot,
+                    what: "sync at stop".into(),
+                    err,
+                },
+                &hot,
+            )?;
+        }
+        al.flush_done(covered);
+        for ev in al.drain_clean() {
+            mirror
+                .bitmaps
+                .set_range(BitmapId::WriteIntent, ev.regions, false)
+                .map_err(|e| mirror.meta_err("clearing write intents", &e))?;
+            for (s, r) in ev.unwritten_ahead {
+                mirror
+                    .bitmaps
+                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
+                    .map_err(|e| mirror.meta_err("trimming a fracture log", &e))?;
+            }
+        }
+        mirror.flush_bitmaps()?;
+        let pinned = al.pinned();
+        if pinned > 0 {
+            mirror.warnings.push(format!(
+                "warning: {} stay marked in the write-intent log after primary write errors; the next command recovers them",
+                crate::units::plural(pinned as u64, "extent")
+            ));
+        }
+        for w in mirror.warnings.drain(..) {
+            log(&w);
+        }
+        Ok((mirror, counters))
+    }
+}

@@ -1,0 +1,380 @@
+//! The NBD server front end of `serve`: listening on a Unix socket or TCP, one thread per
+//! connection (handshake, then transmission), log lines, and a clean stop on SIGTERM/SIGINT.
+//! It calls the engine's [`Server`]; the engine decides what is durable when.
+
+pub mod handshake;
+pub mod transmission;
+
+use crate::device::nbd::proto::*;
+use crate::engine::serve::Server;
+use handshake::{ExportInfo, Outcome};
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where to listen.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+/// One log line on stderr (journald takes each line as one message).
+pub fn log_line(msg: &str) {
+    eprintln!("mirrorctl serve: {msg}");
+}
+
+/// The transmission flags of an export.
+pub fn export_flags(read_only: bool, fast_zero: bool) -> u16 {
+    // CAN_MULTI_CONN: a FLUSH syncs every device, which covers the writes of every
+    // connection (H3), so clients may spread writes over several connections.
+    let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN | TF_SEND_CACHE;
+    if read_only {
+        f |= TF_READ_ONLY;
+    } else {
+        f |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES;
+        if fast_zero {
+            f |= TF_SEND_FAST_ZERO;
+        }
+    }
+    f
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// A connection's stream, cloneable into a reader and a writer, and shut down at stop.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+    fn fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl io::Read for Conn {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(b),
+            Conn::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl io::Write for Conn {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(b),
+            Conn::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Binds the listening socket; a Unix socket gets mode 0600. A stale socket file (nobody
+/// listening) is replaced; a live one or any other file is refused.
+fn bind(l: &Listen) -> io::Result<Listener> {
+    match l {
+        Listen::Unix(p) => {
+            if let Ok(m) = std::fs::symlink_metadata(p) {
+                use std::os::unix::fs::FileTypeExt;
+                if !m.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} exists and is not a socket; give another --socket path",
+                            p.display()
+                        ),
+                    ));
+                }
+                if UnixStream::connect(p).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "{} is in use by another server; give another --socket path",
+                            p.display()
+                        ),
+                    ));
+                }
+                std::fs::remove_file(p)?;
+            }
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.exists() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
+                }
+            }
+            // Mode 0600 from the start: no moment where others could connect.
+            // SAFETY: umask only changes this process's file-creation mask; it is restored.
+            let old = unsafe { libc::umask(0o177) };
+            let r = UnixListener::bind(p);
+            unsafe { libc::umask(old) };
+            Ok(Listener::Unix(r?, p.clone()))
+        }
+        Listen::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a)?)),
+    }
+}
+
+/// The URI a client uses to reach the export.
+pub fn uri(l: &Listen, export: &str, local: Option<std::net::SocketAddr>) -> String {
+    match l {
+        Listen::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+        Listen::Tcp(a) => format!(
+            "nbd://{}/{export}",
+            local.map(|s| s.to_string()).unwrap_or_else(|| a.clone())
+        ),
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and every thread it starts later), so
+/// that only the waiting thread sees them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// What a stop tells the operator.
+pub struct Summary {
+    pub connections: u64,
+    pub signal: Option<&'static str>,
+}
+
+/// Serves `srv` as export `export` until SIGTERM or SIGINT; then stops accepting, closes
+/// the connections' read sides, lets every request already read finish and be answered,
+/// and returns (the caller stops the engine: sync, clear intents).
+pub fn run(
+    srv: Arc<Server>,
+    listen: &Listen,
+    export: &str,
+    description: &str,
+) -> io::Result<Summary> {
+    let set = block_stop_signals();
+    let listener = bind(listen)?;
+    let (lfd, local) = match &listener {
+        Listener::Unix(l, _) => (l.as_raw_fd(), None),
+        Listener::Tcp(l) => (l.as_raw_fd(), l.local_addr().ok()),
+    };
+    let info = Arc::new(ExportInfo {
+        name: export.to_string(),
+        description: description.to_string(),
+        size: srv.size(),
+        flags: export_flags(srv.read_only(), srv.fast_zero()),
+    });
+    let (hot, cap) = srv.hot();
+    log_line(&format!(
+        "serving {description} ({} bytes; {} receiving writes; {} hot extents of {} allowed) at {}",
+        srv.size(),
+        match srv.legs() {
+            1 => "1 secondary".to_string(),
+            n => format!("{n} secondaries"),
+        },
+        hot,
+        cap,
+        uri(listen, export, local)
+    ));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
+    let conns: Arc<Mutex<Vec<(u64, RawFd)>>> = Arc::new(Mutex::new(Vec::new()));
+    {
+        let stopping = stopping.clone();
+        let signal = signal.clone();
+        let conns = conns.clone();
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait on the set blocked above; shutdown on descriptors this
+            // process owns (a closed one only makes the call fail).
+            unsafe {
+                libc::sigwait(&set, &mut sig);
+                *signal.lock().unwrap() = Some(match sig {
+                    libc::SIGTERM => "SIGTERM",
+                    libc::SIGINT => "SIGINT",
+                    _ => "SIGHUP",
+                });
+                stopping.store(true, Ordering::SeqCst);
+                libc::shutdown(lfd, libc::SHUT_RDWR);
+                for (_, fd) in conns.lock().unwrap().iter() {
+                    libc::shutdown(*fd, libc::SHUT_RD);
+                }
+            }
+        });
+    }
+    let ids = AtomicU64::new(0);
+    let mut handles = Vec::new();
+    loop {
+        let (conn, peer) = match &listener {
+            Listener::Unix(l, _) => match l.accept() {
+                Ok((s, _)) => (Conn::Unix(s), "unix socket".to_string()),
+                Err(e) => {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    log_line(&format!("accept: {e}"));
+                    continue;
+                }
+            },
+            Listener::Tcp(l) => match l.accept() {
+                Ok((s, a)) => {
+                    let _ = s.set_nodelay(true);
+                    (Conn::Tcp(s), a.to_string())
+                }
+                Err(e) => {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    log_line(&format!("accept: {e}"));
+                    continue;
+                }
+            },
+        };
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+        conns.lock().unwrap().push((id, conn.fd()));
+        let srv = srv.clone();
+        let info = info.clone();
+        let conns2 = conns.clone();
+        handles.push(std::thread::spawn(move || {
+            connection(id, conn, peer, &srv, &info);
+            conns2.lock().unwrap().retain(|(i, _)| *i != id);
+        }));
+        handles.retain(|h| !h.is_finished());
+    }
+    let n = ids.load(Ordering::SeqCst);
+    // A connection accepted while the stop was being signalled: its reads end too.
+    for (_, fd) in conns.lock().unwrap().iter() {
+        // SAFETY: shutdown on a descriptor a live connection thread owns.
+        unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Listener::Unix(_, p) = &listener {
+        let _ = std::fs::remove_file(p);
+    }
+    let sig = *signal.lock().unwrap();
+    Ok(Summary {
+        connections: n,
+        signal: sig,
+    })
+}
+
+fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo) {
+    let log = move |m: &str| log_line(&format!("client {id}: {m}"));
+    let mut reader = conn;
+    let outcome = handshake::negotiate(&mut reader, info);
+    let neg = match outcome {
+        Ok(Outcome::Go(n)) => n,
+        Ok(Outcome::Aborted) => {
+            log(&format!("{peer}: ended the handshake (NBD_OPT_ABORT)"));
+            return;
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            // A client probing the socket, or one that gave up: not a protocol error.
+            log(&format!(
+                "{peer}: closed the connection during the handshake"
+            ));
+            return;
+        }
+        Err(e) => {
+            log(&format!("{peer}: disconnected during the handshake: {e}"));
+            return;
+        }
+    };
+    log(&format!(
+        "connected ({peer}; {} replies{})",
+        if neg.structured {
+            "structured"
+        } else {
+            "simple"
+        },
+        if neg.base_allocation {
+            ", base:allocation"
+        } else {
+            ""
+        }
+    ));
+    let writer = match reader.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            log(&format!("cloning the connection: {e}"));
+            return;
+        }
+    };
+    let end = transmission::transmit(&mut reader, Box::new(writer), srv, neg, &log);
+    match end {
+        transmission::End::Disconnected => log("disconnected"),
+        transmission::End::Closed => log("closed the connection"),
+        transmission::End::Broken(why) => log(&format!("disconnected: {why}")),
+    }
+}
+
+/// The default socket path for a primary: under /run/mirrorctl (root) or the user's
+/// runtime directory, named after the image and a hash of its full path.
+pub fn default_socket(primary: &Path) -> PathBuf {
+    let full = std::fs::canonicalize(primary).unwrap_or_else(|_| primary.to_path_buf());
+    let hash = blake3::hash(full.as_os_str().as_encoded_bytes()).to_hex();
+    let base: String = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mirror".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let dir = if rustix::process::geteuid().is_root() {
+        PathBuf::from("/run/mirrorctl")
+    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(d).join("mirrorctl")
+    } else {
+        PathBuf::from(format!(
+            "/tmp/mirrorctl-{}",
+            rustix::process::geteuid().as_raw()
+        ))
+    };
+    dir.join(format!("{base}-{}.sock", &hash.as_str()[..8]))
+}

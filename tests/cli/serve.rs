@@ -1,0 +1,960 @@
+//! `serve` (issue 13) driven by clients nobody here wrote: qemu-io, qemu-img, nbdinfo,
+//! nbdcopy, fio's nbd engine and nbdfuse with a real ext4 on top; secondaries that fill up,
+//! fail (nbdkit's error filter) or vanish; a primary that fails; kill -9 and restart; and
+//! a scripted client that breaks the protocol.
+
+use crate::support::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `mirrorctl serve`, its log in a file; killed on drop.
+struct Serving {
+    child: Option<Child>,
+    pub sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Serving {
+    fn start(fx: &Fx, extra: &[&str]) -> Serving {
+        Self::start_on(fx, "a.img", &fx.path("serve.sock"), extra)
+    }
+
+    fn start_on(fx: &Fx, primary: &str, sock: &Path, extra: &[&str]) -> Serving {
+        let log = fx.path(&format!("serve-{}.log", rand_tag()));
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg(primary)
+            .arg("--socket")
+            .arg(sock)
+            .args(extra)
+            .current_dir(fx.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting mirrorctl serve");
+        let mut s = Serving {
+            child: Some(child),
+            sock: sock.to_path_buf(),
+            log,
+        };
+        let t = Instant::now();
+        while UnixStream::connect(sock).is_err() {
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited with {st} before listening:\n{}", s.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "serve did not listen within 10s:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM, then the exit code and the log.
+    fn stop(mut self) -> (i32, String) {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return (st.code().expect("serve died of a signal"), self.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "serve did not stop within 30s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(mut self) -> String {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        self.log()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_tag() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Runs a client program that must succeed; returns stdout.
+fn client(cmd: &str, package: &str, args: &[&str]) -> String {
+    require(cmd, package);
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut a = vec!["-f", "raw"];
+    for c in cmds {
+        a.push("-c");
+        a.push(c);
+    }
+    a.push(uri);
+    let out = client("qemu-io", "qemu-utils", &a);
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("failed:"),
+        "qemu-io {cmds:?}:\n{out}"
+    );
+    out
+}
+
+/// Every listed leg's data area equals the primary's.
+fn legs_identical(fx: &Fx, legs: &[&Path]) {
+    let g = fx.geometry();
+    for l in legs {
+        assert_eq!(
+            first_difference_between(&fx.path("a.img"), l, g.data_offset, g.data_size),
+            None,
+            "{} differs from the primary",
+            l.display()
+        );
+    }
+}
+
+fn clean_status(fx: &Fx) -> Value {
+    let s = fx.status();
+    assert_eq!(s["write_intent_regions"], 0, "{s:#}");
+    s
+}
+
+fn fio(uri: &str, args: &[&str]) -> Value {
+    require("fio", "fio");
+    let mut a = vec![
+        "--name=host".to_string(),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri}"),
+        "--output-format=json".into(),
+        "--verify_state_save=0".into(),
+    ];
+    a.extend(args.iter().map(|s| s.to_string()));
+    let o = Command::new("fio").args(&a).output().expect("running fio");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "fio {args:?} failed: {}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let start = out.find('{').expect("fio printed no JSON");
+    let v: Value = serde_json::from_str(&out[start..]).expect("fio JSON");
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "fio reported an error: {job:#}");
+    v
+}
+
+#[test]
+fn qemu_io_writes_zeroes_discards_and_flushes_reach_every_leg_and_a_clean_stop_leaves_status_clean()
+{
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    fx.write_random(0, 8 * MIB, 3);
+    let s = Serving::start(&fx, &[]);
+    let u = s.uri();
+    qemu_io(
+        &u,
+        &[
+            "write -P 0xab 0 1M",
+            "write -P 0xcd 40M 64k",
+            "write -z 1M 1M",
+            "write -z -u 3M 1M",
+            "discard 5M 1M",
+            "flush",
+            "write -f -P 0x11 7M 4k",
+            "write -P 0x22 60M 512",
+            "read -P 0xab 0 1M",
+            "read -P 0xcd 40M 64k",
+            "read -P 0 1M 1M",
+            "read -P 0 3M 1M",
+            "read -P 0 5M 1M",
+            "read -P 0x11 7M 4k",
+            "read -P 0x22 60M 512",
+        ],
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("stopped on SIGTERM"), "{log}");
+    assert!(log.contains("write intents cleared"), "{log}");
+    let st = clean_status(&fx);
+    for slot in [0, 1] {
+        assert_eq!(leg(&st, slot)["state"], "in-sync", "{st:#}");
+        assert_eq!(leg(&st, slot)["out_of_sync_regions"], 0, "{st:#}");
+    }
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
+    // The data itself, read back through the tool.
+    let o = fx.ok(&["read", "a.img", "--offset", "7M", "--length", "4K"]);
+    assert!(o.stdout.bytes().all(|b| b == 0x11));
+}
+
+#[test]
+fn nbdinfo_shows_the_size_block_sizes_and_flags_and_the_map_shows_a_sparse_mirrors_holes() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.write_random(4 * MIB, MIB, 5);
+    let s = Serving::start(&fx, &[]);
+    let info: Value =
+        serde_json::from_str(&client("nbdinfo", "libnbd-bin", &["--json", &s.uri()])).unwrap();
+    let e = &info["exports"][0];
+    assert_eq!(e["export-size"], 64 * MIB, "{info:#}");
+    assert_eq!(e["block_size_minimum"], 512, "{info:#}");
+    assert_eq!(e["block_size_preferred"], 4096, "{info:#}");
+    assert_eq!(e["block_size_maximum"], 32 * MIB, "{info:#}");
+    for f in [
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+        "can_multi_conn",
+        "can_cache",
+        "can_fast_zero",
+    ] {
+        assert_eq!(e[f], true, "{f}: {info:#}");
+    }
+    assert_eq!(e["is_read_only"], false, "{info:#}");
+    let map = client("nbdinfo", "libnbd-bin", &["--map", &s.uri()]);
+    let rows: Vec<(u64, u64, u64)> = map
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(0, 4 * MIB, 3), (4 * MIB, MIB, 0), (5 * MIB, 59 * MIB, 3)],
+        "{map}"
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    // Read-only: flags say so, writes are refused, nothing on disk changes.
+    let before = std::fs::read(fx.path("a.img")).unwrap();
+    let s = Serving::start(&fx, &["--read-only"]);
+    let info: Value =
+        serde_json::from_str(&client("nbdinfo", "libnbd-bin", &["--json", &s.uri()])).unwrap();
+    assert_eq!(info["exports"][0]["is_read_only"], true, "{info:#}");
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4k", &s.uri()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("ermission") || text.contains("read-only") || text.contains("Read-only"),
+        "{text}"
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        std::fs::read(fx.path("a.img")).unwrap() == before,
+        "read-only serve changed a.img"
+    );
+}
+
+#[test]
+fn fio_random_writes_with_verify_leave_a_file_and_an_nbd_secondary_identical() {
+    require("nbdkit", "nbdkit");
+    let fx = Fx::with_legs("128M", "64K", &["b.img"]);
+    let g = fx.geometry();
+    let remote = fx.path("remote.raw");
+    std::fs::File::create(&remote)
+        .unwrap()
+        .set_len(g.data_offset + g.data_size)
+        .unwrap();
+    let ksock = fx.path("kit.sock");
+    let _kit = NbdKit::start(&ksock, &remote, &[]);
+    fx.ok(&[
+        "attach",
+        "a.img",
+        &format!("nbd+unix:///?socket={}", ksock.display()),
+    ]);
+    let s = Serving::start(&fx, &[]);
+    fio(
+        &s.uri(),
+        &[
+            "--rw=randwrite",
+            "--bssplit=4k/50:64k/50",
+            "--iodepth=16",
+            "--size=96M",
+            "--verify=crc32c",
+            "--fsync=32",
+            "--end_fsync=1",
+        ],
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("fractured"), "{log}");
+    clean_status(&fx);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img"), &remote]);
+}
+
+#[test]
+fn qemu_img_convert_into_the_export_and_nbdcopy_out_of_it_match_the_source() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let src = fx.path("src.raw");
+    random_file(&src, 48 * MIB, 9);
+    // A hole in the source: convert skips it; the export reads zeros there.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.set_len(64 * MIB).unwrap();
+    drop(f);
+    let s = Serving::start(&fx, &[]);
+    client(
+        "qemu-img",
+        "qemu-utils",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            src.to_str().unwrap(),
+            &s.uri(),
+        ],
+    );
+    client(
+        "qemu-img",
+        "qemu-utils",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            src.to_str().unwrap(),
+            &s.uri(),
+        ],
+    );
+    let out = fx.path("out.raw");
+    client("nbdcopy", "libnbd-bin", &[&s.uri(), out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
+    // nbdcopy into the export from the copy, too (multi-connection, structured replies).
+    client("nbdcopy", "libnbd-bin", &[out.to_str().unwrap(), &s.uri()]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    // Each leg's data area, as qemu-img sees it, is the source.
+    let g = fx.geometry();
+    for leg in ["a.img", "b.img"] {
+        let opts = format!(
+            "driver=raw,offset={},size={},file.driver=file,file.filename={}",
+            g.data_offset,
+            g.data_size,
+            fx.path(leg).display()
+        );
+        client(
+            "qemu-img",
+            "qemu-utils",
+            &[
+                "compare",
+                "--image-opts",
+                &opts,
+                &format!(
+                    "driver=raw,file.driver=file,file.filename={}",
+                    src.display()
+                ),
+            ],
+        );
+    }
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+fn an_ext4_made_through_nbdfuse_mounts_holds_a_copied_tree_and_checks_clean() {
+    require_root("loop-mounting the filesystem");
+    require("nbdfuse", "libnbd-bin");
+    require("mkfs.ext4", "e2fsprogs");
+    require("fusermount3", "fuse3");
+    let fx = Fx::with_legs("96M", "64K", &["b.img"]);
+    let s = Serving::start(&fx, &[]);
+    let fuse = fx.path("fuse");
+    std::fs::create_dir(&fuse).unwrap();
+    let mut nf = Command::new("nbdfuse")
+        .arg(&fuse)
+        .arg(s.uri())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nbdfuse");
+    let disk = fuse.join("nbd");
+    let t = Instant::now();
+    while !disk.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "nbdfuse did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = disk.to_str().unwrap();
+    let to = |secs: &str, cmd: &str, args: &[&str]| {
+        let mut a = vec![secs, cmd];
+        a.extend_from_slice(args);
+        sh("timeout", &a)
+    };
+    to("60", "mkfs.ext4", &["-q", "-F", "-L", "served", d]);
+    let mnt = fx.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    to("30", "mount", &["-o", "loop", d, mnt.to_str().unwrap()]);
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let copied = to(
+        "60",
+        "cp",
+        &[
+            "-r",
+            tree.to_str().unwrap(),
+            mnt.join("tree").to_str().unwrap(),
+        ],
+    );
+    assert!(copied.is_empty());
+    to(
+        "60",
+        "diff",
+        &[
+            "-r",
+            tree.to_str().unwrap(),
+            mnt.join("tree").to_str().unwrap(),
+        ],
+    );
+    to("30", "umount", &[mnt.to_str().unwrap()]);
+    to("60", "e2fsck", &["-fn", d]);
+    sh("fusermount3", &["-u", fuse.to_str().unwrap()]);
+    let _ = nf.wait();
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    clean_status(&fx);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    // The secondary alone holds the same filesystem.
+    let g = fx.geometry();
+    let b = fx.path("b.img");
+    let img = fx.path("b-data.img");
+    sh(
+        "dd",
+        &[
+            &format!("if={}", b.display()),
+            &format!("of={}", img.display()),
+            "bs=64K",
+            &format!("skip={}", g.data_offset / (64 * KIB)),
+            "status=none",
+        ],
+    );
+    sh("e2fsck", &["-fn", img.to_str().unwrap()]);
+    assert_eq!(
+        sh(
+            "blkid",
+            &["-o", "value", "-s", "LABEL", img.to_str().unwrap()]
+        ),
+        "served"
+    );
+}
+
+/// nbdkit serving a file on a Unix socket (with extra filter arguments); killed on drop.
+struct NbdKit(Child);
+
+impl NbdKit {
+    fn start(sock: &Path, file: &Path, filter: &[&str]) -> NbdKit {
+        require("nbdkit", "nbdkit");
+        let _ = std::fs::remove_file(sock);
+        let mut c = Command::new("nbdkit");
+        c.args(["-f", "-U"]).arg(sock);
+        let (filters, params): (Vec<&str>, Vec<&str>) =
+            filter.iter().partition(|a| a.starts_with("--filter"));
+        c.args(&filters)
+            .arg("file")
+            .arg(format!("file={}", file.display()))
+            .args(&params)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn().expect("starting nbdkit");
+        let t = Instant::now();
+        while UnixStream::connect(sock).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "nbdkit did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NbdKit(child)
+    }
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NbdKit {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn a_secondary_that_fills_up_fails_or_vanishes_is_fractured_while_fio_sees_no_error() {
+    require("nbdkit", "nbdkit");
+    let t = Tmpfs::mount("24M");
+    let fx = Fx::create("96M", "64K");
+    let g = fx.geometry();
+    // Slot 0 on a tmpfs too small for the data area; slot 1 behind nbdkit's error filter;
+    // slot 2 behind an nbdkit that is killed; slot 3 a healthy file.
+    let small = t.join("small.img");
+    fx.ok(&["attach", "a.img", small.to_str().unwrap()]);
+    let flaky = fx.path("flaky.raw");
+    let gone = fx.path("gone.raw");
+    for f in [&flaky, &gone] {
+        std::fs::File::create(f)
+            .unwrap()
+            .set_len(g.data_offset + g.data_size)
+            .unwrap();
+    }
+    let trigger = fx.path("fail-now");
+    let s1 = fx.path("flaky.sock");
+    let _k1 = NbdKit::start(
+        &s1,
+        &flaky,
+        &[
+            "--filter=error",
+            "error=EIO",
+            "error-pwrite-rate=100%",
+            &format!("error-pwrite-file={}", trigger.display()),
+        ],
+    );
+    let s2 = fx.path("gone.sock");
+    let mut k2 = NbdKit::start(&s2, &gone, &[]);
+    fx.ok(&[
+        "attach",
+        "a.img",
+        &format!("nbd+unix:///?socket={}", s1.display()),
+    ]);
+    fx.ok(&[
+        "attach",
+        "a.img",
+        &format!("nbd+unix:///?socket={}", s2.display()),
+    ]);
+    fx.ok(&["attach", "a.img", "d.img"]);
+    let s = Serving::start(&fx, &[]);
+    let uri = s.uri();
+    let writer = std::thread::spawn(move || {
+        fio(
+            &uri,
+            &[
+                "--rw=randwrite",
+                "--bs=64k",
+                "--iodepth=16",
+                "--size=80M",
+                "--verify=crc32c",
+                "--fsync=16",
+                "--end_fsync=1",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&trigger, b"").unwrap();
+    k2.kill();
+    let v = writer.join().expect("fio through the failures");
+    assert_eq!(v["jobs"][0]["error"], 0);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let st = clean_status(&fx);
+    for slot in [0, 1, 2] {
+        let l = leg(&st, slot);
+        assert_eq!(
+            l["state"], "fractured-by-error",
+            "slot {slot}: {st:#}\n{log}"
+        );
+        assert!(u(&l["out_of_sync_regions"]) > 0, "{st:#}");
+    }
+    assert_eq!(leg(&st, 3)["state"], "in-sync", "{st:#}");
+    for needle in ["slot 0", "slot 1", "slot 2"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(needle) && l.contains("fractured")),
+            "no fracture line for {needle}:\n{log}"
+        );
+    }
+    assert!(log.contains("No space left on device"), "{log}");
+    legs_identical(&fx, &[&fx.path("d.img")]);
+    // Everything comes back with resync once the faults are gone.
+    t.resize("200M");
+    std::fs::remove_file(&trigger).unwrap();
+    let _k2 = NbdKit::start(&s2, &gone, &[]);
+    fx.ok(&["resync", "a.img"]);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&small, &flaky, &gone]);
+}
+
+#[test]
+fn a_failing_primary_gives_the_client_an_error_and_its_regions_stay_marked_for_recovery() {
+    let t = Tmpfs::mount("48M");
+    let backing = t.join("primary.raw");
+    let mut dev = LoopDev::with_size(&backing, 128 * MIB);
+    let fx = Fx {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    fx.ok(&["create", dev.as_str()]);
+    let fx_b = fx.path("b.img");
+    fx.ok(&["attach", dev.as_str(), fx_b.to_str().unwrap()]);
+    let s = Serving::start_on(&fx, dev.as_str(), &fx.path("p.sock"), &[]);
+    // 80 MiB of data does not fit in the 48 MiB tmpfs behind the loop device: the writes
+    // (or the flush) fail on the primary.
+    let o = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 80M",
+            "-c",
+            "flush",
+            &s.uri(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("Input/output error") || text.contains("No space left"),
+        "the client saw no error:\n{text}"
+    );
+    let (code, log) = s.stop();
+    // The failed writes stay marked whether or not the stop's own sync fails again (4).
+    assert!(matches!(code, 0 | 4), "{log}");
+    assert!(
+        log.contains("error: writing primary") || log.contains("error: syncing primary"),
+        "{log}"
+    );
+    // Make room, and the next command recovers the marked regions.
+    t.resize("200M");
+    let st = fx.ok(&["status", dev.as_str(), "--json"]).json();
+    assert!(u(&st["write_intent_regions"]) > 0, "{st:#}");
+    let o = fx.ok(&["resync", dev.as_str()]);
+    assert!(o.stderr.contains("not closed cleanly"), "{o:?}");
+    let o = fx.run(&["verify", dev.as_str(), "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    dev.detach();
+}
+
+#[test]
+fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_write_on_every_leg() {
+    let fx = Fx::with_legs("256M", "64K", &["b.img"]);
+    let s = Serving::start(&fx, &["--hot-extents", "16"]);
+    // Acknowledged-durable writes (FUA and flushed), then a random workload over the whole
+    // image that is killed in the middle.
+    qemu_io(
+        &s.uri(),
+        &["write -f -P 0x71 10M 64k", "write -P 0x72 200M 1M", "flush"],
+    );
+    let uri = s.uri();
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=k",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=256M",
+            "--time_based",
+            "--runtime=30",
+            "--offset=0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting fio");
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = s.kill9();
+    let _ = fio.kill();
+    let _ = fio.wait();
+    let st = fx.status();
+    let pending = u(&st["write_intent_regions"]);
+    // 16 extents of 4 MiB = 1024 regions of 64 KiB at most.
+    assert!(
+        pending > 0 && pending <= 1024,
+        "pending {pending}:\n{st:#}\n{log}"
+    );
+    // The acknowledged writes are on the secondary, untouched by recovery.
+    let g = fx.geometry();
+    let b = std::fs::read(fx.path("b.img")).unwrap();
+    let at = |off: u64, len: u64| {
+        &b[(g.data_offset + off) as usize..(g.data_offset + off + len) as usize]
+    };
+    assert!(at(10 * MIB, 64 * KIB).iter().all(|&x| x == 0x71));
+    // The random workload may have overwritten parts of the 1M write; whatever it did is
+    // the same on both legs once resynced. The restarted serve recovers and logs it.
+    let s = Serving::start(&fx, &["--hot-extents", "16"]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("not closed cleanly"), "{log}");
+    assert!(
+        log.contains(&format!("{pending} write-intent regions")),
+        "{log}"
+    );
+    let st = clean_status(&fx);
+    assert_eq!(u(&leg(&st, 0)["out_of_sync_regions"]), pending, "{st:#}");
+    let r = fx.ok(&["resync", "a.img", "--json"]).json();
+    assert_eq!(u(&r["regions"]), pending, "{r:#}");
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img")]);
+}
+
+/// A raw client: handshake by hand (fixed newstyle, NBD_OPT_GO), then requests.
+struct Raw(UnixStream);
+
+impl Raw {
+    fn connect(sock: &Path, structured: bool) -> Raw {
+        let mut s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut r = Raw(s);
+        if structured {
+            r.option(8, &[]);
+            assert_eq!(r.opt_reply().0, 1);
+        }
+        let mut go = 0u32.to_be_bytes().to_vec();
+        go.extend_from_slice(&0u16.to_be_bytes());
+        r.option(7, &go);
+        while r.opt_reply().0 != 1 {}
+        r
+    }
+    fn option(&mut self, opt: u32, d: &[u8]) {
+        let mut m = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        m.extend_from_slice(d);
+        self.0.write_all(&m).unwrap();
+    }
+    fn opt_reply(&mut self) -> (u32, Vec<u8>) {
+        let mut h = [0u8; 20];
+        self.0.read_exact(&mut h).unwrap();
+        let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        self.0.read_exact(&mut d).unwrap();
+        (typ, d)
+    }
+    fn request(&mut self, magic: u32, typ: u16, handle: u64, off: u64, len: u32, data: &[u8]) {
+        let mut m = magic.to_be_bytes().to_vec();
+        m.extend_from_slice(&0u16.to_be_bytes());
+        m.extend_from_slice(&typ.to_be_bytes());
+        m.extend_from_slice(&handle.to_be_bytes());
+        m.extend_from_slice(&off.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(data);
+        self.0.write_all(&m).unwrap();
+    }
+    /// A simple reply: (error, handle).
+    fn simple(&mut self) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        self.0.read_exact(&mut h).unwrap();
+        assert_eq!(&h[..4], &0x6744_6698u32.to_be_bytes());
+        (
+            u32::from_be_bytes(h[4..8].try_into().unwrap()),
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        )
+    }
+    /// A structured chunk: (type, handle, payload).
+    fn chunk(&mut self) -> (u16, u64, Vec<u8>) {
+        let mut h = [0u8; 20];
+        self.0.read_exact(&mut h).unwrap();
+        assert_eq!(&h[..4], &0x668e_33efu32.to_be_bytes());
+        let typ = u16::from_be_bytes(h[6..8].try_into().unwrap());
+        let handle = u64::from_be_bytes(h[8..16].try_into().unwrap());
+        let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        self.0.read_exact(&mut d).unwrap();
+        (typ, handle, d)
+    }
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0))
+    }
+}
+
+const MAGIC: u32 = 0x2560_9513;
+
+#[test]
+fn clients_that_break_the_protocol_are_disconnected_with_a_log_line_and_nobody_else_notices() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let s = Serving::start(&fx, &[]);
+    let mut good = Raw::connect(&s.sock, false);
+    good.request(MAGIC, 1, 1, 0, 4096, &[0x42; 4096]);
+    assert_eq!(good.simple(), (0, 1));
+
+    // Out of range: EINVAL, the connection stays.
+    good.request(MAGIC, 0, 2, 32 * MIB - 512, 4096, &[]);
+    assert_eq!(good.simple(), (22, 2));
+    good.request(MAGIC, 1, 3, 32 * MIB, 512, &[1; 512]);
+    assert_eq!(good.simple(), (22, 3));
+    // An unknown command: EINVAL.
+    good.request(MAGIC, 99, 4, 0, 0, &[]);
+    assert_eq!(good.simple(), (22, 4));
+
+    let mut bad = Raw::connect(&s.sock, false);
+    bad.request(0xdead_beef, 0, 9, 0, 512, &[]);
+    assert!(bad.closed(), "bad magic must end the connection");
+    let mut big = Raw::connect(&s.sock, false);
+    big.request(MAGIC, 1, 9, 0, 64 << 20, &[]);
+    assert!(big.closed(), "an oversized request must end the connection");
+    let mut half = Raw::connect(&s.sock, false);
+    half.request(MAGIC, 1, 9, 8192, 65536, &[7; 1000]);
+    drop(half);
+
+    // Structured replies: a read is an OFFSET_DATA chunk, an error carries its message.
+    let mut st = Raw::connect(&s.sock, true);
+    st.request(MAGIC, 0, 5, 0, 4096, &[]);
+    let (typ, h, d) = st.chunk();
+    assert_eq!((typ, h), (1, 5));
+    assert_eq!(&d[..8], &0u64.to_be_bytes());
+    assert!(d[8..].iter().all(|&b| b == 0x42));
+    st.request(MAGIC, 0, 6, 40 * MIB, 512, &[]);
+    let (typ, h, d) = st.chunk();
+    assert_eq!((typ, h), ((1 << 15) | 1, 6));
+    assert_eq!(&d[..4], &22u32.to_be_bytes());
+    assert!(String::from_utf8_lossy(&d[6..]).contains("past the end"));
+    // BLOCK_STATUS without base:allocation negotiated is refused.
+    st.request(MAGIC, 7, 7, 0, 4096, &[]);
+    assert_eq!(st.chunk().1, 7);
+
+    // The good client goes on, and its disconnect is clean.
+    good.request(MAGIC, 3, 10, 0, 0, &[]);
+    assert_eq!(good.simple(), (0, 10));
+    good.request(MAGIC, 2, 11, 0, 0, &[]);
+    assert!(good.closed());
+    drop(st);
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("bad request magic 0xdeadbeef"), "{log}");
+    assert!(log.contains("over the 33554432-byte maximum"), "{log}");
+    assert!(
+        log.contains("in the middle of a 65536-byte write at offset 8192"),
+        "{log}"
+    );
+    // Client 1 was the readiness probe of Serving::start.
+    assert!(log.contains("client 2: disconnected\n"), "{log}");
+    // The half-sent write never happened.
+    let o = fx.ok(&["read", "a.img", "--offset", "8192", "--length", "4096"]);
+    assert!(o.stdout.bytes().all(|b| b == 0));
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+fn serve_refuses_bad_arguments_with_one_line_and_a_second_serve_is_busy() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let o = fx.run(&["serve", "a.img", "--hot-extents", "3"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("at least 16"), "{o:?}");
+    let o = fx.run(&["serve", "a.img", "--listen", "nocolon"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    std::fs::write(fx.path("plain"), b"x").unwrap();
+    let o = fx.run(&["serve", "a.img", "--socket", "plain"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("not a socket"), "{o:?}");
+    let o = fx.run(&["serve", "b.img"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("secondary"), "{o:?}");
+    let s = Serving::start(&fx, &[]);
+    let o = fx.run(&["serve", "a.img", "--socket", "other.sock"]);
+    assert_eq!(o.code, 5, "{o:?}");
+    // The socket is the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s.sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, _) = s.stop();
+    assert_eq!(code, 0);
+    assert!(
+        !s_exists(&fx.path("serve.sock")),
+        "the socket is removed at stop"
+    );
+}
+
+fn s_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[test]
+fn a_sparse_16_tib_mirror_is_served_at_once_with_little_memory() {
+    // ext4 holds no file of 16 TiB; tmpfs does (sparse, only what is written counts).
+    let tmp = Tmpfs::mount("256M");
+    let fx = Fx {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let big = tmp.join("big.img");
+    let big = big.to_str().unwrap();
+    fx.ok(&["create", big, "--size", "16T"]);
+    let t = Instant::now();
+    let s = Serving::start_on(&fx, big, &fx.path("big.sock"), &[]);
+    let started = t.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    qemu_io(&s.uri(), &["write -P 0x33 15T 1M", "read -P 0x33 15T 1M"]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let o = fx.ok(&["read", big, "--offset", "15T", "--length", "4K"]);
+    assert!(o.stdout.bytes().all(|b| b == 0x33));
+    // Generous bounds for a loaded CI machine; the benchmark reports the real figures.
+    assert!(
+        started < Duration::from_secs(5),
+        "took {started:?} to listen"
+    );
+    assert!(
+        rss_kib < 200 * 1024,
+        "{rss_kib} KiB resident at start on 16 TiB"
+    );
+}

@@ -1,0 +1,361 @@
+//! A served workload on the storage model (issue 13): writes, FUA writes, flushes, trims,
+//! zeroes, overlapping writes and evictions from a small hot set, with the power cut at
+//! every sync point. After each cut: every write a FLUSH or FUA reply acknowledged is on the
+//! primary and on every leg still in sync; every region where a leg differs from the
+//! primary is in the write-intent log or that leg's fracture log; recovery and resync
+//! converge. Without a cut, a clean stop leaves no intent and a fractured leg's log holds
+//! exactly the regions written while it was fractured.
+
+use crate::crash_model::{Inst, Template, SECS};
+use crate::harness::{data_area, Keep};
+use mirrorctl::engine::serve::{Mutation, ServeConfig};
+use mirrorctl::engine::{Mirror, NoProgress, WINDOW};
+use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx};
+use mirrorctl::format::LegState;
+use std::collections::BTreeSet;
+
+const SECTOR: usize = 512;
+const WI: BitmapId = BitmapId::WriteIntent;
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Write { off: u64, len: u64, fua: bool },
+    Zero { off: u64, len: u64, punch: bool },
+    Flush,
+}
+
+use Op::*;
+
+/// A workload over 16 extents of 16 KiB with three hot: overlapping writes, FUA, flushes,
+/// zeroes with and without holes, and enough distinct extents to evict dirty and clean ones.
+fn workload() -> Vec<Op> {
+    let k = 1024;
+    vec![
+        Write {
+            off: 0,
+            len: 8 * k,
+            fua: false,
+        },
+        Write {
+            off: 20 * k,
+            len: 4 * k,
+            fua: true,
+        },
+        Zero {
+            off: 40 * k,
+            len: 8 * k,
+            punch: true,
+        },
+        Flush,
+        Write {
+            off: 4 * k,
+            len: 8 * k,
+            fua: false,
+        },
+        Zero {
+            off: 100 * k,
+            len: 16 * k,
+            punch: false,
+        },
+        Write {
+            off: 200 * k,
+            len: 12 * k,
+            fua: true,
+        },
+        Write {
+            off: 130 * k + 512,
+            len: 3 * k,
+            fua: false,
+        },
+        Flush,
+        Write {
+            off: 60 * k,
+            len: 4 * k,
+            fua: false,
+        },
+        Write {
+            off: 0,
+            len: 4 * k,
+            fua: false,
+        },
+        Write {
+            off: 250 * k,
+            len: 6 * k,
+            fua: true,
+        },
+    ]
+}
+
+fn op_data(i: usize, op: &Op) -> Vec<u8> {
+    match op {
+        Write { len, .. } => {
+            mirrorctl::device::sim::pattern(0x5E7E ^ (i as u64) << 20, *len as usize)
+        }
+        Zero { len, .. } => vec![0; *len as usize],
+        Flush => Vec::new(),
+    }
+}
+
+/// Per sector: the contents it may hold, oldest first, and the index of the newest one a
+/// FLUSH or FUA reply made durable (contents before it can no longer appear).
+struct Model {
+    cands: Vec<Vec<Vec<u8>>>,
+    floor: Vec<usize>,
+    /// Regions written (or zeroed) while a leg was fractured.
+    written_regions: BTreeSet<u64>,
+}
+
+impl Model {
+    fn new(pre: &[u8]) -> Model {
+        Model {
+            cands: pre.chunks(SECTOR).map(|c| vec![c.to_vec()]).collect(),
+            floor: vec![0; pre.len() / SECTOR],
+            written_regions: BTreeSet::new(),
+        }
+    }
+    fn start(&mut self, off: u64, data: &[u8], g: &Geometry) {
+        for (j, c) in data.chunks(SECTOR).enumerate() {
+            self.cands[off as usize / SECTOR + j].push(c.to_vec());
+        }
+        let r = g.regions_for(off, data.len() as u64);
+        self.written_regions.extend(r);
+    }
+    fn durable(&mut self, off: u64, len: u64) {
+        for x in off as usize / SECTOR..(off + len) as usize / SECTOR {
+            self.floor[x] = self.cands[x].len() - 1;
+        }
+    }
+    fn all_durable(&mut self) {
+        for x in 0..self.floor.len() {
+            self.floor[x] = self.cands[x].len() - 1;
+        }
+    }
+    /// The first sector of `data` holding nothing a durable-acknowledged state allows.
+    fn violation(&self, data: &[u8]) -> Option<usize> {
+        (0..self.floor.len()).find(|&x| {
+            let got = &data[x * SECTOR..(x + 1) * SECTOR];
+            !self.cands[x][self.floor[x]..].iter().any(|c| c == got)
+        })
+    }
+}
+
+struct Run {
+    model: Model,
+    trace: Vec<String>,
+}
+
+fn config() -> ServeConfig {
+    ServeConfig {
+        hot_extents: 3,
+        extent_bytes: 16 * 1024,
+        read_only: false,
+    }
+}
+
+/// Serves `ops` on a fresh instance; stops cleanly when no cut came.
+fn run(t: &Template, inst: &Inst, fractured: bool, fail_leg: Option<u64>) -> (Run, Option<Mirror>) {
+    let g = t.geom;
+    let mut m = inst.open(WINDOW);
+    let mut model = Model::new(&t.pre);
+    let mut trace = Vec::new();
+    if fractured {
+        if let Err(e) = m.fracture(1, Some("model")) {
+            assert!(inst.world.crashed(), "fracture failed without a cut: {e}");
+            return (Run { model, trace }, None);
+        }
+    }
+    if let Some(n) = fail_leg {
+        inst.secs[0].fail_after_writes(n);
+    }
+    let srv = match m.serve(&config(), Box::new(|_| {})) {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(inst.world.crashed(), "serve failed without a cut: {e}");
+            return (Run { model, trace }, None);
+        }
+    };
+    for (i, op) in workload().iter().enumerate() {
+        let data = op_data(i, op);
+        let r = match *op {
+            Write { off, len, fua } => {
+                model.start(off, &data, &g);
+                let t = srv.ticket(off, len);
+                let r = srv.mutate(t, Mutation::Write(&data), fua);
+                if r.is_ok() && fua {
+                    model.durable(off, len);
+                }
+                r
+            }
+            Zero { off, len, punch } => {
+                model.start(off, &data, &g);
+                let t = srv.ticket(off, len);
+                srv.mutate(t, Mutation::Zero { len, punch }, false)
+            }
+            Flush => {
+                let r = srv.flush();
+                if r.is_ok() {
+                    model.all_durable();
+                }
+                r
+            }
+        };
+        trace.push(format!(
+            "op {i} {op:?}: {:?}",
+            r.as_ref().map_err(|f| &f.msg)
+        ));
+        if let Err(f) = r {
+            assert!(
+                inst.world.crashed(),
+                "request failed without a cut: {}\n{}",
+                f.msg,
+                trace.join("\n")
+            );
+            return (Run { model, trace }, None);
+        }
+    }
+    match srv.stop() {
+        Ok((m, _)) => {
+            model.all_durable();
+            (Run { model, trace }, Some(m))
+        }
+        Err(e) => {
+            assert!(inst.world.crashed(), "stop failed without a cut: {e}");
+            trace.push(format!("stop: {e}"));
+            (Run { model, trace }, None)
+        }
+    }
+}
+
+fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
+    let g = t.geom;
+    let mut m = inst.open(WINDOW);
+    let primary = data_area(&inst.primary, &g);
+    if let Some(x) = run.model.violation(&primary) {
+        panic!(
+            "{ctx}: acknowledged-durable data missing on the primary at sector {x}\n{}",
+            run.trace.join("\n")
+        );
+    }
+    for s in 0..g.slots {
+        let leg = m.sb().legs[s as usize].clone();
+        if leg.state == LegState::Empty {
+            continue;
+        }
+        let data = data_area(inst.opener.dev(&leg.location), &g);
+        if leg.state == LegState::InSync {
+            if let Some(x) = run.model.violation(&data) {
+                panic!(
+                    "{ctx}: in-sync slot {s} lacks acknowledged-durable data at sector {x}\n{}",
+                    run.trace.join("\n")
+                );
+            }
+        }
+        for r in 0..g.region_count {
+            let b = g.regions_bytes(r..r + 1);
+            let (a, e) = (b.start as usize, b.end as usize);
+            if data[a..e] != primary[a..e] {
+                let covered = m.log_bit(WI, r).unwrap()
+                    || m.log_bit(BitmapId::Fracture(SlotIdx(s)), r).unwrap();
+                assert!(
+                    covered,
+                    "{ctx}: slot {s} differs in region {r}, in no log\n{}",
+                    run.trace.join("\n")
+                );
+            }
+        }
+    }
+    m.recover()
+        .unwrap_or_else(|e| panic!("{ctx}: recover: {e}"));
+    let cands = m.resync_candidates().unwrap();
+    let rep = m.resync(&cands, None, &NoProgress).unwrap();
+    assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
+    let primary = data_area(&inst.primary, &g);
+    for (i, d) in inst.secs.iter().enumerate() {
+        assert!(
+            data_area(d, &g) == primary,
+            "{ctx}: {} differs after resync",
+            SECS[i]
+        );
+    }
+    if let Some(x) = run.model.violation(&primary) {
+        panic!("{ctx}: after resync the primary lacks durable data at sector {x}");
+    }
+}
+
+fn geometry() -> Geometry {
+    Geometry::for_data_size(64 * 4096, 4096, 2).unwrap()
+}
+
+fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
+    let t = Template::build(geometry(), 2, 77);
+    // The run without a cut: a clean stop.
+    let inst = t.instance();
+    let (r, m) = run(&t, &inst, fractured, fail_leg);
+    let mut m = m.unwrap_or_else(|| panic!("{name}: no clean stop\n{}", r.trace.join("\n")));
+    assert_eq!(
+        m.pending_intents().unwrap(),
+        0,
+        "{name}: intents after a clean stop"
+    );
+    if fractured {
+        // W3 with the ahead bits trimmed: exactly the regions written.
+        let runs = m.log_runs(BitmapId::Fracture(SlotIdx(1))).unwrap();
+        let got: BTreeSet<u64> = runs.into_iter().flatten().collect();
+        assert_eq!(
+            got, r.model.written_regions,
+            "{name}: fracture log of the fractured leg"
+        );
+    }
+    let g = t.geom;
+    let primary = data_area(&inst.primary, &g);
+    assert!(r.model.violation(&primary).is_none());
+    for s in 0..g.slots {
+        let leg = m.sb().legs[s as usize].clone();
+        if leg.state == LegState::InSync {
+            assert!(
+                data_area(inst.opener.dev(&leg.location), &g) == primary,
+                "{name}: slot {s}"
+            );
+        }
+    }
+    if let Some(_n) = fail_leg {
+        assert_eq!(
+            m.sb().legs[0].state,
+            LegState::FracturedByError,
+            "{name}: the failing leg"
+        );
+    }
+    drop(m);
+    let total = inst.world.sync_points();
+    assert!(total > 10, "{name}: only {total} sync points");
+    for k in 0..total {
+        for keep in [Keep::Nothing, Keep::Everything, Keep::Half(k)] {
+            let inst = t.instance();
+            inst.world.crash_at(k);
+            let (r, _) = run(&t, &inst, fractured, fail_leg);
+            assert!(inst.world.crashed(), "{name}: cut {k} not reached");
+            let after = inst.cut(keep);
+            check_after_cut(
+                &t,
+                &after,
+                &r,
+                &format!("{name}, cut at sync point {k} of {total}, {keep:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_served_workload_survives_a_power_cut_at_every_sync_point() {
+    every_cut(false, None, "served");
+}
+
+#[test]
+fn a_served_workload_with_a_fractured_leg_logs_exactly_what_it_missed_at_every_cut() {
+    every_cut(true, None, "fractured leg");
+}
+
+#[test]
+fn a_leg_failing_mid_workload_gets_the_hot_set_in_its_log_at_every_cut() {
+    every_cut(false, Some(4), "failing leg");
+}
