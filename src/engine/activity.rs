@@ -66,6 +66,10 @@ pub struct Evicted {
 pub struct ActivityLog {
     capacity: usize,
     extent_regions: u64,
+    /// Extent 0 starts at this region (0 for a server; a stream's first region, so its
+    /// extents are its write-intent windows).
+    base: u64,
+    /// Regions at and past this one are never marked (the image's end, or a stream's).
     region_count: u64,
     hot: HashMap<ExtentIdx, Hot>,
     clock: u64,
@@ -85,7 +89,23 @@ impl ActivityLog {
         ActivityLog {
             capacity: capacity.max(1),
             extent_regions: (extent_bytes / region_size).max(1),
+            base: 0,
             region_count,
+            hot: HashMap::new(),
+            clock: 0,
+            epoch: 0,
+            durable: 0,
+        }
+    }
+
+    /// The log of a stream: extents of one write-intent window each, starting at the
+    /// stream's first region and never reaching `limit` (where the stream ends).
+    pub fn for_stream(window_regions: u64, first: u64, limit: u64) -> ActivityLog {
+        ActivityLog {
+            capacity: 1,
+            extent_regions: window_regions.max(1),
+            base: first,
+            region_count: limit,
             hot: HashMap::new(),
             clock: 0,
             epoch: 0,
@@ -97,6 +117,23 @@ impl ActivityLog {
         self.capacity
     }
 
+    /// A stream keeps hot only the extents its current chunk needs.
+    pub fn set_capacity(&mut self, n: usize) {
+        self.capacity = n.max(1);
+    }
+
+    /// The region where marking stops.
+    pub fn limit(&self) -> u64 {
+        self.region_count
+    }
+
+    /// Moves the limit (only while nothing is hot: extents already marked would otherwise
+    /// cover less than [`Self::regions_of`] says).
+    pub fn set_limit(&mut self, limit: u64) {
+        assert!(self.hot.is_empty(), "limit moved with hot extents");
+        self.region_count = limit;
+    }
+
     pub fn len(&self) -> usize {
         self.hot.len()
     }
@@ -106,15 +143,17 @@ impl ActivityLog {
         if regions.is_empty() {
             return Vec::new();
         }
-        let first = regions.start / self.extent_regions;
-        let last = (regions.end - 1) / self.extent_regions;
+        let start = regions.start.saturating_sub(self.base);
+        let end = regions.end.saturating_sub(self.base).max(start + 1);
+        let first = start / self.extent_regions;
+        let last = (end - 1) / self.extent_regions;
         (first..=last).map(ExtentIdx).collect()
     }
 
     /// The regions of an extent (the last one clipped to the image).
     pub fn regions_of(&self, e: ExtentIdx) -> Range<u64> {
-        let start = e.0 * self.extent_regions;
-        start..(start + self.extent_regions).min(self.region_count)
+        let start = self.base + e.0 * self.extent_regions;
+        start.min(self.region_count)..(start + self.extent_regions).min(self.region_count)
     }
 
     /// Every region of the hot set, as runs (what W4 puts in a failing leg's log).
@@ -409,6 +448,21 @@ mod tests {
         assert_eq!(
             ev[0].unwritten_ahead,
             vec![(1, 0..5), (1, 12..30), (1, 31..64), (2, 12..20)]
+        );
+    }
+
+    #[test]
+    fn a_streams_extents_are_its_windows_from_its_first_region_to_its_end() {
+        let mut al = ActivityLog::for_stream(16, 5, 40);
+        assert_eq!(al.extents_of(&(5..9)), vec![ExtentIdx(0)]);
+        assert_eq!(al.extents_of(&(20..22)), vec![ExtentIdx(0), ExtentIdx(1)]);
+        assert_eq!(al.regions_of(ExtentIdx(0)), 5..21);
+        assert_eq!(al.regions_of(ExtentIdx(2)), 37..40);
+        // With a capacity of what the chunk needs, the old window goes as the new comes.
+        activate(&mut al, &[ExtentIdx(0)]);
+        al.set_capacity(1);
+        assert!(
+            matches!(al.plan(&[ExtentIdx(1)]), Plan::Activate { ref evict, .. } if evict == &[ExtentIdx(0)])
         );
     }
 

@@ -6,35 +6,6 @@ use crate::format::layout::Geometry;
 use crate::format::ranges::union;
 use std::ops::Range;
 
-/// The write-intent window to mark for a chunk touching `chunk` (regions): from its first
-/// region, `window` regions long, but never past `limit` (the last region the write can
-/// touch) and always covering the whole chunk (W1, even if the input ran longer than
-/// announced).
-pub fn next_window(chunk: &Range<u64>, window: u64, limit: u64) -> Range<u64> {
-    chunk.start
-        ..chunk
-            .end
-            .max(chunk.start + window)
-            .min(limit)
-            .max(chunk.end)
-}
-
-/// The regions of the old window that the new one does not keep: their intents are
-/// cleared (after the sync of W2) in the same flush that marks the new window.
-pub fn window_release(old: &Range<u64>, new: &Range<u64>) -> Vec<Range<u64>> {
-    if old.is_empty() {
-        return vec![];
-    }
-    let keep = new.start.max(old.start)..new.end.min(old.end);
-    if keep.is_empty() {
-        return vec![old.clone()];
-    }
-    [old.start..keep.start, keep.end..old.end.max(keep.end)]
-        .into_iter()
-        .filter(|r| !r.is_empty())
-        .collect()
-}
-
 /// The region after the last one a write of `len` bytes (if known) at `offset` can touch:
 /// where its write-intent window stops, so that nothing past the write stays marked.
 pub fn write_limit(g: &Geometry, offset: u64, len: Option<u64>) -> u64 {
@@ -212,18 +183,6 @@ pub fn verdict(
 #[allow(clippy::single_range_in_vec_init)] // lists of one range are what is expected
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_window_covers_the_chunk_stops_at_the_limit_and_releases_what_it_leaves() {
-        assert_eq!(next_window(&(10..12), 100, 1000), 10..110);
-        assert_eq!(next_window(&(10..12), 100, 50), 10..50);
-        // A chunk longer than announced is still covered (W1).
-        assert_eq!(next_window(&(10..60), 100, 50), 10..60);
-        assert_eq!(window_release(&(0..0), &(5..9)), Vec::<Range<u64>>::new());
-        assert_eq!(window_release(&(0..100), &(100..200)), vec![0..100]);
-        assert_eq!(window_release(&(0..100), &(50..150)), vec![0..50]);
-        assert_eq!(window_release(&(0..100), &(20..40)), vec![0..20, 40..100]);
-    }
 
     #[test]
     fn a_known_length_bounds_the_window_to_the_regions_it_touches() {

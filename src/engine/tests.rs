@@ -137,3 +137,39 @@ fn reads_fall_back_to_an_in_sync_secondary_when_the_primary_fails() {
     assert_eq!(err.kind, crate::error::Kind::Primary);
     let _ = secs;
 }
+
+#[test]
+fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once() {
+    let (mut m, p, secs) = mirror(256, 1);
+    let data = vec![0x5au8; 64 << 10];
+    m.write_stream(0, &mut &data[..], None, None, &FlushPolicy::End)
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    let srv = m
+        .serve(
+            &serve::ServeConfig::default(),
+            Box::new(move |s| l2.lock().unwrap().push(s.to_string())),
+        )
+        .unwrap();
+    p.fail_reads(libc::EIO);
+    for _ in 0..3 {
+        let mut buf = vec![0u8; 4096];
+        srv.read(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0x5a));
+    }
+    let l = lines.lock().unwrap().clone();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(l[0].contains("secondary slot 0"), "{l:?}");
+    // A region written while served (hot, in the write-intent log) is not trusted to the
+    // leg: the read fails rather than risk stale data.
+    p.heal();
+    let t = srv.ticket(8192, 4096);
+    srv.mutate(t, serve::Mutation::Write(&[1u8; 4096]), false)
+        .unwrap();
+    p.fail_reads(libc::EIO);
+    let mut buf = vec![0u8; 4096];
+    let f = srv.read(8192, &mut buf).unwrap_err();
+    assert_eq!(f.errno, crate::device::nbd::proto::EIO);
+    drop(secs);
+}

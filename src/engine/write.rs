@@ -1,5 +1,7 @@
-//! Mirrored writes: the write-intent window over a stream, legs written in parallel, the
-//! flush policy, and what happens when a leg or the primary fails mid-write.
+//! Mirrored writes of a stream: the write-intent window kept by the activity log (the same
+//! bookkeeping `serve` uses, with one window per extent and only the current one hot), legs
+//! written in parallel, the flush policy, and what happens when a leg or the primary fails
+//! mid-write.
 //!
 //! Rules (tagged at the lines that keep them):
 //! - W1 A region's write-intent bit is durable before any leg is written in that region;
@@ -17,6 +19,7 @@
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
 //!   otherwise regions the primary may not hold would look clean.
 
+use super::activity::{ActivityLog, Plan};
 use super::plan;
 use super::*;
 
@@ -50,15 +53,12 @@ pub(super) fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// State of one streaming write.
 pub(super) struct Stream {
-    /// Regions currently marked in the write-intent log by this command.
-    marked: Range<u64>,
-    /// Fracture-log regions this command set ahead of the data (for legs not receiving
-    /// writes) that were clear before; cleared again at the end if never written.
-    ahead: Vec<(u32, Range<u64>)>,
+    /// The windows marked in the write-intent log by this command, with the fracture-log
+    /// bits set ahead of the data for legs not receiving writes (cleared again when their
+    /// window goes, where nothing was written).
+    al: ActivityLog,
     /// Writes since the legs were last synced.
     unsynced: bool,
-    /// Last region (exclusive) a write may touch, when the total length is known.
-    limit: u64,
 }
 
 impl Mirror {
@@ -71,6 +71,7 @@ impl Mirror {
         if !st.unsynced {
             return Ok(());
         }
+        let covered = st.al.flush_started();
         let primary = self.image.dev.clone();
         let (pres, lres) = std::thread::scope(|sc| {
             let hs: Vec<_> = legs
@@ -102,63 +103,108 @@ impl Mirror {
                         what: "sync".into(),
                         err,
                     },
-                    std::slice::from_ref(&st.marked),
+                    &st.al.hot_regions(),
                 )?;
             }
         }
         st.unsynced = false;
+        st.al.flush_done(covered);
         Ok(())
     }
 
-    /// Makes sure `regions` are marked in the write-intent log before data goes there.
+    /// Makes sure `regions` are marked in the write-intent log before data goes there: the
+    /// window holding them becomes hot, the previous one goes (W2: after a sync) in the
+    /// same bitmap flush.
     pub(super) fn ensure_marked(
         &mut self,
         regions: Range<u64>,
         legs: &mut Vec<(u32, Arc<dyn Device>)>,
         st: &mut Stream,
     ) -> Result<()> {
-        if regions.start >= st.marked.start && regions.end <= st.marked.end {
-            return Ok(());
+        if regions.end > st.al.limit() {
+            // W1 needs every region of this chunk marked, even if the input turned out
+            // longer than announced: retire the windows (their data made durable first),
+            // then mark on to the end of the image.
+            self.retire_windows(legs, st)?;
+            st.al.set_limit(self.geometry().region_count);
         }
-        // W2: the data under the old window must be durable before its bits go.
-        self.sync_legs(legs, st)?;
-        let g = self.geometry();
-        let window = (self.window / g.region_size).max(1);
-        // W1 needs every region of this chunk marked, even if the input turned out longer
-        // than announced.
-        let new = plan::next_window(&regions, window, st.limit);
+        let want = st.al.extents_of(&regions);
+        st.al.set_capacity(want.len());
+        let (cold, evict, sync) = match st.al.plan(&want) {
+            Plan::Ready => return Ok(()),
+            Plan::Activate { cold, evict, sync } => (cold, evict, sync),
+            Plan::Wait => unreachable!("a stream holds no extent between chunks"),
+        };
+        if sync {
+            // W2: the data under the old window must be durable before its bits go.
+            self.sync_legs(legs, st)?;
+        }
         let wi = BitmapId::WriteIntent;
-        for r in plan::window_release(&st.marked, &new) {
+        for ev in st.al.evict(&evict) {
             self.bitmaps
-                .set_range(wi, r, false)
+                .set_range(wi, ev.regions, false)
                 .map_err(|e| self.meta_err("clearing write intents", &e))?;
-        }
-        // W1: mark the new window.
-        self.bitmaps
-            .set_range(wi, new.clone(), true)
-            .map_err(|e| self.meta_err("marking write intents", &e))?;
-        // W3: legs not receiving writes get the window in their fracture log, in the same
-        // flush, i.e. before any data of the window is written.
-        st.ahead.clear();
-        for s in 0..g.slots {
-            let leg = &self.sb().legs[s as usize];
-            if leg.state == LegState::Empty || leg.state.receives_writes() {
-                continue;
-            }
-            let id = BitmapId::Fracture(SlotIdx(s));
-            let clear = self
-                .clear_runs(id, new.clone())
-                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-            for r in clear {
+            for (s, r) in ev.unwritten_ahead {
                 self.bitmaps
-                    .set_range(id, r.clone(), true)
-                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
-                st.ahead.push((s, r));
+                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
+                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
+            }
+        }
+        let mut ahead = Vec::new();
+        let g = self.geometry();
+        for &e in &cold {
+            let new = st.al.regions_of(e);
+            // W1: mark the new window.
+            self.bitmaps
+                .set_range(wi, new.clone(), true)
+                .map_err(|e| self.meta_err("marking write intents", &e))?;
+            // W3: legs not receiving writes get the window in their fracture log, in the
+            // same flush, i.e. before any data of the window is written.
+            for s in 0..g.slots {
+                let leg = &self.sb().legs[s as usize];
+                if leg.state == LegState::Empty || leg.state.receives_writes() {
+                    continue;
+                }
+                let id = BitmapId::Fracture(SlotIdx(s));
+                let clear = self
+                    .clear_runs(id, new.clone())
+                    .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+                for r in clear {
+                    self.bitmaps
+                        .set_range(id, r.clone(), true)
+                        .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                    ahead.push((s, r));
+                }
             }
         }
         self.flush_bitmaps()?;
-        st.marked = new;
+        st.al.insert(&cold, ahead);
         Ok(())
+    }
+
+    /// W2: syncs, then clears every window of the stream (and the fracture bits set ahead
+    /// that no write used) in one flush.
+    fn retire_windows(
+        &mut self,
+        legs: &mut Vec<(u32, Arc<dyn Device>)>,
+        st: &mut Stream,
+    ) -> Result<()> {
+        self.sync_legs(legs, st)?;
+        let evicted = st.al.drain_clean();
+        if evicted.is_empty() {
+            return Ok(());
+        }
+        for ev in evicted {
+            self.bitmaps
+                .set_range(BitmapId::WriteIntent, ev.regions, false)
+                .map_err(|e| self.meta_err("clearing write intents", &e))?;
+            for (s, r) in ev.unwritten_ahead {
+                self.bitmaps
+                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
+                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
+            }
+        }
+        self.flush_bitmaps()
     }
 
     /// Sub-ranges of `within` whose bits are clear.
@@ -220,11 +266,10 @@ impl Mirror {
             (k, m) => k.or(m),
         };
         let limit = plan::write_limit(&g, offset, bound);
+        let window = (self.window / g.region_size).max(1);
         let mut st = Stream {
-            marked: 0..0,
-            ahead: Vec::new(),
+            al: ActivityLog::for_stream(window, g.regions_for(offset, 0).start, limit),
             unsynced: false,
-            limit,
         };
         // Before the legs are opened: a leg that fails to open is newly fractured too.
         let fractured_before: Vec<u32> = (0..g.slots)
@@ -257,7 +302,10 @@ impl Mirror {
             }
             let mut next_len = 0;
             if wlen > 0 {
-                self.ensure_marked(g.regions_for(pos, wlen as u64), &mut legs, &mut st)?;
+                let regions = g.regions_for(pos, wlen as u64);
+                self.ensure_marked(regions.clone(), &mut legs, &mut st)?;
+                let exts = st.al.extents_of(&regions);
+                st.al.acquire(&exts);
                 let at = g.data_offset + pos;
                 let data = &cur[..wlen];
                 let want_next = !overflow && remaining > 0;
@@ -307,6 +355,7 @@ impl Mirror {
                     .with("acknowledged", false));
                 }
                 st.unsynced = true;
+                st.al.release(&exts, Some(&regions));
                 for (s, r) in lres {
                     if let Err(err) = r {
                         legs.retain(|(x, _)| *x != s);
@@ -316,7 +365,7 @@ impl Mirror {
                                 what: format!("write at data offset {pos}"),
                                 err,
                             },
-                            std::slice::from_ref(&st.marked),
+                            &st.al.hot_regions(),
                         )?;
                     }
                 }
@@ -343,7 +392,7 @@ impl Mirror {
             std::mem::swap(&mut cur, &mut next);
             cur_len = next_len;
         }
-        self.finish_stream(&mut legs, &mut st, pos)?;
+        self.finish_stream(&mut legs, &mut st)?;
         for s in 0..g.slots {
             if self.sb().legs[s as usize].state.is_fractured() && !fractured_before.contains(&s) {
                 report.newly_fractured.push(s);
@@ -381,26 +430,7 @@ impl Mirror {
         &mut self,
         legs: &mut Vec<(u32, Arc<dyn Device>)>,
         st: &mut Stream,
-        end_pos: u64,
     ) -> Result<()> {
-        self.sync_legs(legs, st)?;
-        let g = self.geometry();
-        if !st.marked.is_empty() {
-            self.bitmaps
-                .set_range(BitmapId::WriteIntent, st.marked.clone(), false)
-                .map_err(|e| self.meta_err("clearing write intents", &e))?;
-        }
-        let written_end = end_pos.div_ceil(g.region_size);
-        for (s, r) in std::mem::take(&mut st.ahead) {
-            let unwritten = r.start.max(written_end)..r.end;
-            if !unwritten.is_empty() {
-                self.bitmaps
-                    .set_range(BitmapId::Fracture(SlotIdx(s)), unwritten, false)
-                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
-            }
-        }
-        self.flush_bitmaps()?;
-        st.marked = 0..0;
-        Ok(())
+        self.retire_windows(legs, st)
     }
 }

@@ -958,3 +958,44 @@ fn a_sparse_16_tib_mirror_is_served_at_once_with_little_memory() {
         "{rss_kib} KiB resident at start on 16 TiB"
     );
 }
+
+#[test]
+fn overlapping_writes_sent_back_to_back_land_in_the_order_sent_on_every_leg() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img", "c.img"]);
+    let s = Serving::start(&fx, &[]);
+    let mut c = Raw::connect(&s.sock, false);
+    let mut expect = vec![0u8; 2 * MIB as usize];
+    let mut handle = 0u64;
+    // 64 rounds of 8 pipelined writes that all overlap the same 8 KiB, each with its own
+    // byte; nothing is read back until the round is sent.
+    for round in 0..64u64 {
+        let base = (round % 16) * 128 * KIB;
+        for k in 0..8u64 {
+            let off = base + k * 512;
+            let byte = (round * 8 + k) as u8 | 1;
+            let data = vec![byte; 8192];
+            expect[off as usize..off as usize + 8192].copy_from_slice(&data);
+            handle += 1;
+            c.request(MAGIC, 1, handle, off, 8192, &data);
+        }
+        for _ in 0..8 {
+            assert_eq!(c.simple().0, 0);
+        }
+    }
+    c.request(MAGIC, 3, 0, 0, 0, &[]);
+    assert_eq!(c.simple(), (0, 0));
+    drop(c);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let g = fx.geometry();
+    for leg in ["a.img", "b.img", "c.img"] {
+        let d = std::fs::read(fx.path(leg)).unwrap();
+        let area = &d[g.data_offset as usize..g.data_offset as usize + expect.len()];
+        if let Some(i) = area.iter().zip(&expect).position(|(a, b)| a != b) {
+            panic!(
+                "{leg} at data offset {i}: {:#x}, sent last {:#x}",
+                area[i], expect[i]
+            );
+        }
+    }
+}
