@@ -4,6 +4,7 @@
 #   bash tests/bench.sh                  # 2 GiB images, 3 repetitions, in /var/tmp/mirrorctl-bench
 #   SIZE=512M REPS=5 BENCH_DIR=/srv/x bash tests/bench.sh
 #   CASES="2 3" bash tests/bench.sh     # only some cases (numbers as printed; 3 is verify warm and cold)
+#   CASES=11 IOS=20000 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
 #
 # Builds the release binary, makes its own data, runs mirrorctl and the peers side by side in
 # this one run, checks every result (cmp after each write and resync, exit codes of verify),
@@ -13,13 +14,13 @@
 set -euo pipefail
 
 SIZE=${SIZE:-2G}
-CASES=${CASES:-1 2 3 5 7 9}
+CASES=${CASES:-1 2 3 5 7 9 11}
 REPS=${REPS:-3}
 D=${BENCH_DIR:-/var/tmp/mirrorctl-bench}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "bench: $*" >&2; exit 1; }
-for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum; do
+for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum fio; do
     command -v "$t" >/dev/null || die "$t is missing: run tests/setup.sh (b3sum: apt-get install -y b3sum)"
 done
 [ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
@@ -252,6 +253,67 @@ for r in $(seq "$REPS"); do
     same_data n.img nr.img
 done
 rm -f n.img nl.img nr.img
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 11; then
+note "case 11: hosts writing through serve vs qemu-nbd (fio, ioengine=nbd, Unix socket)"
+IOS=${IOS:-20000}
+# wait_sock PATH: until something listens there.
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
+# serve_run CASE TOOL SECONDARIES FIO-ARGS...: a fresh mirror with that many file secondaries,
+# served; fio timed against it; a clean stop; every leg checked equal.
+serve_run() {
+    local case=$1 tool=$2 nsec=$3; shift 3
+    rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
+    "$M" create sp.img --force >/dev/null
+    for i in $(seq "$nsec"); do
+        fallocate -l $((N + (1 << 20))) "ss$i.img"
+        "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
+    done
+    sync
+    "$M" serve sp.img --socket "$D/serve.sock" 2>serve.log & spid=$!
+    wait_sock "$D/serve.sock"
+    timed "$case" "$tool" fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$D/serve.sock" \
+        --output=/dev/null "$@"
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    for i in $(seq "$nsec"); do same_data sp.img "ss$i.img"; done
+}
+# qemu_run CASE TOOL FILES FIO-ARGS...: one qemu-nbd per file, one fio job per export, in parallel.
+qemu_run() {
+    local case=$1 tool=$2 files=$3; shift 3
+    local pids=() uris=() i=0
+    for f in $files; do
+        rm -f "$f"; fallocate -l "$N" "$f"
+        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & pids+=($!)
+        wait_sock "$D/q$i.sock"; uris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
+    done
+    sync
+    # waits for its fio jobs only (a bare `wait` would wait for qemu-nbd too)
+    jobs_() {
+        local fpids=()
+        for u in "${uris[@]}"; do fio --name=b --ioengine=nbd --uri="$u" --output=/dev/null "$@" & fpids+=($!); done
+        wait "${fpids[@]}"
+    }
+    timed "$case" "$tool" jobs_ "$@"
+    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock
+}
+SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1)
+RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --number_ios="$IOS" --fsync=64 --end_fsync=1 --randrepeat=1)
+for r in $(seq "$REPS"); do
+    qemu_run serve-seq-0 "qemu-nbd (raw file)" "q0.raw" "${SEQ[@]}"
+    serve_run serve-seq-0 "mirrorctl serve, no secondary" 0 "${SEQ[@]}"
+    rm -f x1 x2 x3; fallocate -l "$N" x1; fallocate -l "$N" x2; fallocate -l "$N" x3; sync
+    three_dd11() { for f in x1 x2 x3; do dd if=input.bin of=$f bs=1M conv=notrunc,fdatasync status=none & done; wait; }
+    timed serve-seq-2 "3 x dd fdatasync" three_dd11
+    rm -f x1 x2 x3
+    serve_run serve-seq-2 "mirrorctl serve, 2 secondaries" 2 "${SEQ[@]}"
+    qemu_run serve-rand-0 "qemu-nbd (raw file)" "q0.raw" "${RND[@]}"
+    serve_run serve-rand-0 "mirrorctl serve, no secondary" 0 "${RND[@]}"
+    qemu_run serve-rand-1 "2 x qemu-nbd, a job each" "q0.raw q1.raw" "${RND[@]}"
+    serve_run serve-rand-1 "mirrorctl serve, 1 secondary" 1 "${RND[@]}"
+done
+rm -f sp.img ss*.img q0.raw q1.raw
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end demonstration on example data this script makes itself, in a temporary folder:
 # create a mirror with two secondaries, pipe data in, fracture one, write more, show status,
-# resync, verify, and compare every leg byte for byte. Exits non-zero if anything is off.
+# resync, verify; then serve the mirror to a host (qemu-io over NBD) with a third secondary
+# on an NBD server that goes away mid-run, resync and verify again; and compare every leg
+# byte for byte. Exits non-zero if anything is off.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${MIRRORCTL:-}" ]; then
@@ -10,10 +12,32 @@ else
   cargo build --release --quiet --manifest-path "$here/Cargo.toml"
   m=$here/target/release/mirrorctl
 fi
+# The host side of the demo uses qemu-io and qemu-nbd (Debian: qemu-utils).
+if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing qemu-utils (qemu-io, qemu-nbd) for the host part of the demo"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null
+  else
+    echo "tests/demo.sh needs qemu-io and qemu-nbd: apt-get install -y qemu-utils (or run it as root)" >&2
+    exit 1
+  fi
+fi
 dir=$(mktemp -d "${TMPDIR:-/tmp}/mirrorctl-demo.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cd "$dir"
-say() { printf '\n$ %s\n' "$*"; "$@"; }
+# say CMD...: shows the command as it would be typed (quoted where needed), then runs it.
+say() {
+  local shown=("$@")
+  [ "${shown[0]}" = "$m" ] && shown[0]=mirrorctl
+  printf '\n$'
+  for a in "${shown[@]}"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then printf ' %s' "$a"; else printf " '%s'" "${a//\'/\'\\\'\'}"; fi
+  done
+  printf '\n'
+  "$@"
+}
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
 
 say "$m" create primary.img --size 256M
 say "$m" attach primary.img secondary-a.img
@@ -34,11 +58,45 @@ say "$m" resync primary.img
 say "$m" verify primary.img
 say "$m" status primary.img --check
 
+echo; echo "== a host uses the mirror as a disk: mirrorctl serve, qemu-io over NBD =="
+# A third secondary on another "machine": a file behind qemu-nbd on a Unix socket.
+truncate -s 258M remote.img
+qemu-nbd -f raw --persistent --shared=4 -x "" -k "$dir/remote.sock" remote.img & pids+=($!); qpid=$!
+wait_sock "$dir/remote.sock"
+say "$m" attach primary.img "nbd+unix:///?socket=$dir/remote.sock"
+echo; echo "\$ mirrorctl serve primary.img --socket $dir/serve.sock &"
+"$m" serve primary.img --socket "$dir/serve.sock" 2> serve.log & pids+=($!); spid=$!
+wait_sock "$dir/serve.sock"
+host="nbd+unix:///?socket=$dir/serve.sock"
+say qemu-io -f raw -c "write -P 0x5a 0 8M" -c "flush" -c "read -P 0x5a 0 8M" "$host"
+echo; echo "\$ kill qemu-nbd    # the remote secondary's server goes away while the host writes"
+kill "$qpid"; wait "$qpid" 2>/dev/null || true
+say qemu-io -f raw -c "write -P 0x6b 16M 8M" -c "flush" -c "read -P 0x6b 16M 8M" "$host"
+echo; echo "\$ kill -TERM %serve  # a clean stop: every leg synced, write intents cleared"
+kill -TERM "$spid"; wait "$spid"
+echo "serve's log:"; sed 's/^/  /' serve.log
+grep -q "fractured" serve.log || { echo "expected the NBD secondary to be fractured" >&2; exit 1; }
+set +e
+say "$m" status primary.img --check; rc=$?
+set -e
+[ "$rc" = 3 ] || { echo "expected status --check to exit 3 with the NBD secondary fractured" >&2; exit 1; }
+qemu-nbd -f raw --persistent --shared=4 -x "" -k "$dir/remote.sock" remote.img & pids+=($!); qpid=$!
+wait_sock "$dir/remote.sock"
+say "$m" resync primary.img
+say "$m" verify primary.img
+say "$m" status primary.img --check
+kill "$qpid"; wait "$qpid" 2>/dev/null || true
+# The host's data, read back through mirrorctl.
+"$m" read primary.img --offset 16M --length 8M | cmp - <(head -c 8M /dev/zero | tr '\0' '\153')
+dd if=payload.bin of=payload-now.bin bs=1M count=64 status=none
+head -c 8M /dev/zero | tr '\0' '\132' | dd of=payload-now.bin conv=notrunc status=none
+head -c 8M /dev/zero | tr '\0' '\153' | dd of=payload-now.bin bs=1M seek=16 conv=notrunc status=none
+
 off=$("$m" status primary.img --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_offset"])')
 size=$("$m" status primary.img --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_size"])')
 echo; echo "comparing data areas ($size bytes at offset $off) of every leg:"
-"$m" read primary.img --length 64M | cmp - payload.bin
-for leg in secondary-a.img secondary-b.img; do
+"$m" read primary.img --length 64M | cmp - payload-now.bin
+for leg in secondary-a.img secondary-b.img remote.img; do
   cmp -n "$size" <(tail -c +$((off + 1)) primary.img) <(tail -c +$((off + 1)) "$leg")
   echo "  $leg: identical to primary.img"
 done

@@ -181,7 +181,11 @@ impl ActivityLog {
         if cold.is_empty() {
             return Plan::Ready;
         }
-        let over = (self.hot.len() + cold.len()).saturating_sub(self.capacity);
+        // Pinned extents (a primary failed there) never leave, so they do not count: a
+        // host is never stalled by them. One request wider than the whole set may exceed it.
+        let pinned = self.hot.values().filter(|h| h.pinned).count();
+        let over =
+            (self.hot.len() - pinned + cold.len()).saturating_sub(self.capacity.max(want.len()));
         let mut idle: Vec<(u64, ExtentIdx)> = self
             .hot
             .iter()
@@ -425,15 +429,32 @@ mod tests {
         let mut al = log(2);
         activate(&mut al, &[ExtentIdx(0), ExtentIdx(1)]);
         al.acquire(&[ExtentIdx(0)]);
-        al.pin(&[ExtentIdx(1)]);
+        al.acquire(&[ExtentIdx(1)]);
         assert_eq!(al.plan(&[ExtentIdx(3)]), Plan::Wait);
         al.release(&[ExtentIdx(0)], None);
         assert!(
             matches!(al.plan(&[ExtentIdx(3)]), Plan::Activate { ref evict, .. } if evict == &[ExtentIdx(0)])
         );
+        al.release(&[ExtentIdx(1)], None);
+        al.pin(&[ExtentIdx(1)]);
         let left = al.drain_clean();
         assert_eq!(left.len(), 1, "the pinned extent stays for recovery");
         assert_eq!(al.pinned(), 1);
+    }
+
+    #[test]
+    fn pinned_extents_and_a_request_wider_than_the_set_never_stall_a_host() {
+        let mut al = log(2);
+        activate(&mut al, &[ExtentIdx(0), ExtentIdx(1)]);
+        al.pin(&[ExtentIdx(0), ExtentIdx(1)]);
+        assert!(
+            matches!(al.plan(&[ExtentIdx(5)]), Plan::Activate { ref evict, .. } if evict.is_empty())
+        );
+        let mut al = log(2);
+        let wide: Vec<ExtentIdx> = (0..4).map(ExtentIdx).collect();
+        assert!(matches!(al.plan(&wide), Plan::Activate { ref cold, .. } if cold.len() == 4));
+        activate(&mut al, &wide);
+        assert_eq!(al.plan(&wide), Plan::Ready);
     }
 
     #[test]

@@ -25,6 +25,9 @@ use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use std::sync::Condvar;
 
+/// Requests up to this size write their legs on the calling thread, larger ones in parallel.
+const SMALL: u64 = 256 << 10;
+
 /// A failed request: the error number to send and the line to log.
 #[derive(Debug)]
 pub struct Failure {
@@ -355,8 +358,16 @@ impl Server {
 
         let at = g.data_offset + t.range.start;
         let primary = self.primary.clone();
-        let (pres, lres) = if legs.is_empty() {
-            (m.apply(&*primary, at), Vec::new())
+        let (pres, lres) = if legs.is_empty() || m.len() <= SMALL {
+            // Small requests: the legs one after the other on this thread (many requests
+            // run at once anyway; a thread per leg would cost more than the write).
+            let p = m.apply(&*primary, at);
+            let l = if p.is_ok() {
+                legs.iter().map(|(s, d)| (*s, m.apply(&**d, at))).collect()
+            } else {
+                Vec::new()
+            };
+            (p, l)
         } else {
             std::thread::scope(|sc| {
                 let hs: Vec<_> = legs

@@ -685,8 +685,8 @@ fn a_failing_primary_gives_the_client_an_error_and_its_regions_stay_marked_for_r
 fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_write_on_every_leg() {
     let fx = Fx::with_legs("256M", "64K", &["b.img"]);
     let s = Serving::start(&fx, &["--hot-extents", "16"]);
-    // Acknowledged-durable writes (FUA and flushed), then a random workload over the whole
-    // image that is killed in the middle.
+    // Acknowledged-durable writes (FUA and flushed), then a random workload over 160 MiB
+    // (40 extents, more than the 16 hot ones) that is killed in the middle.
     qemu_io(
         &s.uri(),
         &["write -f -P 0x71 10M 64k", "write -P 0x72 200M 1M", "flush"],
@@ -700,10 +700,10 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
             "--rw=randwrite",
             "--bs=4k",
             "--iodepth=16",
-            "--size=256M",
+            "--offset=32M",
+            "--size=160M",
             "--time_based",
             "--runtime=30",
-            "--offset=0",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -726,9 +726,10 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
     let at = |off: u64, len: u64| {
         &b[(g.data_offset + off) as usize..(g.data_offset + off + len) as usize]
     };
+    // (The random workload wrote 32M..192M only.)
     assert!(at(10 * MIB, 64 * KIB).iter().all(|&x| x == 0x71));
-    // The random workload may have overwritten parts of the 1M write; whatever it did is
-    // the same on both legs once resynced. The restarted serve recovers and logs it.
+    assert!(at(200 * MIB, MIB).iter().all(|&x| x == 0x72));
+    // The restarted serve recovers and logs it.
     let s = Serving::start(&fx, &["--hot-extents", "16"]);
     let (code, log) = s.stop();
     assert_eq!(code, 0, "{log}");
@@ -998,4 +999,85 @@ fn overlapping_writes_sent_back_to_back_land_in_the_order_sent_on_every_leg() {
             );
         }
     }
+}
+
+#[test]
+fn random_writes_within_the_hot_set_cost_one_metadata_sync_per_extent_touched() {
+    require("strace", "strace");
+    let fx = Fx::with_legs("256M", "64K", &["b.img"]);
+    let trace = fx.path("msync.txt");
+    // serve under strace, counting msync (bitmap flushes) over every thread.
+    let log = fx.path("serve-strace.log");
+    let sock = fx.path("st.sock");
+    let mut child = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=msync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["serve", "a.img", "--hot-extents", "32", "--socket"])
+        .arg(&sock)
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve under strace did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 4096 random 4 KiB writes over the first 64 MiB: 16 extents of 4 MiB, all fitting
+    // the 32 hot ones; a flush every 64 writes.
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    fio(
+        &uri,
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=64M",
+            "--number_ios=4096",
+            "--fsync=64",
+        ],
+    );
+    // SAFETY: kill(2) on the strace child; strace passes SIGTERM on to serve.
+    let pid = child.id() as i32;
+    let serve_pid = sh("pgrep", &["-P", &pid.to_string()]);
+    unsafe { libc::kill(serve_pid.parse().unwrap(), libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let summary = std::fs::read_to_string(&trace).unwrap();
+    let calls = |name: &str| -> u64 {
+        summary
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(name))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // % time, seconds, usecs/call, calls, [errors,] syscall
+                f[3].parse().unwrap()
+            })
+            .unwrap_or(0)
+    };
+    let msyncs = calls("msync");
+    let flushes: u64 = log
+        .split(" flushes")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no flush count in the log:\n{log}"));
+    assert!(flushes >= 4096 / 64, "{log}");
+    // Touching 16 extents: at most 16 activations, plus the clear at stop.
+    assert!(
+        msyncs <= 16 + 1,
+        "{msyncs} msync calls for 16 extents:\n{summary}\n{log}"
+    );
+    assert!(msyncs >= 2, "the extents were marked at all:\n{summary}");
+    assert!(
+        calls("fdatasync") >= flushes,
+        "every flush syncs the legs:\n{summary}"
+    );
 }
