@@ -4,7 +4,8 @@
 #   bash tests/bench.sh                  # 2 GiB images, 3 repetitions, in /var/tmp/mirrorctl-bench
 #   SIZE=512M REPS=5 BENCH_DIR=/srv/x bash tests/bench.sh
 #   CASES="2 3" bash tests/bench.sh     # only some cases (numbers as printed; 3 is verify warm and cold)
-#   CASES=11 IOS=20000 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
+#   CASES=11 RUNTIME=30 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
+#                                             # (random cases: seconds per 10,000 writes)
 #
 # Builds the release binary, makes its own data, runs mirrorctl and the peers side by side in
 # this one run, checks every result (cmp after each write and resync, exit codes of verify),
@@ -258,62 +259,79 @@ fi
 # ---------------------------------------------------------------------------------------------
 if want 11; then
 note "case 11: hosts writing through serve vs qemu-nbd (fio, ioengine=nbd, Unix socket)"
-IOS=${IOS:-20000}
+RUNTIME=${RUNTIME:-30}
 # wait_sock PATH: until something listens there.
 wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
-# serve_run CASE TOOL SECONDARIES FIO-ARGS...: a fresh mirror with that many file secondaries,
-# served; fio timed against it; a clean stop; every leg checked equal.
-serve_run() {
-    local case=$1 tool=$2 nsec=$3; shift 3
+# record CASE TOOL JSON...: appends "seconds per 10,000 writes" (10000 / the mean IOPS of
+# the fio jobs whose JSON outputs are given), so that lower is better as for the times.
+record() {
+    local case=$1 tool=$2; shift 2
+    python3 - "$case" "$tool" "$@" >>"$RESULTS" <<'PY'
+import json, sys
+case, tool, *files = sys.argv[1:]
+iops = [json.load(open(f))["jobs"][0]["write"]["iops"] for f in files]
+print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
+PY
+}
+# start_serve SECONDARIES: a fresh mirror with that many file secondaries, served.
+start_serve() {
     rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
     "$M" create sp.img --force >/dev/null
-    for i in $(seq "$nsec"); do
+    for i in $(seq "$1"); do
         fallocate -l $((N + (1 << 20))) "ss$i.img"
         "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
     done
     sync
     "$M" serve sp.img --socket "$D/serve.sock" 2>serve.log & spid=$!
     wait_sock "$D/serve.sock"
-    timed "$case" "$tool" fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$D/serve.sock" \
-        --output=/dev/null "$@"
-    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
-    for i in $(seq "$nsec"); do same_data sp.img "ss$i.img"; done
 }
-# qemu_run CASE TOOL FILES FIO-ARGS...: one qemu-nbd per file, one fio job per export, in parallel.
-qemu_run() {
-    local case=$1 tool=$2 files=$3; shift 3
-    local pids=() uris=() i=0
-    for f in $files; do
+# stop_serve SECONDARIES: a clean stop; every leg checked equal to the primary.
+stop_serve() {
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    for i in $(seq "$1"); do same_data sp.img "ss$i.img"; done
+}
+SURI="nbd+unix:///?socket=$D/serve.sock"
+# start_qemu FILES...: one qemu-nbd (O_DIRECT, as a VM host would run it) per file.
+start_qemu() {
+    qpids=(); quris=(); local i=0
+    for f in "$@"; do
         rm -f "$f"; fallocate -l "$N" "$f"
-        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & pids+=($!)
-        wait_sock "$D/q$i.sock"; uris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
+        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & qpids+=($!)
+        wait_sock "$D/q$i.sock"; quris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
     done
     sync
-    # waits for its fio jobs only (a bare `wait` would wait for qemu-nbd too)
-    jobs_() {
-        local fpids=()
-        for u in "${uris[@]}"; do fio --name=b --ioengine=nbd --uri="$u" --output=/dev/null "$@" & fpids+=($!); done
-        wait "${fpids[@]}"
-    }
-    timed "$case" "$tool" jobs_ "$@"
-    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock
 }
-SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1)
-RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --number_ios="$IOS" --fsync=64 --end_fsync=1 --randrepeat=1)
+stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock q*.raw; }
+fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
+SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1 --output=/dev/null)
+RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
 for r in $(seq "$REPS"); do
-    qemu_run serve-seq-0 "qemu-nbd (raw file)" "q0.raw" "${SEQ[@]}"
-    serve_run serve-seq-0 "mirrorctl serve, no secondary" 0 "${SEQ[@]}"
+    # Sequential 1 MiB writes, iodepth 8, the whole size: wall time.
+    start_qemu q0.raw
+    timed serve-seq-0 "qemu-nbd (raw file)" fio_ --uri="${quris[0]}" "${SEQ[@]}"
+    stop_qemu
+    start_serve 0; timed serve-seq-0 "mirrorctl serve, no secondary" fio_ --uri="$SURI" "${SEQ[@]}"; stop_serve 0
     rm -f x1 x2 x3; fallocate -l "$N" x1; fallocate -l "$N" x2; fallocate -l "$N" x3; sync
     three_dd11() { for f in x1 x2 x3; do dd if=input.bin of=$f bs=1M conv=notrunc,fdatasync status=none & done; wait; }
     timed serve-seq-2 "3 x dd fdatasync" three_dd11
     rm -f x1 x2 x3
-    serve_run serve-seq-2 "mirrorctl serve, 2 secondaries" 2 "${SEQ[@]}"
-    qemu_run serve-rand-0 "qemu-nbd (raw file)" "q0.raw" "${RND[@]}"
-    serve_run serve-rand-0 "mirrorctl serve, no secondary" 0 "${RND[@]}"
-    qemu_run serve-rand-1 "2 x qemu-nbd, a job each" "q0.raw q1.raw" "${RND[@]}"
-    serve_run serve-rand-1 "mirrorctl serve, 1 secondary" 1 "${RND[@]}"
+    start_serve 2; timed serve-seq-2 "mirrorctl serve, 2 secondaries" fio_ --uri="$SURI" "${SEQ[@]}"; stop_serve 2
+    # Random 4 KiB writes, iodepth 16, a flush every 64 writes, RUNTIME seconds: IOPS.
+    start_qemu q0.raw
+    fio_ --uri="${quris[0]}" "${RND[@]}" --output=r0.json; record serve-rand-0 "qemu-nbd (raw file)" r0.json
+    stop_qemu
+    start_serve 0; fio_ --uri="$SURI" "${RND[@]}" --output=r1.json; stop_serve 0
+    record serve-rand-0 "mirrorctl serve, no secondary" r1.json
+    start_qemu q0.raw q1.raw
+    fio_ --uri="${quris[0]}" "${RND[@]}" --output=r2.json & f1=$!
+    fio_ --uri="${quris[1]}" "${RND[@]}" --output=r3.json & f2=$!
+    wait $f1 $f2
+    record serve-rand-1 "2 x qemu-nbd, a job each (per job)" r2.json r3.json
+    stop_qemu
+    start_serve 1; fio_ --uri="$SURI" "${RND[@]}" --output=r4.json; stop_serve 1
+    record serve-rand-1 "mirrorctl serve, 1 secondary" r4.json
 done
-rm -f sp.img ss*.img q0.raw q1.raw
+rm -f sp.img ss*.img r?.json
 fi
 
 # ---------------------------------------------------------------------------------------------

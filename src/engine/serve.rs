@@ -28,6 +28,9 @@ use std::sync::Condvar;
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel.
 const SMALL: u64 = 256 << 10;
 
+/// Writes at least this large start their writeback at once.
+const WRITEBACK_HINT: u64 = 128 << 10;
+
 /// A failed request: the error number to send and the line to log.
 #[derive(Debug)]
 pub struct Failure {
@@ -76,7 +79,16 @@ impl Mutation<'_> {
     }
     fn apply(&self, d: &dyn Device, at: u64) -> io::Result<()> {
         match self {
-            Mutation::Write(data) => d.write_at(data, at),
+            Mutation::Write(data) => {
+                d.write_at(data, at)?;
+                // Large (streaming) writes start their writeback now, so a flush has little
+                // left to wait for and the page cache does not fill (a hint, like a
+                // stream's); for small random writes it would cost more than it saves.
+                if data.len() as u64 >= WRITEBACK_HINT {
+                    d.start_writeback(at, data.len() as u64);
+                }
+                Ok(())
+            }
             Mutation::Zero { len, punch: true } => d.zero_range(at, *len),
             Mutation::Zero { len, punch: false } => crate::device::write_zeros(d, at, *len),
         }
@@ -93,6 +105,8 @@ pub struct Counters {
     pub flushes: u64,
     pub activations: u64,
     pub evictions: u64,
+    /// The most extents hot at once.
+    pub peak_hot: usize,
 }
 
 struct State {
@@ -115,6 +129,8 @@ pub struct Server {
     read_only: bool,
     fast_zero: bool,
     name: String,
+    reads: AtomicU64,
+    bytes_read: AtomicU64,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -160,6 +176,8 @@ impl Mirror {
         let fast_zero = self.image.dev.zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
         Ok(Server {
             name: self.name.clone(),
+            reads: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
             primary: self.image.dev.clone(),
             state: Mutex::new(State {
                 al: ActivityLog::new(
@@ -204,7 +222,10 @@ impl Server {
     }
 
     pub fn counters(&self) -> Counters {
-        self.lock().counters.clone()
+        let mut c = self.lock().counters.clone();
+        c.reads = self.reads.load(Ordering::Relaxed);
+        c.bytes_read = self.bytes_read.load(Ordering::Relaxed);
+        c
     }
 
     /// (hot extents now, capacity).
@@ -259,12 +280,14 @@ impl Server {
     /// logs show the region current.
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Served<()> {
         let r = self.primary.read_at(buf, self.geometry.data_offset + off);
-        let mut st = self.lock();
-        st.counters.reads += 1;
-        st.counters.bytes_read += buf.len() as u64;
+        // Reads take no lock on their way: counted apart.
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if r.is_ok() {
             return Ok(());
         }
+        let mut st = self.lock();
         match st.mirror.read_at(buf, off) {
             Ok(None) => Ok(()),
             Ok(Some((slot, why))) => {
@@ -538,6 +561,7 @@ impl Server {
             .map_err(|e| Failure::new(EIO, e.to_string()))?;
         st.al.insert(cold, ahead);
         st.counters.activations += cold.len() as u64;
+        st.counters.peak_hot = st.counters.peak_hot.max(st.al.len());
         Ok(())
     }
 
@@ -585,14 +609,17 @@ impl Server {
     /// hot set (W2, W5) but pinned extents (W6), and gives the mirror back.
     pub fn stop(self) -> Result<(Mirror, Counters)> {
         let log = self.log;
+        let (reads, bytes_read) = (self.reads.into_inner(), self.bytes_read.into_inner());
         let st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
         let State {
             mut mirror,
             mut al,
             legs,
-            counters,
+            mut counters,
             ..
         } = st;
+        counters.reads = reads;
+        counters.bytes_read = bytes_read;
         if self.read_only {
             return Ok((mirror, counters));
         }

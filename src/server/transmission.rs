@@ -308,8 +308,18 @@ fn read_loop(
             budget.take(charged);
         }
         if typ == CMD_WRITE {
-            data = vec![0u8; len as usize];
-            if let Err(e) = input.read_exact(&mut data) {
+            // Read straight into the buffer (no zeroing first: every byte is overwritten).
+            data = Vec::with_capacity(len as usize);
+            let got = Read::take(&mut *input, u64::from(len)).read_to_end(&mut data);
+            let short = match got {
+                Ok(n) if n == len as usize => None,
+                Ok(n) => Some(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{n} bytes of it arrived"),
+                )),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = short {
                 budget.give(charged);
                 return End::Broken(format!(
                     "closed the connection in the middle of a {len}-byte write at offset {off} ({e}); that write was not done"

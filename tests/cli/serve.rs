@@ -70,10 +70,15 @@ impl Serving {
     }
 
     /// SIGTERM, then the exit code and the log.
-    fn stop(mut self) -> (i32, String) {
+    fn stop(self) -> (i32, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `sig`, then the exit code and the log.
+    fn stop_with(mut self, sig: i32) -> (i32, String) {
         let mut c = self.child.take().unwrap();
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(c.id() as i32, sig) };
         let t = Instant::now();
         loop {
             if let Some(st) = c.try_wait().unwrap() {
@@ -288,8 +293,10 @@ fn nbdinfo_shows_the_size_block_sizes_and_flags_and_the_map_shows_a_sparse_mirro
         text.contains("ermission") || text.contains("read-only") || text.contains("Read-only"),
         "{text}"
     );
-    let (code, log) = s.stop();
+    // Ctrl-C stops it as cleanly as SIGTERM.
+    let (code, log) = s.stop_with(libc::SIGINT);
     assert_eq!(code, 0, "{log}");
+    assert!(log.contains("stopped on SIGINT"), "{log}");
     assert!(
         std::fs::read(fx.path("a.img")).unwrap() == before,
         "read-only serve changed a.img"

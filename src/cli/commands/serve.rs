@@ -61,13 +61,13 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     });
     // Every connection thread has ended: this is the only reference left.
     let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;
-    let counters = srv.counters();
+    let (hot_now, hot_cap) = srv.hot();
     let stopped = srv.stop();
     let summary = summary?;
-    let (mut m, _) = stopped?;
+    let (mut m, counters) = stopped?;
     let healthy = m.is_healthy()?;
     server::log_line(&format!(
-        "stopped{}: {} served, {} and {} written, {} read, {}; {}",
+        "stopped{}: {} served, {} and {} written, {} read, {}, hot set at most {} of {} extents ({} at the end); {}",
         summary
             .signal
             .map(|s| format!(" on {s}"))
@@ -80,6 +80,9 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             1 => "1 flush".to_string(),
             n => format!("{n} flushes"),
         },
+        counters.peak_hot,
+        hot_cap,
+        hot_now,
         if a.read_only {
             "nothing on disk was changed".to_string()
         } else if healthy {
