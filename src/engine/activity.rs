@@ -171,6 +171,28 @@ impl ActivityLog {
         out
     }
 
+    /// `want`, and when its last extent is cold but the one before it hot (a sequential
+    /// writer), up to `n` further extents that are cold and inside the image.
+    pub fn with_read_ahead(&self, want: &[ExtentIdx], n: u64) -> Vec<ExtentIdx> {
+        let mut out = want.to_vec();
+        let Some(&last) = want.last() else {
+            return out;
+        };
+        let sequential = last.0 > 0
+            && !self.hot.contains_key(&last)
+            && self.hot.contains_key(&ExtentIdx(last.0 - 1));
+        if sequential {
+            for k in 1..=n {
+                let e = ExtentIdx(last.0 + k);
+                if self.regions_of(e).is_empty() || self.hot.contains_key(&e) {
+                    break;
+                }
+                out.push(e);
+            }
+        }
+        out
+    }
+
     /// What making `want` hot needs, without changing anything.
     pub fn plan(&self, want: &[ExtentIdx]) -> Plan {
         let cold: Vec<ExtentIdx> = want
@@ -455,6 +477,25 @@ mod tests {
         assert!(matches!(al.plan(&wide), Plan::Activate { ref cold, .. } if cold.len() == 4));
         activate(&mut al, &wide);
         assert_eq!(al.plan(&wide), Plan::Ready);
+    }
+
+    #[test]
+    fn a_sequential_writer_gets_the_next_extents_marked_with_the_one_it_needs() {
+        let mut al = ActivityLog::new(16, EXTENT_BYTES, 64 << 10, 64 * 6);
+        // Random: nothing extra.
+        assert_eq!(al.with_read_ahead(&[ExtentIdx(2)], 3), vec![ExtentIdx(2)]);
+        activate(&mut al, &[ExtentIdx(0)]);
+        // Following a hot extent: the next ones too, but never past the image.
+        assert_eq!(
+            al.with_read_ahead(&[ExtentIdx(1)], 3),
+            vec![ExtentIdx(1), ExtentIdx(2), ExtentIdx(3), ExtentIdx(4)]
+        );
+        activate(&mut al, &[ExtentIdx(4)]);
+        assert_eq!(
+            al.with_read_ahead(&[ExtentIdx(1)], 3),
+            vec![ExtentIdx(1), ExtentIdx(2), ExtentIdx(3)]
+        );
+        assert_eq!(al.with_read_ahead(&[ExtentIdx(5)], 3), vec![ExtentIdx(5)]);
     }
 
     #[test]

@@ -28,6 +28,9 @@ use std::sync::Condvar;
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel.
 const SMALL: u64 = 256 << 10;
 
+/// Extents marked ahead of a sequential writer, with the one it needs.
+const READ_AHEAD: u64 = 3;
+
 /// Writes at least this large start their writeback at once.
 const WRITEBACK_HINT: u64 = 128 << 10;
 
@@ -365,7 +368,10 @@ impl Server {
         }
         let exts = st.al.extents_of(&regions);
         loop {
-            match st.al.plan(&exts) {
+            // A write into a cold extent that follows a hot one is likely a stream: the next
+            // extents are marked in the same flush (fewer metadata syncs per byte).
+            let want = st.al.with_read_ahead(&exts, READ_AHEAD);
+            match st.al.plan(&want) {
                 Plan::Ready => break,
                 Plan::Wait => st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Plan::Activate { cold, evict, sync } => {
