@@ -306,11 +306,15 @@ fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
 SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1 --output=/dev/null)
 RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
 for r in $(seq "$REPS"); do
-    # Sequential 1 MiB writes, iodepth 8, the whole size: wall time.
-    start_qemu q0.raw
-    timed serve-seq-0 "qemu-nbd (raw file)" fio_ --uri="${quris[0]}" "${SEQ[@]}"
-    stop_qemu
-    start_serve 0; timed serve-seq-0 "mirrorctl serve, no secondary" fio_ --uri="$SURI" "${SEQ[@]}"; stop_serve 0
+    # Sequential 1 MiB writes, iodepth 8, the whole size: wall time. This VM's disk is
+    # slower for whichever run follows the other tool's, so the order alternates.
+    seq_q() {
+        start_qemu q0.raw
+        timed serve-seq-0 "qemu-nbd (raw file)" fio_ --uri="${quris[0]}" "${SEQ[@]}"
+        stop_qemu
+    }
+    seq_s() { start_serve 0; timed serve-seq-0 "mirrorctl serve, no secondary" fio_ --uri="$SURI" "${SEQ[@]}"; stop_serve 0; }
+    if [ $((r % 2)) = 1 ]; then seq_q; seq_s; else seq_s; seq_q; fi
     rm -f x1 x2 x3; fallocate -l "$N" x1; fallocate -l "$N" x2; fallocate -l "$N" x3; sync
     three_dd11() { for f in x1 x2 x3; do dd if=input.bin of=$f bs=1M conv=notrunc,fdatasync status=none & done; wait; }
     timed serve-seq-2 "3 x dd fdatasync" three_dd11

@@ -306,7 +306,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         } else {
             writeln!(
                 out,
-                "write intent  {} ({}) pending: the last writer stopped uncleanly; the next command moves them to every secondary's fracture log",
+                "write intent  {} ({}) pending: the last writer stopped uncleanly with these hot (a serve's hot extents, or a stream's window); the next command moves them to every secondary's fracture log",
                 plural(s.write_intent_regions, "region"),
                 format_size(s.write_intent_bytes)
             )?;

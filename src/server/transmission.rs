@@ -344,6 +344,13 @@ fn read_loop(
             });
             continue;
         }
+        if typ == CMD_BLOCK_STATUS && len == 0 {
+            refuse(Failure {
+                errno: EINVAL,
+                msg: "NBD_CMD_BLOCK_STATUS of length 0".into(),
+            });
+            continue;
+        }
         if typ == CMD_BLOCK_STATUS && !neg.base_allocation {
             refuse(Failure {
                 errno: EINVAL,
