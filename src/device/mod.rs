@@ -55,6 +55,21 @@ pub trait Device: Send + Sync {
     }
 }
 
+/// Reads from `input` until `buf` is full or the input ends (retrying interrupted reads);
+/// returns the bytes read. For pipes and sockets, which hand out less than asked.
+pub fn read_full(input: &mut dyn io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 pub fn write_zeros<D: Device + ?Sized>(dev: &D, mut off: u64, len: u64) -> io::Result<()> {
     let end = off + len;
     let zeros = vec![0u8; (1 << 20).min(len as usize)];

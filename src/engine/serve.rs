@@ -457,39 +457,11 @@ impl Server {
             .map_err(|e| Failure::new(EIO, e.to_string()))
     }
 
-    /// Syncs the primary and every leg receiving writes, in parallel; failing legs are
-    /// fractured. Called with the state locked (activation) or not (flush).
-    fn sync_all(&self, legs: &[(u32, Arc<dyn Device>)]) -> (io::Result<()>, Vec<(u32, io::Error)>) {
-        let primary = self.primary.clone();
-        if legs.is_empty() {
-            return (primary.sync(), Vec::new());
-        }
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = legs
-                .iter()
-                .map(|(s, d)| {
-                    let d = d.clone();
-                    let s = *s;
-                    sc.spawn(move || (s, d.sync()))
-                })
-                .collect();
-            let p = primary.sync();
-            let errs = hs
-                .into_iter()
-                .filter_map(|h| match h.join().unwrap() {
-                    (s, Err(e)) => Some((s, e)),
-                    _ => None,
-                })
-                .collect();
-            (p, errs)
-        })
-    }
-
     /// Syncs with the state locked, recording the flush in the activity log.
     fn sync_locked(&self, st: &mut State) -> Served<()> {
         let covered = st.al.flush_started();
         let legs = st.legs.clone();
-        let (p, errs) = self.sync_all(&legs);
+        let (p, errs) = super::write::sync_parallel(&self.primary, &legs);
         if let Err(e) = p {
             // W6: nothing written since the last good flush is ever cleared.
             st.al.pin_unflushed();
@@ -518,49 +490,17 @@ impl Server {
             // H2: the evicted extents' data durable on every leg before their bits go.
             self.sync_locked(st)?;
         }
-        let meta = |e: &io::Error, what: &str| Failure::io(format!("{what} on primary"), e);
+        let meta = |e: Error| Failure::new(EIO, e.to_string());
         for ev in st.al.evict(evict) {
-            st.mirror
-                .bitmaps
-                .set_range(BitmapId::WriteIntent, ev.regions.clone(), false)
-                .map_err(|e| meta(&e, "clearing write intents"))?;
-            for (s, r) in ev.unwritten_ahead {
-                st.mirror
-                    .bitmaps
-                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
-                    .map_err(|e| meta(&e, "trimming a fracture log"))?;
-            }
+            st.mirror.clear_evicted(ev).map_err(meta)?;
             st.counters.evictions += 1;
         }
-        let g = self.geometry;
+        // H1/W1 + W3: the new extents' intents, and fracture bits for legs not receiving
+        // writes, remembering which were clear so unused ones go again at eviction.
         let mut ahead = Vec::new();
         for &e in cold {
             let regions = st.al.regions_of(e);
-            // H1/W1: the intents of the new extent.
-            st.mirror
-                .bitmaps
-                .set_range(BitmapId::WriteIntent, regions.clone(), true)
-                .map_err(|e| meta(&e, "marking write intents"))?;
-            // W3: legs not receiving writes get the extent in their fracture log, in the
-            // same flush, remembering which bits were clear so unused ones go again.
-            for s in 0..g.slots {
-                let leg = &st.mirror.sb().legs[s as usize];
-                if leg.state == LegState::Empty || st.legs.iter().any(|(x, _)| *x == s) {
-                    continue;
-                }
-                let id = BitmapId::Fracture(SlotIdx(s));
-                let clear = st
-                    .mirror
-                    .clear_runs(id, regions.clone())
-                    .map_err(|e| meta(&e, "reading a fracture log"))?;
-                for r in clear {
-                    st.mirror
-                        .bitmaps
-                        .set_range(id, r.clone(), true)
-                        .map_err(|e| meta(&e, "setting a fracture log"))?;
-                    ahead.push((s, r));
-                }
-            }
+            ahead.extend(st.mirror.mark_intents(regions).map_err(meta)?);
         }
         st.mirror
             .flush_bitmaps()
@@ -579,7 +519,7 @@ impl Server {
             st.counters.flushes += 1;
             (st.al.flush_started(), st.legs.clone())
         };
-        let (p, errs) = self.sync_all(&legs);
+        let (p, errs) = super::write::sync_parallel(&self.primary, &legs);
         let mut st = self.lock();
         if let Err(e) = p {
             // W6: nothing written since the last good flush is ever cleared.
@@ -630,16 +570,7 @@ impl Server {
             return Ok((mirror, counters));
         }
         let covered = al.flush_started();
-        let primary = self.primary.clone();
-        let sync = || -> (io::Result<()>, Vec<(u32, io::Error)>) {
-            let p = primary.sync();
-            let errs = legs
-                .iter()
-                .filter_map(|(s, d)| d.sync().err().map(|e| (*s, e)))
-                .collect();
-            (p, errs)
-        };
-        let (p, errs) = sync();
+        let (p, errs) = super::write::sync_parallel(&self.primary, &legs);
         if let Err(e) = p {
             return Err(Error::primary_io(
                 format!("syncing primary {} at stop", mirror.name),
@@ -659,16 +590,7 @@ impl Server {
         }
         al.flush_done(covered);
         for ev in al.drain_clean() {
-            mirror
-                .bitmaps
-                .set_range(BitmapId::WriteIntent, ev.regions, false)
-                .map_err(|e| mirror.meta_err("clearing write intents", &e))?;
-            for (s, r) in ev.unwritten_ahead {
-                mirror
-                    .bitmaps
-                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
-                    .map_err(|e| mirror.meta_err("trimming a fracture log", &e))?;
-            }
+            mirror.clear_evicted(ev)?;
         }
         mirror.flush_bitmaps()?;
         let pinned = al.pinned();

@@ -19,9 +19,10 @@
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
 //!   otherwise regions the primary may not hold would look clean.
 
-use super::activity::{ActivityLog, Plan};
+use super::activity::{ActivityLog, Evicted, Plan};
 use super::plan;
 use super::*;
+use crate::device::read_full;
 
 /// Bytes read from the input and written to every leg at once.
 pub const CHUNK: usize = 4 << 20;
@@ -35,20 +36,6 @@ pub const WINDOW: u64 = 64 * MIB;
 pub struct WriteReport {
     pub bytes: u64,
     pub newly_fractured: Vec<u32>,
-}
-
-/// Fills `buf` from `input` until full or end of input; returns bytes read.
-pub(super) fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// State of one streaming write.
@@ -72,40 +59,21 @@ impl Mirror {
             return Ok(());
         }
         let covered = st.al.flush_started();
-        let primary = self.image.dev.clone();
-        let (pres, lres) = std::thread::scope(|sc| {
-            let hs: Vec<_> = legs
-                .iter()
-                .map(|(s, d)| {
-                    let d = d.clone();
-                    let s = *s;
-                    sc.spawn(move || (s, d.sync()))
-                })
-                .collect();
-            let p = primary.sync();
-            (
-                p,
-                hs.into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect::<Vec<_>>(),
-            )
-        });
+        let (pres, errs) = sync_parallel(&self.image.dev, legs);
         if let Err(e) = pres {
             // W6: leave the write-intent log as it is.
             return Err(self.meta_err("syncing data", &e));
         }
-        for (s, r) in lres {
-            if let Err(err) = r {
-                legs.retain(|(x, _)| *x != s);
-                self.fracture_on_error(
-                    LegFailure {
-                        slot: s,
-                        what: "sync".into(),
-                        err,
-                    },
-                    &st.al.hot_regions(),
-                )?;
-            }
+        for (s, err) in errs {
+            legs.retain(|(x, _)| *x != s);
+            self.fracture_on_error(
+                LegFailure {
+                    slot: s,
+                    what: "sync".into(),
+                    err,
+                },
+                &st.al.hot_regions(),
+            )?;
         }
         st.unsynced = false;
         st.al.flush_done(covered);
@@ -139,43 +107,12 @@ impl Mirror {
             // W2: the data under the old window must be durable before its bits go.
             self.sync_legs(legs, st)?;
         }
-        let wi = BitmapId::WriteIntent;
         for ev in st.al.evict(&evict) {
-            self.bitmaps
-                .set_range(wi, ev.regions, false)
-                .map_err(|e| self.meta_err("clearing write intents", &e))?;
-            for (s, r) in ev.unwritten_ahead {
-                self.bitmaps
-                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
-                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
-            }
+            self.clear_evicted(ev)?;
         }
         let mut ahead = Vec::new();
-        let g = self.geometry();
         for &e in &cold {
-            let new = st.al.regions_of(e);
-            // W1: mark the new window.
-            self.bitmaps
-                .set_range(wi, new.clone(), true)
-                .map_err(|e| self.meta_err("marking write intents", &e))?;
-            // W3: legs not receiving writes get the window in their fracture log, in the
-            // same flush, i.e. before any data of the window is written.
-            for s in 0..g.slots {
-                let leg = &self.sb().legs[s as usize];
-                if leg.state == LegState::Empty || leg.state.receives_writes() {
-                    continue;
-                }
-                let id = BitmapId::Fracture(SlotIdx(s));
-                let clear = self
-                    .clear_runs(id, new.clone())
-                    .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-                for r in clear {
-                    self.bitmaps
-                        .set_range(id, r.clone(), true)
-                        .map_err(|e| self.meta_err("setting a fracture log", &e))?;
-                    ahead.push((s, r));
-                }
-            }
+            ahead.extend(self.mark_intents(st.al.regions_of(e))?);
         }
         self.flush_bitmaps()?;
         st.al.insert(&cold, ahead);
@@ -195,16 +132,50 @@ impl Mirror {
             return Ok(());
         }
         for ev in evicted {
-            self.bitmaps
-                .set_range(BitmapId::WriteIntent, ev.regions, false)
-                .map_err(|e| self.meta_err("clearing write intents", &e))?;
-            for (s, r) in ev.unwritten_ahead {
-                self.bitmaps
-                    .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
-                    .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
-            }
+            self.clear_evicted(ev)?;
         }
         self.flush_bitmaps()
+    }
+
+    /// W1 + W3: marks `regions` in the write-intent log and, for every leg not receiving
+    /// writes, in its fracture log where clear (in the same flush, done by the caller: before
+    /// any data there is written). Returns the fracture bits set: (slot, regions).
+    pub(super) fn mark_intents(&mut self, regions: Range<u64>) -> Result<Vec<(u32, Range<u64>)>> {
+        self.bitmaps
+            .set_range(BitmapId::WriteIntent, regions.clone(), true)
+            .map_err(|e| self.meta_err("marking write intents", &e))?;
+        let mut ahead = Vec::new();
+        for s in 0..self.geometry().slots {
+            let leg = &self.sb().legs[s as usize];
+            if leg.state == LegState::Empty || leg.state.receives_writes() {
+                continue;
+            }
+            let id = BitmapId::Fracture(SlotIdx(s));
+            let clear = self
+                .clear_runs(id, regions.clone())
+                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+            for r in clear {
+                self.bitmaps
+                    .set_range(id, r.clone(), true)
+                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                ahead.push((s, r));
+            }
+        }
+        Ok(ahead)
+    }
+
+    /// W2 (after the caller's sync): clears an extent leaving the activity log, and the
+    /// fracture bits set ahead for it that no write used (the caller flushes).
+    pub(super) fn clear_evicted(&mut self, ev: Evicted) -> Result<()> {
+        self.bitmaps
+            .set_range(BitmapId::WriteIntent, ev.regions, false)
+            .map_err(|e| self.meta_err("clearing write intents", &e))?;
+        for (s, r) in ev.unwritten_ahead {
+            self.bitmaps
+                .set_range(BitmapId::Fracture(SlotIdx(s)), r, false)
+                .map_err(|e| self.meta_err("trimming a fracture log", &e))?;
+        }
+        Ok(())
     }
 
     /// Sub-ranges of `within` whose bits are clear.
@@ -281,7 +252,7 @@ impl Mirror {
         let mut cur = vec![0u8; CHUNK];
         let mut next = vec![0u8; CHUNK];
         let first = (CHUNK as u64).min(remaining) as usize;
-        let mut cur_len = match fill(input, &mut cur[..first]) {
+        let mut cur_len = match read_full(input, &mut cur[..first]) {
             Ok(n) => n,
             Err(e) => {
                 return Err(Error::invalid(format!(
@@ -332,7 +303,7 @@ impl Mirror {
                     // Read the next chunk while the legs write this one.
                     let n = if want_next {
                         let take = (CHUNK as u64).min(remaining) as usize;
-                        fill(input, &mut nbuf[..take])
+                        read_full(input, &mut nbuf[..take])
                     } else {
                         Ok(0)
                     };
@@ -433,4 +404,33 @@ impl Mirror {
     ) -> Result<()> {
         self.retire_windows(legs, st)
     }
+}
+
+/// Syncs the primary and every leg at once (a thread per leg); the primary's result and the
+/// legs that failed.
+pub(super) fn sync_parallel(
+    primary: &Arc<dyn Device>,
+    legs: &[(u32, Arc<dyn Device>)],
+) -> (io::Result<()>, Vec<(u32, io::Error)>) {
+    if legs.is_empty() {
+        return (primary.sync(), Vec::new());
+    }
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = legs
+            .iter()
+            .map(|(s, d)| {
+                let (s, d) = (*s, d.clone());
+                sc.spawn(move || (s, d.sync()))
+            })
+            .collect();
+        let p = primary.sync();
+        let errs = hs
+            .into_iter()
+            .filter_map(|h| match h.join().unwrap() {
+                (s, Err(e)) => Some((s, e)),
+                _ => None,
+            })
+            .collect();
+        (p, errs)
+    })
 }

@@ -3,6 +3,7 @@
 
 use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_BLOCK};
 use crate::device::nbd::proto::*;
+use crate::device::read_full;
 use crate::engine::serve::{Failure, Mutation, Server, Ticket};
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -378,18 +379,4 @@ fn read_loop(
             return End::Broken("the workers stopped".into());
         }
     }
-}
-
-/// Reads until `buf` is full or the stream ends; returns bytes read.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
