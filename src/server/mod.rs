@@ -239,7 +239,9 @@ pub fn run(
                     if stopping.load(Ordering::SeqCst) {
                         break;
                     }
+                    // Out of descriptors, say: log it and give it a moment, never spin.
                     log_line(&format!("accept: {e}"));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
             },
@@ -252,7 +254,9 @@ pub fn run(
                     if stopping.load(Ordering::SeqCst) {
                         break;
                     }
+                    // Out of descriptors, say: log it and give it a moment, never spin.
                     log_line(&format!("accept: {e}"));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
             },
