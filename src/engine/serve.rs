@@ -31,8 +31,8 @@ const SMALL: u64 = 256 << 10;
 /// Extents marked ahead of a sequential writer, with the one it needs.
 const READ_AHEAD: u64 = 3;
 
-/// Writes at least this large start their writeback at once.
-const WRITEBACK_HINT: u64 = 128 << 10;
+/// Writes at least this large bypass the page cache where they can.
+const DIRECT_WRITES: u64 = 128 << 10;
 
 /// A failed request: the error number to send and the line to log.
 #[derive(Debug)]
@@ -82,16 +82,12 @@ impl Mutation<'_> {
     }
     fn apply(&self, d: &dyn Device, at: u64) -> io::Result<()> {
         match self {
-            Mutation::Write(data) => {
-                d.write_at(data, at)?;
-                // Large (streaming) writes start their writeback now, so a flush has little
-                // left to wait for and the page cache does not fill (a hint, like a
-                // stream's); for small random writes it would cost more than it saves.
-                if data.len() as u64 >= WRITEBACK_HINT {
-                    d.start_writeback(at, data.len() as u64);
-                }
-                Ok(())
-            }
+            // Large (streaming) writes go to the disk at once (O_DIRECT where aligned), so a
+            // flush has little left to wait for and dirty pages do not pile up and throttle
+            // the writers; small random writes go through the page cache, where they are
+            // cheapest.
+            Mutation::Write(data) if data.len() as u64 >= DIRECT_WRITES => d.write_direct(data, at),
+            Mutation::Write(data) => d.write_at(data, at),
             Mutation::Zero { len, punch: true } => d.zero_range(at, *len),
             Mutation::Zero { len, punch: false } => crate::device::write_zeros(d, at, *len),
         }

@@ -3,9 +3,9 @@
 
 use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_BLOCK};
 use crate::device::nbd::proto::*;
-use crate::device::read_full;
+use crate::device::{read_full, AlignedBuf};
 use crate::engine::serve::{Failure, Mutation, Server, Ticket};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -56,7 +56,7 @@ struct Job {
     flags: u16,
     off: u64,
     len: u32,
-    data: Vec<u8>,
+    data: AlignedBuf,
     ticket: Option<Ticket>,
     /// Payload bytes charged to the budget.
     charged: u64,
@@ -302,25 +302,16 @@ fn read_loop(
                 continue;
             }
         }
-        let mut data = Vec::new();
+        let mut data = AlignedBuf::zeroed(0);
         let mut charged = 0;
         if typ == CMD_WRITE || typ == CMD_READ {
             charged = u64::from(len);
             budget.take(charged);
         }
         if typ == CMD_WRITE {
-            // Read straight into the buffer (no zeroing first: every byte is overwritten).
-            data = Vec::with_capacity(len as usize);
-            let got = Read::take(&mut *input, u64::from(len)).read_to_end(&mut data);
-            let short = match got {
-                Ok(n) if n == len as usize => None,
-                Ok(n) => Some(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{n} bytes of it arrived"),
-                )),
-                Err(e) => Some(e),
-            };
-            if let Some(e) = short {
+            // An aligned buffer, so that a large write can go to the disk directly.
+            data = AlignedBuf::zeroed(len as usize);
+            if let Err(e) = input.read_exact(&mut data) {
                 budget.give(charged);
                 return End::Broken(format!(
                     "closed the connection in the middle of a {len}-byte write at offset {off} ({e}); that write was not done"
