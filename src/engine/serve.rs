@@ -28,8 +28,10 @@ use std::sync::Condvar;
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel.
 const SMALL: u64 = 256 << 10;
 
-/// Extents marked ahead of a sequential writer, with the one it needs.
-const READ_AHEAD: u64 = 3;
+/// Extents marked ahead of a sequential writer, with the one it needs: 64 MiB in all, as
+/// a pipe-mode stream's window (each activation is a metadata sync, which also flushes the
+/// disk's cache).
+const READ_AHEAD: u64 = 15;
 
 /// Writes at least this large bypass the page cache where they can.
 const DIRECT_WRITES: u64 = 128 << 10;
