@@ -80,10 +80,13 @@ pub fn read_full(input: &mut dyn io::Read, buf: &mut [u8]) -> io::Result<usize> 
 /// Alignment of address, offset and length for [`Device::write_direct`].
 pub const DIRECT_ALIGN: usize = 4096;
 
-/// A byte buffer aligned to [`DIRECT_ALIGN`] (so it can go to an O_DIRECT write).
+/// A byte buffer aligned to [`DIRECT_ALIGN`] (so it can go to an O_DIRECT write). Its
+/// length can change within its capacity, so one buffer serves request after request.
 pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Bytes allocated (all initialised, zeroed at allocation); 0 for [`Self::empty`].
+    cap: usize,
 }
 
 // SAFETY: the buffer is owned memory like a Vec<u8>.
@@ -92,31 +95,60 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN).expect("buffer layout")
+    fn layout(cap: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(cap, DIRECT_ALIGN).expect("buffer layout")
+    }
+
+    /// A buffer of no bytes that allocates nothing.
+    pub fn empty() -> AlignedBuf {
+        AlignedBuf {
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+            cap: 0,
+        }
     }
 
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
+        if len == 0 {
+            return Self::empty();
+        }
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr =
             std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
+        AlignedBuf { ptr, len, cap: len }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Sets the length, at most the capacity; the bytes keep what they held before.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "AlignedBuf::set_len past the capacity");
+        self.len = len;
     }
 }
 
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr points to len initialised (zeroed at allocation) bytes owned by self.
+        if self.cap == 0 {
+            return &[];
+        }
+        // SAFETY: ptr points to cap >= len initialised (zeroed at allocation) bytes owned
+        // by self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
+        if self.cap == 0 {
+            return &mut [];
+        }
         // SAFETY: as for Deref, and &mut self makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -124,8 +156,10 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if self.cap > 0 {
+            // SAFETY: allocated in `zeroed` with this same layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        }
     }
 }
 
@@ -467,5 +501,22 @@ mod tests {
         d.read_at(&mut head, 3).unwrap();
         assert_eq!(&head[..], &a[1..5000]);
         assert!(AlignedBuf::zeroed(0).is_empty());
+    }
+
+    #[test]
+    fn an_aligned_buffer_shrinks_and_grows_within_its_capacity_keeping_its_bytes() {
+        let mut b = AlignedBuf::zeroed(8192);
+        b.fill(7);
+        b.set_len(100);
+        assert_eq!(b.len(), 100);
+        b.set_len(8192);
+        assert!(
+            b.iter().all(|&x| x == 7),
+            "bytes past a shorter length are kept"
+        );
+        assert!(std::panic::catch_unwind(move || b.set_len(8193)).is_err());
+        let mut e = AlignedBuf::empty();
+        assert_eq!((e.len(), e.capacity()), (0, 0));
+        assert!(e.iter_mut().next().is_none());
     }
 }

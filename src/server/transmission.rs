@@ -3,10 +3,11 @@
 
 use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_BLOCK};
 use crate::device::nbd::proto::*;
-use crate::device::{read_full, AlignedBuf};
+use crate::device::{read_full, AlignedBuf, DIRECT_ALIGN};
 use crate::engine::serve::{Failure, Mutation, Server, Ticket};
+use std::collections::VecDeque;
+use std::io::BufReader;
 use std::io::{Read, Write};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Requests one connection runs at once.
@@ -32,21 +33,29 @@ pub enum End {
 
 /// Bytes of payload in flight on one connection (bounds memory by buffers, not requests).
 struct Budget {
-    used: Mutex<u64>,
+    /// (bytes in use, the reader waits for some to be freed).
+    used: Mutex<(u64, bool)>,
     freed: Condvar,
 }
 
 impl Budget {
     fn take(&self, n: u64) {
-        let mut u = self.used.lock().unwrap();
-        while *u > 0 && *u + n > BUFFER_BUDGET {
-            u = self.freed.wait(u).unwrap();
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while u.0 > 0 && u.0 + n > BUFFER_BUDGET {
+            u.1 = true;
+            u = self.freed.wait(u).unwrap_or_else(|p| p.into_inner());
         }
-        *u += n;
+        u.1 = false;
+        u.0 += n;
     }
     fn give(&self, n: u64) {
-        *self.used.lock().unwrap() -= n;
-        self.freed.notify_all();
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        u.0 -= n;
+        if u.1 {
+            // Only the reader waits, so one wake-up is enough (and none is sent otherwise).
+            drop(u);
+            self.freed.notify_one();
+        }
     }
 }
 
@@ -62,41 +71,199 @@ struct Job {
     charged: u64,
 }
 
-/// Sends replies; one at a time, each in a single write.
+/// Payload buffers kept for reuse (at most this many bytes of them per connection): a
+/// fresh buffer costs a page fault and a page clear per 4 KiB, more than the write itself.
+const POOL_BYTES: usize = (BUFFER_BUDGET / 2) as usize;
+
+/// Free payload buffers of one connection.
+struct Pool {
+    free: Mutex<Vec<AlignedBuf>>,
+}
+
+impl Pool {
+    /// A buffer of `len` bytes (their contents are whatever the last use left).
+    fn get(&self, len: usize) -> AlignedBuf {
+        if len == 0 {
+            return AlignedBuf::empty();
+        }
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        // Reused only if not much larger, so memory stays close to what the budget counts.
+        let fits = |b: &AlignedBuf| b.capacity() >= len && b.capacity() <= len + len / 4 + 4096;
+        if let Some(i) = f.iter().position(fits) {
+            let mut b = f.swap_remove(i);
+            drop(f);
+            b.set_len(len);
+            return b;
+        }
+        drop(f);
+        let mut b = AlignedBuf::zeroed(len.next_multiple_of(DIRECT_ALIGN));
+        b.set_len(len);
+        b
+    }
+
+    fn put(&self, b: AlignedBuf) {
+        if b.capacity() == 0 {
+            return;
+        }
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = f.iter().map(|b| b.capacity()).sum();
+        if kept + b.capacity() <= POOL_BYTES {
+            f.push(b);
+        }
+    }
+}
+
+/// Requests waiting for a worker. A send wakes one idle worker and only when one is idle (a
+/// mutex around a channel's receiver would wake a second thread per request).
+struct Queue {
+    st: Mutex<QueueState>,
+    ready: Condvar,
+    room: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            st: Mutex::new(QueueState {
+                jobs: VecDeque::with_capacity(QUEUE_DEPTH),
+                idle: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+        }
+    }
+
+    /// Queues a job, waiting while [`QUEUE_DEPTH`] are queued and not yet taken.
+    fn send(&self, j: Job) {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        while st.jobs.len() >= QUEUE_DEPTH {
+            st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.jobs.push_back(j);
+        let wake = st.idle > 0;
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next job, or `None` once closed and drained.
+    fn recv(&self) -> Option<Job> {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(j) = st.jobs.pop_front() {
+                let full = st.jobs.len() + 1 == QUEUE_DEPTH;
+                drop(st);
+                if full {
+                    self.room.notify_one();
+                }
+                return Some(j);
+            }
+            if st.closed {
+                return None;
+            }
+            st.idle += 1;
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.idle -= 1;
+        }
+    }
+
+    fn close(&self) {
+        self.st.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Sends replies, each whole. A worker whose reply finds another one sending leaves it
+/// queued for that one, which sends everything queued in one write: no worker sleeps on
+/// the socket, and replies that finish together cost one system call.
 struct Replies {
     out: Mutex<Box<dyn Write + Send>>,
+    pending: Mutex<Pending>,
     structured: bool,
     errors_logged: Mutex<u32>,
 }
 
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// A worker is writing to the socket now.
+    sending: bool,
+}
+
+/// Replies at least this large go to the socket from the caller's buffer rather than being
+/// copied into the queue of pending replies.
+const DIRECT_REPLY: usize = 64 << 10;
+
 impl Replies {
-    fn send(&self, m: &[u8]) {
-        // A client that went away is noticed by the reader; nothing to do here.
-        let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = o.write_all(m).and_then(|_| o.flush());
+    /// Sends one reply made of `parts` (a header and its payload).
+    fn send(&self, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // While another worker sends, or when the reply is small, it joins the queue.
+        let (queued, direct): (&[&[u8]], &[u8]) = match parts.split_last() {
+            Some((last, head)) if !p.sending && total >= DIRECT_REPLY => (head, last),
+            _ => (parts, &[]),
+        };
+        for q in queued {
+            p.buf.extend_from_slice(q);
+        }
+        if p.sending {
+            return; // the sender picks it up
+        }
+        p.sending = true;
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut direct = direct;
+        loop {
+            let batch = std::mem::take(&mut p.buf);
+            drop(p);
+            // A client that went away is noticed by the reader; nothing to do here.
+            let _ = out
+                .write_all(&batch)
+                .and_then(|_| out.write_all(direct))
+                .and_then(|_| out.flush());
+            direct = &[];
+            p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.buf.is_empty() {
+                p.sending = false;
+                // Keep the larger allocation for the next batch.
+                if p.buf.capacity() < batch.capacity() && batch.capacity() <= 1 << 20 {
+                    let mut b = batch;
+                    b.clear();
+                    p.buf = b;
+                }
+                return;
+            }
+        }
     }
 
     fn simple(&self, handle: u64, err: u32, data: &[u8]) {
-        let mut m = Vec::with_capacity(16 + data.len());
-        m.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-        m.extend_from_slice(&err.to_be_bytes());
-        m.extend_from_slice(&handle.to_be_bytes());
-        m.extend_from_slice(data);
-        self.send(&m);
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&err.to_be_bytes());
+        h[8..16].copy_from_slice(&handle.to_be_bytes());
+        self.send(&[&h, data]);
     }
 
     fn chunk(&self, handle: u64, typ: u16, payload: &[&[u8]]) {
         let len: usize = payload.iter().map(|p| p.len()).sum();
-        let mut m = Vec::with_capacity(20 + len);
-        m.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
-        m.extend_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
-        m.extend_from_slice(&typ.to_be_bytes());
-        m.extend_from_slice(&handle.to_be_bytes());
-        m.extend_from_slice(&(len as u32).to_be_bytes());
-        for p in payload {
-            m.extend_from_slice(p);
-        }
-        self.send(&m);
+        let mut h = [0u8; 20];
+        h[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        h[4..6].copy_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+        h[6..8].copy_from_slice(&typ.to_be_bytes());
+        h[8..16].copy_from_slice(&handle.to_be_bytes());
+        h[16..20].copy_from_slice(&(len as u32).to_be_bytes());
+        let mut parts = Vec::with_capacity(1 + payload.len());
+        parts.push(&h[..]);
+        parts.extend_from_slice(payload);
+        self.send(&parts);
     }
 
     fn ok(&self, handle: u64) {
@@ -127,34 +294,41 @@ impl Replies {
 }
 
 /// Runs one request and sends its reply.
-fn run(job: Job, srv: &Server, rep: &Replies, neg: &Negotiated, log: &dyn Fn(&str)) {
+fn run(
+    job: Job,
+    data: &[u8],
+    srv: &Server,
+    rep: &Replies,
+    pool: &Pool,
+    neg: &Negotiated,
+    log: &dyn Fn(&str),
+) {
     let Job {
         handle,
         typ,
         flags,
         off,
         len,
-        data,
         ticket,
         ..
     } = job;
     let fua = flags & CMD_FLAG_FUA != 0;
     let res: Result<(), Failure> = match typ {
         CMD_READ => {
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = pool.get(len as usize);
+            // Only a read that filled the whole buffer is sent (a reused buffer holds an
+            // earlier request's bytes).
             match srv.read(off, &mut buf) {
                 Ok(()) if rep.structured => {
-                    rep.chunk(handle, REPLY_TYPE_OFFSET_DATA, &[&off.to_be_bytes(), &buf]);
-                    return;
+                    rep.chunk(handle, REPLY_TYPE_OFFSET_DATA, &[&off.to_be_bytes(), &buf])
                 }
-                Ok(()) => {
-                    rep.simple(handle, 0, &buf);
-                    return;
-                }
-                Err(f) => Err(f),
+                Ok(()) => rep.simple(handle, 0, &buf),
+                Err(f) => rep.error(handle, &f, log),
             }
+            pool.put(buf);
+            return;
         }
-        CMD_WRITE => srv.mutate(ticket.expect("write ticket"), Mutation::Write(&data), fua),
+        CMD_WRITE => srv.mutate(ticket.expect("write ticket"), Mutation::Write(data), fua),
         CMD_WRITE_ZEROES => {
             let t = ticket.expect("zero ticket");
             if flags & CMD_FLAG_FAST_ZERO != 0 {
@@ -208,20 +382,19 @@ fn run(job: Job, srv: &Server, rep: &Replies, neg: &Negotiated, log: &dyn Fn(&st
 }
 
 fn worker(
-    rx: &Mutex<Receiver<Job>>,
+    q: &Queue,
     srv: &Server,
     rep: &Replies,
+    pool: &Pool,
     budget: &Budget,
     neg: &Negotiated,
     log: &dyn Fn(&str),
 ) {
-    loop {
-        let job = match rx.lock().unwrap().recv() {
-            Ok(j) => j,
-            Err(_) => return,
-        };
+    while let Some(mut job) = q.recv() {
         let charged = job.charged;
-        run(job, srv, rep, neg, log);
+        let data = std::mem::replace(&mut job.data, AlignedBuf::empty());
+        run(job, &data, srv, rep, pool, neg, log);
+        pool.put(data);
         budget.give(charged);
     }
 }
@@ -237,21 +410,29 @@ pub fn transmit(
 ) -> End {
     let rep = Replies {
         out: Mutex::new(output),
+        pending: Mutex::new(Pending::default()),
         structured: neg.structured,
         errors_logged: Mutex::new(0),
     };
     let budget = Budget {
-        used: Mutex::new(0),
+        used: Mutex::new((0, false)),
         freed: Condvar::new(),
     };
-    let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
-    let rx = Mutex::new(rx);
+    let q = Queue::new();
+    let pool = Pool {
+        free: Mutex::new(Vec::new()),
+    };
+    // Buffered: with many requests queued on the socket, one read takes several headers
+    // (and small payloads); a large payload is read straight into its own buffer.
+    let mut input = BufReader::with_capacity(64 << 10, input);
     std::thread::scope(|sc| {
         for _ in 0..QUEUE_DEPTH {
-            sc.spawn(|| worker(&rx, srv, &rep, &budget, &neg, log));
+            sc.spawn(|| worker(&q, srv, &rep, &pool, &budget, &neg, log));
         }
-        let end = read_loop(input, srv, &rep, &budget, &neg, log, |j| tx.send(j).is_ok());
-        drop(tx);
+        let end = read_loop(&mut input, srv, &rep, &pool, &budget, &neg, log, |j| {
+            q.send(j)
+        });
+        q.close();
         end
     })
 }
@@ -261,10 +442,11 @@ fn read_loop(
     input: &mut dyn Read,
     srv: &Server,
     rep: &Replies,
+    pool: &Pool,
     budget: &Budget,
     neg: &Negotiated,
     log: &dyn Fn(&str),
-    mut dispatch: impl FnMut(Job) -> bool,
+    mut dispatch: impl FnMut(Job),
 ) -> End {
     loop {
         let mut h = [0u8; 28];
@@ -302,7 +484,7 @@ fn read_loop(
                 continue;
             }
         }
-        let mut data = AlignedBuf::zeroed(0);
+        let mut data = AlignedBuf::empty();
         let mut charged = 0;
         if typ == CMD_WRITE || typ == CMD_READ {
             charged = u64::from(len);
@@ -310,8 +492,9 @@ fn read_loop(
         }
         if typ == CMD_WRITE {
             // An aligned buffer, so that a large write can go to the disk directly.
-            data = AlignedBuf::zeroed(len as usize);
+            data = pool.get(len as usize);
             if let Err(e) = input.read_exact(&mut data) {
+                pool.put(data);
                 budget.give(charged);
                 return End::Broken(format!(
                     "closed the connection in the middle of a {len}-byte write at offset {off} ({e}); that write was not done"
@@ -366,8 +549,140 @@ fn read_loop(
             ticket,
             charged,
         };
-        if !dispatch(job) {
-            return End::Broken("the workers stopped".into());
+        dispatch(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn job(handle: u64) -> Job {
+        Job {
+            handle,
+            typ: CMD_FLUSH,
+            flags: 0,
+            off: 0,
+            len: 0,
+            data: AlignedBuf::empty(),
+            ticket: None,
+            charged: 0,
         }
+    }
+
+    #[test]
+    fn the_queue_hands_every_job_to_exactly_one_worker_and_ends_when_closed() {
+        let q = Queue::new();
+        let seen = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| {
+                    while let Some(j) = q.recv() {
+                        seen.lock().unwrap().push(j.handle);
+                    }
+                });
+            }
+            // More jobs than the queue holds: the sender waits for room.
+            for h in 0..(QUEUE_DEPTH as u64 * 20) {
+                q.send(job(h));
+            }
+            q.close();
+        });
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        let want: Vec<u64> = (0..QUEUE_DEPTH as u64 * 20).collect();
+        assert_eq!(seen, want);
+    }
+
+    /// A socket stand-in that takes its time, so replies pile up behind a sender.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            // Short writes too, as a socket may do.
+            let n = b.len().min(7000);
+            self.0.lock().unwrap().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replies_sent_at_once_from_many_workers_arrive_whole_and_each_once() {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let rep = Replies {
+            out: Mutex::new(Box::new(Slow(sink.clone()))),
+            pending: Mutex::new(Pending::default()),
+            structured: false,
+            errors_logged: Mutex::new(0),
+        };
+        // Small replies (queued) and large ones (sent from the caller's buffer).
+        let size = |h: u64| if h % 5 == 0 { DIRECT_REPLY + 4096 } else { 512 };
+        std::thread::scope(|sc| {
+            for t in 0..8u64 {
+                let rep = &rep;
+                sc.spawn(move || {
+                    for i in 0..25u64 {
+                        let h = t * 100 + i;
+                        let data = vec![h as u8; size(h)];
+                        rep.simple(h, 0, &data);
+                    }
+                });
+            }
+        });
+        let out = sink.lock().unwrap().clone();
+        let mut pos = 0;
+        let mut handles = HashSet::new();
+        while pos < out.len() {
+            let magic = u32::from_be_bytes(out[pos..pos + 4].try_into().unwrap());
+            assert_eq!(
+                magic, SIMPLE_REPLY_MAGIC,
+                "reply at byte {pos} is not whole"
+            );
+            let h = u64::from_be_bytes(out[pos + 8..pos + 16].try_into().unwrap());
+            let n = size(h);
+            assert!(
+                out[pos + 16..pos + 16 + n].iter().all(|&b| b == h as u8),
+                "payload of reply {h} mixed with another"
+            );
+            assert!(handles.insert(h), "reply {h} sent twice");
+            pos += 16 + n;
+        }
+        assert_eq!(handles.len(), 200);
+    }
+
+    #[test]
+    fn payload_buffers_are_reused_only_when_close_in_size_and_the_pool_is_bounded() {
+        let pool = Pool {
+            free: Mutex::new(Vec::new()),
+        };
+        let a = pool.get(1 << 20);
+        assert_eq!(a.len(), 1 << 20);
+        assert_eq!(a.as_ptr() as usize % DIRECT_ALIGN, 0);
+        let addr = a.as_ptr();
+        pool.put(a);
+        // The same size comes back as the same memory, a slightly smaller one too.
+        let b = pool.get((1 << 20) - 512);
+        assert_eq!(b.as_ptr(), addr);
+        assert_eq!(b.len(), (1 << 20) - 512);
+        pool.put(b);
+        // A 4 KiB request does not take the 1 MiB buffer.
+        let c = pool.get(4096);
+        assert_ne!(c.as_ptr(), addr);
+        assert_eq!(c.capacity(), 4096);
+        // No more than POOL_BYTES are kept.
+        let many: Vec<AlignedBuf> = (0..POOL_BYTES / (1 << 20) + 8)
+            .map(|_| pool.get(1 << 20))
+            .collect();
+        for m in many {
+            pool.put(m);
+        }
+        let kept: usize = pool.free.lock().unwrap().iter().map(|b| b.capacity()).sum();
+        assert!(kept <= POOL_BYTES, "{kept} bytes kept");
+        assert!(kept >= POOL_BYTES - (1 << 20));
+        assert_eq!(pool.get(0).len(), 0);
     }
 }
