@@ -55,7 +55,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l json -d 'Print a JSON document with stable field names (see README)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r

@@ -8,12 +8,16 @@
 //! - `device`: the devices: the `Device` trait, files and block devices, NBD exports, the
 //!   storage model, locations turned into devices, what an image already holds.
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
+//!
+//! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
+//! `units`.
 
 pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod live;
 pub mod lock;
 pub mod meta;
 pub mod server;

@@ -28,9 +28,33 @@ pub fn parse_wait(v: Option<&str>) -> std::result::Result<Wait, String> {
     }
 }
 
-fn busy(name: &str) -> Error {
+/// Who holds a busy mirror, for the message: the running command's own record, or at
+/// least the pid from the kernel's lock table.
+pub fn holder(file: &File) -> String {
+    if let Some(r) = crate::live::read(file) {
+        let how = if r.command == "serve" {
+            format!(
+                "; while it serves, stop it cleanly with `kill -TERM {}` (it syncs every leg and clears the write intents)",
+                r.pid
+            )
+        } else {
+            String::new()
+        };
+        return format!(
+            "`mirrorctl {}` (pid {}, since {}) is using this mirror{how}",
+            r.command, r.pid, r.started_at
+        );
+    }
+    match crate::live::holders(file).first() {
+        Some(pid) => format!("another process (pid {pid}) is using this mirror"),
+        None => "another mirrorctl is using this mirror".to_string(),
+    }
+}
+
+fn busy(file: &File, name: &str) -> Error {
     Error::busy(format!(
-        "{name} is busy: another mirrorctl is using this mirror; try again later or pass --wait[=DURATION]"
+        "{name} is busy: {}; try again later or pass --wait[=DURATION]",
+        holder(file)
     ))
 }
 
@@ -59,7 +83,7 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
         }
     }
     if wait == Wait::No {
-        return Err(busy(name));
+        return Err(busy(file, name));
     }
     let dup = file
         .try_clone()
@@ -83,7 +107,8 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
         Some(Err(e)) => Err(Error::primary(format!("locking {name}: {e}"))),
         // The caller already waited: suggesting --wait again would be no help.
         None => Err(Error::busy(format!(
-            "{name} is busy: another mirrorctl still held this mirror after waiting {}; try again later or wait longer",
+            "{name} is busy: {} after waiting {}; try again later or wait longer",
+            holder(file),
             crate::units::format_duration(match wait {
                 Wait::For(d) => d,
                 _ => Duration::ZERO,

@@ -41,7 +41,9 @@ pub fn exit_status(codes: &[u8]) -> String {
 pub fn exit_codes(subcommand: &str) -> &'static [u8] {
     match subcommand {
         "create" | "fracture" | "detach" | "serve" => &[0, 2, 4, 5],
-        "status" | "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
+        // status takes no lock: never busy.
+        "status" => &[0, 2, 3, 4],
+        "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
         _ => &[0, 1, 2, 3, 4, 5],
     }
 }
@@ -85,7 +87,15 @@ pub enum Command {
     #[command(after_help = exit_status(exit_codes("create")))]
     Create(CreateArgs),
     /// Show the mirror's geometry, legs, out-of-sync regions and pending write intents.
-    #[command(after_help = exit_status(exit_codes("status")))]
+    #[command(
+        long_about = "Show the mirror's geometry, legs, out-of-sync regions and pending write \
+intents, and what is running on it now. Status takes no lock and never waits: while a resync, \
+verify, attach or write runs it shows the command, its pid and its progress (percent, bytes, \
+rate, ETA) as the running process last published them (every half second); while serve runs, \
+its clients, hot set and request rates. Write intents held by a running writer count neither \
+as out of sync nor against health, so `status --check` passes on a healthy mirror in use.",
+        after_help = exit_status(exit_codes("status"))
+    )]
     Status(StatusArgs),
     /// Add a secondary image (file, created sparse if missing, or block device) and sync it.
     #[command(after_help = exit_status(exit_codes("attach")))]
@@ -372,7 +382,8 @@ Clients: qemu -drive file=nbd+unix:///?socket=PATH,format=raw; the kernel's nbd-
 --uri=nbd+unix:///?socket=PATH; qemu-img convert -n -O raw SRC nbd+unix:///?socket=PATH. \
 Several connections at once are fine (a flush on one covers the writes of all).
 
-While it serves, the mirror is locked: other mirrorctl commands on it exit 5 (busy). Stop it \
+While it serves, `mirrorctl status` shows it (clients, hot set, request rates); other \
+mirrorctl commands on the mirror exit 5 (busy), naming the serving process. Stop it \
 with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
 the write intents are cleared, so status is clean afterwards.";
 

@@ -2,11 +2,15 @@
 
 use crate::engine::{Mirror, Progress};
 use crate::error::{Error, Result};
+use crate::live::{ProgressCounters, Publisher};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::{self, Write};
+use std::sync::Arc;
 
-pub struct Bar(ProgressBar);
+/// A progress bar on the terminal, also counted into the live record (for `status` in
+/// another terminal) when one is attached with [`Bar::published`].
+pub struct Bar(ProgressBar, Arc<ProgressCounters>);
 
 impl Bar {
     /// A bar drawn on stderr when `draw` (a terminal), hidden otherwise.
@@ -24,15 +28,30 @@ impl Bar {
             .progress_chars("=> "),
         );
         pb.set_message(msg.to_string());
-        Bar(pb)
+        Bar(pb, Arc::new(ProgressCounters::new()))
+    }
+
+    /// Also publishes the progress in `live`'s record (if any), as phase `phase`.
+    pub fn published(self, live: Option<&Publisher>, phase: &str) -> Bar {
+        self.publish_to(live, phase);
+        self
+    }
+
+    pub fn publish_to(&self, live: Option<&Publisher>, phase: &str) {
+        if let Some(l) = live {
+            self.1.set_phase(phase);
+            l.follow(self.1.clone());
+        }
     }
 }
 
 impl Progress for Bar {
     fn set_total(&self, total: u64) {
         self.0.set_length(total);
+        self.1.set_total(total);
     }
     fn advance(&self, bytes: u64) {
+        self.1.advance(bytes);
         // Never above 100 %.
         let len = self.0.length().unwrap_or(0);
         let pos = (self.0.position() + bytes).min(len);

@@ -210,6 +210,23 @@ impl Mirror {
         Error::primary_io(format!("{what} on primary {}", self.name), e)
     }
 
+    /// Starts publishing this command's live record, for `status` in another process
+    /// ([`crate::live`]). `write_intents_live`: the intents on disk will be this command's
+    /// own (it recovered any unclean stop when it opened the mirror).
+    pub fn publish(
+        &self,
+        command: &str,
+        write_intents_live: bool,
+    ) -> Option<crate::live::Publisher> {
+        let f = self.image.dev.file()?;
+        Some(crate::live::Publisher::start(
+            f,
+            &self.name,
+            command,
+            write_intents_live,
+        ))
+    }
+
     pub(crate) fn flush_bitmaps(&mut self) -> Result<()> {
         self.bitmaps
             .flush()

@@ -135,6 +135,10 @@ pub struct Server {
     name: String,
     reads: AtomicU64,
     bytes_read: AtomicU64,
+    /// Client connections open now, and ever.
+    clients: AtomicU64,
+    connections: AtomicU64,
+    extent_bytes: u64,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -182,6 +186,9 @@ impl Mirror {
             name: self.name.clone(),
             reads: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            clients: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            extent_bytes: cfg.extent_bytes,
             primary: self.image.dev.clone(),
             state: Mutex::new(State {
                 al: ActivityLog::new(
@@ -231,6 +238,35 @@ impl Server {
         c.reads = self.reads.load(Ordering::Relaxed);
         c.bytes_read = self.bytes_read.load(Ordering::Relaxed);
         c
+    }
+
+    /// A client connected (counted for status).
+    pub fn client_opened(&self) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_closed(&self) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// What `status` shows of this server (the rates are added by the publisher).
+    pub fn live_record(&self) -> crate::live::ServeRecord {
+        let c = self.counters();
+        let (hot, cap) = self.hot();
+        crate::live::ServeRecord {
+            clients: self.clients.load(Ordering::Relaxed),
+            connections_total: self.connections.load(Ordering::Relaxed),
+            hot_extents: hot as u64,
+            hot_extents_max: cap as u64,
+            extent_bytes: self.extent_bytes,
+            writes_total: c.writes,
+            written_bytes_total: c.bytes_written,
+            reads_total: c.reads,
+            read_bytes_total: c.bytes_read,
+            flushes_total: c.flushes,
+            ..Default::default()
+        }
     }
 
     /// (hot extents now, capacity).

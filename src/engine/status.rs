@@ -78,6 +78,9 @@ pub struct Status {
     /// The image that replaced this primary by promotion, when a leg shows one (P6); the
     /// role is then "replaced" and the mirror unhealthy.
     pub replaced_by: Option<String>,
+    /// The mirrorctl command running on this mirror now (it holds the lock), as it last
+    /// published itself; null when none is.
+    pub running: Option<crate::live::Record>,
 }
 
 /// The health rule, the one place it is written: no write intents pending, and every
@@ -91,15 +94,49 @@ pub fn healthy(intents: u64, legs: impl IntoIterator<Item = (LegState, u64)>) ->
 
 /// The status of the image on `dev` (named `name`), reading each leg's own header through
 /// `opener`: the `status` command's one engine call.
-pub fn report(dev: Arc<dyn Device>, name: &str, opener: &dyn Opener) -> Result<Status> {
-    let img = Image::read(dev.clone()).map_err(|e| read_error(name, e, &*dev))?;
+///
+/// It takes no lock: the headers are read as they are. A copy being rewritten as it is read
+/// fails its checksum, so both copies are read again (a few times) until they agree with a
+/// second read; only a damage that stays is reported. `running` is the live record of the
+/// command holding the mirror, if any.
+pub fn report(
+    dev: Arc<dyn Device>,
+    name: &str,
+    opener: &dyn Opener,
+    running: Option<crate::live::Record>,
+) -> Result<Status> {
+    let img = read_settled(&dev, name)?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
     let leg_header = |l: &crate::format::Leg| -> Option<crate::format::Superblock> {
         let dev = opener.open(l.open_path()).ok()?;
         Image::read(dev).ok().map(|i| i.sb)
     };
-    collect(&img, &mut bitmaps, name, &leg_header)
+    let mut s = collect(&img, &mut bitmaps, name, &leg_header, running.as_ref())?;
+    s.running = running;
+    Ok(s)
+}
+
+/// The headers of an image that another process may be committing: read until two reads in
+/// a row give the same sequence number with no damaged copy, or until the retries run out
+/// (then the last read, damage and all).
+fn read_settled(dev: &Arc<dyn Device>, name: &str) -> Result<Image> {
+    let mut last = Image::read(dev.clone()).map_err(|e| read_error(name, e, &**dev))?;
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = match Image::read(dev.clone()) {
+            Ok(i) => i,
+            // Both copies unreadable for a moment (a commit racing each read): again.
+            Err(_) => continue,
+        };
+        let settled =
+            again.seq() == last.seq() && again.damaged.is_none() && last.damaged.is_none();
+        last = again;
+        if settled {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 impl Mirror {
@@ -136,8 +173,12 @@ pub fn collect(
     bitmaps: &mut Bitmaps,
     path: &str,
     leg_header: &dyn Fn(&crate::format::Leg) -> Option<crate::format::Superblock>,
+    running: Option<&crate::live::Record>,
 ) -> Result<Status> {
     let sb = &img.sb;
+    // The intents on disk are the running writer's requests in flight, not an unclean stop:
+    // they are not out of sync on any leg and do not make the mirror unhealthy.
+    let live_intents = running.is_some_and(|r| r.write_intents_live);
     let g = sb.geometry;
     let merr = |e: std::io::Error| Error::primary_io(format!("reading bitmaps of {path}"), &e);
     let primary = sb.role == Role::Primary;
@@ -146,7 +187,7 @@ pub fn collect(
     } else {
         (0, 0)
     };
-    let wi_runs = if wi_regions > 0 {
+    let wi_runs = if wi_regions > 0 && !live_intents {
         bitmaps
             .runs(BitmapId::WriteIntent, u64::MAX)
             .map_err(merr)?
@@ -244,7 +285,9 @@ pub fn collect(
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
         clean: wi_regions == 0,
-        healthy: healthy(wi_regions, leg_health) && primary && replaced_by.is_none(),
+        healthy: healthy(if live_intents { 0 } else { wi_regions }, leg_health)
+            && primary
+            && replaced_by.is_none(),
         superblock_warning,
         primary_path: some(&sb.primary_location),
         in_sync_generation: (!primary).then_some(sb.in_sync_generation),
@@ -263,6 +306,7 @@ pub fn collect(
             .map(format_time),
         legs,
         replaced_by,
+        running: None,
     })
 }
 
@@ -300,9 +344,21 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         plural(s.region_count, "region"),
         format_size(s.region_size)
     )?;
+    let live = s.running.as_ref().is_some_and(|r| r.write_intents_live);
+    if let Some(r) = &s.running {
+        writeln!(out, "running       {}", crate::live::describe(r))?;
+    }
     if primary {
         if s.clean {
             writeln!(out, "write intent  none pending (clean)")?;
+        } else if live {
+            writeln!(
+                out,
+                "write intent  {} ({}) marked by the running {} (its writes in flight; cleared when it stops cleanly)",
+                plural(s.write_intent_regions, "region"),
+                format_size(s.write_intent_bytes),
+                s.running.as_ref().map(|r| r.command.as_str()).unwrap_or("")
+            )?;
         } else {
             writeln!(
                 out,
@@ -409,4 +465,63 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     };
     writeln!(out, "health        {health}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::sim::{SimDevice, World};
+    use crate::format::layout::Geometry;
+    use std::io;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A device whose superblock copy A reads back damaged the first `tears` times, as a
+    /// copy being rewritten by another process can.
+    struct Tearing {
+        inner: SimDevice,
+        tears: AtomicU32,
+    }
+
+    impl Device for Tearing {
+        fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+            self.inner.read_at(buf, off)?;
+            if off == 0 && buf.len() > 200 && self.tears.load(Ordering::SeqCst) > 0 {
+                self.tears.fetch_sub(1, Ordering::SeqCst);
+                buf[200] ^= 0xff;
+            }
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+            self.inner.write_at(buf, off)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.inner.sync()
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+    }
+
+    fn tearing(tears: u32) -> Arc<dyn Device> {
+        let g = Geometry::for_data_size(64 * 4096, 4096, 2).unwrap();
+        let w = World::new();
+        let d = SimDevice::new(&w, g.data_offset + g.data_size);
+        Image::create_primary(Arc::new(d.clone()), g, 1).unwrap();
+        Arc::new(Tearing {
+            inner: d,
+            tears: AtomicU32::new(tears),
+        })
+    }
+
+    #[test]
+    fn a_copy_torn_for_a_moment_is_read_again_and_not_reported_damaged() {
+        let img = read_settled(&tearing(3), "p").unwrap();
+        assert!(img.damaged.is_none(), "{:?}", img.damaged);
+    }
+
+    #[test]
+    fn a_copy_that_stays_damaged_is_reported() {
+        let img = read_settled(&tearing(u32::MAX), "p").unwrap();
+        assert!(img.damaged.is_some());
+    }
 }

@@ -270,7 +270,9 @@ pub fn run(
         let info = info.clone();
         let conns2 = conns.clone();
         handles.push(std::thread::spawn(move || {
+            srv.client_opened();
             connection(id, conn, peer, &srv, &info);
+            srv.client_closed();
             conns2.lock().unwrap().retain(|(i, _)| *i != id);
         }));
         handles.retain(|h| !h.is_finished());
@@ -370,15 +372,6 @@ pub fn default_socket(primary: &Path) -> PathBuf {
         })
         .take(40)
         .collect();
-    let dir = if rustix::process::geteuid().is_root() {
-        PathBuf::from("/run/mirrorctl")
-    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        PathBuf::from(d).join("mirrorctl")
-    } else {
-        PathBuf::from(format!(
-            "/tmp/mirrorctl-{}",
-            rustix::process::geteuid().as_raw()
-        ))
-    };
+    let dir = crate::live::runtime_dir();
     dir.join(format!("{base}-{}.sock", &hash.as_str()[..8]))
 }

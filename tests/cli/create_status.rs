@@ -487,11 +487,27 @@ fn a_second_writer_gets_exit_5_or_waits_with_wait() {
         o.stderr.contains("a.img") && o.stderr.contains("--wait"),
         "{o:?}"
     );
-    // Readers share the lock with readers, not with a writer.
-    let o = fx.run(&["status", "a.img"]);
-    assert_eq!(o.code, 5, "{o:?}");
+    // The message names the holder.
+    let pid = holder.id();
+    assert!(
+        o.stderr.contains(&format!("`mirrorctl write` (pid {pid}")),
+        "{o:?}"
+    );
+    // Status takes no lock: it answers at once and shows the holder (issue 14).
     let t = Instant::now();
-    let o = fx.run(&["--wait=300ms", "status", "a.img"]);
+    let o = fx.run(&["status", "a.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(
+        o.stdout
+            .contains(&format!("running       write (pid {pid})")),
+        "{o:?}"
+    );
+    let s = fx.status();
+    assert_eq!(s["running"]["command"], "write");
+    assert_eq!(s["running"]["pid"], pid);
+    let t = Instant::now();
+    let o = fx.run(&["--wait=300ms", "fracture", "a.img", "b.img"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(t.elapsed() >= Duration::from_millis(250), "did not wait");
     // It waited already: the message says how long, and does not say to pass --wait.
@@ -507,6 +523,8 @@ fn a_second_writer_gets_exit_5_or_waits_with_wait() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(release.join().unwrap().success());
     assert_eq!(fx.status()["legs"][0]["state"], "fractured-by-admin");
+    // The writer is gone: nothing is shown running.
+    assert!(fx.status()["running"].is_null());
 }
 
 #[test]

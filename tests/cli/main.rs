@@ -8,6 +8,7 @@ mod create_status;
 mod failover;
 mod generated_docs;
 mod kill_points;
+mod live;
 mod metadata_fuzz;
 mod mirror_e2e;
 mod mirror_faults;

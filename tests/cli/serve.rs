@@ -12,14 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `mirrorctl serve`, its log in a file; killed on drop.
-struct Serving {
+pub(crate) struct Serving {
     child: Option<Child>,
     pub sock: PathBuf,
     log: PathBuf,
 }
 
 impl Serving {
-    fn start(fx: &Fx, extra: &[&str]) -> Serving {
+    pub(crate) fn start(fx: &Fx, extra: &[&str]) -> Serving {
         Self::start_on(fx, "a.img", &fx.path("serve.sock"), extra)
     }
 
@@ -57,20 +57,20 @@ impl Serving {
         s
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.sock.display())
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
 
     /// SIGTERM, then the exit code and the log.
-    fn stop(self) -> (i32, String) {
+    pub(crate) fn stop(self) -> (i32, String) {
         self.stop_with(libc::SIGTERM)
     }
 
@@ -167,7 +167,7 @@ fn clean_status(fx: &Fx) -> Value {
     s
 }
 
-fn fio(uri: &str, args: &[&str]) -> Value {
+pub(crate) fn fio(uri: &str, args: &[&str]) -> Value {
     require("fio", "fio");
     let mut a = vec![
         "--name=host".to_string(),
@@ -504,10 +504,10 @@ fn an_ext4_made_through_nbdfuse_mounts_holds_a_copied_tree_and_checks_clean() {
 }
 
 /// nbdkit serving a file on a Unix socket (with extra filter arguments); killed on drop.
-struct NbdKit(Child);
+pub(crate) struct NbdKit(Child);
 
 impl NbdKit {
-    fn start(sock: &Path, file: &Path, filter: &[&str]) -> NbdKit {
+    pub(crate) fn start(sock: &Path, file: &Path, filter: &[&str]) -> NbdKit {
         require("nbdkit", "nbdkit");
         let _ = std::fs::remove_file(sock);
         let mut c = Command::new("nbdkit");

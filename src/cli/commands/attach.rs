@@ -84,6 +84,7 @@ pub(super) fn file_secondary(
 pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     let rate = a.rate;
     let mut m = open_for_change(ctx, &a.primary)?;
+    let live = m.publish("attach", true);
     let (dev, canonical, created) = if nbd::is_uri(&a.secondary) {
         let (dev, canonical) = nbd_secondary(&a.secondary)?;
         (dev, canonical, None)
@@ -121,7 +122,8 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     };
     let mut exit = Exit::Success;
     if !a.no_sync && m.sb().legs[outcome.slot as usize].state != LegState::InSync {
-        let bar = Bar::new(ctx.progress, &format!("syncing slot {}", outcome.slot));
+        let bar = Bar::new(ctx.progress, &format!("syncing slot {}", outcome.slot))
+            .published(live.as_ref(), "initial sync");
         let opts = engine::ResyncOptions {
             rate,
             compare: a.compare,

@@ -35,6 +35,7 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
         open_for_change(ctx, &a.primary)?
     };
     print_warnings(&mut m);
+    let live = m.publish("resync", !a.dry_run);
     let mut slots = Vec::new();
     for s in &a.secondaries {
         let slot = m.find_slot(s, &same_file(s))?;
@@ -88,7 +89,7 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
             });
         }
     } else if !slots.is_empty() {
-        let bar = Bar::new(ctx.progress, "resync");
+        let bar = Bar::new(ctx.progress, "resync").published(live.as_ref(), "resync");
         let opts = engine::ResyncOptions {
             rate,
             compare: a.compare,

@@ -51,7 +51,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         read_only: a.read_only,
         ..Default::default()
     };
+    let live = m.publish("serve", !a.read_only);
     let srv = Arc::new(m.serve(&cfg, Box::new(server::log_line))?);
+    if let Some(l) = &live {
+        let s = Arc::downgrade(&srv);
+        l.set_serve(Box::new(move || {
+            s.upgrade().map(|s| s.live_record()).unwrap_or_default()
+        }));
+    }
     let summary = server::run(srv.clone(), &listen, &a.export, &description).map_err(|e| {
         let what = match &listen {
             Listen::Unix(p) => format!("listening on {}", p.display()),
@@ -65,6 +72,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     let stopped = srv.stop();
     let summary = summary?;
     let (mut m, counters) = stopped?;
+    drop(live);
     let healthy = m.is_healthy()?;
     server::log_line(&format!(
         "stopped{}: {} served, {} and {} written, {} read, {}, hot set at most {} of {} extents ({} at the end); {}",

@@ -1,12 +1,19 @@
-//! `status`: the engine's report, as text or JSON.
+//! `status`: the engine's report, as text or JSON. It never takes the mirror's lock, so
+//! it answers at once while a resync, a verify or `serve` runs, and shows what that command
+//! last published about itself (`crate::live`).
 
 use super::*;
 
-pub(super) fn status_cmd(ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
+pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let name = display(&a.image);
     let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
-    lock::lock(dev.file().unwrap(), Mode::Shared, ctx.wait, &name)?;
-    let s = engine::status::report(Arc::new(dev), &name, &FileOpener { writable: false })?;
+    let running = crate::live::read(dev.file().unwrap());
+    let s = engine::status::report(
+        Arc::new(dev),
+        &name,
+        &FileOpener { writable: false },
+        running,
+    )?;
     if a.json {
         print_json(&s)?;
     } else {

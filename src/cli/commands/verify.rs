@@ -7,6 +7,9 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
     use crate::engine::verify::{self, VerifyOpts};
     let max_time = a.max_time;
     let path = a.primary.clone();
+    let bar = Bar::new(ctx.progress, "verify");
+    // Published from the first batch on, and between batches too (the lock is let go then).
+    let mut live: Option<crate::live::Publisher> = None;
     let mut open =
         |first: bool, remaining: Option<std::time::Duration>| -> Result<Option<Mirror>> {
             let wait = match (first, remaining) {
@@ -15,7 +18,13 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
                 (false, None) => Wait::Forever,
             };
             match open_mirror_wait(&path, Mode::Exclusive, wait) {
-                Ok(m) => Ok(Some(m)),
+                Ok(m) => {
+                    if live.is_none() {
+                        live = m.publish("verify", false);
+                        bar.publish_to(live.as_ref(), "verify");
+                    }
+                    Ok(Some(m))
+                }
                 Err(e) if !first && e.kind == Kind::Busy => Ok(None),
                 Err(e) => Err(e),
             }
@@ -41,7 +50,6 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         max_time,
         restart: a.restart,
     };
-    let bar = Bar::new(ctx.progress, "verify");
     let (report, verdict, warnings) = verify::run(&mut open, &slots_for, &opts, &bar)?;
     let exit = match verdict {
         Verdict::Differences => Exit::Differences,

@@ -23,6 +23,7 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         }
     };
     let mut m = open_for_change(ctx, &a.primary)?;
+    let _live = m.publish("write", true);
     check_range(
         offset,
         length,

@@ -1,0 +1,328 @@
+//! Watching a running command (issue 14): `status` takes no lock, never waits and never
+//! exits 5, and shows what runs on the mirror (resync, verify, serve) with the progress its
+//! process last published; a killed command's record is not believed.
+
+use crate::serve::{fio, NbdKit, Serving};
+use crate::support::*;
+use serde_json::Value;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `len` random bytes at 0 while a leg is fractured (exit 3: degraded).
+fn write_degraded(fx: &Fx, len: u64, seed: u64) {
+    let input = fx.path(&format!("input-{seed}.bin"));
+    random_file(&input, len, seed);
+    let o = fx.run(&["write", "a.img", "--input", input.to_str().unwrap()]);
+    assert_eq!(o.code, 3, "{o:?}");
+}
+
+/// Runs `mirrorctl ARGS` in the fixture's directory without waiting for it.
+fn spawn(fx: &Fx, args: &[&str]) -> Child {
+    std::process::Command::new(bin())
+        .args(args)
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting mirrorctl")
+}
+
+/// `status --json` every 100 ms while `child` runs (every fifth time the text too, and
+/// `--check`): every one must answer at once with exit 0. Returns the `running` fields seen,
+/// and the child's exit code.
+fn poll_while_running(fx: &Fx, child: &mut Child) -> (Vec<Value>, i32) {
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    let mut n = 0;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (seen, st.code().expect("killed by a signal"));
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "still running after 60s"
+        );
+        let asked = Instant::now();
+        let o = fx.run(&["status", "a.img", "--json"]);
+        assert_eq!(
+            o.code, 0,
+            "status exited {} while a command ran: {o:?}",
+            o.code
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "status waited {:?}",
+            asked.elapsed()
+        );
+        let s = o.json();
+        if n % 5 == 0 {
+            let o = fx.run(&["status", "a.img"]);
+            assert_eq!(o.code, 0, "{o:?}");
+            if !s["running"].is_null() {
+                let want = format!(
+                    "running       {} (pid",
+                    s["running"]["command"].as_str().unwrap()
+                );
+                assert!(o.stdout.contains(&want), "{o:?}");
+            }
+        }
+        n += 1;
+        seen.push(s["running"].clone());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The progress samples of `command` in `seen`: only growing, never above 100 %, with the
+/// totals consistent, and an ETA wherever there is a rate.
+fn check_progress(seen: &[Value], command: &str, pid: u32) -> Vec<Value> {
+    let mine: Vec<Value> = seen
+        .iter()
+        .filter(|r| r["command"] == command)
+        .cloned()
+        .collect();
+    let mut last = -1.0;
+    let mut last_done = 0;
+    for r in &mine {
+        assert_eq!(r["pid"], pid, "{r:#}");
+        assert!(is_time(&r["started_at"]), "{r:#}");
+        let p = &r["progress"];
+        if p.is_null() || p["total_bytes"].is_null() {
+            // Before the operation counted what it has to do: no percent to show yet.
+            assert!(p.is_null() || p["percent"].is_null(), "{r:#}");
+            continue;
+        }
+        let pc = p["percent"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no percent: {r:#}"));
+        assert!((0.0..=100.0).contains(&pc), "{r:#}");
+        assert!(pc >= last, "progress went back from {last} to {pc}: {r:#}");
+        last = pc;
+        let done = u(&p["done_bytes"]);
+        assert!(done >= last_done, "{r:#}");
+        last_done = done;
+        assert!(done <= u(&p["total_bytes"]), "{r:#}");
+        if u(&p["rate_bytes_per_second"]) > 0 && done < u(&p["total_bytes"]) {
+            assert!(p["eta_seconds"].is_u64(), "a rate but no ETA: {r:#}");
+        }
+    }
+    mine
+}
+
+#[test]
+fn status_polled_during_a_rate_limited_resync_never_fails_and_its_progress_only_grows() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    write_degraded(&fx, 48 * MIB, 7);
+    let mut c = spawn(&fx, &["resync", "a.img", "--rate", "16M"]);
+    let pid = c.id();
+    let (seen, code) = poll_while_running(&fx, &mut c);
+    assert_eq!(code, 0);
+    let mine = check_progress(&seen, "resync", pid);
+    // About 3 s at 16 MiB/s: most polls see it, with a rate and an ETA.
+    assert!(
+        mine.len() >= 10,
+        "only {} of {} polls saw the resync",
+        mine.len(),
+        seen.len()
+    );
+    let with_eta = mine
+        .iter()
+        .filter(|r| r["progress"]["eta_seconds"].is_u64())
+        .count();
+    assert!(
+        with_eta * 2 >= mine.len(),
+        "ETA in {with_eta} of {}",
+        mine.len()
+    );
+    let r = &mine[mine.len() / 2];
+    assert_eq!(r["progress"]["phase"], "resync");
+    assert_eq!(u(&r["progress"]["total_bytes"]), 48 * MIB);
+    let rate = u(&r["progress"]["rate_bytes_per_second"]);
+    assert!(
+        (4 * MIB..=40 * MIB).contains(&rate),
+        "rate {rate} under --rate 16M"
+    );
+    // It ended: nothing runs, the mirror is healthy.
+    let s = fx.status();
+    assert!(s["running"].is_null(), "{s:#}");
+    assert_eq!(s["healthy"], true);
+}
+
+#[test]
+fn status_during_a_verify_shows_its_progress_and_the_verify_is_not_disturbed() {
+    let fx = Fx::create("64M", "64K");
+    fx.write_random(0, 64 * MIB, 3);
+    // A secondary whose reads are slow (nbdkit's delay filter), so the verify takes a while.
+    let raw = fx.path("slow.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(80 * MIB)
+        .unwrap();
+    let sock = fx.path("slow.sock");
+    let _kit = NbdKit::start(&sock, &raw, &["--filter=delay", "rdelay=40ms"]);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    fx.ok(&["attach", "a.img", &uri]);
+    let mut c = spawn(&fx, &["verify", "a.img"]);
+    let pid = c.id();
+    let (seen, code) = poll_while_running(&fx, &mut c);
+    assert_eq!(code, 0, "verify failed while status polled");
+    let mine = check_progress(&seen, "verify", pid);
+    assert!(
+        mine.len() >= 3,
+        "only {} polls saw the verify: {seen:?}",
+        mine.len()
+    );
+    assert!(mine.iter().any(|r| r["progress"]["phase"] == "verify"));
+    let s = fx.status();
+    assert!(s["running"].is_null());
+    assert_eq!(s["last_verify_result"], "clean");
+}
+
+#[test]
+fn status_while_serving_shows_clients_hot_set_and_rates_and_check_passes_on_a_healthy_mirror() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let srv = Serving::start(&fx, &[]);
+    let uri = srv.uri();
+    let host = std::thread::spawn(move || {
+        fio(
+            &uri,
+            &[
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=16",
+                "--size=64M",
+                "--time_based",
+                "--runtime=3",
+                "--fsync=64",
+            ],
+        )
+    });
+    let mut samples = Vec::new();
+    let t = Instant::now();
+    while !host.is_finished() {
+        let o = fx.run(&["status", "a.img", "--json"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        let s = o.json();
+        assert_eq!(s["running"]["command"], "serve", "{s:#}");
+        assert_eq!(s["running"]["pid"], srv.pid());
+        // The hot set is the server's writes in flight: not out of sync, not unhealthy.
+        assert_eq!(s["healthy"], true, "{s:#}");
+        assert_eq!(leg(&s, 0)["out_of_sync_bytes"], 0, "{s:#}");
+        let o = fx.run(&["status", "a.img", "--check"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        samples.push(s);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    host.join().unwrap();
+    let busy = samples
+        .iter()
+        .filter(|s| {
+            let v = &s["running"]["serve"];
+            u(&v["clients"]) >= 1
+                && u(&v["hot_extents"]) >= 1
+                && v["writes_per_second"].as_f64().unwrap() > 0.0
+        })
+        .count();
+    assert!(
+        busy >= 5,
+        "only {busy} of {} samples saw clients writing",
+        samples.len()
+    );
+    let last = &samples[samples.len() - 1]["running"]["serve"];
+    assert!(u(&last["writes_total"]) > 1000, "{last:#}");
+    assert_eq!(u(&last["hot_extents_max"]), 1237);
+    assert!(u(&samples[samples.len() - 1]["write_intent_regions"]) > 0);
+    let text = fx.ok(&["status", "a.img"]).stdout;
+    assert!(text.contains("marked by the running serve"), "{text}");
+    // Another command is refused, naming the server and how to stop it.
+    let o = fx.run(&["fracture", "a.img", "b.img"]);
+    assert_eq!(o.code, 5, "{o:?}");
+    assert!(
+        o.stderr
+            .contains(&format!("`mirrorctl serve` (pid {}", srv.pid()))
+            && o.stderr.contains(&format!("kill -TERM {}", srv.pid())),
+        "{o:?}"
+    );
+    let (code, log) = srv.stop();
+    assert_eq!(code, 0, "{log}");
+    let s = fx.status();
+    assert!(s["running"].is_null(), "{s:#}");
+    assert_eq!(s["write_intent_regions"], 0);
+    assert_eq!(s["healthy"], true);
+}
+
+#[test]
+fn a_killed_resync_leaves_no_record_that_status_believes_and_the_next_one_finishes() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    write_degraded(&fx, 32 * MIB, 9);
+    let mut c = spawn(&fx, &["resync", "a.img", "--rate", "4M"]);
+    let t = Instant::now();
+    loop {
+        let s = fx.status();
+        if s["running"]["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the resync never showed progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.kill().unwrap();
+    c.wait().unwrap();
+    // Its record is still on disk, but its process is gone.
+    let o = fx.run(&["status", "a.img", "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let s = o.json();
+    assert!(
+        s["running"].is_null(),
+        "a dead process shown running: {s:#}"
+    );
+    assert!(u(&leg(&s, 0)["out_of_sync_bytes"]) > 0);
+    assert_eq!(s["healthy"], false);
+    let o = fx.run(&["status", "a.img", "--check"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    fx.ok(&["resync", "a.img"]);
+    let s = fx.status();
+    assert!(s["running"].is_null());
+    assert_eq!(s["healthy"], true);
+}
+
+#[test]
+fn status_read_while_other_commands_commit_headers_never_fails_or_reports_a_torn_copy() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img"]);
+    let dir = fx.dir.path().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let churn = std::thread::spawn(move || {
+        let mut commits = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for args in [
+                &["fracture", "a.img", "b.img"][..],
+                &["resync", "a.img"][..],
+            ] {
+                let o = run_in(&dir, args);
+                assert_eq!(o.code, 0, "{o:?}");
+                commits += 1;
+            }
+        }
+        commits
+    });
+    for _ in 0..60 {
+        let o = fx.run(&["status", "a.img", "--json"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        let s = o.json();
+        assert!(
+            s["superblock_warning"].is_null(),
+            "a copy being rewritten reported as damaged: {s:#}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits = churn.join().unwrap();
+    assert!(commits >= 20, "only {commits} commands ran alongside");
+}
