@@ -198,7 +198,8 @@ struct Shared {
     base: Record,
     progress: Mutex<Arc<ProgressCounters>>,
     serve: Mutex<Option<ServeSource>>,
-    stop: Mutex<bool>,
+    /// (stop, publish now: something changed that status should see at once).
+    stop: Mutex<(bool, bool)>,
     wake: Condvar,
     failed: AtomicBool,
 }
@@ -235,7 +236,7 @@ impl Publisher {
             base,
             progress: Mutex::new(Arc::new(ProgressCounters::new())),
             serve: Mutex::new(None),
-            stop: Mutex::new(false),
+            stop: Mutex::new((false, false)),
             wake: Condvar::new(),
             failed: AtomicBool::new(false),
         });
@@ -262,17 +263,25 @@ impl Publisher {
             .progress
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = counters;
+        self.poke();
     }
 
     /// Serve counters come from `src` at every publication.
     pub fn set_serve(&self, src: ServeSource) {
         *self.shared.serve.lock().unwrap_or_else(|p| p.into_inner()) = Some(src);
+        self.poke();
+    }
+
+    /// Publishes at once rather than at the next tick.
+    fn poke(&self) {
+        self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.shared.wake.notify_all();
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
         self.shared.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -291,6 +300,14 @@ impl Window {
 
     /// Adds a sample of cumulative counters; returns their rates per second over the span.
     fn rates(&mut self, now: Instant, values: Vec<f64>) -> Vec<f64> {
+        // Counters added since (a server started after its record): the window starts again.
+        if self
+            .samples
+            .front()
+            .is_some_and(|(_, v)| v.len() != values.len())
+        {
+            self.samples.clear();
+        }
         self.samples.push_back((now, values.clone()));
         while self.samples.len() > 2
             && now.duration_since(self.samples[0].0) > Self::SPAN + PUBLISH_EVERY
@@ -330,17 +347,23 @@ fn publish_loop(s: &Shared) {
                 );
             }
         }
-        let stop = s.stop.lock().unwrap_or_else(|p| p.into_inner());
-        if *stop {
+        let mut st = s.stop.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + PUBLISH_EVERY;
+        while !st.0 && !st.1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = s
+                .wake
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if st.0 {
             return;
         }
-        let (stop, _) = s
-            .wake
-            .wait_timeout(stop, PUBLISH_EVERY)
-            .unwrap_or_else(|p| p.into_inner());
-        if *stop {
-            return;
-        }
+        st.1 = false;
     }
 }
 
@@ -413,7 +436,9 @@ fn write_atomically(path: &Path, rec: &Record) -> io::Result<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // One temporary name per record (a process killed while writing it leaves one file, which
+    // the next writer replaces), renamed over the record.
+    let tmp = path.with_extension("json.tmp");
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -535,6 +560,13 @@ mod tests {
         }
         let r = w.rates(t0 + Duration::from_secs(20), vec![100.0]);
         assert_eq!(r[0], 0.0);
+        // More counters than before (serve's, added after the record started): one rate
+        // each, from then on.
+        let r = w.rates(t0 + Duration::from_secs(21), vec![100.0, 5.0, 7.0]);
+        assert_eq!(r, vec![0.0, 0.0, 0.0]);
+        let r = w.rates(t0 + Duration::from_secs(22), vec![100.0, 15.0, 7.0]);
+        assert_eq!(r.len(), 3);
+        assert!((r[1] - 10.0).abs() < 1e-9);
     }
 
     #[test]

@@ -72,6 +72,10 @@ say qemu-io -f raw -c "write -P 0x5a 0 8M" -c "flush" -c "read -P 0x5a 0 8M" "$h
 echo; echo "\$ kill qemu-nbd    # the remote secondary's server goes away while the host writes"
 kill "$qpid"; wait "$qpid" 2>/dev/null || true
 say qemu-io -f raw -c "write -P 0x6b 16M 8M" -c "flush" -c "read -P 0x6b 16M 8M" "$host"
+sleep 1  # serve publishes what it does every half second
+echo; echo "# status takes no lock: it shows the running server and the fractured leg"
+say "$m" status primary.img | tee status-live.txt
+grep -q "^running       serve (pid $spid)" status-live.txt || { echo "expected status to show the running serve" >&2; exit 1; }
 echo; echo "\$ kill -TERM %serve  # a clean stop: every leg synced, write intents cleared"
 kill -TERM "$spid"; wait "$spid"
 echo "serve's log:"; sed 's/^/  /' serve.log
