@@ -324,15 +324,20 @@ impl Window {
     }
 }
 
-fn publish_loop(s: &Shared) {
-    // Signals go to the command's own threads (serve waits for SIGTERM in one of them);
-    // delivered here, a SIGTERM would end the process before its clean stop.
+/// Blocks every signal in the calling thread: a helper thread leaves signals to the
+/// command's own threads (serve waits for SIGTERM in one of them); delivered to a helper, a
+/// SIGTERM would end the process before its clean stop.
+pub fn block_signals() {
     // SAFETY: sigfillset and pthread_sigmask on a local set, for this thread only.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
+}
+
+fn publish_loop(s: &Shared) {
+    block_signals();
     let mut window = Window {
         samples: Default::default(),
     };

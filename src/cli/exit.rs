@@ -24,6 +24,27 @@ impl Exit {
     pub fn code(self) -> i32 {
         self as i32
     }
+    /// The exit of a documented code (from a serving process); unknown ones are busy.
+    pub fn from_code(c: i32) -> Exit {
+        match c {
+            0 => Exit::Success,
+            1 => Exit::Differences,
+            2 => Exit::Usage,
+            3 => Exit::Degraded,
+            4 => Exit::Primary,
+            _ => Exit::Busy,
+        }
+    }
+    /// The error kind a failing code stands for.
+    pub fn kind(self) -> Kind {
+        match self {
+            Exit::Differences => Kind::Differences,
+            Exit::Usage => Kind::Invalid,
+            Exit::Degraded => Kind::Degraded,
+            Exit::Primary => Kind::Primary,
+            Exit::Success | Exit::Busy => Kind::Busy,
+        }
+    }
     /// The more severe of two outcomes.
     pub fn worst(self, other: Exit) -> Exit {
         fn rank(e: Exit) -> u8 {

@@ -382,8 +382,9 @@ Clients: qemu -drive file=nbd+unix:///?socket=PATH,format=raw; the kernel's nbd-
 --uri=nbd+unix:///?socket=PATH; qemu-img convert -n -O raw SRC nbd+unix:///?socket=PATH. \
 Several connections at once are fine (a flush on one covers the writes of all).
 
-While it serves, `mirrorctl status` shows it (clients, hot set, request rates); other \
-mirrorctl commands on the mirror exit 5 (busy), naming the serving process. Stop it \
+While it serves, `mirrorctl status` shows it (clients, hot set, request rates), and \
+`fracture`, `resync` and `detach` on the mirror are carried out by the serving process through \
+its control socket while hosts write; other commands exit 5 (busy), naming it. Stop it \
 with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
 the write intents are cleared, so status is clean afterwards.";
 

@@ -250,6 +250,22 @@ impl ActivityLog {
         }
     }
 
+    /// Fracture bits just set for a leg that stopped receiving writes, over the hot set
+    /// (W4 for an admin fracture while hosts write): as for an activation's, those in regions
+    /// no write uses while the extent stays hot are cleared again at eviction.
+    pub fn add_ahead(&mut self, ahead: &[(u32, Range<u64>)]) {
+        let spans: Vec<(ExtentIdx, Range<u64>)> =
+            self.hot.keys().map(|e| (*e, self.regions_of(*e))).collect();
+        for (e, r) in spans {
+            let h = self.hot.get_mut(&e).unwrap();
+            for (s, a) in ahead {
+                if a.start < r.end && a.end > r.start {
+                    h.ahead.push((*s, a.start.max(r.start)..a.end.min(r.end)));
+                }
+            }
+        }
+    }
+
     /// Takes `evict` out of the hot set (their data is durable; their bits are cleared in
     /// the same flush that marks the new ones).
     pub fn evict(&mut self, evict: &[ExtentIdx]) -> Vec<Evicted> {

@@ -70,6 +70,9 @@ pub struct Mirror {
     /// Bytes of write-intent window marked at once; [`WINDOW`] unless a test shrinks it to
     /// exercise window moves with small images.
     pub window: u64,
+    /// The write intents on disk are a running server's writes in flight (its hot set), not
+    /// an unclean stop: what a resync would copy is the fracture logs alone.
+    intents_live: bool,
 }
 
 /// "secondary slot 1 (/srv/b.img)".
@@ -169,6 +172,7 @@ impl Mirror {
             warnings,
             open_legs: vec![None; slots],
             window: WINDOW,
+            intents_live: false,
         })
     }
 
@@ -208,6 +212,11 @@ impl Mirror {
 
     pub(crate) fn meta_err(&self, what: &str, e: &io::Error) -> Error {
         Error::primary_io(format!("{what} on primary {}", self.name), e)
+    }
+
+    /// The primary's open file (for the names of its runtime files).
+    pub fn primary_file(&self) -> Option<&std::fs::File> {
+        self.image.dev.file()
     }
 
     /// Starts publishing this command's live record, for `status` in another process
@@ -290,7 +299,8 @@ impl Mirror {
         Ok(out)
     }
 
-    /// Regions (and bytes) a resync of `slot` would copy now, including pending intents.
+    /// Regions (and bytes) a resync of `slot` would copy now, including pending intents
+    /// (but not a running server's, which are its writes in flight).
     pub fn pending_for(&mut self, slot: u32) -> Result<(u64, u64)> {
         let id = BitmapId::Fracture(SlotIdx(slot));
         let g = self.geometry();
@@ -298,10 +308,13 @@ impl Mirror {
             .bitmaps
             .runs(id, u64::MAX)
             .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-        let w = self
-            .bitmaps
-            .runs(BitmapId::WriteIntent, u64::MAX)
-            .map_err(|e| self.meta_err("reading the write-intent log", &e))?;
+        let w = if self.intents_live {
+            Vec::new()
+        } else {
+            self.bitmaps
+                .runs(BitmapId::WriteIntent, u64::MAX)
+                .map_err(|e| self.meta_err("reading the write-intent log", &e))?
+        };
         let merged = union(&f, &w);
         let regions: u64 = merged.iter().map(|r| r.end - r.start).sum();
         let bytes: u64 = merged

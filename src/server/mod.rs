@@ -2,6 +2,7 @@
 //! connection (handshake, then transmission), log lines, and a clean stop on SIGTERM/SIGINT.
 //! It calls the engine's [`Server`]; the engine decides what is durable when.
 
+pub mod control;
 pub mod handshake;
 pub mod transmission;
 

@@ -2,7 +2,7 @@
 //! exits 5, and shows what runs on the mirror (resync, verify, serve) with the progress its
 //! process last published; a killed command's record is not believed.
 
-use crate::serve::{fio, NbdKit, Serving};
+use crate::serve::{fio, legs_identical, NbdKit, Serving};
 use crate::support::*;
 use serde_json::Value;
 use std::process::{Child, Stdio};
@@ -24,7 +24,7 @@ fn spawn(fx: &Fx, args: &[&str]) -> Child {
         .args(args)
         .current_dir(fx.dir.path())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting mirrorctl")
@@ -238,8 +238,8 @@ fn status_while_serving_shows_clients_hot_set_and_rates_and_check_passes_on_a_he
     assert!(u(&samples[samples.len() - 1]["write_intent_regions"]) > 0);
     let text = fx.ok(&["status", "a.img"]).stdout;
     assert!(text.contains("marked by the running serve"), "{text}");
-    // Another command is refused, naming the server and how to stop it.
-    let o = fx.run(&["fracture", "a.img", "b.img"]);
+    // A command the server does not carry out is refused, naming it and how to stop it.
+    let o = fx.run(&["attach", "a.img", "c.img"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(
         o.stderr
@@ -325,4 +325,181 @@ fn status_read_while_other_commands_commit_headers_never_fails_or_reports_a_torn
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let commits = churn.join().unwrap();
     assert!(commits >= 20, "only {commits} commands ran alongside");
+}
+
+#[test]
+fn promoting_a_served_mirrors_secondary_is_refused_naming_the_server_and_changes_nothing() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img"]);
+    let before = std::fs::read(fx.path("b.img")).unwrap();
+    let srv = Serving::start(&fx, &[]);
+    let o = fx.run(&["promote", "b.img"]);
+    assert_eq!(o.code, 5, "{o:?}");
+    assert!(
+        o.stderr
+            .contains(&format!("`mirrorctl serve` (pid {}", srv.pid()))
+            && o.stderr.contains(&format!("kill -TERM {}", srv.pid())),
+        "{o:?}"
+    );
+    assert!(
+        std::fs::read(fx.path("b.img")).unwrap() == before,
+        "the refused promote changed the secondary"
+    );
+    let (code, log) = srv.stop();
+    assert_eq!(code, 0, "{log}");
+    let o = fx.run(&["status", "b.img", "--json"]);
+    assert_eq!(o.json()["role"], "secondary");
+}
+
+#[test]
+fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_identical() {
+    let fx = Fx::with_legs("128M", "64K", &["b.img", "c.img"]);
+    let g = fx.geometry();
+    let remote = fx.path("remote.raw");
+    std::fs::File::create(&remote)
+        .unwrap()
+        .set_len(g.data_offset + g.data_size)
+        .unwrap();
+    let ksock = fx.path("kit.sock");
+    let _kit = NbdKit::start(&ksock, &remote, &[]);
+    let nbd = format!("nbd+unix:///?socket={}", ksock.display());
+    fx.ok(&["attach", "a.img", &nbd]);
+    let srv = Serving::start(&fx, &[]);
+    let uri = srv.uri();
+    // About 8 s of writes, checked by fio at the end (crc32c of every block it wrote).
+    let host = std::thread::spawn(move || {
+        fio(
+            &uri,
+            &[
+                "--rw=randwrite",
+                "--bssplit=4k/50:64k/50",
+                "--iodepth=16",
+                "--size=96M",
+                "--rate=12m",
+                "--verify=crc32c",
+                "--fsync=32",
+                "--end_fsync=1",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // Fracture by path: carried out by the server, the same output as on an idle mirror.
+    let o = fx.run(&["fracture", "a.img", "b.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        o.stdout,
+        "fractured slot 0 (b.img): its changes are tracked; `mirrorctl resync a.img 0` brings it back\n"
+    );
+    let o = fx.run(&["fracture", "a.img", "0"]);
+    assert_eq!(
+        o.stdout, "slot 0 (b.img) is already fractured-by-admin\n",
+        "{o:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let s = fx.status();
+    assert_eq!(leg(&s, 0)["state"], "fractured-by-admin");
+    assert!(u(&leg(&s, 0)["out_of_sync_bytes"]) > 0);
+    // A rate-limited resync while the host writes into the regions being copied; status
+    // shows its progress in the server's record meanwhile.
+    let mut c = spawn(&fx, &["resync", "a.img", "b.img", "--rate", "24M"]);
+    let mut saw_progress = false;
+    while c.try_wait().unwrap().is_none() {
+        let s = fx.status();
+        if s["running"]["progress"]["phase"] == "resync" {
+            saw_progress = true;
+            let pc = s["running"]["progress"]["percent"].as_f64().unwrap_or(0.0);
+            assert!((0.0..=100.0).contains(&pc));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("slot 0 (b.img): copied "), "{text}");
+    assert!(text.trim_end().ends_with("state in-sync"), "{text}");
+    assert!(
+        saw_progress,
+        "status never showed the live resync's progress"
+    );
+    // The NBD leg too, by slot, with JSON.
+    fx.ok(&["fracture", "a.img", "2"]);
+    let o = fx.run(&["resync", "a.img", "2", "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let j = o.json();
+    assert_eq!(j["legs"][0]["slot"], 2);
+    assert_eq!(j["legs"][0]["state"], "in-sync");
+    assert_eq!(j["legs"][0]["remaining_bytes"], 0);
+    // Detach a leg while the host writes.
+    let o = fx.run(&["detach", "a.img", "c.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout, "detached slot 1 (c.img, was in-sync)\n");
+    // What the server cannot do yet is refused, naming it; nothing else changes.
+    let o = fx.run(&["attach", "a.img", "d.img"]);
+    assert_eq!(o.code, 5, "{o:?}");
+    assert!(
+        o.stderr.contains("`mirrorctl serve` (pid") && o.stderr.contains("kill -TERM"),
+        "{o:?}"
+    );
+    assert!(!fx.path("d.img").exists());
+    let o = fx.run(&["resync", "a.img", "--dry-run", "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    host.join().unwrap(); // fio's verify passed
+    let (code, log) = srv.stop();
+    assert_eq!(code, 0, "{log}");
+    let s = fx.status();
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(s["secondaries"], 2);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img"), &remote]);
+}
+
+#[test]
+fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_resync_finishes() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    write_degraded(&fx, 48 * MIB, 11);
+    let before = u(&leg(&fx.status(), 0)["out_of_sync_bytes"]);
+    assert_eq!(before, 48 * MIB);
+    let srv = Serving::start(&fx, &[]);
+    let c = spawn(&fx, &["resync", "a.img", "--rate", "8M"]);
+    // Until some progress is durable (a checkpoint every 250 ms).
+    let t = Instant::now();
+    loop {
+        let s = fx.status();
+        if u(&leg(&s, 0)["out_of_sync_bytes"]) < before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no durable progress: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    srv.kill9();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    let s = fx.status();
+    assert!(s["running"].is_null(), "{s:#}");
+    let left = u(&leg(&s, 0)["out_of_sync_bytes"]);
+    assert!(left > 0 && left < before, "{left} of {before} left");
+    // A new serve recovers, and a resync through it copies the rest only.
+    let srv = Serving::start(&fx, &[]);
+    let o = fx.run(&["resync", "a.img", "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let j = o.json();
+    assert!(u(&j["bytes"]) < before, "{j:#}");
+    assert_eq!(j["legs"][0]["state"], "in-sync");
+    let (code, log) = srv.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(fx.status()["healthy"], true);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img")]);
 }

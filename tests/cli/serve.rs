@@ -93,7 +93,7 @@ impl Serving {
         }
     }
 
-    fn kill9(mut self) -> String {
+    pub(crate) fn kill9(mut self) -> String {
         let mut c = self.child.take().unwrap();
         let _ = c.kill();
         let _ = c.wait();
@@ -149,7 +149,7 @@ fn qemu_io(uri: &str, cmds: &[&str]) -> String {
 }
 
 /// Every listed leg's data area equals the primary's.
-fn legs_identical(fx: &Fx, legs: &[&Path]) {
+pub(crate) fn legs_identical(fx: &Fx, legs: &[&Path]) {
     let g = fx.geometry();
     for l in legs {
         assert_eq!(

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod attach;
+mod control;
 mod create;
 mod legs;
 mod promote;
@@ -148,6 +149,63 @@ fn is_path_problem(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EISDIR) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) | Some(libc::ELOOP)
     )
+}
+
+/// A command that found the mirror busy: when the holder is `serve`, it is sent to the
+/// serving process through its control socket (`server::control`), which carries it out
+/// with the same output, progress, JSON and exit status as here on an idle mirror.
+fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit> {
+    use crate::server::control::{self, Message, Request};
+    if err.kind != Kind::Busy {
+        return Err(err);
+    }
+    let Ok(f) = File::open(primary) else {
+        return Err(err);
+    };
+    let Some(rec) = crate::live::read(&f).filter(|r| r.command == "serve") else {
+        return Err(err);
+    };
+    let sock = control::socket_path(&f).map_err(|e| Error::busy(e.to_string()))?;
+    let req = Request {
+        version: control::VERSION,
+        args: std::env::args().skip(1).collect(),
+        cwd: std::env::current_dir().unwrap_or_default(),
+    };
+    let bar = Bar::new(ctx.progress, what);
+    let (mut total, mut done) = (None, 0);
+    let last = control::ask(&sock, &req, &mut |m| match m {
+        Message::Out(s) => {
+            print!("{s}");
+            let _ = io::stdout().flush();
+        }
+        Message::Err(s) => eprint!("{s}"),
+        Message::Progress { done: d, total: t } => {
+            use crate::engine::Progress;
+            if total != Some(*t) {
+                bar.set_total(*t);
+                total = Some(*t);
+                done = 0;
+            }
+            bar.advance(d.saturating_sub(done));
+            done = *d;
+        }
+        _ => {}
+    });
+    crate::engine::Progress::finish(&bar);
+    match last {
+        Ok(Message::Exit(c)) => Ok(Exit::from_code(c)),
+        Ok(Message::Error { message, code }) => {
+            Err(Error::new(Exit::from_code(code).kind(), message))
+        }
+        Ok(_) => unreachable!("ask returns only a last message"),
+        Err(e) => Err(Error::busy(format!(
+            "{} is served by `mirrorctl serve` (pid {}), but its control socket {} did not answer ({e}); stop it cleanly with `kill -TERM {}` and run the command again",
+            display(primary),
+            rec.pid,
+            sock.display(),
+            rec.pid
+        ))),
+    }
 }
 
 /// The primary opened and locked, with its mirror state.

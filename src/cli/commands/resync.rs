@@ -3,7 +3,7 @@
 use super::*;
 
 #[derive(Serialize)]
-struct ResyncLegOut {
+pub(super) struct ResyncLegOut {
     slot: u32,
     path: String,
     regions: u64,
@@ -17,7 +17,7 @@ struct ResyncLegOut {
 }
 
 #[derive(Serialize)]
-struct ResyncOut {
+pub(super) struct ResyncOut {
     dry_run: bool,
     compare: bool,
     regions: u64,
@@ -29,16 +29,52 @@ struct ResyncOut {
 
 pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
     let rate = a.rate;
-    let mut m = if a.dry_run {
-        open_mirror(ctx, &a.primary, Mode::Exclusive)?
+    let opened = if a.dry_run {
+        open_mirror(ctx, &a.primary, Mode::Exclusive)
     } else {
-        open_for_change(ctx, &a.primary)?
+        open_for_change(ctx, &a.primary)
+    };
+    let mut m = match opened {
+        Ok(m) => m,
+        Err(e) => return via_server(ctx, &a.primary, e, "resync"),
     };
     print_warnings(&mut m);
     let live = m.publish("resync", !a.dry_run);
+    let slots = choose_slots(&mut m, &a, &|s| same_file(s))?;
+    let mut errs = Vec::new();
+    let (out, exit) = if a.dry_run {
+        (dry_run(&mut m, &a, &slots)?, Exit::Success)
+    } else if !slots.is_empty() {
+        let bar = Bar::new(ctx.progress, "resync").published(live.as_ref(), "resync");
+        let opts = engine::ResyncOptions {
+            rate,
+            compare: a.compare,
+        };
+        let r = m.resync_with(&slots, &opts, &bar)?;
+        finished(&mut m, &a, r, &mut errs)?
+    } else {
+        (empty(&a), Exit::Success)
+    };
+    for e in errs {
+        eprintln!("mirrorctl: {e}");
+    }
+    print_warnings(&mut m);
+    let mut text = Vec::new();
+    render(&a, slots.is_empty(), &out, &mut text)?;
+    io::stdout().write_all(&text).map_err(Error::output)?;
+    Ok(exit)
+}
+
+/// The legs a resync works on: those named, or every leg with something to copy (in a dry
+/// run also those only pending write intents would add to).
+pub(super) fn choose_slots<F: Fn(&str) -> bool>(
+    m: &mut Mirror,
+    a: &cli::ResyncArgs,
+    same: &dyn Fn(&str) -> F,
+) -> Result<Vec<u32>> {
     let mut slots = Vec::new();
     for s in &a.secondaries {
-        let slot = m.find_slot(s, &same_file(s))?;
+        let slot = m.find_slot(s, &same(s))?;
         if !slots.contains(&slot) {
             slots.push(slot);
         }
@@ -58,7 +94,11 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
             slots.sort();
         }
     }
-    let mut out = ResyncOut {
+    Ok(slots)
+}
+
+pub(super) fn empty(a: &cli::ResyncArgs) -> ResyncOut {
+    ResyncOut {
         dry_run: a.dry_run,
         compare: a.compare,
         regions: 0,
@@ -66,82 +106,102 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
         written_bytes: 0,
         seconds: 0.0,
         legs: vec![],
-    };
-    let mut exit = Exit::Success;
-    if a.dry_run {
-        for &s in &slots {
-            let (regions, bytes) = m.pending_for(s)?;
-            let l = &m.sb().legs[s as usize];
-            out.regions += regions;
-            out.bytes += bytes;
-            // At most: --compare finds out while it runs.
-            out.written_bytes += bytes;
-            out.legs.push(ResyncLegOut {
-                slot: s,
-                path: l.location.clone(),
-                regions,
-                bytes,
-                written_bytes: bytes,
-                remaining_regions: regions,
-                remaining_bytes: bytes,
-                state: l.state.as_str().to_string(),
-                error: None,
-            });
-        }
-    } else if !slots.is_empty() {
-        let bar = Bar::new(ctx.progress, "resync").published(live.as_ref(), "resync");
-        let opts = engine::ResyncOptions {
-            rate,
-            compare: a.compare,
-        };
-        let r = m.resync_with(&slots, &opts, &bar)?;
-        out.seconds = r.seconds;
-        for l in r.legs {
-            let state = m.sb().legs[l.slot as usize].state;
-            if l.error.is_some() || state != LegState::InSync {
-                exit = Exit::Degraded;
-            }
-            if let Some(e) = &l.error {
-                eprintln!(
-                    "mirrorctl: resync of slot {} ({}) failed: {e}",
-                    l.slot, l.location
-                );
-            }
-            out.regions += l.regions;
-            out.bytes += l.bytes;
-            out.written_bytes += l.written_bytes;
-            let (remaining_regions, remaining_bytes) = m.pending_for(l.slot)?;
-            out.legs.push(ResyncLegOut {
-                slot: l.slot,
-                path: l.location,
-                regions: l.regions,
-                bytes: l.bytes,
-                written_bytes: l.written_bytes,
-                remaining_regions,
-                remaining_bytes,
-                state: state.as_str().to_string(),
-                error: l.error,
-            });
-        }
     }
-    print_warnings(&mut m);
+}
+
+/// What a dry run would copy.
+pub(super) fn dry_run(m: &mut Mirror, a: &cli::ResyncArgs, slots: &[u32]) -> Result<ResyncOut> {
+    let mut out = empty(a);
+    for &s in slots {
+        let (regions, bytes) = m.pending_for(s)?;
+        let l = &m.sb().legs[s as usize];
+        out.regions += regions;
+        out.bytes += bytes;
+        // At most: --compare finds out while it runs.
+        out.written_bytes += bytes;
+        out.legs.push(ResyncLegOut {
+            slot: s,
+            path: l.location.clone(),
+            regions,
+            bytes,
+            written_bytes: bytes,
+            remaining_regions: regions,
+            remaining_bytes: bytes,
+            state: l.state.as_str().to_string(),
+            error: None,
+        });
+    }
+    Ok(out)
+}
+
+/// The output of a resync that ran, its exit status, and the error lines for stderr.
+pub(super) fn finished(
+    m: &mut Mirror,
+    a: &cli::ResyncArgs,
+    r: engine::ResyncReport,
+    errs: &mut Vec<String>,
+) -> Result<(ResyncOut, Exit)> {
+    let mut out = empty(a);
+    let mut exit = Exit::Success;
+    out.seconds = r.seconds;
+    for l in r.legs {
+        let state = m.sb().legs[l.slot as usize].state;
+        if l.error.is_some() || state != LegState::InSync {
+            exit = Exit::Degraded;
+        }
+        if let Some(e) = &l.error {
+            errs.push(format!(
+                "resync of slot {} ({}) failed: {e}",
+                l.slot, l.location
+            ));
+        }
+        out.regions += l.regions;
+        out.bytes += l.bytes;
+        out.written_bytes += l.written_bytes;
+        let (remaining_regions, remaining_bytes) = m.pending_for(l.slot)?;
+        out.legs.push(ResyncLegOut {
+            slot: l.slot,
+            path: l.location,
+            regions: l.regions,
+            bytes: l.bytes,
+            written_bytes: l.written_bytes,
+            remaining_regions,
+            remaining_bytes,
+            state: state.as_str().to_string(),
+            error: l.error,
+        });
+    }
+    Ok((out, exit))
+}
+
+/// The text or JSON a resync prints on stdout.
+pub(super) fn render(
+    a: &cli::ResyncArgs,
+    nothing: bool,
+    out: &ResyncOut,
+    w: &mut dyn Write,
+) -> Result<()> {
+    let e = Error::output;
     if a.json {
-        print_json(&out)?;
-    } else if slots.is_empty() {
-        println!("nothing to resync: every secondary is in sync");
+        serde_json::to_writer_pretty(&mut *w, out).map_err(|x| e(x.into()))?;
+        writeln!(w).map_err(e)?;
+    } else if nothing {
+        writeln!(w, "nothing to resync: every secondary is in sync").map_err(e)?;
     } else {
         for l in &out.legs {
             if a.dry_run {
-                println!(
+                writeln!(
+                    w,
                     "slot {} ({}): would copy {} ({}, {} bytes)",
                     l.slot,
                     l.path,
                     plural(l.regions, "region"),
                     format_size(l.bytes),
                     l.bytes
-                );
+                )
             } else if a.compare {
-                println!(
+                writeln!(
+                    w,
                     "slot {} ({}): compared {} ({}), wrote {} ({} bytes); state {}",
                     l.slot,
                     l.path,
@@ -150,9 +210,10 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
                     format_size(l.written_bytes),
                     l.written_bytes,
                     l.state
-                );
+                )
             } else {
-                println!(
+                writeln!(
+                    w,
                     "slot {} ({}): copied {} ({}, {} bytes); state {}",
                     l.slot,
                     l.path,
@@ -160,9 +221,10 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
                     format_size(l.bytes),
                     l.bytes,
                     l.state
-                );
+                )
             }
+            .map_err(e)?;
         }
     }
-    Ok(exit)
+    Ok(())
 }

@@ -51,7 +51,12 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         read_only: a.read_only,
         ..Default::default()
     };
-    let live = m.publish("serve", !a.read_only);
+    let live = m.publish("serve", !a.read_only).map(Arc::new);
+    let ctl_path = m
+        .primary_file()
+        .map(crate::server::control::socket_path)
+        .transpose()
+        .map_err(|e| Error::invalid(format!("naming the control socket: {e}")))?;
     let srv = Arc::new(m.serve(&cfg, Box::new(server::log_line))?);
     if let Some(l) = &live {
         let s = Arc::downgrade(&srv);
@@ -59,6 +64,21 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             s.upgrade().map(|s| s.live_record()).unwrap_or_default()
         }));
     }
+    // Other commands on this mirror (fracture, detach, resync) are carried out here.
+    let control = match (&ctl_path, a.read_only) {
+        (Some(p), false) => {
+            let (s, l) = (srv.clone(), live.clone());
+            let h: crate::server::control::Handler =
+                Arc::new(move |req, reply| super::control::handle(&s, l.as_deref(), req, reply));
+            Some(crate::server::control::Control::start(p, h).map_err(|e| {
+                Error::invalid(format!(
+                    "listening on the control socket {}: {e}",
+                    p.display()
+                ))
+            })?)
+        }
+        _ => None,
+    };
     let summary = server::run(srv.clone(), &listen, &a.export, &description).map_err(|e| {
         let what = match &listen {
             Listen::Unix(p) => format!("listening on {}", p.display()),
@@ -66,7 +86,12 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         };
         Error::invalid(format!("{what}: {}", crate::error::describe_io(&e)))
     });
-    // Every connection thread has ended: this is the only reference left.
+    // A live resync ends at its next run; the control requests are waited for.
+    srv.stop_admin();
+    if let Some(c) = control {
+        c.stop();
+    }
+    // Every connection and control thread has ended: this is the only reference left.
     let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;
     let (hot_now, hot_cap) = srv.hot();
     let stopped = srv.stop();

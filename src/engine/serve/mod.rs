@@ -20,6 +20,8 @@
 //!   bit is cleared, and the request still succeeds; a primary that fails a write pins the
 //!   request's extents (never cleared, W6) and the host gets an error for that request only.
 
+mod admin;
+
 use super::activity::{ActivityLog, ExtentIdx, Plan};
 use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
@@ -139,6 +141,8 @@ pub struct Server {
     clients: AtomicU64,
     connections: AtomicU64,
     extent_bytes: u64,
+    /// Set when serve stops: live administration (a resync) ends at its next run.
+    admin_stop: AtomicBool,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -182,6 +186,8 @@ impl Mirror {
             log(&w);
         }
         let fast_zero = self.image.dev.zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
+        // From here on the intents on disk are this server's hot set.
+        self.intents_live = !read_only;
         Ok(Server {
             name: self.name.clone(),
             reads: AtomicU64::new(0),
@@ -189,6 +195,7 @@ impl Mirror {
             clients: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             extent_bytes: cfg.extent_bytes,
+            admin_stop: AtomicBool::new(false),
             primary: self.image.dev.clone(),
             state: Mutex::new(State {
                 al: ActivityLog::new(
@@ -621,6 +628,7 @@ impl Server {
         } = st;
         counters.reads = reads;
         counters.bytes_read = bytes_read;
+        mirror.intents_live = false;
         if self.read_only {
             return Ok((mirror, counters));
         }

@@ -1,0 +1,206 @@
+//! What a serving process does with a command sent through its control socket: the same
+//! operation on the served mirror (through the server, which owns it while hosts write), and
+//! the same output, JSON and exit status as the command prints on an idle mirror.
+
+use super::*;
+use crate::engine::serve::Server;
+use crate::engine::Progress;
+use crate::live::{ProgressCounters, Publisher};
+use crate::server::control::{Message, Reply, Request};
+use clap::Parser;
+use std::sync::Mutex;
+
+/// Carries out one request and sends its output and exit status.
+pub(super) fn handle(srv: &Server, live: Option<&Publisher>, req: Request, reply: &mut Reply) {
+    let args = std::iter::once("mirrorctl".to_string()).chain(req.args.iter().cloned());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            // The client parsed the same line: only a different mirrorctl gets here.
+            reply.send(&Message::Error {
+                message: format!(
+                    "the serving mirrorctl does not understand this command line: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                ),
+                code: 2,
+            });
+            return;
+        }
+    };
+    let json = cli.command.json();
+    let reply = Mutex::new(reply);
+    let r = run(srv, live, &req, cli.command, &reply);
+    let reply = reply.into_inner().unwrap_or_else(|p| p.into_inner());
+    match r {
+        Ok(exit) => reply.send(&Message::Exit(exit.code())),
+        Err(e) => {
+            if json {
+                reply.send(&Message::Out(format!("{:#}\n", crate::cli::exit::json(&e))));
+            }
+            reply.send(&Message::Error {
+                message: e.to_string(),
+                code: crate::cli::exit::of(&e).code(),
+            })
+        }
+    }
+}
+
+/// A relative path the client gave, as seen from its working directory.
+fn resolve(cwd: &Path, spec: &str) -> String {
+    let p = Path::new(spec);
+    if p.is_relative() && !crate::device::nbd::is_uri(spec) && cwd.join(p).exists() {
+        cwd.join(p).to_string_lossy().into_owned()
+    } else {
+        spec.to_string()
+    }
+}
+
+fn out(reply: &Mutex<&mut Reply>, text: String) {
+    reply
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(&Message::Out(text));
+}
+
+fn run(
+    srv: &Server,
+    live: Option<&Publisher>,
+    req: &Request,
+    cmd: Command,
+    reply: &Mutex<&mut Reply>,
+) -> Result<Exit> {
+    let busy = |what: &str| {
+        Err(Error::busy(format!(
+            "`mirrorctl {what}` cannot run while the mirror is served (pid {}): fracture, detach, resync and status can; stop serve cleanly with `kill -TERM {}` first",
+            std::process::id(),
+            std::process::id()
+        )))
+    };
+    match cmd {
+        Command::Fracture(a) => {
+            let spec = resolve(&req.cwd, &a.secondary);
+            let (slot, leg) = srv.with_mirror(|m| -> Result<_> {
+                let s = m.find_slot(&a.secondary, &same_file(&spec))?;
+                Ok((s, m.sb().legs[s as usize].clone()))
+            })?;
+            let done = srv.fracture_leg(slot, a.reason.as_deref())?;
+            out(reply, super::legs::fractured_text(&a, slot, &leg, done));
+            Ok(Exit::Success)
+        }
+        Command::Detach(a) => {
+            let spec = resolve(&req.cwd, &a.secondary);
+            let slot = srv.with_mirror(|m| m.find_slot(&a.secondary, &same_file(&spec)))?;
+            let leg = srv.detach_leg(slot)?;
+            out(reply, super::legs::detached_text(slot, &leg));
+            Ok(Exit::Success)
+        }
+        Command::Resync(a) => {
+            if a.compare {
+                return Err(Error::invalid(format!(
+                    "resync --compare is not done while the mirror is served (pid {}); run it after stopping serve, or run a plain resync",
+                    std::process::id()
+                )));
+            }
+            let cwd = req.cwd.clone();
+            let slots = srv.with_mirror(|m| {
+                super::resync::choose_slots(m, &a, &|s| same_file(&resolve(&cwd, s)))
+            })?;
+            let mut errs = Vec::new();
+            let (o, exit) = if a.dry_run {
+                let o = srv.with_mirror(|m| super::resync::dry_run(m, &a, &slots))?;
+                (o, Exit::Success)
+            } else if !slots.is_empty() {
+                let p = Sent::new(reply, live);
+                let r = srv.resync_legs(&slots, a.rate, &p);
+                drop(p);
+                let r = r?;
+                srv.with_mirror(|m| super::resync::finished(m, &a, r, &mut errs))?
+            } else {
+                (super::resync::empty(&a), Exit::Success)
+            };
+            for e in errs {
+                reply
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(&Message::Err(format!("mirrorctl: {e}\n")));
+            }
+            let mut text = Vec::new();
+            super::resync::render(&a, slots.is_empty(), &o, &mut text)?;
+            out(reply, String::from_utf8_lossy(&text).into_owned());
+            Ok(exit)
+        }
+        Command::Attach(_) => busy("attach"),
+        Command::Verify(_) => busy("verify"),
+        Command::Write(_) => busy("write"),
+        Command::Read(_) => busy("read"),
+        Command::Promote(_) => busy("promote"),
+        Command::Serve(_) => busy("serve"),
+        Command::Create(_) => busy("create"),
+        Command::Status(_) | Command::Generate(_) => Err(Error::invalid(
+            "this command is not carried out through the control socket",
+        )),
+    }
+}
+
+/// Progress sent to the client (at most ten times a second) and published in the server's
+/// live record while the operation runs.
+struct Sent<'a, 'r> {
+    reply: &'a Mutex<&'r mut Reply>,
+    live: Option<&'a Publisher>,
+    counters: Arc<ProgressCounters>,
+    state: Mutex<(u64, u64, std::time::Instant)>,
+}
+
+impl<'a, 'r> Sent<'a, 'r> {
+    fn new(reply: &'a Mutex<&'r mut Reply>, live: Option<&'a Publisher>) -> Self {
+        let counters = Arc::new(ProgressCounters::new());
+        counters.set_phase("resync");
+        if let Some(l) = live {
+            l.follow(counters.clone());
+        }
+        Sent {
+            reply,
+            live,
+            counters,
+            state: Mutex::new((0, 0, std::time::Instant::now())),
+        }
+    }
+
+    fn send(&self, done: u64, total: u64) {
+        self.reply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(&Message::Progress { done, total });
+    }
+}
+
+impl Progress for Sent<'_, '_> {
+    fn set_total(&self, total: u64) {
+        self.counters.set_total(total);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *st = (0, total, std::time::Instant::now());
+        self.send(0, total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.counters.advance(bytes);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = (st.0 + bytes).min(st.1);
+        if st.2.elapsed() >= std::time::Duration::from_millis(100) {
+            st.2 = std::time::Instant::now();
+            let (d, t) = (st.0, st.1);
+            drop(st);
+            self.send(d, t);
+        }
+    }
+}
+
+impl Drop for Sent<'_, '_> {
+    fn drop(&mut self) {
+        let (d, t, _) = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.send(d, t);
+        // The server's record shows no operation any more.
+        if let Some(l) = self.live {
+            l.follow(Arc::new(ProgressCounters::new()));
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Live administration of a served mirror: fracture, detach and resync while hosts write,
+//! carried out by the serving process (the control socket's commands).
+//!
+//! Rules, beside H1..H5 (tagged at the lines that keep them):
+//! - L1 An admin fracture puts the hot set in the leg's fracture log, durably, before the
+//!   leg leaves the writers' list and before any intent bit can be cleared (W4): writes in
+//!   flight may or may not reach it, and every one is inside the hot set; bits no write uses
+//!   are trimmed at eviction like an activation's.
+//! - L2 A resync copy of a run is a mutation in arrival order (H4): it waits for every
+//!   earlier overlapping host write and every later one waits for it, so a copy of old data
+//!   never lands over a newer host write (DRBD's resync extents against AL extents).
+//! - L3 A resynced leg receives host writes (S3) from the same lock hold that marks it
+//!   syncing; a write admitted before it is copied after (L2), because its regions' bits
+//!   were set ahead (W3) while the leg was fractured.
+
+use super::*;
+use crate::engine::plan;
+use crate::engine::resync::{RateLimit, CHECKPOINT, COPY_RUN, RESYNC_BATCH};
+
+impl Server {
+    /// Ends live administration: a resync in progress stops at its next run (its leg keeps
+    /// the rest of its log, S1). Called when serve stops.
+    pub fn stop_admin(&self) {
+        self.admin_stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs `f` on the mirror, with the state locked (for reading the leg table, finding
+    /// slots, pending counts).
+    pub fn with_mirror<T>(&self, f: impl FnOnce(&mut Mirror) -> T) -> T {
+        let mut st = self.lock();
+        f(&mut st.mirror)
+    }
+
+    /// Admin fracture of `slot` while hosts write; false if it was fractured already.
+    pub fn fracture_leg(&self, slot: u32, reason: Option<&str>) -> Result<bool> {
+        let mut st = self.lock();
+        if st.mirror.sb().legs[slot as usize].state.is_fractured() {
+            return Ok(false);
+        }
+        // L1: the hot set in the leg's log first (only bits that were clear, so that unused
+        // ones can go again at eviction), then the state, then the leg stops receiving.
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        let mut ahead = Vec::new();
+        for r in st.al.hot_regions() {
+            let clear = st
+                .mirror
+                .clear_runs(id, r)
+                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
+            for c in clear {
+                st.mirror
+                    .bitmaps
+                    .set_range(id, c.clone(), true)
+                    .map_err(|e| st.mirror.meta_err("setting a fracture log", &e))?;
+                ahead.push((slot, c));
+            }
+        }
+        st.mirror.flush_bitmaps()?;
+        st.al.add_ahead(&ahead);
+        let r = st.mirror.fracture(slot, reason);
+        st.legs.retain(|(s, _)| *s != slot);
+        if r.is_ok() {
+            let name = leg_name(slot, &st.mirror.sb().legs[slot as usize]);
+            (self.log)(&format!(
+                "{name} fractured by admin; its changes are tracked"
+            ));
+        }
+        self.flush_log(&mut st);
+        r
+    }
+
+    /// Detaches `slot` while hosts write: it stops receiving writes, then is detached (D1).
+    pub fn detach_leg(&self, slot: u32) -> Result<crate::format::Leg> {
+        let mut st = self.lock();
+        // Requests in flight that write the leg may still finish on it: harmless, it is
+        // leaving the mirror.
+        st.legs.retain(|(s, _)| *s != slot);
+        let r = st.mirror.detach(slot);
+        if let Ok(l) = &r {
+            (self.log)(&format!("{} detached", leg_name(slot, l)));
+        }
+        self.flush_log(&mut st);
+        r
+    }
+
+    /// Resyncs `slots` while hosts write, copying run by run in arrival order with the
+    /// host's writes (L2), with durable progress points (S1), then marks them in sync (S2).
+    pub fn resync_legs(
+        &self,
+        slots: &[u32],
+        rate: Option<u64>,
+        progress: &dyn Progress,
+    ) -> Result<ResyncReport> {
+        let started = Instant::now();
+        let g = self.geometry;
+        let mut report = ResyncReport::default();
+        let mut work = Vec::new();
+        let mut total = 0;
+        {
+            let mut st = self.lock();
+            let now = now_unix();
+            for &s in slots {
+                let leg = st.mirror.sb().legs[s as usize].clone();
+                let mut lr = ResyncLegReport {
+                    slot: s,
+                    location: leg.location.clone(),
+                    ..Default::default()
+                };
+                match st.mirror.open_leg(s) {
+                    Ok(d) => {
+                        total += st.mirror.pending_for(s)?.1;
+                        // S3 + L3: syncing and receiving writes in this one lock hold.
+                        st.mirror.image.sb.legs[s as usize].set_state(LegState::Syncing, now);
+                        if !st.legs.iter().any(|(x, _)| *x == s) {
+                            st.legs.push((s, d.clone()));
+                        }
+                        work.push((s, d));
+                    }
+                    Err(msg) => {
+                        st.mirror.image.sb.legs[s as usize].last_error =
+                            cut(&msg, format::MAX_TEXT);
+                        lr.error = Some(msg);
+                    }
+                }
+                report.legs.push(lr);
+            }
+            st.mirror.commit()?;
+        }
+        progress.set_total(total);
+        (self.log)(&format!(
+            "resync of slot(s) {slots:?} started while serving: {} to copy",
+            crate::units::format_size(total)
+        ));
+        let limiter = RateLimit::new(rate);
+        let mut done = Vec::new();
+        for (s, dev) in work {
+            let lr = report.legs.iter_mut().find(|l| l.slot == s).unwrap();
+            match self.copy_live(s, &*dev, &g, &limiter, progress, lr) {
+                Ok(()) => done.push(s),
+                Err(Failed::Leg(what, e)) => {
+                    lr.error = Some(format!("{what}: {e}"));
+                    let mut st = self.lock();
+                    let r = self.fracture(&mut st, s, what, e);
+                    self.flush_log(&mut st);
+                    r.map_err(|f| Error::primary(f.msg))?;
+                }
+                Err(Failed::Gone) => {
+                    lr.error = Some("the leg failed during the resync and was fractured".into());
+                }
+                Err(Failed::Stopped) => {
+                    lr.error = Some(
+                        "serve is stopping; the rest stays in the fracture log for the next resync"
+                            .into(),
+                    );
+                }
+                Err(Failed::Primary(e)) => {
+                    progress.finish();
+                    return Err(e);
+                }
+            }
+        }
+        progress.finish();
+        let mut st = self.lock();
+        let now = now_unix();
+        let (mut regions, mut bytes) = (0, 0);
+        let mut synced = Vec::new();
+        for &s in &done {
+            // S2: in sync only with an empty log.
+            let n = st
+                .mirror
+                .bitmaps
+                .count(BitmapId::Fracture(SlotIdx(s)))
+                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
+            if n != 0 || !st.legs.iter().any(|(x, _)| *x == s) {
+                continue;
+            }
+            let l = &mut st.mirror.image.sb.legs[s as usize];
+            l.set_state(LegState::InSync, now);
+            l.fractured_at = None;
+            l.reason.clear();
+            l.last_error.clear();
+            let lr = report.legs.iter().find(|l| l.slot == s).unwrap();
+            regions += lr.regions;
+            bytes += lr.bytes;
+            synced.push(s);
+        }
+        if !done.is_empty() {
+            st.mirror
+                .image
+                .sb
+                .bump_generation(&format!("resync of slot(s) {done:?} complete"), now);
+            st.mirror.image.sb.last_resync = Some(crate::format::ResyncRecord {
+                finished_at: now,
+                slots: done.clone(),
+                regions_copied: regions,
+                bytes_copied: bytes,
+            });
+        }
+        st.mirror.commit()?;
+        if !synced.is_empty() {
+            st.mirror.refresh_headers(&synced);
+        }
+        self.flush_log(&mut st);
+        report.seconds = started.elapsed().as_secs_f64();
+        (self.log)(&format!(
+            "resync finished: slot(s) {synced:?} in sync, {} copied in {:.1}s",
+            crate::units::format_size(bytes),
+            report.seconds
+        ));
+        Ok(report)
+    }
+
+    /// Copies one leg's fracture log from the primary while hosts write.
+    fn copy_live(
+        &self,
+        slot: u32,
+        leg: &dyn Device,
+        g: &Geometry,
+        limiter: &RateLimit,
+        progress: &dyn Progress,
+        lr: &mut ResyncLegReport,
+    ) -> std::result::Result<(), Failed> {
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        let max_run =
+            plan::max_run_regions(limiter.bytes_in(CHECKPOINT / 2), COPY_RUN, g.region_size);
+        let mut buf = crate::device::AlignedBuf::zeroed(COPY_RUN.max(g.region_size) as usize);
+        let mut from = 0;
+        let mut batch: Vec<Range<u64>> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut batch_started = Instant::now();
+        let meta = |e: io::Error| Failed::Primary(Error::primary_io("reading a fracture log", &e));
+        loop {
+            if self.admin_stop.load(Ordering::SeqCst) {
+                self.checkpoint(slot, leg, &mut batch, lr, g)?;
+                return Err(Failed::Stopped);
+            }
+            let run = {
+                let mut st = self.lock();
+                if !st.legs.iter().any(|(s, _)| *s == slot) {
+                    return Err(Failed::Gone); // a host write failed on it (H5)
+                }
+                st.mirror
+                    .bitmaps
+                    .next_run(id, from, max_run)
+                    .map_err(meta)?
+            };
+            let Some(r) = run else { break };
+            from = r.end;
+            let br = g.regions_bytes(r.clone());
+            // L2: this run's place among the host's writes.
+            let t = self.ticket(br.start, br.end - br.start);
+            {
+                let mut st = self.lock();
+                while st
+                    .inflight
+                    .iter()
+                    .any(|(s, x)| *s < t.seq && x.start < t.range.end && x.end > t.range.start)
+                {
+                    st = self.wait(st);
+                }
+            }
+            let copied = self.copy_run(leg, g, br.clone(), &mut buf, limiter);
+            self.cancel(t);
+            copied?;
+            progress.advance(br.end - br.start);
+            batch_bytes += br.end - br.start;
+            batch.push(r);
+            if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
+                self.checkpoint(slot, leg, &mut batch, lr, g)?;
+                batch_bytes = 0;
+                batch_started = Instant::now();
+            }
+        }
+        self.checkpoint(slot, leg, &mut batch, lr, g)
+    }
+
+    /// One run from the primary to the leg (holes as zeroes, S4).
+    fn copy_run(
+        &self,
+        leg: &dyn Device,
+        g: &Geometry,
+        br: Range<u64>,
+        buf: &mut [u8],
+        limiter: &RateLimit,
+    ) -> std::result::Result<(), Failed> {
+        let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
+        let at = |p: u64| p - g.data_offset;
+        let perr = |p: u64, e: io::Error| {
+            Failed::Primary(Error::primary_io(
+                format!("reading primary {} at data offset {}", self.name, at(p)),
+                &e,
+            ))
+        };
+        let extents = self
+            .primary
+            .data_extents(start..end)
+            .map_err(|e| perr(start, e))?;
+        for (piece, data) in plan::copy_pieces(start..end, extents) {
+            if piece.is_empty() {
+                continue;
+            }
+            if !data {
+                leg.zero_range(piece.start, piece.end - piece.start)
+                    .map_err(|e| {
+                        Failed::Leg(format!("zeroing at data offset {}", at(piece.start)), e)
+                    })?;
+                continue;
+            }
+            let mut p = piece.start;
+            while p < piece.end {
+                let n = ((piece.end - p) as usize).min(buf.len());
+                self.primary
+                    .read_at(&mut buf[..n], p)
+                    .map_err(|e| perr(p, e))?;
+                leg.write_direct(&buf[..n], p)
+                    .map_err(|e| Failed::Leg(format!("write at data offset {}", at(p)), e))?;
+                limiter.take(n as u64);
+                p += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// S1: the batch durable on the leg, then its bits cleared (one metadata sync).
+    fn checkpoint(
+        &self,
+        slot: u32,
+        leg: &dyn Device,
+        batch: &mut Vec<Range<u64>>,
+        lr: &mut ResyncLegReport,
+        g: &Geometry,
+    ) -> std::result::Result<(), Failed> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        leg.sync().map_err(|e| Failed::Leg("sync".into(), e))?;
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        let mut st = self.lock();
+        for r in batch.drain(..) {
+            st.mirror
+                .bitmaps
+                .set_range(id, r.clone(), false)
+                .map_err(|e| Failed::Primary(st.mirror.meta_err("clearing a fracture log", &e)))?;
+            lr.regions += r.end - r.start;
+            let br = g.regions_bytes(r);
+            lr.bytes += br.end - br.start;
+        }
+        lr.written_bytes = lr.bytes;
+        st.mirror.flush_bitmaps().map_err(Failed::Primary)
+    }
+}
+
+/// Why a live copy stopped.
+enum Failed {
+    /// The leg failed (it is fractured by the caller, H5).
+    Leg(String, io::Error),
+    /// The leg was fractured by a host write that failed on it.
+    Gone,
+    /// serve is stopping.
+    Stopped,
+    /// The primary failed: the resync stops, the leg keeps its log.
+    Primary(Error),
+}
