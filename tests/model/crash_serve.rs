@@ -5,14 +5,19 @@
 //! primary is in the write-intent log or that leg's fracture log; recovery and resync
 //! converge. Without a cut, a clean stop leaves no intent and a fractured leg's log holds
 //! exactly the regions written while it was fractured.
+//!
+//! A fourth workload (issue 14) fractures a leg while serving (L1) and resyncs it while the
+//! host's writes go on between the resync's runs, into regions copied and not yet copied
+//! (L2, L3, S1).
 
 use crate::crash_model::{Inst, Template, SECS};
 use crate::harness::{data_area, Keep};
-use mirrorctl::engine::serve::{Mutation, ServeConfig};
-use mirrorctl::engine::{Mirror, NoProgress, WINDOW};
+use mirrorctl::engine::serve::{Mutation, ServeConfig, Server};
+use mirrorctl::engine::{Mirror, NoProgress, Progress, WINDOW};
 use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx};
 use mirrorctl::format::LegState;
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 const SECTOR: usize = 512;
 const WI: BitmapId = BitmapId::WriteIntent;
@@ -106,6 +111,13 @@ struct Model {
 }
 
 impl Model {
+    fn clone_state(&self) -> Model {
+        Model {
+            cands: self.cands.clone(),
+            floor: self.floor.clone(),
+            written_regions: self.written_regions.clone(),
+        }
+    }
     fn new(pre: &[u8]) -> Model {
         Model {
             cands: pre.chunks(SECTOR).map(|c| vec![c.to_vec()]).collect(),
@@ -149,6 +161,147 @@ fn config() -> ServeConfig {
         hot_extents: 3,
         extent_bytes: 16 * 1024,
         read_only: false,
+    }
+}
+
+/// One request of the workload on the server; Err when it failed (only after a cut).
+fn exec(srv: &Server, i: usize, op: &Op, model: &mut Model, g: &Geometry) -> Result<(), String> {
+    let data = op_data(i, op);
+    let r = match *op {
+        Write { off, len, fua } => {
+            model.start(off, &data, g);
+            let t = srv.ticket(off, len);
+            let r = srv.mutate(t, Mutation::Write(&data), fua);
+            if r.is_ok() && fua {
+                model.durable(off, len);
+            }
+            r
+        }
+        Zero { off, len, punch } => {
+            model.start(off, &data, g);
+            let t = srv.ticket(off, len);
+            srv.mutate(t, Mutation::Zero { len, punch }, false)
+        }
+        Flush => {
+            let r = srv.flush();
+            if r.is_ok() {
+                model.all_durable();
+            }
+            r
+        }
+    };
+    r.map_err(|f| f.msg)
+}
+
+/// A resync's progress that sends the host's next request after every run copied.
+struct HostBetweenRuns<'a> {
+    next: &'a (dyn Fn() + Sync),
+}
+
+impl Progress for HostBetweenRuns<'_> {
+    fn advance(&self, _bytes: u64) {
+        (self.next)();
+    }
+}
+
+/// The live-administration workload: ops 0..3, an admin fracture of slot 1 while extents
+/// are hot, ops 3..6 (missed by it), then its resync with ops 6.. sent between the runs
+/// (the rest after it), then a clean stop.
+fn run_live(t: &Template, inst: &Inst) -> (Run, Option<Mirror>) {
+    let g = t.geom;
+    let m = inst.open(WINDOW);
+    let model = Mutex::new(Model::new(&t.pre));
+    let trace = Mutex::new(Vec::new());
+    let srv = match m.serve(&config(), Box::new(|_| {})) {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(inst.world.crashed(), "serve failed without a cut: {e}");
+            let model = model.into_inner().unwrap();
+            return (
+                Run {
+                    model,
+                    trace: vec![],
+                },
+                None,
+            );
+        }
+    };
+    let ops = workload();
+    let next = Mutex::new(0usize);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let step = || {
+        let mut n = next.lock().unwrap();
+        if *n >= ops.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let i = *n;
+        *n += 1;
+        drop(n);
+        let r = exec(&srv, i, &ops[i], &mut model.lock().unwrap(), &g);
+        trace
+            .lock()
+            .unwrap()
+            .push(format!("op {i} {:?}: {r:?}", ops[i]));
+        if let Err(e) = r {
+            assert!(inst.world.crashed(), "request failed without a cut: {e}");
+            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let finish = |m: Option<Mirror>| {
+        let model = model.lock().unwrap().clone_state();
+        let trace = trace.lock().unwrap().clone();
+        (Run { model, trace }, m)
+    };
+    for _ in 0..3 {
+        step();
+    }
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return finish(None);
+    }
+    if let Err(e) = srv.fracture_leg(1, Some("model")) {
+        assert!(
+            inst.world.crashed(),
+            "live fracture failed without a cut: {e}"
+        );
+        return finish(None);
+    }
+    trace.lock().unwrap().push("fracture slot 1".into());
+    for _ in 3..6 {
+        step();
+    }
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return finish(None);
+    }
+    let p = HostBetweenRuns { next: &step };
+    match srv.resync_legs(&[1], None, &p) {
+        Ok(rep) => {
+            trace.lock().unwrap().push(format!("resync: {rep:?}"));
+            if rep.legs.iter().any(|l| l.error.is_some()) {
+                assert!(inst.world.crashed(), "resync failed without a cut: {rep:?}");
+                return finish(None);
+            }
+        }
+        Err(e) => {
+            assert!(inst.world.crashed(), "resync failed without a cut: {e}");
+            return finish(None);
+        }
+    }
+    while *next.lock().unwrap() < ops.len() && !failed.load(std::sync::atomic::Ordering::SeqCst) {
+        step();
+    }
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return finish(None);
+    }
+    let stopped = srv.stop();
+    match stopped {
+        Ok((m, _)) => {
+            model.lock().unwrap().all_durable();
+            finish(Some(m))
+        }
+        Err(e) => {
+            assert!(inst.world.crashed(), "stop failed without a cut: {e}");
+            finish(None)
+        }
     }
 }
 
@@ -358,4 +511,61 @@ fn a_served_workload_with_a_fractured_leg_logs_exactly_what_it_missed_at_every_c
 #[test]
 fn a_leg_failing_mid_workload_gets_the_hot_set_in_its_log_at_every_cut() {
     every_cut(false, Some(4), "failing leg");
+}
+
+#[test]
+fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every_sync_point() {
+    let t = Template::build(geometry(), 2, 78);
+    let name = "live admin";
+    let inst = t.instance();
+    let (r, m) = run_live(&t, &inst);
+    let mut m = m.unwrap_or_else(|| panic!("{name}: no clean stop\n{}", r.trace.join("\n")));
+    assert_eq!(
+        m.pending_intents().unwrap(),
+        0,
+        "{name}: intents after a clean stop"
+    );
+    let g = t.geom;
+    assert_eq!(
+        m.sb().legs[1].state,
+        LegState::InSync,
+        "{name}: the resynced leg"
+    );
+    let primary = data_area(&inst.primary, &g);
+    assert!(r.model.violation(&primary).is_none());
+    for (i, d) in inst.secs.iter().enumerate() {
+        assert!(
+            data_area(d, &g) == primary,
+            "{name}: {} differs after a clean stop\n{}",
+            SECS[i],
+            r.trace.join("\n")
+        );
+    }
+    // Host writes came between the resync's runs (op 6 after its first run, op 7 after its
+    // second), not only after it.
+    let at = |p: &str| r.trace.iter().position(|l| l.starts_with(p));
+    let resync = at("resync").expect("resync traced");
+    assert!(
+        at("op 7").is_some_and(|i| i < resync),
+        "{name}: fewer than two host writes during the resync\n{}",
+        r.trace.join("\n")
+    );
+    drop(m);
+    let total = inst.world.sync_points();
+    assert!(total > 10, "{name}: only {total} sync points");
+    for k in 0..total {
+        for keep in [Keep::Nothing, Keep::Everything, Keep::Half(k)] {
+            let inst = t.instance();
+            inst.world.crash_at(k);
+            let (r, _) = run_live(&t, &inst);
+            assert!(inst.world.crashed(), "{name}: cut {k} not reached");
+            let after = inst.cut(keep);
+            check_after_cut(
+                &t,
+                &after,
+                &r,
+                &format!("{name}, cut at sync point {k} of {total}, {keep:?}"),
+            );
+        }
+    }
 }

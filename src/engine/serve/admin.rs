@@ -144,7 +144,9 @@ impl Server {
                     r.map_err(|f| Error::primary(f.msg))?;
                 }
                 Err(Failed::Gone) => {
-                    lr.error = Some("the leg failed during the resync and was fractured".into());
+                    lr.error = Some(
+                        "the leg stopped receiving writes during the resync (fractured)".into(),
+                    );
                 }
                 Err(Failed::Stopped) => {
                     lr.error = Some(
@@ -258,9 +260,11 @@ impl Server {
                     st = self.wait(st);
                 }
             }
-            let copied = self.copy_run(leg, g, br.clone(), &mut buf, limiter);
+            let copied = self.copy_run(leg, g, br.clone(), &mut buf);
             self.cancel(t);
             copied?;
+            // The rate limit waits with the run released: host writes there go on meanwhile.
+            limiter.take(br.end - br.start);
             progress.advance(br.end - br.start);
             batch_bytes += br.end - br.start;
             batch.push(r);
@@ -280,7 +284,6 @@ impl Server {
         g: &Geometry,
         br: Range<u64>,
         buf: &mut [u8],
-        limiter: &RateLimit,
     ) -> std::result::Result<(), Failed> {
         let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
         let at = |p: u64| p - g.data_offset;
@@ -313,7 +316,6 @@ impl Server {
                     .map_err(|e| perr(p, e))?;
                 leg.write_direct(&buf[..n], p)
                     .map_err(|e| Failed::Leg(format!("write at data offset {}", at(p)), e))?;
-                limiter.take(n as u64);
                 p += n as u64;
             }
         }
