@@ -459,7 +459,8 @@ fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_ide
 }
 
 #[test]
-fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_resync_finishes() {
+fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_serve_finishes_it_in_the_background(
+) {
     let fx = Fx::with_legs("64M", "64K", &["b.img"]);
     fx.ok(&["fracture", "a.img", "b.img"]);
     write_degraded(&fx, 48 * MIB, 11);
@@ -489,13 +490,45 @@ fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_res
     assert!(s["running"].is_null(), "{s:#}");
     let left = u(&leg(&s, 0)["out_of_sync_bytes"]);
     assert!(left > 0 && left < before, "{left} of {before} left");
-    // A new serve recovers, and a resync through it copies the rest only.
+    assert_eq!(leg(&s, 0)["state"], "syncing");
+    // A new serve recovers and continues the resync in the background from the log, with
+    // its progress in status, while a host writes.
     let srv = Serving::start(&fx, &[]);
-    let o = fx.run(&["resync", "a.img", "--json"]);
-    assert_eq!(o.code, 0, "{o:?}");
-    let j = o.json();
-    assert!(u(&j["bytes"]) < before, "{j:#}");
-    assert_eq!(j["legs"][0]["state"], "in-sync");
+    let uri = srv.uri();
+    let host = std::thread::spawn(move || {
+        fio(
+            &uri,
+            &[
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=8",
+                "--size=64M",
+                "--time_based",
+                "--runtime=2",
+                "--fsync=16",
+            ],
+        )
+    });
+    let t = Instant::now();
+    loop {
+        let s = fx.status();
+        if leg(&s, 0)["state"] == "in-sync" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never in sync: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.join().unwrap();
+    assert!(
+        srv.log()
+            .contains("their resync continues in the background")
+            && srv.log().contains("resync ended"),
+        "{}",
+        srv.log()
+    );
     let (code, log) = srv.stop();
     assert_eq!(code, 0, "{log}");
     assert_eq!(fx.status()["healthy"], true);

@@ -745,10 +745,17 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
         log.contains(&format!("{pending} write-intent regions")),
         "{log}"
     );
+    // The recovered regions are in the leg's log (syncing), and the restarted serve resyncs
+    // them in the background (issue 14): stopped at once, it got through some or none.
+    assert!(
+        log.contains("their resync continues in the background"),
+        "{log}"
+    );
     let st = clean_status(&fx);
-    assert_eq!(u(&leg(&st, 0)["out_of_sync_regions"]), pending, "{st:#}");
+    let left = u(&leg(&st, 0)["out_of_sync_regions"]);
+    assert!(left <= pending, "{left} of {pending}: {st:#}");
     let r = fx.ok(&["resync", "a.img", "--json"]).json();
-    assert_eq!(u(&r["regions"]), pending, "{r:#}");
+    assert_eq!(u(&r["regions"]), left, "{r:#}");
     let (code, v) = fx.verify(&[]);
     assert_eq!(code, 0, "{v:#}");
     legs_identical(&fx, &[&fx.path("b.img")]);

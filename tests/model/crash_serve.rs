@@ -273,7 +273,7 @@ fn run_live(t: &Template, inst: &Inst) -> (Run, Option<Mirror>) {
         return finish(None);
     }
     let p = HostBetweenRuns { next: &step };
-    match srv.resync_legs(&[1], None, &p) {
+    match srv.resync_legs(&[1], None, false, &p) {
         Ok(rep) => {
             trace.lock().unwrap().push(format!("resync: {rep:?}"));
             if rep.legs.iter().any(|l| l.error.is_some()) {

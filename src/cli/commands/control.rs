@@ -111,7 +111,7 @@ fn run(
                 (o, Exit::Success)
             } else if !slots.is_empty() {
                 let p = Sent::new(reply, live);
-                let r = srv.resync_legs(&slots, a.rate, &p);
+                let r = srv.resync_legs(&slots, a.rate, false, &p);
                 drop(p);
                 let r = r?;
                 srv.with_mirror(|m| super::resync::finished(m, &a, r, &mut errs))?
@@ -139,6 +139,40 @@ fn run(
         Command::Status(_) | Command::Generate(_) => Err(Error::invalid(
             "this command is not carried out through the control socket",
         )),
+    }
+}
+
+/// Progress published in the server's live record only (a background resync).
+pub(super) struct Published<'a> {
+    live: Option<&'a Publisher>,
+    counters: Arc<ProgressCounters>,
+}
+
+impl<'a> Published<'a> {
+    pub(super) fn new(live: Option<&'a Publisher>) -> Self {
+        let counters = Arc::new(ProgressCounters::new());
+        counters.set_phase("resync");
+        if let Some(l) = live {
+            l.follow(counters.clone());
+        }
+        Published { live, counters }
+    }
+}
+
+impl Progress for Published<'_> {
+    fn set_total(&self, total: u64) {
+        self.counters.set_total(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.counters.advance(bytes);
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.live {
+            l.follow(Arc::new(ProgressCounters::new()));
+        }
     }
 }
 

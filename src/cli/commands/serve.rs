@@ -64,6 +64,27 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             s.upgrade().map(|s| s.live_record()).unwrap_or_default()
         }));
     }
+    // A resync that was interrupted goes on in the background, its progress in the record.
+    let background = {
+        let slots = if a.read_only {
+            Vec::new()
+        } else {
+            srv.syncing_legs()
+        };
+        (!slots.is_empty()).then(|| {
+            let (s, l) = (srv.clone(), live.clone());
+            std::thread::spawn(move || {
+                crate::live::block_signals();
+                server::log_line(&format!(
+                    "slot(s) {slots:?} were left syncing: their resync continues in the background"
+                ));
+                let p = super::control::Published::new(l.as_deref());
+                if let Err(e) = s.resync_legs(&slots, None, true, &p) {
+                    server::log_line(&format!("error: background resync: {e}"));
+                }
+            })
+        })
+    };
     // Other commands on this mirror (fracture, detach, resync) are carried out here.
     let control = match (&ctl_path, a.read_only) {
         (Some(p), false) => {
@@ -90,6 +111,9 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     srv.stop_admin();
     if let Some(c) = control {
         c.stop();
+    }
+    if let Some(b) = background {
+        let _ = b.join();
     }
     // Every connection and control thread has ended: this is the only reference left.
     let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;

@@ -24,6 +24,16 @@ impl Server {
         self.admin_stop.store(true, Ordering::SeqCst);
     }
 
+    /// Legs left syncing (a resync that was interrupted: killed, or a serve stopped in the
+    /// middle of one): serve continues them in the background at start.
+    pub fn syncing_legs(&self) -> Vec<u32> {
+        let st = self.lock();
+        let sb = st.mirror.sb();
+        (0..sb.geometry.slots)
+            .filter(|&s| sb.legs[s as usize].state == LegState::Syncing)
+            .collect()
+    }
+
     /// Runs `f` on the mirror, with the state locked (for reading the leg table, finding
     /// slots, pending counts).
     pub fn with_mirror<T>(&self, f: impl FnOnce(&mut Mirror) -> T) -> T {
@@ -84,10 +94,13 @@ impl Server {
 
     /// Resyncs `slots` while hosts write, copying run by run in arrival order with the
     /// host's writes (L2), with durable progress points (S1), then marks them in sync (S2).
+    /// `yield_to_hosts`: before each run, wait a moment while host requests are in flight
+    /// (a background resync takes the disk only when hosts leave it idle).
     pub fn resync_legs(
         &self,
         slots: &[u32],
         rate: Option<u64>,
+        yield_to_hosts: bool,
         progress: &dyn Progress,
     ) -> Result<ResyncReport> {
         let started = Instant::now();
@@ -134,7 +147,7 @@ impl Server {
         let mut done = Vec::new();
         for (s, dev) in work {
             let lr = report.legs.iter_mut().find(|l| l.slot == s).unwrap();
-            match self.copy_live(s, &*dev, &g, &limiter, progress, lr) {
+            match self.copy_live(s, &*dev, &g, &limiter, yield_to_hosts, progress, lr) {
                 Ok(()) => done.push(s),
                 Err(Failed::Leg(what, e)) => {
                     lr.error = Some(format!("{what}: {e}"));
@@ -204,7 +217,7 @@ impl Server {
         self.flush_log(&mut st);
         report.seconds = started.elapsed().as_secs_f64();
         (self.log)(&format!(
-            "resync finished: slot(s) {synced:?} in sync, {} copied in {:.1}s",
+            "resync ended: slot(s) {synced:?} now in sync, {} copied in {:.1}s",
             crate::units::format_size(bytes),
             report.seconds
         ));
@@ -212,12 +225,14 @@ impl Server {
     }
 
     /// Copies one leg's fracture log from the primary while hosts write.
+    #[allow(clippy::too_many_arguments)]
     fn copy_live(
         &self,
         slot: u32,
         leg: &dyn Device,
         g: &Geometry,
         limiter: &RateLimit,
+        yield_to_hosts: bool,
         progress: &dyn Progress,
         lr: &mut ResyncLegReport,
     ) -> std::result::Result<(), Failed> {
@@ -247,6 +262,16 @@ impl Server {
             };
             let Some(r) = run else { break };
             from = r.end;
+            if yield_to_hosts {
+                // Up to 20 ms while hosts have requests in flight, then this run anyway, so
+                // the resync always ends.
+                for _ in 0..10 {
+                    if self.lock().inflight.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
             let br = g.regions_bytes(r.clone());
             // L2: this run's place among the host's writes.
             let t = self.ticket(br.start, br.end - br.start);
