@@ -30,6 +30,19 @@ fn spawn(fx: &Fx, args: &[&str]) -> Child {
         .expect("starting mirrorctl")
 }
 
+/// Polls `status --json` until `done` holds for it (at most `secs` seconds); returns it.
+fn wait_for(fx: &Fx, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let s = fx.status();
+        if done(&s) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `status --json` every 100 ms while `child` runs (every fifth time the text too, and
 /// `--check`): every one must answer at once with exit 0. Returns the `running` fields seen,
 /// and the child's exit code.
@@ -261,18 +274,9 @@ fn a_killed_resync_leaves_no_record_that_status_believes_and_the_next_one_finish
     fx.ok(&["fracture", "a.img", "b.img"]);
     write_degraded(&fx, 32 * MIB, 9);
     let mut c = spawn(&fx, &["resync", "a.img", "--rate", "4M"]);
-    let t = Instant::now();
-    loop {
-        let s = fx.status();
-        if s["running"]["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the resync never showed progress"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&fx, 20, "the resync never showed progress", |s| {
+        s["running"]["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0
+    });
     c.kill().unwrap();
     c.wait().unwrap();
     // Its record is still on disk, but its process is gone.
@@ -469,18 +473,9 @@ fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_ser
     let srv = Serving::start(&fx, &[]);
     let c = spawn(&fx, &["resync", "a.img", "--rate", "8M"]);
     // Until some progress is durable (a checkpoint every 250 ms).
-    let t = Instant::now();
-    loop {
-        let s = fx.status();
-        if u(&leg(&s, 0)["out_of_sync_bytes"]) < before {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no durable progress: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&fx, 20, "no durable progress", |s| {
+        u(&leg(s, 0)["out_of_sync_bytes"]) < before
+    });
     srv.kill9();
     let out = c.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
@@ -491,8 +486,8 @@ fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_ser
     let left = u(&leg(&s, 0)["out_of_sync_bytes"]);
     assert!(left > 0 && left < before, "{left} of {before} left");
     assert_eq!(leg(&s, 0)["state"], "syncing");
-    // A new serve recovers and continues the resync in the background from the log, with
-    // its progress in status, while a host writes.
+    // A new serve recovers and continues the resync in the background from the log while
+    // a host writes.
     let srv = Serving::start(&fx, &[]);
     let uri = srv.uri();
     let host = std::thread::spawn(move || {
@@ -509,18 +504,9 @@ fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_ser
             ],
         )
     });
-    let t = Instant::now();
-    loop {
-        let s = fx.status();
-        if leg(&s, 0)["state"] == "in-sync" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "never in sync: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(&fx, 30, "never in sync", |s| {
+        leg(s, 0)["state"] == "in-sync"
+    });
     host.join().unwrap();
     assert!(
         srv.log()

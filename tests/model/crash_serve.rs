@@ -328,39 +328,12 @@ fn run(t: &Template, inst: &Inst, fractured: bool, fail_leg: Option<u64>) -> (Ru
         }
     };
     for (i, op) in workload().iter().enumerate() {
-        let data = op_data(i, op);
-        let r = match *op {
-            Write { off, len, fua } => {
-                model.start(off, &data, &g);
-                let t = srv.ticket(off, len);
-                let r = srv.mutate(t, Mutation::Write(&data), fua);
-                if r.is_ok() && fua {
-                    model.durable(off, len);
-                }
-                r
-            }
-            Zero { off, len, punch } => {
-                model.start(off, &data, &g);
-                let t = srv.ticket(off, len);
-                srv.mutate(t, Mutation::Zero { len, punch }, false)
-            }
-            Flush => {
-                let r = srv.flush();
-                if r.is_ok() {
-                    model.all_durable();
-                }
-                r
-            }
-        };
-        trace.push(format!(
-            "op {i} {op:?}: {:?}",
-            r.as_ref().map_err(|f| &f.msg)
-        ));
+        let r = exec(&srv, i, op, &mut model, &g);
+        trace.push(format!("op {i} {op:?}: {r:?}"));
         if let Err(f) = r {
             assert!(
                 inst.world.crashed(),
-                "request failed without a cut: {}\n{}",
-                f.msg,
+                "request failed without a cut: {f}\n{}",
                 trace.join("\n")
             );
             return (Run { model, trace }, None);
