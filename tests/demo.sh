@@ -2,8 +2,9 @@
 # End-to-end demonstration on example data this script makes itself, in a temporary folder:
 # create a mirror with two secondaries, pipe data in, fracture one, write more, show status,
 # resync, verify; then serve the mirror to a host (qemu-io over NBD) with a third secondary
-# on an NBD server that goes away mid-run, resync and verify again; and compare every leg
-# byte for byte. Exits non-zero if anything is off.
+# on an NBD server that goes away mid-run, a leg fractured and resynced while it serves,
+# resync and verify again; and compare every leg byte for byte. Exits non-zero if anything is
+# off.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${MIRRORCTL:-}" ]; then
@@ -76,6 +77,10 @@ sleep 1  # serve publishes what it does every half second
 echo; echo "# status takes no lock: it shows the running server and the fractured leg"
 say "$m" status primary.img | tee status-live.txt
 grep -q "^running       serve (pid $spid)" status-live.txt || { echo "expected status to show the running serve" >&2; exit 1; }
+echo; echo "# fracture, write and resync while it serves: the server carries them out"
+say "$m" fracture primary.img secondary-a.img --reason "backup window"
+say qemu-io -f raw -c "write -P 0x6b 16M 8M" -c "flush" "$host"
+say "$m" resync primary.img secondary-a.img
 echo; echo "\$ kill -TERM %serve  # a clean stop: every leg synced, write intents cleared"
 kill -TERM "$spid"; wait "$spid"
 echo "serve's log:"; sed 's/^/  /' serve.log
