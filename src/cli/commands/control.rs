@@ -27,21 +27,16 @@ pub(super) fn handle(srv: &Server, live: Option<&Publisher>, req: Request, reply
             return;
         }
     };
-    let json = cli.command.json();
     let reply = Mutex::new(reply);
     let r = run(srv, live, &req, cli.command, &reply);
     let reply = reply.into_inner().unwrap_or_else(|p| p.into_inner());
     match r {
         Ok(exit) => reply.send(&Message::Exit(exit.code())),
-        Err(e) => {
-            if json {
-                reply.send(&Message::Out(format!("{:#}\n", crate::cli::exit::json(&e))));
-            }
-            reply.send(&Message::Error {
-                message: e.to_string(),
-                code: crate::cli::exit::of(&e).code(),
-            })
-        }
+        // The client prints the failure as its own (with its JSON document under --json).
+        Err(e) => reply.send(&Message::Error {
+            message: e.to_string(),
+            code: crate::cli::exit::of(&e).code(),
+        }),
     }
 }
 
