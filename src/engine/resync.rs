@@ -207,15 +207,35 @@ impl Mirror {
         if let Some(e) = primary_err {
             return Err(Error::primary(e));
         }
-        // S2: in sync only with an empty log.
-        let mut copied_regions = 0;
-        let mut copied_bytes = 0;
-        for &s in &done {
+        self.mark_resynced(&done, &report, now, &|_| true)?;
+        self.commit()?;
+        if !done.is_empty() {
+            self.refresh_headers(&done);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}
+
+impl Mirror {
+    /// S2: marks each leg of `done` whose log is empty (and that `still` accepts) in sync,
+    /// and records the resync of `done` with a new generation. The caller commits.
+    /// Returns the legs now in sync.
+    pub(super) fn mark_resynced(
+        &mut self,
+        done: &[u32],
+        report: &ResyncReport,
+        now: u64,
+        still: &dyn Fn(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let (mut regions, mut bytes) = (0, 0);
+        let mut synced = Vec::new();
+        for &s in done {
             let n = self
                 .bitmaps
                 .count(BitmapId::Fracture(SlotIdx(s)))
                 .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-            if n != 0 {
+            if n != 0 || !still(s) {
                 continue;
             }
             let l = &mut self.image.sb.legs[s as usize];
@@ -224,8 +244,9 @@ impl Mirror {
             l.reason.clear();
             l.last_error.clear();
             let lr = report.legs.iter().find(|l| l.slot == s).unwrap();
-            copied_regions += lr.regions;
-            copied_bytes += lr.bytes;
+            regions += lr.regions;
+            bytes += lr.bytes;
+            synced.push(s);
         }
         if !done.is_empty() {
             self.image
@@ -233,17 +254,12 @@ impl Mirror {
                 .bump_generation(&format!("resync of slot(s) {done:?} complete"), now);
             self.image.sb.last_resync = Some(ResyncRecord {
                 finished_at: now,
-                slots: done.clone(),
-                regions_copied: copied_regions,
-                bytes_copied: copied_bytes,
+                slots: done.to_vec(),
+                regions_copied: regions,
+                bytes_copied: bytes,
             });
         }
-        self.commit()?;
-        if !done.is_empty() {
-            self.refresh_headers(&done);
-        }
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(synced)
     }
 }
 

@@ -412,6 +412,28 @@ fn geometry() -> Geometry {
     Geometry::for_data_size(64 * 4096, 4096, 2).unwrap()
 }
 
+/// Runs the workload again with the power cut at each sync point the clean run `done` had,
+/// keeping none, all or half of the unsynced writes, and checks each outcome.
+fn cut_everywhere(t: &Template, done: &Inst, name: &str, run: &dyn Fn(&Template, &Inst) -> Run) {
+    let total = done.world.sync_points();
+    assert!(total > 10, "{name}: only {total} sync points");
+    for k in 0..total {
+        for keep in [Keep::Nothing, Keep::Everything, Keep::Half(k)] {
+            let inst = t.instance();
+            inst.world.crash_at(k);
+            let r = run(t, &inst);
+            assert!(inst.world.crashed(), "{name}: cut {k} not reached");
+            let after = inst.cut(keep);
+            check_after_cut(
+                t,
+                &after,
+                &r,
+                &format!("{name}, cut at sync point {k} of {total}, {keep:?}"),
+            );
+        }
+    }
+}
+
 fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
     let t = Template::build(geometry(), 2, 77);
     // The run without a cut: a clean stop.
@@ -452,23 +474,7 @@ fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
         );
     }
     drop(m);
-    let total = inst.world.sync_points();
-    assert!(total > 10, "{name}: only {total} sync points");
-    for k in 0..total {
-        for keep in [Keep::Nothing, Keep::Everything, Keep::Half(k)] {
-            let inst = t.instance();
-            inst.world.crash_at(k);
-            let (r, _) = run(&t, &inst, fractured, fail_leg);
-            assert!(inst.world.crashed(), "{name}: cut {k} not reached");
-            let after = inst.cut(keep);
-            check_after_cut(
-                &t,
-                &after,
-                &r,
-                &format!("{name}, cut at sync point {k} of {total}, {keep:?}"),
-            );
-        }
-    }
+    cut_everywhere(&t, &inst, name, &|t, i| run(t, i, fractured, fail_leg).0);
 }
 
 #[test]
@@ -524,21 +530,5 @@ fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every
         r.trace.join("\n")
     );
     drop(m);
-    let total = inst.world.sync_points();
-    assert!(total > 10, "{name}: only {total} sync points");
-    for k in 0..total {
-        for keep in [Keep::Nothing, Keep::Everything, Keep::Half(k)] {
-            let inst = t.instance();
-            inst.world.crash_at(k);
-            let (r, _) = run_live(&t, &inst);
-            assert!(inst.world.crashed(), "{name}: cut {k} not reached");
-            let after = inst.cut(keep);
-            check_after_cut(
-                &t,
-                &after,
-                &r,
-                &format!("{name}, cut at sync point {k} of {total}, {keep:?}"),
-            );
-        }
-    }
+    cut_everywhere(&t, &inst, name, &|t, i| run_live(t, i).0);
 }

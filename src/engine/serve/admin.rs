@@ -176,40 +176,17 @@ impl Server {
         progress.finish();
         let mut st = self.lock();
         let now = now_unix();
-        let (mut regions, mut bytes) = (0, 0);
-        let mut synced = Vec::new();
-        for &s in &done {
-            // S2: in sync only with an empty log.
-            let n = st
-                .mirror
-                .bitmaps
-                .count(BitmapId::Fracture(SlotIdx(s)))
-                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
-            if n != 0 || !st.legs.iter().any(|(x, _)| *x == s) {
-                continue;
-            }
-            let l = &mut st.mirror.image.sb.legs[s as usize];
-            l.set_state(LegState::InSync, now);
-            l.fractured_at = None;
-            l.reason.clear();
-            l.last_error.clear();
-            let lr = report.legs.iter().find(|l| l.slot == s).unwrap();
-            regions += lr.regions;
-            bytes += lr.bytes;
-            synced.push(s);
-        }
-        if !done.is_empty() {
-            st.mirror
-                .image
-                .sb
-                .bump_generation(&format!("resync of slot(s) {done:?} complete"), now);
-            st.mirror.image.sb.last_resync = Some(crate::format::ResyncRecord {
-                finished_at: now,
-                slots: done.clone(),
-                regions_copied: regions,
-                bytes_copied: bytes,
-            });
-        }
+        // S2, and only for legs still receiving writes (not fractured meanwhile).
+        let receiving: Vec<u32> = st.legs.iter().map(|(s, _)| *s).collect();
+        let synced = st
+            .mirror
+            .mark_resynced(&done, &report, now, &|s| receiving.contains(&s))?;
+        let bytes: u64 = report
+            .legs
+            .iter()
+            .filter(|l| synced.contains(&l.slot))
+            .map(|l| l.bytes)
+            .sum();
         st.mirror.commit()?;
         if !synced.is_empty() {
             st.mirror.refresh_headers(&synced);
@@ -275,16 +252,7 @@ impl Server {
             let br = g.regions_bytes(r.clone());
             // L2: this run's place among the host's writes.
             let t = self.ticket(br.start, br.end - br.start);
-            {
-                let mut st = self.lock();
-                while st
-                    .inflight
-                    .iter()
-                    .any(|(s, x)| *s < t.seq && x.start < t.range.end && x.end > t.range.start)
-                {
-                    st = self.wait(st);
-                }
-            }
+            drop(self.wait_for_earlier(self.lock(), &t));
             let copied = self.copy_run(leg, g, br.clone(), &mut buf);
             self.cancel(t);
             copied?;

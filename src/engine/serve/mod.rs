@@ -294,6 +294,22 @@ impl Server {
         st
     }
 
+    /// H4: waits until no mutation admitted before `t` overlaps it.
+    fn wait_for_earlier<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        t: &Ticket,
+    ) -> MutexGuard<'a, State> {
+        while st
+            .inflight
+            .iter()
+            .any(|(s, r)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
+        {
+            st = self.wait(st);
+        }
+        st
+    }
+
     /// Unlocks after a change, waking the threads that wait for one.
     fn wake(&self, st: MutexGuard<'_, State>) {
         let any = st.waiters > 0;
@@ -414,15 +430,7 @@ impl Server {
         debug_assert_eq!(t.range.end - t.range.start, m.len());
         let g = self.geometry;
         let regions = g.regions_for(t.range.start, m.len());
-        let mut st = self.lock();
-        // H4: wait for every earlier overlapping mutation.
-        while st
-            .inflight
-            .iter()
-            .any(|(s, r)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
-        {
-            st = self.wait(st);
-        }
+        let mut st = self.wait_for_earlier(self.lock(), &t);
         let exts = st.al.extents_of(&regions);
         loop {
             // A write into a cold extent that follows a hot one is likely a stream: the next
