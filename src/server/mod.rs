@@ -151,8 +151,10 @@ pub fn uri(l: &Listen, export: &str, local: Option<std::net::SocketAddr>) -> Str
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and every thread it starts later), so
-/// that only the waiting thread sees them.
-fn block_stop_signals() -> libc::sigset_t {
+/// that only the waiting thread sees them. `serve` calls it before it starts any thread: a
+/// thread started earlier (the background resync, the live record) that has not yet blocked
+/// them itself would take a SIGTERM sent at once and end the process without its clean stop.
+pub fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

@@ -522,3 +522,54 @@ fn serve_killed_during_a_live_resync_leaves_the_rest_in_the_log_and_the_next_ser
     assert_eq!(code, 0, "{v:#}");
     legs_identical(&fx, &[&fx.path("b.img")]);
 }
+
+#[test]
+fn a_sigterm_the_moment_serve_listens_is_a_clean_stop_even_with_a_resync_starting_in_the_background(
+) {
+    let fx = Fx::with_legs("160M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    write_degraded(&fx, 128 * MIB, 13);
+    let mut c = spawn(&fx, &["resync", "a.img", "--rate", "4M"]);
+    wait_for(&fx, 20, "the resync never showed progress", |s| {
+        s["running"]["progress"]["done_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert_eq!(leg(&fx.status(), 0)["state"], "syncing");
+    // Busy CPUs, so that a thread serve starts may wait to run: one that had not blocked the
+    // stop signals yet would take the SIGTERM and end the process (a CI failure once).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for round in 0..12 {
+        let srv = Serving::start(&fx, &[]);
+        let (code, log) = srv.stop();
+        assert_eq!(code, 0, "round {round}:\n{log}");
+        assert!(
+            log.contains("their resync continues in the background"),
+            "round {round}:\n{log}"
+        );
+        let s = fx.status();
+        assert_eq!(s["write_intent_regions"], 0, "round {round}: {s:#}");
+        assert!(s["running"].is_null(), "round {round}: {s:#}");
+        if leg(&s, 0)["state"] == "in-sync" {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    fx.ok(&["resync", "a.img"]);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    legs_identical(&fx, &[&fx.path("b.img")]);
+}

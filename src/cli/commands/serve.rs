@@ -5,6 +5,8 @@ use super::*;
 use crate::server::{self, Listen};
 
 pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
+    // Before any thread starts: every thread inherits the mask, only the waiter sees them.
+    server::block_stop_signals();
     let listen = match (&a.socket, &a.listen) {
         (_, Some(hp)) => {
             if !hp.contains(':') {
