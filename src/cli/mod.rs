@@ -66,7 +66,9 @@ pub struct Cli {
     pub command: Command,
 
     /// If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g.
-    /// 30s, 5m; without a value, as long as it takes) instead of exiting with status 5.
+    /// 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A
+    /// mirror that `serve` holds is not waited for: the commands it carries out are handed
+    /// to it at once, the others exit 5.
     #[arg(long, global = true, value_name = "DURATION", num_args = 0..=1,
           default_missing_value = "forever", require_equals = true, value_parser = parse_wait)]
     pub wait: Option<Wait>,
@@ -383,8 +385,9 @@ Clients: qemu -drive file=nbd+unix:///?socket=PATH,format=raw; the kernel's nbd-
 Several connections at once are fine (a flush on one covers the writes of all).
 
 While it serves, `mirrorctl status` shows it (clients, hot set, request rates), and \
-`fracture`, `resync` and `detach` on the mirror are carried out by the serving process through \
-its control socket while hosts write; other commands exit 5 (busy), naming it. Stop it \
+`fracture`, `resync`, `attach`, `detach` and `verify` on the mirror are carried out by the \
+serving process through its control socket while hosts write, with the same output and exit \
+codes; other commands exit 5 (busy), naming it. Stop it \
 with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
 the write intents are cleared, so status is clean afterwards.";
 

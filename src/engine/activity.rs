@@ -266,6 +266,16 @@ impl ActivityLog {
         }
     }
 
+    /// Forgets the fracture bits set ahead for `slot`: they are never trimmed. Called when
+    /// the slot starts receiving writes again (a resync, an attach) or is freed: its log
+    /// then holds bits set for other reasons (an initial sync, differences verify found)
+    /// that a trim of regions "no write used" would clear, losing what must be copied.
+    pub fn forget_ahead(&mut self, slot: u32) {
+        for h in self.hot.values_mut() {
+            h.ahead.retain(|(s, _)| *s != slot);
+        }
+    }
+
     /// Takes `evict` out of the hot set (their data is durable; their bits are cleared in
     /// the same flush that marks the new ones).
     pub fn evict(&mut self, evict: &[ExtentIdx]) -> Vec<Evicted> {
@@ -527,6 +537,16 @@ mod tests {
             ev[0].unwritten_ahead,
             vec![(1, 0..5), (1, 12..30), (1, 31..64), (2, 12..20)]
         );
+    }
+
+    #[test]
+    fn bits_set_ahead_for_a_slot_that_was_forgotten_are_never_trimmed() {
+        let mut al = log(4);
+        al.insert(&[ExtentIdx(0)], vec![(1, 0..64), (2, 10..20)]);
+        al.add_ahead(&[(1, 30..40)]);
+        al.forget_ahead(1);
+        let ev = al.evict(&[ExtentIdx(0)]);
+        assert_eq!(ev[0].unwritten_ahead, vec![(2, 10..20)]);
     }
 
     #[test]

@@ -372,6 +372,24 @@ pub(super) struct CopyCtl<'a> {
     written: &'a AtomicU64,
 }
 
+impl<'a> CopyCtl<'a> {
+    pub(super) fn new(
+        limiter: &'a RateLimit,
+        abort: &'a AtomicBool,
+        progress: &'a dyn Progress,
+        compare: bool,
+        written: &'a AtomicU64,
+    ) -> Self {
+        CopyCtl {
+            limiter,
+            abort,
+            progress,
+            compare,
+            written,
+        }
+    }
+}
+
 /// Granularity of `resync --compare`: blocks that differ are written, the rest left alone.
 pub(super) const COMPARE_BLOCK: u64 = 64 * 1024;
 

@@ -142,7 +142,12 @@ fn read_settled(dev: &Arc<dyn Device>, name: &str) -> Result<Image> {
 impl Mirror {
     /// Whether the mirror is fully in sync (the health rule, [`healthy`]).
     pub fn is_healthy(&mut self) -> Result<bool> {
-        let intents = self.pending_intents()?;
+        // A running server's intents are its hot set, kept in step with every leg.
+        let intents = if self.intents_live {
+            0
+        } else {
+            self.pending_intents()?
+        };
         let mut legs = Vec::new();
         for s in 0..self.geometry().slots {
             let st = self.sb().legs[s as usize].state;

@@ -173,3 +173,171 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
     assert_eq!(f.errno, crate::device::nbd::proto::EIO);
     drop(secs);
 }
+
+/// A device whose writes at or past `from` wait at a gate until it is opened: a host write
+/// held between its admission and its write to the primary.
+struct Gate {
+    inner: SimDevice,
+    from: u64,
+    /// (a write is waiting, the gate is open)
+    state: Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+impl Gate {
+    fn wait_for_writer(&self) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        while !s.0 {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    fn open(&self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+}
+
+impl Device for Arc<Gate> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        if off >= self.from {
+            let (m, cv) = &*self.state;
+            let mut s = m.lock().unwrap();
+            s.0 = true;
+            cv.notify_all();
+            while !s.1 {
+                s = cv.wait(s).unwrap();
+            }
+        }
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// A served primary on a gate that holds data writes, and no secondary.
+fn gated_server(regions: u64, cfg: &serve::ServeConfig) -> (serve::Server, Arc<Gate>, Arc<World>) {
+    let w = World::new();
+    let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
+    let p = SimDevice::new(&w, g.total_len());
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let gate = Arc::new(Gate {
+        inner: p,
+        from: g.data_offset,
+        state: Arc::new((Mutex::new((false, true)), std::sync::Condvar::new())),
+    });
+    let m = Mirror::open(
+        Arc::new(gate.clone()),
+        "p",
+        Arc::new(Legs(HashMap::new())),
+        false,
+    )
+    .unwrap();
+    (m.serve(cfg, Box::new(|_| {})).unwrap(), gate, w)
+}
+
+#[test]
+fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initial_sync() {
+    let (srv, gate, w) = gated_server(256, &serve::ServeConfig::default());
+    let srv = Arc::new(srv);
+    gate.state.0.lock().unwrap().1 = false; // hold the next data write
+    let host = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            let t = srv.ticket(8192, 4096);
+            srv.mutate(t, serve::Mutation::Write(&[0xaa; 4096]), false)
+        })
+    };
+    // The write is admitted (its extent hot, the legs it goes to chosen) and waits at the
+    // primary; now a leg declared identical (--assume-clean) is attached.
+    gate.wait_for_writer();
+    let n = SimDevice::new(&w, gate.len());
+    let o = srv
+        .attach_leg(
+            Arc::new(n.clone()),
+            "n",
+            "n",
+            InitialSync::AssumeClean,
+            false,
+            false,
+            &|_| {},
+        )
+        .unwrap();
+    // L4: the hot set is in its log, so it is syncing, not in sync.
+    assert!(o.regions > 0, "the write in flight is in no log");
+    assert_eq!(
+        srv.with_mirror(|m| m.sb().legs[o.slot as usize].state),
+        LegState::Syncing
+    );
+    gate.open();
+    host.join().unwrap().unwrap();
+    let r = srv
+        .resync_legs(
+            &[o.slot],
+            &ResyncOptions::default(),
+            false,
+            &NoProgress,
+            &|_| {},
+        )
+        .unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    assert_eq!(data(&m, &n), data(&m, &gate.inner));
+}
+
+#[test]
+fn a_slot_detached_and_attached_again_while_served_keeps_its_whole_initial_log_at_eviction() {
+    // Extents of 4 regions, 16 of them hot at most: writes to 17 others evict the first.
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let (mut m, _p, secs) = mirror(1024, 2);
+    m.fracture(1, None).unwrap();
+    m.resync(&[1], None, &NoProgress).unwrap();
+    let srv = m.serve(&cfg, Box::new(|_| {})).unwrap();
+    let write = |off: u64| {
+        let t = srv.ticket(off, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[1; 4096]), false)
+            .unwrap();
+    };
+    write(0); // extent 0 hot, region 0 written
+              // An admin fracture sets extent 0's clear regions ahead in slot 1's log (L1); those no
+              // write uses would be trimmed when the extent leaves the hot set.
+    assert!(srv.fracture_leg(1, None, &|_| {}).unwrap());
+    srv.detach_leg(1, &|_| {}).unwrap();
+    // The slot's next leg: every region in its initial log (a device that cannot tell its
+    // holes), not synced yet.
+    let o = srv
+        .attach_leg(
+            Arc::new(secs[1].clone()),
+            "s1",
+            "s1",
+            InitialSync::Copy,
+            true,
+            false,
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(o.slot, 1);
+    let id = BitmapId::Fracture(SlotIdx(1));
+    let all = srv.with_mirror(|m| m.bitmaps.count(id).unwrap());
+    assert_eq!(all, 1024);
+    for e in 1..=MIN_HOT_EXTENTS as u64 + 1 {
+        write(e * 4 * 4096);
+    }
+    // Extent 0 left the hot set: nothing of the new leg's log was trimmed (L3).
+    assert_eq!(srv.with_mirror(|m| m.bitmaps.count(id).unwrap()), 1024);
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::Syncing);
+}

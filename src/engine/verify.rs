@@ -98,51 +98,17 @@ pub fn run(
     opts: &VerifyOpts,
     progress: &dyn Progress,
 ) -> Result<(VerifyReport, Verdict, Vec<String>)> {
-    let started = Instant::now();
-    let started_at = now_unix();
-    let deadline = opts.max_time.map(|d| started + d);
-    let mut warnings = Vec::new();
     let Some(mut m) = open(true, None)? else {
         unreachable!("the first open either locks or fails");
     };
     m.prepare_for_change()?;
-    warnings.append(&mut m.warnings);
+    let mut warnings = std::mem::take(&mut m.warnings);
     let g = m.geometry();
     let slots = slots_for(&m)?;
-
-    let start = match (
-        &m.sb().last_verify,
-        opts.max_time.is_some() && !opts.restart,
-    ) {
-        (Some(v), true) if v.cursor < g.region_count => v.cursor,
-        _ => 0,
-    };
-    // A pass split over budgeted runs keeps what its earlier runs found until it completes.
-    let carried = match &m.sb().last_verify {
-        Some(p) if start > 0 && start == p.cursor => {
-            (p.mismatched_regions, p.result == "differences")
-        }
-        _ => (0, false),
-    };
-    let mut report = VerifyReport {
-        start_region: start,
-        region_count: g.region_count,
-        ..Default::default()
-    };
-    let mut legs: Vec<LegVerify> = slots
-        .iter()
-        .map(|&s| {
-            let l = &m.sb().legs[s as usize];
-            LegVerify {
-                slot: s,
-                path: l.location.clone(),
-                state: l.state.as_str().to_string(),
-                ..Default::default()
-            }
-        })
-        .collect();
-    let total_bytes = g.regions_bytes(start..g.region_count);
-    progress.set_total(total_bytes.end - total_bytes.start);
+    let mut pass = Pass::begin(&m, &slots, opts, progress);
+    let deadline = pass.deadline;
+    let start = pass.start;
+    let (report, legs) = (&mut pass.report, &mut pass.legs);
     let mut pos = start;
     let batch_regions = (BATCH / g.region_size).max(1);
     let mut mm = Some(m);
@@ -150,16 +116,7 @@ pub fn run(
         let batch = pos..(pos + batch_regions).min(g.region_count);
         // At least one chunk per run, so repeated budgeted runs always make progress.
         let budget = deadline.map(|d| (d, start));
-        pos = compare_batch(
-            m,
-            &g,
-            batch,
-            &mut legs,
-            opts.repair,
-            &mut report,
-            progress,
-            budget,
-        )?;
+        pos = compare_batch(m, &g, batch, legs, opts.repair, report, progress, budget)?;
         // A leg that cannot be read is fractured, as a failed write would do.
         for lv in legs.iter().filter(|l| l.error.is_some()) {
             if m.sb().legs[lv.slot as usize].state.receives_writes() {
@@ -169,7 +126,15 @@ pub fn run(
         warnings.append(&mut m.warnings);
         let complete = pos >= g.region_count;
         // Save the cursor before letting go of the lock.
-        save_record(m, &legs, started_at, pos, complete, &report, carried)?;
+        save_record(
+            m,
+            legs,
+            pass.started_at,
+            pos,
+            complete,
+            report,
+            pass.carried,
+        )?;
         if complete {
             report.complete = true;
             break;
@@ -187,36 +152,119 @@ pub fn run(
         }
     }
     progress.finish();
-    if let Some(m) = &mm {
-        report.last_full_pass_at = m
-            .sb()
-            .last_verify
-            .as_ref()
-            .and_then(|v| v.last_full_pass_at)
-            .map(crate::units::format_time);
-    }
-    report.end_region = pos;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.bytes_per_second = if report.seconds > 0.0 {
-        report.bytes_compared as f64 / report.seconds
-    } else {
-        0.0
-    };
-    let unrepaired: u64 = legs
-        .iter()
-        .filter(|l| !l.repaired)
-        .map(|l| l.mismatched_regions)
-        .sum();
-    let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
-    let broken = legs.iter().any(|l| l.error.is_some());
-    let nothing_compared = !legs.is_empty() && legs.iter().all(|l| !l.compared);
-    let verdict = plan::verdict(unrepaired, broken, nothing_compared, any_mismatch);
-    report.result = verdict.as_str().to_string();
-    report.legs = legs;
+    let last_full = mm
+        .as_ref()
+        .and_then(|m| m.sb().last_verify.as_ref()?.last_full_pass_at);
+    let (report, verdict) = pass.finish(pos, last_full);
     Ok((report, verdict, warnings))
 }
 
-fn save_record(
+/// One verify pass in the making: where it starts, what it carries over from the earlier
+/// runs of a budgeted pass, and what it found so far (shared by the command and `serve`).
+pub(crate) struct Pass {
+    started: Instant,
+    pub(crate) started_at: u64,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) start: u64,
+    pub(crate) carried: (u64, bool),
+    pub(crate) report: VerifyReport,
+    pub(crate) legs: Vec<LegVerify>,
+}
+
+impl Pass {
+    /// A pass over `slots`: from the saved cursor for a budgeted run (`--max-time` without
+    /// `--restart`), else from region 0.
+    pub(crate) fn begin(
+        m: &Mirror,
+        slots: &[u32],
+        opts: &VerifyOpts,
+        progress: &dyn Progress,
+    ) -> Pass {
+        let started = Instant::now();
+        let g = m.geometry();
+        let start = match (
+            &m.sb().last_verify,
+            opts.max_time.is_some() && !opts.restart,
+        ) {
+            (Some(v), true) if v.cursor < g.region_count => v.cursor,
+            _ => 0,
+        };
+        // A pass split over budgeted runs keeps what its earlier runs found until it
+        // completes.
+        let carried = match &m.sb().last_verify {
+            Some(p) if start > 0 && start == p.cursor => {
+                (p.mismatched_regions, p.result == "differences")
+            }
+            _ => (0, false),
+        };
+        let legs = slots
+            .iter()
+            .map(|&s| {
+                let l = &m.sb().legs[s as usize];
+                LegVerify {
+                    slot: s,
+                    path: l.location.clone(),
+                    state: l.state.as_str().to_string(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let total = g.regions_bytes(start..g.region_count);
+        progress.set_total(total.end - total.start);
+        Pass {
+            started,
+            started_at: now_unix(),
+            deadline: opts.max_time.map(|d| started + d),
+            start,
+            carried,
+            report: VerifyReport {
+                start_region: start,
+                region_count: g.region_count,
+                ..Default::default()
+            },
+            legs,
+        }
+    }
+
+    /// Whether the time budget is spent (a run always compares one chunk: `at` past the
+    /// start).
+    pub(crate) fn out_of_time(&self, at: u64) -> bool {
+        self.deadline
+            .is_some_and(|d| at > self.start && Instant::now() >= d)
+    }
+
+    /// The report and verdict of a pass that stopped at `end`.
+    pub(crate) fn finish(self, end: u64, last_full: Option<u64>) -> (VerifyReport, Verdict) {
+        let Pass {
+            started,
+            mut report,
+            legs,
+            ..
+        } = self;
+        report.last_full_pass_at = last_full.map(crate::units::format_time);
+        report.end_region = end;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.bytes_per_second = if report.seconds > 0.0 {
+            report.bytes_compared as f64 / report.seconds
+        } else {
+            0.0
+        };
+        let unrepaired: u64 = legs
+            .iter()
+            .filter(|l| !l.repaired)
+            .map(|l| l.mismatched_regions)
+            .sum();
+        let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
+        let broken = legs.iter().any(|l| l.error.is_some());
+        let nothing_compared = !legs.is_empty() && legs.iter().all(|l| !l.compared);
+        let verdict = plan::verdict(unrepaired, broken, nothing_compared, any_mismatch);
+        report.result = verdict.as_str().to_string();
+        report.legs = legs;
+        (report, verdict)
+    }
+}
+
+pub(crate) fn save_record(
     m: &mut Mirror,
     legs: &[LegVerify],
     started_at: u64,
@@ -255,24 +303,18 @@ fn save_record(
     m.commit()
 }
 
-type ActiveLeg = (usize, Arc<dyn crate::device::Device>, Vec<Range<u64>>);
+/// A leg taking part in a batch: (index into the pass's legs, device, regions of the batch
+/// already pending on that leg).
+pub(crate) type ActiveLeg = (usize, Arc<dyn crate::device::Device>, Vec<Range<u64>>);
 
-/// Compares one batch of regions on every requested leg (legs read in parallel). Returns
-/// the region where it stopped: the batch end, or earlier when the time budget ran out.
-#[allow(clippy::too_many_arguments)]
-fn compare_batch(
+/// The legs compared in `batch`, with their regions already known out of sync; the others
+/// are marked skipped (fractured, detached) or keep the error that stopped them.
+pub(crate) fn batch_legs(
     m: &mut Mirror,
-    g: &Geometry,
-    batch: Range<u64>,
     legs: &mut [LegVerify],
-    repair: bool,
-    report: &mut VerifyReport,
-    progress: &dyn Progress,
-    budget: Option<(Instant, u64)>,
-) -> Result<u64> {
-    // Which legs take part, and which of their regions are already known out of sync.
-    // (index into legs, device, regions of the batch already pending on that leg)
-    let mut active: Vec<ActiveLeg> = Vec::new();
+    batch: &Range<u64>,
+) -> Result<Vec<ActiveLeg>> {
+    let mut active = Vec::new();
     for (i, lv) in legs.iter_mut().enumerate() {
         let leg = m.sb().legs[lv.slot as usize].clone();
         lv.state = leg.state.as_str().to_string();
@@ -295,7 +337,7 @@ fn compare_batch(
                 let pending = if leg.reason == RECORDED_REASON {
                     Vec::new()
                 } else {
-                    pending_in(m, lv.slot, &batch)?
+                    pending_in(m, lv.slot, batch)?
                 };
                 lv.pending_regions += pending.iter().map(|r| r.end - r.start).sum::<u64>();
                 lv.compared = true;
@@ -304,9 +346,13 @@ fn compare_batch(
             Err(e) => lv.error = Some(e),
         }
     }
-    let primary = m.image.dev.clone();
+    Ok(active)
+}
+
+/// `batch` cut into the chunks read and compared at once.
+pub(crate) fn chunks_of(g: &Geometry, batch: Range<u64>) -> Vec<Chunk> {
     let chunk_regions = (READ_CHUNK / g.region_size).max(1);
-    let chunks: Vec<Chunk> = (batch.start..batch.end)
+    (batch.start..batch.end)
         .step_by(chunk_regions as usize)
         .map(|r| {
             let regions = r..(r + chunk_regions).min(batch.end);
@@ -318,7 +364,86 @@ fn compare_batch(
                 regions,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Compares one chunk of the primary (`ours`) with one leg's (`theirs`; `None` for a hole
+/// on both sides): regions that differ and are not pending go to `found`; the leg's and the
+/// report's counts grow by what was compared.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compare_chunk(
+    g: &Geometry,
+    c: &Chunk,
+    ours: &[u8],
+    theirs: Option<&[u8]>,
+    pending: &[Range<u64>],
+    lv: &mut LegVerify,
+    found: &mut Vec<u64>,
+    report: &mut VerifyReport,
+) {
+    if let Some(theirs) = theirs {
+        let rs = g.region_size as usize;
+        for (n, (a, b)) in ours[..c.len]
+            .chunks(rs)
+            .zip(theirs[..c.len].chunks(rs))
+            .enumerate()
+        {
+            let region = c.regions.start + n as u64;
+            if a != b && !pending.iter().any(|p| p.contains(&region)) {
+                found.push(region);
+            }
+        }
+    }
+    let skipped: u64 = pending
+        .iter()
+        .map(|p| {
+            p.end
+                .min(c.regions.end)
+                .saturating_sub(p.start.max(c.regions.start))
+        })
+        .sum();
+    let total = c.regions.end - c.regions.start;
+    lv.regions_compared += total - skipped;
+    report.bytes_compared += c.len as u64 * (total - skipped) / total;
+}
+
+/// Counts `confirmed` mismatched regions (ascending) on `lv`, adjacent ones as one range.
+pub(crate) fn record_mismatches(g: &Geometry, lv: &mut LegVerify, confirmed: &[u64]) {
+    for region in confirmed {
+        let b = g.region_bytes(crate::format::layout::RegionIdx(*region));
+        lv.mismatched_regions += 1;
+        lv.mismatched_bytes += b.end - b.start;
+        match lv.mismatches.last_mut() {
+            Some(last) if last.end_region == *region => {
+                last.end_region += 1;
+                last.length = b.end - last.offset;
+            }
+            _ => lv.mismatches.push(MismatchRange {
+                first_region: *region,
+                end_region: region + 1,
+                offset: b.start,
+                length: b.end - b.start,
+            }),
+        }
+    }
+}
+
+/// Compares one batch of regions on every requested leg (legs read in parallel). Returns
+/// the region where it stopped: the batch end, or earlier when the time budget ran out.
+#[allow(clippy::too_many_arguments)]
+fn compare_batch(
+    m: &mut Mirror,
+    g: &Geometry,
+    batch: Range<u64>,
+    legs: &mut [LegVerify],
+    repair: bool,
+    report: &mut VerifyReport,
+    progress: &dyn Progress,
+    budget: Option<(Instant, u64)>,
+) -> Result<u64> {
+    let active = batch_legs(m, legs, &batch)?;
+    let primary = m.image.dev.clone();
+    let chunks = chunks_of(g, batch.clone());
     let mut found: Vec<Vec<u64>> = vec![Vec::new(); legs.len()];
     let mut r = batch.start;
     if active.is_empty() {
@@ -368,30 +493,19 @@ fn compare_batch(
                             feeds[k + 1] = None;
                         }
                         Ok(lpiece) => {
-                            if ppiece.is_some() || lpiece.is_some() {
-                                let lbuf: &[u8] = lpiece.as_deref().unwrap_or(&zeros[..c.len]);
-                                let rs = g.region_size as usize;
-                                for (n, (a, b)) in
-                                    pbuf.chunks(rs).zip(lbuf[..c.len].chunks(rs)).enumerate()
-                                {
-                                    let region = c.regions.start + n as u64;
-                                    if a != b && !pending.iter().any(|p| p.contains(&region)) {
-                                        found[*i].push(region);
-                                    }
-                                }
-                            }
+                            let theirs = (ppiece.is_some() || lpiece.is_some())
+                                .then(|| lpiece.as_deref().unwrap_or(&zeros[..c.len]));
+                            compare_chunk(
+                                g,
+                                c,
+                                pbuf,
+                                theirs,
+                                pending,
+                                &mut legs[*i],
+                                &mut found[*i],
+                                report,
+                            );
                             feed.give_back(lpiece);
-                            let skipped: u64 = pending
-                                .iter()
-                                .map(|p| {
-                                    p.end
-                                        .min(c.regions.end)
-                                        .saturating_sub(p.start.max(c.regions.start))
-                                })
-                                .sum();
-                            let total = c.regions.end - c.regions.start;
-                            legs[*i].regions_compared += total - skipped;
-                            report.bytes_compared += c.len as u64 * (total - skipped) / total;
                         }
                     }
                 }
@@ -436,24 +550,7 @@ fn compare_batch(
                 confirmed.push(region);
             }
         }
-        let lv = &mut legs[i];
-        for region in &confirmed {
-            let b = g.region_bytes(crate::format::layout::RegionIdx(*region));
-            lv.mismatched_regions += 1;
-            lv.mismatched_bytes += b.end - b.start;
-            match lv.mismatches.last_mut() {
-                Some(last) if last.end_region == *region => {
-                    last.end_region += 1;
-                    last.length = b.end - last.offset;
-                }
-                _ => lv.mismatches.push(MismatchRange {
-                    first_region: *region,
-                    end_region: region + 1,
-                    offset: b.start,
-                    length: b.end - b.start,
-                }),
-            }
-        }
+        record_mismatches(g, &mut legs[i], &confirmed);
         if !confirmed.is_empty() {
             to_repair.push((slot, confirmed));
         }
@@ -469,21 +566,34 @@ fn compare_batch(
         // The ordinary resync path copies them (and clears the bits only once durable: S1).
         let slots: Vec<u32> = to_repair.iter().map(|(s, _)| *s).collect();
         let rr = m.resync(&slots, None, &crate::engine::NoProgress)?;
-        for l in rr.legs {
-            let lv = legs.iter_mut().find(|x| x.slot == l.slot).unwrap();
-            match l.error {
+        repaired(legs, &rr);
+    }
+    Ok(r)
+}
+
+/// What a repair's resync did, on the legs it copied to.
+pub(crate) fn repaired(legs: &mut [LegVerify], rr: &crate::engine::ResyncReport) {
+    for l in &rr.legs {
+        if let Some(lv) = legs.iter_mut().find(|x| x.slot == l.slot) {
+            match &l.error {
                 None => lv.repaired = true,
                 Some(e) => lv.error = Some(format!("repair failed: {e}")),
             }
         }
     }
-    Ok(r)
 }
 
-/// Regions of `batch` already known out of sync on `slot` (fracture log or write intents).
+/// Regions of `batch` already known out of sync on `slot`: its fracture log, and the write
+/// intents unless a running server holds them (it keeps its hot set in step, and its
+/// verify excludes host writes chunk by chunk).
 fn pending_in(m: &mut Mirror, slot: u32, batch: &Range<u64>) -> Result<Vec<Range<u64>>> {
     let mut out = Vec::new();
-    for id in [BitmapId::Fracture(SlotIdx(slot)), BitmapId::WriteIntent] {
+    let ids: &[BitmapId] = if m.intents_live {
+        &[BitmapId::Fracture(SlotIdx(slot))]
+    } else {
+        &[BitmapId::Fracture(SlotIdx(slot)), BitmapId::WriteIntent]
+    };
+    for &id in ids {
         let mut from = batch.start;
         loop {
             let r = m
@@ -503,13 +613,13 @@ fn pending_in(m: &mut Mirror, slot: u32, batch: &Range<u64>) -> Result<Vec<Range
 }
 
 /// A run of regions read and compared at once.
-struct Chunk {
-    regions: Range<u64>,
+pub(crate) struct Chunk {
+    pub(crate) regions: Range<u64>,
     /// Device offset and length.
-    at: u64,
-    len: usize,
+    pub(crate) at: u64,
+    pub(crate) len: usize,
     /// Offset in the data area (for messages).
-    offset: u64,
+    pub(crate) offset: u64,
 }
 
 /// Chunks read ahead by each reader.

@@ -252,7 +252,7 @@ fn status_while_serving_shows_clients_hot_set_and_rates_and_check_passes_on_a_he
     let text = fx.ok(&["status", "a.img"]).stdout;
     assert!(text.contains("marked by the running serve"), "{text}");
     // A command the server does not carry out is refused, naming it and how to stop it.
-    let o = fx.run(&["attach", "a.img", "c.img"]);
+    let o = fx.run(&["write", "a.img", "--input", "/dev/null"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(
         o.stderr
@@ -355,21 +355,29 @@ fn promoting_a_served_mirrors_secondary_is_refused_naming_the_server_and_changes
 }
 
 #[test]
-fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_identical() {
+fn fracture_resync_attach_verify_repair_and_detach_while_fio_writes_through_serve_leave_every_leg_identical(
+) {
     let fx = Fx::with_legs("128M", "64K", &["b.img", "c.img"]);
     let g = fx.geometry();
-    let remote = fx.path("remote.raw");
-    std::fs::File::create(&remote)
-        .unwrap()
-        .set_len(g.data_offset + g.data_size)
-        .unwrap();
-    let ksock = fx.path("kit.sock");
-    let _kit = NbdKit::start(&ksock, &remote, &[]);
-    let nbd = format!("nbd+unix:///?socket={}", ksock.display());
-    fx.ok(&["attach", "a.img", &nbd]);
+    let remote = |name: &str| {
+        let p = fx.path(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(g.data_offset + g.data_size)
+            .unwrap();
+        p
+    };
+    let (remote1, remote2) = (remote("remote1.raw"), remote("remote2.raw"));
+    let (ksock1, ksock2) = (fx.path("kit1.sock"), fx.path("kit2.sock"));
+    let _kit1 = NbdKit::start(&ksock1, &remote1, &[]);
+    let _kit2 = NbdKit::start(&ksock2, &remote2, &[]);
+    let nbd1 = format!("nbd+unix:///?socket={}", ksock1.display());
+    let nbd2 = format!("nbd+unix:///?socket={}", ksock2.display());
+    fx.ok(&["attach", "a.img", &nbd1]);
     let srv = Serving::start(&fx, &[]);
     let uri = srv.uri();
-    // About 8 s of writes, checked by fio at the end (crc32c of every block it wrote).
+    // Writes for the whole test over the first 96 MiB, checked by fio at the end (crc32c of
+    // every block it wrote); the last 32 MiB are left to the corruption below.
     let host = std::thread::spawn(move || {
         fio(
             &uri,
@@ -378,7 +386,7 @@ fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_ide
                 "--bssplit=4k/50:64k/50",
                 "--iodepth=16",
                 "--size=96M",
-                "--rate=12m",
+                "--rate=6m",
                 "--verify=crc32c",
                 "--fsync=32",
                 "--end_fsync=1",
@@ -393,7 +401,9 @@ fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_ide
         o.stdout,
         "fractured slot 0 (b.img): its changes are tracked; `mirrorctl resync a.img 0` brings it back\n"
     );
-    let o = fx.run(&["fracture", "a.img", "0"]);
+    // --wait does not wait for the server (it holds the lock for its whole life): the
+    // command is handed over at once.
+    let o = fx.run(&["--wait", "fracture", "a.img", "0"]);
     assert_eq!(
         o.stdout, "slot 0 (b.img) is already fractured-by-admin\n",
         "{o:?}"
@@ -429,37 +439,116 @@ fn fracture_resync_and_detach_while_fio_writes_through_serve_leave_every_leg_ide
         saw_progress,
         "status never showed the live resync's progress"
     );
-    // The NBD leg too, by slot, with JSON.
+    // The NBD leg too, by slot, with JSON, comparing (only what differs is written).
     fx.ok(&["fracture", "a.img", "2"]);
-    let o = fx.run(&["resync", "a.img", "2", "--json"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let o = fx.run(&["resync", "a.img", "2", "--compare", "--json"]);
     assert_eq!(o.code, 0, "{o:?}");
     let j = o.json();
+    assert_eq!(j["compare"], true, "{j:#}");
     assert_eq!(j["legs"][0]["slot"], 2);
     assert_eq!(j["legs"][0]["state"], "in-sync");
     assert_eq!(j["legs"][0]["remaining_bytes"], 0);
-    // Detach a leg while the host writes.
+    assert!(u(&j["written_bytes"]) <= u(&j["bytes"]), "{j:#}");
+    // Detach a leg while the host writes; its slot takes a new file secondary, created by
+    // the server where the client's relative path says, with its initial sync under the
+    // host's writes.
     let o = fx.run(&["detach", "a.img", "c.img"]);
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(o.stdout, "detached slot 1 (c.img, was in-sync)\n");
-    // What the server cannot do yet is refused, naming it; nothing else changes.
     let o = fx.run(&["attach", "a.img", "d.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout.starts_with("attached d.img as slot 1; copied "),
+        "{o:?}"
+    );
+    assert!(o.stdout.trim_end().ends_with("state in-sync"), "{o:?}");
+    assert!(fx.path("d.img").exists());
+    // An NBD secondary in the last free slot, as JSON.
+    let o = fx.run(&["attach", "a.img", &nbd2, "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let j = o.json();
+    assert_eq!(j["slot"], 3, "{j:#}");
+    assert_eq!(j["state"], "in-sync", "{j:#}");
+    assert!(u(&j["copied_bytes"]) > 0, "{j:#}");
+    // Refusals are the idle mirror's: the same image twice, exit 2, nothing changed.
+    let o = fx.run(&["attach", "a.img", "d.img"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("d.img is already attached as slot 1"),
+        "{o:?}"
+    );
+    // Verify while the host writes: no false mismatch on any leg.
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "a host write was reported as a difference: {v:#}");
+    assert_eq!(v["result"], "clean", "{v:#}");
+    assert_eq!(v["complete"], true, "{v:#}");
+    // One block of a leg corrupted where fio does not write: verify names exactly that
+    // region and leg (exit 1, recorded: V1), then --repair repairs it under the writes.
+    let bad = 120 * MIB + 4096;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(fx.path("d.img"))
+            .unwrap();
+        f.write_all_at(b"not what the primary holds", g.data_offset + bad)
+            .unwrap();
+    }
+    let o = fx.run(&["verify", "a.img"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stdout
+            .contains("slot 1 (d.img): 1 mismatched region (64.0 KiB)")
+            && o.stdout
+                .contains(&format!("bytes {}..{}", 120 * MIB, 120 * MIB + 64 * 1024)),
+        "{o:?}"
+    );
+    assert_eq!(leg(&fx.status(), 1)["state"], "syncing");
+    let (code, v) = fx.verify(&["--repair"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["result"], "repaired", "{v:#}");
+    let l1 = v["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["slot"] == 1)
+        .unwrap();
+    assert_eq!(l1["mismatched_regions"], 1, "{v:#}");
+    assert_eq!(l1["repaired"], true, "{v:#}");
+    assert_eq!(leg(&fx.status(), 1)["state"], "in-sync");
+    // A budgeted verify goes on from its cursor, run after run.
+    let (code, v1) = fx.verify(&["--max-time", "0s"]);
+    assert_eq!(code, 0, "{v1:#}");
+    let (code, v2) = fx.verify(&["--max-time", "0s"]);
+    assert_eq!(code, 0, "{v2:#}");
+    assert_eq!(v1["start_region"], 0, "{v1:#}");
+    assert!(u(&v1["end_region"]) > 0 && u(&v1["end_region"]) < g.region_count);
+    assert_eq!(v2["start_region"], v1["end_region"], "{v2:#}");
+    // What the server does not do is refused, naming it; nothing else changes.
+    let o = fx.run(&["write", "a.img", "--input", "/dev/null"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(
         o.stderr.contains("`mirrorctl serve` (pid") && o.stderr.contains("kill -TERM"),
         "{o:?}"
     );
-    assert!(!fx.path("d.img").exists());
     let o = fx.run(&["resync", "a.img", "--dry-run", "--json"]);
     assert_eq!(o.code, 0, "{o:?}");
     host.join().unwrap(); // fio's verify passed
+                          // Detach the NBD leg attached while serving.
+    let o = fx.run(&["detach", "a.img", "3"]);
+    assert_eq!(o.code, 0, "{o:?}");
     let (code, log) = srv.stop();
     assert_eq!(code, 0, "{log}");
     let s = fx.status();
     assert_eq!(s["healthy"], true, "{s:#}");
-    assert_eq!(s["secondaries"], 2);
+    assert_eq!(s["secondaries"], 3);
     let (code, v) = fx.verify(&[]);
     assert_eq!(code, 0, "{v:#}");
-    legs_identical(&fx, &[&fx.path("b.img"), &remote]);
+    legs_identical(
+        &fx,
+        &[&fx.path("b.img"), &fx.path("d.img"), &remote1, &remote2],
+    );
 }
 
 #[test]

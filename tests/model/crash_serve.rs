@@ -6,9 +6,11 @@
 //! converge. Without a cut, a clean stop leaves no intent and a fractured leg's log holds
 //! exactly the regions written while it was fractured.
 //!
-//! A fourth workload (issue 14) fractures a leg while serving (L1) and resyncs it while the
-//! host's writes go on between the resync's runs, into regions copied and not yet copied
-//! (L2, L3, S1).
+//! Two more workloads (issue 14) administer the mirror while serving: one fractures a leg
+//! (L1) and resyncs it while the host's writes go on between the resync's runs, into regions
+//! copied and not yet copied (L2, L3, S1); the other detaches a leg, attaches it again as a
+//! new one with its initial sync between host writes (L4), and verifies with a host write
+//! after the comparison (V2), which must find nothing.
 
 use crate::crash_model::{Inst, Template, SECS};
 use crate::harness::{data_area, Keep};
@@ -204,10 +206,20 @@ impl Progress for HostBetweenRuns<'_> {
     }
 }
 
-/// The live-administration workload: ops 0..3, an admin fracture of slot 1 while extents
-/// are hot, ops 3..6 (missed by it), then its resync with ops 6.. sent between the runs
-/// (the rest after it), then a clean stop.
-fn run_live(t: &Template, inst: &Inst) -> (Run, Option<Mirror>) {
+/// What a live-administration workload does between the host's requests.
+#[derive(Clone, Copy, Debug)]
+enum Admin {
+    /// Ops 0..3, an admin fracture of slot 1 while extents are hot, ops 3..6 (missed by
+    /// it), then its resync with ops 6.. sent between the runs.
+    FractureResync,
+    /// Ops 0..3, a detach of slot 1, ops 3..5, its device attached again as a new leg with
+    /// the initial sync's runs between ops 5.., then a verify with the host's next op after
+    /// its comparison.
+    DetachAttachVerify,
+}
+
+/// A live-administration workload (the rest of the ops after it, then a clean stop).
+fn run_live(t: &Template, inst: &Inst, admin: Admin) -> (Run, Option<Mirror>) {
     let g = t.geom;
     let m = inst.open(WINDOW);
     let model = Mutex::new(Model::new(&t.pre));
@@ -252,44 +264,118 @@ fn run_live(t: &Template, inst: &Inst) -> (Run, Option<Mirror>) {
         let trace = trace.lock().unwrap().clone();
         (Run { model, trace }, m)
     };
+    let failed_now = || failed.load(std::sync::atomic::Ordering::SeqCst);
+    // An admin step: traced, or the run ends (only a cut may make it fail).
+    let admin_step = |what: &str, r: Result<String, String>| -> bool {
+        match r {
+            Ok(s) => {
+                trace.lock().unwrap().push(format!("{what}: {s}"));
+                true
+            }
+            Err(e) => {
+                assert!(inst.world.crashed(), "{what} failed without a cut: {e}");
+                false
+            }
+        }
+    };
+    let no_say = |_: &str| {};
+    let between = HostBetweenRuns { next: &step };
+    let resync = |slot: u32| -> Result<String, String> {
+        let rep = srv
+            .resync_legs(&[slot], &Default::default(), false, &between, &no_say)
+            .map_err(|e| e.to_string())?;
+        if rep.legs.iter().any(|l| l.error.is_some()) {
+            return Err(format!("{rep:?}"));
+        }
+        Ok(format!("{rep:?}"))
+    };
     for _ in 0..3 {
         step();
     }
-    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+    if failed_now() {
         return finish(None);
     }
-    if let Err(e) = srv.fracture_leg(1, Some("model")) {
-        assert!(
-            inst.world.crashed(),
-            "live fracture failed without a cut: {e}"
-        );
-        return finish(None);
-    }
-    trace.lock().unwrap().push("fracture slot 1".into());
-    for _ in 3..6 {
-        step();
-    }
-    if failed.load(std::sync::atomic::Ordering::SeqCst) {
-        return finish(None);
-    }
-    let p = HostBetweenRuns { next: &step };
-    match srv.resync_legs(&[1], None, false, &p) {
-        Ok(rep) => {
-            trace.lock().unwrap().push(format!("resync: {rep:?}"));
-            if rep.legs.iter().any(|l| l.error.is_some()) {
-                assert!(inst.world.crashed(), "resync failed without a cut: {rep:?}");
+    match admin {
+        Admin::FractureResync => {
+            let r = srv.fracture_leg(1, Some("model"), &no_say);
+            if !admin_step(
+                "fracture slot 1",
+                r.map(|d| d.to_string()).map_err(|e| e.to_string()),
+            ) {
+                return finish(None);
+            }
+            for _ in 3..6 {
+                step();
+            }
+            if failed_now() || !admin_step("resync", resync(1)) {
                 return finish(None);
             }
         }
-        Err(e) => {
-            assert!(inst.world.crashed(), "resync failed without a cut: {e}");
-            return finish(None);
+        Admin::DetachAttachVerify => {
+            let r = srv.detach_leg(1, &no_say);
+            if !admin_step(
+                "detach slot 1",
+                r.map(|l| l.location).map_err(|e| e.to_string()),
+            ) {
+                return finish(None);
+            }
+            for _ in 3..5 {
+                step();
+            }
+            if failed_now() {
+                return finish(None);
+            }
+            let dev = std::sync::Arc::new(inst.opener.dev(SECS[1]).clone());
+            let r = srv.attach_leg(
+                dev,
+                SECS[1],
+                SECS[1],
+                mirrorctl::engine::InitialSync::Copy,
+                false,
+                false,
+                &no_say,
+            );
+            let slot = match r {
+                Ok(o) => {
+                    trace
+                        .lock()
+                        .unwrap()
+                        .push(format!("attach: slot {}", o.slot));
+                    o.slot
+                }
+                Err(e) => {
+                    assert!(inst.world.crashed(), "attach failed without a cut: {e}");
+                    return finish(None);
+                }
+            };
+            if failed_now() || !admin_step("initial sync", resync(slot)) {
+                return finish(None);
+            }
+            let opts = mirrorctl::engine::verify::VerifyOpts {
+                repair: false,
+                max_time: None,
+                restart: false,
+            };
+            let slots: Vec<u32> = (0..g.slots).collect();
+            let r = srv
+                .verify(&slots, &opts, &between, &no_say)
+                .map_err(|e| e.to_string())
+                .and_then(|(rep, _)| {
+                    if inst.world.crashed() || rep.result == "clean" {
+                        Ok(rep.result)
+                    } else {
+                        Err(format!("a difference without a cut: {rep:?}"))
+                    }
+                });
+            if !admin_step("verify", r) {
+                return finish(None);
+            }
         }
     }
-    while *next.lock().unwrap() < ops.len() && !failed.load(std::sync::atomic::Ordering::SeqCst) {
+    while *next.lock().unwrap() < ops.len() && !failed_now() {
         step();
     }
-    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+    if failed_now() {
         return finish(None);
     }
     let stopped = srv.stop();
@@ -394,9 +480,23 @@ fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
         .unwrap_or_else(|e| panic!("{ctx}: recover: {e}"));
     let cands = m.resync_candidates().unwrap();
     let rep = m.resync(&cands, None, &NoProgress).unwrap();
-    assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
+    for l in &rep.legs {
+        match &l.error {
+            None => {}
+            // A detach cut after the image said so (D1): its rerun completes it.
+            Some(e) if e.contains("is now a detached of this mirror") => {
+                m.detach(l.slot)
+                    .unwrap_or_else(|e| panic!("{ctx}: detach again: {e}"));
+            }
+            Some(e) => panic!("{ctx}: resync of slot {}: {e}\n{rep:?}", l.slot),
+        }
+    }
     let primary = data_area(&inst.primary, &g);
     for (i, d) in inst.secs.iter().enumerate() {
+        // A leg detached (and not attached again before the cut) is no copy any more.
+        if !m.sb().legs.iter().any(|l| l.location == SECS[i]) {
+            continue;
+        }
         assert!(
             data_area(d, &g) == primary,
             "{ctx}: {} differs after resync",
@@ -497,7 +597,7 @@ fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every
     let t = Template::build(geometry(), 2, 78);
     let name = "live admin";
     let inst = t.instance();
-    let (r, m) = run_live(&t, &inst);
+    let (r, m) = run_live(&t, &inst, Admin::FractureResync);
     let mut m = m.unwrap_or_else(|| panic!("{name}: no clean stop\n{}", r.trace.join("\n")));
     assert_eq!(
         m.pending_intents().unwrap(),
@@ -530,5 +630,50 @@ fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every
         r.trace.join("\n")
     );
     drop(m);
-    cut_everywhere(&t, &inst, name, &|t, i| run_live(t, i).0);
+    cut_everywhere(&t, &inst, name, &|t, i| {
+        run_live(t, i, Admin::FractureResync).0
+    });
+}
+
+#[test]
+fn a_live_detach_attach_and_verify_between_host_writes_survive_a_power_cut_at_every_sync_point() {
+    let t = Template::build(geometry(), 2, 79);
+    let name = "live attach";
+    let inst = t.instance();
+    let (r, m) = run_live(&t, &inst, Admin::DetachAttachVerify);
+    let mut m = m.unwrap_or_else(|| panic!("{name}: no clean stop\n{}", r.trace.join("\n")));
+    assert_eq!(
+        m.pending_intents().unwrap(),
+        0,
+        "{name}: intents after a clean stop"
+    );
+    let g = t.geom;
+    assert_eq!(
+        m.sb().legs[1].state,
+        LegState::InSync,
+        "{name}: the attached leg"
+    );
+    assert_eq!(m.sb().legs[1].location, SECS[1]);
+    let primary = data_area(&inst.primary, &g);
+    assert!(r.model.violation(&primary).is_none());
+    for (i, d) in inst.secs.iter().enumerate() {
+        assert!(
+            data_area(d, &g) == primary,
+            "{name}: {} differs after a clean stop\n{}",
+            SECS[i],
+            r.trace.join("\n")
+        );
+    }
+    // Host writes came during the initial sync, and after the verify's comparison.
+    let at = |p: &str| r.trace.iter().position(|l| l.starts_with(p));
+    let (sync, verify) = (at("initial sync").unwrap(), at("verify").unwrap());
+    assert!(
+        at("op 5").is_some_and(|i| i < sync) && at("op 6").is_some_and(|i| i > sync && i < verify),
+        "{name}: host writes not interleaved\n{}",
+        r.trace.join("\n")
+    );
+    drop(m);
+    cut_everywhere(&t, &inst, name, &|t, i| {
+        run_live(t, i, Admin::DetachAttachVerify).0
+    });
 }

@@ -27,14 +27,17 @@ pub(super) fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
 
 /// A file or block device to attach: refused if it is the primary or already a leg
 /// (compared by device and inode), created sparse at the mirror's size if missing (removed
-/// again unless the attach succeeds: the guard), sized if empty.
+/// again unless the attach succeeds: the guard), sized if empty. `spec` is how the admin
+/// named it, `sec` where it is (the same, or resolved against the client's directory by a
+/// serving process).
 pub(super) fn file_secondary(
-    m: &Mirror,
+    m: &Shape,
     primary: &Path,
     spec: &str,
+    sec: &Path,
 ) -> Result<(Arc<dyn Device>, String, Option<RemoveOnDrop>)> {
-    let sec = PathBuf::from(spec);
-    let total = m.geometry().total_len();
+    let sec = sec.to_path_buf();
+    let total = m.total_len;
     let mut created = None;
     if sec.exists() {
         let id = identity(&sec).map_err(|e| secondary_open_error("examining", &sec, e))?;
@@ -43,7 +46,7 @@ pub(super) fn file_secondary(
                 "{spec} is the primary itself; give a different image"
             )));
         }
-        for (i, l) in m.sb().legs.iter().enumerate() {
+        for (i, l) in m.legs.iter().enumerate() {
             if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
                 return Err(Error::invalid(format!(
                     "{spec} is already attached as slot {i} ({}, {})",
@@ -81,105 +84,180 @@ pub(super) fn file_secondary(
     Ok((Arc::new(dev), canonical, created))
 }
 
-pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
-    let rate = a.rate;
-    let mut m = open_for_change(ctx, &a.primary)?;
-    let live = m.publish("attach", true);
-    let (dev, canonical, created) = if nbd::is_uri(&a.secondary) {
+/// What opening a secondary needs to know of the mirror (taken from it, so that a serving
+/// process opens the secondary without holding its state).
+pub(super) struct Shape {
+    total_len: u64,
+    legs: Vec<crate::format::Leg>,
+}
+
+impl Shape {
+    pub(super) fn of(m: &Mirror) -> Shape {
+        Shape {
+            total_len: m.geometry().total_len(),
+            legs: m.sb().legs.clone(),
+        }
+    }
+}
+
+/// The secondary `a` names, opened (or created), with its canonical name; `at` is where it
+/// is (see [`file_secondary`]).
+pub(super) fn secondary(
+    m: &Shape,
+    a: &cli::AttachArgs,
+    at: &Path,
+) -> Result<(Arc<dyn Device>, String, Option<RemoveOnDrop>)> {
+    if nbd::is_uri(&a.secondary) {
         let (dev, canonical) = nbd_secondary(&a.secondary)?;
-        (dev, canonical, None)
+        Ok((dev, canonical, None))
     } else {
-        file_secondary(&m, &a.primary, &a.secondary)?
-    };
-    let initial = if a.assume_clean {
+        file_secondary(m, &a.primary, &a.secondary, at)
+    }
+}
+
+pub(super) fn initial(a: &cli::AttachArgs) -> engine::InitialSync {
+    if a.assume_clean {
         engine::InitialSync::AssumeClean
     } else if a.compare {
         engine::InitialSync::Compare
     } else {
         engine::InitialSync::Copy
+    }
+}
+
+pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
+    let mut m = match open_for_change(ctx, &a.primary) {
+        Ok(m) => m,
+        Err(e) => return via_server(ctx, &a.primary, e, "attach"),
     };
+    let live = m.publish("attach", true);
+    let (dev, canonical, created) = secondary(&Shape::of(&m), &a, Path::new(&a.secondary))?;
     let outcome = m.attach(
         dev,
         &a.secondary,
         &canonical,
-        initial,
+        initial(&a),
         a.force,
         a.discard_secondary_changes,
     )?;
     if let Some(mut c) = created {
         c.0 = None;
     }
-    let mut out = AttachOut {
-        slot: outcome.slot,
-        path: a.secondary.clone(),
-        reattached: outcome.reattached,
-        regions_to_copy: outcome.regions,
-        copied_regions: 0,
-        copied_bytes: 0,
-        written_bytes: 0,
-        state: String::new(),
-        seconds: 0.0,
-    };
+    let mut out = Attached::new(&a, &outcome);
     let mut exit = Exit::Success;
-    if !a.no_sync && m.sb().legs[outcome.slot as usize].state != LegState::InSync {
+    if out.needs_sync(&a, m.sb().legs[outcome.slot as usize].state) {
         let bar = Bar::new(ctx.progress, &format!("syncing slot {}", outcome.slot))
             .published(live.as_ref(), "initial sync");
         let opts = engine::ResyncOptions {
-            rate,
+            rate: a.rate,
             compare: a.compare,
         };
         let r = m.resync_with(&[outcome.slot], &opts, &bar)?;
-        if let Some(l) = r.legs.first() {
-            out.copied_regions = l.regions;
-            out.copied_bytes = l.bytes;
-            out.written_bytes = l.written_bytes;
-            if let Some(e) = &l.error {
-                eprintln!(
-                    "mirrorctl: attach: initial sync of slot {} ({}) failed: {e}",
-                    l.slot, l.location
-                );
-                exit = Exit::Degraded;
-            }
+        if let Some(e) = out.synced(&r) {
+            eprintln!("mirrorctl: {e}");
+            exit = Exit::Degraded;
         }
-        out.seconds = r.seconds;
     }
     print_warnings(&mut m);
-    let state = m.sb().legs[outcome.slot as usize].state;
-    out.state = state.as_str().to_string();
-    if a.json {
-        print_json(&out)?;
-    } else {
-        let verb = if outcome.reattached {
+    out.set_state(m.sb().legs[outcome.slot as usize].state);
+    let mut text = Vec::new();
+    out.render(&a, &mut text)?;
+    io::stdout().write_all(&text).map_err(Error::output)?;
+    Ok(exit.worst(health_exit(&mut m)?))
+}
+
+/// What `attach` did, for its output (the same from the command and from `serve`).
+pub(super) struct Attached {
+    out: AttachOut,
+    reattached: bool,
+    regions: u64,
+}
+
+impl Attached {
+    pub(super) fn new(a: &cli::AttachArgs, o: &engine::AttachOutcome) -> Attached {
+        Attached {
+            out: AttachOut {
+                slot: o.slot,
+                path: a.secondary.clone(),
+                reattached: o.reattached,
+                regions_to_copy: o.regions,
+                copied_regions: 0,
+                copied_bytes: 0,
+                written_bytes: 0,
+                state: String::new(),
+                seconds: 0.0,
+            },
+            reattached: o.reattached,
+            regions: o.regions,
+        }
+    }
+
+    /// Whether the initial sync runs now (not with `--no-sync`, nor for a leg in sync).
+    pub(super) fn needs_sync(&self, a: &cli::AttachArgs, state: LegState) -> bool {
+        !a.no_sync && state != LegState::InSync
+    }
+
+    /// Takes in the initial sync's report; the error line to print if it failed.
+    pub(super) fn synced(&mut self, r: &engine::ResyncReport) -> Option<String> {
+        self.out.seconds = r.seconds;
+        let l = r.legs.first()?;
+        self.out.copied_regions = l.regions;
+        self.out.copied_bytes = l.bytes;
+        self.out.written_bytes = l.written_bytes;
+        l.error.as_ref().map(|e| {
+            format!(
+                "attach: initial sync of slot {} ({}) failed: {e}",
+                l.slot, l.location
+            )
+        })
+    }
+
+    pub(super) fn set_state(&mut self, state: LegState) {
+        self.out.state = state.as_str().to_string();
+    }
+
+    /// The text (or JSON document) `attach` prints.
+    pub(super) fn render(&self, a: &cli::AttachArgs, w: &mut dyn Write) -> Result<()> {
+        let e = Error::output;
+        let out = &self.out;
+        if a.json {
+            serde_json::to_writer_pretty(&mut *w, out).map_err(|x| e(x.into()))?;
+            return writeln!(w).map_err(e);
+        }
+        let verb = if self.reattached {
             "re-attached"
         } else {
             "attached"
         };
-        print!("{verb} {} as slot {}", a.secondary, outcome.slot);
-        if a.no_sync && state != LegState::InSync {
-            println!(
+        write!(w, "{verb} {} as slot {}", a.secondary, out.slot).map_err(e)?;
+        if a.no_sync && out.state != LegState::InSync.as_str() {
+            writeln!(
+                w,
                 "; {} left to copy: run `mirrorctl resync {} {}`",
-                plural(outcome.regions, "region"),
+                plural(self.regions, "region"),
                 display(&a.primary),
-                outcome.slot
-            );
+                out.slot
+            )
         } else if a.compare {
-            println!(
+            writeln!(
+                w,
                 "; compared {} ({}), wrote {} in {:.1}s; state {}",
                 plural(out.copied_regions, "region"),
                 format_size(out.copied_bytes),
                 format_size(out.written_bytes),
                 out.seconds,
                 out.state
-            );
+            )
         } else {
-            println!(
+            writeln!(
+                w,
                 "; copied {} ({}) in {:.1}s; state {}",
                 plural(out.copied_regions, "region"),
                 format_size(out.copied_bytes),
                 out.seconds,
                 out.state
-            );
+            )
         }
+        .map_err(e)
     }
-    Ok(exit.worst(health_exit(&mut m)?))
 }

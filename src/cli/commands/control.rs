@@ -57,6 +57,14 @@ fn out(reply: &Mutex<&mut Reply>, text: String) {
         .send(&Message::Out(text));
 }
 
+/// A line on the client's standard error, as the command prints it.
+fn err(reply: &Mutex<&mut Reply>, line: &str) {
+    reply
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(&Message::Err(format!("mirrorctl: {line}\n")));
+}
+
 fn run(
     srv: &Server,
     live: Option<&Publisher>,
@@ -66,47 +74,45 @@ fn run(
 ) -> Result<Exit> {
     let busy = |what: &str| {
         Err(Error::busy(format!(
-            "`mirrorctl {what}` cannot run while the mirror is served (pid {}): fracture, detach, resync and status can; stop serve cleanly with `kill -TERM {}` first",
+            "`mirrorctl {what}` cannot run while the mirror is served (pid {}): status, fracture, resync, attach, detach and verify can; stop serve cleanly with `kill -TERM {}` first",
             std::process::id(),
             std::process::id()
         )))
     };
+    // The mirror's warnings go to the client too, as the command prints them.
+    let say = |w: &str| err(reply, w);
+    let cwd = req.cwd.clone();
+    let same = |s: &str| same_file(&resolve(&cwd, s));
+    let health = || -> Result<Exit> { srv.with_mirror(health_exit) };
     match cmd {
         Command::Fracture(a) => {
-            let spec = resolve(&req.cwd, &a.secondary);
             let (slot, leg) = srv.with_mirror(|m| -> Result<_> {
-                let s = m.find_slot(&a.secondary, &same_file(&spec))?;
+                let s = m.find_slot(&a.secondary, &same(&a.secondary))?;
                 Ok((s, m.sb().legs[s as usize].clone()))
             })?;
-            let done = srv.fracture_leg(slot, a.reason.as_deref())?;
+            let done = srv.fracture_leg(slot, a.reason.as_deref(), &say)?;
             out(reply, super::legs::fractured_text(&a, slot, &leg, done));
             Ok(Exit::Success)
         }
         Command::Detach(a) => {
-            let spec = resolve(&req.cwd, &a.secondary);
-            let slot = srv.with_mirror(|m| m.find_slot(&a.secondary, &same_file(&spec)))?;
-            let leg = srv.detach_leg(slot)?;
+            let slot = srv.with_mirror(|m| m.find_slot(&a.secondary, &same(&a.secondary)))?;
+            let leg = srv.detach_leg(slot, &say)?;
             out(reply, super::legs::detached_text(slot, &leg));
             Ok(Exit::Success)
         }
         Command::Resync(a) => {
-            if a.compare {
-                return Err(Error::invalid(format!(
-                    "resync --compare is not done while the mirror is served (pid {}); run it after stopping serve, or run a plain resync",
-                    std::process::id()
-                )));
-            }
-            let cwd = req.cwd.clone();
-            let slots = srv.with_mirror(|m| {
-                super::resync::choose_slots(m, &a, &|s| same_file(&resolve(&cwd, s)))
-            })?;
+            let slots = srv.with_mirror(|m| super::resync::choose_slots(m, &a, &same))?;
             let mut errs = Vec::new();
             let (o, exit) = if a.dry_run {
                 let o = srv.with_mirror(|m| super::resync::dry_run(m, &a, &slots))?;
                 (o, Exit::Success)
             } else if !slots.is_empty() {
-                let p = Sent::new(reply, live);
-                let r = srv.resync_legs(&slots, a.rate, false, &p);
+                let p = Sent::new(reply, live, "resync");
+                let opts = engine::ResyncOptions {
+                    rate: a.rate,
+                    compare: a.compare,
+                };
+                let r = srv.resync_legs(&slots, &opts, false, &p, &say);
                 drop(p);
                 let r = r?;
                 srv.with_mirror(|m| super::resync::finished(m, &a, r, &mut errs))?
@@ -114,18 +120,63 @@ fn run(
                 (super::resync::empty(&a), Exit::Success)
             };
             for e in errs {
-                reply
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(&Message::Err(format!("mirrorctl: {e}\n")));
+                err(reply, &e.to_string());
             }
             let mut text = Vec::new();
             super::resync::render(&a, slots.is_empty(), &o, &mut text)?;
             out(reply, String::from_utf8_lossy(&text).into_owned());
             Ok(exit)
         }
-        Command::Attach(_) => busy("attach"),
-        Command::Verify(_) => busy("verify"),
+        Command::Attach(a) => {
+            let at = PathBuf::from(resolve(&cwd, &a.secondary));
+            // Opened (an NBD export connected, a file created) while hosts go on.
+            let shape = srv.with_mirror(|m| super::attach::Shape::of(m));
+            let (dev, canonical, created) = super::attach::secondary(&shape, &a, &at)?;
+            let outcome = srv.attach_leg(
+                dev,
+                &a.secondary,
+                &canonical,
+                super::attach::initial(&a),
+                a.force,
+                a.discard_secondary_changes,
+                &say,
+            )?;
+            if let Some(mut c) = created {
+                c.0 = None;
+            }
+            let mut done = super::attach::Attached::new(&a, &outcome);
+            let state = srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state);
+            let mut exit = Exit::Success;
+            if done.needs_sync(&a, state) {
+                let p = Sent::new(reply, live, "initial sync");
+                let opts = engine::ResyncOptions {
+                    rate: a.rate,
+                    compare: a.compare,
+                };
+                let r = srv.resync_legs(&[outcome.slot], &opts, false, &p, &say);
+                drop(p);
+                if let Some(e) = done.synced(&r?) {
+                    err(reply, &e);
+                    exit = Exit::Degraded;
+                }
+            }
+            done.set_state(srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state));
+            let mut text = Vec::new();
+            done.render(&a, &mut text)?;
+            out(reply, String::from_utf8_lossy(&text).into_owned());
+            Ok(exit.worst(health()?))
+        }
+        Command::Verify(a) => {
+            let slots = srv.with_mirror(|m| super::verify::slots(m, &a, &same))?;
+            let p = Sent::new(reply, live, "verify");
+            let r = srv.verify(&slots, &super::verify::opts(&a), &p, &say);
+            drop(p);
+            let (report, verdict) = r?;
+            let mut text = Vec::new();
+            super::verify::render(&a, &report, &mut text)?;
+            out(reply, String::from_utf8_lossy(&text).into_owned());
+            Ok(super::verify::exit_of(verdict))
+        }
         Command::Write(_) => busy("write"),
         Command::Read(_) => busy("read"),
         Command::Promote(_) => busy("promote"),
@@ -181,9 +232,9 @@ struct Sent<'a, 'r> {
 }
 
 impl<'a, 'r> Sent<'a, 'r> {
-    fn new(reply: &'a Mutex<&'r mut Reply>, live: Option<&'a Publisher>) -> Self {
+    fn new(reply: &'a Mutex<&'r mut Reply>, live: Option<&'a Publisher>, phase: &str) -> Self {
         let counters = Arc::new(ProgressCounters::new());
-        counters.set_phase("resync");
+        counters.set_phase(phase);
         if let Some(l) = live {
             l.follow(counters.clone());
         }

@@ -216,7 +216,18 @@ fn open_mirror(ctx: &Ctx, path: &Path, mode: Mode) -> Result<Mirror> {
 fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
     let writable = mode == Mode::Exclusive;
     let dev = FileDevice::open(path, writable).map_err(|e| open_error("opening", path, e))?;
-    lock::lock(dev.file().unwrap(), mode, wait, &display(path))?;
+    let file = dev.file().unwrap();
+    // A served mirror is not waited for (serve holds it for its whole life): the caller
+    // hands the command to the serving process instead (`via_server`).
+    match lock::lock(file, mode, Wait::No, &display(path)) {
+        Err(e) if e.kind == Kind::Busy && wait != Wait::No => {
+            if crate::live::read(file).is_some_and(|r| r.command == "serve") {
+                return Err(e);
+            }
+            lock::lock(file, mode, wait, &display(path))?;
+        }
+        r => r?,
+    }
     let dev: Arc<dyn Device> = Arc::new(dev);
     let m = Mirror::open(
         dev,

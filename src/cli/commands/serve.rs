@@ -81,7 +81,9 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
                     "slot(s) {slots:?} were left syncing: their resync continues in the background"
                 ));
                 let p = super::control::Published::new(l.as_deref());
-                if let Err(e) = s.resync_legs(&slots, None, true, &p) {
+                let opts = engine::ResyncOptions::default();
+                // Its warnings are in serve's log already.
+                if let Err(e) = s.resync_legs(&slots, &opts, true, &p, &|_| {}) {
                     server::log_line(&format!("error: background resync: {e}"));
                 }
             })

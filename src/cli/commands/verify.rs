@@ -3,9 +3,7 @@
 use super::*;
 
 pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
-    use crate::engine::plan::Verdict;
-    use crate::engine::verify::{self, VerifyOpts};
-    let max_time = a.max_time;
+    use crate::engine::verify;
     let path = a.primary.clone();
     let bar = Bar::new(ctx.progress, "verify");
     // Published from the first batch on, and between batches too (the lock is let go then).
@@ -29,42 +27,76 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
                 Err(e) => Err(e),
             }
         };
-    let specs = a.secondaries.clone();
-    let slots_for = |m: &Mirror| -> Result<Vec<u32>> {
-        if specs.is_empty() {
-            return Ok((0..m.geometry().slots)
-                .filter(|&s| m.sb().legs[s as usize].state != LegState::Empty)
-                .collect());
-        }
-        let mut v = Vec::new();
-        for s in &specs {
-            let slot = m.find_slot(s, &same_file(s))?;
-            if !v.contains(&slot) {
-                v.push(slot);
-            }
-        }
-        Ok(v)
-    };
-    let opts = VerifyOpts {
-        repair: a.repair,
-        max_time,
-        restart: a.restart,
-    };
-    let (report, verdict, warnings) = verify::run(&mut open, &slots_for, &opts, &bar)?;
-    let exit = match verdict {
-        Verdict::Differences => Exit::Differences,
-        Verdict::Incomplete => Exit::Degraded,
-        Verdict::Clean | Verdict::Repaired => Exit::Success,
+    let slots_for = |m: &Mirror| slots(m, &a, &|s| same_file(s));
+    let (report, verdict, warnings) = match verify::run(&mut open, &slots_for, &opts(&a), &bar) {
+        Ok(r) => r,
+        Err(e) => return via_server(ctx, &a.primary, e, "verify"),
     };
     for w in warnings {
         eprintln!("mirrorctl: {w}");
     }
-    if a.json {
-        print_json(&report)?;
-        return Ok(exit);
+    let mut text = Vec::new();
+    render(&a, &report, &mut text)?;
+    io::stdout().write_all(&text).map_err(Error::output)?;
+    Ok(exit_of(verdict))
+}
+
+/// The legs `a` names (by slot or location; `same` tells whether a location is a leg's
+/// file), or every non-empty one.
+pub(super) fn slots<F: Fn(&str) -> bool>(
+    m: &Mirror,
+    a: &cli::VerifyArgs,
+    same: &dyn Fn(&str) -> F,
+) -> Result<Vec<u32>> {
+    if a.secondaries.is_empty() {
+        return Ok((0..m.geometry().slots)
+            .filter(|&s| m.sb().legs[s as usize].state != LegState::Empty)
+            .collect());
     }
+    let mut v = Vec::new();
+    for s in &a.secondaries {
+        let slot = m.find_slot(s, &same(s))?;
+        if !v.contains(&slot) {
+            v.push(slot);
+        }
+    }
+    Ok(v)
+}
+
+pub(super) fn opts(a: &cli::VerifyArgs) -> crate::engine::verify::VerifyOpts {
+    crate::engine::verify::VerifyOpts {
+        repair: a.repair,
+        max_time: a.max_time,
+        restart: a.restart,
+    }
+}
+
+pub(super) fn exit_of(verdict: crate::engine::plan::Verdict) -> Exit {
+    use crate::engine::plan::Verdict;
+    match verdict {
+        Verdict::Differences => Exit::Differences,
+        Verdict::Incomplete => Exit::Degraded,
+        Verdict::Clean | Verdict::Repaired => Exit::Success,
+    }
+}
+
+/// The text (or JSON document) `verify` prints.
+pub(super) fn render(
+    a: &cli::VerifyArgs,
+    report: &crate::engine::verify::VerifyReport,
+    w: &mut dyn Write,
+) -> Result<()> {
+    if a.json {
+        serde_json::to_writer_pretty(&mut *w, report).map_err(|x| Error::output(x.into()))?;
+        return writeln!(w).map_err(Error::output);
+    }
+    render_text(report, w).map_err(Error::output)
+}
+
+fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) -> io::Result<()> {
     let bytes = report.bytes_compared;
-    println!(
+    writeln!(
+        w,
         "verified regions {}..{} of {}{}: {} compared in {:.1}s ({}/s)",
         report.start_region,
         report.end_region,
@@ -77,14 +109,14 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         format_size(bytes),
         report.seconds,
         format_size(report.bytes_per_second as u64)
-    );
+    )?;
     for l in &report.legs {
         if let Some(why) = &l.skipped {
-            println!("slot {} ({}): {why}", l.slot, l.path);
+            writeln!(w, "slot {} ({}): {why}", l.slot, l.path)?;
             continue;
         }
         if let Some(e) = &l.error {
-            println!("slot {} ({}): error: {e}", l.slot, l.path);
+            writeln!(w, "slot {} ({}): error: {e}", l.slot, l.path)?;
         }
         let pending = if l.pending_regions > 0 {
             format!(
@@ -97,29 +129,30 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         if l.mismatched_regions == 0 {
             // A leg that could not be read is not "identical".
             if l.error.is_none() {
-                println!("slot {} ({}): identical{pending}", l.slot, l.path);
+                writeln!(w, "slot {} ({}): identical{pending}", l.slot, l.path)?;
             }
             continue;
         }
-        println!(
+        writeln!(
+            w,
             "slot {} ({}): {} ({}){}{pending}",
             l.slot,
             l.path,
             plural(l.mismatched_regions, "mismatched region"),
             format_size(l.mismatched_bytes),
             if l.repaired { ", repaired" } else { "" }
-        );
+        )?;
         for r in &l.mismatches {
-            println!(
+            writeln!(
+                w,
                 "  regions {}..{}  bytes {}..{} ({} bytes)",
                 r.first_region,
                 r.end_region,
                 r.offset,
                 r.offset + r.length,
                 r.length
-            );
+            )?;
         }
     }
-    println!("result: {}", report.result);
-    Ok(exit)
+    writeln!(w, "result: {}", report.result)
 }

@@ -1,5 +1,6 @@
-//! Live administration of a served mirror: fracture, detach and resync while hosts write,
-//! carried out by the serving process (the control socket's commands).
+//! Live administration of a served mirror: fracture, detach, attach and resync while hosts
+//! write, carried out by the serving process (the control socket's commands; verify is in
+//! `verify.rs`).
 //!
 //! Rules, beside H1..H5 (tagged at the lines that keep them):
 //! - L1 An admin fracture puts the hot set in the leg's fracture log, durably, before the
@@ -11,13 +12,31 @@
 //!   never lands over a newer host write (DRBD's resync extents against AL extents).
 //! - L3 A resynced leg receives host writes (S3) from the same lock hold that marks it
 //!   syncing; a write admitted before it is copied after (L2), because its regions' bits
-//!   were set ahead (W3) while the leg was fractured.
+//!   were set ahead (W3) while the leg was fractured. The bits set ahead for it are no
+//!   longer trimmed from then on (`forget_ahead`), nor after a detach: its log may now hold
+//!   bits set for other reasons (an initial sync, differences verify recorded) that a trim
+//!   of regions "no write used" would clear.
+//! - L4 An attached leg's log holds the hot set besides its initial log, durably, before
+//!   the leg receives writes, in one lock hold with adding it to the writers: writes in
+//!   flight went to the legs listed when they started, every one of them inside the hot
+//!   set, and the initial sync copies them after they finish (L2).
 
 use super::*;
 use crate::engine::plan;
-use crate::engine::resync::{RateLimit, CHECKPOINT, COPY_RUN, RESYNC_BATCH};
+use crate::engine::resync::{RateLimit, ResyncOptions, CHECKPOINT, COPY_RUN, RESYNC_BATCH};
+
+/// Where an admin operation's warnings go besides serve's log: the client that asked.
+pub type Say<'a> = &'a dyn Fn(&str);
 
 impl Server {
+    /// The mirror's warnings to serve's log and to the client that asked.
+    pub(super) fn tell(&self, st: &mut State, say: Say<'_>) {
+        for w in st.mirror.warnings.drain(..) {
+            (self.log)(&w);
+            say(&w);
+        }
+    }
+
     /// Ends live administration: a resync in progress stops at its next run (its leg keeps
     /// the rest of its log, S1). Called when serve stops.
     pub fn stop_admin(&self) {
@@ -42,7 +61,7 @@ impl Server {
     }
 
     /// Admin fracture of `slot` while hosts write; false if it was fractured already.
-    pub fn fracture_leg(&self, slot: u32, reason: Option<&str>) -> Result<bool> {
+    pub fn fracture_leg(&self, slot: u32, reason: Option<&str>, say: Say<'_>) -> Result<bool> {
         let mut st = self.lock();
         if st.mirror.sb().legs[slot as usize].state.is_fractured() {
             return Ok(false);
@@ -74,22 +93,86 @@ impl Server {
                 "{name} fractured by admin; its changes are tracked"
             ));
         }
-        self.flush_log(&mut st);
+        self.tell(&mut st, say);
         r
     }
 
     /// Detaches `slot` while hosts write: it stops receiving writes, then is detached (D1).
-    pub fn detach_leg(&self, slot: u32) -> Result<crate::format::Leg> {
+    pub fn detach_leg(&self, slot: u32, say: Say<'_>) -> Result<crate::format::Leg> {
         let mut st = self.lock();
         // Requests in flight that write the leg may still finish on it: harmless, it is
         // leaving the mirror.
         st.legs.retain(|(s, _)| *s != slot);
         let r = st.mirror.detach(slot);
         if let Ok(l) = &r {
+            // L3: the slot's next leg starts with a log of its own.
+            st.al.forget_ahead(slot);
             (self.log)(&format!("{} detached", leg_name(slot, l)));
         }
-        self.flush_log(&mut st);
+        self.tell(&mut st, say);
         r
+    }
+
+    /// Attaches a secondary while hosts write (the engine's attach, A1..A4, under the state
+    /// lock: host requests wait for its few metadata syncs), with the hot set in its log
+    /// (L4), receiving writes from the same lock hold. The initial sync is the caller's
+    /// `resync_legs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_leg(
+        &self,
+        dev: Arc<dyn Device>,
+        location: &str,
+        canonical: &str,
+        initial: crate::engine::InitialSync,
+        force: bool,
+        discard: bool,
+        say: Say<'_>,
+    ) -> Result<crate::engine::AttachOutcome> {
+        let mut st = self.lock();
+        let r = st
+            .mirror
+            .attach(dev, location, canonical, initial, force, discard);
+        self.tell(&mut st, say);
+        let mut out = r?;
+        let slot = out.slot;
+        st.al.forget_ahead(slot);
+        // L4: the hot set's regions not in the log yet, durably, before the leg is a writer.
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        let mut added = 0;
+        for r in st.al.hot_regions() {
+            let clear = st
+                .mirror
+                .clear_runs(id, r)
+                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
+            for c in clear {
+                added += c.end - c.start;
+                st.mirror
+                    .bitmaps
+                    .set_range(id, c, true)
+                    .map_err(|e| st.mirror.meta_err("setting a fracture log", &e))?;
+            }
+        }
+        if added > 0 {
+            st.mirror.flush_bitmaps()?;
+            out.regions += added;
+            let leg = &mut st.mirror.image.sb.legs[slot as usize];
+            if leg.state == LegState::InSync {
+                // Declared identical (--assume-clean), but writes in flight may miss it.
+                leg.set_state(LegState::Syncing, now_unix());
+                st.mirror.commit()?;
+            }
+        }
+        let dev = st.mirror.open_leg(slot).map_err(Error::degraded)?;
+        st.legs.retain(|(s, _)| *s != slot);
+        st.legs.push((slot, dev));
+        let name = leg_name(slot, &st.mirror.sb().legs[slot as usize]);
+        (self.log)(&format!(
+            "{name} attached{}; {} to copy",
+            if out.reattached { " again" } else { "" },
+            crate::units::plural(out.regions, "region")
+        ));
+        self.tell(&mut st, say);
+        Ok(out)
     }
 
     /// Resyncs `slots` while hosts write, copying run by run in arrival order with the
@@ -99,9 +182,10 @@ impl Server {
     pub fn resync_legs(
         &self,
         slots: &[u32],
-        rate: Option<u64>,
+        opts: &ResyncOptions,
         yield_to_hosts: bool,
         progress: &dyn Progress,
+        say: Say<'_>,
     ) -> Result<ResyncReport> {
         let started = Instant::now();
         let g = self.geometry;
@@ -123,6 +207,7 @@ impl Server {
                         total += st.mirror.pending_for(s)?.1;
                         // S3 + L3: syncing and receiving writes in this one lock hold.
                         st.mirror.image.sb.legs[s as usize].set_state(LegState::Syncing, now);
+                        st.al.forget_ahead(s);
                         if !st.legs.iter().any(|(x, _)| *x == s) {
                             st.legs.push((s, d.clone()));
                         }
@@ -143,17 +228,23 @@ impl Server {
             "resync of slot(s) {slots:?} started while serving: {} to copy",
             crate::units::format_size(total)
         ));
-        let limiter = RateLimit::new(rate);
+        let limiter = RateLimit::new(opts.rate);
         let mut done = Vec::new();
         for (s, dev) in work {
             let lr = report.legs.iter_mut().find(|l| l.slot == s).unwrap();
-            match self.copy_live(s, &*dev, &g, &limiter, yield_to_hosts, progress, lr) {
+            let how = Copy {
+                limiter: &limiter,
+                compare: opts.compare,
+                yield_to_hosts,
+                progress,
+            };
+            match self.copy_live(s, &*dev, &g, &how, lr) {
                 Ok(()) => done.push(s),
                 Err(Failed::Leg(what, e)) => {
                     lr.error = Some(format!("{what}: {e}"));
                     let mut st = self.lock();
                     let r = self.fracture(&mut st, s, what, e);
-                    self.flush_log(&mut st);
+                    self.tell(&mut st, say);
                     r.map_err(|f| Error::primary(f.msg))?;
                 }
                 Err(Failed::Gone) => {
@@ -191,7 +282,7 @@ impl Server {
         if !synced.is_empty() {
             st.mirror.refresh_headers(&synced);
         }
-        self.flush_log(&mut st);
+        self.tell(&mut st, say);
         report.seconds = started.elapsed().as_secs_f64();
         (self.log)(&format!(
             "resync ended: slot(s) {synced:?} now in sync, {} copied in {:.1}s",
@@ -202,44 +293,53 @@ impl Server {
     }
 
     /// Copies one leg's fracture log from the primary while hosts write.
-    #[allow(clippy::too_many_arguments)]
     fn copy_live(
         &self,
         slot: u32,
         leg: &dyn Device,
         g: &Geometry,
-        limiter: &RateLimit,
-        yield_to_hosts: bool,
-        progress: &dyn Progress,
+        how: &Copy<'_>,
         lr: &mut ResyncLegReport,
     ) -> std::result::Result<(), Failed> {
         let id = BitmapId::Fracture(SlotIdx(slot));
-        let max_run =
-            plan::max_run_regions(limiter.bytes_in(CHECKPOINT / 2), COPY_RUN, g.region_size);
-        let mut buf = crate::device::AlignedBuf::zeroed(COPY_RUN.max(g.region_size) as usize);
+        let max_run = plan::max_run_regions(
+            how.limiter.bytes_in(CHECKPOINT / 2),
+            COPY_RUN,
+            g.region_size,
+        );
+        let size = COPY_RUN.max(g.region_size) as usize;
+        let mut buf = crate::device::AlignedBuf::zeroed(size);
+        let mut theirs = if how.compare {
+            vec![0u8; size]
+        } else {
+            Vec::new()
+        };
+        let written = AtomicU64::new(0);
         let mut from = 0;
         let mut batch: Vec<Range<u64>> = Vec::new();
         let mut batch_bytes = 0;
         let mut batch_started = Instant::now();
         let meta = |e: io::Error| Failed::Primary(Error::primary_io("reading a fracture log", &e));
-        loop {
+        let result = loop {
             if self.admin_stop.load(Ordering::SeqCst) {
                 self.checkpoint(slot, leg, &mut batch, lr, g)?;
-                return Err(Failed::Stopped);
+                break Err(Failed::Stopped);
             }
             let run = {
                 let mut st = self.lock();
                 if !st.legs.iter().any(|(s, _)| *s == slot) {
-                    return Err(Failed::Gone); // a host write failed on it (H5)
+                    break Err(Failed::Gone); // a host write failed on it (H5)
                 }
                 st.mirror
                     .bitmaps
                     .next_run(id, from, max_run)
                     .map_err(meta)?
             };
-            let Some(r) = run else { break };
+            let Some(r) = run else {
+                break self.checkpoint(slot, leg, &mut batch, lr, g);
+            };
             from = r.end;
-            if yield_to_hosts {
+            if how.yield_to_hosts {
                 // Up to 20 ms while hosts have requests in flight, then this run anyway, so
                 // the resync always ends.
                 for _ in 0..10 {
@@ -253,12 +353,17 @@ impl Server {
             // L2: this run's place among the host's writes.
             let t = self.ticket(br.start, br.end - br.start);
             drop(self.wait_for_earlier(self.lock(), &t));
-            let copied = self.copy_run(leg, g, br.clone(), &mut buf);
+            let copied = if how.compare {
+                self.compare_run(leg, g, br.clone(), &mut buf, &mut theirs, &written)
+            } else {
+                written.fetch_add(br.end - br.start, Ordering::Relaxed);
+                self.copy_run(leg, g, br.clone(), &mut buf)
+            };
             self.cancel(t);
             copied?;
             // The rate limit waits with the run released: host writes there go on meanwhile.
-            limiter.take(br.end - br.start);
-            progress.advance(br.end - br.start);
+            how.limiter.take(br.end - br.start);
+            how.progress.advance(br.end - br.start);
             batch_bytes += br.end - br.start;
             batch.push(r);
             if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
@@ -266,8 +371,54 @@ impl Server {
                 batch_bytes = 0;
                 batch_started = Instant::now();
             }
+        };
+        lr.written_bytes = written.load(Ordering::Relaxed).min(lr.bytes);
+        result
+    }
+
+    /// `resync --compare` of one run: only the blocks that differ are written (the
+    /// command's own comparison, `resync::compare_copy`).
+    fn compare_run(
+        &self,
+        leg: &dyn Device,
+        g: &Geometry,
+        br: Range<u64>,
+        ours: &mut [u8],
+        theirs: &mut [u8],
+        written: &AtomicU64,
+    ) -> std::result::Result<(), Failed> {
+        let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
+        let extents = self.primary.data_extents(start..end).map_err(|e| {
+            Failed::Primary(Error::primary_io(
+                format!("reading primary {} at data offset {}", self.name, br.start),
+                &e,
+            ))
+        })?;
+        // The rate limit is taken by the caller, with the run released.
+        let unlimited = RateLimit::new(None);
+        let never = AtomicBool::new(false);
+        let ctl =
+            crate::engine::resync::CopyCtl::new(&unlimited, &never, &NoProgress, true, written);
+        for (piece, data) in plan::copy_pieces(start..end, extents) {
+            if piece.is_empty() {
+                continue;
+            }
+            crate::engine::resync::compare_copy(
+                &*self.primary,
+                leg,
+                piece,
+                data,
+                g,
+                ours,
+                theirs,
+                &ctl,
+            )
+            .map_err(|e| match e {
+                crate::engine::resync::CopyErr::Primary(m) => Failed::Primary(Error::primary(m)),
+                crate::engine::resync::CopyErr::Leg(what, e) => Failed::Leg(what, e),
+            })?;
         }
-        self.checkpoint(slot, leg, &mut batch, lr, g)
+        Ok(())
     }
 
     /// One run from the primary to the leg (holes as zeroes, S4).
@@ -339,9 +490,18 @@ impl Server {
             let br = g.regions_bytes(r);
             lr.bytes += br.end - br.start;
         }
-        lr.written_bytes = lr.bytes;
         st.mirror.flush_bitmaps().map_err(Failed::Primary)
     }
+}
+
+/// How a live resync copies.
+struct Copy<'a> {
+    limiter: &'a RateLimit,
+    /// Read the leg too and write only the blocks that differ.
+    compare: bool,
+    /// Before each run, wait a moment while host requests are in flight.
+    yield_to_hosts: bool,
+    progress: &'a dyn Progress,
 }
 
 /// Why a live copy stopped.

@@ -21,6 +21,9 @@
 //!   request's extents (never cleared, W6) and the host gets an error for that request only.
 
 mod admin;
+mod verify;
+
+pub use admin::Say;
 
 use super::activity::{ActivityLog, ExtentIdx, Plan};
 use super::*;

@@ -1,0 +1,228 @@
+//! Verify while hosts write: the command's comparison (`engine/verify.rs`) chunk by chunk,
+//! each chunk in its place among the host writes, its differences recorded (V1) and
+//! repaired through the live resync.
+//!
+//! Rules (tagged at the lines that keep them):
+//! - V2 A chunk is read from every leg holding a ticket over its range (H4): every earlier
+//!   overlapping write has finished on every leg and later ones wait until the reads are
+//!   done, so a write racing the reads is never reported as a difference (V1 would then
+//!   mark an identical leg out of sync). Only the chunk waits, never the whole image.
+//! - V3 A leg is compared only while it receives writes, checked in the lock hold that
+//!   starts the chunk: a leg fractured meanwhile misses later writes and would differ
+//!   where nothing is wrong.
+
+use super::admin::Say;
+use super::*;
+use crate::engine::plan::Verdict;
+use crate::engine::verify::{self as v, Pass, VerifyOpts, VerifyReport, BATCH};
+
+impl Server {
+    /// A verify pass of `slots` (as `mirrorctl verify`: cursor, budget, repair, record)
+    /// while hosts write.
+    pub fn verify(
+        &self,
+        slots: &[u32],
+        opts: &VerifyOpts,
+        progress: &dyn Progress,
+        say: Say<'_>,
+    ) -> Result<(VerifyReport, Verdict)> {
+        let g = self.geometry;
+        let mut pass = Pass::begin(&self.lock().mirror, slots, opts, progress);
+        let mut pos = pass.start;
+        let batch_regions = (BATCH / g.region_size).max(1);
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        let zeros = vec![0u8; v::READ_CHUNK.max(g.region_size) as usize];
+        let mut stopped = false;
+        loop {
+            let batch = pos..(pos + batch_regions).min(g.region_count);
+            let active = v::batch_legs(&mut self.lock().mirror, &mut pass.legs, &batch)?;
+            bufs.resize(active.len() + 1, Vec::new());
+            let mut found: Vec<Vec<u64>> = vec![Vec::new(); pass.legs.len()];
+            let mut failed: Vec<(u32, String, io::Error)> = Vec::new();
+            for c in v::chunks_of(&g, batch.clone()) {
+                if pass.out_of_time(pos) {
+                    break;
+                }
+                if self.admin_stop.load(Ordering::SeqCst) {
+                    stopped = true;
+                    break;
+                }
+                if !active.is_empty() {
+                    let read = self.read_chunk(&c, &active, &pass.legs, &mut bufs)?;
+                    let ours: &[u8] = match &read[0] {
+                        Some(Ok(true)) => &bufs[0],
+                        _ => &zeros,
+                    };
+                    for (k, (i, _, pending)) in active.iter().enumerate() {
+                        let lv = &mut pass.legs[*i];
+                        let theirs: Option<&[u8]> = match &read[k + 1] {
+                            None => continue, // not compared now (V3, or an earlier error)
+                            Some(Err(e)) => {
+                                lv.error =
+                                    Some(format!("reading at data offset {}: {e}", c.offset));
+                                let what = format!("verify: read at data offset {}", c.offset);
+                                failed.push((
+                                    lv.slot,
+                                    what,
+                                    io::Error::new(e.kind(), e.to_string()),
+                                ));
+                                continue;
+                            }
+                            Some(Ok(true)) => Some(&bufs[k + 1]),
+                            // A hole on the leg: zeros, compared unless the primary has one too.
+                            Some(Ok(false)) => {
+                                matches!(read[0], Some(Ok(true))).then_some(&zeros[..])
+                            }
+                        };
+                        v::compare_chunk(
+                            &g,
+                            &c,
+                            ours,
+                            theirs,
+                            pending,
+                            lv,
+                            &mut found[*i],
+                            &mut pass.report,
+                        );
+                    }
+                }
+                progress.advance(c.len as u64);
+                pos = c.regions.end;
+            }
+            let mut to_repair = Vec::new();
+            {
+                let mut st = self.lock();
+                for (i, regions) in found.into_iter().enumerate() {
+                    if regions.is_empty() {
+                        continue;
+                    }
+                    let slot = pass.legs[i].slot;
+                    v::record_mismatches(&g, &mut pass.legs[i], &regions);
+                    // V1: recorded durably before they are reported.
+                    st.mirror.mark_out_of_sync(slot, &regions)?;
+                    if st.legs.iter().any(|(s, _)| *s == slot) {
+                        to_repair.push(slot);
+                    }
+                }
+                // A leg that cannot be read is fractured, as a failed write would do (H5).
+                for (slot, what, e) in failed {
+                    self.fracture(&mut st, slot, what, e)
+                        .map_err(|f| Error::primary(f.msg))?;
+                }
+                self.tell(&mut st, say);
+            }
+            if opts.repair && !to_repair.is_empty() {
+                let rr = self.resync_legs(
+                    &to_repair,
+                    &crate::engine::ResyncOptions::default(),
+                    false,
+                    &NoProgress,
+                    say,
+                )?;
+                v::repaired(&mut pass.legs, &rr);
+            }
+            let complete = pos >= g.region_count;
+            {
+                let mut st = self.lock();
+                v::save_record(
+                    &mut st.mirror,
+                    &pass.legs,
+                    pass.started_at,
+                    pos,
+                    complete,
+                    &pass.report,
+                    pass.carried,
+                )?;
+                self.tell(&mut st, say);
+            }
+            if complete {
+                pass.report.complete = true;
+                break;
+            }
+            if stopped {
+                progress.finish();
+                return Err(Error::busy(format!(
+                    "serve is stopping: verify stopped at region {pos} of {} (the cursor is saved; a `--max-time` run continues there)",
+                    g.region_count
+                )));
+            }
+            if pass.out_of_time(pos) {
+                break;
+            }
+        }
+        progress.finish();
+        let last_full = self
+            .lock()
+            .mirror
+            .sb()
+            .last_verify
+            .as_ref()
+            .and_then(|r| r.last_full_pass_at);
+        Ok(pass.finish(pos, last_full))
+    }
+
+    /// V2: reads chunk `c` from the primary (into `bufs[0]`) and every active leg still
+    /// receiving writes (V3) in parallel, in the chunk's place among the host writes. For
+    /// each device: `None` not read, `Some(Ok(true))` read, `Some(Ok(false))` a hole
+    /// (zeros, not read), or the leg's error. A primary that fails is an error.
+    fn read_chunk(
+        &self,
+        c: &v::Chunk,
+        active: &[v::ActiveLeg],
+        legs: &[v::LegVerify],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<Vec<Option<io::Result<bool>>>> {
+        let t = self.ticket(c.offset, c.len as u64);
+        let receiving: Vec<bool> = {
+            let st = self.wait_for_earlier(self.lock(), &t);
+            active
+                .iter()
+                .map(|(i, _, _)| {
+                    let lv = &legs[*i];
+                    lv.error.is_none() && st.legs.iter().any(|(s, _)| *s == lv.slot)
+                })
+                .collect()
+        };
+        let devs: Vec<Option<Arc<dyn Device>>> = std::iter::once(Some(self.primary.clone()))
+            .chain(
+                active
+                    .iter()
+                    .zip(&receiving)
+                    .map(|((_, d, _), &r)| r.then(|| d.clone())),
+            )
+            .collect();
+        let read = |d: &dyn Device, buf: &mut Vec<u8>| -> io::Result<bool> {
+            let range = c.at..c.at + c.len as u64;
+            if matches!(d.data_extents(range), Ok(Some(v)) if v.is_empty()) {
+                return Ok(false);
+            }
+            buf.resize(c.len, 0);
+            d.read_at(&mut buf[..c.len], c.at).map(|()| true)
+        };
+        let out: Vec<Option<io::Result<bool>>> = std::thread::scope(|sc| {
+            let (first, rest) = bufs.split_first_mut().unwrap();
+            let hs: Vec<_> = devs[1..]
+                .iter()
+                .zip(rest.iter_mut())
+                .map(|(d, buf)| d.as_ref().map(|d| sc.spawn(|| read(&**d, buf))))
+                .collect();
+            let p = read(&*self.primary, first);
+            std::iter::once(Some(p))
+                .chain(hs.into_iter().map(|h| {
+                    h.map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(io::Error::other("reader panicked")))
+                    })
+                }))
+                .collect()
+        });
+        self.cancel(t);
+        if let Some(Err(e)) = &out[0] {
+            return Err(Error::primary_io(
+                format!("reading primary {} at data offset {}", self.name, c.offset),
+                e,
+            ));
+        }
+        Ok(out)
+    }
+}
