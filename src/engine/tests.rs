@@ -174,13 +174,36 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
     drop(secs);
 }
 
-/// A device whose writes at or past `from` wait at a gate until it is opened: a host write
-/// held between its admission and its write to the primary.
+/// The data areas of `a` and `b` are equal (else the first sector that differs).
+fn assert_same_data(m: &Mirror, a: &SimDevice, b: &SimDevice) {
+    let (a, b) = (data(m, a), data(m, b));
+    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+        panic!("the data areas differ from byte {i} (sector {})", i / 512);
+    }
+}
+
+/// A device whose first write at or past `from` (once `arm`ed) waits at a gate until it is
+/// opened; later writes pass: a host write held between its admission and its write to the
+/// primary, or a resync's copy held between its read and its write.
 struct Gate {
     inner: SimDevice,
     from: u64,
     /// (a write is waiting, the gate is open)
     state: Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+impl Gate {
+    fn new(inner: SimDevice, from: u64) -> Arc<Gate> {
+        Arc::new(Gate {
+            inner,
+            from,
+            state: Arc::new((Mutex::new((false, true)), std::sync::Condvar::new())),
+        })
+    }
+    /// Holds the next write.
+    fn arm(&self) {
+        *self.state.0.lock().unwrap() = (false, false);
+    }
 }
 
 impl Gate {
@@ -209,10 +232,12 @@ impl Device for Arc<Gate> {
         if off >= self.from {
             let (m, cv) = &*self.state;
             let mut s = m.lock().unwrap();
-            s.0 = true;
-            cv.notify_all();
-            while !s.1 {
-                s = cv.wait(s).unwrap();
+            if !s.0 && !s.1 {
+                s.0 = true;
+                cv.notify_all();
+                while !s.1 {
+                    s = cv.wait(s).unwrap();
+                }
             }
         }
         self.inner.write_at(buf, off)
@@ -228,11 +253,7 @@ fn gated_server(regions: u64, cfg: &serve::ServeConfig) -> (serve::Server, Arc<G
     let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
     let p = SimDevice::new(&w, g.total_len());
     Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
-    let gate = Arc::new(Gate {
-        inner: p,
-        from: g.data_offset,
-        state: Arc::new((Mutex::new((false, true)), std::sync::Condvar::new())),
-    });
+    let gate = Gate::new(p, g.data_offset);
     let m = Mirror::open(
         Arc::new(gate.clone()),
         "p",
@@ -247,7 +268,7 @@ fn gated_server(regions: u64, cfg: &serve::ServeConfig) -> (serve::Server, Arc<G
 fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initial_sync() {
     let (srv, gate, w) = gated_server(256, &serve::ServeConfig::default());
     let srv = Arc::new(srv);
-    gate.state.0.lock().unwrap().1 = false; // hold the next data write
+    gate.arm(); // hold the next data write
     let host = {
         let srv = srv.clone();
         std::thread::spawn(move || {
@@ -291,7 +312,7 @@ fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initi
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
     assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
-    assert_eq!(data(&m, &n), data(&m, &gate.inner));
+    assert_same_data(&m, &n, &gate.inner);
 }
 
 #[test]
@@ -340,4 +361,128 @@ fn a_slot_detached_and_attached_again_while_served_keeps_its_whole_initial_log_a
     assert_eq!(srv.with_mirror(|m| m.bitmaps.count(id).unwrap()), 1024);
     let (m, _) = srv.stop().unwrap();
     assert_eq!(m.sb().legs[1].state, LegState::Syncing);
+}
+
+#[test]
+fn a_host_write_sent_while_a_live_resync_copies_its_region_lands_after_the_copy_on_the_leg() {
+    let (srv, primary, w) = gated_server(256, &serve::ServeConfig::default());
+    let srv = Arc::new(srv);
+    let g = srv.with_mirror(|m| m.geometry());
+    let leg = Gate::new(SimDevice::new(&w, g.total_len()), g.data_offset);
+    let o = srv
+        .attach_leg(
+            Arc::new(leg.clone()),
+            "n",
+            "n",
+            InitialSync::AssumeClean,
+            false,
+            false,
+            &|_| {},
+        )
+        .unwrap();
+    let write = |byte: u8| {
+        let t = srv.ticket(8192, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    // Written while the leg is fractured: in its log, for the resync to copy.
+    assert!(srv.fracture_leg(o.slot, None, &|_| {}).unwrap());
+    write(0x11).unwrap();
+    // The copy reads 0x11 from the primary and waits before writing it to the leg.
+    leg.arm();
+    let resync = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            srv.resync_legs(
+                &[o.slot],
+                &ResyncOptions::default(),
+                false,
+                &NoProgress,
+                &|_| {},
+            )
+        })
+    };
+    leg.wait_for_writer();
+    // A host write to the same region now (the leg receives writes: L3). L2: it waits for
+    // the copy, whose place in arrival order came first; without it, it would reach the
+    // leg before the copy's older data and be overwritten.
+    let host = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            let t = srv.ticket(8192, 4096);
+            srv.mutate(t, serve::Mutation::Write(&[0x22; 4096]), false)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    leg.open();
+    host.join().unwrap().unwrap();
+    let r = resync.join().unwrap().unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    let at = (g.data_offset + 8192) as usize;
+    assert!(
+        leg.inner.contents()[at..at + 4096] == [0x22; 4096],
+        "the host's write is not on the leg"
+    );
+    assert_same_data(&m, &leg.inner, &primary.inner);
+}
+
+#[test]
+fn a_live_resync_copies_a_region_only_after_a_host_write_sent_before_it_finished() {
+    let (srv, primary, w) = gated_server(256, &serve::ServeConfig::default());
+    let srv = Arc::new(srv);
+    let g = srv.with_mirror(|m| m.geometry());
+    let leg = SimDevice::new(&w, g.total_len());
+    let o = srv
+        .attach_leg(
+            Arc::new(leg.clone()),
+            "n",
+            "n",
+            InitialSync::AssumeClean,
+            false,
+            false,
+            &|_| {},
+        )
+        .unwrap();
+    let write = |byte: u8| {
+        let t = srv.ticket(8192, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    // Written while the leg is fractured: in its log, for the resync to copy.
+    assert!(srv.fracture_leg(o.slot, None, &|_| {}).unwrap());
+    write(0x11).unwrap();
+    // A host write to the region, sent before the resync, waits at the primary ...
+    primary.arm();
+    let host = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            let t = srv.ticket(8192, 4096);
+            srv.mutate(t, serve::Mutation::Write(&[0x22; 4096]), false)
+        })
+    };
+    primary.wait_for_writer();
+    // ... while the resync copies the region: L2 makes the copy wait for it; without it,
+    // the copy took the primary's older data to the leg and cleared its bit.
+    let resync = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            srv.resync_legs(
+                &[o.slot],
+                &ResyncOptions::default(),
+                false,
+                &NoProgress,
+                &|_| {},
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    primary.open();
+    host.join().unwrap().unwrap();
+    let r = resync.join().unwrap().unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    assert_same_data(&m, &leg, &primary.inner);
 }

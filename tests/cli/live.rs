@@ -662,3 +662,62 @@ fn a_sigterm_the_moment_serve_listens_is_a_clean_stop_even_with_a_resync_startin
     assert_eq!(code, 0, "{v:#}");
     legs_identical(&fx, &[&fx.path("b.img")]);
 }
+
+#[test]
+fn attach_verify_and_resync_through_serve_refuse_and_report_exactly_as_on_an_idle_mirror() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.write_random(0, 4 * MIB, 21);
+    // An image holding data, a missing leg, a bad rate: refused with the same line and
+    // exit code, idle and served, and nothing written.
+    random_file(&fx.path("data.img"), 80 * MIB, 22);
+    let before = std::fs::read(fx.path("data.img")).unwrap();
+    let cases: &[&[&str]] = &[
+        &["attach", "a.img", "data.img"],
+        &["attach", "a.img", "b.img"],
+        &["attach", "a.img", "/dev/nosuchdevice"],
+        &["verify", "a.img", "nosuch.img"],
+        &["resync", "a.img", "7"],
+        &["detach", "a.img", "nosuch.img"],
+    ];
+    let idle: Vec<_> = cases.iter().map(|c| fx.run(c)).collect();
+    // What succeeds: the reports, times aside.
+    let report = |fx: &Fx| {
+        let (code, mut v) = fx.verify(&[]);
+        for k in ["seconds", "bytes_per_second", "last_full_pass_at"] {
+            v[k] = Value::Null;
+        }
+        (code, v)
+    };
+    let idle_verify = report(&fx);
+    let idle_dry = fx.run(&["resync", "a.img", "--dry-run"]);
+    let srv = Serving::start(&fx, &[]);
+    for (c, i) in cases.iter().zip(&idle) {
+        let o = fx.run(c);
+        assert_eq!((o.code, &o.stderr), (i.code, &i.stderr), "{c:?} served");
+        assert_ne!(o.code, 0, "{c:?}");
+        assert!(!o.stderr.contains("served"), "{c:?}: {o:?}");
+    }
+    assert_eq!(std::fs::read(fx.path("data.img")).unwrap(), before);
+    assert!(!fx.path("nosuch.img").exists());
+    assert_eq!(report(&fx), idle_verify);
+    let o = fx.run(&["resync", "a.img", "--dry-run"]);
+    assert_eq!((o.code, &o.stdout), (idle_dry.code, &idle_dry.stdout));
+    // attach --no-sync of a fresh file: the same line as idle (a sparse primary with no
+    // write in flight: its data extents, nothing more).
+    let o = fx.run(&["attach", "a.img", "c.img", "--no-sync"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert_eq!(
+        o.stdout,
+        "attached c.img as slot 1; 64 regions left to copy: run `mirrorctl resync a.img 1`\n"
+    );
+    let (code, log) = srv.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("slot 1 (c.img) attached; 64 regions to copy"),
+        "{log}"
+    );
+    assert_eq!(leg(&fx.status(), 1)["state"], "syncing");
+    fx.ok(&["resync", "a.img"]);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+}
