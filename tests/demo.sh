@@ -2,7 +2,8 @@
 # End-to-end demonstration on example data this script makes itself, in a temporary folder:
 # create a mirror with two secondaries, pipe data in, fracture one, write more, show status,
 # resync, verify; then serve the mirror to a host (qemu-io over NBD) with a third secondary
-# on an NBD server that goes away mid-run, a leg fractured and resynced while it serves,
+# on an NBD server that goes away mid-run, a leg fractured and resynced, a fourth attached
+# and the mirror verified while it serves,
 # resync and verify again; and compare every leg byte for byte. Exits non-zero if anything is
 # off.
 set -euo pipefail
@@ -81,6 +82,13 @@ echo; echo "# fracture, write and resync while it serves: the server carries the
 say "$m" fracture primary.img secondary-a.img --reason "backup window"
 say qemu-io -f raw -c "write -P 0x6b 16M 8M" -c "flush" "$host"
 say "$m" resync primary.img secondary-a.img
+echo; echo "# attach a new secondary and verify the mirror while it serves (no false mismatch)"
+set +e
+say "$m" attach primary.img secondary-c.img; rc=$?
+set -e
+# Exit 3: the mirror is still degraded (the NBD secondary is fractured), as when idle.
+[ "$rc" = 3 ] || { echo "expected attach to exit 3 while the NBD secondary is fractured" >&2; exit 1; }
+say "$m" verify primary.img secondary-a.img secondary-b.img secondary-c.img
 echo; echo "\$ kill -TERM %serve  # a clean stop: every leg synced, write intents cleared"
 kill -TERM "$spid"; wait "$spid"
 echo "serve's log:"; sed 's/^/  /' serve.log
@@ -105,7 +113,7 @@ off=$("$m" status primary.img --json | python3 -c 'import json,sys; print(json.l
 size=$("$m" status primary.img --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_size"])')
 echo; echo "comparing data areas ($size bytes at offset $off) of every leg:"
 "$m" read primary.img --length 64M | cmp - payload-now.bin
-for leg in secondary-a.img secondary-b.img remote.img; do
+for leg in secondary-a.img secondary-b.img secondary-c.img remote.img; do
   cmp -n "$size" <(tail -c +$((off + 1)) primary.img) <(tail -c +$((off + 1)) "$leg")
   echo "  $leg: identical to primary.img"
 done

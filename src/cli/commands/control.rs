@@ -112,7 +112,8 @@ fn run(
                     rate: a.rate,
                     compare: a.compare,
                 };
-                let r = srv.resync_legs(&slots, &opts, false, &p, &say);
+                // Without --rate, the copy yields to the hosts (as a background resync does).
+                let r = srv.resync_legs(&slots, &opts, a.rate.is_none(), &p, &say);
                 drop(p);
                 let r = r?;
                 srv.with_mirror(|m| super::resync::finished(m, &a, r, &mut errs))?
@@ -153,7 +154,7 @@ fn run(
                     rate: a.rate,
                     compare: a.compare,
                 };
-                let r = srv.resync_legs(&[outcome.slot], &opts, false, &p, &say);
+                let r = srv.resync_legs(&[outcome.slot], &opts, a.rate.is_none(), &p, &say);
                 drop(p);
                 if let Some(e) = done.synced(&r?) {
                     err(reply, &e);
