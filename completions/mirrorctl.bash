@@ -25,6 +25,9 @@ _mirrorctl() {
             mirrorctl,detach)
                 cmd="mirrorctl__subcmd__detach"
                 ;;
+            mirrorctl,events)
+                cmd="mirrorctl__subcmd__events"
+                ;;
             mirrorctl,fracture)
                 cmd="mirrorctl__subcmd__fracture"
                 ;;
@@ -61,6 +64,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,detach)
                 cmd="mirrorctl__subcmd__help__subcmd__detach"
                 ;;
+            mirrorctl__subcmd__help,events)
+                cmd="mirrorctl__subcmd__help__subcmd__events"
+                ;;
             mirrorctl__subcmd__help,fracture)
                 cmd="mirrorctl__subcmd__help__subcmd__fracture"
                 ;;
@@ -95,7 +101,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status attach write read fracture resync detach promote verify serve help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -198,6 +204,40 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mirrorctl__subcmd__events)
+            opts="-h --json --since --follow --exec --exec-timeout --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exec-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mirrorctl__subcmd__fracture)
             opts="-h --reason --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -225,7 +265,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status attach write read fracture resync detach promote verify serve help"
+            opts="create status events attach write read fracture resync detach promote verify serve help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,6 +307,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__detach)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -527,12 +581,16 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__status)
-            opts="-h --json --check --wait --no-progress --timeout --help"
+            opts="-h --json --check --format --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --format)
+                    COMPREPLY=($(compgen -W "text json prometheus" -- "${cur}"))
+                    return 0
+                    ;;
                 --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -31,6 +31,8 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v blkid >/dev/null || need+=(util-linux)
 command -v mkswap >/dev/null || need+=(util-linux)
 command -v mkfifo >/dev/null || need+=(coreutils)
+# `status --format prometheus` is checked with promtool (tests/cli/events.rs).
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2

@@ -43,6 +43,8 @@ pub fn exit_codes(subcommand: &str) -> &'static [u8] {
         "create" | "fracture" | "detach" | "serve" => &[0, 2, 4, 5],
         // status takes no lock: never busy.
         "status" => &[0, 2, 3, 4],
+        // events takes no lock either, and changes nothing.
+        "events" => &[0, 2, 4],
         "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
         _ => &[0, 1, 2, 3, 4, 5],
     }
@@ -99,6 +101,22 @@ as out of sync nor against health, so `status --check` passes on a healthy mirro
         after_help = exit_status(exit_codes("status"))
     )]
     Status(StatusArgs),
+    /// Show the mirror's event journal: fractures, resyncs, verifies, recoveries, attach,
+    /// detach, promotion, serve; follow it and run a program on each new event.
+    #[command(
+        long_about = "Show the mirror's event journal: every fracture (by admin, with the \
+reason, or by error, with the error), resync started, finished or failed, verify finished \
+(result, mismatched regions), recovery after an unclean stop, attach, detach, promotion, split \
+brain refused, serve started or stopped and client connected, with a sequence number, time, \
+kind, slot and detail. Each event is written in the primary's superblock by the command that \
+changes the mirror, in the same commit as the change (both or neither after a crash); the \
+newest 1024 are kept. Like status it takes no lock and never waits. With --follow it keeps \
+running and prints new events within half a second, whoever records them; with --exec it also \
+runs a shell command per new event, the event in MIRRORCTL_* environment variables (like \
+mdadm --monitor --program and ZED's zedlets).",
+        after_help = exit_status(exit_codes("events"))
+    )]
+    Events(EventsArgs),
     /// Add a secondary image (file, created sparse if missing, or block device) and sync it.
     #[command(after_help = exit_status(exit_codes("attach")))]
     Attach(AttachArgs),
@@ -138,7 +156,8 @@ impl Command {
     pub fn json(&self) -> bool {
         match self {
             Command::Create(a) => a.json,
-            Command::Status(a) => a.json,
+            Command::Status(a) => a.json || a.format == Some(StatusFormat::Json),
+            Command::Events(a) => a.json,
             Command::Attach(a) => a.json,
             Command::Write(a) => a.json,
             Command::Resync(a) => a.json,
@@ -181,12 +200,50 @@ pub struct CreateArgs {
 pub struct StatusArgs {
     /// The primary (or any image of a mirror).
     pub image: PathBuf,
-    /// Print a JSON document with stable field names (see README).
-    #[arg(long)]
+    /// Print a JSON document with stable field names (see README); the same as --format json.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Exit 3 if the mirror is not fully in sync.
     #[arg(long)]
     pub check: bool,
+    /// text (default), json, or prometheus: metrics in the Prometheus text format (for
+    /// node_exporter's textfile collector: write them to a .prom file from a timer).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<StatusFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    Prometheus,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// The mirror's primary image (file or block device).
+    pub primary: PathBuf,
+    /// One JSON document per line per event, with stable field names (see README).
+    #[arg(long)]
+    pub json: bool,
+    /// Only events with a sequence number above SEQ (status --json shows the newest as
+    /// last_event_seq).
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// Keep running and print each new event as it is recorded (polls twice a second;
+    /// follows the image at this path even when other commands rewrite it).
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: run COMMAND with /bin/sh -c once per new event, in order, with
+    /// MIRRORCTL_EVENT, MIRRORCTL_SEQ, MIRRORCTL_TIME, MIRRORCTL_TIME_UNIX, MIRRORCTL_SLOT,
+    /// MIRRORCTL_LEG, MIRRORCTL_DETAIL, MIRRORCTL_PRIMARY and MIRRORCTL_MIRROR set. Without
+    /// --since it runs for events recorded from now on only. A command that fails is logged;
+    /// one that runs longer than --exec-timeout is killed; neither stops the following.
+    #[arg(long, value_name = "COMMAND", requires = "follow")]
+    pub exec: Option<String>,
+    /// How long an --exec command may run before it is killed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "exec")]
+    pub exec_timeout: Duration,
 }
 
 #[derive(Args, Debug)]

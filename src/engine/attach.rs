@@ -133,13 +133,22 @@ impl Mirror {
             let img = existing.as_ref().ok().unwrap();
             if img.sb.role == Role::Primary {
                 // A former primary returning (or the other side of a split brain).
-                let theirs = crate::engine::failover::returning_primary_regions(
+                let theirs = match crate::engine::failover::returning_primary_regions(
                     self.sb(),
                     &self.name,
                     img,
                     location,
                     discard,
-                )?;
+                ) {
+                    Ok(t) => t,
+                    Err(e) if e.msg.starts_with("split brain") => {
+                        // The refusal is recorded (an alert); nothing else changes.
+                        let what = format!("{location}: {}", e.msg);
+                        let _ = self.record(EventKind::SplitBrainRefused, None, &what);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
                 if assume_clean {
                     return Err(Error::invalid(format!(
                         "{ASSUME_CLEAN} cannot be used for {location}: it was a primary and may hold writes this primary lacks"
@@ -198,6 +207,8 @@ impl Mirror {
                 now,
             );
             l.reason.clear();
+            let what = format!("{location}, re-attached: {regions} regions to copy");
+            self.event(EventKind::Attached, Some(s), &what);
             self.commit()?;
             self.open_legs[s as usize] = None;
             return Ok(AttachOutcome {
@@ -284,6 +295,8 @@ impl Mirror {
             },
             now,
         );
+        let what = format!("{location}: {regions} regions to copy");
+        self.event(EventKind::Attached, Some(slot), &what);
         self.commit()?;
         self.open_legs[slot as usize] = Some(dev);
         self.refresh_headers(&[slot]);
@@ -379,6 +392,8 @@ impl Mirror {
             .sb
             .bump_generation(&format!("slot {slot} detached"), now);
         self.image.sb.legs[slot as usize] = Leg::empty();
+        let what = format!("{} (was {})", leg.location, leg.state.as_str());
+        self.event(EventKind::Detached, Some(slot), &what);
         self.commit()?;
         // D2
         self.bitmaps

@@ -281,6 +281,22 @@ fn promote_image(
     }
     bm.flush().map_err(merr)?;
     drop(bm);
+    // Its journal goes on from the old primary's when that was reachable (a planned
+    // promotion), else it starts here.
+    let mut journal = new.journal.take().unwrap_or_default();
+    let how = match &old {
+        Some(o) => format!("planned: {} becomes its secondary", o.name),
+        None => format!(
+            "unplanned: the former primary ({}) was not reachable",
+            if sb.primary_location.is_empty() {
+                "unknown path"
+            } else {
+                &sb.primary_location
+            }
+        ),
+    };
+    journal.push(crate::format::journal::Kind::Promoted, None, &how, now);
+    new.journal = Some(journal);
     img.sb = new;
     img.commit()
         .map_err(|e| Error::primary_io(format!("writing the superblock of {name}"), &e))?;

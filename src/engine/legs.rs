@@ -214,6 +214,7 @@ impl Mirror {
         leg.last_error = cut(&text, format::MAX_TEXT);
         leg.fractured_at = Some(now);
         leg.fracture_generation = generation;
+        self.event(EventKind::Fractured, Some(s), &format!("by error: {text}"));
         self.commit()?;
         self.open_legs[s as usize] = None;
         self.warnings.push(format!(
@@ -261,6 +262,8 @@ impl Mirror {
         l.reason = cut(reason.unwrap_or("fractured by admin"), format::MAX_TEXT);
         l.fractured_at = Some(now);
         l.fracture_generation = generation;
+        let why = format!("by admin: {}", l.reason);
+        self.event(EventKind::Fractured, Some(slot), &why);
         self.commit()?;
         // Best effort: the secondary's own header records that it is no longer current.
         let _ = leg;
@@ -292,6 +295,8 @@ impl Mirror {
             last_verify: None,
             last_resync: None,
             last_recovery: None,
+            // The journal is the primary's.
+            journal: None,
         }
     }
 

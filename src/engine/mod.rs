@@ -12,6 +12,7 @@ mod attach;
 pub mod create;
 pub mod failover;
 mod legs;
+pub mod metrics;
 pub mod plan;
 mod recover;
 mod resync;
@@ -32,6 +33,7 @@ pub use crate::device::open::Opener;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
+pub use crate::format::journal::Kind as EventKind;
 use crate::format::layout::{BitmapId, Geometry, SlotIdx, MIB};
 use crate::format::ranges::union;
 use crate::format::{
@@ -240,6 +242,26 @@ impl Mirror {
         self.bitmaps
             .flush()
             .map_err(|e| Error::primary_io(format!("syncing bitmaps of primary {}", self.name), &e))
+    }
+
+    /// Records an event in the primary's journal: it is committed with the next superblock
+    /// commit, the one of the state change it reports (both or neither after a crash).
+    pub(crate) fn event(&mut self, kind: EventKind, slot: Option<u32>, detail: &str) {
+        if self.image.sb.role != Role::Primary {
+            return;
+        }
+        self.image
+            .sb
+            .journal
+            .get_or_insert_with(format::journal::Journal::new)
+            .push(kind, slot, detail, now_unix());
+    }
+
+    /// An event with no state change of its own (a client connected, a refusal), committed
+    /// at once.
+    pub fn record(&mut self, kind: EventKind, slot: Option<u32>, detail: &str) -> Result<()> {
+        self.event(kind, slot, detail);
+        self.commit()
     }
 
     pub(crate) fn commit(&mut self) -> Result<()> {

@@ -52,6 +52,11 @@ impl Mirror {
         self.image
             .sb
             .bump_generation(&format!("recovered {n} write-intent regions"), now);
+        self.event(
+            EventKind::Recovered,
+            None,
+            &format!("unclean stop: {n} write-intent regions moved to the legs' logs"),
+        );
         self.commit()?;
         self.refresh_headers(&[]);
         // R3: only now the write-intent log may go.

@@ -126,6 +126,8 @@ impl Mirror {
                     // S3: from now on the leg receives writes.
                     let l = &mut self.image.sb.legs[s as usize];
                     l.set_state(LegState::Syncing, now);
+                    let what = resync_started_detail(bytes, opts.compare);
+                    self.event(EventKind::ResyncStarted, Some(s), &what);
                 }
                 Err(msg) => {
                     let l = &mut self.image.sb.legs[s as usize];
@@ -193,6 +195,7 @@ impl Mirror {
                     lr.regions = regions;
                     lr.bytes = bytes;
                     lr.error = Some(format!("{what}: {e}"));
+                    self.event(EventKind::ResyncFailed, Some(s), &format!("{what}: {e}"));
                     self.fracture_on_error(
                         LegFailure {
                             slot: s,
@@ -205,6 +208,11 @@ impl Mirror {
             }
         }
         if let Some(e) = primary_err {
+            // Recorded where it can be (the primary just failed): the logs keep the rest.
+            for (s, _) in &work {
+                self.event(EventKind::ResyncFailed, Some(*s), &format!("primary: {e}"));
+            }
+            let _ = self.commit();
             return Err(Error::primary(e));
         }
         self.mark_resynced(&done, &report, now, &|_| true)?;
@@ -247,6 +255,12 @@ impl Mirror {
             regions += lr.regions;
             bytes += lr.bytes;
             synced.push(s);
+            let what = format!(
+                "in sync: {} copied ({} written)",
+                crate::units::format_size(lr.bytes),
+                crate::units::format_size(lr.written_bytes)
+            );
+            self.event(EventKind::ResyncFinished, Some(s), &what);
         }
         if !done.is_empty() {
             self.image
@@ -287,6 +301,15 @@ pub(super) fn copy_file_range_all(
 pub(super) enum CopyErr {
     Primary(String),
     Leg(String, io::Error),
+}
+
+/// What a resync-started event says.
+pub(super) fn resync_started_detail(bytes: u64, compare: bool) -> String {
+    format!(
+        "{} to {}",
+        crate::units::format_size(bytes),
+        if compare { "compare" } else { "copy" }
+    )
 }
 
 /// `resync --compare` of one piece of a run: reads the primary (zeros for a hole) and the

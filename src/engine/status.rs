@@ -81,6 +81,22 @@ pub struct Status {
     /// The mirrorctl command running on this mirror now (it holds the lock), as it last
     /// published itself; null when none is.
     pub running: Option<crate::live::Record>,
+    /// Sequence number of the newest event in the journal (`mirrorctl events --since`);
+    /// null when the image has none (a secondary, or a 1.0 primary not changed since).
+    pub last_event_seq: Option<u64>,
+    /// Unix times behind the text ones above, for metrics.
+    #[serde(skip)]
+    pub times: Times,
+}
+
+/// Unix seconds of what `Status` shows as text (0: never).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Times {
+    pub created: u64,
+    pub last_verify: u64,
+    pub last_full_verify: u64,
+    pub last_resync: u64,
+    pub last_recovery: u64,
 }
 
 /// The health rule, the one place it is written: no write intents pending, and every
@@ -312,7 +328,25 @@ pub fn collect(
         legs,
         replaced_by,
         running: None,
+        last_event_seq: sb.journal.as_ref().map(|j| j.next_seq.saturating_sub(1)),
+        times: Times {
+            created: sb.created_at,
+            last_verify: sb.last_verify.as_ref().map_or(0, |v| v.finished_at),
+            last_full_verify: sb
+                .last_verify
+                .as_ref()
+                .and_then(|v| v.last_full_pass_at)
+                .unwrap_or(0),
+            last_resync: sb.last_resync.as_ref().map_or(0, |r| r.finished_at),
+            last_recovery: sb.last_recovery.as_ref().map_or(0, |r| r.at),
+        },
     })
+}
+
+/// The journal of the image as committed now, read without the lock as `report` reads it
+/// (a torn copy read again): the superblock, with `journal` `None` for an image without one.
+pub fn read_journal(dev: &Arc<dyn Device>, name: &str) -> Result<crate::format::Superblock> {
+    Ok(read_settled(dev, name)?.sb)
 }
 
 /// Renders the status for people.

@@ -125,7 +125,9 @@ pub fn run(
         }
         warnings.append(&mut m.warnings);
         let complete = pos >= g.region_count;
-        // Save the cursor before letting go of the lock.
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        // Save the cursor before letting go of the lock (the last one with the event).
+        let done = (complete || out_of_time).then_some(start);
         save_record(
             m,
             legs,
@@ -134,12 +136,13 @@ pub fn run(
             complete,
             report,
             pass.carried,
+            done,
         )?;
         if complete {
             report.complete = true;
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if out_of_time {
             break;
         }
         drop(mm.take()); // unlock between batches
@@ -264,6 +267,9 @@ impl Pass {
     }
 }
 
+/// Saves the verify record (cursor, result) in the header; `finished`: the run ends here,
+/// having started at that region, and its verify-finished event goes in the same commit.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn save_record(
     m: &mut Mirror,
     legs: &[LegVerify],
@@ -272,6 +278,7 @@ pub(crate) fn save_record(
     complete: bool,
     report: &VerifyReport,
     carried: (u64, bool),
+    finished: Option<u64>,
 ) -> Result<()> {
     let now = now_unix();
     let prev_full = m
@@ -300,6 +307,21 @@ pub(crate) fn save_record(
         compared_bytes: report.bytes_compared,
         last_full_pass_at: if complete { Some(now) } else { prev_full },
     });
+    if let Some(start) = finished {
+        let r = m.sb().last_verify.as_ref().unwrap();
+        let broken = legs.iter().filter(|l| l.error.is_some()).count();
+        let what = format!(
+            "{}: {} mismatched regions, regions {start}..{pos} of {}{}",
+            r.result,
+            r.mismatched_regions,
+            m.geometry().region_count,
+            match broken {
+                0 => String::new(),
+                n => format!(", {n} leg(s) unreadable"),
+            }
+        );
+        m.event(crate::engine::EventKind::VerifyFinished, None, &what);
+    }
     m.commit()
 }
 

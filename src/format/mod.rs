@@ -2,6 +2,7 @@
 //! types and encoding are re-exported here.
 
 pub mod history;
+pub mod journal;
 pub mod layout;
 pub mod ranges;
 pub mod schema;

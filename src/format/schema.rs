@@ -422,6 +422,61 @@ pub static HISTORY_TY: Ty = Ty::Struct(&HISTORY_ENTRY);
 pub static VERIFY_TY: Ty = Ty::Struct(&VERIFY_RECORD);
 pub static RESYNC_TY: Ty = Ty::Struct(&RESYNC_RECORD);
 pub static RECOVERY_TY: Ty = Ty::Struct(&RECOVERY_RECORD);
+pub static U32_TY: Ty = Ty::U32;
+pub static EVENT_TY: Ty = Ty::Struct(&EVENT);
+
+/// One journal event (format 1.1).
+pub static EVENT: StructDoc = StructDoc {
+    name: "Event",
+    doc: "One event of the journal.",
+    fields: &[
+        Field {
+            name: "seq",
+            ty: Ty::U64,
+            doc: "Sequence number: 1 for the journal's first event, then one more for each;                   never reused.",
+        },
+        Field {
+            name: "at",
+            ty: Ty::U64,
+            doc: "Unix time (seconds).",
+        },
+        Field {
+            name: "kind",
+            ty: Ty::U32,
+            doc: "What happened: a code from EVENT KINDS. A reader shows a code it does not                   know as unknown-N.",
+        },
+        Field {
+            name: "slot",
+            ty: Ty::Opt(&U32_TY),
+            doc: "The slot the event is about, if any.",
+        },
+        Field {
+            name: "detail",
+            ty: Ty::Str(Some(format::journal::MAX_DETAIL)),
+            doc: "Details (a fracture's reason or error, a verify's result ...), cut to                   {MAX_DETAIL} bytes.",
+        },
+    ],
+};
+
+/// The event journal, appended to the payload after the 1.0 fields (format 1.1).
+pub static JOURNAL: StructDoc = StructDoc {
+    name: "Journal",
+    doc: "The event journal of a primary (format 1.1), encoded right after the Superblock \
+          fields in the same payload; a 1.0 payload ends before it.",
+    fields: &[
+        Field {
+            name: "next_seq",
+            ty: Ty::U64,
+            doc: "The sequence number the next event gets.",
+        },
+        Field {
+            name: "events",
+            ty: Ty::Vec(&EVENT_TY, Count::AtMost(format::journal::MAX_EVENTS)),
+            doc: "The newest events, oldest first: at most {MAX_EVENTS}, and the oldest are \
+                  dropped as far as needed for the payload to fit in {MAX_PAYLOAD} bytes.",
+        },
+    ],
+};
 
 /// The superblock payload, format 1.0, field by field in encoding order.
 pub static SUPERBLOCK: StructDoc = StructDoc {
@@ -505,7 +560,16 @@ pub static SUPERBLOCK: StructDoc = StructDoc {
 
 /// Format versions, oldest first: (major, minor, first mirrorctl release, what changed).
 /// The unit tests require the last entry to be the version this code writes.
-pub const VERSION_HISTORY: &[(u16, u16, &str, &str)] = &[(1, 0, "0.1.0", "first version.")];
+pub const VERSION_HISTORY: &[(u16, u16, &str, &str)] = &[
+    (1, 0, "0.1.0", "first version."),
+    (
+        1,
+        1,
+        "0.1.0",
+        "the event journal (Journal) after the 1.0 payload of a primary; a superblock \
+         without one (a secondary's) is still written as 1.0.",
+    ),
+];
 
 impl Ty {
     /// Encoded size when it does not depend on the value.
@@ -688,6 +752,25 @@ mod tests {
                 at: 30,
                 regions: 31,
             }),
+            journal: Some(crate::format::journal::Journal {
+                next_seq: 43,
+                events: vec![
+                    crate::format::journal::Event {
+                        seq: 41,
+                        at: 50,
+                        kind: 1,
+                        slot: Some(2),
+                        detail: "by admin: backup".into(),
+                    },
+                    crate::format::journal::Event {
+                        seq: 42,
+                        at: 51,
+                        kind: 12,
+                        slot: None,
+                        detail: String::new(),
+                    },
+                ],
+            }),
         }
     }
 
@@ -778,6 +861,10 @@ mod tests {
         let json = serde_json::to_value(sb).unwrap();
         let mut pos = 0;
         walk(&Ty::Struct(&SUPERBLOCK), &payload, &mut pos, &json, "sb");
+        if let Some(j) = &sb.journal {
+            let json = serde_json::to_value(j).unwrap();
+            walk(&Ty::Struct(&JOURNAL), &payload, &mut pos, &json, "journal");
+        }
         assert_eq!(
             pos,
             payload.len(),
@@ -795,6 +882,11 @@ mod tests {
         sb.history.clear();
         sb.primary_location.clear();
         check_schema(&sb);
+        // A 1.0 payload (no journal) ends with the Superblock fields.
+        sb.journal = None;
+        check_schema(&sb);
+        let buf = format::encode_copy(&sb, 1).unwrap();
+        assert_eq!(buf[10..12], 0u16.to_le_bytes(), "written as 1.0");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"MRRCTLSB";
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+/// The minor version this code writes for a superblock with an event journal (a primary's);
+/// one without (a secondary's) is written as 1.0, byte for byte what 1.0 wrote.
+pub const FORMAT_MINOR: u16 = 1;
 /// Size of the fixed header in front of each superblock copy's payload.
 pub const COPY_HEADER_LEN: usize = 64;
 /// Largest payload a copy can hold.
@@ -234,6 +236,10 @@ pub struct Superblock {
     pub last_verify: Option<VerifyRecord>,
     pub last_resync: Option<ResyncRecord>,
     pub last_recovery: Option<RecoveryRecord>,
+    /// Format 1.1: the event journal (a primary's), encoded after the 1.0 fields (so a 1.0
+    /// reader ignores it); `None` in a 1.0 copy.
+    #[serde(skip)]
+    pub journal: Option<crate::format::journal::Journal>,
 }
 
 impl Superblock {
@@ -262,8 +268,16 @@ impl Superblock {
             last_verify: None,
             last_resync: None,
             last_recovery: None,
+            journal: Some(crate::format::journal::Journal::new()),
         };
         sb.bump_generation("created", now);
+        let what = format!(
+            "data area {} bytes, {} regions of {} bytes, {} slots",
+            g.data_size, g.region_count, g.region_size, g.slots
+        );
+        if let Some(j) = &mut sb.journal {
+            j.push(crate::format::journal::Kind::Created, None, &what, now);
+        }
         sb
     }
 
@@ -346,10 +360,23 @@ pub struct DecodedCopy {
     pub sb: Superblock,
 }
 
-/// Encodes one superblock copy, padded to a whole number of 4 KiB pages.
+/// Encodes one superblock copy, padded to a whole number of 4 KiB pages: format 1.1 with
+/// the journal after the 1.0 fields (its oldest events dropped as far as needed to fit), or
+/// 1.0 without one.
 pub fn encode_copy(sb: &Superblock, seq: u64) -> Result<Vec<u8>, String> {
-    let payload = bincode::serde::encode_to_vec(sb, config())
+    let mut payload = bincode::serde::encode_to_vec(sb, config())
         .map_err(|e| format!("superblock does not fit in {MAX_PAYLOAD} bytes: {e}"))?;
+    let minor = match &sb.journal {
+        None => 0,
+        Some(j) => {
+            let mut j = j.clone();
+            j.trim(MAX_PAYLOAD.saturating_sub(payload.len()));
+            let tail = bincode::serde::encode_to_vec(&j, config())
+                .map_err(|e| format!("encoding the event journal: {e}"))?;
+            payload.extend_from_slice(&tail);
+            FORMAT_MINOR
+        }
+    };
     if payload.len() > MAX_PAYLOAD {
         return Err(format!(
             "superblock payload of {} bytes exceeds {MAX_PAYLOAD}",
@@ -360,7 +387,7 @@ pub fn encode_copy(sb: &Superblock, seq: u64) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; total];
     buf[0..8].copy_from_slice(&MAGIC);
     buf[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());
-    buf[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+    buf[10..12].copy_from_slice(&minor.to_le_bytes());
     buf[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     buf[16..24].copy_from_slice(&seq.to_le_bytes());
     buf[COPY_HEADER_LEN..COPY_HEADER_LEN + payload.len()].copy_from_slice(&payload);
@@ -405,8 +432,15 @@ pub fn decode_copy(buf: &[u8]) -> Result<DecodedCopy, CopyError> {
         return Err(CopyError::UnknownMajor { major, minor });
     }
     let seq = u64::from_le_bytes(buf[16..24].try_into().unwrap());
-    let (sb, _used): (Superblock, usize) = bincode::serde::decode_from_slice(payload, config())
+    let (mut sb, used): (Superblock, usize) = bincode::serde::decode_from_slice(payload, config())
         .map_err(|e| CopyError::Decode(e.to_string()))?;
+    if minor >= 1 && used < payload.len() {
+        // 1.1: the journal follows; what a newer minor appends after it is ignored.
+        let (j, _): (crate::format::journal::Journal, usize) =
+            bincode::serde::decode_from_slice(&payload[used..], config())
+                .map_err(|e| CopyError::Decode(format!("event journal: {e}")))?;
+        sb.journal = Some(j);
+    }
     sb.geometry.validate().map_err(CopyError::Geometry)?;
     if sb.legs.len() != sb.geometry.slots as usize {
         return Err(CopyError::Decode(format!(
@@ -460,6 +494,7 @@ pub(crate) mod tests {
             last_verify: None,
             last_resync: None,
             last_recovery: None,
+            journal: None,
         }
     }
 
@@ -578,21 +613,77 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_newer_minor_version_with_appended_fields_is_read() {
-        let sb = sample(1);
+    fn a_newer_minor_version_with_fields_appended_after_the_journal_is_read() {
+        let mut sb = sample(1);
+        let mut j = crate::format::journal::Journal::new();
+        j.push(crate::format::journal::Kind::Attached, Some(0), "b.img", 5);
+        sb.journal = Some(j.clone());
         let mut payload = bincode::serde::encode_to_vec(&sb, config()).unwrap();
-        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.1 appends
+        payload.extend_from_slice(&bincode::serde::encode_to_vec(&j, config()).unwrap());
+        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.2 appends
         let mut buf = vec![0u8; 8192];
         buf[0..8].copy_from_slice(&MAGIC);
         buf[8..10].copy_from_slice(&1u16.to_le_bytes());
-        buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+        buf[10..12].copy_from_slice(&2u16.to_le_bytes());
         buf[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         buf[64..64 + payload.len()].copy_from_slice(&payload);
         let sum = checksum(&buf[0..32], &payload);
         buf[32..64].copy_from_slice(&sum);
         let d = decode_copy(&buf).unwrap();
-        assert_eq!(d.minor, 1);
+        assert_eq!(d.minor, 2);
         assert_eq!(d.sb, sb);
+    }
+
+    #[test]
+    fn a_1_0_reader_sees_a_1_1_payload_as_its_own_fields_and_ignores_the_journal() {
+        // What 1.0 did: decode the Superblock fields, ignore the rest.
+        let mut sb = sample(2);
+        let mut j = crate::format::journal::Journal::new();
+        j.push(crate::format::journal::Kind::Created, None, "", 1);
+        sb.journal = Some(j);
+        let buf = encode_copy(&sb, 3).unwrap();
+        assert_eq!(buf[10..12], 1u16.to_le_bytes());
+        let n = peek_len(&buf).unwrap();
+        let (old, used): (Superblock, usize) =
+            bincode::serde::decode_from_slice(&buf[COPY_HEADER_LEN..n], config()).unwrap();
+        assert!(used < n - COPY_HEADER_LEN);
+        assert_eq!(old.journal, None);
+        assert_eq!(
+            Superblock {
+                journal: None,
+                ..sb.clone()
+            },
+            old
+        );
+        assert_eq!(decode_copy(&buf).unwrap().sb, sb);
+    }
+
+    #[test]
+    fn a_journal_too_big_for_the_copy_keeps_its_newest_events() {
+        let mut sb = sample(32);
+        for l in &mut sb.legs {
+            l.location = "l".repeat(MAX_LOCATION);
+            l.canonical = "c".repeat(MAX_LOCATION);
+        }
+        let mut j = crate::format::journal::Journal::new();
+        for i in 0..2000 {
+            j.push(
+                crate::format::journal::Kind::Fractured,
+                Some(3),
+                &"e".repeat(90),
+                i,
+            );
+        }
+        sb.journal = Some(j);
+        let d = decode_copy(&encode_copy(&sb, 1).unwrap()).unwrap();
+        let kept = d.sb.journal.unwrap();
+        assert!(
+            kept.events.len() > 300 && kept.events.len() < 1024,
+            "{}",
+            kept.events.len()
+        );
+        assert_eq!(kept.events.last().unwrap().seq, 2000);
+        assert_eq!(kept.next_seq, 2001);
     }
 
     #[test]

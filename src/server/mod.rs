@@ -328,6 +328,7 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
             return;
         }
     };
+    srv.client_connected(&format!("client {id}: {peer}"));
     log(&format!(
         "connected ({peer}; {} replies{})",
         if neg.structured {

@@ -85,6 +85,7 @@ fn golden_superblock() -> Superblock {
             at: 1_700_000_050,
             regions: 3,
         }),
+        journal: None,
     }
 }
 
@@ -111,6 +112,60 @@ fn the_v1_superblock_encoding_matches_the_golden_fixture_byte_for_byte() {
     assert_eq!(d.sb, sb);
     assert_eq!(&golden[0..8], b"MRRCTLSB");
     assert_eq!(u16::from_le_bytes([golden[8], golden[9]]), FORMAT_MAJOR);
+}
+
+const FIXTURE_1_1: &str = "tests/fixtures/superblock-v1.1.bin";
+
+/// The v1 golden superblock with an event journal: what format 1.1 adds.
+fn golden_superblock_1_1() -> Superblock {
+    use mirrorctl::format::journal::{Event, Journal, Kind};
+    let mut sb = golden_superblock();
+    sb.journal = Some(Journal {
+        next_seq: 9,
+        events: vec![
+            Event {
+                seq: 7,
+                at: 1_700_000_400,
+                kind: Kind::Fractured.code(),
+                slot: Some(2),
+                detail: "by error: write at data offset 4194304: No space left on device".into(),
+            },
+            Event {
+                seq: 8,
+                at: 1_700_000_600,
+                kind: Kind::VerifyFinished.code(),
+                slot: None,
+                detail: "clean: 0 mismatched regions, regions 0..327680 of 327680".into(),
+            },
+        ],
+    });
+    sb
+}
+
+#[test]
+fn the_v1_1_superblock_with_a_journal_matches_its_golden_fixture_and_extends_v1_0() {
+    let sb = golden_superblock_1_1();
+    let bytes = encode_copy(&sb, 3).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_1_1);
+    if std::env::var_os("MIRRORCTL_BLESS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{FIXTURE_1_1}: {e} (generate it once with MIRRORCTL_BLESS=1 and commit it)")
+    });
+    assert_eq!(golden.len(), bytes.len(), "encoded size changed");
+    if let Some(i) = golden.iter().zip(&bytes).position(|(a, b)| a != b) {
+        panic!("the v1.1 encoding changed at byte {i}: a format change needs a new version (see man/mirrorctl-format.5)");
+    }
+    let d = decode_copy(&golden).unwrap();
+    assert_eq!((d.seq, d.minor), (3, 1));
+    assert_eq!(d.sb, sb);
+    // The 1.0 payload is a prefix of the 1.1 one: a 1.0 reader sees the same superblock.
+    let v10 = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)).unwrap();
+    let len = |b: &[u8]| u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+    let (n10, n11) = (len(&v10), len(&golden));
+    assert!(n11 > n10);
+    assert_eq!(v10[64..64 + n10], golden[64..64 + n10]);
 }
 
 fn image_bytes(p: &Path) -> Vec<u8> {
@@ -396,7 +451,7 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
     ] {
         assert!(s.get(k).is_some(), "status --json lacks {k}: {s:#}");
     }
-    assert_eq!(s["format_version"], "1.0");
+    assert_eq!(s["format_version"], "1.1");
     assert_eq!(s["role"], "primary");
     assert_eq!(s["data_size"], 64 * MIB);
     assert_eq!(s["region_count"], 1024);

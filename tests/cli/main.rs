@@ -5,6 +5,7 @@
 mod support;
 
 mod create_status;
+mod events;
 mod failover;
 mod generated_docs;
 mod kill_points;

@@ -133,7 +133,7 @@ fn client(cmd: &str, package: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+pub(crate) fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     let mut a = vec!["-f", "raw"];
     for c in cmds {
         a.push("-c");

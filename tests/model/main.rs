@@ -4,6 +4,7 @@
 //! primary is created with `create`'s own engine call.
 
 mod crash_failover;
+mod crash_journal;
 mod crash_model;
 mod crash_serve;
 mod harness;

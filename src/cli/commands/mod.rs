@@ -23,6 +23,7 @@ use std::sync::Arc;
 mod attach;
 mod control;
 mod create;
+mod events;
 mod legs;
 mod promote;
 mod read;
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Create(a) => create::create(&ctx, a),
         Command::Status(a) => status::status_cmd(&ctx, a),
+        Command::Events(a) => events::events(&ctx, a),
         Command::Attach(a) => attach::attach(&ctx, a),
         Command::Write(a) => write::write(&ctx, a),
         Command::Read(a) => read::read(&ctx, a),

@@ -48,6 +48,13 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         server::log_line(&w);
     }
     let description = display(&a.primary);
+    if !a.read_only {
+        let at = match &listen {
+            Listen::Unix(p) => format!("unix socket {}", p.display()),
+            Listen::Tcp(hp) => format!("tcp {hp}"),
+        };
+        m.record(engine::EventKind::ServeStarted, None, &at)?;
+    }
     let cfg = engine::serve::ServeConfig {
         hot_extents: a.hot_extents,
         read_only: a.read_only,
@@ -126,6 +133,15 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     let summary = summary?;
     let (mut m, counters) = stopped?;
     drop(live);
+    if !a.read_only {
+        let what = format!(
+            "{}: {} served, {} written",
+            summary.signal.unwrap_or("stopped"),
+            plural(summary.connections, "connection"),
+            format_size(counters.bytes_written)
+        );
+        m.record(engine::EventKind::ServeStopped, None, &what)?;
+    }
     let healthy = m.is_healthy()?;
     server::log_line(&format!(
         "stopped{}: {} served, {} and {} written, {} read, {}, hot set at most {} of {} extents ({} at the end); {}",

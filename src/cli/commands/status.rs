@@ -14,8 +14,16 @@ pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
         &FileOpener { writable: false },
         running,
     )?;
-    if a.json {
+    let format = match (a.json, a.format) {
+        (true, _) => cli::StatusFormat::Json,
+        (false, f) => f.unwrap_or(cli::StatusFormat::Text),
+    };
+    if format == cli::StatusFormat::Json {
         print_json(&s)?;
+    } else if format == cli::StatusFormat::Prometheus {
+        io::stdout()
+            .write_all(engine::metrics::render(&s).as_bytes())
+            .map_err(Error::output)?;
     } else {
         engine::status::render_text(&s, &mut io::stdout().lock()).map_err(Error::output)?;
     }

@@ -54,6 +54,8 @@ pub(super) fn constants() -> Vec<(&'static str, u64)> {
         ("MAX_HISTORY", format::MAX_HISTORY as u64),
         ("FORMAT_MAJOR", format::FORMAT_MAJOR as u64),
         ("FORMAT_MINOR", format::FORMAT_MINOR as u64),
+        ("MAX_EVENTS", format::journal::MAX_EVENTS as u64),
+        ("MAX_DETAIL", format::journal::MAX_DETAIL as u64),
     ]
 }
 
@@ -321,8 +323,10 @@ pub(super) fn format_page() -> String {
         "A commit encodes the new superblock with the current seq + 1 and writes it to the \
          copy that does not hold the current superblock, then syncs the device. Until that \
          sync completes the current copy stays valid, so a torn write falls back to the state \
-         before the commit. A writer always writes format {FORMAT_MAJOR}.{FORMAT_MINOR}; fields \
-         of a newer minor that it read are not written back.",
+         before the commit. A writer writes format {FORMAT_MAJOR}.{FORMAT_MINOR} (a primary's \
+         superblock, with its event journal) or {FORMAT_MAJOR}.0 (one without a journal, a \
+         secondary's: byte for byte what format {FORMAT_MAJOR}.0 wrote); fields of a newer \
+         minor that it read are not written back.",
     );
     r.para(
         "A new image is formatted by zeroing and syncing the whole superblock area (offsets \
@@ -405,6 +409,38 @@ pub(super) fn format_page() -> String {
             .collect();
         r.table(&["Index", "Variant", "Shown as", "Meaning"], &rows);
     }
+    // ---- the journal (1.1)
+    r.ss("The event journal (format 1.1)");
+    r.para(
+        "A primary's payload goes on after the last Superblock field with its event journal, \
+         and its copy header says minor 1; a payload without one (a secondary's, or one \
+         written by format 1.0) ends with the Superblock fields and its header says minor 0. \
+         A 1.0 reader decodes the Superblock fields and ignores the journal. Events are added \
+         by the command that changes the mirror and are written in the same commit as the \
+         state change they report, so after a crash both or neither are there. The payload \
+         must fit in {MAX_PAYLOAD} bytes: a writer drops the oldest events as far as needed \
+         (with a leg table of {MAX_SLOTS} slots and the longest paths, a few hundred events \
+         remain; with short paths, the newest {MAX_EVENTS}).",
+    );
+    r.ss(JOURNAL.name);
+    r.para(JOURNAL.doc);
+    struct_table(&mut r, &JOURNAL, None);
+    r.ss(EVENT.name);
+    r.para(EVENT.doc);
+    struct_table(&mut r, &EVENT, None);
+    r.ss("Event kinds");
+    r.para("The kind field of an Event, and the name `mirrorctl events` shows:");
+    let rows: Vec<Vec<String>> = format::journal::KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, name, doc))| vec![i.to_string(), name.to_string(), doc.to_string()])
+        .collect();
+    r.table(&["Code", "Name", "Meaning"], &rows);
+    r.para(
+        "Codes are never reused or renumbered; a new kind gets the next code. replaced-primary \
+         is not stored in the replaced image (nothing is written to it, rule P6): `mirrorctl \
+         events` reports it when it finds the condition.",
+    );
     r.ss("Compatibility rules");
     r.bullet(
         "A new minor version only appends fields to the end of the Superblock payload. Fields \

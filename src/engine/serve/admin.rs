@@ -204,9 +204,17 @@ impl Server {
                 };
                 match st.mirror.open_leg(s) {
                     Ok(d) => {
-                        total += st.mirror.pending_for(s)?.1;
+                        let bytes = st.mirror.pending_for(s)?.1;
+                        total += bytes;
                         // S3 + L3: syncing and receiving writes in this one lock hold.
                         st.mirror.image.sb.legs[s as usize].set_state(LegState::Syncing, now);
+                        let what =
+                            crate::engine::resync::resync_started_detail(bytes, opts.compare);
+                        st.mirror.event(
+                            EventKind::ResyncStarted,
+                            Some(s),
+                            &format!("{what}, while serving"),
+                        );
                         st.al.forget_ahead(s);
                         if !st.legs.iter().any(|(x, _)| *x == s) {
                             st.legs.push((s, d.clone()));
@@ -243,23 +251,33 @@ impl Server {
                 Err(Failed::Leg(what, e)) => {
                     lr.error = Some(format!("{what}: {e}"));
                     let mut st = self.lock();
+                    st.mirror
+                        .event(EventKind::ResyncFailed, Some(s), &format!("{what}: {e}"));
                     let r = self.fracture(&mut st, s, what, e);
                     self.tell(&mut st, say);
                     r.map_err(|f| Error::primary(f.msg))?;
                 }
                 Err(Failed::Gone) => {
-                    lr.error = Some(
-                        "the leg stopped receiving writes during the resync (fractured)".into(),
-                    );
+                    let why = "the leg stopped receiving writes during the resync (fractured)";
+                    lr.error = Some(why.into());
+                    self.lock()
+                        .mirror
+                        .event(EventKind::ResyncFailed, Some(s), why);
                 }
                 Err(Failed::Stopped) => {
-                    lr.error = Some(
-                        "serve is stopping; the rest stays in the fracture log for the next resync"
-                            .into(),
-                    );
+                    let why =
+                        "serve is stopping; the rest stays in the fracture log for the next resync";
+                    lr.error = Some(why.into());
+                    self.lock()
+                        .mirror
+                        .event(EventKind::ResyncFailed, Some(s), why);
                 }
                 Err(Failed::Primary(e)) => {
                     progress.finish();
+                    let mut st = self.lock();
+                    st.mirror
+                        .event(EventKind::ResyncFailed, Some(s), &format!("primary: {e}"));
+                    let _ = st.mirror.commit();
                     return Err(e);
                 }
             }

@@ -256,6 +256,20 @@ impl Server {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A host finished its handshake: recorded in the event journal (not by a read-only
+    /// server, which writes nothing).
+    pub fn client_connected(&self, what: &str) {
+        if self.read_only {
+            return;
+        }
+        let mut st = self.lock();
+        if let Err(e) = st.mirror.record(EventKind::ClientConnected, None, what) {
+            (self.log)(&format!(
+                "warning: recording the connection in the event journal: {e}"
+            ));
+        }
+    }
+
     pub fn client_closed(&self) {
         self.clients.fetch_sub(1, Ordering::Relaxed);
     }

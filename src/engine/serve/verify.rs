@@ -122,6 +122,7 @@ impl Server {
                 v::repaired(&mut pass.legs, &rr);
             }
             let complete = pos >= g.region_count;
+            let done = (complete || stopped || pass.out_of_time(pos)).then_some(pass.start);
             {
                 let mut st = self.lock();
                 v::save_record(
@@ -132,6 +133,7 @@ impl Server {
                     complete,
                     &pass.report,
                     pass.carried,
+                    done,
                 )?;
                 self.tell(&mut st, say);
             }
