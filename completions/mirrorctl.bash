@@ -123,7 +123,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__attach)
-            opts="-h --no-sync --assume-clean --force --rate --compare --discard-secondary-changes --json --wait --no-progress --timeout --help"
+            opts="-f -j -h --no-sync --assume-clean --force --rate --compare --discard-secondary-changes --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -149,7 +149,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__create)
-            opts="-h --size --region-size --max-secondaries --force --json --wait --no-progress --timeout --help"
+            opts="-f -j -h --size --region-size --max-secondaries --force --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -205,7 +205,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__events)
-            opts="-h --json --since --follow --exec --exec-timeout --wait --no-progress --timeout --help"
+            opts="-j -h --json --since --follow --exec --exec-timeout --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -461,7 +461,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__promote)
-            opts="-h --force --json --wait --no-progress --timeout --help"
+            opts="-f -j -h --force --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -483,7 +483,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__read)
-            opts="-h --offset --length --output --wait --no-progress --timeout --help"
+            opts="-o -h --offset --length --output --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -498,6 +498,10 @@ _mirrorctl() {
                     return 0
                     ;;
                 --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -517,7 +521,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__resync)
-            opts="-h --rate --dry-run --compare --json --wait --no-progress --timeout --help"
+            opts="-n -j -h --rate --dry-run --compare --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -581,7 +585,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__status)
-            opts="-h --json --check --format --wait --no-progress --timeout --help"
+            opts="-j -h --json --check --format --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -607,7 +611,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__verify)
-            opts="-h --repair --max-time --restart --json --wait --no-progress --timeout --help"
+            opts="-j -h --repair --max-time --restart --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -633,7 +637,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__write)
-            opts="-h --offset --input --length --flush --json --wait --no-progress --timeout --help"
+            opts="-i -j -h --offset --input --length --flush --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -644,6 +648,10 @@ _mirrorctl() {
                     return 0
                     ;;
                 --input)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -i)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

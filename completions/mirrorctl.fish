@@ -47,8 +47,8 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-si
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l max-secondaries -d 'Number of secondary slots (1 to 32)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l force -d 'Overwrite an existing mirrorctl header, a filesystem or other signature (named in the refusal and again in a note when forced), or other data in the metadata area, and grow a regular file that is too small for --size'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l json -d 'Print the result as JSON'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s f -l force -d 'Overwrite an existing mirrorctl header, a filesystem or other signature (named in the refusal and again in a note when forced), or other data in the metadata area, and grow a regular file that is too small for --size'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s j -l json -d 'Print the result as JSON'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l format -d 'text (default), json, or prometheus: metrics in the Prometheus text format (for node_exporter\'s textfile collector: write them to a .prom file from a timer)' -r -f -a "text\t''
@@ -56,7 +56,7 @@ json\t''
 prometheus\t''"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l json -d 'Print a JSON document with stable field names (see README); the same as --format json'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s j -l json -d 'Print a JSON document with stable field names (see README); the same as --format json'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -65,7 +65,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l exec -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l exec-timeout -d 'How long an --exec command may run before it is killed' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l json -d 'One JSON document per line per event, with stable field names (see README)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s j -l json -d 'One JSON document per line per event, with stable field names (see README)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l follow -d 'Keep running and print each new event as it is recorded (polls twice a second; follows the image at this path even when other commands rewrite it)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -74,24 +74,24 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-clean -d 'Declare the secondary identical to the primary already: copy nothing'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l force -d 'Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition table signature (named in the refusal), any data in its first or last MiB, any allocated extent of a file, another mirror\'s header or an unreadable one'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s f -l force -d 'Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition table signature (named in the refusal), any data in its first or last MiB, any allocated extent of a file, another mirror\'s header or an unreadable one'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l compare -d 'Initial sync reads the secondary too and writes only the 64 KiB blocks that differ: for a secondary that already holds most of the data (a shipped copy, an old replica). Its data area is kept, so data there needs no --force; a re-attached image is compared in full'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-secondary-changes -d 'Split brain: SECONDARY and PRIMARY were both changed after they diverged. Keep PRIMARY\'s data and overwrite SECONDARY\'s changes (only the regions either side changed are copied)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l json -d 'Print the result as JSON (see README, JSON output)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s j -l json -d 'Print the result as JSON (see README, JSON output)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s i -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write exactly this many bytes: a shorter input is exit 2 after writing (durably, mirrored) what came, and the message says how much' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l json -d 'Print the result as JSON: bytes written, legs written, legs newly fractured'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s j -l json -d 'Print the result as JSON: bytes written, legs written, legs newly fractured'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -d 'Byte offset in the data area where reading starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l output -d 'Write to FILE instead of stdout' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s o -l output -d 'Write to FILE instead of stdout' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
@@ -104,9 +104,9 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -s h -l he
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d 'Limit copying to this many bytes per second (e.g. 50M/s)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s n -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l compare -d 'Read each secondary too and write only the 64 KiB blocks that differ from the primary: for logs much larger than what really differs (after an unplanned promote, or re-attaching with --force an image known to be nearly equal). Reads both sides'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l json -d 'Print the result as JSON: regions and bytes copied and remaining, per leg'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s j -l json -d 'Print the result as JSON: regions and bytes copied and remaining, per leg'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
@@ -115,8 +115,8 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l no-progre
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l json -d 'Print the result as JSON: the new generation, the former primary\'s slot, notes'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s f -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s j -l json -d 'Print the result as JSON: the new generation, the former primary\'s slot, notes'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r
@@ -124,7 +124,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l wait -d '
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run. Without it they are recorded in the leg\'s fracture log (the mirror is degraded until `resync` copies them)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l json -d 'Print a JSON document with every mismatched range'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s j -l json -d 'Print a JSON document with every mismatched range'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l socket -d 'Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for root, else under $XDG_RUNTIME_DIR; the path is logged at start' -r -F

@@ -11,26 +11,33 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, suffix) = t.split_at(split);
     if num.is_empty() {
         return Err(format!(
-            "invalid size '{s}': expected a number of bytes with an optional binary suffix (e.g. 4096, 4K, 64KiB, 1M, 1G, 1T)"
+            "invalid size '{s}': expected a number of bytes with an optional suffix (e.g. 4096, 4K, 64KiB, 1M, 1G, 1T; KB, MB, GB are powers of 1000)"
         ));
     }
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid size '{s}': number too large"))?;
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
+    // The coreutils convention (dd, truncate): K M G T P and KiB ... are powers of 1024,
+    // KB MB GB TB PB are powers of 1000.
+    let unit: u64 = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
         _ => {
             return Err(format!(
-                "invalid size '{s}': unknown suffix '{suffix}' (use K, KiB, M, MiB, G, GiB, T, TiB)"
+                "invalid size '{s}': unknown suffix '{suffix}' (use K, M, G, T or KiB, MiB, GiB, TiB for powers of 1024; KB, MB, GB, TB for powers of 1000)"
             ))
         }
     };
-    n.checked_mul(1u64 << shift)
+    n.checked_mul(unit)
         .ok_or_else(|| format!("invalid size '{s}': does not fit in 64 bits"))
 }
 
@@ -159,6 +166,12 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("1T"), Ok(1 << 40));
         assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        // The coreutils convention: KB, MB, GB are decimal.
+        assert_eq!(parse_size("256MB"), Ok(256_000_000));
+        assert_eq!(parse_size("4kB"), Ok(4000));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("1XB").unwrap_err().contains("powers of 1000"));
     }
 
     #[test]

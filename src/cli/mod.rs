@@ -189,10 +189,10 @@ pub struct CreateArgs {
     /// Overwrite an existing mirrorctl header, a filesystem or other signature (named in the
     /// refusal and again in a note when forced), or other data in the metadata area, and grow
     /// a regular file that is too small for --size.
-    #[arg(long)]
+    #[arg(short, long)]
     pub force: bool,
     /// Print the result as JSON.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
@@ -201,7 +201,7 @@ pub struct StatusArgs {
     /// The primary (or any image of a mirror).
     pub image: PathBuf,
     /// Print a JSON document with stable field names (see README); the same as --format json.
-    #[arg(long, conflicts_with = "format")]
+    #[arg(short, long, conflicts_with = "format")]
     pub json: bool,
     /// Exit 3 if the mirror is not fully in sync.
     #[arg(long)]
@@ -224,7 +224,7 @@ pub struct EventsArgs {
     /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// One JSON document per line per event, with stable field names (see README).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
     /// Only events with a sequence number above SEQ (status --json shows the newest as
     /// last_event_seq).
@@ -251,7 +251,9 @@ pub struct AttachArgs {
     /// The mirror's primary image (file or block device).
     pub primary: PathBuf,
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
-    /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH).
+    /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH). It
+    /// must hold the metadata and the data area: `status` shows the size as "image size"
+    /// (image_size in JSON), data_offset + data_size.
     pub secondary: String,
     /// Do not copy now: leave the regions for `mirrorctl resync`.
     #[arg(long, conflicts_with = "assume_clean")]
@@ -262,7 +264,7 @@ pub struct AttachArgs {
     /// Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition
     /// table signature (named in the refusal), any data in its first or last MiB, any
     /// allocated extent of a file, another mirror's header or an unreadable one.
-    #[arg(long)]
+    #[arg(short, long)]
     pub force: bool,
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
     #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
@@ -279,7 +281,7 @@ pub struct AttachArgs {
     #[arg(long)]
     pub discard_secondary_changes: bool,
     /// Print the result as JSON (see README, JSON output).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
@@ -290,10 +292,10 @@ pub struct PromoteArgs {
     pub secondary: PathBuf,
     /// Promote even if the secondary was fractured or out of sync at its last known state
     /// (its missing writes are lost).
-    #[arg(long)]
+    #[arg(short, long)]
     pub force: bool,
     /// Print the result as JSON: the new generation, the former primary's slot, notes.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
@@ -409,7 +411,7 @@ pub struct WriteArgs {
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub offset: u64,
     /// Read from FILE instead of stdin (`-` is stdin).
-    #[arg(long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// Write exactly this many bytes: a shorter input is exit 2 after writing (durably,
     /// mirrored) what came, and the message says how much.
@@ -420,7 +422,7 @@ pub struct WriteArgs {
     #[arg(long, value_name = "POLICY", default_value = "end", value_parser = parse_flush)]
     pub flush: FlushPolicy,
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
@@ -498,7 +500,7 @@ pub struct ReadArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub length: Option<u64>,
     /// Write to FILE instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
@@ -524,7 +526,7 @@ pub struct ResyncArgs {
     #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
     pub rate: Option<u64>,
     /// Print the regions and bytes that would be copied; change nothing.
-    #[arg(long)]
+    #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Read each secondary too and write only the 64 KiB blocks that differ from the
     /// primary: for logs much larger than what really differs (after an unplanned promote,
@@ -532,7 +534,7 @@ pub struct ResyncArgs {
     #[arg(long)]
     pub compare: bool,
     /// Print the result as JSON: regions and bytes copied and remaining, per leg.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 
@@ -563,7 +565,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub restart: bool,
     /// Print a JSON document with every mismatched range.
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 }
 

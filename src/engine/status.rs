@@ -49,6 +49,9 @@ pub struct Status {
     pub created_at: String,
     pub data_offset: u64,
     pub data_size: u64,
+    /// data_offset + data_size: the size every image of the mirror needs (a secondary must
+    /// be at least this big).
+    pub image_size: u64,
     pub region_size: u64,
     pub region_count: u64,
     pub max_secondaries: u32,
@@ -299,6 +302,7 @@ pub fn collect(
         created_at: format_time(sb.created_at),
         data_offset: g.data_offset,
         data_size: g.data_size,
+        image_size: g.total_len(),
         region_size: g.region_size,
         region_count: g.region_count,
         max_secondaries: g.slots,
@@ -382,6 +386,12 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         s.data_size,
         plural(s.region_count, "region"),
         format_size(s.region_size)
+    )?;
+    writeln!(
+        out,
+        "image size    {} ({} bytes): what every image of the mirror needs, a secondary too",
+        format_size(s.image_size),
+        s.image_size
     )?;
     let live = s.running.as_ref().is_some_and(|r| r.write_intents_live);
     if let Some(r) = &s.running {

@@ -140,3 +140,87 @@ fn argument_errors_are_one_mirrorctl_line_with_at_most_a_usage_hint() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stdout.contains("Usage: mirrorctl write"), "{o:?}");
 }
+
+#[test]
+fn sizes_follow_the_coreutils_convention_k_and_kib_binary_kb_decimal() {
+    let fx = Fx::create("64M", "64K");
+    let make = |name: &str, size: &str| -> Value {
+        fx.ok(&["create", name, "--size", size, "--json"]).json()
+    };
+    assert_eq!(make("mb.img", "256MB")["data_size"], 256_000_000);
+    assert_eq!(make("m.img", "256M")["data_size"], 256 << 20);
+    assert_eq!(make("mib.img", "256MiB")["data_size"], 256 << 20);
+    assert_eq!(make("kb.img", "4096kB")["data_size"], 4_096_000);
+    // A decimal region size is no power of two: refused, saying what is allowed.
+    let o = fx.run(&["create", "r.img", "--size", "64M", "--region-size", "64KB"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("power of two"), "{o:?}");
+    assert!(!fx.path("r.img").exists());
+    let o = fx.run(&["create", "x.img", "--size", "64XB"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("powers of 1000"), "{o:?}");
+    // Rates too.
+    fx.ok(&["attach", "a.img", "b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    random_file(&fx.path("in.bin"), MIB_, 1);
+    assert_eq!(fx.run(&["write", "a.img", "-i", "in.bin"]).code, 3);
+    let o = fx.run(&["resync", "a.img", "--rate", "50MB/s", "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
+const MIB_: u64 = 1 << 20;
+
+#[test]
+fn short_options_do_what_their_long_names_do() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    random_file(&fx.path("in.bin"), MIB_, 3);
+    fx.ok(&["write", "a.img", "-i", "in.bin"]);
+    fx.ok(&["read", "a.img", "--length", "1M", "-o", "out.bin"]);
+    assert_eq!(
+        std::fs::read(fx.path("out.bin")).unwrap(),
+        std::fs::read(fx.path("in.bin")).unwrap()
+    );
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    let o = fx.run(&["write", "a.img", "--offset", "2M", "-i", "in.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let dry = fx.ok(&["resync", "a.img", "-n", "-j"]).json();
+    assert_eq!(dry["dry_run"], true, "{dry:#}");
+    assert_eq!(dry["bytes"], MIB_);
+    let s = fx.ok(&["status", "a.img", "-j"]).json();
+    assert_eq!(s["legs"][0]["state"], "fractured-by-admin");
+    random_file(&fx.path("junk.img"), 70 * MIB_, 5);
+    fx.ok(&["create", "junk.img", "-f"]);
+    // Each is listed in --help with its long name.
+    let h = fx.ok(&["resync", "--help"]).stdout;
+    assert!(
+        h.contains("-n, --dry-run") && h.contains("-j, --json"),
+        "{h}"
+    );
+}
+
+#[test]
+fn status_and_create_say_the_size_every_image_of_the_mirror_needs() {
+    let fx = Fx::create("64M", "64K");
+    let s = fx.status();
+    let need = u(&s["data_offset"]) + u(&s["data_size"]);
+    assert_eq!(u(&s["image_size"]), need);
+    let text = fx.ok(&["status", "a.img"]).stdout;
+    assert!(
+        text.contains(&format!("image size    65.0 MiB ({need} bytes)")),
+        "{text}"
+    );
+    let h = fx.ok(&["attach", "--help"]).stdout;
+    assert!(h.contains("image size"), "{h}");
+    // --size on a larger file: said which part the mirror uses.
+    std::fs::File::create(fx.path("big.img"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let o = fx.ok(&["create", "big.img", "--size", "64M", "--json"]);
+    assert_eq!(o.json()["image_size"], need);
+    assert!(
+        o.stderr
+            .contains(&format!("big.img has 1.0 GiB (1073741824 bytes); the mirror uses the first 65.0 MiB ({need} bytes")),
+        "{o:?}"
+    );
+}

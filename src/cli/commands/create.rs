@@ -9,6 +9,8 @@ struct CreateOut {
     image_uuid: String,
     data_offset: u64,
     data_size: u64,
+    /// data_offset + data_size: what the mirror uses of the image (and every secondary needs).
+    image_size: u64,
     region_size: u64,
     region_count: u64,
     max_secondaries: u32,
@@ -75,6 +77,15 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
                 .unwrap()
                 .set_len(g.total_len())
                 .map_err(|e| Error::invalid(format!("growing {name}: {e}")))?;
+        } else if size.is_some() && capacity > g.total_len() {
+            eprintln!(
+                "mirrorctl: note: {name} has {} ({capacity} bytes); the mirror uses the first {} ({} bytes: --size {} of data and {} of metadata), the rest is left as it is",
+                format_size(capacity),
+                format_size(g.total_len()),
+                g.total_len(),
+                format_size(g.data_size),
+                format_size(g.data_offset)
+            );
         }
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
@@ -88,6 +99,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
         image_uuid: engine::uuid_str(&img.image_uuid),
         data_offset: g.data_offset,
         data_size: g.data_size,
+        image_size: g.total_len(),
         region_size: g.region_size,
         region_count: g.region_count,
         max_secondaries: g.slots,

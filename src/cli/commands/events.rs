@@ -154,6 +154,14 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
                 last = 0;
             }
             if let Some(j) = journal_of(&sb, &a.primary)? {
+                if j.next_seq.saturating_sub(1) < last && a.follow {
+                    // Written back without its journal (a 1.0 mirrorctl) and begun anew.
+                    eprintln!(
+                        "mirrorctl: events: the journal of {} starts again at 1 (an older mirrorctl rewrote the image); following it from there",
+                        display(&a.primary)
+                    );
+                    last = 0;
+                }
                 if let Some(first) = j.events.first() {
                     if last > 0 && first.seq > last + 1 {
                         eprintln!(
