@@ -107,9 +107,46 @@ impl Error {
     }
 }
 
-/// An io::Error as a short phrase ("No space left on device (os error 28)").
+/// An io::Error as a short phrase ("No space left on device").
 pub fn describe_io(e: &std::io::Error) -> String {
-    e.to_string()
+    plain(&e.to_string())
+}
+
+/// `text` without the " (os error N)" that the standard library adds to a system error's
+/// own words ("No space left on device (os error 28)"): noise where the text says it.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" (os error ") {
+        let tail = &rest[i + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_os_error_number_is_dropped_and_nothing_else() {
+        assert_eq!(
+            super::plain(
+                "write at 4096: No space left on device (os error 28); again (os error 5)"
+            ),
+            "write at 4096: No space left on device; again"
+        );
+        assert_eq!(
+            super::plain("keep (os error x) and (other)"),
+            "keep (os error x) and (other)"
+        );
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

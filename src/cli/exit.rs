@@ -86,7 +86,7 @@ pub fn of(e: &Error) -> Exit {
 /// `exit_code`, and what was done.
 pub fn json(e: &Error) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    m.insert("error".into(), e.msg.clone().into());
+    m.insert("error".into(), crate::error::plain(&e.msg).into());
     m.insert("exit_code".into(), of(e).code().into());
     for (k, v) in &e.details {
         m.insert((*k).into(), v.clone());

@@ -64,7 +64,7 @@ impl Progress for Bar {
 
 pub fn print_warnings(m: &mut Mirror) {
     for w in m.warnings.drain(..) {
-        eprintln!("mirrorctl: {w}");
+        eprintln!("mirrorctl: {}", crate::error::plain(&w));
     }
 }
 

@@ -203,14 +203,17 @@ impl Mirror {
         self.flush_bitmaps()?;
         let now = now_unix();
         let name = leg_name(s, &self.sb().legs[s as usize]);
-        let text = format!("{}: {}", f.what, f.err);
+        let text = crate::error::plain(&format!("{}: {}", f.what, f.err));
         self.image
             .sb
             .bump_generation(&format!("slot {s} fractured by error"), now);
         let generation = self.sb().generation;
         let leg = &mut self.image.sb.legs[s as usize];
         leg.set_state(LegState::FracturedByError, now);
-        leg.reason = cut(&format!("I/O error: {}", f.err), format::MAX_TEXT);
+        leg.reason = cut(
+            &crate::error::plain(&format!("I/O error: {}", f.err)),
+            format::MAX_TEXT,
+        );
         leg.last_error = cut(&text, format::MAX_TEXT);
         leg.fractured_at = Some(now);
         leg.fracture_generation = generation;

@@ -353,6 +353,52 @@ pub fn read_journal(dev: &Arc<dyn Device>, name: &str) -> Result<crate::format::
     Ok(read_settled(dev, name)?.sb)
 }
 
+fn out_of_sync_text(l: &LegStatus) -> String {
+    if l.out_of_sync_regions == 0 {
+        "none".into()
+    } else {
+        format!(
+            "{} ({})",
+            format_size(l.out_of_sync_bytes),
+            plural(l.out_of_sync_regions, "region")
+        )
+    }
+}
+
+/// The leg's own generation and what it is relative to the primary's.
+fn generation_text(l: &LegStatus, mirror: u64) -> String {
+    match (l.leg_generation, l.generation_relation.as_str()) {
+        (None, _) => "unknown (its header cannot be read)".into(),
+        (Some(g), "in-sync") => format!("{g} (current)"),
+        (Some(g), "behind") => format!("{g} (older than the primary's {mirror})"),
+        (Some(g), "ahead") => format!("{g} (newer than the primary's {mirror})"),
+        (Some(g), "diverged") => format!("{g} (diverged from the primary's {mirror})"),
+        (Some(g), other) => format!("{g} ({other})"),
+    }
+}
+
+/// What a leg's line is followed by: when and why it was fractured (the error once), or why
+/// it is syncing.
+fn leg_detail(l: &LegStatus) -> Option<String> {
+    // A leg fractured by error carries the error as its reason and, with what failed, as
+    // its last error: say the fuller one.
+    let why = match (&l.reason, &l.last_error) {
+        (Some(r), Some(e)) if r.ends_with(e.rsplit(": ").next().unwrap_or(e)) || r == e => {
+            Some(e.clone())
+        }
+        (Some(r), Some(e)) => Some(format!("{r}; last error: {e}")),
+        (Some(r), None) => Some(r.clone()),
+        (None, Some(e)) => Some(format!("last error: {e}")),
+        (None, None) => None,
+    };
+    let why = why.map(|w| crate::error::plain(&w));
+    match (&l.fractured_at, why) {
+        (Some(at), Some(w)) => Some(format!("fractured {at}: {w}")),
+        (Some(at), None) => Some(format!("fractured {at}")),
+        (None, w) => w,
+    }
+}
+
 /// Renders the status for people.
 pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
@@ -422,36 +468,57 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         "secondaries   {} of {} slots in use",
         s.secondaries, s.max_secondaries
     )?;
-    for l in &s.legs {
-        write!(
-            out,
-            "  slot {:<2} {:<19} {}  out of sync: {} ({})",
-            l.slot,
-            l.state,
-            l.path,
-            plural(l.out_of_sync_regions, "region"),
-            format_size(l.out_of_sync_bytes)
-        )?;
-        if let Some(f) = &l.fractured_at {
-            write!(out, ", fractured {f}")?;
-        }
-        if let Some(r) = &l.reason {
-            write!(out, ", reason: {r}")?;
-        }
-        if let Some(e) = l
-            .last_error
-            .as_ref()
-            .filter(|e| Some(*e) != l.reason.as_ref())
-        {
-            write!(out, ", last error: {e}")?;
-        }
-        if primary {
-            match l.leg_generation {
-                Some(g) => write!(out, ", generation {g} ({})", l.generation_relation)?,
-                None => write!(out, ", generation unknown")?,
+    if !s.legs.is_empty() {
+        let rows: Vec<[String; 5]> = s
+            .legs
+            .iter()
+            .map(|l| {
+                [
+                    l.slot.to_string(),
+                    l.state.clone(),
+                    out_of_sync_text(l),
+                    if primary {
+                        generation_text(l, s.generation)
+                    } else {
+                        "-".into()
+                    },
+                    l.path.clone(),
+                ]
+            })
+            .collect();
+        let head = ["SLOT", "STATE", "OUT OF SYNC", "GENERATION", "PATH"];
+        let width: Vec<usize> = (0..4)
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([head[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |out: &mut dyn Write, c: [&str; 5]| {
+            writeln!(
+                out,
+                "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                w0 = width[0],
+                w1 = width[1],
+                w2 = width[2],
+                w3 = width[3]
+            )
+        };
+        line(out, head)?;
+        for (l, r) in s.legs.iter().zip(&rows) {
+            line(out, [&r[0], &r[1], &r[2], &r[3], &r[4]])?;
+            // Why, on a line of its own under the leg (the error text once).
+            if let Some(why) = leg_detail(l) {
+                writeln!(out, "  {:w$}  {why}", "", w = width[0])?;
             }
         }
-        writeln!(out)?;
     }
     if let Some(at) = &s.last_resync_at {
         writeln!(

@@ -177,7 +177,7 @@ impl Journal {
             at,
             kind: kind.code(),
             slot,
-            detail: crate::format::cut(detail, MAX_DETAIL),
+            detail: crate::format::cut(&crate::error::plain(detail), MAX_DETAIL),
         });
         self.trim(usize::MAX);
         seq

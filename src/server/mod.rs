@@ -26,7 +26,7 @@ pub enum Listen {
 
 /// One log line on stderr (journald takes each line as one message).
 pub fn log_line(msg: &str) {
-    eprintln!("mirrorctl serve: {msg}");
+    eprintln!("mirrorctl serve: {}", crate::error::plain(msg));
 }
 
 /// The transmission flags of an export.

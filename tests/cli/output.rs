@@ -224,3 +224,71 @@ fn status_and_create_say_the_size_every_image_of_the_mirror_needs() {
         "{o:?}"
     );
 }
+
+#[test]
+fn status_lists_the_legs_in_columns_under_a_header_with_the_error_said_once_and_no_os_error_numbers(
+) {
+    let fx = Fx::create("64M", "64K");
+    let small = Tmpfs::mount("20M");
+    let d = small.join("d.img");
+    let d_s = d.to_str().unwrap().to_string();
+    fx.ok(&["attach", "a.img", "b.img"]);
+    fx.ok(&["attach", "a.img", &d_s]);
+    fx.ok(&["attach", "a.img", "c.img"]);
+    fx.ok(&["fracture", "a.img", "c.img", "--reason", "backup window"]);
+    random_file(&fx.path("in.bin"), 40 * MIB_, 8);
+    let o = fx.run(&["write", "a.img", "-i", "in.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(!o.stderr.contains("os error"), "{o:?}");
+    let text = fx.run(&["status", "a.img"]).stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("SLOT"))
+        .unwrap_or_else(|| panic!("no header:\n{text}"));
+    let cols = ["SLOT", "STATE", "OUT OF SYNC", "GENERATION", "PATH"];
+    let at: Vec<usize> = cols.iter().map(|c| lines[head].find(c).unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    // One line per leg, each value starting under its column.
+    let row = |slot: &str| -> &str {
+        lines[head + 1..]
+            .iter()
+            .find(|l| l[at[0]..].starts_with(slot))
+            .unwrap_or_else(|| panic!("no slot {slot}:\n{text}"))
+    };
+    let b = row("0 ");
+    assert_eq!(&b[at[1]..at[1] + 7], "in-sync", "{text}");
+    assert_eq!(&b[at[2]..at[2] + 4], "none", "{text}");
+    assert!(
+        b[at[3]..].contains("(current)") && b.ends_with("b.img"),
+        "{text}"
+    );
+    let e = row("1 ");
+    assert!(e[at[1]..].starts_with("fractured-by-error"), "{text}");
+    assert!(e.ends_with(&d_s), "{text}");
+    let c = row("2 ");
+    assert!(c[at[1]..].starts_with("fractured-by-admin"), "{text}");
+    assert!(c[at[3]..].contains("(older than the primary's "), "{text}");
+    // The error once, on its own indented line, with no "(os error N)".
+    assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+    assert!(!text.contains("os error"), "{text}");
+    let why = lines.iter().find(|l| l.contains("No space left")).unwrap();
+    assert!(
+        why.starts_with(&" ".repeat(at[1])) && why.trim_start().starts_with("fractured "),
+        "{text}"
+    );
+    assert!(
+        text.contains("fractured ") && text.contains(": backup window"),
+        "{text}"
+    );
+    // The JSON keeps the texts too, without the number.
+    let s = fx.status();
+    let l = leg(&s, 1);
+    assert!(
+        l["last_error"]
+            .as_str()
+            .unwrap()
+            .ends_with("No space left on device"),
+        "{l:#}"
+    );
+}
