@@ -132,6 +132,8 @@ pub fn plain(text: &str) -> String {
     out
 }
 
+pub type Result<T> = std::result::Result<T, Error>;
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -148,5 +150,3 @@ mod tests {
         );
     }
 }
-
-pub type Result<T> = std::result::Result<T, Error>;
