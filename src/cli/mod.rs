@@ -26,6 +26,199 @@ pub const EXIT_STATUSES: [(u8, &str); 6] = [
     (5, "busy: another mirrorctl holds the mirror's lock"),
 ];
 
+/// What `--help` and the man page print after the options: EXAMPLES, then EXIT STATUS.
+pub fn after(subcommand: &str) -> String {
+    let ex = examples(subcommand);
+    let mut s = String::new();
+    if !ex.is_empty() {
+        s.push_str("EXAMPLES:\n");
+        let w = ex.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+        for (cmd, what) in ex {
+            s.push_str(&format!("  {cmd:<w$}  {what}\n"));
+        }
+        s.push('\n');
+    }
+    s.push_str(&exit_status(exit_codes(subcommand)));
+    s
+}
+
+/// The common cases an admin types, per subcommand: (command line, what it does).
+pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
+    match subcommand {
+        "mirrorctl" => &[
+            (
+                "mirrorctl create /srv/vm.img --size 20G",
+                "a mirror with a 20 GiB data area",
+            ),
+            (
+                "mirrorctl attach /srv/vm.img /mnt/disk2/vm.img",
+                "add a secondary and copy to it",
+            ),
+            (
+                "mirrorctl status /srv/vm.img",
+                "legs, what is out of sync, what runs",
+            ),
+            (
+                "mirrorctl serve /srv/vm.img",
+                "hosts use the mirror as a disk over NBD",
+            ),
+        ],
+        "create" => &[
+            (
+                "mirrorctl create /srv/vm.img --size 20G",
+                "a new sparse image file: 20 GiB of data plus the metadata",
+            ),
+            (
+                "mirrorctl create /dev/sdb",
+                "a block device: the data area fills the rest of it",
+            ),
+            (
+                "mirrorctl create /srv/vm.img --size 1T --region-size 1M --max-secondaries 2",
+                "larger regions, smaller bitmaps",
+            ),
+        ],
+        "status" => &[
+            ("mirrorctl status /srv/vm.img", "for people"),
+            (
+                "mirrorctl status /srv/vm.img --check",
+                "exit 3 unless fully in sync (cron, monitoring)",
+            ),
+            (
+                "mirrorctl status /srv/vm.img --json | jq .legs",
+                "for scripts",
+            ),
+            (
+                "mirrorctl status /srv/vm.img --format prometheus > /var/lib/node_exporter/vm.prom",
+                "metrics",
+            ),
+        ],
+        "events" => &[
+            ("mirrorctl events /srv/vm.img", "the journal, oldest first"),
+            (
+                "mirrorctl events /srv/vm.img --json --since 41",
+                "events after number 41, one JSON document each",
+            ),
+            (
+                "mirrorctl events /srv/vm.img --follow --exec /usr/local/lib/mirrorctl-alert",
+                "run a program on every new event",
+            ),
+        ],
+        "attach" => &[
+            (
+                "mirrorctl attach /srv/vm.img /mnt/disk2/vm.img",
+                "a file secondary, created sparse, copied now",
+            ),
+            (
+                "mirrorctl attach /srv/vm.img /dev/sdc --rate 100M/s",
+                "a disk, the initial copy rate-limited",
+            ),
+            (
+                "mirrorctl attach /srv/vm.img nbd://backup:10809/vm",
+                "a secondary on another machine (NBD)",
+            ),
+            (
+                "mirrorctl attach /srv/vm.img /mnt/old-copy.img --compare",
+                "an old copy: only what differs is written",
+            ),
+        ],
+        "write" => &[
+            (
+                "tar c /etc | mirrorctl write /srv/vm.img",
+                "pipe mode: durable on every leg at exit 0",
+            ),
+            (
+                "mirrorctl write /srv/vm.img -i disk.raw --offset 1G",
+                "a file at an offset of the data area",
+            ),
+            (
+                "mirrorctl write /srv/vm.img -i disk.raw --flush every=256M",
+                "with durable points along the way",
+            ),
+        ],
+        "read" => &[
+            (
+                "mirrorctl read /srv/vm.img --offset 1G --length 4K | xxd",
+                "a block of the data area",
+            ),
+            (
+                "mirrorctl read /srv/vm.img -o backup.raw",
+                "the whole data area to a file",
+            ),
+        ],
+        "fracture" => &[
+            (
+                "mirrorctl fracture /srv/vm.img /mnt/disk2/vm.img --reason 'backup window'",
+                "stop writing it; changes are tracked",
+            ),
+            ("mirrorctl fracture /srv/vm.img 1", "by slot number"),
+        ],
+        "resync" => &[
+            (
+                "mirrorctl resync /srv/vm.img",
+                "every leg with something to copy",
+            ),
+            (
+                "mirrorctl resync /srv/vm.img -n",
+                "what would be copied, nothing written",
+            ),
+            (
+                "mirrorctl resync /srv/vm.img 1 --rate 200M/s",
+                "one leg, rate-limited",
+            ),
+            (
+                "mirrorctl resync /srv/vm.img --compare",
+                "read both sides, write only what differs",
+            ),
+        ],
+        "detach" => &[
+            (
+                "mirrorctl detach /srv/vm.img /mnt/disk2/vm.img",
+                "free the slot; the image keeps its data",
+            ),
+            ("mirrorctl detach /srv/vm.img 1", "by slot number"),
+        ],
+        "promote" => &[
+            (
+                "mirrorctl promote /mnt/disk2/vm.img",
+                "failover: the in-sync secondary becomes the primary",
+            ),
+            (
+                "mirrorctl promote /mnt/disk2/vm.img --force",
+                "even if it may lack the newest writes",
+            ),
+        ],
+        "verify" => &[
+            (
+                "mirrorctl verify /srv/vm.img",
+                "compare every leg, byte for byte",
+            ),
+            (
+                "mirrorctl verify /srv/vm.img --max-time 2h --repair",
+                "a nightly scrub in steps, repairing what differs",
+            ),
+            (
+                "mirrorctl verify /srv/vm.img /mnt/disk2/vm.img --json",
+                "one leg, for scripts",
+            ),
+        ],
+        "serve" => &[
+            (
+                "mirrorctl serve /srv/vm.img --socket /run/vm.sock",
+                "then: qemu -drive file=nbd+unix:///?socket=/run/vm.sock,format=raw",
+            ),
+            (
+                "mirrorctl serve /srv/vm.img --listen 127.0.0.1:10809",
+                "over TCP (loopback)",
+            ),
+            (
+                "mirrorctl serve /srv/vm.img --read-only",
+                "hosts read; nothing is written",
+            ),
+        ],
+        _ => &[],
+    }
+}
+
 /// The EXIT STATUS section listing `codes` (a command lists only those it can return).
 pub fn exit_status(codes: &[u8]) -> String {
     let mut s = String::from("EXIT STATUS:");
@@ -60,7 +253,7 @@ synchronously mirrored to one or more secondary images. Every write is durable o
 and on every in-sync secondary before a command reports success. When a secondary fails or is \
 fractured on purpose, the regions that change are tracked in its fracture log, so that resync \
 copies only those. A write-intent log bounds what a crash can leave different.",
-    after_help = exit_status(exit_codes("mirrorctl")),
+    after_help = after("mirrorctl"),
     propagate_version = true
 )]
 pub struct Cli {
@@ -88,7 +281,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a mirror: write a primary header onto an image file or block device.
-    #[command(after_help = exit_status(exit_codes("create")))]
+    #[command(after_help = after("create"))]
     Create(CreateArgs),
     /// Show the mirror's geometry, legs, out-of-sync regions and pending write intents.
     #[command(
@@ -98,7 +291,7 @@ verify, attach or write runs it shows the command, its pid and its progress (per
 rate, ETA) as the running process last published them (every half second); while serve runs, \
 its clients, hot set and request rates. Write intents held by a running writer count neither \
 as out of sync nor against health, so `status --check` passes on a healthy mirror in use.",
-        after_help = exit_status(exit_codes("status"))
+        after_help = after("status")
     )]
     Status(StatusArgs),
     /// Show the mirror's event journal: fractures, resyncs, verifies, recoveries, attach,
@@ -114,37 +307,37 @@ newest 1024 are kept. Like status it takes no lock and never waits. With --follo
 running and prints new events within half a second, whoever records them; with --exec it also \
 runs a shell command per new event, the event in MIRRORCTL_* environment variables (like \
 mdadm --monitor --program and ZED's zedlets).",
-        after_help = exit_status(exit_codes("events"))
+        after_help = after("events")
     )]
     Events(EventsArgs),
     /// Add a secondary image (file, created sparse if missing, or block device) and sync it.
-    #[command(after_help = exit_status(exit_codes("attach")))]
+    #[command(after_help = after("attach"))]
     Attach(AttachArgs),
     /// Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit.
-    #[command(after_help = exit_status(exit_codes("write")))]
+    #[command(after_help = after("write"))]
     Write(WriteArgs),
     /// Read the mirror's data area (from an in-sync secondary if the primary fails).
-    #[command(after_help = exit_status(exit_codes("read")))]
+    #[command(after_help = after("read"))]
     Read(ReadArgs),
     /// Stop writing to a secondary on purpose; its changed regions are tracked for resync.
-    #[command(after_help = exit_status(exit_codes("fracture")))]
+    #[command(after_help = after("fracture"))]
     Fracture(FractureArgs),
     /// Copy exactly the out-of-sync regions to secondaries and mark them in sync.
-    #[command(after_help = exit_status(exit_codes("resync")))]
+    #[command(after_help = after("resync"))]
     Resync(ResyncArgs),
     /// Remove a secondary from the mirror and free its slot.
-    #[command(after_help = exit_status(exit_codes("detach")))]
+    #[command(after_help = after("detach"))]
     Detach(DetachArgs),
     /// Turn an in-sync secondary into the primary of its mirror (failover).
-    #[command(after_help = exit_status(exit_codes("promote")))]
+    #[command(after_help = after("promote"))]
     Promote(PromoteArgs),
     /// Compare the primary with its secondaries region by region, byte for byte, and report every
     /// differing range; repair on request; scrub in budgeted steps from cron.
-    #[command(after_help = exit_status(exit_codes("verify")))]
+    #[command(after_help = after("verify"))]
     Verify(VerifyArgs),
     /// Serve the mirror's data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every
     /// write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT.
-    #[command(long_about = SERVE_ABOUT, after_help = exit_status(exit_codes("serve")))]
+    #[command(long_about = SERVE_ABOUT, after_help = after("serve"))]
     Serve(ServeArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]

@@ -250,3 +250,75 @@ fn each_subcommand_lists_only_the_exit_statuses_it_can_return() {
         }
     }
 }
+
+/// Shell words of a simple command line (single quotes only), up to a pipe or redirection.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            '|' | '>' if !quoted => break,
+            ' ' if !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn every_page_has_examples_and_every_example_is_a_valid_command_line() {
+    use clap::Parser;
+    let cmd = <mirrorctl::cli::Cli as clap::CommandFactory>::command();
+    let mut subs: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .collect();
+    subs.push("mirrorctl".into());
+    for sub in &subs {
+        let ex = mirrorctl::cli::examples(sub);
+        assert!(ex.len() >= 2, "{sub}: fewer than two examples");
+        for (line, what) in ex {
+            assert!(!what.is_empty(), "{line}");
+            // From the first `mirrorctl` on (a pipe may feed it).
+            let from = line.find("mirrorctl ").unwrap_or_else(|| panic!("{line}"));
+            let w = words(&line[from..]);
+            if let Err(e) = mirrorctl::cli::Cli::try_parse_from(&w) {
+                panic!("example `{line}` does not parse: {e}");
+            }
+        }
+        let page = if sub == "mirrorctl" {
+            "mirrorctl.1".to_string()
+        } else {
+            format!("mirrorctl-{sub}.1")
+        };
+        let text = std::fs::read_to_string(root().join("man").join(&page)).unwrap();
+        assert!(text.contains(".SH \"EXAMPLES\""), "{page}");
+        let help = crate::support::run_in(
+            &root(),
+            &if sub == "mirrorctl" {
+                vec!["--help"]
+            } else {
+                vec![sub.as_str(), "--help"]
+            },
+        );
+        assert!(help.stdout.contains("EXAMPLES:"), "{sub} --help");
+    }
+}
