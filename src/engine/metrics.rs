@@ -14,7 +14,7 @@ const LEG_STATES: &[&str] = &[
     "fractured-by-error",
 ];
 /// Every result a verify records, for the one-hot `mirrorctl_last_verify_result`.
-const VERIFY_RESULTS: &[&str] = &["clean", "differences", "repaired", "partial"];
+const VERIFY_RESULTS: &[&str] = &["clean", "differences", "repaired", "partial", "incomplete"];
 
 /// A label value escaped as the exposition format requires.
 fn esc(v: &str) -> String {

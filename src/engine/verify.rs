@@ -74,7 +74,12 @@ pub struct VerifyReport {
     /// Where this run stopped (exclusive); the next budgeted run starts here.
     pub end_region: u64,
     pub region_count: u64,
+    /// Bytes compared, summed over the legs compared (pending regions not counted).
     pub bytes_compared: u64,
+    /// Of `bytes_compared`, bytes that were holes on both sides: equal, and not read.
+    pub hole_bytes: u64,
+    /// Bytes of the data area this run went over (what its progress counts).
+    pub data_bytes: u64,
     pub seconds: f64,
     pub bytes_per_second: f64,
     pub last_full_pass_at: Option<String>,
@@ -289,6 +294,8 @@ pub(crate) fn save_record(
     let (carried, carried_diff) = carried;
     let mismatched: u64 = carried + legs.iter().map(|l| l.mismatched_regions).sum::<u64>();
     let unrepaired = carried_diff || legs.iter().any(|l| l.mismatched_regions > 0 && !l.repaired);
+    // No leg compared (all fractured, unreadable, or none attached): no pass happened.
+    let nothing = legs.iter().all(|l| !l.compared);
     m.image.sb.last_verify = Some(VerifyRecord {
         started_at,
         finished_at: now,
@@ -297,6 +304,8 @@ pub(crate) fn save_record(
             "differences"
         } else if mismatched > 0 {
             "repaired"
+        } else if nothing {
+            "incomplete"
         } else if complete {
             "clean"
         } else {
@@ -305,7 +314,11 @@ pub(crate) fn save_record(
         .to_string(),
         mismatched_regions: mismatched,
         compared_bytes: report.bytes_compared,
-        last_full_pass_at: if complete { Some(now) } else { prev_full },
+        last_full_pass_at: if complete && !nothing {
+            Some(now)
+        } else {
+            prev_full
+        },
     });
     if let Some(start) = finished {
         let r = m.sb().last_verify.as_ref().unwrap();
@@ -403,6 +416,7 @@ pub(crate) fn compare_chunk(
     found: &mut Vec<u64>,
     report: &mut VerifyReport,
 ) {
+    let hole = theirs.is_none();
     if let Some(theirs) = theirs {
         let rs = g.region_size as usize;
         for (n, (a, b)) in ours[..c.len]
@@ -426,7 +440,11 @@ pub(crate) fn compare_chunk(
         .sum();
     let total = c.regions.end - c.regions.start;
     lv.regions_compared += total - skipped;
-    report.bytes_compared += c.len as u64 * (total - skipped) / total;
+    let n = c.len as u64 * (total - skipped) / total;
+    report.bytes_compared += n;
+    if hole {
+        report.hole_bytes += n;
+    }
 }
 
 /// Counts `confirmed` mismatched regions (ascending) on `lv`, adjacent ones as one range.
@@ -475,6 +493,7 @@ fn compare_batch(
                 break;
             }
             progress.advance(c.len as u64);
+            report.data_bytes += c.len as u64;
             r = c.regions.end;
         }
     } else {
@@ -533,6 +552,7 @@ fn compare_batch(
                 }
                 feeds[0].as_ref().unwrap().give_back(ppiece);
                 progress.advance(c.len as u64);
+                report.data_bytes += c.len as u64;
                 r = c.regions.end;
             }
             // Readers still running stop at their next chunk; dropping the feeds unblocks them.

@@ -292,3 +292,32 @@ fn status_lists_the_legs_in_columns_under_a_header_with_the_error_said_once_and_
         "{l:#}"
     );
 }
+
+#[test]
+fn verify_says_how_much_data_it_went_over_and_what_was_holes_and_a_run_comparing_nothing_is_no_pass(
+) {
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    fx.write_random(0, 8 * MIB_, 2);
+    let o = fx.ok(&["verify", "a.img"]);
+    let first = o.stdout.lines().next().unwrap();
+    assert!(
+        first.starts_with("verified regions 0..1024 of 1024 (pass complete): 64.0 MiB of data, 128.0 MiB compared on 2 legs (112.0 MiB of it holes on both sides"),
+        "{first}"
+    );
+    let (_, v) = fx.verify(&[]);
+    assert_eq!(u(&v["data_bytes"]), 64 * MIB_);
+    assert_eq!(u(&v["bytes_compared"]), 128 * MIB_);
+    assert_eq!(u(&v["hole_bytes"]), 112 * MIB_);
+    let full = fx.status()["last_full_verify_at"].clone();
+    // Every leg fractured: nothing compared, no pass, the last full pass unchanged.
+    fx.ok(&["fracture", "a.img", "0"]);
+    fx.ok(&["fracture", "a.img", "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = fx.run(&["verify", "a.img"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(!o.stdout.contains("pass complete"), "{o:?}");
+    assert!(o.stdout.contains("nothing compared"), "{o:?}");
+    let s = fx.status();
+    assert_eq!(s["last_verify_result"], "incomplete", "{s:#}");
+    assert_eq!(s["last_full_verify_at"], full, "{s:#}");
+}

@@ -94,19 +94,32 @@ pub(super) fn render(
 }
 
 fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) -> io::Result<()> {
-    let bytes = report.bytes_compared;
+    let compared = report.legs.iter().filter(|l| l.compared).count() as u64;
+    let how = if compared == 0 {
+        // Nothing was compared: no pass is complete, whatever the cursor says.
+        " (nothing compared: no leg could be compared)"
+    } else if report.complete {
+        " (pass complete)"
+    } else {
+        " (stopped at the time budget; the next --max-time run continues here)"
+    };
+    let holes = if report.hole_bytes > 0 {
+        format!(
+            " ({} of it holes on both sides, equal without reading)",
+            format_size(report.hole_bytes)
+        )
+    } else {
+        String::new()
+    };
     writeln!(
         w,
-        "verified regions {}..{} of {}{}: {} compared in {:.1}s ({}/s)",
+        "verified regions {}..{} of {}{how}: {} of data, {} compared on {}{holes}, in {:.1}s ({}/s)",
         report.start_region,
         report.end_region,
         report.region_count,
-        if report.complete {
-            " (pass complete)"
-        } else {
-            " (stopped at the time budget; the next --max-time run continues here)"
-        },
-        format_size(bytes),
+        format_size(report.data_bytes),
+        format_size(report.bytes_compared),
+        plural(compared, "leg"),
         report.seconds,
         format_size(report.bytes_per_second as u64)
     )?;

@@ -87,6 +87,7 @@ impl Server {
                     }
                 }
                 progress.advance(c.len as u64);
+                pass.report.data_bytes += c.len as u64;
                 pos = c.regions.end;
             }
             let mut to_repair = Vec::new();
