@@ -113,9 +113,14 @@ pub fn now_unix() -> u64 {
 /// `1 region`, `2 regions`: a count with its noun, singular or plural.
 pub fn plural(n: u64, noun: &str) -> String {
     if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
+        return format!("1 {noun}");
+    }
+    // "secondary" -> "secondaries"; "day", "key" keep their y.
+    let b = noun.as_bytes();
+    match b {
+        [.., c, b'y'] if !b"aeiou".contains(c) => format!("{n} {}ies", &noun[..noun.len() - 1]),
+        [.., b's' | b'x'] | [.., b'c' | b's', b'h'] => format!("{n} {noun}es"),
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -166,6 +171,11 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("1T"), Ok(1 << 40));
         assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert_eq!(plural(2, "secondary"), "2 secondaries");
+        assert_eq!(plural(1, "secondary"), "1 secondary");
+        assert_eq!(plural(3, "flush"), "3 flushes");
+        assert_eq!(plural(0, "region"), "0 regions");
+        assert_eq!(plural(2, "day"), "2 days");
         // The coreutils convention: KB, MB, GB are decimal.
         assert_eq!(parse_size("256MB"), Ok(256_000_000));
         assert_eq!(parse_size("4kB"), Ok(4000));

@@ -31,6 +31,8 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v blkid >/dev/null || need+=(util-linux)
 command -v mkswap >/dev/null || need+=(util-linux)
 command -v mkfifo >/dev/null || need+=(coreutils)
+# A terminal for the progress-bar tests (tests/cli/output.rs).
+command -v script >/dev/null || need+=(bsdutils)
 # `status --format prometheus` is checked with promtool (tests/cli/events.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then

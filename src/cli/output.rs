@@ -22,7 +22,8 @@ impl Bar {
         };
         pb.set_style(
             ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                // As wide as the terminal; one unit (binary) for every number.
+                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
             )
             .unwrap()
             .progress_chars("=> "),

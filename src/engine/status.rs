@@ -370,8 +370,10 @@ fn generation_text(l: &LegStatus, mirror: u64) -> String {
     match (l.leg_generation, l.generation_relation.as_str()) {
         (None, _) => "unknown (its header cannot be read)".into(),
         (Some(g), "in-sync") => format!("{g} (current)"),
-        (Some(g), "behind") => format!("{g} (older than the primary's {mirror})"),
-        (Some(g), "ahead") => format!("{g} (newer than the primary's {mirror})"),
+        // Its header has seen the primary's latest change, its data not all of it yet.
+        (Some(g), "behind") if g >= mirror => format!("{g} (current; data still to copy)"),
+        (Some(g), "behind") => format!("{g} (the primary is at {mirror})"),
+        (Some(g), "ahead") => format!("{g} (ahead of the primary's {mirror})"),
         (Some(g), "diverged") => format!("{g} (diverged from the primary's {mirror})"),
         (Some(g), other) => format!("{g} ({other})"),
     }
@@ -381,8 +383,13 @@ fn generation_text(l: &LegStatus, mirror: u64) -> String {
 /// it is syncing.
 fn leg_detail(l: &LegStatus) -> Option<String> {
     // A leg fractured by error carries the error as its reason and, with what failed, as
-    // its last error: say the fuller one.
-    let why = match (&l.reason, &l.last_error) {
+    // its last error: say the fuller one. The default admin reason says nothing the state
+    // column does not.
+    let reason = l
+        .reason
+        .as_ref()
+        .filter(|r| r.as_str() != "fractured by admin");
+    let why = match (reason, &l.last_error) {
         (Some(r), Some(e)) if r.ends_with(e.rsplit(": ").next().unwrap_or(e)) || r == e => {
             Some(e.clone())
         }
@@ -392,7 +399,12 @@ fn leg_detail(l: &LegStatus) -> Option<String> {
         (None, None) => None,
     };
     let why = why.map(|w| crate::error::plain(&w));
+    let syncing = l.state == "syncing";
     match (&l.fractured_at, why) {
+        (Some(at), Some(w)) if syncing => {
+            Some(format!("fractured {at} ({w}); its resync has not finished"))
+        }
+        (Some(at), None) if syncing => Some(format!("fractured {at}; its resync has not finished")),
         (Some(at), Some(w)) => Some(format!("fractured {at}: {w}")),
         (Some(at), None) => Some(format!("fractured {at}")),
         (None, w) => w,

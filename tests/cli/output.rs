@@ -268,7 +268,7 @@ fn status_lists_the_legs_in_columns_under_a_header_with_the_error_said_once_and_
     assert!(e.ends_with(&d_s), "{text}");
     let c = row("2 ");
     assert!(c[at[1]..].starts_with("fractured-by-admin"), "{text}");
-    assert!(c[at[3]..].contains("(older than the primary's "), "{text}");
+    assert!(c[at[3]..].contains("(the primary is at "), "{text}");
     // The error once, on its own indented line, with no "(os error N)".
     assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
     assert!(!text.contains("os error"), "{text}");
@@ -320,4 +320,66 @@ fn verify_says_how_much_data_it_went_over_and_what_was_holes_and_a_run_comparing
     let s = fx.status();
     assert_eq!(s["last_verify_result"], "incomplete", "{s:#}");
     assert_eq!(s["last_full_verify_at"], full, "{s:#}");
+}
+
+#[test]
+fn write_on_a_terminal_shows_a_bar_in_one_unit_and_a_summary_and_nothing_when_piped() {
+    require("script", "bsdutils");
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    random_file(&fx.path("in.bin"), 16 * MIB_, 4);
+    // On a terminal (script(1) gives the command one).
+    let cmd = format!("{} write a.img -i in.bin", bin());
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(fx.dir.path())
+        .env("COLUMNS", "100")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout).replace('\r', "\n");
+    assert!(o.status.success(), "{tty}");
+    assert!(tty.contains("16.00 MiB/16.00 MiB"), "{tty}");
+    assert!(
+        !tty.contains(" MB/") && !tty.contains(" MB "),
+        "one unit per bar: {tty}"
+    );
+    assert!(
+        tty.contains("wrote 16.0 MiB at offset 0 to the primary and 2 secondaries in "),
+        "{tty}"
+    );
+    // Piped: nothing but what the command always says (here nothing).
+    let o = fx.run(&["write", "a.img", "-i", "in.bin"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stderr, "", "{o:?}");
+    assert_eq!(o.stdout, "", "{o:?}");
+}
+
+#[test]
+fn an_interrupted_resync_says_so_and_how_to_go_on_and_the_next_one_continues() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    random_file(&fx.path("in.bin"), 32 * MIB_, 6);
+    assert_eq!(fx.run(&["write", "a.img", "-i", "in.bin"]).code, 3);
+    let child = std::process::Command::new(bin())
+        .args(["resync", "a.img", "--rate", "8M"])
+        .current_dir(fx.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(libc::SIGINT), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("mirrorctl: resync interrupted; what it copied up to its last checkpoint stays copied; `mirrorctl resync a.img` continues from the logs"),
+        "{err}"
+    );
+    let left = u(&leg(&fx.status(), 0)["out_of_sync_bytes"]);
+    assert!(left > 0 && left < 32 * MIB_, "{left}");
+    let r = fx.ok(&["resync", "a.img", "--json"]).json();
+    assert_eq!(u(&r["bytes"]), left, "{r:#}");
+    assert_eq!(fx.status()["healthy"], true);
 }

@@ -131,6 +131,13 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
         Err(e) => return via_server(ctx, &a.primary, e, "attach"),
     };
     let live = m.publish("attach", true);
+    on_interrupt(
+        "attach",
+        &format!(
+            "if `mirrorctl status {p}` lists the secondary (syncing), `mirrorctl resync {p}` finishes its initial sync; otherwise run the attach again",
+            p = display(&a.primary)
+        ),
+    );
     let (dev, canonical, created) = secondary(&Shape::of(&m), &a, Path::new(&a.secondary))?;
     let outcome = m.attach(
         dev,

@@ -82,6 +82,49 @@ extern "C" fn on_sigbus(_: libc::c_int) {
     }
 }
 
+/// The line an interrupted command prints (set by [`on_interrupt`]); a leaked, NUL-free
+/// buffer the signal handler only reads.
+static INTERRUPT_LINE: std::sync::atomic::AtomicPtr<Vec<u8>> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_sigint(sig: libc::c_int) {
+    let line = INTERRUPT_LINE.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: write(2), signal(2) and raise(3) are async-signal-safe; the buffer is leaked
+    // and never freed or changed after it is published.
+    unsafe {
+        if !line.is_null() {
+            let l = &*line;
+            libc::write(2, l.as_ptr().cast(), l.len());
+        }
+        // Then the default action: the process ends by the signal, as the shell expects.
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Says on Ctrl-C (or SIGTERM) that the command was interrupted and how to go on: `what`
+/// and `resume` (the state on disk is safe at every point, rule by rule; this only tells the
+/// admin). The progress bar's line is cleared first when stderr is a terminal.
+pub(super) fn on_interrupt(what: &str, resume: &str) {
+    let clear = if io::stderr().is_terminal() {
+        "\r\x1b[K"
+    } else {
+        ""
+    };
+    let line = format!("{clear}mirrorctl: {what} interrupted; {resume}\n").into_bytes();
+    let old = INTERRUPT_LINE.swap(
+        Box::into_raw(Box::new(line)),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    // The old line stays leaked: a handler may be reading it.
+    let _ = old;
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 pub fn install_sigbus_handler() {
     // SAFETY: installs a handler that only calls async-signal-safe functions.
     unsafe {

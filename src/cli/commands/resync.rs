@@ -40,6 +40,15 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
     };
     print_warnings(&mut m);
     let live = m.publish("resync", !a.dry_run);
+    if !a.dry_run {
+        on_interrupt(
+            "resync",
+            &format!(
+                "what it copied up to its last checkpoint stays copied; `mirrorctl resync {}` continues from the logs",
+                display(&a.primary)
+            ),
+        );
+    }
     let slots = choose_slots(&mut m, &a, &|s| same_file(s))?;
     let mut errs = Vec::new();
     let (out, exit) = if a.dry_run {

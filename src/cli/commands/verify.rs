@@ -27,6 +27,13 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
                 Err(e) => Err(e),
             }
         };
+    on_interrupt(
+        "verify",
+        &format!(
+            "the cursor of its last finished batch is saved: `mirrorctl verify {} --max-time DURATION` continues there (without --max-time it starts over)",
+            display(&a.primary)
+        ),
+    );
     let slots_for = |m: &Mirror| slots(m, &a, &|s| same_file(s));
     let (report, verdict, warnings) = match verify::run(&mut open, &slots_for, &opts(&a), &bar) {
         Ok(r) => r,

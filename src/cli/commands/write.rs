@@ -23,16 +23,50 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         }
     };
     let mut m = open_for_change(ctx, &a.primary)?;
-    let _live = m.publish("write", true);
+    let live = m.publish("write", true);
     check_range(
         offset,
         length,
         m.geometry().data_size,
         "nothing was written",
     )?;
-    let r = m.write_stream(offset, &mut input, length, known, &policy);
+    on_interrupt(
+        "write",
+        &format!(
+            "the write-intent log covers what may not have reached every leg (the next command recovers it); write the same data at --offset {offset} again to have all of it"
+        ),
+    );
+    // A bar for input of known size (and the live record's progress for `status`).
+    let total = length.or(known.map(|k| k.min(m.geometry().data_size - offset)));
+    let bar = Bar::new(ctx.progress && total.is_some(), "write").published(live.as_ref(), "write");
+    if let Some(t) = total {
+        engine::Progress::set_total(&bar, t);
+    }
+    let started = std::time::Instant::now();
+    let mut counted = Counted {
+        inner: &mut *input,
+        bar: &bar,
+    };
+    let r = m.write_stream(offset, &mut counted, length, known, &policy);
+    engine::Progress::finish(&bar);
     print_warnings(&mut m);
     let r = r?;
+    if ctx.progress && !a.json {
+        // On a terminal: what was done, like the other commands say it.
+        let secs = started.elapsed().as_secs_f64();
+        let legs = m
+            .sb()
+            .legs
+            .iter()
+            .filter(|l| l.state.receives_writes())
+            .count() as u64;
+        eprintln!(
+            "wrote {} at offset {offset} to the primary and {} in {secs:.1}s ({}/s)",
+            format_size(r.bytes),
+            plural(legs, "secondary"),
+            format_size((r.bytes as f64 / secs.max(1e-6)) as u64)
+        );
+    }
     if a.json {
         let legs_written = m
             .sb()
@@ -101,6 +135,20 @@ pub(super) fn degraded_line(
         parts.join("; "),
         display(primary)
     )))
+}
+
+/// The input, counted into the progress bar as it is read.
+struct Counted<'a> {
+    inner: &'a mut dyn Read,
+    bar: &'a Bar,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        engine::Progress::advance(self.bar, n as u64);
+        Ok(n)
+    }
 }
 
 pub(super) fn stdin_input() -> (Box<dyn Read>, Option<u64>) {
