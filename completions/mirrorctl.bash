@@ -660,7 +660,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --flush)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "end always every=" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -686,3 +686,38 @@ if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERS
 else
     complete -F _mirrorctl -o bashdefault -o default mirrorctl
 fi
+
+# Added by mirrorctl: positionals complete as files, the secondaries of fracture, resync, detach, verify
+# as the mirror's legs (slots and locations).
+_mirrorctl_extra() {
+    _mirrorctl "$@"
+    local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
+    [[ "$cur" == -* ]] && return 0
+    case "${COMP_WORDS[COMP_CWORD-1]}" in
+        --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|-i|-o) return 0 ;;
+    esac
+    for ((i = 2; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        case "$w" in
+            --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|-i|-o) ((i++)) ;;
+            -*) ;;
+            *) ((n == 0)) && primary="$w"; ((n++)) ;;
+        esac
+    done
+    case "$sub" in
+        fracture|resync|detach|verify)
+            if ((n >= 1)); then
+                local IFS=$'
+'
+                COMPREPLY=($(compgen -W "$(mirrorctl complete-legs "$primary" 2>/dev/null)" -- "$cur"))
+                return 0
+            fi ;;
+    esac
+    case "$sub" in
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve)
+            local IFS=$'
+'
+            COMPREPLY=($(compgen -f -- "$cur")) ;;
+    esac
+}
+complete -F _mirrorctl_extra -o nosort -o bashdefault -o default mirrorctl

@@ -83,12 +83,14 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s i -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write exactly this many bytes: a shorter input is exit 2 after writing (durably, mirrored) what came, and the message says how much' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r -f -a "end\t'make legs durable at the end (default)'
+always\t'after every chunk'
+every=\t'every SIZE, e.g. every=256M'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s j -l json -d 'Print the result as JSON: bytes written, legs written, legs newly fractured'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -d 'Byte offset in the data area where reading starts' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s o -l output -d 'Write to FILE instead of stdout' -r -F
@@ -149,3 +151,27 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+
+# Added by mirrorctl: the mirror's legs (slots and locations) for a secondary argument.
+function __fish_mirrorctl_legs
+    set -l words (commandline -opc)
+    for w in $words[3..-1]
+        if not string match -q -- '-*' $w
+            mirrorctl complete-legs $w 2>/dev/null
+            return
+        end
+    end
+end
+function __fish_mirrorctl_has_primary
+    set -l words (commandline -opc)
+    for w in $words[3..-1]
+        if not string match -q -- '-*' $w
+            return 0
+        end
+    end
+    return 1
+end
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"

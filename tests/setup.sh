@@ -31,6 +31,9 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v blkid >/dev/null || need+=(util-linux)
 command -v mkswap >/dev/null || need+=(util-linux)
 command -v mkfifo >/dev/null || need+=(coreutils)
+# The completions are tested in the real shells (tests/cli/completion.rs).
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 # A terminal for the progress-bar tests (tests/cli/output.rs).
 command -v script >/dev/null || need+=(bsdutils)
 # `status --format prometheus` is checked with promtool (tests/cli/events.rs).

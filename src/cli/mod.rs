@@ -342,6 +342,10 @@ mdadm --monitor --program and ZED's zedlets).",
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
+    /// For the shell completions: the slots and locations of PRIMARY's legs, one per line
+    /// (nothing, and exit 0, when it cannot be read). Takes no lock.
+    #[command(hide = true, name = "complete-legs")]
+    CompleteLegs(CompleteLegsArgs),
 }
 
 impl Command {
@@ -360,7 +364,8 @@ impl Command {
             | Command::Fracture(_)
             | Command::Detach(_)
             | Command::Serve(_)
-            | Command::Generate(_) => false,
+            | Command::Generate(_)
+            | Command::CompleteLegs(_) => false,
         }
     }
 }
@@ -368,6 +373,7 @@ impl Command {
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Image file or block device to become the primary. A missing file is created sparse.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub image: PathBuf,
     /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
     /// or device is used whole.
@@ -392,6 +398,7 @@ pub struct CreateArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The primary (or any image of a mirror).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub image: PathBuf,
     /// Print a JSON document with stable field names (see README); the same as --format json.
     #[arg(short, long, conflicts_with = "format")]
@@ -413,8 +420,15 @@ pub enum StatusFormat {
 }
 
 #[derive(Args, Debug)]
+pub struct CompleteLegsArgs {
+    /// The mirror's primary image.
+    pub primary: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct EventsArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// One JSON document per line per event, with stable field names (see README).
     #[arg(short, long)]
@@ -442,11 +456,13 @@ pub struct EventsArgs {
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
     /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH). It
     /// must hold the metadata and the data area: `status` shows the size as "image size"
     /// (image_size in JSON), data_offset + data_size.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondary: String,
     /// Do not copy now: leave the regions for `mirrorctl resync`.
     #[arg(long, conflicts_with = "assume_clean")]
@@ -577,6 +593,52 @@ fn parse_region_size(s: &str) -> Result<u64, String> {
 }
 
 /// `--flush end|always|every=SIZE`.
+/// `--flush`: parsed by [`parse_flush`], with its forms offered by the shell completions.
+#[derive(Clone)]
+pub struct FlushParser;
+
+impl clap::builder::TypedValueParser for FlushParser {
+    type Value = FlushPolicy;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<FlushPolicy, clap::Error> {
+        let s = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "--flush is not UTF-8\n",
+            )
+        })?;
+        parse_flush(s).map_err(|e| {
+            let name = arg
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "--flush".into());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value '{s}' for '{name}': {e}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            [
+                ("end", "make legs durable at the end (default)"),
+                ("always", "after every chunk"),
+                ("every=", "every SIZE, e.g. every=256M"),
+            ]
+            .into_iter()
+            .map(|(v, h)| clap::builder::PossibleValue::new(v).help(h)),
+        ))
+    }
+}
+
 pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
     match s {
         "end" => Ok(FlushPolicy::End),
@@ -599,6 +661,7 @@ pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
 #[derive(Args, Debug)]
 pub struct WriteArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where writing starts.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
@@ -612,7 +675,7 @@ pub struct WriteArgs {
     pub length: Option<u64>,
     /// When legs are made durable: end, always, or every=SIZE. Exit 0 always means every
     /// byte is durable on every in-sync leg.
-    #[arg(long, value_name = "POLICY", default_value = "end", value_parser = parse_flush)]
+    #[arg(long, value_name = "POLICY", default_value = "end", value_parser = FlushParser)]
     pub flush: FlushPolicy,
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(short, long)]
@@ -646,6 +709,7 @@ the write intents are cleared, so status is clean afterwards.";
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for
     /// root, else under $XDG_RUNTIME_DIR; the path is logged at start.
@@ -685,6 +749,7 @@ fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {
 #[derive(Args, Debug)]
 pub struct ReadArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where reading starts.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
@@ -700,8 +765,10 @@ pub struct ReadArgs {
 #[derive(Args, Debug)]
 pub struct FractureArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondary: String,
     /// Why (recorded and shown by status).
     #[arg(long, value_name = "TEXT")]
@@ -711,9 +778,11 @@ pub struct FractureArgs {
 #[derive(Args, Debug)]
 pub struct ResyncArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondaries (paths, NBD URIs or slot numbers); default: every leg with something to
     /// copy.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondaries: Vec<String>,
     /// Limit copying to this many bytes per second (e.g. 50M/s).
     #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
@@ -734,17 +803,21 @@ pub struct ResyncArgs {
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondary: String,
 }
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg
     /// (fractured legs are reported, not compared).
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondaries: Vec<String>,
     /// Copy mismatched regions from the primary in the same run. Without it they are recorded
     /// in the leg's fracture log (the mirror is degraded until `resync` copies them).

@@ -349,7 +349,7 @@ pub fn collect(
 
 /// The journal of the image as committed now, read without the lock as `report` reads it
 /// (a torn copy read again): the superblock, with `journal` `None` for an image without one.
-pub fn read_journal(dev: &Arc<dyn Device>, name: &str) -> Result<crate::format::Superblock> {
+pub fn read_superblock(dev: &Arc<dyn Device>, name: &str) -> Result<crate::format::Superblock> {
     Ok(read_settled(dev, name)?.sb)
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod completion;
 mod create_status;
 mod events;
 mod failover;

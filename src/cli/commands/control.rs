@@ -183,7 +183,10 @@ fn run(
         Command::Promote(_) => busy("promote"),
         Command::Serve(_) => busy("serve"),
         Command::Create(_) => busy("create"),
-        Command::Status(_) | Command::Events(_) | Command::Generate(_) => Err(Error::invalid(
+        Command::Status(_)
+        | Command::Events(_)
+        | Command::Generate(_)
+        | Command::CompleteLegs(_) => Err(Error::invalid(
             "this command is not carried out through the control socket",
         )),
     }

@@ -84,7 +84,7 @@ impl Shown {
 fn read(path: &Path) -> Result<Superblock> {
     let dev = FileDevice::open(path, false).map_err(|e| open_error("opening", path, e))?;
     let dev: Arc<dyn Device> = Arc::new(dev);
-    engine::status::read_journal(&dev, &display(path))
+    engine::status::read_superblock(&dev, &display(path))
 }
 
 /// Whether a promotion replaced the primary at `path`: the new primary's name.

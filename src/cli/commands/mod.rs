@@ -55,6 +55,20 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::CompleteLegs(a) => {
+            // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
+            if let Ok(dev) = FileDevice::open(&a.primary, false) {
+                let dev: Arc<dyn Device> = Arc::new(dev);
+                if let Ok(sb) = engine::status::read_superblock(&dev, &display(&a.primary)) {
+                    for (i, l) in sb.legs.iter().enumerate() {
+                        if l.state != LegState::Empty {
+                            println!("{i}\n{}", l.location);
+                        }
+                    }
+                }
+            }
+            Ok(Exit::Success)
+        }
         Command::Generate(a) => {
             let written: Vec<PathBuf> = crate::cli::doc::generate(&a.out, a.what)
                 .map_err(|e| Error::invalid(format!("generating into {}: {e}", a.out.display())))?;

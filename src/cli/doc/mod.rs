@@ -96,7 +96,10 @@ fn without_hidden(cmd: clap::Command) -> clap::Command {
     out
 }
 
-/// Shell completions for bash, zsh and fish (hidden subcommands left out).
+/// Shell completions for bash, zsh and fish (hidden subcommands left out), with what
+/// clap's do not do: image files for the positional paths (bash), and the mirror's legs
+/// (slots and locations, from `mirrorctl complete-legs PRIMARY`) for the secondary
+/// arguments of fracture, resync, detach and verify (all three).
 pub fn render_completions() -> Vec<(PathBuf, Vec<u8>)> {
     SHELLS
         .iter()
@@ -104,9 +107,171 @@ pub fn render_completions() -> Vec<(PathBuf, Vec<u8>)> {
             let mut cmd = without_hidden(Cli::command());
             let mut buf = Vec::new();
             clap_complete::aot::generate(shell, &mut cmd, BIN, &mut buf);
-            (Path::new(COMPLETIONS_DIR).join(shell.file_name(BIN)), buf)
+            let text = String::from_utf8(buf).expect("clap_complete writes UTF-8");
+            let text = match shell {
+                Shell::Bash => bash_extras(text, &cmd),
+                Shell::Zsh => zsh_extras(text),
+                Shell::Fish => fish_extras(text),
+                _ => text,
+            };
+            (
+                Path::new(COMPLETIONS_DIR).join(shell.file_name(BIN)),
+                text.into_bytes(),
+            )
         })
         .collect()
+}
+
+/// Subcommands whose positionals after the primary name legs.
+const LEG_COMMANDS: [&str; 4] = ["fracture", "resync", "detach", "verify"];
+
+/// Every option that takes its value as the next word (so it is not a positional).
+fn value_options(cmd: &clap::Command) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut add = |c: &clap::Command| {
+        for a in c.get_arguments() {
+            let takes = a.get_action().takes_values() && !a.is_require_equals_set();
+            if !takes || a.is_positional() {
+                continue;
+            }
+            if let Some(l) = a.get_long() {
+                out.insert(format!("--{l}"));
+            }
+            if let Some(s) = a.get_short() {
+                out.insert(format!("-{s}"));
+            }
+        }
+    };
+    add(cmd);
+    for sub in cmd.get_subcommands() {
+        add(sub);
+    }
+    out.into_iter().collect()
+}
+
+fn bash_extras(text: String, cmd: &clap::Command) -> String {
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| s.get_arguments().any(|a| a.is_positional()))
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let registration = format!("complete -F _{BIN} -o nosort -o bashdefault -o default {BIN}");
+    let extra = format!(
+        r#"# Added by mirrorctl: positionals complete as files, the secondaries of {legs}
+# as the mirror's legs (slots and locations).
+_{BIN}_extra() {{
+    _{BIN} "$@"
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" sub="${{COMP_WORDS[1]}}" i w n=0 primary=""
+    [[ "$cur" == -* ]] && return 0
+    case "${{COMP_WORDS[COMP_CWORD-1]}}" in
+        {opts}) return 0 ;;
+    esac
+    for ((i = 2; i < COMP_CWORD; i++)); do
+        w="${{COMP_WORDS[i]}}"
+        case "$w" in
+            {opts}) ((i++)) ;;
+            -*) ;;
+            *) ((n == 0)) && primary="$w"; ((n++)) ;;
+        esac
+    done
+    case "$sub" in
+        {legs_case})
+            if ((n >= 1)); then
+                local IFS=$'
+'
+                COMPREPLY=($(compgen -W "$({BIN} complete-legs "$primary" 2>/dev/null)" -- "$cur"))
+                return 0
+            fi ;;
+    esac
+    case "$sub" in
+        {subs_case})
+            local IFS=$'
+'
+            COMPREPLY=($(compgen -f -- "$cur")) ;;
+    esac
+}}
+complete -F _{BIN}_extra -o nosort -o bashdefault -o default {BIN}
+"#,
+        legs = LEG_COMMANDS.join(", "),
+        opts = value_options(cmd).join("|"),
+        legs_case = LEG_COMMANDS.join("|"),
+        subs_case = subs.join("|"),
+    );
+    assert!(
+        text.contains(&registration),
+        "clap's bash registration changed"
+    );
+    format!("{text}\n{extra}")
+}
+
+fn zsh_extras(text: String) -> String {
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('(').and_then(|l| l.strip_suffix(')')) {
+            section = name.to_string();
+        }
+        let legs = LEG_COMMANDS.contains(&section.as_str())
+            && (line.starts_with("':secondary -- ") || line.starts_with("'*::secondaries -- "));
+        if legs {
+            out.push_str(&line.replacen(":_files'", ":_mirrorctl_legs'", 1));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    let func = format!(
+        r#"
+# Added by mirrorctl: the mirror's legs (slots and locations) for a secondary argument.
+(( $+functions[_{BIN}_legs] )) ||
+_{BIN}_legs() {{
+    local -a legs
+    legs=(${{(f)"$({BIN} complete-legs ${{(Q)line[1]}} 2>/dev/null)"}})
+    compadd -a legs
+}}
+"#
+    );
+    // Before the last block (which calls or registers the function).
+    match out.rfind("\nif [ \"$funcstack[1]\" = ") {
+        Some(i) => {
+            out.insert_str(i, &func);
+            out
+        }
+        None => panic!("clap's zsh script ending changed"),
+    }
+}
+
+fn fish_extras(text: String) -> String {
+    let mut out = text;
+    out.push_str(&format!(
+        r#"
+# Added by mirrorctl: the mirror's legs (slots and locations) for a secondary argument.
+function __fish_{BIN}_legs
+    set -l words (commandline -opc)
+    for w in $words[3..-1]
+        if not string match -q -- '-*' $w
+            {BIN} complete-legs $w 2>/dev/null
+            return
+        end
+    end
+end
+function __fish_{BIN}_has_primary
+    set -l words (commandline -opc)
+    for w in $words[3..-1]
+        if not string match -q -- '-*' $w
+            return 0
+        end
+    end
+    return 1
+end
+"#
+    ));
+    for sub in LEG_COMMANDS {
+        out.push_str(&format!(
+            "complete -c {BIN} -n \"__fish_{BIN}_using_subcommand {sub}; and __fish_{BIN}_has_primary\" -f -a \"(__fish_{BIN}_legs)\"\n"
+        ));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
