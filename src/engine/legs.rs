@@ -17,12 +17,25 @@ impl Mirror {
             return Ok(d.clone());
         }
         let leg = self.sb().legs[slot as usize].clone();
-        let dev = self
-            .opener
-            .open(leg.open_path())
-            .map_err(|e| format!("opening {}: {e}", leg.open_path()))?;
+        // Where the image may have gone (a loop device renumbered, a disk renamed): how to
+        // point the slot at it again without a full copy.
+        let moved = || {
+            format!(
+                "; if the image moved, `mirrorctl attach {} NEWPATH` re-attaches image {} in slot {slot}, keeping its log",
+                self.name,
+                uuid_str(&leg.image_uuid)
+            )
+        };
+        let dev = self.opener.open(leg.open_path()).map_err(|e| {
+            format!(
+                "opening {}: {}{}",
+                leg.open_path(),
+                crate::error::describe_io(&e),
+                moved()
+            )
+        })?;
         let img = Image::read(dev.clone())
-            .map_err(|e| format!("reading header of {}: {e}", leg.location))?;
+            .map_err(|e| format!("reading header of {}: {e}{}", leg.location, moved()))?;
         if img.sb.mirror_uuid == self.sb().mirror_uuid
             && img.sb.image_uuid == leg.image_uuid
             && img.sb.role != Role::Secondary
@@ -37,11 +50,12 @@ impl Mirror {
         }
         if img.sb.mirror_uuid != self.sb().mirror_uuid || img.sb.image_uuid != leg.image_uuid {
             return Err(format!(
-                "{} holds image {} of mirror {}, not this slot's image {}",
+                "{} holds image {} of mirror {}, not this slot's image {}{}",
                 leg.location,
                 uuid_str(&img.sb.image_uuid),
                 uuid_str(&img.sb.mirror_uuid),
-                uuid_str(&leg.image_uuid)
+                uuid_str(&leg.image_uuid),
+                moved()
             ));
         }
         if img.sb.geometry != self.geometry() {

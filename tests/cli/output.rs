@@ -383,3 +383,30 @@ fn an_interrupted_resync_says_so_and_how_to_go_on_and_the_next_one_continues() {
     assert_eq!(u(&r["bytes"]), left, "{r:#}");
     assert_eq!(fx.status()["healthy"], true);
 }
+
+#[test]
+fn a_leg_whose_image_moved_is_named_by_its_uuid_and_attach_at_the_new_path_keeps_its_log() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    let uuid = leg(&fx.status(), 0)["image_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The image moves (a renumbered loop device, a renamed disk).
+    std::fs::rename(fx.path("b.img"), fx.path("moved.img")).unwrap();
+    random_file(&fx.path("in.bin"), 2 * MIB_, 9);
+    let o = fx.run(&["write", "a.img", "-i", "in.bin"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(
+        o.stderr.contains(&format!(
+            "`mirrorctl attach a.img NEWPATH` re-attaches image {uuid} in slot 0, keeping its log"
+        )),
+        "{o:?}"
+    );
+    let j = fx.ok(&["attach", "a.img", "moved.img", "--json"]).json();
+    assert_eq!(j["slot"], 0, "{j:#}");
+    assert_eq!(j["reattached"], true, "{j:#}");
+    // Only what it missed is copied, not the whole data area.
+    assert!(u(&j["copied_bytes"]) <= 4 * MIB_, "{j:#}");
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+}
