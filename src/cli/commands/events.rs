@@ -140,7 +140,9 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
     };
     let mut sb = Some(sb);
     let mut told_replaced = false;
-    let mut checked = Instant::now() - REPLACED_CHECK;
+    // None: not checked yet (an Instant minus 30 s would panic on a machine up for less,
+    // e.g. the alert unit starting at boot).
+    let mut checked: Option<Instant> = None;
     let mut told_error = false;
     loop {
         if let Some(sb) = sb.take() {
@@ -176,8 +178,9 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
                     last = e.seq;
                 }
             }
-            if !told_replaced && (!a.follow || checked.elapsed() >= REPLACED_CHECK) {
-                checked = Instant::now();
+            let due = checked.is_none_or(|t| t.elapsed() >= REPLACED_CHECK);
+            if !told_replaced && (!a.follow || due) {
+                checked = Some(Instant::now());
                 if let Some(new) = replaced(&a.primary) {
                     told_replaced = true;
                     let now = crate::units::now_unix();
