@@ -112,7 +112,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -130,7 +130,7 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --rate)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "10M/s 50M/s 100M/s 1G/s" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -138,7 +138,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -156,11 +156,11 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --size)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "512M 1G 10G 100G 1T 10GB" -- "${cur}"))
                     return 0
                     ;;
                 --region-size)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "4K 64K 1M 4M" -- "${cur}"))
                     return 0
                     ;;
                 --max-secondaries)
@@ -172,7 +172,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -194,7 +194,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -220,7 +220,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --exec-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -228,7 +228,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -254,7 +254,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -472,7 +472,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -490,11 +490,11 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --offset)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "512M 1G 10G 100G 1T 10GB" -- "${cur}"))
                     return 0
                     ;;
                 --length)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "512M 1G 10G 100G 1T 10GB" -- "${cur}"))
                     return 0
                     ;;
                 --output)
@@ -510,7 +510,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -528,7 +528,7 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --rate)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "10M/s 50M/s 100M/s 1G/s" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -536,7 +536,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -574,7 +574,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -600,7 +600,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -618,7 +618,7 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --max-time)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -626,7 +626,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -644,7 +644,7 @@ _mirrorctl() {
             fi
             case "${prev}" in
                 --offset)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "512M 1G 10G 100G 1T 10GB" -- "${cur}"))
                     return 0
                     ;;
                 --input)
@@ -656,7 +656,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --length)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "512M 1G 10G 100G 1T 10GB" -- "${cur}"))
                     return 0
                     ;;
                 --flush)
@@ -668,7 +668,7 @@ _mirrorctl() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 *)

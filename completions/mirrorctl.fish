@@ -25,7 +25,10 @@ function __fish_mirrorctl_using_subcommand
 end
 
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -s V -l version -d 'Print version'
@@ -42,11 +45,22 @@ complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "promote" -d 'Tu
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G). Required for a new file; by default an existing file or device is used whole' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-size -d 'Bytes tracked by one bitmap bit: a power of two from 4K to 64M' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
+1G\t'1 GiB'
+10G\t'10 GiB'
+100G\t'100 GiB'
+1T\t'1 TiB'
+10GB\t'10 x 1000^3 bytes (decimal)'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-size -d 'Bytes tracked by one bitmap bit: a power of two from 4K to 64M' -r -f -a "4K\t'finest tracking, biggest bitmaps'
+64K\t'the default'
+1M\t'smaller bitmaps for large images'
+4M\t'coarse'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l max-secondaries -d 'Number of secondary slots (1 to 32)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s f -l force -d 'Overwrite an existing mirrorctl header, a filesystem or other signature (named in the refusal and again in a note when forced), or other data in the metadata area, and grow a regular file that is too small for --size'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -s j -l json -d 'Print the result as JSON'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
@@ -55,23 +69,38 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l format -d
 json\t''
 prometheus\t''"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s j -l json -d 'Print a JSON document with stable field names (see README); the same as --format json'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l since -d 'Only events with a sequence number above SEQ (status --json shows the newest as last_event_seq)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l exec -d 'With --follow: run COMMAND with /bin/sh -c once per new event, in order, with MIRRORCTL_EVENT, MIRRORCTL_SEQ, MIRRORCTL_TIME, MIRRORCTL_TIME_UNIX, MIRRORCTL_SLOT, MIRRORCTL_LEG, MIRRORCTL_DETAIL, MIRRORCTL_PRIMARY and MIRRORCTL_MIRROR set. Without --since it runs for events recorded from now on only. A command that fails is logged; one that runs longer than --exec-timeout is killed; neither stops the following' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l exec-timeout -d 'How long an --exec command may run before it is killed' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l exec-timeout -d 'How long an --exec command may run before it is killed' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s j -l json -d 'One JSON document per line per event, with stable field names (see README)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l follow -d 'Keep running and print each new event as it is recorded (polls twice a second; follows the image at this path even when other commands rewrite it)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r -f -a "10M/s\t'10 MiB per second'
+50M/s\t'50 MiB per second'
+100M/s\t'100 MiB per second'
+1G/s\t'1 GiB per second'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-sync -d 'Do not copy now: leave the regions for `mirrorctl resync`'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l assume-clean -d 'Declare the secondary identical to the primary already: copy nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s f -l force -d 'Overwrite a secondary that holds data: a filesystem, LVM, LUKS, md, ZFS or partition table signature (named in the refusal), any data in its first or last MiB, any allocated extent of a file, another mirror\'s header or an unreadable one'
@@ -80,50 +109,97 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l discard-s
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s j -l json -d 'Print the result as JSON (see README, JSON output)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l offset -d 'Byte offset in the data area where writing starts' -r -f -a "512M\t'512 MiB'
+1G\t'1 GiB'
+10G\t'10 GiB'
+100G\t'100 GiB'
+1T\t'1 TiB'
+10GB\t'10 x 1000^3 bytes (decimal)'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s i -l input -d 'Read from FILE instead of stdin (`-` is stdin)' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write exactly this many bytes: a shorter input is exit 2 after writing (durably, mirrored) what came, and the message says how much' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l length -d 'Write exactly this many bytes: a shorter input is exit 2 after writing (durably, mirrored) what came, and the message says how much' -r -f -a "512M\t'512 MiB'
+1G\t'1 GiB'
+10G\t'10 GiB'
+100G\t'100 GiB'
+1T\t'1 TiB'
+10GB\t'10 x 1000^3 bytes (decimal)'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d 'When legs are made durable: end, always, or every=SIZE. Exit 0 always means every byte is durable on every in-sync leg' -r -f -a "end\t'make legs durable at the end (default)'
 always\t'after every chunk'
 every=\t'every SIZE, e.g. every=256M'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s j -l json -d 'Print the result as JSON: bytes written, legs written, legs newly fractured'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -d 'Byte offset in the data area where reading starts' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l offset -d 'Byte offset in the data area where reading starts' -r -f -a "512M\t'512 MiB'
+1G\t'1 GiB'
+10G\t'10 GiB'
+100G\t'100 GiB'
+1T\t'1 TiB'
+10GB\t'10 x 1000^3 bytes (decimal)'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l length -d 'Bytes to read (default: to the end of the data area)' -r -f -a "512M\t'512 MiB'
+1G\t'1 GiB'
+10G\t'10 GiB'
+100G\t'100 GiB'
+1T\t'1 TiB'
+10GB\t'10 x 1000^3 bytes (decimal)'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s o -l output -d 'Write to FILE instead of stdout' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l reason -d 'Why (recorded and shown by status)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d 'Limit copying to this many bytes per second (e.g. 50M/s)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l rate -d 'Limit copying to this many bytes per second (e.g. 50M/s)' -r -f -a "10M/s\t'10 MiB per second'
+50M/s\t'50 MiB per second'
+100M/s\t'100 MiB per second'
+1G/s\t'1 GiB per second'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s n -l dry-run -d 'Print the regions and bytes that would be copied; change nothing'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l compare -d 'Read each secondary too and write only the 64 KiB blocks that differ from the primary: for logs much larger than what really differs (after an unplanned promote, or re-attaching with --force an image known to be nearly equal). Reads both sides'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s j -l json -d 'Print the result as JSON: regions and bytes copied and remaining, per leg'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach" -s h -l help -d 'Print help'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s f -l force -d 'Promote even if the secondary was fractured or out of sync at its last known state (its missing writes are lost)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s j -l json -d 'Print the result as JSON: the new generation, the former primary\'s slot, notes'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand promote" -s h -l help -d 'Print help'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l max-time -d 'Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time continues there, so repeated cron runs cover the whole image' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d 'Copy mismatched regions from the primary in the same run. Without it they are recorded in the leg\'s fracture log (the mirror is degraded until `resync` copies them)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s j -l json -d 'Print a JSON document with every mismatched range'
@@ -134,7 +210,10 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l listen -d 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l export -d 'The export name clients ask for (default: the empty name, which a URI without a name asks for: nbd+unix:///?socket=PATH)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l hot-extents -d 'Extents of 4 MiB kept marked in the write-intent log (the activity log): writes into them cost no metadata I/O; after a crash at most these are resynced. At least 16' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l read-only -d 'Serve reads only: writes are refused (EPERM); nothing on disk changes, not even a recovery'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'

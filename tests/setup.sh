@@ -36,6 +36,8 @@ command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)
 # A terminal for the progress-bar tests (tests/cli/output.rs).
 command -v script >/dev/null || need+=(bsdutils)
+# The man pages must render without groff warnings (tests/cli/generated_docs.rs).
+command -v groff >/dev/null || need+=(groff-base)
 # `status --format prometheus` is checked with promtool (tests/cli/events.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then

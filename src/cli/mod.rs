@@ -274,7 +274,7 @@ pub struct Cli {
 
     /// How long to wait for an NBD server (connect, handshake, each request) before the
     /// secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s.
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
     pub timeout: Option<Duration>,
 }
 
@@ -377,10 +377,10 @@ pub struct CreateArgs {
     pub image: PathBuf,
     /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
     /// or device is used whole.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub size: Option<u64>,
     /// Bytes tracked by one bitmap bit: a power of two from 4K to 64M.
-    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_region_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = Examples::new(parse_region_size, REGION_EXAMPLES), hide_possible_values = true)]
     pub region_size: u64,
     /// Number of secondary slots (1 to 32).
     #[arg(long, value_name = "N", default_value_t = 4)]
@@ -449,7 +449,7 @@ pub struct EventsArgs {
     #[arg(long, value_name = "COMMAND", requires = "follow")]
     pub exec: Option<String>,
     /// How long an --exec command may run before it is killed.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "exec")]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_duration, DURATION_EXAMPLES), hide_possible_values = true, requires = "exec")]
     pub exec_timeout: Duration,
 }
 
@@ -461,7 +461,8 @@ pub struct AttachArgs {
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
     /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH). It
     /// must hold the metadata and the data area: `status` shows the size as "image size"
-    /// (image_size in JSON), data_offset + data_size.
+    /// (image_size in JSON), data_offset + data_size. A block device is recorded by its
+    /// /dev/disk/by-id name where one exists, so it is found after disks are renumbered.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondary: String,
     /// Do not copy now: leave the regions for `mirrorctl resync`.
@@ -476,7 +477,7 @@ pub struct AttachArgs {
     #[arg(short, long)]
     pub force: bool,
     /// Limit the initial sync to this many bytes per second (e.g. 100M/s).
-    #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
+    #[arg(long, value_name = "SIZE/s", value_parser = Examples::new(parse_rate, RATE_EXAMPLES), hide_possible_values = true)]
     pub rate: Option<u64>,
     /// Initial sync reads the secondary too and writes only the 64 KiB blocks that differ:
     /// for a secondary that already holds most of the data (a shipped copy, an old replica).
@@ -592,30 +593,81 @@ fn parse_region_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// `--flush end|always|every=SIZE`.
-/// `--flush`: parsed by [`parse_flush`], with its forms offered by the shell completions.
+/// A value parser that accepts what `parse` accepts and offers `examples` to the shell
+/// completions (`--size <Tab>` offers 1G 10G ...; any other value still parses). The help
+/// text does not list them as the only values (the args set `hide_possible_values`).
 #[derive(Clone)]
-pub struct FlushParser;
+pub struct Examples<T> {
+    parse: fn(&str) -> Result<T, String>,
+    examples: &'static [(&'static str, &'static str)],
+}
 
-impl clap::builder::TypedValueParser for FlushParser {
-    type Value = FlushPolicy;
+impl<T> Examples<T> {
+    pub const fn new(
+        parse: fn(&str) -> Result<T, String>,
+        examples: &'static [(&'static str, &'static str)],
+    ) -> Self {
+        Examples { parse, examples }
+    }
+}
+
+/// Completion examples of a size (offsets, lengths, image sizes).
+pub const SIZE_EXAMPLES: &[(&str, &str)] = &[
+    ("512M", "512 MiB"),
+    ("1G", "1 GiB"),
+    ("10G", "10 GiB"),
+    ("100G", "100 GiB"),
+    ("1T", "1 TiB"),
+    ("10GB", "10 x 1000^3 bytes (decimal)"),
+];
+/// Completion examples of a region size (a power of two from 4K to 64M).
+pub const REGION_EXAMPLES: &[(&str, &str)] = &[
+    ("4K", "finest tracking, biggest bitmaps"),
+    ("64K", "the default"),
+    ("1M", "smaller bitmaps for large images"),
+    ("4M", "coarse"),
+];
+/// Completion examples of a rate.
+pub const RATE_EXAMPLES: &[(&str, &str)] = &[
+    ("10M/s", "10 MiB per second"),
+    ("50M/s", "50 MiB per second"),
+    ("100M/s", "100 MiB per second"),
+    ("1G/s", "1 GiB per second"),
+];
+/// Completion examples of a duration.
+pub const DURATION_EXAMPLES: &[(&str, &str)] = &[
+    ("500ms", "half a second"),
+    ("30s", "30 seconds"),
+    ("10m", "10 minutes"),
+    ("1h", "an hour"),
+];
+/// The forms of `--flush`.
+pub const FLUSH_EXAMPLES: &[(&str, &str)] = &[
+    ("end", "make legs durable at the end (default)"),
+    ("always", "after every chunk"),
+    ("every=", "every SIZE, e.g. every=256M"),
+];
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Examples<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<FlushPolicy, clap::Error> {
+    ) -> Result<T, clap::Error> {
+        let name = arg
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "the value".into());
         let s = value.to_str().ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::InvalidUtf8,
-                "--flush is not UTF-8\n",
+                format!("{name} is not UTF-8\n"),
             )
+            .with_cmd(cmd)
         })?;
-        parse_flush(s).map_err(|e| {
-            let name = arg
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "--flush".into());
+        (self.parse)(s).map_err(|e| {
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
                 format!("invalid value '{s}' for '{name}': {e}\n"),
@@ -628,13 +680,9 @@ impl clap::builder::TypedValueParser for FlushParser {
         &self,
     ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
         Some(Box::new(
-            [
-                ("end", "make legs durable at the end (default)"),
-                ("always", "after every chunk"),
-                ("every=", "every SIZE, e.g. every=256M"),
-            ]
-            .into_iter()
-            .map(|(v, h)| clap::builder::PossibleValue::new(v).help(h)),
+            self.examples
+                .iter()
+                .map(|&(v, h)| clap::builder::PossibleValue::new(v).help(h)),
         ))
     }
 }
@@ -664,18 +712,18 @@ pub struct WriteArgs {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where writing starts.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub offset: u64,
     /// Read from FILE instead of stdin (`-` is stdin).
     #[arg(short, long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// Write exactly this many bytes: a shorter input is exit 2 after writing (durably,
     /// mirrored) what came, and the message says how much.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub length: Option<u64>,
     /// When legs are made durable: end, always, or every=SIZE. Exit 0 always means every
     /// byte is durable on every in-sync leg.
-    #[arg(long, value_name = "POLICY", default_value = "end", value_parser = FlushParser)]
+    #[arg(long, value_name = "POLICY", default_value = "end", value_parser = Examples::new(parse_flush, FLUSH_EXAMPLES))]
     pub flush: FlushPolicy,
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(short, long)]
@@ -752,10 +800,10 @@ pub struct ReadArgs {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where reading starts.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub offset: u64,
     /// Bytes to read (default: to the end of the data area).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub length: Option<u64>,
     /// Write to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
@@ -785,7 +833,7 @@ pub struct ResyncArgs {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondaries: Vec<String>,
     /// Limit copying to this many bytes per second (e.g. 50M/s).
-    #[arg(long, value_name = "SIZE/s", value_parser = parse_rate)]
+    #[arg(long, value_name = "SIZE/s", value_parser = Examples::new(parse_rate, RATE_EXAMPLES), hide_possible_values = true)]
     pub rate: Option<u64>,
     /// Print the regions and bytes that would be copied; change nothing.
     #[arg(short = 'n', long)]
@@ -825,7 +873,7 @@ pub struct VerifyArgs {
     pub repair: bool,
     /// Stop after DURATION (e.g. 10m) and save a cursor; the next run with --max-time
     /// continues there, so repeated cron runs cover the whole image.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = Examples::new(parse_duration, DURATION_EXAMPLES), hide_possible_values = true)]
     pub max_time: Option<Duration>,
     /// Start from the beginning instead of the saved cursor.
     #[arg(long)]

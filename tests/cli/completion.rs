@@ -175,3 +175,22 @@ fn bash_zsh_and_fish_complete_image_files_legs_and_flush_policies() {
     // A path that is no mirror: no legs, no error.
     assert!(bash(&fx, &["mirrorctl", "fracture", "notes.txt", ""]).is_empty());
 }
+
+#[test]
+fn sizes_rates_and_durations_complete_as_examples_in_bash_zsh_and_fish() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let cases: [(&str, &[&str]); 5] = [
+        ("mirrorctl create n.img --size ", &["1G", "10G", "10GB"]),
+        ("mirrorctl create n.img --region-size ", &["64K", "1M"]),
+        ("mirrorctl write a.img --offset ", &["1G"]),
+        ("mirrorctl resync a.img --rate ", &["50M/s", "1G/s"]),
+        ("mirrorctl verify a.img --max-time ", &["10m", "1h"]),
+    ];
+    for (line, want) in cases {
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        words.push("");
+        has(&bash(&fx, &words), want, &format!("bash {line}"));
+        has(&zsh(&fx, line), want, &format!("zsh {line}"));
+        has(&fish(&fx, line), want, &format!("fish {line}"));
+    }
+}

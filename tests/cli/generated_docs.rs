@@ -322,3 +322,59 @@ fn every_page_has_examples_and_every_example_is_a_valid_command_line() {
         assert!(help.stdout.contains("EXAMPLES:"), "{sub} --help");
     }
 }
+
+#[test]
+fn every_man_page_renders_without_groff_warnings() {
+    crate::support::require("groff", "groff-base");
+    let mut problems = Vec::new();
+    for (rel, contents) in generated() {
+        if !rel.starts_with("man") {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join(rel.file_name().unwrap());
+        std::fs::write(&page, &contents).unwrap();
+        let o = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&page)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() || !err.trim().is_empty() {
+            problems.push(format!("{}: {}", rel.display(), err.trim()));
+        }
+    }
+    assert!(problems.is_empty(), "groff warns:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_synopsis_names_the_value_each_option_takes() {
+    let files = generated();
+    let page = |name: &str| {
+        let (_, c) = files
+            .iter()
+            .find(|(p, _)| p == Path::new(name))
+            .unwrap_or_else(|| panic!("{name} is generated"));
+        let text = String::from_utf8(c.clone()).unwrap();
+        let synopsis = text
+            .split(".SH SYNOPSIS\n")
+            .nth(1)
+            .and_then(|s| s.lines().next())
+            .expect("a SYNOPSIS line")
+            .to_string();
+        synopsis
+    };
+    let create = page("man/mirrorctl-create.1");
+    assert!(create.contains(r"[\fB\-\-size\fR \fISIZE\fR]"), "{create}");
+    assert!(create.contains(r"[\fB\-f\fR|\fB\-\-force\fR]"), "{create}");
+    assert!(create.ends_with(r"\fIIMAGE\fR"), "{create}");
+    let verify = page("man/mirrorctl-verify.1");
+    assert!(
+        verify.contains(r"[\fB\-\-max\-time\fR \fIDURATION\fR]"),
+        "{verify}"
+    );
+    assert!(verify.contains(r"[\fISECONDARIES\fR...]"), "{verify}");
+    let top = page("man/mirrorctl.1");
+    assert!(top.contains(r"[\fB\-\-wait\fR[=\fIDURATION\fR]]"), "{top}");
+    assert!(top.ends_with(r"\fICOMMAND\fR"), "{top}");
+}

@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use serde_json::Value;
+use std::path::Path;
 
 /// Paths of every empty string in `v`.
 fn empty_strings(v: &Value, path: &str, out: &mut Vec<String>) {
@@ -71,6 +72,26 @@ fn absent_values_are_null_in_the_json_of_every_command() {
     let secondary = fx.status();
     assert!(secondary["in_sync_generation"].is_u64(), "{secondary:#}");
     assert!(secondary["primary_path"].is_string(), "{secondary:#}");
+}
+
+#[test]
+fn write_json_counts_the_secondaries_written_under_a_clear_name_and_the_old_one() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img", "c.img"]);
+    random_file(&fx.path("in.bin"), 256 * KIB, 1);
+    let both = fx
+        .ok(&["write", "a.img", "--input", "in.bin", "--json"])
+        .json();
+    assert_eq!(both["secondaries_written"], 2, "{both:#}");
+    assert_eq!(
+        both["legs_written"], both["secondaries_written"],
+        "{both:#}"
+    );
+    fx.ok(&["fracture", "a.img", "c.img"]);
+    let one = fx.run(&["write", "a.img", "--input", "in.bin", "--json"]);
+    assert_eq!(one.code, 3, "{one:?}");
+    let one = one.json();
+    assert_eq!(one["secondaries_written"], 1, "{one:#}");
+    assert_eq!(one["legs_written"], 1, "{one:#}");
 }
 
 #[test]
@@ -409,4 +430,90 @@ fn a_leg_whose_image_moved_is_named_by_its_uuid_and_attach_at_the_new_path_keeps
     assert!(u(&j["copied_bytes"]) <= 4 * MIB_, "{j:#}");
     let (code, v) = fx.verify(&[]);
     assert_eq!(code, 0, "{v:#}");
+}
+
+/// A link under /dev/disk/by-id to a device, as udev makes them (this container has no
+/// udev); removed on drop with the directories it had to make.
+struct ByIdLink {
+    link: std::path::PathBuf,
+    made: Vec<std::path::PathBuf>,
+}
+
+impl ByIdLink {
+    fn new(name: &str, target: &str) -> ByIdLink {
+        let dir = Path::new("/dev/disk/by-id");
+        let mut made = Vec::new();
+        for d in [Path::new("/dev/disk"), dir] {
+            if !d.exists() {
+                std::fs::create_dir(d).unwrap();
+                made.push(d.to_path_buf());
+            }
+        }
+        let link = dir.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        ByIdLink { link, made }
+    }
+
+    /// Points the link at another device (what udev does when the disk comes back under
+    /// another kernel name).
+    fn retarget(&self, target: &str) {
+        std::fs::remove_file(&self.link).unwrap();
+        std::os::unix::fs::symlink(target, &self.link).unwrap();
+    }
+
+    fn as_str(&self) -> &str {
+        self.link.to_str().unwrap()
+    }
+}
+
+impl Drop for ByIdLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+        for d in self.made.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn a_block_device_is_recorded_by_its_dev_disk_by_id_name_and_found_after_renumbering() {
+    let fx = Fx::create("16M", "64K");
+    let total = u(&fx.status()["image_size"]);
+    let mut b = LoopDev::with_size(&fx.path("b.bin"), total);
+    let id = ByIdLink::new("mirrorctl-test-disk", b.as_str());
+    let j = fx.ok(&["attach", "a.img", b.as_str(), "--json"]).json();
+    assert_eq!(j["path"], b.as_str(), "{j:#}");
+    assert_eq!(j["recorded_as"], id.as_str(), "{j:#}");
+    assert_eq!(leg(&fx.status(), 0)["path"], id.as_str());
+    // The text output says under which name it was recorded.
+    fx.ok(&["detach", "a.img", "0"]);
+    let t = fx.ok(&["attach", "a.img", b.as_str(), "--assume-clean"]);
+    assert!(
+        t.stdout
+            .contains(&format!("as slot 0 (recorded as {})", id.as_str())),
+        "{t:?}"
+    );
+    // The disk comes back under another kernel name: the leg is still found by its by-id
+    // name, and writes reach it.
+    b.detach();
+    let _taken = LoopDev::with_size(&fx.path("spare.bin"), MIB_);
+    let b2 = LoopDev::attach(&fx.path("b.bin"));
+    assert_ne!(
+        b2.as_str(),
+        b.as_str(),
+        "the loop device was not renumbered"
+    );
+    id.retarget(b2.as_str());
+    fx.write_random(0, MIB_, 3);
+    let s = fx.status();
+    assert_eq!(leg(&s, 0)["state"], "in-sync", "{s:#}");
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    // Given by its by-id name, a device keeps that name.
+    fx.ok(&["detach", "a.img", "0"]);
+    let j = fx
+        .ok(&["attach", "a.img", id.as_str(), "--assume-clean", "--json"])
+        .json();
+    assert_eq!(j["recorded_as"], id.as_str(), "{j:#}");
 }

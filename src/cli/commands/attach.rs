@@ -7,6 +7,9 @@ use super::*;
 struct AttachOut {
     slot: u32,
     path: String,
+    /// The location recorded for the leg (what `status` shows): the path as given, or a
+    /// block device's /dev/disk name.
+    recorded_as: String,
     reattached: bool,
     regions_to_copy: u64,
     copied_regions: u64,
@@ -30,12 +33,7 @@ pub(super) fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
 /// again unless the attach succeeds: the guard), sized if empty. `spec` is how the admin
 /// named it, `sec` where it is (the same, or resolved against the client's directory by a
 /// serving process).
-pub(super) fn file_secondary(
-    m: &Shape,
-    primary: &Path,
-    spec: &str,
-    sec: &Path,
-) -> Result<(Arc<dyn Device>, String, Option<RemoveOnDrop>)> {
+pub(super) fn file_secondary(m: &Shape, primary: &Path, spec: &str, sec: &Path) -> Result<Opened> {
     let sec = sec.to_path_buf();
     let total = m.total_len;
     let mut created = None;
@@ -79,9 +77,31 @@ pub(super) fn file_secondary(
     let canonical = std::fs::canonicalize(&sec)
         .map(|p| display(&p))
         .unwrap_or_else(|_| spec.to_string());
+    // A block device is recorded by a /dev/disk name where it has one, so that the leg is
+    // still found when disks or loop devices are numbered differently.
+    let location = crate::device::open::stable_name(&sec)
+        .map(|p| display(&p))
+        .unwrap_or_else(|| spec.to_string());
     let dev = FileDevice::open(&sec, true)
         .map_err(|e| secondary_open_error("opening secondary", &sec, e))?;
-    Ok((Arc::new(dev), canonical, created))
+    Ok(Opened {
+        dev: Arc::new(dev),
+        location,
+        canonical,
+        created,
+    })
+}
+
+/// A secondary opened for attach, with the names to record.
+pub(super) struct Opened {
+    pub(super) dev: Arc<dyn Device>,
+    /// What `status` shows and later commands open: as the admin gave it, or a block
+    /// device's /dev/disk name.
+    pub(super) location: String,
+    /// The canonical path or URI (for a relative location, and identity checks).
+    pub(super) canonical: String,
+    /// Removes a file made for the attach unless it succeeds.
+    pub(super) created: Option<RemoveOnDrop>,
 }
 
 /// What opening a secondary needs to know of the mirror (taken from it, so that a serving
@@ -102,14 +122,15 @@ impl Shape {
 
 /// The secondary `a` names, opened (or created), with its canonical name; `at` is where it
 /// is (see [`file_secondary`]).
-pub(super) fn secondary(
-    m: &Shape,
-    a: &cli::AttachArgs,
-    at: &Path,
-) -> Result<(Arc<dyn Device>, String, Option<RemoveOnDrop>)> {
+pub(super) fn secondary(m: &Shape, a: &cli::AttachArgs, at: &Path) -> Result<Opened> {
     if nbd::is_uri(&a.secondary) {
         let (dev, canonical) = nbd_secondary(&a.secondary)?;
-        Ok((dev, canonical, None))
+        Ok(Opened {
+            dev,
+            location: a.secondary.clone(),
+            canonical,
+            created: None,
+        })
     } else {
         file_secondary(m, &a.primary, &a.secondary, at)
     }
@@ -138,10 +159,15 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
             p = display(&a.primary)
         ),
     );
-    let (dev, canonical, created) = secondary(&Shape::of(&m), &a, Path::new(&a.secondary))?;
+    let Opened {
+        dev,
+        location,
+        canonical,
+        created,
+    } = secondary(&Shape::of(&m), &a, Path::new(&a.secondary))?;
     let outcome = m.attach(
         dev,
-        &a.secondary,
+        &location,
         &canonical,
         initial(&a),
         a.force,
@@ -150,7 +176,7 @@ pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
     if let Some(mut c) = created {
         c.0 = None;
     }
-    let mut out = Attached::new(&a, &outcome);
+    let mut out = Attached::new(&a, &outcome, &location);
     let mut exit = Exit::Success;
     if out.needs_sync(&a, m.sb().legs[outcome.slot as usize].state) {
         let bar = Bar::new(ctx.progress, &format!("syncing slot {}", outcome.slot))
@@ -181,11 +207,12 @@ pub(super) struct Attached {
 }
 
 impl Attached {
-    pub(super) fn new(a: &cli::AttachArgs, o: &engine::AttachOutcome) -> Attached {
+    pub(super) fn new(a: &cli::AttachArgs, o: &engine::AttachOutcome, recorded: &str) -> Attached {
         Attached {
             out: AttachOut {
                 slot: o.slot,
                 path: a.secondary.clone(),
+                recorded_as: recorded.to_string(),
                 reattached: o.reattached,
                 regions_to_copy: o.regions,
                 copied_regions: 0,
@@ -237,6 +264,12 @@ impl Attached {
             "attached"
         };
         write!(w, "{verb} {} as slot {}", a.secondary, out.slot).map_err(e)?;
+        if out.recorded_as.starts_with(crate::device::open::DEV_DISK)
+            && out.recorded_as != a.secondary
+        {
+            // A block device is recorded by its stable name: say it, since status shows it.
+            write!(w, " (recorded as {})", out.recorded_as).map_err(e)?;
+        }
         if a.no_sync && out.state != LegState::InSync.as_str() {
             writeln!(
                 w,

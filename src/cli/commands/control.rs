@@ -132,10 +132,15 @@ fn run(
             let at = PathBuf::from(resolve(&cwd, &a.secondary));
             // Opened (an NBD export connected, a file created) while hosts go on.
             let shape = srv.with_mirror(|m| super::attach::Shape::of(m));
-            let (dev, canonical, created) = super::attach::secondary(&shape, &a, &at)?;
+            let super::attach::Opened {
+                dev,
+                location,
+                canonical,
+                created,
+            } = super::attach::secondary(&shape, &a, &at)?;
             let outcome = srv.attach_leg(
                 dev,
-                &a.secondary,
+                &location,
                 &canonical,
                 super::attach::initial(&a),
                 a.force,
@@ -145,7 +150,7 @@ fn run(
             if let Some(mut c) = created {
                 c.0 = None;
             }
-            let mut done = super::attach::Attached::new(&a, &outcome);
+            let mut done = super::attach::Attached::new(&a, &outcome, &location);
             let state = srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state);
             let mut exit = Exit::Success;
             if done.needs_sync(&a, state) {

@@ -6,6 +6,10 @@ use super::*;
 struct WriteOut {
     bytes_written: u64,
     offset: u64,
+    /// Secondaries written (the primary is not counted).
+    secondaries_written: u32,
+    /// The same number under its old name, which did not say whether the primary counts;
+    /// kept for one version (README "JSON output").
     legs_written: u32,
     newly_fractured: Vec<u32>,
 }
@@ -68,7 +72,7 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         );
     }
     if a.json {
-        let legs_written = m
+        let secondaries_written = m
             .sb()
             .legs
             .iter()
@@ -77,7 +81,8 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         print_json(&WriteOut {
             bytes_written: r.bytes,
             offset,
-            legs_written,
+            secondaries_written,
+            legs_written: secondaries_written,
             newly_fractured: r.newly_fractured.clone(),
         })?;
     }

@@ -12,7 +12,7 @@ mod format_page;
 mod roff;
 
 use format_page::format_page;
-use roff::{title_line, Roff};
+use roff::{esc, title_line, Roff};
 
 use crate::cli::{Cli, GenerateWhat};
 use clap::CommandFactory;
@@ -289,11 +289,68 @@ fn collect_pages(cmd: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
     }
 }
 
+/// The SYNOPSIS line: the command in bold, then every visible option with its value name
+/// (`[--size SIZE]`, `[--wait[=DURATION]]`; required ones without brackets), then the
+/// positionals, or `COMMAND` for the top level.
+fn synopsis(name: &str, cmd: &clap::Command) -> String {
+    let mut parts = vec![format!("\\fB{}\\fR", esc(&name.replace('-', " ")))];
+    let value_of = |a: &clap::Arg| {
+        a.get_value_names()
+            .and_then(|v| v.first().map(|n| n.to_string()))
+            .unwrap_or_else(|| a.get_id().to_string().to_uppercase())
+    };
+    for a in cmd
+        .get_arguments()
+        .filter(|a| !a.is_positional() && !a.is_hide_set())
+    {
+        let mut names = Vec::new();
+        if let Some(s) = a.get_short() {
+            names.push(format!("\\fB\\-{}\\fR", esc(&s.to_string())));
+        }
+        if let Some(l) = a.get_long() {
+            names.push(format!("\\fB\\-\\-{}\\fR", esc(l)));
+        }
+        let mut p = names.join("|");
+        if a.get_action().takes_values() {
+            let v = format!("\\fI{}\\fR", esc(&value_of(a)));
+            let optional = a.get_num_args().is_some_and(|n| n.min_values() == 0);
+            if optional {
+                p.push_str(&format!("[={v}]"));
+            } else {
+                p.push_str(&format!(" {v}"));
+            }
+        }
+        if a.is_required_set() {
+            parts.push(p);
+        } else {
+            parts.push(format!("[{p}]"));
+        }
+    }
+    for a in cmd
+        .get_arguments()
+        .filter(|a| a.is_positional() && !a.is_hide_set())
+    {
+        let v = format!("\\fI{}\\fR", esc(&value_of(a)));
+        let many = a.get_num_args().is_some_and(|n| n.max_values() > 1);
+        let v = if many { format!("{v}...") } else { v };
+        parts.push(if a.is_required_set() {
+            v
+        } else {
+            format!("[{v}]")
+        });
+    }
+    if cmd.has_subcommands() {
+        parts.push("\\fICOMMAND\\fR".into());
+    }
+    parts.join(" ")
+}
+
 fn command_page(name: &str, cmd: clap::Command, all_pages: &[String]) -> Vec<u8> {
     // The after-help text becomes proper sections (EXIT STATUS ...) below instead of the
     // run-on "EXTRA" paragraph clap_mangen would make of it.
     let after_help = cmd.get_after_help().map(|s| s.to_string());
     let cmd = cmd.display_name(name.to_string()).after_help(None::<&str>);
+    let cmd_for_synopsis = cmd.clone();
     let man = clap_mangen::Man::new(cmd)
         .title(name)
         .section("1")
@@ -320,7 +377,22 @@ fn command_page(name: &str, cmd: clap::Command, all_pages: &[String]) -> Vec<u8>
     r.see_also(&refs);
 
     let mut out = String::with_capacity(page.len() + r.out.len());
+    let mut in_synopsis = false;
     for line in page.lines() {
+        if in_synopsis {
+            // clap_mangen's synopsis names options without their values: ours says
+            // `--size SIZE`, as the usage line of `--help` does.
+            in_synopsis = false;
+            out.push_str(&synopsis(name, &cmd_for_synopsis));
+            out.push('\n');
+            continue;
+        }
+        if line == ".SH SYNOPSIS" {
+            in_synopsis = true;
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
         if line.starts_with(".TH ") {
             // clap_mangen writes an empty date as nothing at all, which shifts the source
             // into the date's place; quote every field instead.
