@@ -75,10 +75,11 @@ pub const DEV_DISK: &str = "/dev/disk";
 /// mirrorctl writes over.
 const STABLE_KINDS: [&str; 3] = ["by-id", "by-partuuid", "by-path"];
 
-/// The name to record for the block device at `path`: `path` itself (made absolute) when
-/// the admin gave a name under /dev/disk already, else a /dev/disk link to the same device
-/// when one exists, else `None` (record the canonical path). Only for block devices: a
-/// regular file's path is its stable name.
+/// The name to record for the block device at `path` when the admin gave its kernel name
+/// (/dev/sdb, /dev/nvme0n1p2, /dev/loop3), which can change at the next boot: a /dev/disk
+/// link to the same device, if udev made one. `None` keeps the path as given: a regular
+/// file, a device without such a link, or a name the admin chose that is a link itself
+/// (/dev/disk/by-id/..., /dev/mapper/..., /dev/VG/LV).
 pub fn stable_name(path: &Path) -> Option<std::path::PathBuf> {
     stable_name_in(Path::new(DEV_DISK), path)
 }
@@ -91,9 +92,8 @@ pub fn stable_name_in(root: &Path, path: &Path) -> Option<std::path::PathBuf> {
         return None;
     }
     let target = std::fs::canonicalize(path).ok()?;
-    let absolute = std::path::absolute(path).ok()?;
-    if absolute.starts_with(root) && absolute != target {
-        return Some(absolute);
+    if std::path::absolute(path).ok()? != target {
+        return None;
     }
     for kind in STABLE_KINDS {
         let Ok(entries) = std::fs::read_dir(root.join(kind)) else {
@@ -151,9 +151,9 @@ mod tests {
             stable_name_in(root.path(), &dev),
             Some(root.path().join("by-id/ata-DISK_SERIAL"))
         );
-        // Given by a stable name already: that name is kept.
+        // Given by a name that is a link (a stable name, /dev/mapper): kept as given.
         let given = root.path().join("by-id/wwn-0x5000");
-        assert_eq!(stable_name_in(root.path(), &given), Some(given.clone()));
+        assert_eq!(stable_name_in(root.path(), &given), None);
     }
 
     #[test]

@@ -516,4 +516,13 @@ fn a_block_device_is_recorded_by_its_dev_disk_by_id_name_and_found_after_renumbe
         .ok(&["attach", "a.img", id.as_str(), "--assume-clean", "--json"])
         .json();
     assert_eq!(j["recorded_as"], id.as_str(), "{j:#}");
+    // So does a device given by another link the admin chose (/dev/mapper, /dev/VG/LV).
+    fx.ok(&["detach", "a.img", "0"]);
+    let mine = fx.path("my-disk");
+    std::os::unix::fs::symlink(b2.as_str(), &mine).unwrap();
+    let mine = mine.to_str().unwrap();
+    let j = fx
+        .ok(&["attach", "a.img", mine, "--assume-clean", "--json"])
+        .json();
+    assert_eq!(j["recorded_as"], mine, "{j:#}");
 }
