@@ -120,8 +120,8 @@ impl Shape {
     }
 }
 
-/// The secondary `a` names, opened (or created), with its canonical name; `at` is where it
-/// is (see [`file_secondary`]).
+/// The secondary `a` names, opened (or created), with the names to record; `at` is where
+/// it is (see [`file_secondary`]).
 pub(super) fn secondary(m: &Shape, a: &cli::AttachArgs, at: &Path) -> Result<Opened> {
     if nbd::is_uri(&a.secondary) {
         let (dev, canonical) = nbd_secondary(&a.secondary)?;

@@ -55,29 +55,24 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
     engine::Progress::finish(&bar);
     print_warnings(&mut m);
     let r = r?;
+    // Secondaries that hold the whole write (the primary is not counted).
+    let secondaries_written = m
+        .sb()
+        .legs
+        .iter()
+        .filter(|l| l.state.receives_writes())
+        .count() as u32;
     if ctx.progress && !a.json {
         // On a terminal: what was done, like the other commands say it.
         let secs = started.elapsed().as_secs_f64();
-        let legs = m
-            .sb()
-            .legs
-            .iter()
-            .filter(|l| l.state.receives_writes())
-            .count() as u64;
         eprintln!(
             "wrote {} at offset {offset} to the primary and {} in {secs:.1}s ({}/s)",
             format_size(r.bytes),
-            plural(legs, "secondary"),
+            plural(secondaries_written.into(), "secondary"),
             format_size((r.bytes as f64 / secs.max(1e-6)) as u64)
         );
     }
     if a.json {
-        let secondaries_written = m
-            .sb()
-            .legs
-            .iter()
-            .filter(|l| l.state.receives_writes())
-            .count() as u32;
         print_json(&WriteOut {
             bytes_written: r.bytes,
             offset,
