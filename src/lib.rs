@@ -21,4 +21,5 @@ pub mod live;
 pub mod lock;
 pub mod meta;
 pub mod server;
+pub mod tls;
 pub mod units;

@@ -211,6 +211,10 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "over TCP (loopback)",
             ),
             (
+                "mirrorctl serve /srv/vm.img --listen 0.0.0.0:10809 --tls-cert server.pem --tls-key server.key --tls-ca ca.pem",
+                "over the network: TLS, clients with a certificate from ca.pem only",
+            ),
+            (
                 "mirrorctl serve /srv/vm.img --read-only",
                 "hosts read; nothing is written",
             ),
@@ -779,6 +783,39 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_HOT_EXTENTS,
           value_parser = parse_hot_extents)]
     pub hot_extents: usize,
+    /// TLS certificate (PEM; the server's first, then any intermediates) presented to
+    /// clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and
+    /// every request travel inside it. Needs --tls-key. Read once at start.
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted). Refused if others may read it
+    /// (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM), or are
+    /// refused, the log naming their address.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_ca: Option<PathBuf>,
+    /// Whether clients must start TLS: require (the default with --tls-cert) refuses those
+    /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
+    /// (the default without a certificate) offers no TLS.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub tls: Option<TlsMode>,
+    /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
+    /// anyone who can reach the port can read and overwrite the disk.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// `serve --tls`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS offered.
+    Off,
+    /// TLS offered; clients may connect without it.
+    On,
+    /// Every client must start TLS.
+    Require,
 }
 
 fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {

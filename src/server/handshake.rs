@@ -37,6 +37,8 @@ pub enum Outcome {
     Go(Negotiated),
     /// The client ended the handshake (`NBD_OPT_ABORT`).
     Aborted,
+    /// `NBD_OPT_STARTTLS` was acknowledged: the TLS handshake comes next.
+    StartTls,
 }
 
 fn reply(s: &mut dyn Stream, opt: u32, typ: u32, data: &[u8]) -> io::Result<()> {
@@ -98,9 +100,27 @@ fn meta_context_reply(id: u32, name: &str) -> Vec<u8> {
     d
 }
 
-/// Runs the handshake as the server. An `Err` ends the connection (the client broke the
-/// protocol or went away); the message says why.
+/// Whether the server offers TLS, and insists on it (proto.md "TLS support").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// NOTLS: `NBD_OPT_STARTTLS` is not supported.
+    Off,
+    /// A client may start TLS; one that does not is served in clear text.
+    On,
+    /// FORCEDTLS: every option but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` gets
+    /// `NBD_REP_ERR_TLS_REQD` until TLS is on; `NBD_OPT_EXPORT_NAME` ends the connection.
+    Require,
+}
+
+/// Runs the handshake as the server, without TLS. An `Err` ends the connection (the client
+/// broke the protocol or went away); the message says why.
 pub fn negotiate(s: &mut dyn Stream, ex: &ExportInfo) -> io::Result<Outcome> {
+    let no_zeroes = greet(s)?;
+    haggle(s, ex, TlsPolicy::Off, false, no_zeroes)
+}
+
+/// The server's greeting and the client's flags: whether the client asked for no zeroes.
+pub fn greet(s: &mut dyn Stream) -> io::Result<bool> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -111,7 +131,20 @@ pub fn negotiate(s: &mut dyn Stream, ex: &ExportInfo) -> io::Result<Outcome> {
     if cflags & !u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) != 0 {
         return Err(proto(format!("unknown client flags {cflags:#x}")));
     }
-    let no_zeroes = cflags & u32::from(FLAG_NO_ZEROES) != 0;
+    Ok(cflags & u32::from(FLAG_NO_ZEROES) != 0)
+}
+
+/// Option haggling, up to the transmission phase or a `NBD_OPT_STARTTLS` the server
+/// accepted ([`Outcome::StartTls`]: the caller starts TLS, then haggles again with
+/// `in_tls`; what was agreed before is forgotten, as it was agreed in clear text).
+pub fn haggle(
+    s: &mut dyn Stream,
+    ex: &ExportInfo,
+    tls: TlsPolicy,
+    in_tls: bool,
+    no_zeroes: bool,
+) -> io::Result<Outcome> {
+    let tls_required = tls == TlsPolicy::Require && !in_tls;
     let mut neg = Negotiated::default();
     loop {
         let magic = rd_u64(s)?;
@@ -131,6 +164,35 @@ pub fn negotiate(s: &mut dyn Stream, ex: &ExportInfo) -> io::Result<Outcome> {
         }
         let mut d = vec![0u8; len as usize];
         s.read_exact(&mut d)?;
+        if opt == OPT_STARTTLS {
+            if tls == TlsPolicy::Off {
+                reply(s, opt, REP_ERR_UNSUP, b"this server has no TLS certificate")?;
+            } else if in_tls {
+                reply(s, opt, REP_ERR_INVALID, b"TLS is on already")?;
+            } else if !d.is_empty() {
+                reply(s, opt, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")?;
+            } else {
+                reply(s, opt, REP_ACK, &[])?;
+                return Ok(Outcome::StartTls);
+            }
+            continue;
+        }
+        if tls_required && opt != OPT_ABORT {
+            if opt == OPT_EXPORT_NAME {
+                // This option has no error reply: the connection ends.
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "asked for the export without starting TLS, which this server requires",
+                ));
+            }
+            reply(
+                s,
+                opt,
+                REP_ERR_TLS_REQD,
+                b"this server requires TLS: connect with nbds:// or nbds+unix://",
+            )?;
+            continue;
+        }
         match opt {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&d);
@@ -258,7 +320,7 @@ pub fn negotiate(s: &mut dyn Stream, ex: &ExportInfo) -> io::Result<Outcome> {
                 reply(s, opt, REP_ACK, &[])?;
             }
             _ => {
-                // Extended headers (qemu 10 asks first), STARTTLS and anything unknown:
+                // Extended headers (qemu 10 asks first) and anything unknown:
                 // not supported, and the next option is still read.
                 reply(s, opt, REP_ERR_UNSUP, &[])?;
             }

@@ -8,10 +8,10 @@ pub mod transmission;
 
 use crate::device::nbd::proto::*;
 use crate::engine::serve::Server;
-use handshake::{ExportInfo, Outcome};
+use handshake::{ExportInfo, Outcome, TlsPolicy};
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,10 +50,31 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+/// TLS as `serve` offers it.
+#[derive(Clone)]
+pub struct Tls {
+    pub policy: TlsPolicy,
+    /// Read once at start; `None` only with [`TlsPolicy::Off`].
+    pub config: Option<Arc<rustls::ServerConfig>>,
+    /// Clients must present a certificate signed by the `--tls-ca`.
+    pub mutual: bool,
+}
+
+impl Tls {
+    pub fn off() -> Tls {
+        Tls {
+            policy: TlsPolicy::Off,
+            config: None,
+            mutual: false,
+        }
+    }
+}
+
 /// A connection's stream, cloneable into a reader and a writer, and shut down at stop.
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(crate::tls::TlsStream),
 }
 
 impl Conn {
@@ -61,12 +82,22 @@ impl Conn {
         Ok(match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Tls(s) => Conn::Tls(s.try_clone()?),
         })
     }
     fn fd(&self) -> RawFd {
         match self {
             Conn::Unix(s) => s.as_raw_fd(),
             Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Tls(s) => s.fd().as_raw_fd(),
+        }
+    }
+    /// The socket, for TLS to take over (the descriptor number stays the same).
+    fn into_fd(self) -> OwnedFd {
+        match self {
+            Conn::Unix(s) => s.into(),
+            Conn::Tcp(s) => s.into(),
+            Conn::Tls(_) => unreachable!("TLS is started once"),
         }
     }
 }
@@ -76,6 +107,7 @@ impl io::Read for Conn {
         match self {
             Conn::Unix(s) => s.read(b),
             Conn::Tcp(s) => s.read(b),
+            Conn::Tls(s) => s.read(b),
         }
     }
 }
@@ -85,6 +117,7 @@ impl io::Write for Conn {
         match self {
             Conn::Unix(s) => s.write(b),
             Conn::Tcp(s) => s.write(b),
+            Conn::Tls(s) => s.write(b),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -139,12 +172,13 @@ fn bind(l: &Listen) -> io::Result<Listener> {
     }
 }
 
-/// The URI a client uses to reach the export.
-pub fn uri(l: &Listen, export: &str, local: Option<std::net::SocketAddr>) -> String {
+/// The URI a client uses to reach the export (`nbds` when TLS is required).
+pub fn uri(l: &Listen, export: &str, local: Option<std::net::SocketAddr>, tls: bool) -> String {
+    let s = if tls { "s" } else { "" };
     match l {
-        Listen::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+        Listen::Unix(p) => format!("nbd{s}+unix:///{export}?socket={}", p.display()),
         Listen::Tcp(a) => format!(
-            "nbd://{}/{export}",
+            "nbd{s}://{}/{export}",
             local.map(|s| s.to_string()).unwrap_or_else(|| a.clone())
         ),
     }
@@ -181,6 +215,7 @@ pub fn run(
     listen: &Listen,
     export: &str,
     description: &str,
+    tls: &Tls,
 ) -> io::Result<Summary> {
     let set = block_stop_signals();
     let listener = bind(listen)?;
@@ -204,8 +239,24 @@ pub fn run(
         },
         hot,
         cap,
-        uri(listen, export, local)
+        uri(listen, export, local, tls.policy == TlsPolicy::Require)
     ));
+    match (tls.policy, tls.mutual) {
+        (TlsPolicy::Off, _) => {}
+        (p, mutual) => log_line(&format!(
+            "TLS {}{}",
+            if p == TlsPolicy::Require {
+                "required of every client"
+            } else {
+                "offered (clients may connect without it: --tls on)"
+            },
+            if mutual {
+                "; clients must present a certificate signed by the --tls-ca"
+            } else {
+                ""
+            }
+        )),
+    }
     let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let conns: Arc<Mutex<Vec<(u64, RawFd)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -272,9 +323,10 @@ pub fn run(
         let srv = srv.clone();
         let info = info.clone();
         let conns2 = conns.clone();
+        let tls = tls.clone();
         handles.push(std::thread::spawn(move || {
             srv.client_opened();
-            connection(id, conn, peer, &srv, &info);
+            connection(id, conn, peer, &srv, &info, &tls);
             srv.client_closed();
             conns2.lock().unwrap().retain(|(i, _)| *i != id);
         }));
@@ -299,17 +351,71 @@ pub fn run(
     })
 }
 
-fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo) {
+/// The handshake, with TLS started when the client asks and the policy allows: what it
+/// ended with, the stream to go on with, and whether TLS is on.
+fn handshake(
+    mut conn: Conn,
+    info: &ExportInfo,
+    tls: &Tls,
+) -> (Option<Conn>, bool, Result<Outcome, HandshakeEnd>) {
+    let no_zeroes = match handshake::greet(&mut conn) {
+        Ok(z) => z,
+        Err(e) => return (None, false, Err(HandshakeEnd::Io(e))),
+    };
+    let mut in_tls = false;
+    loop {
+        match handshake::haggle(&mut conn, info, tls.policy, in_tls, no_zeroes) {
+            Ok(Outcome::StartTls) => {
+                let Some(cfg) = &tls.config else {
+                    unreachable!("STARTTLS is refused without certificates")
+                };
+                match crate::tls::TlsStream::accept(conn.into_fd(), cfg) {
+                    Ok(t) => {
+                        conn = Conn::Tls(t);
+                        in_tls = true;
+                    }
+                    Err(e) => return (None, false, Err(HandshakeEnd::Tls(e))),
+                }
+            }
+            r => return (Some(conn), in_tls, r.map_err(HandshakeEnd::Io)),
+        }
+    }
+}
+
+enum HandshakeEnd {
+    Io(io::Error),
+    Tls(io::Error),
+}
+
+fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo, tls: &Tls) {
     let log = move |m: &str| log_line(&format!("client {id}: {m}"));
-    let mut reader = conn;
-    let outcome = handshake::negotiate(&mut reader, info);
-    let neg = match outcome {
-        Ok(Outcome::Go(n)) => n,
-        Ok(Outcome::Aborted) => {
+    let (reader, in_tls, outcome) = handshake(conn, info, tls);
+    let refused_plain = tls.policy == TlsPolicy::Require && !in_tls;
+    let (mut reader, neg) = match (reader, outcome) {
+        (Some(r), Ok(Outcome::Go(n))) => (r, n),
+        (None, Ok(_)) => unreachable!("a handshake that went on has its stream"),
+        (_, Ok(Outcome::Aborted)) if refused_plain => {
+            log(&format!(
+                "{peer}: refused: the client did not start TLS, which this server requires"
+            ));
+            return;
+        }
+        (_, Ok(Outcome::Aborted)) => {
             log(&format!("{peer}: ended the handshake (NBD_OPT_ABORT)"));
             return;
         }
-        Err(e)
+        (_, Ok(Outcome::StartTls)) => unreachable!("TLS is started inside the handshake"),
+        (_, Err(HandshakeEnd::Tls(e))) => {
+            log(&format!("{peer}: refused: TLS handshake failed: {e}"));
+            return;
+        }
+        (_, Err(HandshakeEnd::Io(_))) if refused_plain => {
+            log(&format!(
+                "{peer}: refused: the client did not start TLS, which this server requires"
+            ));
+            return;
+        }
+        (_, Err(HandshakeEnd::Io(e)))
             if matches!(
                 e.kind(),
                 io::ErrorKind::UnexpectedEof
@@ -323,14 +429,19 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
             ));
             return;
         }
-        Err(e) => {
+        (_, Err(HandshakeEnd::Io(e))) => {
             log(&format!("{peer}: disconnected during the handshake: {e}"));
             return;
         }
     };
     srv.client_connected(&format!("client {id}: {peer}"));
     log(&format!(
-        "connected ({peer}; {} replies{})",
+        "connected ({peer}; {}{} replies{})",
+        match (in_tls, tls.mutual) {
+            (false, _) => "",
+            (true, false) => "TLS; ",
+            (true, true) => "TLS, client certificate verified; ",
+        },
         if neg.structured {
             "structured"
         } else {
@@ -350,6 +461,9 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
         }
     };
     let end = transmission::transmit(&mut reader, Box::new(writer), srv, neg, &log);
+    if let Conn::Tls(t) = &reader {
+        t.close();
+    }
     match end {
         transmission::End::Disconnected => log("disconnected"),
         transmission::End::Closed => log("closed the connection"),

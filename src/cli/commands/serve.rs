@@ -2,11 +2,45 @@
 //! and clears the write intents.
 
 use super::*;
-use crate::server::{self, Listen};
+use crate::server::handshake::TlsPolicy;
+use crate::server::{self, Listen, Tls};
+
+/// TLS as the flags ask: the certificate, key and CA read now, before anything changes.
+fn tls(a: &cli::ServeArgs) -> Result<Tls> {
+    use cli::TlsMode;
+    let policy = match (a.tls, &a.tls_cert) {
+        (Some(TlsMode::Off), Some(_)) => {
+            return Err(Error::invalid(
+                "--tls off with --tls-cert: drop --tls-cert, or say --tls on or --tls require",
+            ))
+        }
+        (Some(TlsMode::Off) | None, None) => return Ok(Tls::off()),
+        (Some(m @ (TlsMode::On | TlsMode::Require)), None) => {
+            return Err(Error::invalid(format!(
+                "--tls {}: give the server's certificate and key (--tls-cert FILE --tls-key FILE)",
+                if m == TlsMode::On { "on" } else { "require" }
+            )))
+        }
+        (Some(TlsMode::On), Some(_)) => TlsPolicy::On,
+        (Some(TlsMode::Require) | None, Some(_)) => TlsPolicy::Require,
+    };
+    let files = crate::tls::ServerFiles {
+        cert: a.tls_cert.clone().expect("checked above"),
+        key: a.tls_key.clone().expect("clap requires it with --tls-cert"),
+        ca: a.tls_ca.clone(),
+    };
+    let config = crate::tls::server_config(&files).map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(Tls {
+        policy,
+        config: Some(config),
+        mutual: files.ca.is_some(),
+    })
+}
 
 pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     // Before any thread starts: every thread inherits the mask, only the waiter sees them.
     server::block_stop_signals();
+    let tls = tls(&a)?;
     let listen = match (&a.socket, &a.listen) {
         (_, Some(hp)) => {
             if !hp.contains(':') {
@@ -20,9 +54,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
                 || host
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|a| a.is_loopback());
-            if !loopback {
+            if !loopback && tls.policy != TlsPolicy::Require {
+                if !a.insecure {
+                    return Err(Error::invalid(format!(
+                        "--listen {hp} is not a loopback address and TLS is not required: anyone who can reach it could read and overwrite the disk; give --tls-cert FILE --tls-key FILE (and --tls-ca FILE to admit only clients with a certificate), or --insecure to serve in clear text anyway"
+                    )));
+                }
                 server::log_line(&format!(
-                    "warning: --listen {hp} is not a loopback address: anyone who can reach it can read and overwrite the disk (NBD has no authentication without TLS)"
+                    "warning: --listen {hp} is not a loopback address and TLS is not required (--insecure): anyone who can reach it can read and overwrite the disk"
                 ));
             }
             Listen::Tcp(hp.clone())
@@ -111,7 +150,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         }
         _ => None,
     };
-    let summary = server::run(srv.clone(), &listen, &a.export, &description).map_err(|e| {
+    let summary = server::run(srv.clone(), &listen, &a.export, &description, &tls).map_err(|e| {
         let what = match &listen {
             Listen::Unix(p) => format!("listening on {}", p.display()),
             Listen::Tcp(hp) => format!("listening on {hp}"),

@@ -1,0 +1,410 @@
+//! tls: TLS for NBD in both directions (rustls with ring; no crypto of our own): the
+//! certificates and keys, read once and checked; the server's and the client's settings;
+//! and a TLS stream whose reading and writing halves are used from different threads.
+//!
+//! The stream keeps the NBD server's split of one connection into a reader (the request
+//! loop) and a writer (the replies): the TLS state sits under a lock that neither holds
+//! while it waits on the socket. Received ciphertext is read from the socket outside the
+//! lock and fed to the state under it; replies are encrypted under it and sent outside it,
+//! under a second lock that keeps the records in order on the wire.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The system's CA bundle (Debian's ca-certificates), used by a client given no `--tls-ca`.
+pub const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Certificates of a PEM file, in order (the leaf first, then its intermediates).
+pub fn read_certs(path: &Path, what: &str) -> io::Result<Vec<CertificateDer<'static>>> {
+    let data = std::fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading {what} {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{what} {}: not PEM ({e})", path.display())))?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "{what} {}: no certificate in it (give a PEM file with a -----BEGIN CERTIFICATE----- block)",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Whether a key file's mode lets others than its owner and group read or change it.
+pub fn mode_exposes_key(mode: u32) -> bool {
+    mode & 0o007 != 0
+}
+
+/// A private key from a PEM file (PKCS#8, PKCS#1 or SEC1). A key that others may read is
+/// refused: anyone on the machine could impersonate this end.
+pub fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = std::fs::File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading key {}: {e}", path.display())))?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode_exposes_key(mode) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "key {} is readable by others (mode {:04o}); restrict it: chmod 600 {}",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    let mut data = Vec::new();
+    io::BufReader::new(f).read_to_end(&mut data)?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| {
+        bad(format!(
+            "key {}: no private key in it ({e}); give an unencrypted PEM key",
+            path.display()
+        ))
+    })
+}
+
+fn roots(ca: &Path) -> io::Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    for c in read_certs(ca, "CA certificate")? {
+        store
+            .add(c)
+            .map_err(|e| bad(format!("CA certificate {}: {e}", ca.display())))?;
+    }
+    Ok(store)
+}
+
+/// What `serve` needs for TLS.
+#[derive(Clone, Debug)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    pub ca: Option<PathBuf>,
+}
+
+/// The server's settings, every file read now (and never again).
+pub fn server_config(f: &ServerFiles) -> io::Result<Arc<ServerConfig>> {
+    let certs = read_certs(&f.cert, "certificate")?;
+    let key = read_key(&f.key)?;
+    let b = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS settings: {e}")))?;
+    let b = match &f.ca {
+        Some(ca) => {
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| bad(format!("CA certificate {}: {e}", ca.display())))?;
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    let cfg = b.with_single_cert(certs, key).map_err(|e| {
+        bad(format!(
+            "certificate {} and key {}: {e} (do they belong together?)",
+            f.cert.display(),
+            f.key.display()
+        ))
+    })?;
+    Ok(Arc::new(cfg))
+}
+
+/// What an NBD client needs for TLS: the CA that signed the server's certificate (the
+/// system's bundle when none is given), and a certificate of its own for servers that ask.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// The client's settings, every file read now.
+pub fn client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
+    let store = match &f.ca {
+        Some(ca) => roots(ca)?,
+        None if Path::new(SYSTEM_CA).exists() => roots(Path::new(SYSTEM_CA))?,
+        None => {
+            return Err(bad(format!(
+                "no CA to check the server's certificate against: give --tls-ca FILE (or install ca-certificates for {SYSTEM_CA})"
+            )))
+        }
+    };
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS settings: {e}")))?
+        .with_root_certificates(store);
+    let cfg = match (&f.cert, &f.key) {
+        (Some(c), Some(k)) => b
+            .with_client_auth_cert(read_certs(c, "client certificate")?, read_key(k)?)
+            .map_err(|e| {
+                bad(format!(
+                    "client certificate {} and key {}: {e} (do they belong together?)",
+                    c.display(),
+                    k.display()
+                ))
+            })?,
+        (None, None) => b.with_no_client_auth(),
+        (Some(_), None) => {
+            return Err(bad(
+                "a client certificate needs its key: give --tls-key FILE".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "a client key needs its certificate: give --tls-cert FILE".into(),
+            ))
+        }
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// The TLS state, shared by a connection's reader and writer.
+struct Shared {
+    conn: Mutex<Connection>,
+    /// Taken to send: encrypted records leave in the order they were made.
+    out: Mutex<Vec<u8>>,
+    sock: OwnedFd,
+}
+
+/// One TLS connection over a socket; [`TlsStream::try_clone`] gives another handle to the
+/// same connection, for the other thread.
+pub struct TlsStream {
+    shared: Arc<Shared>,
+    /// Ciphertext read from the socket and not yet given to the TLS state.
+    raw: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+/// Plaintext encrypted per turn of the writer's lock, so a reader is never kept waiting
+/// long for the TLS state.
+const WRITE_CHUNK: usize = 256 << 10;
+const RAW_BUFFER: usize = 64 << 10;
+
+fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn write_all_fd(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    let kind = match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            io::ErrorKind::PermissionDenied
+        }
+        _ => io::ErrorKind::InvalidData,
+    };
+    io::Error::new(kind, format!("TLS: {e}"))
+}
+
+impl TlsStream {
+    /// The server's side of a connection: the TLS handshake, run to its end.
+    pub fn accept(sock: OwnedFd, cfg: &Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let c = rustls::ServerConnection::new(cfg.clone()).map_err(tls_error)?;
+        Self::handshake(sock, Connection::Server(c))
+    }
+
+    /// The client's side: the TLS handshake, the server's certificate checked against the
+    /// CA and `host`.
+    pub fn connect(sock: OwnedFd, cfg: &Arc<ClientConfig>, host: &str) -> io::Result<TlsStream> {
+        let name = ServerName::try_from(host.to_string()).map_err(|_| {
+            bad(format!(
+                "'{host}' is not a host name or address to check the server's certificate against"
+            ))
+        })?;
+        let c = ClientConnection::new(cfg.clone(), name).map_err(tls_error)?;
+        Self::handshake(sock, Connection::Client(c))
+    }
+
+    fn handshake(sock: OwnedFd, mut c: Connection) -> io::Result<TlsStream> {
+        c.set_buffer_limit(None);
+        let mut s = TlsStream {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(c),
+                out: Mutex::new(Vec::new()),
+                sock,
+            }),
+            raw: vec![0u8; RAW_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        };
+        loop {
+            let (handshaking, wants_write) = {
+                let c = s.lock();
+                (c.is_handshaking(), c.wants_write())
+            };
+            if wants_write {
+                s.send_pending()?;
+                continue;
+            }
+            if !handshaking {
+                return Ok(s);
+            }
+            s.feed()?;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.shared.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Another handle to this connection (for the writer thread).
+    pub fn try_clone(&self) -> io::Result<TlsStream> {
+        Ok(TlsStream {
+            shared: self.shared.clone(),
+            raw: vec![0u8; RAW_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// The socket, for shutting it down from another thread.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.sock.as_fd()
+    }
+
+    /// The subject of the peer's certificate as the TLS state has it (none without one).
+    pub fn peer_has_certificate(&self) -> bool {
+        self.lock()
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty())
+    }
+
+    /// Gives ciphertext to the TLS state: what is left of the last socket read, else a new
+    /// read. `Ok(false)` at the end of the stream.
+    fn feed(&mut self) -> io::Result<bool> {
+        if self.start == self.end {
+            let n = read_fd(&self.shared.sock, &mut self.raw)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            (self.start, self.end) = (0, n);
+        }
+        let mut c = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rd = &self.raw[self.start..self.end];
+        let before = rd.len();
+        let r = c.read_tls(&mut rd);
+        self.start += before - rd.len();
+        r?;
+        let processed = c.process_new_packets();
+        let wants_write = c.wants_write();
+        drop(c);
+        if let Err(e) = processed {
+            // The alert saying why, if the peer still listens.
+            if wants_write {
+                let _ = self.send_pending();
+            }
+            return Err(tls_error(e));
+        }
+        if wants_write {
+            self.send_pending()?;
+        }
+        Ok(true)
+    }
+
+    /// Sends what the TLS state has to send, in order with every other sender.
+    fn send_pending(&self) -> io::Result<()> {
+        let mut out = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut c = self.lock();
+            while c.wants_write() {
+                c.write_tls(&mut *out)?;
+            }
+        }
+        let r = write_all_fd(&self.shared.sock, &out);
+        out.clear();
+        r
+    }
+
+    /// Ends the TLS session (a close_notify alert); the socket stays open.
+    pub fn close(&self) {
+        self.lock().send_close_notify();
+        let _ = self.send_pending();
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.lock().reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if !self.feed()? {
+                // The socket ended (or its reading side was shut down at a stop).
+                return Ok(0);
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(WRITE_CHUNK);
+        let mut out = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut c = self.lock();
+            c.writer().write_all(&buf[..n])?;
+            while c.wants_write() {
+                c.write_tls(&mut *out)?;
+            }
+        }
+        let r = write_all_fd(&self.shared.sock, &out);
+        out.clear();
+        r.map(|()| n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_readable_by_others_is_exposed_and_one_for_owner_and_group_is_not() {
+        assert!(mode_exposes_key(0o100644));
+        assert!(mode_exposes_key(0o100604));
+        assert!(mode_exposes_key(0o100602));
+        assert!(!mode_exposes_key(0o100600));
+        assert!(!mode_exposes_key(0o100640));
+        assert!(!mode_exposes_key(0o100400));
+    }
+}
