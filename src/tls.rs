@@ -133,8 +133,19 @@ pub struct ClientFiles {
     pub key: Option<PathBuf>,
 }
 
-/// The client's settings, every file read now.
+/// The client's settings for `f`, its files read at the first use in this process.
 pub fn client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
+    static CONFIGS: Mutex<Vec<(ClientFiles, Arc<ClientConfig>)>> = Mutex::new(Vec::new());
+    let mut c = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, cfg)) = c.iter().find(|(k, _)| k == f) {
+        return Ok(cfg.clone());
+    }
+    let cfg = read_client_config(f).map_err(|e| refused(e.to_string()))?;
+    c.push((f.clone(), cfg.clone()));
+    Ok(cfg)
+}
+
+fn read_client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
     let store = match &f.ca {
         Some(ca) => roots(ca)?,
         None if Path::new(SYSTEM_CA).exists() => roots(Path::new(SYSTEM_CA))?,
@@ -218,14 +229,63 @@ fn write_all_fd(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn tls_error(e: rustls::Error) -> io::Error {
-    let kind = match e {
-        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-            io::ErrorKind::PermissionDenied
+/// A TLS failure that says the peer is not to be trusted (or cannot be: TLS refused, our
+/// files unusable), as opposed to a peer that went away: opening a leg that fails so is
+/// refused, and fractures nothing (a secondary that is down is fractured; one that cannot
+/// prove who it is may be an impostor, and writing on without it is not the admin's call).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+pub fn refused(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused(msg.into()))
+}
+
+/// Whether `e` is a [`Refused`].
+pub fn is_refused(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Refused>())
+}
+
+/// What went wrong, in an admin's words where rustls's are terse.
+fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => {
+            "the peer's certificate is not signed by the CA trusted here (--tls-ca)".into()
         }
-        _ => io::ErrorKind::InvalidData,
-    };
-    io::Error::new(kind, format!("TLS: {e}"))
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            format!("the peer's certificate is not for the name it was reached by ({e})")
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("the peer's certificate has expired ({e})")
+        }
+        E::NoCertificatesPresented => {
+            "the peer presented no certificate (one signed by the --tls-ca is required)".into()
+        }
+        E::AlertReceived(a) => format!(
+            "the peer ended the TLS handshake ({a:?} alert): does it trust this end's certificate?"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    let msg = format!("TLS: {}", describe(&e));
+    match e {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::AlertReceived(_)
+        | rustls::Error::PeerIncompatible(_) => refused(msg),
+        _ => io::Error::new(io::ErrorKind::InvalidData, msg),
+    }
 }
 
 impl TlsStream {
@@ -374,6 +434,8 @@ impl Read for TlsStream {
 }
 
 impl Write for TlsStream {
+    /// Encrypts `buf` (up to [`WRITE_CHUNK`] of it); the records go to the socket at the
+    /// next [`flush`](Write::flush), or once that much is waiting.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(WRITE_CHUNK);
         let mut out = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -384,13 +446,16 @@ impl Write for TlsStream {
                 c.write_tls(&mut *out)?;
             }
         }
-        let r = write_all_fd(&self.shared.sock, &out);
-        out.clear();
-        r.map(|()| n)
+        if out.len() >= WRITE_CHUNK {
+            let r = write_all_fd(&self.shared.sock, &out);
+            out.clear();
+            r?;
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.send_pending()
     }
 }
 

@@ -105,6 +105,10 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "attach" => &[
             (
+                "mirrorctl attach /srv/vm.img nbds://backup.example:10809/vm --tls-ca ca.pem --tls-cert me.pem --tls-key me.key",
+                "an NBD export over TLS, the server's certificate checked",
+            ),
+            (
                 "mirrorctl attach /srv/vm.img /mnt/disk2/vm.img",
                 "a file secondary, created sparse, copied now",
             ),
@@ -463,12 +467,28 @@ pub struct AttachArgs {
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
-    /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH). It
-    /// must hold the metadata and the data area: `status` shows the size as "image size"
-    /// (image_size in JSON), data_offset + data_size. A block device is recorded by its
-    /// /dev/disk/by-id name where one exists, so it is found after disks are renumbered.
+    /// or an NBD export (nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH; with
+    /// TLS, nbds://... or nbds+unix://...). It must hold the metadata and the data area:
+    /// `status` shows the size as "image size" (image_size in JSON), data_offset +
+    /// data_size. A block device is recorded by its /dev/disk/by-id name where one exists,
+    /// so it is found after disks are renumbered.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub secondary: String,
+    /// For an nbds:// secondary: the CA (PEM) that signed the server's certificate
+    /// (default: the system's, /etc/ssl/certs/ca-certificates.crt). The server's
+    /// certificate must also carry the URI's host name (for nbds+unix, localhost, or the
+    /// URI's tls-hostname=NAME). Recorded with the leg as the URI's tls-ca=, with an
+    /// absolute path.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub tls_ca: Option<PathBuf>,
+    /// For an nbds:// secondary whose server asks for a client certificate: this end's
+    /// certificate (PEM). Recorded as tls-cert=.
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, unencrypted; refused if others may read it). Recorded as
+    /// tls-key=.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_key: Option<PathBuf>,
     /// Do not copy now: leave the regions for `mirrorctl resync`.
     #[arg(long, conflicts_with = "assume_clean")]
     pub no_sync: bool,

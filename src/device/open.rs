@@ -52,16 +52,16 @@ pub fn open_nbd(location: &str, writable: bool) -> io::Result<NbdDevice> {
 }
 
 /// Whether a recorded location names the same image as `spec`: the same device and inode
-/// for paths, the same canonical URI for NBD exports.
+/// for paths, the same export for NBD URIs (with TLS or without).
 pub fn same_file(spec: &str) -> impl Fn(&str) -> bool {
-    let uri = nbd::canonical(spec);
+    let uri = nbd::identity(spec);
     let id = if uri.is_none() {
         identity(Path::new(spec)).ok()
     } else {
         None
     };
     move |loc: &str| match &uri {
-        Some(u) => nbd::canonical(loc).as_ref() == Some(u),
+        Some(u) => nbd::identity(loc).as_ref() == Some(u),
         None => id.is_some() && !nbd::is_uri(loc) && identity(Path::new(loc)).ok() == id,
     }
 }

@@ -1,6 +1,11 @@
 //! The legs as the primary sees them: opening and checking a secondary (P1, P5), the
 //! replaced-primary checks (P6, P7), fractures (admin and error, W4), and the headers the
 //! secondaries carry.
+//!
+//! - O1 A leg whose opening is refused by TLS (the server's certificate does not verify,
+//!   or the server will not start TLS) is not fractured: a command that would write stops
+//!   before writing anything. Otherwise whoever can answer on the leg's address with the
+//!   wrong certificate makes the mirror drop a secondary and run degraded, unasked.
 
 use super::*;
 
@@ -13,6 +18,25 @@ pub(super) struct LegFailure {
 impl Mirror {
     /// Opens a leg and checks that the image there is the one the slot names.
     pub fn open_leg(&mut self, slot: u32) -> std::result::Result<Arc<dyn Device>, String> {
+        self.open_leg_or_refusal(slot).map_err(|(msg, _)| msg)
+    }
+
+    /// [`Mirror::open_leg`], the error saying also whether the leg refused to be trusted
+    /// (TLS: a certificate that does not verify): such a leg is not fractured (O1).
+    pub(crate) fn open_leg_or_refusal(
+        &mut self,
+        slot: u32,
+    ) -> std::result::Result<Arc<dyn Device>, (String, bool)> {
+        let mut refused = false;
+        let r = self.open_checked(slot, &mut refused);
+        r.map_err(|msg| (msg, refused))
+    }
+
+    fn open_checked(
+        &mut self,
+        slot: u32,
+        refused: &mut bool,
+    ) -> std::result::Result<Arc<dyn Device>, String> {
         if let Some(d) = &self.open_legs[slot as usize] {
             return Ok(d.clone());
         }
@@ -27,11 +51,12 @@ impl Mirror {
             )
         };
         let dev = self.opener.open(leg.open_path()).map_err(|e| {
+            *refused = crate::tls::is_refused(&e);
             format!(
                 "opening {}: {}{}",
                 leg.open_path(),
                 crate::error::describe_io(&e),
-                moved()
+                if *refused { String::new() } else { moved() }
             )
         })?;
         let img = Image::read(dev.clone())
@@ -248,9 +273,16 @@ impl Mirror {
             if !self.sb().legs[s as usize].state.receives_writes() {
                 continue;
             }
-            match self.open_leg(s) {
+            match self.open_leg_or_refusal(s) {
                 Ok(d) => out.push((s, d)),
-                Err(msg) => self.fracture_on_error(
+                // O1: nothing is written, so the leg stays as it was, in step.
+                Err((msg, true)) => {
+                    return Err(Error::invalid(format!(
+                        "slot {s}: {msg}; nothing was written and the leg is not fractured: fix its TLS settings (or `mirrorctl fracture {} {s}` to go on without it)",
+                        self.name
+                    )))
+                }
+                Err((msg, false)) => self.fracture_on_error(
                     LegFailure {
                         slot: s,
                         what: "opening".into(),

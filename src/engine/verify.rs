@@ -62,6 +62,9 @@ pub struct LegVerify {
     pub repaired: bool,
     pub error: Option<String>,
     pub mismatches: Vec<MismatchRange>,
+    /// The leg could not be opened because TLS refused it: it is not fractured (O1).
+    #[serde(skip)]
+    pub refused: bool,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -122,8 +125,9 @@ pub fn run(
         // At least one chunk per run, so repeated budgeted runs always make progress.
         let budget = deadline.map(|d| (d, start));
         pos = compare_batch(m, &g, batch, legs, opts.repair, report, progress, budget)?;
-        // A leg that cannot be read is fractured, as a failed write would do.
-        for lv in legs.iter().filter(|l| l.error.is_some()) {
+        // A leg that cannot be read is fractured, as a failed write would do; one that TLS
+        // refused is not (O1).
+        for lv in legs.iter().filter(|l| l.error.is_some() && !l.refused) {
             if m.sb().legs[lv.slot as usize].state.receives_writes() {
                 m.fracture_by_error(lv.slot, "verify", lv.error.as_deref().unwrap_or(""))?;
             }
@@ -364,7 +368,7 @@ pub(crate) fn batch_legs(
         if lv.error.is_some() {
             continue;
         }
-        match m.open_leg(lv.slot) {
+        match m.open_leg_or_refusal(lv.slot) {
             Ok(d) => {
                 // A leg whose differences an earlier verify recorded (V1) is compared in
                 // full: what it recorded is reported again until it is repaired, so a
@@ -378,7 +382,10 @@ pub(crate) fn batch_legs(
                 lv.compared = true;
                 active.push((i, d, pending));
             }
-            Err(e) => lv.error = Some(e),
+            Err((e, refused)) => {
+                lv.error = Some(e);
+                lv.refused = refused;
+            }
         }
     }
     Ok(active)

@@ -19,6 +19,53 @@ struct AttachOut {
     seconds: f64,
 }
 
+/// Folds `--tls-ca`, `--tls-cert` and `--tls-key` into an nbds URI as its query
+/// parameters, every TLS file as an absolute path (relative ones are the client's, seen
+/// from `cwd`), so that every later command opens the leg the same way.
+pub(super) fn tls_secondary(a: &mut cli::AttachArgs, cwd: &Path) -> Result<()> {
+    let flags = a.tls_ca.is_some() || a.tls_cert.is_some();
+    let is_tls = a.secondary.starts_with("nbds://") || a.secondary.starts_with("nbds+unix://");
+    if !is_tls {
+        if flags {
+            return Err(Error::invalid(format!(
+                "--tls-ca, --tls-cert and --tls-key are for an NBD export over TLS; {} is not one (write nbds://HOST[:PORT]/EXPORT or nbds+unix:///EXPORT?socket=PATH)",
+                a.secondary
+            )));
+        }
+        return Ok(());
+    }
+    let mut uri = NbdUri::parse(&a.secondary).map_err(Error::invalid)?;
+    let t = uri.tls.as_mut().expect("an nbds URI has TLS");
+    let both = |flag: &Option<PathBuf>, given: &Option<PathBuf>, name: &str| -> Result<()> {
+        if flag.is_some() && given.is_some() {
+            return Err(Error::invalid(format!(
+                "{}: the URI gives {name}= and --{name} is given too; give one",
+                a.secondary
+            )));
+        }
+        Ok(())
+    };
+    both(&a.tls_ca, &t.files.ca, "tls-ca")?;
+    both(&a.tls_cert, &t.files.cert, "tls-cert")?;
+    if let Some(c) = &a.tls_ca {
+        t.files.ca = Some(c.clone());
+    }
+    if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+        t.files.cert = Some(c.clone());
+        t.files.key = Some(k.clone());
+    }
+    for f in [&mut t.files.ca, &mut t.files.cert, &mut t.files.key]
+        .into_iter()
+        .flatten()
+    {
+        if f.is_relative() {
+            *f = cwd.join(&*f);
+        }
+    }
+    a.secondary = uri.canonical();
+    Ok(())
+}
+
 /// An NBD export to attach: never created here (the engine checks its size); its canonical
 /// URI identifies it.
 pub(super) fn nbd_secondary(uri: &str) -> Result<(Arc<dyn Device>, String)> {
@@ -146,7 +193,8 @@ pub(super) fn initial(a: &cli::AttachArgs) -> engine::InitialSync {
     }
 }
 
-pub(super) fn attach(ctx: &Ctx, a: cli::AttachArgs) -> Result<Exit> {
+pub(super) fn attach(ctx: &Ctx, mut a: cli::AttachArgs) -> Result<Exit> {
+    tls_secondary(&mut a, &std::env::current_dir().unwrap_or_default())?;
     let mut m = match open_for_change(ctx, &a.primary) {
         Ok(m) => m,
         Err(e) => return via_server(ctx, &a.primary, e, "attach"),

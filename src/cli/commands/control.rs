@@ -128,7 +128,8 @@ fn run(
             out(reply, String::from_utf8_lossy(&text).into_owned());
             Ok(exit)
         }
-        Command::Attach(a) => {
+        Command::Attach(mut a) => {
+            super::attach::tls_secondary(&mut a, &cwd)?;
             let at = PathBuf::from(resolve(&cwd, &a.secondary));
             // Opened (an NBD export connected, a file created) while hosts go on.
             let shape = srv.with_mirror(|m| super::attach::Shape::of(m));

@@ -29,11 +29,12 @@ pub mod proto;
 mod uri;
 
 use proto::*;
-pub use uri::{canonical, is_uri, Endpoint, NbdUri};
+pub use uri::{identity, is_uri, ClientTls, Endpoint, NbdUri};
 
 use crate::device::Device;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -55,6 +56,15 @@ pub fn set_timeout(d: Duration) {
 
 fn timeout() -> Duration {
     *TIMEOUT.get().unwrap_or(&DEFAULT_TIMEOUT)
+}
+
+/// [`ctx`], but a TLS refusal stays one (it is told apart from a server that went away).
+fn keep_refusal(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+    if crate::tls::is_refused(&e) {
+        crate::tls::refused(format!("{what}: {e}"))
+    } else {
+        ctx(e, what)
+    }
 }
 
 struct Conn {
@@ -93,7 +103,7 @@ impl NbdDevice {
     /// Connects and negotiates; the deadline of `--timeout` covers connect and handshake.
     pub fn connect(uri: &NbdUri, name: &str) -> io::Result<NbdDevice> {
         let t = timeout();
-        let mut sock: Box<dyn Stream> = match &uri.endpoint {
+        let (fd, tcp): (OwnedFd, bool) = match &uri.endpoint {
             Endpoint::Tcp { host, port } => {
                 let addrs: Vec<_> = (host.as_str(), *port)
                     .to_socket_addrs()
@@ -115,7 +125,7 @@ impl NbdDevice {
                 deep_send_buffer(&c);
                 c.set_read_timeout(Some(t))?;
                 c.set_write_timeout(Some(t))?;
-                Box::new(c)
+                (c.into(), true)
             }
             Endpoint::Unix { socket } => {
                 let c = UnixStream::connect(socket)
@@ -123,10 +133,49 @@ impl NbdDevice {
                 deep_send_buffer(&c);
                 c.set_read_timeout(Some(t))?;
                 c.set_write_timeout(Some(t))?;
-                Box::new(c)
+                (c.into(), false)
             }
         };
-        let ex = handshake(&mut *sock, &uri.export).map_err(|e| ctx(e, "NBD handshake"))?;
+        let plain = |fd: OwnedFd| -> Box<dyn Stream> {
+            if tcp {
+                Box::new(TcpStream::from(fd))
+            } else {
+                Box::new(UnixStream::from(fd))
+            }
+        };
+        let (mut sock, ex) = match &uri.tls {
+            None => {
+                let mut s = plain(fd);
+                let ex = handshake(&mut *s, &uri.export).map_err(|e| ctx(e, "NBD handshake"))?;
+                (s, ex)
+            }
+            Some(tls) => {
+                // The files are read (and checked) before anything is sent.
+                let cfg = crate::tls::client_config(&tls.files)?;
+                let host = uri.tls_hostname();
+                let mut s = plain(fd.try_clone()?);
+                let no_zeroes = greet(&mut *s).map_err(|e| ctx(e, "NBD handshake"))?;
+                starttls(&mut *s).map_err(|e| keep_refusal(e, "NBD handshake"))?;
+                drop(s);
+                let mut s: Box<dyn Stream> = Box::new(
+                    crate::tls::TlsStream::connect(fd, &cfg, &host)
+                        .map_err(|e| keep_refusal(e, format_args!("TLS handshake with {host}")))?,
+                );
+                let ex = go(&mut *s, &uri.export, no_zeroes).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        // TLS 1.3: the server checks the client's certificate after the
+                        // handshake is done on this side, and may just hang up.
+                        crate::tls::refused(format!(
+                            "the server {host} closed the connection after the TLS handshake: does it require a client certificate (--tls-cert/--tls-key), or not trust this one?"
+                        ))
+                    } else {
+                        keep_refusal(e, "NBD handshake (in TLS)")
+                    }
+                })?;
+                (s, ex)
+            }
+        };
+        sock.flush()?;
         let max_request = ex
             .max_block
             .map(|m| (m as usize).clamp(4096, REQUEST_MAX))

@@ -172,6 +172,40 @@ pub fn send_option(s: &mut dyn Stream, opt: u32, data: &[u8]) -> io::Result<()> 
 
 /// The fixed-newstyle handshake, up to the start of the transmission phase.
 pub fn handshake(s: &mut dyn Stream, export: &str) -> io::Result<Export> {
+    let no_zeroes = greet(s)?;
+    go(s, export, no_zeroes)
+}
+
+/// `NBD_OPT_STARTTLS`: `Ok` once the server acknowledged it (the TLS handshake is next). A
+/// server that refuses it gets no clear-text session: the caller asked for TLS.
+pub fn starttls(s: &mut dyn Stream) -> io::Result<()> {
+    send_option(s, OPT_STARTTLS, &[])?;
+    if rd_u64(s)? != REPLY_MAGIC_OPT {
+        return Err(proto("bad option reply magic".into()));
+    }
+    let opt = rd_u32(s)?;
+    let typ = rd_u32(s)?;
+    let len = rd_u32(s)? as usize;
+    if opt != OPT_STARTTLS || len > 64 * 1024 {
+        return Err(proto(format!(
+            "unexpected reply to NBD_OPT_STARTTLS (option {opt}, {len} bytes)"
+        )));
+    }
+    let mut data = vec![0u8; len];
+    s.read_exact(&mut data)?;
+    if typ == REP_ACK {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&data);
+    Err(crate::tls::refused(format!(
+        "the server does not offer TLS ({}{}); serve the export with TLS, or attach it as nbd:// to go without",
+        rep_err_text(typ),
+        if msg.is_empty() { String::new() } else { format!(": {msg}") }
+    )))
+}
+
+/// The server's greeting, and the client's flags: whether the server omits the zeroes.
+pub fn greet(s: &mut dyn Stream) -> io::Result<bool> {
     if rd_u64(s)? != NBDMAGIC {
         return Err(proto("not an NBD server (no NBDMAGIC)".into()));
     }
@@ -191,7 +225,11 @@ pub fn handshake(s: &mut dyn Stream, export: &str) -> io::Result<Export> {
     let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
     let cflags = u32::from(FLAG_FIXED_NEWSTYLE) | if no_zeroes { 2 } else { 0 };
     s.write_all(&cflags.to_be_bytes())?;
+    Ok(no_zeroes)
+}
 
+/// `NBD_OPT_GO` for `export` (or `NBD_OPT_EXPORT_NAME` with an older server).
+pub fn go(s: &mut dyn Stream, export: &str, no_zeroes: bool) -> io::Result<Export> {
     // NBD_OPT_GO: name, then the information requests.
     let mut d = Vec::new();
     d.extend_from_slice(&(export.len() as u32).to_be_bytes());
@@ -248,12 +286,17 @@ pub fn handshake(s: &mut dyn Stream, export: &str) -> io::Result<Export> {
             t if t & (1 << 31) != 0 => {
                 let msg = String::from_utf8_lossy(&data).into_owned();
                 return Err(io::Error::other(format!(
-                    "export '{export}': {}{}",
+                    "export '{export}': {}{}{}",
                     rep_err_text(t),
                     if msg.is_empty() {
                         String::new()
                     } else {
                         format!(" ({msg})")
+                    },
+                    if t == REP_ERR_TLS_REQD {
+                        "; attach it as nbds:// (with --tls-ca FILE, and --tls-cert/--tls-key if it asks for a client certificate)"
+                    } else {
+                        ""
                     }
                 )));
             }

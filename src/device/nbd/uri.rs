@@ -1,16 +1,32 @@
-//! NBD URIs, pure: `nbd://HOST[:PORT][/EXPORT]` and `nbd+unix:///EXPORT?socket=PATH`
-//! (the forms libnbd and qemu use), parsed, and written in one canonical form.
+//! NBD URIs, pure: `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///EXPORT?socket=PATH` and
+//! their TLS forms `nbds://` and `nbds+unix://` (the forms libnbd and qemu use), with the
+//! client's TLS files as query parameters; parsed, and written in one canonical form.
+
+use crate::tls::ClientFiles;
 
 /// Whether a secondary location is an NBD URI rather than a path.
 pub fn is_uri(s: &str) -> bool {
-    s.starts_with("nbd://") || s.starts_with("nbd+unix://")
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|p| s.starts_with(p))
 }
 
-/// Where an export is: `nbd://HOST[:PORT][/EXPORT]` or `nbd+unix:///EXPORT?socket=PATH`.
+/// Where an export is, and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NbdUri {
     pub endpoint: Endpoint,
     pub export: String,
+    /// `nbds`: TLS, the server's certificate checked; `None` for clear text.
+    pub tls: Option<ClientTls>,
+}
+
+/// The client's side of TLS for one export.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    pub files: ClientFiles,
+    /// The name the server's certificate must carry (default: the URI's host; for a Unix
+    /// socket, `localhost`).
+    pub hostname: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +34,14 @@ pub enum Endpoint {
     Tcp { host: String, port: u16 },
     Unix { socket: String },
 }
+
+/// The query parameters for the client's TLS files (`tls-certificates` is libnbd's: a
+/// directory holding ca-cert.pem, client-cert.pem and client-key.pem).
+pub const TLS_CA: &str = "tls-ca";
+pub const TLS_CERT: &str = "tls-cert";
+pub const TLS_KEY: &str = "tls-key";
+pub const TLS_HOSTNAME: &str = "tls-hostname";
+pub const TLS_CERTIFICATES: &str = "tls-certificates";
 
 fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
@@ -39,42 +63,129 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("'{s}' is not UTF-8 after decoding"))
 }
 
+/// Escapes what would end or confuse a query value (`%`, `&`, `#`, spaces and controls).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '%' || c == '&' || c == '#' || c == '+' || c.is_whitespace() || c.is_control() {
+            let mut b = [0u8; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A path as an absolute one (resolved against the working directory), for recording.
+fn absolute(p: &str) -> String {
+    std::path::absolute(p)
+        .map(|a| a.display().to_string())
+        .unwrap_or_else(|_| p.to_string())
+}
+
 impl NbdUri {
     pub fn parse(s: &str) -> Result<NbdUri, String> {
         let bad = |why: &str| {
             format!(
-                "'{s}': {why} (use nbd://HOST[:PORT][/EXPORT] or nbd+unix:///EXPORT?socket=PATH)"
+                "'{s}': {why} (use nbd[s]://HOST[:PORT][/EXPORT] or nbd[s]+unix:///EXPORT?socket=PATH)"
             )
         };
-        if let Some(rest) = s.strip_prefix("nbd+unix://") {
-            let (path, query) = rest.split_once('?').ok_or_else(|| bad("no ?socket=PATH"))?;
-            if !path.is_empty() && !path.starts_with('/') {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("not an NBD URI"))?;
+        let (unix, tls) = match scheme {
+            "nbd" => (false, false),
+            "nbds" => (false, true),
+            "nbd+unix" => (true, false),
+            "nbds+unix" => (true, true),
+            _ => return Err(bad("not an NBD URI")),
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let mut params = Vec::new();
+        for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if params.iter().any(|(k2, _): &(&str, String)| *k2 == k) {
+                return Err(bad(&format!("{k}= given twice")));
+            }
+            params.push((k, percent_decode(v)?));
+        }
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(k2, _)| *k2 == k)
+                .map(|(_, v)| v.clone())
+        };
+        for (k, v) in &params {
+            let known = match *k {
+                "socket" => unix,
+                TLS_CA | TLS_CERT | TLS_KEY | TLS_HOSTNAME | TLS_CERTIFICATES => {
+                    if !tls {
+                        return Err(bad(&format!(
+                            "{k}= is for TLS: write nbds{}:// to use it",
+                            if unix { "+unix" } else { "" }
+                        )));
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if !known {
+                return Err(bad(&format!("unknown query parameter '{k}'")));
+            }
+            if v.is_empty() {
+                return Err(bad(&format!("empty {k}=")));
+            }
+        }
+        let tls = if tls {
+            let dir = get(TLS_CERTIFICATES);
+            // libnbd's directory: its CA, and the client's pair when both files are there.
+            let in_dir = |f: &str| dir.as_ref().map(|d| format!("{d}/{f}"));
+            let pair_in_dir = in_dir("client-cert.pem")
+                .zip(in_dir("client-key.pem"))
+                .filter(|(c, k)| {
+                    std::path::Path::new(c).exists() && std::path::Path::new(k).exists()
+                });
+            let (cert, key) = match (get(TLS_CERT), get(TLS_KEY)) {
+                (None, None) => pair_in_dir.unzip(),
+                (c, k) => (c, k),
+            };
+            if cert.is_some() != key.is_some() {
+                return Err(bad(
+                    "a client certificate needs its key: give both tls-cert= and tls-key=",
+                ));
+            }
+            Some(ClientTls {
+                files: ClientFiles {
+                    ca: get(TLS_CA)
+                        .or_else(|| in_dir("ca-cert.pem"))
+                        .map(Into::into),
+                    cert: cert.map(Into::into),
+                    key: key.map(Into::into),
+                },
+                hostname: get(TLS_HOSTNAME),
+            })
+        } else {
+            None
+        };
+        if unix {
+            if !rest.is_empty() && !rest.starts_with('/') {
                 return Err(bad("a host is not allowed with nbd+unix"));
             }
-            let socket = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("socket="))
-                .ok_or_else(|| bad("no socket= in the query"))?;
-            if socket.is_empty() {
-                return Err(bad("empty socket path"));
-            }
+            let socket = get("socket").ok_or_else(|| bad("no socket= in the query"))?;
             return Ok(NbdUri {
-                endpoint: Endpoint::Unix {
-                    socket: percent_decode(socket)?,
-                },
-                export: percent_decode(path.strip_prefix('/').unwrap_or(path))?,
+                endpoint: Endpoint::Unix { socket },
+                export: percent_decode(rest.strip_prefix('/').unwrap_or(rest))?,
+                tls,
             });
         }
-        let rest = s
-            .strip_prefix("nbd://")
-            .ok_or_else(|| bad("not an NBD URI"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
-        if path.contains('?') {
-            return Err(bad("query parameters are not supported with nbd://"));
-        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             (h.to_string(), after.strip_prefix(':'))
@@ -94,30 +205,85 @@ impl NbdUri {
         Ok(NbdUri {
             endpoint: Endpoint::Tcp { host, port },
             export: percent_decode(path)?,
+            tls,
         })
     }
 
-    /// One spelling per export, used to tell whether two locations name the same export.
+    /// The host name the server's certificate must carry.
+    pub fn tls_hostname(&self) -> String {
+        match (&self.tls, &self.endpoint) {
+            (
+                Some(ClientTls {
+                    hostname: Some(h), ..
+                }),
+                _,
+            ) => h.clone(),
+            (_, Endpoint::Tcp { host, .. }) => host.clone(),
+            (_, Endpoint::Unix { .. }) => "localhost".into(),
+        }
+    }
+
+    /// One spelling per export, to tell whether two locations name the same export: the
+    /// scheme without `s` and no TLS settings (the same export, reached with or without TLS).
+    pub fn identity(&self) -> String {
+        let plain = NbdUri {
+            tls: None,
+            ..self.clone()
+        };
+        plain.canonical()
+    }
+
+    /// The form recorded and opened later, from any working directory: the socket and the
+    /// TLS files as absolute paths.
     pub fn canonical(&self) -> String {
-        match &self.endpoint {
+        let s = if self.tls.is_some() { "s" } else { "" };
+        let mut out = match &self.endpoint {
             Endpoint::Tcp { host, port } if host.contains(':') => {
-                format!("nbd://[{host}]:{port}/{}", self.export)
+                format!("nbd{s}://[{host}]:{port}/{}", self.export)
             }
-            Endpoint::Tcp { host, port } => format!("nbd://{host}:{port}/{}", self.export),
+            Endpoint::Tcp { host, port } => format!("nbd{s}://{host}:{port}/{}", self.export),
             Endpoint::Unix { socket } => {
                 let socket = std::fs::canonicalize(socket)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| socket.clone());
-                format!("nbd+unix:///{}?socket={socket}", self.export)
+                format!(
+                    "nbd{s}+unix:///{}?socket={}",
+                    self.export,
+                    percent_encode(&socket)
+                )
+            }
+        };
+        if let Some(t) = &self.tls {
+            let mut q = Vec::new();
+            let path = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map(|p| percent_encode(&absolute(&p.display().to_string())))
+            };
+            if let Some(v) = path(&t.files.ca) {
+                q.push(format!("{TLS_CA}={v}"));
+            }
+            if let Some(v) = path(&t.files.cert) {
+                q.push(format!("{TLS_CERT}={v}"));
+            }
+            if let Some(v) = path(&t.files.key) {
+                q.push(format!("{TLS_KEY}={v}"));
+            }
+            if let Some(h) = &t.hostname {
+                q.push(format!("{TLS_HOSTNAME}={}", percent_encode(h)));
+            }
+            if !q.is_empty() {
+                out.push(if out.contains('?') { '&' } else { '?' });
+                out.push_str(&q.join("&"));
             }
         }
+        out
     }
 }
 
-/// The canonical form of `s` if it is an NBD URI.
-pub fn canonical(s: &str) -> Option<String> {
+/// The identity of `s` (see [`NbdUri::identity`]) if it is an NBD URI.
+pub fn identity(s: &str) -> Option<String> {
     if is_uri(s) {
-        NbdUri::parse(s).ok().map(|u| u.canonical())
+        NbdUri::parse(s).ok().map(|u| u.identity())
     } else {
         None
     }
@@ -175,9 +341,14 @@ mod tests {
             "nbd+unix://host/exp?socket=/s",
             "nbd+unix:///exp?socket=",
             "nbd://h/x?tls=1",
+            "nbd://h/x?tls-ca=/ca.pem",
+            "nbds://h/x?tls-cert=/c.pem",
+            "nbds://h/x?tls-ca=",
+            "nbds+unix:///x?socket=/s&socket=/t",
+            "http://h/x",
         ] {
             let e = NbdUri::parse(bad).unwrap_err();
-            assert!(e.contains("nbd://HOST"), "{bad}: {e}");
+            assert!(e.contains("nbd[s]://HOST"), "{bad}: {e}");
         }
         assert!(!is_uri("/dev/sdb"));
         assert!(is_uri("nbd://h"));
