@@ -38,6 +38,8 @@ command -v fish >/dev/null || need+=(fish)
 command -v script >/dev/null || need+=(bsdutils)
 # The man pages must render without groff warnings (tests/cli/generated_docs.rs).
 command -v groff >/dev/null || need+=(groff-base)
+# Certificates for the TLS tests (tests/cli/tls.rs).
+command -v openssl >/dev/null || need+=(openssl)
 # `status --format prometheus` is checked with promtool (tests/cli/events.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then

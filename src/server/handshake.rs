@@ -116,7 +116,7 @@ pub enum TlsPolicy {
 /// broke the protocol or went away); the message says why.
 pub fn negotiate(s: &mut dyn Stream, ex: &ExportInfo) -> io::Result<Outcome> {
     let no_zeroes = greet(s)?;
-    haggle(s, ex, TlsPolicy::Off, false, no_zeroes)
+    haggle(s, ex, TlsPolicy::Off, false, no_zeroes, &mut false)
 }
 
 /// The server's greeting and the client's flags: whether the client asked for no zeroes.
@@ -137,12 +137,14 @@ pub fn greet(s: &mut dyn Stream) -> io::Result<bool> {
 /// Option haggling, up to the transmission phase or a `NBD_OPT_STARTTLS` the server
 /// accepted ([`Outcome::StartTls`]: the caller starts TLS, then haggles again with
 /// `in_tls`; what was agreed before is forgotten, as it was agreed in clear text).
+/// `told_tls` is set once the client was told it must start TLS.
 pub fn haggle(
     s: &mut dyn Stream,
     ex: &ExportInfo,
     tls: TlsPolicy,
     in_tls: bool,
     no_zeroes: bool,
+    told_tls: &mut bool,
 ) -> io::Result<Outcome> {
     let tls_required = tls == TlsPolicy::Require && !in_tls;
     let mut neg = Negotiated::default();
@@ -185,6 +187,7 @@ pub fn haggle(
                     "asked for the export without starting TLS, which this server requires",
                 ));
             }
+            *told_tls = true;
             reply(
                 s,
                 opt,

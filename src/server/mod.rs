@@ -121,7 +121,11 @@ impl io::Write for Conn {
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            // TLS records wait for the flush (one system call for a reply's records).
+            Conn::Tls(s) => s.flush(),
+            Conn::Unix(_) | Conn::Tcp(_) => Ok(()),
+        }
     }
 }
 
@@ -352,19 +356,21 @@ pub fn run(
 }
 
 /// The handshake, with TLS started when the client asks and the policy allows: what it
-/// ended with, the stream to go on with, and whether TLS is on.
+/// ended with, the stream to go on with, whether TLS is on, and whether the client was
+/// told it must start TLS.
 fn handshake(
     mut conn: Conn,
     info: &ExportInfo,
     tls: &Tls,
-) -> (Option<Conn>, bool, Result<Outcome, HandshakeEnd>) {
+) -> (Option<Conn>, bool, bool, Result<Outcome, HandshakeEnd>) {
     let no_zeroes = match handshake::greet(&mut conn) {
         Ok(z) => z,
-        Err(e) => return (None, false, Err(HandshakeEnd::Io(e))),
+        Err(e) => return (None, false, false, Err(HandshakeEnd::Io(e))),
     };
     let mut in_tls = false;
+    let mut told_tls = false;
     loop {
-        match handshake::haggle(&mut conn, info, tls.policy, in_tls, no_zeroes) {
+        match handshake::haggle(&mut conn, info, tls.policy, in_tls, no_zeroes, &mut told_tls) {
             Ok(Outcome::StartTls) => {
                 let Some(cfg) = &tls.config else {
                     unreachable!("STARTTLS is refused without certificates")
@@ -374,10 +380,10 @@ fn handshake(
                         conn = Conn::Tls(t);
                         in_tls = true;
                     }
-                    Err(e) => return (None, false, Err(HandshakeEnd::Tls(e))),
+                    Err(e) => return (None, false, false, Err(HandshakeEnd::Tls(e))),
                 }
             }
-            r => return (Some(conn), in_tls, r.map_err(HandshakeEnd::Io)),
+            r => return (Some(conn), in_tls, told_tls, r.map_err(HandshakeEnd::Io)),
         }
     }
 }
@@ -389,8 +395,8 @@ enum HandshakeEnd {
 
 fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo, tls: &Tls) {
     let log = move |m: &str| log_line(&format!("client {id}: {m}"));
-    let (reader, in_tls, outcome) = handshake(conn, info, tls);
-    let refused_plain = tls.policy == TlsPolicy::Require && !in_tls;
+    let (reader, in_tls, told_tls, outcome) = handshake(conn, info, tls);
+    let refused_plain = told_tls && !in_tls;
     let (mut reader, neg) = match (reader, outcome) {
         (Some(r), Ok(Outcome::Go(n))) => (r, n),
         (None, Ok(_)) => unreachable!("a handshake that went on has its stream"),
@@ -407,6 +413,10 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
         (_, Ok(Outcome::StartTls)) => unreachable!("TLS is started inside the handshake"),
         (_, Err(HandshakeEnd::Tls(e))) => {
             log(&format!("{peer}: refused: TLS handshake failed: {e}"));
+            return;
+        }
+        (_, Err(HandshakeEnd::Io(e))) if e.kind() == io::ErrorKind::PermissionDenied => {
+            log(&format!("{peer}: refused: {e}"));
             return;
         }
         (_, Err(HandshakeEnd::Io(_))) if refused_plain => {

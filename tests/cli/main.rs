@@ -18,4 +18,5 @@ mod nbd;
 mod output;
 mod safety;
 mod serve;
+mod tls;
 mod verify;

@@ -13,22 +13,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A server process, killed (and reaped) on drop.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
 }
 
 impl Server {
-    fn spawn(cmd: &mut Command) -> Server {
+    pub(crate) fn spawn(cmd: &mut Command) -> Server {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e} (run tests/setup.sh)"));
         Server { child }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -40,7 +39,7 @@ impl Drop for Server {
     }
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let t = Instant::now();
     while !ready() {
         assert!(
@@ -61,7 +60,7 @@ fn qemu_unix(file: &Path, sock: &Path, read_only: bool) -> Server {
     if read_only {
         c.arg("-r");
     }
-    c.arg(file);
+    c.arg(file).stderr(Stdio::null());
     let s = Server::spawn(&mut c);
     wait_for("qemu-nbd", || {
         std::os::unix::net::UnixStream::connect(sock).is_ok()
@@ -80,7 +79,8 @@ fn qemu_tcp(file: &Path) -> (Server, u16) {
             Command::new("qemu-nbd")
                 .args(["-f", "raw", "--persistent", "--shared=8", "-x", "exp"])
                 .args(["-b", "127.0.0.1", "-p", &port.to_string()])
-                .arg(file),
+                .arg(file)
+                .stderr(Stdio::null()),
         );
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
@@ -97,7 +97,7 @@ fn qemu_tcp(file: &Path) -> (Server, u16) {
     panic!("qemu-nbd on TCP did not come up on any of 5 ports");
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -110,7 +110,7 @@ fn unix_uri(sock: &Path) -> String {
 }
 
 /// A backing file big enough for a secondary of the mirror in `fx`.
-fn backing(fx: &Fx, name: &str) -> PathBuf {
+pub(crate) fn backing(fx: &Fx, name: &str) -> PathBuf {
     let g = fx.geometry();
     let p = fx.path(name);
     let f = std::fs::File::create(&p).unwrap();
@@ -118,7 +118,7 @@ fn backing(fx: &Fx, name: &str) -> PathBuf {
     p
 }
 
-fn leg0(fx: &Fx) -> Value {
+pub(crate) fn leg0(fx: &Fx) -> Value {
     fx.status()["legs"]
         .as_array()
         .unwrap()
@@ -128,7 +128,7 @@ fn leg0(fx: &Fx) -> Value {
         .unwrap_or_else(|| panic!("no leg in slot 0: {:#}", fx.status()))
 }
 
-fn same_data_areas(fx: &Fx, other: &Path) -> Option<u64> {
+pub(crate) fn same_data_areas(fx: &Fx, other: &Path) -> Option<u64> {
     let g = fx.geometry();
     first_difference_between(&fx.path("a.img"), other, g.data_offset, g.data_size)
 }
@@ -257,6 +257,7 @@ fn write_errors_injected_by_nbdkit_fracture_the_leg_with_the_error_text() {
             .args(["--filter=error", "file"])
             .arg(format!("file={}", file.display()))
             .args(["error=EIO", "error-pwrite-rate=100%"])
+            .stderr(Stdio::null())
             .arg(format!("error-pwrite-file={}", trigger.display())),
     );
     wait_for("nbdkit", || {

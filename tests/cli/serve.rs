@@ -57,6 +57,47 @@ impl Serving {
         s
     }
 
+    /// `serve a.img --listen HOST:0 EXTRA...`; the port it took, read from its log.
+    pub(crate) fn start_tcp(fx: &Fx, host: &str, extra: &[&str]) -> (Serving, u16) {
+        let log = fx.path(&format!("serve-{}.log", rand_tag()));
+        let child = Command::new(bin())
+            .args(["serve", "a.img", "--listen", &format!("{host}:0")])
+            .args(extra)
+            .current_dir(fx.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting mirrorctl serve");
+        let mut s = Serving {
+            child: Some(child),
+            sock: PathBuf::new(),
+            log,
+        };
+        let t = Instant::now();
+        loop {
+            // "... at nbd[s]://127.0.0.1:PORT/EXPORT"
+            let log = s.log();
+            if let Some(port) = log
+                .lines()
+                .find(|l| l.contains(" serving "))
+                .and_then(|l| l.rsplit_once("://"))
+                .and_then(|(_, a)| a.split('/').next()?.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+            {
+                return (s, port);
+            }
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited with {st} before listening:\n{log}");
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "serve did not listen within 10s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub(crate) fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.sock.display())
     }
@@ -110,14 +151,14 @@ impl Drop for Serving {
     }
 }
 
-fn rand_tag() -> u64 {
+pub(crate) fn rand_tag() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
 }
 
 /// Runs a client program that must succeed; returns stdout.
-fn client(cmd: &str, package: &str, args: &[&str]) -> String {
+pub(crate) fn client(cmd: &str, package: &str, args: &[&str]) -> String {
     require(cmd, package);
     let o = Command::new(cmd)
         .args(args)

@@ -162,7 +162,12 @@ impl NbdDevice {
                         .map_err(|e| keep_refusal(e, format_args!("TLS handshake with {host}")))?,
                 );
                 let ex = go(&mut *s, &uri.export, no_zeroes).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    ) {
                         // TLS 1.3: the server checks the client's certificate after the
                         // handshake is done on this side, and may just hang up.
                         crate::tls::refused(format!(

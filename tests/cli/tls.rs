@@ -1,0 +1,638 @@
+//! TLS for NBD both ways (issue 17), with certificates made here by openssl: `serve`
+//! reached by nbdinfo, nbdcopy and qemu-io with a client certificate, and refusing clients
+//! without one, with one from another CA, or without TLS; nbds secondaries on qemu-nbd
+//! (tls-creds-x509 with verify-peer) and nbdkit (--tls=require), killed mid-write and
+//! resynced; servers whose certificate is for another name or from another CA refused,
+//! fracturing nothing.
+
+use crate::nbd::{backing, free_port, leg0, same_data_areas, wait_for, Server};
+use crate::serve::{client, Serving};
+use crate::support::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A CA and what it signed, under the names qemu, nbdkit and libnbd look for in a
+/// directory: ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem.
+struct Pki {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    require("openssl", "openssl");
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Pki {
+    /// A CA named `name`; its server certificate for localhost and 127.0.0.1.
+    fn new(dir: &Path, name: &str) -> Pki {
+        Self::with_server_names(dir, name, "DNS:localhost,IP:127.0.0.1")
+    }
+
+    fn with_server_names(dir: &Path, name: &str, san: &str) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        let subj = format!("/CN={name} test CA");
+        ca.extend([
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca-cert.pem",
+            "-days",
+            "30",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(dir, &ca);
+        let p = Pki {
+            dir: dir.to_path_buf(),
+        };
+        p.sign("server", "serverAuth", san);
+        p.sign("client", "clientAuth", "DNS:client");
+        p
+    }
+
+    /// `who`-cert.pem and `who`-key.pem, signed by this CA.
+    fn sign(&self, who: &str, usage: &str, san: &str) {
+        let ext = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"
+        );
+        std::fs::write(self.dir.join(format!("{who}.ext")), ext).unwrap();
+        let (key, csr, cert) = (
+            format!("{who}-key.pem"),
+            format!("{who}.csr"),
+            format!("{who}-cert.pem"),
+        );
+        let subj = format!("/CN={who}");
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &subj,
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca-cert.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "30",
+                "-extfile",
+                &format!("{who}.ext"),
+            ],
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            self.dir.join(&key),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn dir(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    /// A client's directory (libnbd's tls-certificates=, qemu's endpoint=client) holding
+    /// this CA and the client pair of `client` (none: a client without a certificate).
+    fn client_dir(&self, at: &Path, client: Option<&Pki>) -> String {
+        std::fs::create_dir_all(at).unwrap();
+        std::fs::copy(self.dir.join("ca-cert.pem"), at.join("ca-cert.pem")).unwrap();
+        if let Some(c) = client {
+            for f in ["client-cert.pem", "client-key.pem"] {
+                std::fs::copy(c.dir.join(f), at.join(f)).unwrap();
+            }
+        }
+        at.display().to_string()
+    }
+
+    /// The flags `serve` takes for this CA: its server pair, clients checked against it.
+    fn serve_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.file("server-cert.pem"),
+            "--tls-key".into(),
+            self.file("server-key.pem"),
+            "--tls-ca".into(),
+            self.file("ca-cert.pem"),
+        ]
+    }
+
+    /// The flags `attach` takes to reach a server of this CA with its client pair.
+    fn attach_args(&self) -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            self.file("ca-cert.pem"),
+            "--tls-cert".into(),
+            self.file("client-cert.pem"),
+            "--tls-key".into(),
+            self.file("client-key.pem"),
+        ]
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str()).collect()
+}
+
+/// Runs a client program expected to fail; returns its stderr.
+fn client_fails(cmd: &str, package: &str, args: &[&str]) -> String {
+    require(cmd, package);
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        !o.status.success(),
+        "{cmd} {args:?} succeeded and should have been refused:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// qemu-io through TLS with the client pair in `dir`, on a Unix socket or TCP.
+fn qemu_io_tls(dir: &str, server: &str, cmds: &[&str]) -> String {
+    let obj = format!("tls-creds-x509,id=tls0,dir={dir},endpoint=client");
+    let opts = format!("driver=nbd,{server},tls-creds=tls0");
+    let mut a = vec!["--object", &obj, "--image-opts"];
+    for c in cmds {
+        a.push("-c");
+        a.push(c);
+    }
+    a.push(&opts);
+    let out = client("qemu-io", "qemu-utils", &a);
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("failed:"),
+        "qemu-io {cmds:?}:\n{out}"
+    );
+    out
+}
+
+/// The primary's data area, all of it.
+fn data_area(fx: &Fx) -> Vec<u8> {
+    let g = fx.geometry();
+    let a = std::fs::read(fx.path("a.img")).unwrap();
+    a[g.data_offset as usize..(g.data_offset + g.data_size) as usize].to_vec()
+}
+
+#[test]
+fn serve_with_tls_admits_nbdinfo_nbdcopy_and_qemu_io_with_a_client_certificate_and_their_writes_reach_every_leg(
+) {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let cdir = pki.client_dir(&fx.path("client"), Some(&pki));
+    let s = Serving::start(&fx, &strs(&pki.serve_args()));
+    let unix = format!(
+        "nbds+unix:///?socket={}&tls-certificates={cdir}",
+        s.sock.display()
+    );
+    let info = client("nbdinfo", "libnbd-bin", &[&unix]);
+    assert!(info.contains("with TLS"), "{info}");
+    assert!(info.contains("33554432"), "{info}");
+    // qemu-io over the Unix socket (qemu checks the server's name: localhost).
+    qemu_io_tls(
+        &cdir,
+        &format!(
+            "server.type=unix,server.path={},tls-hostname=localhost",
+            s.sock.display()
+        ),
+        &["write -P 0x5a 0 1M", "flush", "read -P 0x5a 0 1M"],
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("TLS required of every client")
+            && log.contains("TLS, client certificate verified"),
+        "{log}"
+    );
+
+    // Over TCP on 127.0.0.1: nbdcopy writes through nbds://, the server's certificate
+    // checked against the address.
+    let (s, port) = Serving::start_tcp(&fx, "127.0.0.1", &strs(&pki.serve_args()));
+    let src = fx.path("src.bin");
+    random_file(&src, 4 * MIB, 7);
+    let tcp = format!("nbds://127.0.0.1:{port}/?tls-certificates={cdir}");
+    client("nbdcopy", "libnbd-bin", &[src.to_str().unwrap(), &tcp]);
+    qemu_io_tls(
+        &cdir,
+        &format!("server.type=inet,server.host=127.0.0.1,server.port={port}"),
+        &["write -P 0x33 8M 128k", "flush", "read -P 0x33 8M 128k"],
+    );
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains(&format!("at nbds://127.0.0.1:{port}/")), "{log}");
+
+    let data = data_area(&fx);
+    let sent = std::fs::read(&src).unwrap();
+    assert!(data[..4 * MIB as usize] == sent[..], "nbdcopy's data");
+    assert!(data[8 * MIB as usize..][..128 << 10].iter().all(|&b| b == 0x33));
+    crate::serve::legs_identical(&fx, &[&fx.path("b.img")]);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+fn clients_without_a_certificate_with_one_from_another_ca_or_without_tls_are_refused_and_nothing_is_written(
+) {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let other = Pki::new(&fx.path("other"), "other");
+    let before = data_area(&fx);
+    let (s, port) = Serving::start_tcp(&fx, "127.0.0.1", &strs(&pki.serve_args()));
+    let src = fx.path("src.bin");
+    random_file(&src, MIB, 9);
+    let src = src.to_str().unwrap();
+    let no_cert = pki.client_dir(&fx.path("no-cert"), None);
+    let foreign = pki.client_dir(&fx.path("foreign"), Some(&other));
+    for dir in [&no_cert, &foreign] {
+        let e = client_fails(
+            "nbdcopy",
+            "libnbd-bin",
+            &[src, &format!("nbds://127.0.0.1:{port}/?tls-certificates={dir}")],
+        );
+        assert!(!e.is_empty());
+    }
+    let e = client_fails(
+        "nbdcopy",
+        "libnbd-bin",
+        &[src, &format!("nbd://127.0.0.1:{port}/")],
+    );
+    assert!(!e.is_empty());
+    // qemu-io with the other CA's client certificate is refused too (qemu checks its own
+    // certificate against its CA file, so that holds both CAs).
+    let qdir = fx.path("foreign-qemu");
+    let foreign_q = pki.client_dir(&qdir, Some(&other));
+    let mut both = std::fs::read(qdir.join("ca-cert.pem")).unwrap();
+    both.extend(std::fs::read(other.dir.join("ca-cert.pem")).unwrap());
+    std::fs::write(qdir.join("ca-cert.pem"), both).unwrap();
+    let obj = format!("tls-creds-x509,id=tls0,dir={foreign_q},endpoint=client");
+    let opts = format!(
+        "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},tls-creds=tls0"
+    );
+    client_fails(
+        "qemu-io",
+        "qemu-utils",
+        &["--object", &obj, "--image-opts", "-c", "write 0 64k", &opts],
+    );
+    // GnuTLS (libnbd, qemu) sends no certificate the server's CA did not sign; mirrorctl's
+    // own client (another mirror attaching this export) sends it, and it is refused.
+    let chain = Fx::create("16M", "64K");
+    let mut a = vec![
+        "attach".to_string(),
+        "a.img".into(),
+        format!("nbds://127.0.0.1:{port}/"),
+        "--tls-ca".into(),
+        pki.file("ca-cert.pem"),
+    ];
+    a.extend(["--tls-cert".into(), other.file("client-cert.pem")]);
+    a.extend(["--tls-key".into(), other.file("client-key.pem")]);
+    let o = chain.run(&strs(&a));
+    assert_eq!(o.code, 2, "{o:?}");
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+    assert!(refusals.len() >= 5, "{log}");
+    // Each names the peer's address, and why.
+    assert!(
+        refusals.iter().all(|l| l.contains("127.0.0.1:")),
+        "{refusals:#?}"
+    );
+    assert!(
+        log.contains("did not start TLS")
+            && log.contains("no certificate")
+            && log.contains("not signed by the CA"),
+        "{log}"
+    );
+    assert!(!log.contains("connected ("), "{log}");
+    assert!(data_area(&fx) == before, "a refused client wrote");
+    assert_eq!(fx.verify(&[]).0, 0);
+}
+
+#[test]
+fn serve_refuses_clear_text_beyond_loopback_without_insecure_a_key_others_can_read_and_tls_without_a_certificate(
+) {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let image = std::fs::read(fx.path("a.img")).unwrap();
+    let o = fx.run(&["serve", "a.img", "--listen", "0.0.0.0:0"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("not a loopback address") && o.stderr.contains("--insecure"),
+        "{o:?}"
+    );
+    assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+    let o = fx.run(&["serve", "a.img", "--tls", "require"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("--tls-cert FILE --tls-key FILE"), "{o:?}");
+    let key = pki.file("server-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = fx.run(&[
+        "serve",
+        "a.img",
+        "--tls-cert",
+        &pki.file("server-cert.pem"),
+        "--tls-key",
+        &key,
+    ]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("readable by others") && o.stderr.contains("chmod 600"),
+        "{o:?}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A key that is not the certificate's.
+    let o = fx.run(&[
+        "serve",
+        "a.img",
+        "--tls-cert",
+        &pki.file("server-cert.pem"),
+        "--tls-key",
+        &pki.file("client-key.pem"),
+    ]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("belong together"), "{o:?}");
+    assert!(
+        std::fs::read(fx.path("a.img")).unwrap() == image,
+        "a refused serve changed the primary"
+    );
+    // With --insecure it serves, and says so; with TLS required it needs no --insecure.
+    let (s, port) = Serving::start_tcp(&fx, "0.0.0.0", &["--insecure"]);
+    client("nbdinfo", "libnbd-bin", &[&format!("nbd://127.0.0.1:{port}/")]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("--insecure"), "{log}");
+    let (s, _) = Serving::start_tcp(&fx, "0.0.0.0", &strs(&pki.serve_args()));
+    assert_eq!(s.stop().0, 0);
+}
+
+/// qemu-nbd exporting `file` as `exp` over TLS on 127.0.0.1:`port` with the server pair in
+/// `dir`, clients' certificates checked (verify-peer).
+fn qemu_nbd_tls(file: &Path, dir: &str, port: u16) -> Server {
+    require("qemu-nbd", "qemu-utils");
+    let obj = format!("tls-creds-x509,id=tls0,dir={dir},endpoint=server,verify-peer=yes");
+    let log = format!("{dir}/qemu-nbd-{}.log", crate::serve::rand_tag());
+    let mut s = Server::spawn(
+        Command::new("qemu-nbd")
+            .args(["--object", &obj, "--tls-creds", "tls0"])
+            .args(["-f", "raw", "--persistent", "--shared=8", "-x", "exp"])
+            .args(["-b", "127.0.0.1", "-p", &port.to_string()])
+            .arg(file)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let gone = s.child.try_wait().unwrap();
+        assert!(
+            gone.is_none() && t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd with TLS did not come up ({gone:?}): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s
+}
+
+/// nbdkit serving `file` on a Unix socket, TLS required, clients' certificates checked.
+fn nbdkit_tls(file: &Path, sock: &Path, dir: &str) -> Server {
+    require("nbdkit", "nbdkit");
+    let _ = std::fs::remove_file(sock);
+    let s = Server::spawn(
+        Command::new("nbdkit")
+            .args(["-f", "--tls=require", "--tls-verify-peer"])
+            .arg(format!("--tls-certificates={dir}"))
+            .arg("-U")
+            .arg(sock)
+            .arg("file")
+            .arg(format!("file={}", file.display()))
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for("nbdkit with TLS", || {
+        std::os::unix::net::UnixStream::connect(sock).is_ok()
+    });
+    s
+}
+
+/// Attaches `uri` over TLS, pipes 48 MiB into `write`, kills the server 16 MiB in, and
+/// checks the leg is fractured with the primary holding everything; then `restart` brings
+/// the server back, resync copies exactly the logged regions and verify is clean.
+fn kill_mid_write_then_resync(
+    fx: &Fx,
+    uri: &str,
+    pki: &Pki,
+    file: &Path,
+    mut server: Server,
+    restart: impl Fn() -> Server,
+) {
+    let mut args = vec!["attach".to_string(), "a.img".into(), uri.into()];
+    args.extend(pki.attach_args());
+    let o = fx.ok(&strs(&args));
+    assert!(o.stdout.contains("in-sync"), "{o:?}");
+    let recorded = leg0(fx)["path"].as_str().unwrap().to_string();
+    assert!(
+        recorded.starts_with("nbds") && recorded.contains("tls-ca=/"),
+        "{recorded}"
+    );
+    let input = fx.path("input.bin");
+    random_file(&input, 48 * MIB, 17);
+    let data = std::fs::read(&input).unwrap();
+    let mut child = spawn_piped(fx.dir.path(), &["--timeout", "2s", "write", "a.img"], true);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..16 * MIB as usize]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    stdin.write_all(&data[16 * MIB as usize..]).unwrap();
+    drop(stdin);
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the primary hung");
+    let l = leg0(fx);
+    assert_eq!(l["state"], "fractured-by-error", "{l:#}");
+    let pending = u(&l["out_of_sync_regions"]);
+    assert!(pending > 0, "{l:#}");
+    let g = fx.geometry();
+    let a = std::fs::read(fx.path("a.img")).unwrap();
+    assert!(
+        a[g.data_offset as usize..(g.data_offset + 48 * MIB) as usize] == data[..],
+        "primary data differs from the input"
+    );
+    let _server = restart();
+    let r = fx.ok(&["resync", "a.img", "--json"]).json();
+    assert_eq!(u(&r["regions"]), pending, "{r:#}");
+    assert_eq!(leg0(fx)["state"], "in-sync");
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(same_data_areas(fx, file), None);
+}
+
+#[test]
+fn an_nbds_secondary_on_qemu_nbd_with_verify_peer_is_fractured_when_killed_mid_write_and_resynced_clean(
+) {
+    let fx = Fx::create("64M", "64K");
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let file = backing(&fx, "remote.raw");
+    let port = free_port();
+    let dir = pki.dir();
+    let server = qemu_nbd_tls(&file, &dir, port);
+    kill_mid_write_then_resync(
+        &fx,
+        &format!("nbds://127.0.0.1:{port}/exp"),
+        &pki,
+        &file,
+        server,
+        || qemu_nbd_tls(&file, &dir, port),
+    );
+}
+
+#[test]
+fn an_nbds_unix_secondary_on_nbdkit_requiring_tls_is_fractured_when_killed_mid_write_and_resynced_clean(
+) {
+    let fx = Fx::create("64M", "64K");
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let file = backing(&fx, "remote.raw");
+    let sock = fx.path("kit.sock");
+    let dir = pki.dir();
+    let server = nbdkit_tls(&file, &sock, &dir);
+    // A plain nbd+unix URI is refused by the server, with the fix named.
+    let o = fx.run(&["attach", "a.img", &format!("nbd+unix:///?socket={}", sock.display())]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("requires TLS") && o.stderr.contains("nbds://"), "{o:?}");
+    // Without a client certificate nbdkit hangs up after the TLS handshake.
+    let o = fx.run(&[
+        "attach",
+        "a.img",
+        &format!("nbds+unix:///?socket={}", sock.display()),
+        "--tls-ca",
+        &pki.file("ca-cert.pem"),
+    ]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("client certificate"), "{o:?}");
+    kill_mid_write_then_resync(
+        &fx,
+        &format!("nbds+unix:///?socket={}", sock.display()),
+        &pki,
+        &file,
+        server,
+        || nbdkit_tls(&file, &sock, &dir),
+    );
+}
+
+#[test]
+fn a_server_whose_certificate_is_for_another_name_or_from_another_ca_is_refused_and_an_in_sync_leg_is_not_fractured(
+) {
+    let fx = Fx::create("32M", "64K");
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let elsewhere = fx.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // The same CA, a server certificate for another host only.
+    for f in ["ca-cert.pem", "ca-key.pem", "client-cert.pem", "client-key.pem"] {
+        std::fs::copy(pki.dir.join(f), elsewhere.join(f)).unwrap();
+    }
+    let wrong_name = Pki { dir: elsewhere };
+    wrong_name.sign("server", "serverAuth", "DNS:elsewhere.example");
+    let foreign = Pki::new(&fx.path("other"), "other");
+    let file = backing(&fx, "remote.raw");
+    let port = free_port();
+    let uri = format!("nbds://127.0.0.1:{port}/exp");
+    let attach = |extra: &[String]| {
+        let mut a = vec!["attach".to_string(), "a.img".into(), uri.clone()];
+        a.extend(pki.attach_args());
+        a.extend(extra.iter().cloned());
+        fx.run(&strs(&a))
+    };
+    {
+        let _s = qemu_nbd_tls(&file, &wrong_name.dir(), port);
+        let o = attach(&[]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains("not for the name"), "{o:?}");
+        assert!(o.stderr.contains("127.0.0.1"), "{o:?}");
+        assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+    }
+    {
+        // The other CA's server, trusting both CAs (qemu checks its own certificate too):
+        // it takes our client certificate, we do not take its server certificate.
+        let mut both = std::fs::read(foreign.dir.join("ca-cert.pem")).unwrap();
+        both.extend(std::fs::read(pki.dir.join("ca-cert.pem")).unwrap());
+        std::fs::write(foreign.dir.join("ca-cert.pem"), both).unwrap();
+        let _s = qemu_nbd_tls(&file, &foreign.dir(), port);
+        let o = attach(&[]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains("not signed by the CA"), "{o:?}");
+    }
+    assert!(fx.status()["legs"].as_array().unwrap().is_empty());
+
+    // Attached to the right server and in sync; then the server is replaced by one with
+    // the wrong name: a write is refused before anything is written, the leg stays in-sync.
+    let mut good = qemu_nbd_tls(&file, &pki.dir(), port);
+    let o = attach(&[]);
+    assert_eq!(o.code, 0, "{o:?}");
+    fx.write_random(0, MIB, 3);
+    good.kill();
+    let image = std::fs::read(fx.path("a.img")).unwrap();
+    let _s = qemu_nbd_tls(&file, &wrong_name.dir(), port);
+    let data = fx.path("more.bin");
+    random_file(&data, MIB, 4);
+    let o = Command::new(bin())
+        .args(["write", "a.img", "--offset", "4M"])
+        .current_dir(fx.dir.path())
+        .stdin(std::fs::File::open(&data).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not for the name") && stderr.contains("not fractured"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(fx.path("a.img")).unwrap() == image,
+        "the refused write changed the primary"
+    );
+    assert_eq!(leg0(&fx)["state"], "in-sync");
+    // verify cannot compare it, and does not fracture it either.
+    let (code, v) = fx.verify(&[]);
+    assert_ne!(code, 0, "{v:#}");
+    assert_eq!(leg0(&fx)["state"], "in-sync");
+}
