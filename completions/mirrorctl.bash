@@ -123,12 +123,57 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__attach)
-            opts="-f -j -h --no-sync --assume-clean --force --rate --compare --discard-secondary-changes --json --wait --no-progress --timeout --help"
+            opts="-f -j -h --tls-ca --tls-cert --tls-key --no-sync --assume-clean --force --rate --compare --discard-secondary-changes --json --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --tls-ca)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-cert)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-key)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
                 --rate)
                     COMPREPLY=($(compgen -W "10M/s 50M/s 100M/s 1G/s" -- "${cur}"))
                     return 0
@@ -547,7 +592,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__serve)
-            opts="-h --socket --listen --export --read-only --hot-extents --wait --no-progress --timeout --help"
+            opts="-h --socket --listen --export --read-only --hot-extents --tls-cert --tls-key --tls-ca --tls --insecure --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -567,6 +612,55 @@ _mirrorctl() {
                     ;;
                 --hot-extents)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-key)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-ca)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -694,12 +788,12 @@ _mirrorctl_extra() {
     local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
     [[ "$cur" == -* ]] && return 0
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|-i|-o) return 0 ;;
+        --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-ca|--tls-cert|--tls-key|-i|-o) return 0 ;;
     esac
     for ((i = 2; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
-            --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|-i|-o) ((i++)) ;;
+            --exec|--exec-timeout|--export|--flush|--format|--hot-extents|--input|--length|--listen|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-ca|--tls-cert|--tls-key|-i|-o) ((i++)) ;;
             -*) ;;
             *) ((n == 0)) && primary="$w"; ((n++)) ;;
         esac

@@ -92,6 +92,9 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s j -l json
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l follow -d 'Keep running and print each new event as it is recorded (polls twice a second; follows the image at this path even when other commands rewrite it)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l tls-ca -d 'For an nbds:// secondary: the CA (PEM) that signed the server\'s certificate (default: the system\'s, /etc/ssl/certs/ca-certificates.crt). The server\'s certificate must also carry the URI\'s host name (for nbds+unix, localhost, or the URI\'s tls-hostname=NAME). Recorded with the leg as the URI\'s tls-ca=, with an absolute path' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l tls-cert -d 'For an nbds:// secondary whose server asks for a client certificate: this end\'s certificate (PEM). Recorded as tls-cert=' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l tls-key -d 'The key of --tls-cert (PEM, unencrypted; refused if others may read it). Recorded as tls-key=' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach" -l rate -d 'Limit the initial sync to this many bytes per second (e.g. 100M/s)' -r -f -a "10M/s\t'10 MiB per second'
 50M/s\t'50 MiB per second'
 100M/s\t'100 MiB per second'
@@ -209,12 +212,19 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l socket -d 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l listen -d 'Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l export -d 'The export name clients ask for (default: the empty name, which a URI without a name asks for: nbd+unix:///?socket=PATH)' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l hot-extents -d 'Extents of 4 MiB kept marked in the write-intent log (the activity log): writes into them cost no metadata I/O; after a crash at most these are resynced. At least 16' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-cert -d 'TLS certificate (PEM; the server\'s first, then any intermediates) presented to clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and every request travel inside it. Needs --tls-key. Read once at start' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-key -d 'The private key of --tls-cert (PEM, unencrypted). Refused if others may read it (chmod 600)' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-ca -d 'Mutual TLS: clients must present a certificate signed by this CA (PEM), or are refused, the log naming their address' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert) refuses those that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off (the default without a certificate) offers no TLS' -r -f -a "off\t'No TLS offered'
+on\t'TLS offered; clients may connect without it'
+require\t'Every client must start TLS'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l read-only -d 'Serve reads only: writes are refused (EPERM); nothing on disk changes, not even a recovery'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l insecure -d 'Allow --listen on an address that is not loopback without TLS required. Without TLS, anyone who can reach the port can read and overwrite the disk'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'

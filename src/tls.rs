@@ -354,7 +354,7 @@ impl TlsStream {
         self.shared.sock.as_fd()
     }
 
-    /// The subject of the peer's certificate as the TLS state has it (none without one).
+    /// Whether the peer presented a certificate (verified: the handshake checked it).
     pub fn peer_has_certificate(&self) -> bool {
         self.lock()
             .peer_certificates()
@@ -462,6 +462,205 @@ impl Write for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+
+    /// A CA in `dir` and a pair it signed for `who` (server or client), as PEM files.
+    struct TestCa {
+        issuer: Issuer<'static, KeyPair>,
+        dir: PathBuf,
+    }
+
+    impl TestCa {
+        fn new(dir: &Path, name: &str) -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p.distinguished_name.push(DnType::CommonName, name);
+            let cert = p.self_signed(&key).unwrap();
+            std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+            TestCa {
+                issuer: Issuer::new(p, key),
+                dir: dir.to_path_buf(),
+            }
+        }
+
+        /// (certificate, key) files for `names`, for a server or a client.
+        fn pair(&self, who: &str, names: &[&str], server: bool) -> (PathBuf, PathBuf) {
+            let key = KeyPair::generate().unwrap();
+            let mut p =
+                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            p.extended_key_usages = vec![if server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            let cert = p.signed_by(&key, &self.issuer).unwrap();
+            let (c, k) = (
+                self.dir.join(format!("{who}-cert.pem")),
+                self.dir.join(format!("{who}-key.pem")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            (c, k)
+        }
+    }
+
+    /// A server and a client TLS stream over a socket pair, each handshake on its thread.
+    fn connected(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+        host: &str,
+    ) -> (io::Result<TlsStream>, io::Result<TlsStream>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = server.clone();
+        let h = std::thread::spawn(move || TlsStream::accept(a.into(), &server));
+        let c = TlsStream::connect(b.into(), client, host);
+        (h.join().unwrap(), c)
+    }
+
+    fn setup(dir: &Path) -> (TestCa, ServerFiles, ClientFiles) {
+        let ca = TestCa::new(dir, "good");
+        let (cert, key) = ca.pair("server", &["localhost"], true);
+        let (ccert, ckey) = ca.pair("client", &["client"], false);
+        let ca_file = dir.join("good-ca.pem");
+        (
+            ca,
+            ServerFiles {
+                cert,
+                key,
+                ca: Some(ca_file.clone()),
+            },
+            ClientFiles {
+                ca: Some(ca_file),
+                cert: Some(ccert),
+                key: Some(ckey),
+            },
+        )
+    }
+
+    #[test]
+    fn a_reader_and_a_writer_on_two_threads_move_megabytes_both_ways_over_one_tls_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ca, sf, cf) = setup(dir.path());
+        let (s, c) = connected(
+            &server_config(&sf).unwrap(),
+            &read_client_config(&cf).unwrap(),
+            "localhost",
+        );
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert!(s.peer_has_certificate());
+        // Both ends write 8 MiB while reading the other's 8 MiB: the server's writer is a
+        // clone used from another thread, as the NBD server's replies are.
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let mut sw = s.try_clone().unwrap();
+        let mut cw = c.try_clone().unwrap();
+        std::thread::scope(|sc| {
+            let d = &data;
+            sc.spawn(move || {
+                for part in d.chunks(100_003) {
+                    sw.write_all(part).unwrap();
+                }
+                sw.flush().unwrap();
+            });
+            sc.spawn(move || {
+                for part in d.chunks(77_777) {
+                    cw.write_all(part).unwrap();
+                }
+                cw.flush().unwrap();
+            });
+            let mut got_s = vec![0u8; d.len()];
+            s.read_exact(&mut got_s).unwrap();
+            let mut got_c = vec![0u8; d.len()];
+            c.read_exact(&mut got_c).unwrap();
+            assert!(got_s == *d && got_c == *d);
+        });
+        // close_notify: the other end reads the end of the stream.
+        c.close();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_from_another_ca_or_none_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ca, sf, cf) = setup(dir.path());
+        let server = server_config(&sf).unwrap();
+        // The wrong host name.
+        let (_, c) = connected(&server, &read_client_config(&cf).unwrap(), "other.example");
+        let e = c.err().unwrap();
+        assert!(is_refused(&e), "{e}");
+        assert!(e.to_string().contains("not for the name"), "{e}");
+        // A client that trusts another CA.
+        let other = TestCa::new(dir.path(), "other");
+        let (oc, ok) = other.pair("other-client", &["client"], false);
+        let foreign_ca = ClientFiles {
+            ca: Some(dir.path().join("other-ca.pem")),
+            ..cf.clone()
+        };
+        let (_, c) = connected(
+            &server,
+            &read_client_config(&foreign_ca).unwrap(),
+            "localhost",
+        );
+        let e = c.err().unwrap();
+        assert!(e.to_string().contains("not signed by the CA"), "{e}");
+        // A client certificate from another CA, and none: the server refuses both.
+        for files in [
+            ClientFiles {
+                cert: Some(oc),
+                key: Some(ok),
+                ..cf.clone()
+            },
+            ClientFiles {
+                cert: None,
+                key: None,
+                ..cf.clone()
+            },
+        ] {
+            let (s, _) = connected(&server, &read_client_config(&files).unwrap(), "localhost");
+            let e = s.err().unwrap();
+            assert!(is_refused(&e), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_key_others_can_read_a_mismatched_pair_and_a_file_without_pem_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, sf, _) = setup(dir.path());
+        std::fs::set_permissions(&sf.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = server_config(&sf).unwrap_err().to_string();
+        assert!(
+            e.contains("readable by others") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&sf.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, other_key) = ca.pair("another", &["x"], true);
+        let e = server_config(&ServerFiles {
+            key: other_key,
+            ..sf.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("belong together"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let e = server_config(&ServerFiles {
+            cert: junk,
+            ..sf.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no certificate in it"), "{e}");
+    }
 
     #[test]
     fn a_key_readable_by_others_is_exposed_and_one_for_owner_and_group_is_not() {

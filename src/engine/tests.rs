@@ -486,3 +486,51 @@ fn a_live_resync_copies_a_region_only_after_a_host_write_sent_before_it_finished
     assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
     assert_same_data(&m, &leg, &primary.inner);
 }
+
+/// Opens "s0".. as given, and refuses `refused` as TLS refuses a server it cannot trust.
+struct Refusing(Legs, &'static str);
+impl Opener for Refusing {
+    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        if location == self.1 {
+            return Err(crate::tls::refused(
+                "TLS: the peer's certificate is not for the name it was reached by",
+            ));
+        }
+        self.0.open(location)
+    }
+}
+
+#[test]
+fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_o1() {
+    let (m, p, secs) = mirror(1024, 2);
+    drop(m);
+    let legs = |secs: &[SimDevice]| {
+        Legs(
+            secs.iter()
+                .enumerate()
+                .map(|(i, d)| (format!("s{i}"), d.clone()))
+                .collect(),
+        )
+    };
+    let before = p.contents();
+    let opener = Refusing(legs(&secs), "s1");
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(opener), false).unwrap();
+    let input = vec![9u8; 64 << 10];
+    let e = m
+        .write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap_err();
+    assert_eq!(e.kind, crate::error::Kind::Invalid, "{e}");
+    assert!(e.to_string().contains("not fractured"), "{e}");
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_eq!(m.sb().legs[0].state, LegState::InSync);
+    assert!(p.contents() == before, "the primary was written");
+    drop(m);
+    // The same leg merely gone (a server that is down) is fractured, and the write goes on.
+    let mut gone = legs(&secs);
+    gone.0.remove("s1");
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(gone), false).unwrap();
+    m.write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::FracturedByError);
+    assert_eq!(data(&m, &secs[0]), data(&m, &p));
+}

@@ -530,6 +530,76 @@ mod tests {
         assert_eq!(h.join().unwrap().unwrap(), Outcome::Aborted);
     }
 
+    /// The server haggling under `tls` (greeting done), and whether it told the client to
+    /// start TLS.
+    fn start_tls(
+        tls: TlsPolicy,
+        in_tls: bool,
+    ) -> (
+        UnixStream,
+        std::thread::JoinHandle<(io::Result<Outcome>, bool)>,
+    ) {
+        let (c, mut srv) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut told = false;
+            let r = haggle(&mut srv, &export(), tls, in_tls, true, &mut told);
+            (r, told)
+        });
+        (c, h)
+    }
+
+    #[test]
+    fn with_tls_required_every_option_but_starttls_and_abort_gets_tls_reqd_until_tls_is_on() {
+        let (mut c, h) = start_tls(TlsPolicy::Require, false);
+        for opt in [OPT_LIST, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY, 99] {
+            let d = if opt == OPT_INFO || opt == OPT_GO {
+                info_data("", &[])
+            } else {
+                vec![]
+            };
+            send(&mut c, opt, &d);
+            assert_eq!(read_reply(&mut c).1, REP_ERR_TLS_REQD, "option {opt}");
+        }
+        send(&mut c, OPT_STARTTLS, b"x");
+        assert_eq!(read_reply(&mut c).1, REP_ERR_INVALID);
+        send(&mut c, OPT_STARTTLS, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ACK);
+        let (r, told) = h.join().unwrap();
+        assert_eq!(r.unwrap(), Outcome::StartTls);
+        assert!(told);
+        // Export-name without TLS has no error reply: the connection ends, refused.
+        let (mut c, h) = start_tls(TlsPolicy::Require, false);
+        send(&mut c, OPT_EXPORT_NAME, b"");
+        let e = h.join().unwrap().0.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+    }
+
+    #[test]
+    fn inside_tls_options_are_served_and_a_second_starttls_is_invalid() {
+        let (mut c, h) = start_tls(TlsPolicy::Require, true);
+        send(&mut c, OPT_STARTTLS, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ERR_INVALID);
+        send(&mut c, OPT_GO, &info_data("", &[]));
+        while read_reply(&mut c).1 != REP_ACK {}
+        let (r, told) = h.join().unwrap();
+        assert!(matches!(r.unwrap(), Outcome::Go(_)));
+        assert!(!told, "TLS_REQD is never sent once TLS is on");
+    }
+
+    #[test]
+    fn tls_on_serves_clear_text_clients_and_no_certificate_means_starttls_is_unsupported() {
+        let (mut c, h) = start_tls(TlsPolicy::On, false);
+        send(&mut c, OPT_GO, &info_data("", &[]));
+        while read_reply(&mut c).1 != REP_ACK {}
+        assert!(matches!(h.join().unwrap().0.unwrap(), Outcome::Go(_)));
+        let (mut c, h) = start_tls(TlsPolicy::Off, false);
+        send(&mut c, OPT_STARTTLS, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ERR_UNSUP);
+        send(&mut c, OPT_ABORT, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ACK);
+        assert_eq!(h.join().unwrap().0.unwrap(), Outcome::Aborted);
+    }
+
     #[test]
     fn a_client_that_hangs_up_mid_handshake_is_an_error_not_a_hang() {
         let (c, h) = start(1);

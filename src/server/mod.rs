@@ -370,7 +370,14 @@ fn handshake(
     let mut in_tls = false;
     let mut told_tls = false;
     loop {
-        match handshake::haggle(&mut conn, info, tls.policy, in_tls, no_zeroes, &mut told_tls) {
+        match handshake::haggle(
+            &mut conn,
+            info,
+            tls.policy,
+            in_tls,
+            no_zeroes,
+            &mut told_tls,
+        ) {
             Ok(Outcome::StartTls) => {
                 let Some(cfg) = &tls.config else {
                     unreachable!("STARTTLS is refused without certificates")

@@ -41,7 +41,13 @@ impl Pki {
 
     fn with_server_names(dir: &Path, name: &str, san: &str) -> Pki {
         std::fs::create_dir_all(dir).unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
         let subj = format!("/CN={name} test CA");
@@ -118,11 +124,8 @@ impl Pki {
             ],
         );
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            self.dir.join(&key),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(self.dir.join(&key), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
     }
 
     fn file(&self, name: &str) -> String {
@@ -260,12 +263,17 @@ fn serve_with_tls_admits_nbdinfo_nbdcopy_and_qemu_io_with_a_client_certificate_a
     );
     let (code, log) = s.stop();
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains(&format!("at nbds://127.0.0.1:{port}/")), "{log}");
+    assert!(
+        log.contains(&format!("at nbds://127.0.0.1:{port}/")),
+        "{log}"
+    );
 
     let data = data_area(&fx);
     let sent = std::fs::read(&src).unwrap();
     assert!(data[..4 * MIB as usize] == sent[..], "nbdcopy's data");
-    assert!(data[8 * MIB as usize..][..128 << 10].iter().all(|&b| b == 0x33));
+    assert!(data[8 * MIB as usize..][..128 << 10]
+        .iter()
+        .all(|&b| b == 0x33));
     crate::serve::legs_identical(&fx, &[&fx.path("b.img")]);
     let (code, v) = fx.verify(&[]);
     assert_eq!(code, 0, "{v:#}");
@@ -288,7 +296,10 @@ fn clients_without_a_certificate_with_one_from_another_ca_or_without_tls_are_ref
         let e = client_fails(
             "nbdcopy",
             "libnbd-bin",
-            &[src, &format!("nbds://127.0.0.1:{port}/?tls-certificates={dir}")],
+            &[
+                src,
+                &format!("nbds://127.0.0.1:{port}/?tls-certificates={dir}"),
+            ],
         );
         assert!(!e.is_empty());
     }
@@ -398,7 +409,11 @@ fn serve_refuses_clear_text_beyond_loopback_without_insecure_a_key_others_can_re
     );
     // With --insecure it serves, and says so; with TLS required it needs no --insecure.
     let (s, port) = Serving::start_tcp(&fx, "0.0.0.0", &["--insecure"]);
-    client("nbdinfo", "libnbd-bin", &[&format!("nbd://127.0.0.1:{port}/")]);
+    client(
+        "nbdinfo",
+        "libnbd-bin",
+        &[&format!("nbd://127.0.0.1:{port}/")],
+    );
     let (code, log) = s.stop();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("--insecure"), "{log}");
@@ -487,7 +502,10 @@ fn kill_mid_write_then_resync(
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(started.elapsed() < Duration::from_secs(30), "the primary hung");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the primary hung"
+    );
     let l = leg0(fx);
     assert_eq!(l["state"], "fractured-by-error", "{l:#}");
     let pending = u(&l["out_of_sync_regions"]);
@@ -536,9 +554,16 @@ fn an_nbds_unix_secondary_on_nbdkit_requiring_tls_is_fractured_when_killed_mid_w
     let dir = pki.dir();
     let server = nbdkit_tls(&file, &sock, &dir);
     // A plain nbd+unix URI is refused by the server, with the fix named.
-    let o = fx.run(&["attach", "a.img", &format!("nbd+unix:///?socket={}", sock.display())]);
+    let o = fx.run(&[
+        "attach",
+        "a.img",
+        &format!("nbd+unix:///?socket={}", sock.display()),
+    ]);
     assert_eq!(o.code, 2, "{o:?}");
-    assert!(o.stderr.contains("requires TLS") && o.stderr.contains("nbds://"), "{o:?}");
+    assert!(
+        o.stderr.contains("requires TLS") && o.stderr.contains("nbds://"),
+        "{o:?}"
+    );
     // Without a client certificate nbdkit hangs up after the TLS handshake.
     let o = fx.run(&[
         "attach",
@@ -567,7 +592,12 @@ fn a_server_whose_certificate_is_for_another_name_or_from_another_ca_is_refused_
     let elsewhere = fx.path("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     // The same CA, a server certificate for another host only.
-    for f in ["ca-cert.pem", "ca-key.pem", "client-cert.pem", "client-key.pem"] {
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "client-cert.pem",
+        "client-key.pem",
+    ] {
         std::fs::copy(pki.dir.join(f), elsewhere.join(f)).unwrap();
     }
     let wrong_name = Pki { dir: elsewhere };

@@ -333,6 +333,66 @@ mod tests {
     }
 
     #[test]
+    fn nbds_uris_carry_the_tls_files_recorded_as_absolute_paths_and_name_the_same_export() {
+        let u = NbdUri::parse("nbds://backup.example:10900/vm?tls-ca=/etc/ca.pem").unwrap();
+        let t = u.tls.as_ref().unwrap();
+        assert_eq!(
+            t.files.ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(t.files.cert, None);
+        assert_eq!(u.tls_hostname(), "backup.example");
+        assert_eq!(
+            u.canonical(),
+            "nbds://backup.example:10900/vm?tls-ca=/etc/ca.pem"
+        );
+        assert_eq!(u.identity(), "nbd://backup.example:10900/vm");
+        assert_eq!(
+            identity("nbd://backup.example:10900/vm"),
+            Some(u.identity())
+        );
+        // A relative file is recorded absolute; odd characters survive the round trip.
+        let u = NbdUri::parse(
+            "nbds+unix:///e?socket=/run/s%20s.sock&tls-cert=c%26d.pem&tls-key=/k.pem&tls-hostname=nbd.example",
+        )
+        .unwrap();
+        assert_eq!(u.tls_hostname(), "nbd.example");
+        let c = u.canonical();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            c.contains(&format!("tls-cert={}/c%26d.pem", cwd.display())),
+            "{c}"
+        );
+        let again = NbdUri::parse(&c).unwrap();
+        assert_eq!(
+            again.tls.as_ref().unwrap().files.cert,
+            Some(cwd.join("c&d.pem"))
+        );
+        assert_eq!(again.endpoint, u.endpoint);
+        assert_eq!(again.canonical(), c);
+        // A Unix socket's certificate is checked for localhost unless told otherwise.
+        let u = NbdUri::parse("nbds+unix:///?socket=/s").unwrap();
+        assert_eq!(u.tls_hostname(), "localhost");
+        assert!(is_uri("nbds://h") && is_uri("nbds+unix:///?socket=/s"));
+    }
+
+    #[test]
+    fn libnbds_tls_certificates_directory_gives_the_ca_and_the_client_pair_when_both_are_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let u = NbdUri::parse(&format!("nbds://h/?tls-certificates={d}")).unwrap();
+        let f = &u.tls.as_ref().unwrap().files;
+        assert_eq!(f.ca, Some(dir.path().join("ca-cert.pem")));
+        assert_eq!((f.cert.as_ref(), f.key.as_ref()), (None, None));
+        std::fs::write(dir.path().join("client-cert.pem"), "").unwrap();
+        std::fs::write(dir.path().join("client-key.pem"), "").unwrap();
+        let u = NbdUri::parse(&format!("nbds://h/?tls-certificates={d}")).unwrap();
+        let f = &u.tls.as_ref().unwrap().files;
+        assert_eq!(f.cert, Some(dir.path().join("client-cert.pem")));
+        assert_eq!(f.key, Some(dir.path().join("client-key.pem")));
+    }
+
+    #[test]
     fn malformed_uris_are_refused_with_the_accepted_forms() {
         for bad in [
             "nbd://",
