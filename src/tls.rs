@@ -331,7 +331,12 @@ impl TlsStream {
             if !handshaking {
                 return Ok(s);
             }
-            s.feed()?;
+            if !s.feed()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                ));
+            }
         }
     }
 
@@ -587,6 +592,37 @@ mod tests {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_hangs_up_or_speaks_no_tls_ends_the_handshake_with_an_error_not_a_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ca, sf, cf) = setup(dir.path());
+        let server = server_config(&sf).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let e = TlsStream::accept(a.into(), &server).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || {
+            b.write_all(b"this is not a TLS ClientHello at all, only text\n")
+                .unwrap();
+        });
+        let e = TlsStream::accept(a.into(), &server).err().unwrap();
+        assert!(!is_refused(&e), "{e}");
+        h.join().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        let e = TlsStream::connect(b.into(), &read_client_config(&cf).unwrap(), "localhost")
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        );
     }
 
     #[test]

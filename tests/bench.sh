@@ -6,6 +6,7 @@
 #   CASES="2 3" bash tests/bench.sh     # only some cases (numbers as printed; 3 is verify warm and cold)
 #   CASES=11 RUNTIME=30 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
 #                                             # (random cases: seconds per 10,000 writes)
+#   CASES=12 bash tests/bench.sh        # TLS: an nbds secondary and serve with TLS, beside clear text
 #
 # Builds the release binary, makes its own data, runs mirrorctl and the peers side by side in
 # this one run, checks every result (cmp after each write and resync, exit codes of verify),
@@ -15,13 +16,13 @@
 set -euo pipefail
 
 SIZE=${SIZE:-2G}
-CASES=${CASES:-1 2 3 5 7 9 11}
+CASES=${CASES:-1 2 3 5 7 9 11 12}
 REPS=${REPS:-3}
 D=${BENCH_DIR:-/var/tmp/mirrorctl-bench}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "bench: $*" >&2; exit 1; }
-for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum fio; do
+for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum fio nbdcopy openssl; do
     command -v "$t" >/dev/null || die "$t is missing: run tests/setup.sh (b3sum: apt-get install -y b3sum)"
 done
 [ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
@@ -336,6 +337,89 @@ for r in $(seq "$REPS"); do
     record serve-rand-1 "mirrorctl serve, 1 secondary" r4.json
 done
 rm -f sp.img ss*.img r?.json
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 12; then
+note "case 12: TLS (TCP loopback): an nbds secondary on qemu-nbd, and serve with TLS, beside clear text"
+# One CA, a server pair for 127.0.0.1 and a client pair, in the names qemu and libnbd look for.
+mkdir -p pki; (
+    cd pki
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca-cert.pem -days 2 -subj "/CN=bench CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    for who in server client; do
+        openssl req "${ec[@]}" -keyout $who-key.pem -out $who.csr -subj "/CN=$who" 2>/dev/null
+        u=serverAuth; [ $who = client ] && u=clientAuth
+        printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' $u >$who.ext
+        openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+            -out $who-cert.pem -days 2 -extfile $who.ext 2>/dev/null
+    done
+    chmod 600 ./*-key.pem
+) || die "making certificates failed"
+P="$D/pki"
+tls_n=$(( N < 1073741824 ? N : 1073741824 ))
+head -c "$tls_n" input.bin >tls-in.bin
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; die "nothing listens on port $1"; }
+for r in $(seq "$REPS"); do
+    rm -f t.img tr.img
+    "$M" create t.img --size "$tls_n" >/dev/null
+    fallocate -l $((tls_n + (1 << 20))) tr.img
+    # The same export, once in clear text and once over TLS (client certificate checked).
+    pt=$(port)
+    qemu-nbd -f raw --persistent --shared=4 -x exp -b 127.0.0.1 -p "$pt" tr.img & qpid=$!
+    wait_port "$pt"
+    "$M" attach t.img "nbd://127.0.0.1:$pt/exp" --assume-clean --force >/dev/null || die "attach (clear) failed"
+    sync
+    timed tls-nbd-write "clear-text NBD secondary (same qemu-nbd, TCP)" sh -c "head -c $tls_n input.bin | '$M' write t.img"
+    "$M" detach t.img 0 >/dev/null
+    kill $qpid; wait $qpid 2>/dev/null || true
+    same_data t.img tr.img
+    pt=$(port)
+    qemu-nbd --object "tls-creds-x509,id=tls0,dir=$P,endpoint=server,verify-peer=yes" --tls-creds tls0 \
+        -f raw --persistent --shared=4 -x exp -b 127.0.0.1 -p "$pt" tr.img & qpid=$!
+    wait_port "$pt"
+    "$M" attach t.img "nbds://127.0.0.1:$pt/exp" --tls-ca "$P/ca-cert.pem" --tls-cert "$P/client-cert.pem" \
+        --tls-key "$P/client-key.pem" --assume-clean --force >/dev/null || die "attach over TLS failed"
+    sync
+    timed tls-nbd-write "mirrorctl, NBD secondary over TLS" sh -c "head -c $tls_n input.bin | '$M' write t.img"
+    "$M" detach t.img 0 >/dev/null
+    kill $qpid; wait $qpid 2>/dev/null || true
+    same_data t.img tr.img
+
+    # Hosts writing through a TLS export: nbdcopy into serve (mutual TLS, 1 local secondary),
+    # into the same serve in clear text, and into qemu-nbd with the same certificates.
+    fallocate -l $((tls_n + (1 << 20))) ts.img
+    "$M" attach t.img ts.img --assume-clean --force >/dev/null
+    pt=$(port)
+    "$M" serve t.img --listen "127.0.0.1:$pt" 2>serve.log & spid=$!
+    wait_port "$pt"
+    sync
+    timed tls-serve-write "clear-text serve, same mirror (nbdcopy in)" \
+        nbdcopy tls-in.bin "nbd://127.0.0.1:$pt/"
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    pt=$(port)
+    "$M" serve t.img --listen "127.0.0.1:$pt" --tls-cert "$P/server-cert.pem" --tls-key "$P/server-key.pem" \
+        --tls-ca "$P/ca-cert.pem" 2>serve.log & spid=$!
+    wait_port "$pt"
+    sync
+    timed tls-serve-write "mirrorctl serve with TLS, 1 secondary (nbdcopy in)" \
+        nbdcopy tls-in.bin "nbds://127.0.0.1:$pt/?tls-certificates=$P"
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    same_data t.img ts.img
+    cmp -s -i "0:$(doff t.img)" -n "$tls_n" tls-in.bin t.img || die "served data differs from the input"
+    pt=$(port)
+    qemu-nbd --object "tls-creds-x509,id=tls0,dir=$P,endpoint=server,verify-peer=yes" --tls-creds tls0 \
+        -f raw --persistent -x "" -b 127.0.0.1 -p "$pt" tr.img & qpid=$!
+    wait_port "$pt"
+    sync
+    timed tls-serve-write "qemu-nbd with TLS (raw file, nbdcopy in)" \
+        nbdcopy tls-in.bin "nbds://127.0.0.1:$pt/?tls-certificates=$P"
+    kill $qpid; wait $qpid 2>/dev/null || true
+    rm -f ts.img
+done
+rm -f t.img tr.img ts.img serve.log tls-in.bin
 fi
 
 # ---------------------------------------------------------------------------------------------

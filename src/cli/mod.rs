@@ -787,7 +787,8 @@ pub struct ServeArgs {
     /// root, else under $XDG_RUNTIME_DIR; the path is logged at start.
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     pub socket: Option<PathBuf>,
-    /// Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged).
+    /// Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged). An
+    /// address that is not loopback needs TLS required (--tls-cert, --tls-key) or --insecure.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
     /// The export name clients ask for (default: the empty name, which a URI without a

@@ -256,12 +256,12 @@ pub static LEG: StructDoc = StructDoc {
         Field {
             name: "location",
             ty: Ty::Str(Some(format::MAX_LOCATION)),
-            doc: "The path as the administrator gave it.",
+            doc: "The path or NBD URI as the administrator gave it; for an nbds URI, with the TLS files given as flags added as its tls-ca=, tls-cert= and tls-key= query parameters.",
         },
         Field {
             name: "canonical",
             ty: Ty::Str(Some(format::MAX_LOCATION)),
-            doc: "The canonical path at attach time, used when location is relative.",
+            doc: "The canonical path at attach time, used when location is relative; for an NBD URI its canonical form (socket and TLS files as absolute paths), which is what is opened.",
         },
         Field {
             name: "state",

@@ -666,3 +666,49 @@ fn a_server_whose_certificate_is_for_another_name_or_from_another_ca_is_refused_
     assert_ne!(code, 0, "{v:#}");
     assert_eq!(leg0(&fx)["state"], "in-sync");
 }
+
+#[test]
+fn an_nbds_secondary_attached_while_serving_takes_tls_files_relative_to_the_admins_directory() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let file = backing(&fx, "remote.raw");
+    let port = free_port();
+    let _remote = qemu_nbd_tls(&file, &pki.dir(), port);
+    let s = Serving::start(&fx, &[]);
+    // The admin is in another directory than serve: the relative names are theirs.
+    let sub = fx.path("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let o = run_in(
+        &sub,
+        &[
+            "attach",
+            "../a.img",
+            &format!("nbds://127.0.0.1:{port}/exp"),
+            "--tls-ca",
+            "../pki/ca-cert.pem",
+            "--tls-cert",
+            "../pki/client-cert.pem",
+            "--tls-key",
+            "../pki/client-key.pem",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}\n{}", s.log());
+    // Hosts' writes reach the new leg through TLS.
+    crate::serve::qemu_io(&s.uri(), &["write -P 0x6b 1M 2M", "flush"]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let l = crate::support::leg(&fx.status(), 1).clone();
+    assert_eq!(l["state"], "in-sync", "{l:#}");
+    let path = l["path"].as_str().unwrap();
+    assert!(
+        path.contains(&format!("tls-ca={}", pki.file("ca-cert.pem"))),
+        "{path}"
+    );
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    let g = fx.geometry();
+    assert_eq!(
+        first_difference_between(&fx.path("a.img"), &file, g.data_offset, g.data_size),
+        None
+    );
+}

@@ -61,6 +61,7 @@ pub(super) fn tls_secondary(a: &mut cli::AttachArgs, cwd: &Path) -> Result<()> {
         if f.is_relative() {
             *f = cwd.join(&*f);
         }
+        *f = crate::device::nbd::uri::absolute(f);
     }
     a.secondary = uri.canonical();
     Ok(())

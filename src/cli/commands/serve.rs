@@ -88,10 +88,19 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     }
     let description = display(&a.primary);
     if !a.read_only {
-        let at = match &listen {
-            Listen::Unix(p) => format!("unix socket {}", p.display()),
-            Listen::Tcp(hp) => format!("tcp {hp}"),
-        };
+        let at = format!(
+            "{}{}",
+            match &listen {
+                Listen::Unix(p) => format!("unix socket {}", p.display()),
+                Listen::Tcp(hp) => format!("tcp {hp}"),
+            },
+            match (tls.policy, tls.mutual) {
+                (TlsPolicy::Off, _) => "",
+                (TlsPolicy::On, _) => " (TLS offered)",
+                (TlsPolicy::Require, false) => " (TLS required)",
+                (TlsPolicy::Require, true) => " (TLS required, client certificates checked)",
+            }
+        );
         m.record(engine::EventKind::ServeStarted, None, &at)?;
     }
     let cfg = engine::serve::ServeConfig {

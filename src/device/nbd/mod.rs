@@ -26,7 +26,7 @@
 //! fails at once, so the engine fractures the leg instead of hanging.
 
 pub mod proto;
-mod uri;
+pub mod uri;
 
 use proto::*;
 pub use uri::{identity, is_uri, ClientTls, Endpoint, NbdUri};

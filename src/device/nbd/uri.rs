@@ -79,11 +79,23 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A path as an absolute one (resolved against the working directory), for recording.
-fn absolute(p: &str) -> String {
-    std::path::absolute(p)
-        .map(|a| a.display().to_string())
-        .unwrap_or_else(|_| p.to_string())
+/// A path as an absolute one (against the working directory), `.` and `..` taken out by
+/// name, for recording. Links are kept: a certificate renewed by pointing a link at the new
+/// file is still found.
+pub fn absolute(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let a = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = std::path::PathBuf::new();
+    for c in a.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl NbdUri {
@@ -257,7 +269,7 @@ impl NbdUri {
             let mut q = Vec::new();
             let path = |p: &Option<std::path::PathBuf>| {
                 p.as_ref()
-                    .map(|p| percent_encode(&absolute(&p.display().to_string())))
+                    .map(|p| percent_encode(&absolute(p).display().to_string()))
             };
             if let Some(v) = path(&t.files.ca) {
                 q.push(format!("{TLS_CA}={v}"));
@@ -374,6 +386,10 @@ mod tests {
         let u = NbdUri::parse("nbds+unix:///?socket=/s").unwrap();
         assert_eq!(u.tls_hostname(), "localhost");
         assert!(is_uri("nbds://h") && is_uri("nbds+unix:///?socket=/s"));
+        assert_eq!(
+            absolute(std::path::Path::new("/etc/x/../pki/./ca.pem")),
+            std::path::Path::new("/etc/pki/ca.pem")
+        );
     }
 
     #[test]
