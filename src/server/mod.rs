@@ -451,7 +451,14 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
             return;
         }
     };
-    srv.client_connected(&format!("client {id}: {peer}"));
+    srv.client_connected(&format!(
+        "client {id}: {peer}{}",
+        match (in_tls, tls.mutual) {
+            (false, _) => "",
+            (true, false) => " (TLS)",
+            (true, true) => " (TLS, client certificate verified)",
+        }
+    ));
     log(&format!(
         "connected ({peer}; {}{} replies{})",
         match (in_tls, tls.mutual) {

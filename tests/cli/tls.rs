@@ -268,6 +268,15 @@ fn serve_with_tls_admits_nbdinfo_nbdcopy_and_qemu_io_with_a_client_certificate_a
         "{log}"
     );
 
+    // The journal says how each client came in.
+    let ev = fx.ok(&["events", "a.img", "--json"]).stdout;
+    let tls_clients = ev
+        .lines()
+        .filter(|l| {
+            l.contains("client-connected") && l.contains("TLS, client certificate verified")
+        })
+        .count();
+    assert!(tls_clients >= 3, "{ev}");
     let data = data_area(&fx);
     let sent = std::fs::read(&src).unwrap();
     assert!(data[..4 * MIB as usize] == sent[..], "nbdcopy's data");
