@@ -2,7 +2,7 @@
 # End-to-end demonstration on example data this script makes itself, in a temporary folder:
 # create a mirror with two secondaries, pipe data in, fracture one, write more, show status,
 # resync, verify; then serve the mirror to a host (qemu-io over NBD) with a third secondary
-# on an NBD server that goes away mid-run, a leg fractured and resynced, a fourth attached
+# on an NBD server over TLS (certificates made here, both ends checked) that goes away mid-run, a leg fractured and resynced, a fourth attached
 # and the mirror verified while it serves,
 # resync and verify again; and compare every leg byte for byte. Exits non-zero if anything is
 # off.
@@ -14,13 +14,14 @@ else
   cargo build --release --quiet --manifest-path "$here/Cargo.toml"
   m=$here/target/release/mirrorctl
 fi
-# The host side of the demo uses qemu-io and qemu-nbd (Debian: qemu-utils).
-if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null; then
+# The host side of the demo uses qemu-io and qemu-nbd (Debian: qemu-utils), and openssl for
+# the TLS certificates.
+if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null || ! command -v openssl >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing qemu-utils (qemu-io, qemu-nbd) for the host part of the demo"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null
+    echo "installing qemu-utils (qemu-io, qemu-nbd) and openssl for the host part of the demo"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils openssl >/dev/null
   else
-    echo "tests/demo.sh needs qemu-io and qemu-nbd: apt-get install -y qemu-utils (or run it as root)" >&2
+    echo "tests/demo.sh needs qemu-io, qemu-nbd and openssl: apt-get install -y qemu-utils openssl (or run it as root)" >&2
     exit 1
   fi
 fi
@@ -40,6 +41,7 @@ say() {
   "$@"
 }
 wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing listens on port $1" >&2; exit 1; }
 
 say "$m" create primary.img --size 256M
 say "$m" attach primary.img secondary-a.img
@@ -61,11 +63,34 @@ say "$m" verify primary.img
 say "$m" status primary.img --check
 
 echo; echo "== a host uses the mirror as a disk: mirrorctl serve, qemu-io over NBD =="
-# A third secondary on another "machine": a file behind qemu-nbd on a Unix socket.
+# A third secondary on another "machine": a file behind qemu-nbd on TCP, over TLS. A CA,
+# a certificate for the server (127.0.0.1) and one for mirrorctl as its client.
+mkdir pki
+(
+  cd pki
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca-cert.pem -days 1 -subj "/CN=demo CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+  for who in server client; do
+    openssl req "${ec[@]}" -keyout $who-key.pem -out $who.csr -subj "/CN=$who" 2>/dev/null
+    u=serverAuth; [ $who = client ] && u=clientAuth
+    printf 'extendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1\n' $u >$who.ext
+    openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+      -out $who-cert.pem -days 1 -extfile $who.ext 2>/dev/null
+  done
+  chmod 600 ./*-key.pem
+)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 truncate -s 258M remote.img
-qemu-nbd -f raw --persistent --shared=4 -x "" -k "$dir/remote.sock" remote.img & pids+=($!); qpid=$!
-wait_sock "$dir/remote.sock"
-say "$m" attach primary.img "nbd+unix:///?socket=$dir/remote.sock"
+remote() {
+  qemu-nbd --object "tls-creds-x509,id=tls0,dir=$dir/pki,endpoint=server,verify-peer=yes" \
+    --tls-creds tls0 -f raw --persistent --shared=4 -x "" -b 127.0.0.1 -p "$port" remote.img &
+  pids+=($!); qpid=$!
+  wait_port "$port"
+}
+remote
+say "$m" attach primary.img "nbds://127.0.0.1:$port/" --tls-ca pki/ca-cert.pem \
+  --tls-cert pki/client-cert.pem --tls-key pki/client-key.pem
 echo; echo "\$ mirrorctl serve primary.img --socket $dir/serve.sock &"
 "$m" serve primary.img --socket "$dir/serve.sock" 2> serve.log & pids+=($!); spid=$!
 wait_sock "$dir/serve.sock"
@@ -97,8 +122,7 @@ set +e
 say "$m" status primary.img --check; rc=$?
 set -e
 [ "$rc" = 3 ] || { echo "expected status --check to exit 3 with the NBD secondary fractured" >&2; exit 1; }
-qemu-nbd -f raw --persistent --shared=4 -x "" -k "$dir/remote.sock" remote.img & pids+=($!); qpid=$!
-wait_sock "$dir/remote.sock"
+remote
 say "$m" resync primary.img
 say "$m" verify primary.img
 say "$m" status primary.img --check
