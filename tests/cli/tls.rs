@@ -721,3 +721,61 @@ fn an_nbds_secondary_attached_while_serving_takes_tls_files_relative_to_the_admi
         None
     );
 }
+
+#[test]
+fn a_clear_text_leg_moves_to_tls_by_attaching_it_again_as_nbds_keeping_its_slot_and_log() {
+    let fx = Fx::create("32M", "64K");
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let file = backing(&fx, "remote.raw");
+    let port = free_port();
+    let mut plain = Server::spawn(
+        Command::new("qemu-nbd")
+            .args(["-f", "raw", "--persistent", "--shared=4", "-x", "exp"])
+            .args(["-b", "127.0.0.1", "-p", &port.to_string()])
+            .arg(&file)
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for("qemu-nbd", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    fx.ok(&["attach", "a.img", &format!("nbd://127.0.0.1:{port}/exp")]);
+    fx.write_random(0, 2 * MIB, 1);
+    plain.kill();
+    // Written while the server is away: tracked in the leg's log.
+    let input = fx.path("in.bin");
+    random_file(&input, MIB, 2);
+    let o = fx.run(&[
+        "write",
+        "a.img",
+        "--offset",
+        "8M",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let pending = u(&leg0(&fx)["out_of_sync_regions"]);
+    assert_eq!(pending, MIB / (64 * KIB), "{:#}", leg0(&fx));
+    // The server comes back with TLS required: the clear-text URI is refused with the fix.
+    let _tls = qemu_nbd_tls(&file, &pki.dir(), port);
+    let o = fx.run(&["resync", "a.img"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(o.stderr.contains("attach it as nbds://"), "{o:?}");
+    let mut a = vec![
+        "attach".to_string(),
+        "a.img".into(),
+        format!("nbds://127.0.0.1:{port}/exp"),
+        "--json".into(),
+    ];
+    a.extend(pki.attach_args());
+    let j = fx.ok(&strs(&a)).json();
+    assert_eq!(j["reattached"], true, "{j:#}");
+    assert_eq!(u(&j["slot"]), 0, "{j:#}");
+    assert_eq!(
+        u(&j["copied_regions"]),
+        pending,
+        "only the log is copied: {j:#}"
+    );
+    assert_eq!(leg0(&fx)["state"], "in-sync");
+    assert_eq!(fx.verify(&[]).0, 0);
+    assert_eq!(same_data_areas(&fx, &file), None);
+}
