@@ -8,7 +8,7 @@ pub mod transmission;
 
 use crate::device::nbd::proto::*;
 use crate::engine::serve::Server;
-use handshake::{ExportInfo, Outcome, TlsPolicy};
+use handshake::{ExportInfo, Negotiated, Outcome, TlsPolicy};
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -355,84 +355,62 @@ pub fn run(
     })
 }
 
-/// The handshake, with TLS started when the client asks and the policy allows: what it
-/// ended with, the stream to go on with, whether TLS is on, and whether the client was
-/// told it must start TLS.
+/// Why a handshake did not reach the transmission phase.
+enum HandshakeEnd {
+    /// `NBD_OPT_ABORT`.
+    Aborted,
+    /// The TLS handshake failed (a certificate refused, the peer gone or not speaking TLS).
+    Tls(io::Error),
+    Io(io::Error),
+}
+
+/// A handshake that reached the transmission phase.
+struct Handshaken {
+    conn: Conn,
+    neg: Negotiated,
+    in_tls: bool,
+}
+
+/// The handshake, with TLS started when the client asks and the policy allows.
+/// `told_tls` is set once the client was told it must start TLS.
 fn handshake(
     mut conn: Conn,
     info: &ExportInfo,
     tls: &Tls,
-) -> (Option<Conn>, bool, bool, Result<Outcome, HandshakeEnd>) {
-    let no_zeroes = match handshake::greet(&mut conn) {
-        Ok(z) => z,
-        Err(e) => return (None, false, false, Err(HandshakeEnd::Io(e))),
-    };
+    told_tls: &mut bool,
+) -> Result<Handshaken, HandshakeEnd> {
+    let no_zeroes = handshake::greet(&mut conn).map_err(HandshakeEnd::Io)?;
     let mut in_tls = false;
-    let mut told_tls = false;
     loop {
-        match handshake::haggle(
-            &mut conn,
-            info,
-            tls.policy,
-            in_tls,
-            no_zeroes,
-            &mut told_tls,
-        ) {
+        match handshake::haggle(&mut conn, info, tls.policy, in_tls, no_zeroes, told_tls) {
+            Ok(Outcome::Go(neg)) => return Ok(Handshaken { conn, neg, in_tls }),
+            Ok(Outcome::Aborted) => return Err(HandshakeEnd::Aborted),
             Ok(Outcome::StartTls) => {
                 let Some(cfg) = &tls.config else {
                     unreachable!("STARTTLS is refused without certificates")
                 };
-                match crate::tls::TlsStream::accept(conn.into_fd(), cfg) {
-                    Ok(t) => {
-                        conn = Conn::Tls(t);
-                        in_tls = true;
-                    }
-                    Err(e) => return (None, false, false, Err(HandshakeEnd::Tls(e))),
-                }
+                let t = crate::tls::TlsStream::accept(conn.into_fd(), cfg)
+                    .map_err(HandshakeEnd::Tls)?;
+                conn = Conn::Tls(t);
+                in_tls = true;
             }
-            r => return (Some(conn), in_tls, told_tls, r.map_err(HandshakeEnd::Io)),
+            Err(e) => return Err(HandshakeEnd::Io(e)),
         }
     }
 }
 
-enum HandshakeEnd {
-    Io(io::Error),
-    Tls(io::Error),
-}
-
-fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo, tls: &Tls) {
-    let log = move |m: &str| log_line(&format!("client {id}: {m}"));
-    let (reader, in_tls, told_tls, outcome) = handshake(conn, info, tls);
-    let refused_plain = told_tls && !in_tls;
-    let (mut reader, neg) = match (reader, outcome) {
-        (Some(r), Ok(Outcome::Go(n))) => (r, n),
-        (None, Ok(_)) => unreachable!("a handshake that went on has its stream"),
-        (_, Ok(Outcome::Aborted)) if refused_plain => {
-            log(&format!(
-                "{peer}: refused: the client did not start TLS, which this server requires"
-            ));
-            return;
+/// The log line for a handshake that ended before transmission.
+fn handshake_end(end: HandshakeEnd, told_tls: bool) -> String {
+    const NO_TLS: &str = "refused: the client did not start TLS, which this server requires";
+    match end {
+        HandshakeEnd::Aborted if told_tls => NO_TLS.into(),
+        HandshakeEnd::Aborted => "ended the handshake (NBD_OPT_ABORT)".into(),
+        HandshakeEnd::Tls(e) => format!("refused: TLS handshake failed: {e}"),
+        HandshakeEnd::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            format!("refused: {e}")
         }
-        (_, Ok(Outcome::Aborted)) => {
-            log(&format!("{peer}: ended the handshake (NBD_OPT_ABORT)"));
-            return;
-        }
-        (_, Ok(Outcome::StartTls)) => unreachable!("TLS is started inside the handshake"),
-        (_, Err(HandshakeEnd::Tls(e))) => {
-            log(&format!("{peer}: refused: TLS handshake failed: {e}"));
-            return;
-        }
-        (_, Err(HandshakeEnd::Io(e))) if e.kind() == io::ErrorKind::PermissionDenied => {
-            log(&format!("{peer}: refused: {e}"));
-            return;
-        }
-        (_, Err(HandshakeEnd::Io(_))) if refused_plain => {
-            log(&format!(
-                "{peer}: refused: the client did not start TLS, which this server requires"
-            ));
-            return;
-        }
-        (_, Err(HandshakeEnd::Io(e)))
+        HandshakeEnd::Io(_) if told_tls => NO_TLS.into(),
+        HandshakeEnd::Io(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::UnexpectedEof
@@ -441,30 +419,45 @@ fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &Expor
             ) =>
         {
             // A client probing the socket, or one that gave up: not a protocol error.
-            log(&format!(
-                "{peer}: closed the connection during the handshake"
-            ));
-            return;
+            "closed the connection during the handshake".into()
         }
-        (_, Err(HandshakeEnd::Io(e))) => {
-            log(&format!("{peer}: disconnected during the handshake: {e}"));
+        HandshakeEnd::Io(e) => format!("disconnected during the handshake: {e}"),
+    }
+}
+
+fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo, tls: &Tls) {
+    let log = move |m: &str| log_line(&format!("client {id}: {m}"));
+    let mut told_tls = false;
+    let Handshaken {
+        conn: mut reader,
+        neg,
+        in_tls,
+    } = match handshake(conn, info, tls, &mut told_tls) {
+        Ok(h) => h,
+        Err(end) => {
+            log(&format!("{peer}: {}", handshake_end(end, told_tls)));
             return;
         }
     };
+    let how = match (in_tls, tls.mutual) {
+        (false, _) => "",
+        (true, false) => "TLS",
+        (true, true) => "TLS, client certificate verified",
+    };
     srv.client_connected(&format!(
         "client {id}: {peer}{}",
-        match (in_tls, tls.mutual) {
-            (false, _) => "",
-            (true, false) => " (TLS)",
-            (true, true) => " (TLS, client certificate verified)",
+        if how.is_empty() {
+            String::new()
+        } else {
+            format!(" ({how})")
         }
     ));
     log(&format!(
         "connected ({peer}; {}{} replies{})",
-        match (in_tls, tls.mutual) {
-            (false, _) => "",
-            (true, false) => "TLS; ",
-            (true, true) => "TLS, client certificate verified; ",
+        if how.is_empty() {
+            String::new()
+        } else {
+            format!("{how}; ")
         },
         if neg.structured {
             "structured"
