@@ -215,9 +215,9 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l hot-extent
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-cert -d 'TLS certificate (PEM; the server\'s first, then any intermediates) presented to clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and every request travel inside it. Needs --tls-key. Read once at start' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-key -d 'The private key of --tls-cert (PEM, unencrypted). Refused if others may read it (chmod 600)' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-ca -d 'Mutual TLS: clients must present a certificate signed by this CA (PEM), or are refused, the log naming their address' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert) refuses those that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off (the default without a certificate) offers no TLS' -r -f -a "off\t'No TLS offered'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert) refuses those that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off (the default without a certificate) offers no TLS' -r -f -a "off\t'No TLS offered (NBD_OPT_STARTTLS is answered "unsupported")'
 on\t'TLS offered; clients may connect without it'
-require\t'Every client must start TLS'"
+require\t'Every client must start TLS: other options get NBD_REP_ERR_TLS_REQD until it has'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'

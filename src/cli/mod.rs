@@ -821,22 +821,11 @@ pub struct ServeArgs {
     /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
     /// (the default without a certificate) offers no TLS.
     #[arg(long, value_name = "MODE", value_enum)]
-    pub tls: Option<TlsMode>,
+    pub tls: Option<crate::server::handshake::TlsPolicy>,
     /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
     /// anyone who can reach the port can read and overwrite the disk.
     #[arg(long)]
     pub insecure: bool,
-}
-
-/// `serve --tls`.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsMode {
-    /// No TLS offered.
-    Off,
-    /// TLS offered; clients may connect without it.
-    On,
-    /// Every client must start TLS.
-    Require,
 }
 
 fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {

@@ -100,15 +100,14 @@ fn meta_context_reply(id: u32, name: &str) -> Vec<u8> {
     d
 }
 
-/// Whether the server offers TLS, and insists on it (proto.md "TLS support").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether the server offers TLS, and insists on it (proto.md "TLS support"); `serve --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsPolicy {
-    /// NOTLS: `NBD_OPT_STARTTLS` is not supported.
+    /// No TLS offered (NBD_OPT_STARTTLS is answered "unsupported")
     Off,
-    /// A client may start TLS; one that does not is served in clear text.
+    /// TLS offered; clients may connect without it
     On,
-    /// FORCEDTLS: every option but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` gets
-    /// `NBD_REP_ERR_TLS_REQD` until TLS is on; `NBD_OPT_EXPORT_NAME` ends the connection.
+    /// Every client must start TLS: other options get NBD_REP_ERR_TLS_REQD until it has
     Require,
 }
 

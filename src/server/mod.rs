@@ -68,6 +68,21 @@ impl Tls {
             mutual: false,
         }
     }
+
+    /// What the log and the journal say of it (`None` without TLS).
+    pub fn summary(&self) -> Option<&'static str> {
+        match (self.policy, self.mutual) {
+            (TlsPolicy::Off, _) => None,
+            (TlsPolicy::On, false) => Some("TLS offered; clients may connect without it"),
+            (TlsPolicy::On, true) => Some(
+                "TLS offered; clients may connect without it, with it only with a certificate the --tls-ca signed",
+            ),
+            (TlsPolicy::Require, false) => Some("TLS required of every client"),
+            (TlsPolicy::Require, true) => Some(
+                "TLS required of every client, with a certificate the --tls-ca signed",
+            ),
+        }
+    }
 }
 
 /// A connection's stream, cloneable into a reader and a writer, and shut down at stop.
@@ -245,21 +260,8 @@ pub fn run(
         cap,
         uri(listen, export, local, tls.policy == TlsPolicy::Require)
     ));
-    match (tls.policy, tls.mutual) {
-        (TlsPolicy::Off, _) => {}
-        (p, mutual) => log_line(&format!(
-            "TLS {}{}",
-            if p == TlsPolicy::Require {
-                "required of every client"
-            } else {
-                "offered (clients may connect without it: --tls on)"
-            },
-            if mutual {
-                "; clients must present a certificate signed by the --tls-ca"
-            } else {
-                ""
-            }
-        )),
+    if let Some(t) = tls.summary() {
+        log_line(t);
     }
     let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));

@@ -7,22 +7,21 @@ use crate::server::{self, Listen, Tls};
 
 /// TLS as the flags ask: the certificate, key and CA read now, before anything changes.
 fn tls(a: &cli::ServeArgs) -> Result<Tls> {
-    use cli::TlsMode;
     let policy = match (a.tls, &a.tls_cert) {
-        (Some(TlsMode::Off), Some(_)) => {
+        (Some(TlsPolicy::Off), Some(_)) => {
             return Err(Error::invalid(
                 "--tls off with --tls-cert: drop --tls-cert, or say --tls on or --tls require",
             ))
         }
-        (Some(TlsMode::Off) | None, None) => return Ok(Tls::off()),
-        (Some(m @ (TlsMode::On | TlsMode::Require)), None) => {
+        (Some(TlsPolicy::Off) | None, None) => return Ok(Tls::off()),
+        (Some(p), None) => {
             return Err(Error::invalid(format!(
                 "--tls {}: give the server's certificate and key (--tls-cert FILE --tls-key FILE)",
-                if m == TlsMode::On { "on" } else { "require" }
+                if p == TlsPolicy::On { "on" } else { "require" }
             )))
         }
-        (Some(TlsMode::On), Some(_)) => TlsPolicy::On,
-        (Some(TlsMode::Require) | None, Some(_)) => TlsPolicy::Require,
+        (Some(p), Some(_)) => p,
+        (None, Some(_)) => TlsPolicy::Require,
     };
     let files = crate::tls::ServerFiles {
         cert: a.tls_cert.clone().expect("checked above"),
@@ -94,12 +93,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
                 Listen::Unix(p) => format!("unix socket {}", p.display()),
                 Listen::Tcp(hp) => format!("tcp {hp}"),
             },
-            match (tls.policy, tls.mutual) {
-                (TlsPolicy::Off, _) => "",
-                (TlsPolicy::On, _) => " (TLS offered)",
-                (TlsPolicy::Require, false) => " (TLS required)",
-                (TlsPolicy::Require, true) => " (TLS required, client certificates checked)",
-            }
+            tls.summary().map(|t| format!(" ({t})")).unwrap_or_default()
         );
         m.record(engine::EventKind::ServeStarted, None, &at)?;
     }
