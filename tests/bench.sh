@@ -343,20 +343,7 @@ fi
 if want 12; then
 note "case 12: TLS (TCP loopback): an nbds secondary on qemu-nbd, and serve with TLS, beside clear text"
 # One CA, a server pair for 127.0.0.1 and a client pair, in the names qemu and libnbd look for.
-mkdir -p pki; (
-    cd pki
-    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
-    openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca-cert.pem -days 2 -subj "/CN=bench CA" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-    for who in server client; do
-        openssl req "${ec[@]}" -keyout $who-key.pem -out $who.csr -subj "/CN=$who" 2>/dev/null
-        u=serverAuth; [ $who = client ] && u=clientAuth
-        printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' $u >$who.ext
-        openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
-            -out $who-cert.pem -days 2 -extfile $who.ext 2>/dev/null
-    done
-    chmod 600 ./*-key.pem
-) || die "making certificates failed"
+bash "$root/tests/tls-certs.sh" "$D/pki" || die "making certificates failed"
 P="$D/pki"
 tls_n=$(( N < 1073741824 ? N : 1073741824 ))
 head -c "$tls_n" input.bin >tls-in.bin

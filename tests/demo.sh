@@ -65,21 +65,7 @@ say "$m" status primary.img --check
 echo; echo "== a host uses the mirror as a disk: mirrorctl serve, qemu-io over NBD =="
 # A third secondary on another "machine": a file behind qemu-nbd on TCP, over TLS. A CA,
 # a certificate for the server (127.0.0.1) and one for mirrorctl as its client.
-mkdir pki
-(
-  cd pki
-  ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
-  openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca-cert.pem -days 1 -subj "/CN=demo CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-  for who in server client; do
-    openssl req "${ec[@]}" -keyout $who-key.pem -out $who.csr -subj "/CN=$who" 2>/dev/null
-    u=serverAuth; [ $who = client ] && u=clientAuth
-    printf 'extendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1\n' $u >$who.ext
-    openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
-      -out $who-cert.pem -days 1 -extfile $who.ext 2>/dev/null
-  done
-  chmod 600 ./*-key.pem
-)
+bash "$here/tests/tls-certs.sh" "$dir/pki"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 truncate -s 258M remote.img
 remote() {

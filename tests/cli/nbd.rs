@@ -128,6 +128,32 @@ pub(crate) fn leg0(fx: &Fx) -> Value {
         .unwrap_or_else(|| panic!("no leg in slot 0: {:#}", fx.status()))
 }
 
+/// Pipes `data` into `mirrorctl --timeout 2s write a.img`, kills `server` once `first`
+/// bytes are in, and checks the write ends degraded (exit 3) within 30 s; its stderr.
+pub(crate) fn write_while_the_server_dies(
+    fx: &Fx,
+    data: &[u8],
+    first: usize,
+    server: &mut Server,
+) -> String {
+    let mut child = spawn_piped(fx.dir.path(), &["--timeout", "2s", "write", "a.img"], true);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..first]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    stdin.write_all(&data[first..]).unwrap();
+    drop(stdin);
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the primary hung"
+    );
+    stderr
+}
+
 pub(crate) fn same_data_areas(fx: &Fx, other: &Path) -> Option<u64> {
     let g = fx.geometry();
     first_difference_between(&fx.path("a.img"), other, g.data_offset, g.data_size)
@@ -197,21 +223,7 @@ fn a_server_killed_mid_write_fractures_the_leg_and_a_restarted_one_is_resynced_f
     let input = fx.path("input.bin");
     random_file(&input, 96 * MIB, 31);
     let data = std::fs::read(&input).unwrap();
-    let mut child = spawn_piped(fx.dir.path(), &["--timeout", "2s", "write", "a.img"], true);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&data[..24 * MIB as usize]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    server.kill();
-    stdin.write_all(&data[24 * MIB as usize..]).unwrap();
-    drop(stdin);
-    let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the primary hung"
-    );
+    let stderr = write_while_the_server_dies(&fx, &data, 24 * MIB as usize, &mut server);
     assert!(
         stderr.contains(&uri) || stderr.contains("slot 0"),
         "{stderr}"

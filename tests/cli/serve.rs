@@ -24,61 +24,60 @@ impl Serving {
     }
 
     fn start_on(fx: &Fx, primary: &str, sock: &Path, extra: &[&str]) -> Serving {
-        let log = fx.path(&format!("serve-{}.log", rand_tag()));
-        let child = Command::new(bin())
-            .arg("serve")
-            .arg(primary)
-            .arg("--socket")
-            .arg(sock)
-            .args(extra)
-            .current_dir(fx.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting mirrorctl serve");
-        let mut s = Serving {
-            child: Some(child),
-            sock: sock.to_path_buf(),
-            log,
-        };
+        let mut args = vec![primary, "--socket", sock.to_str().unwrap()];
+        args.extend(extra);
+        let mut s = Self::spawn(fx, &args, sock);
         let t = Instant::now();
         while UnixStream::connect(sock).is_err() {
-            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("serve exited with {st} before listening:\n{}", s.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "serve did not listen within 10s:\n{}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            s.still_starting(t);
         }
         s
     }
 
-    /// `serve a.img --listen HOST:0 EXTRA...`; the port it took, read from its log.
-    pub(crate) fn start_tcp(fx: &Fx, host: &str, extra: &[&str]) -> (Serving, u16) {
+    /// `mirrorctl serve ARGS...` in the fixture's folder, its stderr in a log file.
+    fn spawn(fx: &Fx, args: &[&str], sock: &Path) -> Serving {
         let log = fx.path(&format!("serve-{}.log", rand_tag()));
         let child = Command::new(bin())
-            .args(["serve", "a.img", "--listen", &format!("{host}:0")])
-            .args(extra)
+            .arg("serve")
+            .args(args)
             .current_dir(fx.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting mirrorctl serve");
-        let mut s = Serving {
+        Serving {
             child: Some(child),
-            sock: PathBuf::new(),
+            sock: sock.to_path_buf(),
             log,
-        };
+        }
+    }
+
+    /// Waits a moment for a serve started at `t` that does not listen yet; fails if it
+    /// exited or took over 10 s.
+    fn still_starting(&mut self, t: Instant) {
+        if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("serve exited with {st} before listening:\n{}", self.log());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "serve did not listen within 10s:\n{}",
+            self.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    /// `serve a.img --listen HOST:0 EXTRA...`; the port it took, read from its log.
+    pub(crate) fn start_tcp(fx: &Fx, host: &str, extra: &[&str]) -> (Serving, u16) {
+        let listen = format!("{host}:0");
+        let mut args = vec!["a.img", "--listen", &listen];
+        args.extend(extra);
+        let mut s = Self::spawn(fx, &args, Path::new(""));
         let t = Instant::now();
         loop {
             // "... at nbd[s]://127.0.0.1:PORT/EXPORT"
-            let log = s.log();
-            if let Some(port) = log
+            if let Some(port) = s
+                .log()
                 .lines()
                 .find(|l| l.contains(" serving "))
                 .and_then(|l| l.rsplit_once("://"))
@@ -87,14 +86,7 @@ impl Serving {
             {
                 return (s, port);
             }
-            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("serve exited with {st} before listening:\n{log}");
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "serve did not listen within 10s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            s.still_starting(t);
         }
     }
 
@@ -159,11 +151,7 @@ pub(crate) fn rand_tag() -> u64 {
 
 /// Runs a client program that must succeed; returns stdout.
 pub(crate) fn client(cmd: &str, package: &str, args: &[&str]) -> String {
-    require(cmd, package);
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let o = run_client(cmd, package, args);
     assert!(
         o.status.success(),
         "{cmd} {args:?} failed ({}):\n{}\n{}",
@@ -172,6 +160,15 @@ pub(crate) fn client(cmd: &str, package: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a client program (which must be installed), whatever its exit status.
+pub(crate) fn run_client(cmd: &str, package: &str, args: &[&str]) -> std::process::Output {
+    require(cmd, package);
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
 pub(crate) fn qemu_io(uri: &str, cmds: &[&str]) -> String {

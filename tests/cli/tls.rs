@@ -6,9 +6,8 @@
 //! fracturing nothing.
 
 use crate::nbd::{backing, free_port, leg0, same_data_areas, wait_for, Server};
-use crate::serve::{client, Serving};
+use crate::serve::{client, run_client, Serving};
 use crate::support::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -180,11 +179,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 /// Runs a client program expected to fail; returns its stderr.
 fn client_fails(cmd: &str, package: &str, args: &[&str]) -> String {
-    require(cmd, package);
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let o = run_client(cmd, package, args);
     assert!(
         !o.status.success(),
         "{cmd} {args:?} succeeded and should have been refused:\n{}",
@@ -500,21 +495,8 @@ fn kill_mid_write_then_resync(
     let input = fx.path("input.bin");
     random_file(&input, 48 * MIB, 17);
     let data = std::fs::read(&input).unwrap();
-    let mut child = spawn_piped(fx.dir.path(), &["--timeout", "2s", "write", "a.img"], true);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&data[..16 * MIB as usize]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    server.kill();
-    stdin.write_all(&data[16 * MIB as usize..]).unwrap();
-    drop(stdin);
-    let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the primary hung"
-    );
+    let stderr = crate::nbd::write_while_the_server_dies(fx, &data, 16 * MIB as usize, &mut server);
+    assert!(stderr.contains("slot 0"), "{stderr}");
     let l = leg0(fx);
     assert_eq!(l["state"], "fractured-by-error", "{l:#}");
     let pending = u(&l["out_of_sync_regions"]);
