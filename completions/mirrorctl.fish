@@ -218,6 +218,10 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls-ca -d 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert) refuses those that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off (the default without a certificate) offers no TLS' -r -f -a "off\t'No TLS offered (NBD_OPT_STARTTLS is answered "unsupported")'
 on\t'TLS offered; clients may connect without it'
 require\t'Every client must start TLS: other options get NBD_REP_ERR_TLS_REQD until it has'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l handshake-limit -d 'A client must finish its handshake (TLS included) within this, or it is disconnected (as qemu-nbd\'s --handshake-limit): one that connects and says nothing, or starts TLS and stalls, holds no thread for long' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'

@@ -148,7 +148,12 @@ pub fn client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
 fn read_client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
     let store = match &f.ca {
         Some(ca) => roots(ca)?,
-        None if Path::new(SYSTEM_CA).exists() => roots(Path::new(SYSTEM_CA))?,
+        None if Path::new(SYSTEM_CA).exists() => {
+            // A bundle of many CAs: one rustls cannot use is skipped, not fatal.
+            let mut store = RootCertStore::empty();
+            store.add_parsable_certificates(read_certs(Path::new(SYSTEM_CA), "CA bundle")?);
+            store
+        }
         None => {
             return Err(bad(format!(
                 "no CA to check the server's certificate against: give --tls-ca FILE (or install ca-certificates for {SYSTEM_CA})"

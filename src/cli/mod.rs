@@ -822,6 +822,11 @@ pub struct ServeArgs {
     /// (the default without a certificate) offers no TLS.
     #[arg(long, value_name = "MODE", value_enum)]
     pub tls: Option<crate::server::handshake::TlsPolicy>,
+    /// A client must finish its handshake (TLS included) within this, or it is
+    /// disconnected (as qemu-nbd's --handshake-limit): one that connects and says nothing,
+    /// or starts TLS and stalls, holds no thread for long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub handshake_limit: Duration,
     /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
     /// anyone who can reach the port can read and overwrite the disk.
     #[arg(long)]

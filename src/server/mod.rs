@@ -16,6 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Where to listen.
 #[derive(Clone, Debug)]
@@ -99,6 +100,12 @@ impl Conn {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
             Conn::Tls(s) => Conn::Tls(s.try_clone()?),
         })
+    }
+    /// Another descriptor for the socket, so that it can be shut down from another thread
+    /// for as long as that one keeps it (its number is never reused meanwhile).
+    fn dup(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the descriptor is this connection's own and open while `self` lives.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }.try_clone_to_owned()
     }
     fn fd(&self) -> RawFd {
         match self {
@@ -235,6 +242,7 @@ pub fn run(
     export: &str,
     description: &str,
     tls: &Tls,
+    handshake_limit: Duration,
 ) -> io::Result<Summary> {
     let set = block_stop_signals();
     let listener = bind(listen)?;
@@ -265,7 +273,7 @@ pub fn run(
     }
     let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
-    let conns: Arc<Mutex<Vec<(u64, RawFd)>>> = Arc::new(Mutex::new(Vec::new()));
+    let conns: Conns = Arc::new(Mutex::new(Vec::new()));
     {
         let stopping = stopping.clone();
         let signal = signal.clone();
@@ -283,12 +291,33 @@ pub fn run(
                 });
                 stopping.store(true, Ordering::SeqCst);
                 libc::shutdown(lfd, libc::SHUT_RDWR);
-                for (_, fd) in conns.lock().unwrap().iter() {
-                    libc::shutdown(*fd, libc::SHUT_RD);
+                for c in conns.lock().unwrap().iter() {
+                    libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD);
                 }
             }
         });
     }
+    // A client that has not finished its handshake (TLS included) in time is disconnected:
+    // connections that say nothing, or start TLS and stall, hold no thread for long.
+    let watchdog = {
+        let (stopping, conns) = (stopping.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let tick =
+                (handshake_limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            while !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(tick);
+                let now = Instant::now();
+                for c in conns.lock().unwrap().iter_mut() {
+                    if c.handshake_until.is_some_and(|t| t <= now) {
+                        c.handshake_until = None;
+                        c.timed_out = true;
+                        // SAFETY: shutdown on a descriptor the entry owns.
+                        unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
+                    }
+                }
+            }
+        })
+    };
     let ids = AtomicU64::new(0);
     let mut handles = Vec::new();
     loop {
@@ -325,28 +354,47 @@ pub fn run(
             break;
         }
         let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
-        conns.lock().unwrap().push((id, conn.fd()));
+        let sock = match conn.dup() {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors: this client is turned away, the others go on.
+                log_line(&format!("client {id}: {peer}: refused: {e}"));
+                continue;
+            }
+        };
+        conns.lock().unwrap().push(Entry {
+            id,
+            sock,
+            handshake_until: Some(Instant::now() + handshake_limit),
+            timed_out: false,
+        });
         let srv = srv.clone();
         let info = info.clone();
         let conns2 = conns.clone();
         let tls = tls.clone();
         handles.push(std::thread::spawn(move || {
             srv.client_opened();
-            connection(id, conn, peer, &srv, &info, &tls);
+            let limit = Handshaking {
+                conns: &conns2,
+                id,
+                limit: handshake_limit,
+            };
+            connection(id, conn, peer, &srv, &info, &tls, &limit);
             srv.client_closed();
-            conns2.lock().unwrap().retain(|(i, _)| *i != id);
+            conns2.lock().unwrap().retain(|c| c.id != id);
         }));
         handles.retain(|h| !h.is_finished());
     }
     let n = ids.load(Ordering::SeqCst);
     // A connection accepted while the stop was being signalled: its reads end too.
-    for (_, fd) in conns.lock().unwrap().iter() {
-        // SAFETY: shutdown on a descriptor a live connection thread owns.
-        unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+    for c in conns.lock().unwrap().iter() {
+        // SAFETY: shutdown on a descriptor the entry owns.
+        unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
     }
     for h in handles {
         let _ = h.join();
     }
+    let _ = watchdog.join();
     if let Listener::Unix(_, p) = &listener {
         let _ = std::fs::remove_file(p);
     }
@@ -355,6 +403,40 @@ pub fn run(
         connections: n,
         signal: sig,
     })
+}
+
+/// A live connection, as the stop and the handshake watchdog see it.
+struct Entry {
+    id: u64,
+    /// A descriptor of the connection's socket, kept until the connection has ended.
+    sock: OwnedFd,
+    /// When its handshake must be over (`None` once it is).
+    handshake_until: Option<Instant>,
+    /// The watchdog cut it off.
+    timed_out: bool,
+}
+
+type Conns = Arc<Mutex<Vec<Entry>>>;
+
+/// One connection's entry, for the handshake's end.
+struct Handshaking<'a> {
+    conns: &'a Conns,
+    id: u64,
+    limit: Duration,
+}
+
+impl Handshaking<'_> {
+    /// The handshake ended: no more deadline. Whether the watchdog had cut it off.
+    fn over(&self) -> bool {
+        let mut c = self.conns.lock().unwrap();
+        match c.iter_mut().find(|c| c.id == self.id) {
+            Some(e) => {
+                e.handshake_until = None;
+                e.timed_out
+            }
+            None => false,
+        }
+    }
 }
 
 /// Why a handshake did not reach the transmission phase.
@@ -427,15 +509,32 @@ fn handshake_end(end: HandshakeEnd, told_tls: bool) -> String {
     }
 }
 
-fn connection(id: u64, conn: Conn, peer: String, srv: &Arc<Server>, info: &ExportInfo, tls: &Tls) {
+fn connection(
+    id: u64,
+    conn: Conn,
+    peer: String,
+    srv: &Arc<Server>,
+    info: &ExportInfo,
+    tls: &Tls,
+    limit: &Handshaking,
+) {
     let log = move |m: &str| log_line(&format!("client {id}: {m}"));
     let mut told_tls = false;
+    let r = handshake(conn, info, tls, &mut told_tls);
+    let timed_out = limit.over();
     let Handshaken {
         conn: mut reader,
         neg,
         in_tls,
-    } = match handshake(conn, info, tls, &mut told_tls) {
+    } = match r {
         Ok(h) => h,
+        Err(_) if timed_out => {
+            log(&format!(
+                "{peer}: disconnected: no handshake within {:?} (--handshake-limit)",
+                limit.limit
+            ));
+            return;
+        }
         Err(end) => {
             log(&format!("{peer}: {}", handshake_end(end, told_tls)));
             return;

@@ -8,6 +8,7 @@
 use crate::nbd::{backing, free_port, leg0, same_data_areas, wait_for, Server};
 use crate::serve::{client, run_client, Serving};
 use crate::support::*;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -622,6 +623,21 @@ fn a_server_whose_certificate_is_for_another_name_or_from_another_ca_is_refused_
         assert_eq!(o.code, 2, "{o:?}");
         assert!(o.stderr.contains("not signed by the CA"), "{o:?}");
     }
+    {
+        // Without --tls-ca the system's CAs are trusted, and none of them signed the test CA.
+        let _s = qemu_nbd_tls(&file, &pki.dir(), port);
+        let o = fx.run(&[
+            "attach",
+            "a.img",
+            &uri,
+            "--tls-cert",
+            &pki.file("client-cert.pem"),
+            "--tls-key",
+            &pki.file("client-key.pem"),
+        ]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(o.stderr.contains("not signed by the CA"), "{o:?}");
+    }
     assert!(fx.status()["legs"].as_array().unwrap().is_empty());
 
     // Attached to the right server and in sync; then the server is replaced by one with
@@ -760,4 +776,60 @@ fn a_clear_text_leg_moves_to_tls_by_attaching_it_again_as_nbds_keeping_its_slot_
     assert_eq!(leg0(&fx)["state"], "in-sync");
     assert_eq!(fx.verify(&[]).0, 0);
     assert_eq!(same_data_areas(&fx, &file), None);
+}
+
+#[test]
+fn a_client_that_says_nothing_or_stalls_after_starttls_is_cut_off_at_the_handshake_limit() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let mut args = pki.serve_args();
+    args.extend(["--handshake-limit".into(), "1s".into()]);
+    let s = Serving::start(&fx, &strs(&args));
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let silent = UnixStream::connect(&s.sock).unwrap();
+    // The other one starts TLS and then sends nothing.
+    let mut stalled = UnixStream::connect(&s.sock).unwrap();
+    let mut hello = [0u8; 18];
+    stalled.read_exact(&mut hello).unwrap();
+    let mut m = 1u32.to_be_bytes().to_vec(); // NBD_FLAG_C_FIXED_NEWSTYLE
+    m.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes()); // IHAVEOPT
+    m.extend_from_slice(&5u32.to_be_bytes()); // NBD_OPT_STARTTLS
+    m.extend_from_slice(&0u32.to_be_bytes());
+    stalled.write_all(&m).unwrap();
+    let mut ack = [0u8; 20];
+    stalled.read_exact(&mut ack).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(ack[12..16].try_into().unwrap()),
+        1,
+        "NBD_REP_ACK"
+    );
+    let started = Instant::now();
+    // Meanwhile a real client is served.
+    let cdir = pki.client_dir(&fx.path("client"), Some(&pki));
+    let info = client(
+        "nbdinfo",
+        "libnbd-bin",
+        &[&format!(
+            "nbds+unix:///?socket={}&tls-certificates={cdir}",
+            s.sock.display()
+        )],
+    );
+    assert!(info.contains("with TLS"), "{info}");
+    for mut c in [silent, stalled] {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        // The server hangs up: the end of the stream (after the greeting, for the silent one).
+        c.read_to_end(&mut rest).unwrap();
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "cut off after {waited:?}");
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        log.matches("no handshake within 1s (--handshake-limit)")
+            .count(),
+        2,
+        "{log}"
+    );
 }

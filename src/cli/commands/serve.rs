@@ -153,7 +153,15 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         }
         _ => None,
     };
-    let summary = server::run(srv.clone(), &listen, &a.export, &description, &tls).map_err(|e| {
+    let summary = server::run(
+        srv.clone(),
+        &listen,
+        &a.export,
+        &description,
+        &tls,
+        a.handshake_limit,
+    )
+    .map_err(|e| {
         let what = match &listen {
             Listen::Unix(p) => format!("listening on {}", p.display()),
             Listen::Tcp(hp) => format!("listening on {hp}"),
