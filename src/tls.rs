@@ -189,6 +189,48 @@ fn read_client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
     Ok(Arc::new(cfg))
 }
 
+/// The names a certificate is for: its subject's common names, then its DNS and IP subject
+/// alternative names (addresses as text), each once. Empty for a certificate that does not
+/// parse.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = c
+        .subject()
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .map(String::from)
+        .collect();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for g in &san.value.general_names {
+            match g {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                        names.push(std::net::Ipv4Addr::from(v4).to_string());
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                        names.push(std::net::Ipv6Addr::from(v6).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+    names
+}
+
+/// Whether one of a certificate's `names` is one of `allowed` (compared without case, as
+/// host names are).
+pub fn name_allowed(names: &[String], allowed: &[String]) -> bool {
+    names
+        .iter()
+        .any(|n| allowed.iter().any(|a| a.eq_ignore_ascii_case(n)))
+}
+
 /// The TLS state, shared by a connection's reader and writer.
 struct Shared {
     conn: Mutex<Connection>,
@@ -364,11 +406,14 @@ impl TlsStream {
         self.shared.sock.as_fd()
     }
 
-    /// Whether the peer presented a certificate (verified: the handshake checked it).
-    pub fn peer_has_certificate(&self) -> bool {
+    /// The names of the certificate the peer presented (verified: the handshake checked
+    /// it); empty without one.
+    pub fn peer_names(&self) -> Vec<String> {
         self.lock()
             .peer_certificates()
-            .is_some_and(|c| !c.is_empty())
+            .and_then(|c| c.first())
+            .map(|c| certificate_names(c))
+            .unwrap_or_default()
     }
 
     /// Gives ciphertext to the TLS state: what is left of the last socket read, else a new
@@ -506,6 +551,7 @@ mod tests {
             let mut p =
                 CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                     .unwrap();
+            p.distinguished_name = rcgen::DistinguishedName::new();
             p.extended_key_usages = vec![if server {
                 ExtendedKeyUsagePurpose::ServerAuth
             } else {
@@ -566,7 +612,8 @@ mod tests {
             "localhost",
         );
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
-        assert!(s.peer_has_certificate());
+        assert_eq!(s.peer_names(), ["client"]);
+        assert_eq!(c.peer_names(), ["localhost"]);
         // Both ends write 8 MiB while reading the other's 8 MiB: the server's writer is a
         // clone used from another thread, as the NBD server's replies are.
         let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
@@ -701,6 +748,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no certificate in it"), "{e}");
+    }
+
+    #[test]
+    fn a_certificates_names_are_its_common_name_and_its_dns_and_ip_alternative_names() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![
+            "host.example".to_string(),
+            "192.0.2.7".to_string(),
+            "2001:db8::1".to_string(),
+        ])
+        .unwrap();
+        p.distinguished_name.push(DnType::CommonName, "laptop");
+        let c = p.self_signed(&key).unwrap();
+        let names = certificate_names(c.der());
+        assert_eq!(
+            names,
+            ["laptop", "host.example", "192.0.2.7", "2001:db8::1"]
+        );
+        assert!(name_allowed(&names, &["HOST.example".into()]));
+        assert!(name_allowed(&names, &["x".into(), "laptop".into()]));
+        assert!(!name_allowed(&names, &["desktop".into()]));
+        assert!(!name_allowed(&[], &["laptop".into()]));
+        assert!(certificate_names(b"junk").is_empty());
     }
 
     #[test]

@@ -817,6 +817,11 @@ pub struct ServeArgs {
     /// refused, the log naming their address.
     #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
     pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: admit only clients whose certificate is for NAME (its subject's
+    /// common name, or a DNS name or address among its alternative names); repeat for more.
+    /// Without it, any certificate the CA signed is admitted.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_allow: Vec<String>,
     /// Whether clients must start TLS: require (the default with --tls-cert) refuses those
     /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
     /// (the default without a certificate) offers no TLS.

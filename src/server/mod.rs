@@ -59,6 +59,8 @@ pub struct Tls {
     pub config: Option<Arc<rustls::ServerConfig>>,
     /// Clients must present a certificate signed by the `--tls-ca`.
     pub mutual: bool,
+    /// And one for one of these names (`--tls-allow`; empty: any name).
+    pub allow: Vec<String>,
 }
 
 impl Tls {
@@ -67,22 +69,26 @@ impl Tls {
             policy: TlsPolicy::Off,
             config: None,
             mutual: false,
+            allow: Vec::new(),
         }
     }
 
     /// What the log and the journal say of it (`None` without TLS).
-    pub fn summary(&self) -> Option<&'static str> {
-        match (self.policy, self.mutual) {
-            (TlsPolicy::Off, _) => None,
-            (TlsPolicy::On, false) => Some("TLS offered; clients may connect without it"),
-            (TlsPolicy::On, true) => Some(
-                "TLS offered; clients may connect without it, with it only with a certificate the --tls-ca signed",
+    pub fn summary(&self) -> Option<String> {
+        let base = match self.policy {
+            TlsPolicy::Off => return None,
+            TlsPolicy::On => "TLS offered; clients may connect without it",
+            TlsPolicy::Require => "TLS required of every client",
+        };
+        let cert = match (self.mutual, self.allow.as_slice()) {
+            (false, _) => String::new(),
+            (true, []) => ", with a certificate the --tls-ca signed".into(),
+            (true, names) => format!(
+                ", with a certificate the --tls-ca signed for {}",
+                names.join(" or ")
             ),
-            (TlsPolicy::Require, false) => Some("TLS required of every client"),
-            (TlsPolicy::Require, true) => Some(
-                "TLS required of every client, with a certificate the --tls-ca signed",
-            ),
-        }
+        };
+        Some(format!("{base}{cert}"))
     }
 }
 
@@ -269,7 +275,7 @@ pub fn run(
         uri(listen, export, local, tls.policy == TlsPolicy::Require)
     ));
     if let Some(t) = tls.summary() {
-        log_line(t);
+        log_line(&t);
     }
     let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
@@ -445,6 +451,8 @@ enum HandshakeEnd {
     Aborted,
     /// The TLS handshake failed (a certificate refused, the peer gone or not speaking TLS).
     Tls(io::Error),
+    /// The client's certificate (its names given) is for none of the `--tls-allow` names.
+    NotAllowed(Vec<String>),
     Io(io::Error),
 }
 
@@ -475,6 +483,12 @@ fn handshake(
                 };
                 let t = crate::tls::TlsStream::accept(conn.into_fd(), cfg)
                     .map_err(HandshakeEnd::Tls)?;
+                if !tls.allow.is_empty() {
+                    let names = t.peer_names();
+                    if !crate::tls::name_allowed(&names, &tls.allow) {
+                        return Err(HandshakeEnd::NotAllowed(names));
+                    }
+                }
                 conn = Conn::Tls(t);
                 in_tls = true;
             }
@@ -490,6 +504,14 @@ fn handshake_end(end: HandshakeEnd, told_tls: bool) -> String {
         HandshakeEnd::Aborted if told_tls => NO_TLS.into(),
         HandshakeEnd::Aborted => "ended the handshake (NBD_OPT_ABORT)".into(),
         HandshakeEnd::Tls(e) => format!("refused: TLS handshake failed: {e}"),
+        HandshakeEnd::NotAllowed(names) => format!(
+            "refused: its certificate is for {}, none of the --tls-allow names",
+            if names.is_empty() {
+                "no name".to_string()
+            } else {
+                names.join(", ")
+            }
+        ),
         HandshakeEnd::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             format!("refused: {e}")
         }

@@ -833,3 +833,52 @@ fn a_client_that_says_nothing_or_stalls_after_starttls_is_cut_off_at_the_handsha
         "{log}"
     );
 }
+
+#[test]
+fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let cdir = pki.client_dir(&fx.path("client"), Some(&pki));
+    let before = data_area(&fx);
+    let src = fx.path("src.bin");
+    random_file(&src, MIB, 5);
+    let src = src.to_str().unwrap();
+    // The client's certificate is for "client": a list without it refuses it.
+    let mut args = pki.serve_args();
+    args.extend(["--tls-allow".into(), "backup-host.example".into()]);
+    let s = Serving::start(&fx, &strs(&args));
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={cdir}",
+        s.sock.display()
+    );
+    client_fails("nbdcopy", "libnbd-bin", &[src, &uri]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("refused: its certificate is for client, none of the --tls-allow names"),
+        "{log}"
+    );
+    assert!(log.contains("signed for backup-host.example"), "{log}");
+    assert!(data_area(&fx) == before, "a refused client wrote");
+    // Listed (case does not matter), it gets in and writes.
+    args.extend(["--tls-allow".into(), "CLIENT".into()]);
+    let s = Serving::start(&fx, &strs(&args));
+    client("nbdcopy", "libnbd-bin", &[src, &uri]);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("client certificate verified"), "{log}");
+    let sent = std::fs::read(src).unwrap();
+    assert!(data_area(&fx)[..MIB as usize] == sent[..]);
+    // --tls-allow without --tls-ca is a usage error: there is no certificate to name.
+    let o = fx.run(&[
+        "serve",
+        "a.img",
+        "--tls-cert",
+        &pki.file("server-cert.pem"),
+        "--tls-key",
+        &pki.file("server-key.pem"),
+        "--tls-allow",
+        "client",
+    ]);
+    assert_eq!(o.code, 2, "{o:?}");
+}

@@ -33,6 +33,7 @@ fn tls(a: &cli::ServeArgs) -> Result<Tls> {
         policy,
         config: Some(config),
         mutual: files.ca.is_some(),
+        allow: a.tls_allow.clone(),
     })
 }
 
