@@ -174,6 +174,17 @@ impl Pki {
     }
 }
 
+/// `serve a.img --tls-cert CERT --tls-key KEY EXTRA...`, which must be refused as a usage
+/// error (exit 2) naming what is wrong on its first line; its stderr.
+fn serve_refused(fx: &Fx, cert: &str, key: &str, extra: &[&str]) -> String {
+    let mut a = vec!["serve", "a.img", "--tls-cert", cert, "--tls-key", key];
+    a.extend(extra);
+    let o = fx.run(&a);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.starts_with("mirrorctl: "), "{o:?}");
+    o.stderr
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
@@ -383,31 +394,20 @@ fn serve_refuses_clear_text_beyond_loopback_without_insecure_a_key_others_can_re
     let key = pki.file("server-key.pem");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = fx.run(&[
-        "serve",
-        "a.img",
-        "--tls-cert",
-        &pki.file("server-cert.pem"),
-        "--tls-key",
-        &key,
-    ]);
-    assert_eq!(o.code, 2, "{o:?}");
+    let e = serve_refused(&fx, &pki.file("server-cert.pem"), &key, &[]);
     assert!(
-        o.stderr.contains("readable by others") && o.stderr.contains("chmod 600"),
-        "{o:?}"
+        e.contains("readable by others") && e.contains("chmod 600"),
+        "{e}"
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     // A key that is not the certificate's.
-    let o = fx.run(&[
-        "serve",
-        "a.img",
-        "--tls-cert",
+    let e = serve_refused(
+        &fx,
         &pki.file("server-cert.pem"),
-        "--tls-key",
         &pki.file("client-key.pem"),
-    ]);
-    assert_eq!(o.code, 2, "{o:?}");
-    assert!(o.stderr.contains("belong together"), "{o:?}");
+        &[],
+    );
+    assert!(e.contains("belong together"), "{e}");
     assert!(
         std::fs::read(fx.path("a.img")).unwrap() == image,
         "a refused serve changed the primary"
@@ -870,15 +870,10 @@ fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
     let sent = std::fs::read(src).unwrap();
     assert!(data_area(&fx)[..MIB as usize] == sent[..]);
     // --tls-allow without --tls-ca is a usage error: there is no certificate to name.
-    let o = fx.run(&[
-        "serve",
-        "a.img",
-        "--tls-cert",
+    serve_refused(
+        &fx,
         &pki.file("server-cert.pem"),
-        "--tls-key",
         &pki.file("server-key.pem"),
-        "--tls-allow",
-        "client",
-    ]);
-    assert_eq!(o.code, 2, "{o:?}");
+        &["--tls-allow", "client"],
+    );
 }
