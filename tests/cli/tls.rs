@@ -1,9 +1,11 @@
 //! TLS for NBD both ways (issue 17), with certificates made here by openssl: `serve`
 //! reached by nbdinfo, nbdcopy and qemu-io with a client certificate, and refusing clients
-//! without one, with one from another CA, or without TLS; nbds secondaries on qemu-nbd
-//! (tls-creds-x509 with verify-peer) and nbdkit (--tls=require), killed mid-write and
-//! resynced; servers whose certificate is for another name or from another CA refused,
-//! fracturing nothing.
+//! without one, with one from another CA, for a name `--tls-allow` does not list, or without
+//! TLS; clients that say nothing or stall after STARTTLS cut off at `--handshake-limit`;
+//! nbds secondaries on qemu-nbd (tls-creds-x509 with verify-peer) and nbdkit
+//! (--tls=require), killed mid-write and resynced, attached live while serving, and moved
+//! from clear text to TLS by re-attaching; servers whose certificate is for another name or
+//! from another CA refused, fracturing nothing.
 
 use crate::nbd::{backing, free_port, leg0, same_data_areas, wait_for, Server};
 use crate::serve::{client, run_client, Serving};
