@@ -879,3 +879,61 @@ fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
         &["--tls-allow", "client"],
     );
 }
+
+#[test]
+fn tls_on_serves_both_kinds_of_client_tls_off_refuses_a_certificate_and_nbds_never_falls_back() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    let cdir = pki.client_dir(&fx.path("client"), Some(&pki));
+    let e = serve_refused(
+        &fx,
+        &pki.file("server-cert.pem"),
+        &pki.file("server-key.pem"),
+        &["--tls", "off"],
+    );
+    assert!(e.contains("--tls off with --tls-cert"), "{e}");
+    // --tls on: a clear-text client and a TLS client are both served.
+    let mut args = pki.serve_args();
+    args.extend(["--tls".into(), "on".into()]);
+    let s = Serving::start(&fx, &strs(&args));
+    let plain = client("nbdinfo", "libnbd-bin", &[&s.uri()]);
+    assert!(plain.contains("without TLS"), "{plain}");
+    let tls = client(
+        "nbdinfo",
+        "libnbd-bin",
+        &[&format!(
+            "nbds+unix:///?socket={}&tls-certificates={cdir}",
+            s.sock.display()
+        )],
+    );
+    assert!(tls.contains("with TLS"), "{tls}");
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("TLS offered; clients may connect without it"),
+        "{log}"
+    );
+    // An nbds secondary on a server without TLS is refused, never used in clear text.
+    let file = backing(&fx, "remote.raw");
+    let port = free_port();
+    let _plain = Server::spawn(
+        Command::new("qemu-nbd")
+            .args(["-f", "raw", "--persistent", "--shared=4", "-x", "exp"])
+            .args(["-b", "127.0.0.1", "-p", &port.to_string()])
+            .arg(&file)
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for("qemu-nbd", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut a = vec![
+        "attach".to_string(),
+        "a.img".into(),
+        format!("nbds://127.0.0.1:{port}/exp"),
+    ];
+    a.extend(pki.attach_args());
+    let o = fx.run(&strs(&a));
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("does not offer TLS"), "{o:?}");
+    assert_eq!(fx.status()["legs"].as_array().unwrap().len(), 1);
+}
