@@ -32,6 +32,9 @@ struct Hot {
     pinned: bool,
     /// Regions (absolute) written while hot, as sorted, merged runs.
     written: Vec<Range<u64>>,
+    /// Regions written at a flush epoch not yet known durable on every leg, with that
+    /// epoch: what a leg that fails now may have missed (H5's exact set).
+    unsynced: Vec<(u64, Range<u64>)>,
     /// Fracture-log bits set ahead of the data for legs not receiving writes (slot, regions
     /// that were clear before); those never written are cleared again at eviction.
     ahead: Vec<(u32, Range<u64>)>,
@@ -171,6 +174,21 @@ impl ActivityLog {
         out
     }
 
+    /// The regions written since the last flush that completed on every leg (at a flush
+    /// epoch not yet durable), as sorted, merged runs: with the requests in flight, exactly
+    /// what a leg that stops receiving writes now may be missing (H5, W4). A region leaves
+    /// this set only once a flush that started after its write completed has finished.
+    pub fn unsynced_regions(&self) -> Vec<Range<u64>> {
+        let runs: Vec<Range<u64>> = self
+            .hot
+            .values()
+            .flat_map(|h| h.unsynced.iter())
+            .filter(|(e, _)| *e >= self.durable)
+            .map(|(_, r)| r.clone())
+            .collect();
+        crate::format::ranges::union(&runs, &[])
+    }
+
     /// `want`, and when its last extent is cold but the one before it hot (a sequential
     /// writer), up to `n` further extents that are cold and inside the image.
     pub fn with_read_ahead(&self, want: &[ExtentIdx], n: u64) -> Vec<ExtentIdx> {
@@ -244,15 +262,16 @@ impl ActivityLog {
                     dirty: None,
                     pinned: false,
                     written: Vec::new(),
+                    unsynced: Vec::new(),
                     ahead: mine,
                 },
             );
         }
     }
 
-    /// Fracture bits just set for a leg that stopped receiving writes, over the hot set
-    /// (W4 for an admin fracture while hosts write): as for an activation's, those in regions
-    /// no write uses while the extent stays hot are cleared again at eviction.
+    /// Fracture bits just set ahead for a leg that stopped receiving writes mid-stream (W4:
+    /// the rest of the window): as for an activation's, those in regions no write uses while
+    /// the extent stays hot are cleared again at eviction.
     pub fn add_ahead(&mut self, ahead: &[(u32, Range<u64>)]) {
         let spans: Vec<(ExtentIdx, Range<u64>)> =
             self.hot.keys().map(|e| (*e, self.regions_of(*e))).collect();
@@ -263,16 +282,6 @@ impl ActivityLog {
                     h.ahead.push((*s, a.start.max(r.start)..a.end.min(r.end)));
                 }
             }
-        }
-    }
-
-    /// Forgets the fracture bits set ahead for `slot`: they are never trimmed. Called when
-    /// the slot starts receiving writes again (a resync, an attach) or is freed: its log
-    /// then holds bits set for other reasons (an initial sync, differences verify found)
-    /// that a trim of regions "no write used" would clear, losing what must be copied.
-    pub fn forget_ahead(&mut self, slot: u32) {
-        for h in self.hot.values_mut() {
-            h.ahead.retain(|(s, _)| *s != slot);
         }
     }
 
@@ -317,7 +326,7 @@ impl ActivityLog {
     /// A request using `want` finished; `written` regions were written (on the primary at
     /// least) at the current epoch.
     pub fn release(&mut self, want: &[ExtentIdx], written: Option<&Range<u64>>) {
-        let epoch = self.epoch;
+        let (epoch, durable) = (self.epoch, self.durable);
         for e in want {
             let er = self.regions_of(*e);
             let h = self.hot.get_mut(e).expect("release of a cold extent");
@@ -326,7 +335,10 @@ impl ActivityLog {
                 let part = w.start.max(er.start)..w.end.min(er.end);
                 if !part.is_empty() {
                     h.dirty = Some(epoch);
-                    add_run(&mut h.written, part);
+                    add_run(&mut h.written, part.clone());
+                    // Bounded: runs of one extent, of the two or three epochs not durable.
+                    h.unsynced.retain(|(e, _)| *e >= durable);
+                    add_epoch_run(&mut h.unsynced, epoch, part);
                 }
             }
         }
@@ -387,6 +399,20 @@ fn unwritten(h: &Hot) -> Vec<(u32, Range<u64>)> {
         }
     }
     out
+}
+
+/// Adds `r` written at `epoch`, merged with the runs of the same epoch it touches.
+fn add_epoch_run(runs: &mut Vec<(u64, Range<u64>)>, epoch: u64, r: Range<u64>) {
+    let mut same: Vec<Range<u64>> = Vec::new();
+    runs.retain(|(e, x)| {
+        let mine = *e == epoch;
+        if mine {
+            same.push(x.clone());
+        }
+        !mine
+    });
+    add_run(&mut same, r);
+    runs.extend(same.into_iter().map(|x| (epoch, x)));
 }
 
 fn add_run(runs: &mut Vec<Range<u64>>, r: Range<u64>) {
@@ -540,16 +566,6 @@ mod tests {
     }
 
     #[test]
-    fn bits_set_ahead_for_a_slot_that_was_forgotten_are_never_trimmed() {
-        let mut al = log(4);
-        al.insert(&[ExtentIdx(0)], vec![(1, 0..64), (2, 10..20)]);
-        al.add_ahead(&[(1, 30..40)]);
-        al.forget_ahead(1);
-        let ev = al.evict(&[ExtentIdx(0)]);
-        assert_eq!(ev[0].unwritten_ahead, vec![(2, 10..20)]);
-    }
-
-    #[test]
     fn a_streams_extents_are_its_windows_from_its_first_region_to_its_end() {
         let mut al = ActivityLog::for_stream(16, 5, 40);
         assert_eq!(al.extents_of(&(5..9)), vec![ExtentIdx(0)]);
@@ -569,5 +585,35 @@ mod tests {
         let mut al = ActivityLog::new(8, EXTENT_BYTES, 64 << 10, 64 * 3 + 5);
         activate(&mut al, &[ExtentIdx(0), ExtentIdx(1), ExtentIdx(3)]);
         assert_eq!(al.hot_regions(), vec![0..128, 192..197]);
+    }
+
+    #[test]
+    fn the_unsynced_set_holds_only_writes_no_finished_flush_covers() {
+        let mut al = log(8);
+        let e = al.extents_of(&(0..200));
+        activate(&mut al, &e);
+        al.acquire(&e);
+        al.release(&e, Some(&(10..20)));
+        al.acquire(&e);
+        al.release(&e, Some(&(70..75)));
+        assert_eq!(al.unsynced_regions(), vec![10..20, 70..75]);
+        // A flush starts; a write completing during it is not covered by it.
+        let covered = al.flush_started();
+        al.acquire(&e);
+        al.release(&e, Some(&(19..30)));
+        al.flush_done(covered);
+        assert_eq!(
+            al.unsynced_regions(),
+            vec![19..30],
+            "only the write after the flush began"
+        );
+        let covered = al.flush_started();
+        al.flush_done(covered);
+        assert!(al.unsynced_regions().is_empty());
+        // A flush that never finishes (a leg failed it) keeps everything.
+        al.acquire(&e);
+        al.release(&e, Some(&(100..101)));
+        let _ = al.flush_started();
+        assert_eq!(al.unsynced_regions(), vec![100..101]);
     }
 }

@@ -1,5 +1,8 @@
 //! Resync: copying the regions of fracture logs from the primary (or, with `compare`, only
-//! the blocks that differ), legs in parallel, rate-limited, with durable progress points.
+//! the blocks that differ), rate-limited, with durable progress points. One copy loop
+//! ([`copy_leg`]) serves the offline command (legs in parallel, the logs behind a mutex) and
+//! `serve` (run by run among the host writes, `serve/admin.rs`): what differs between them
+//! is the [`LogOwner`], never the loop.
 //!
 //! Rules (tagged at the lines that keep them):
 //! - S1 Resync clears a region's fracture bit only after the copied data is durable on the
@@ -34,6 +37,8 @@ pub struct ResyncLegReport {
     /// Bytes actually written to the leg (less than `bytes` with `compare`).
     pub written_bytes: u64,
     pub error: Option<String>,
+    /// The leg was detached while it was copied (live): the slot's state is another leg's.
+    pub detached: bool,
 }
 
 /// How a resync copies.
@@ -143,57 +148,55 @@ impl Mirror {
         let abort = AtomicBool::new(false);
         let primary = self.image.dev.clone();
         let bitmaps = Mutex::new(&mut self.bitmaps);
-        let written: Vec<AtomicU64> = work.iter().map(|_| AtomicU64::new(0)).collect();
-        let results: Vec<(u32, LegResult)> = std::thread::scope(|sc| {
+        let results: Vec<(u32, Copied, u64, CopyResult<()>)> = std::thread::scope(|sc| {
             let hs: Vec<_> = work
                 .iter()
-                .zip(&written)
-                .map(|((s, dev), written)| {
+                .map(|(s, dev)| {
                     let (s, dev) = (*s, dev.clone());
                     let primary = primary.clone();
-                    let (bitmaps, limiter, abort) = (&bitmaps, &limiter, &abort);
-                    let ctl = CopyCtl {
-                        limiter,
+                    let (limiter, abort) = (&limiter, &abort);
+                    let owner = Offline {
+                        bitmaps: &bitmaps,
+                        id: BitmapId::Fracture(SlotIdx(s)),
                         abort,
-                        progress,
-                        compare: opts.compare,
-                        written,
                     };
                     sc.spawn(move || {
-                        let r = copy_leg(s, &g, &*primary, &*dev, bitmaps, &ctl);
-                        if matches!(r, Err(LegError::Primary(_))) {
+                        let written = AtomicU64::new(0);
+                        let ctl = CopyCtl {
+                            limiter,
+                            progress,
+                            compare: opts.compare,
+                            written: &written,
+                        };
+                        let mut copied = Copied::default();
+                        let r = copy_leg(&g, &*primary, &*dev, &owner, &ctl, &mut copied);
+                        if matches!(r, Err(CopyEnd::Primary(_))) {
                             abort.store(true, Ordering::SeqCst);
                         }
-                        (s, r)
+                        (s, copied, written.into_inner(), r)
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("a resync copy thread panicked"))
+                .collect()
         });
         progress.finish();
-        for ((s, _), w) in work.iter().zip(&written) {
-            let lr = report.legs.iter_mut().find(|l| l.slot == *s).unwrap();
-            lr.written_bytes = w.load(Ordering::Relaxed);
-        }
         let mut primary_err = None;
         let now = now_unix();
         let mut done = Vec::new();
-        for (s, r) in results {
-            let lr = report.legs.iter_mut().find(|l| l.slot == s).unwrap();
+        for (s, copied, written, r) in results {
+            let lr = report
+                .legs
+                .iter_mut()
+                .find(|l| l.slot == s)
+                .expect("reported");
+            copied.into_report(lr, written);
             match r {
-                Ok((regions, bytes)) => {
-                    lr.regions = regions;
-                    lr.bytes = bytes;
-                    done.push(s);
-                }
-                Err(LegError::Primary(e)) => primary_err = Some(e),
-                Err(LegError::Aborted(regions, bytes)) => {
-                    lr.regions = regions;
-                    lr.bytes = bytes;
-                }
-                Err(LegError::Leg(what, e, regions, bytes)) => {
-                    lr.regions = regions;
-                    lr.bytes = bytes;
+                Ok(()) => done.push(s),
+                Err(CopyEnd::Primary(e)) => primary_err = Some(e),
+                Err(CopyEnd::Stopped(_)) | Err(CopyEnd::Gone(_)) => {}
+                Err(CopyEnd::Leg(what, e)) => {
                     lr.error = Some(format!("{what}: {e}"));
                     self.event(EventKind::ResyncFailed, Some(s), &format!("{what}: {e}"));
                     self.fracture_on_error(
@@ -222,6 +225,50 @@ impl Mirror {
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+}
+
+/// The offline command's side of a copy: the logs behind a mutex, no host writes to order
+/// against (the command holds the mirror's lock), the copies of other legs beside it.
+struct Offline<'a, 'b> {
+    bitmaps: &'a Mutex<&'b mut Bitmaps>,
+    id: BitmapId,
+    /// Set when another leg's copy failed on the primary.
+    abort: &'a AtomicBool,
+}
+
+impl<'b> Offline<'_, 'b> {
+    fn logs(&self) -> std::sync::MutexGuard<'_, &'b mut Bitmaps> {
+        self.bitmaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl LogOwner for Offline<'_, '_> {
+    type Hold = ();
+    fn next_run(&self, from: u64, max: u64) -> CopyResult<Option<Range<u64>>> {
+        self.logs()
+            .next_run(self.id, from, max)
+            .map_err(|e| CopyEnd::Primary(format!("reading a fracture log on the primary: {e}")))
+    }
+    fn hold(&self, _bytes: Range<u64>) {}
+    fn release(&self, _hold: ()) {}
+    fn settle(&self, runs: &[Range<u64>]) -> CopyResult<()> {
+        let mut b = self.logs();
+        let merr =
+            |e: io::Error| CopyEnd::Primary(format!("clearing a fracture log on the primary: {e}"));
+        for r in runs {
+            b.set_range(self.id, r.clone(), false).map_err(merr)?;
+        }
+        b.flush()
+            .map_err(|e| CopyEnd::Primary(format!("syncing bitmaps of the primary: {e}")))
+    }
+    fn stop(&self) -> Option<CopyEnd> {
+        self.abort
+            .load(Ordering::SeqCst)
+            .then(|| CopyEnd::Stopped("the copy of another leg failed on the primary".into()))
+    }
+    fn direct_writes(&self) -> bool {
+        false
     }
 }
 
@@ -277,8 +324,6 @@ impl Mirror {
     }
 }
 
-pub(super) type LegResult = std::result::Result<(u64, u64), LegError>;
-
 /// Copies `len` bytes at `off` from one file to the same offset of another in the kernel.
 pub(super) fn copy_file_range_all(
     from: &std::fs::File,
@@ -298,11 +343,6 @@ pub(super) fn copy_file_range_all(
     Ok(())
 }
 
-pub(super) enum CopyErr {
-    Primary(String),
-    Leg(String, io::Error),
-}
-
 /// What a resync-started event says.
 pub(super) fn resync_started_detail(bytes: u64, compare: bool) -> String {
     format!(
@@ -312,11 +352,236 @@ pub(super) fn resync_started_detail(bytes: u64, compare: bool) -> String {
     )
 }
 
+/// Why one leg's copy stopped before its log was empty.
+#[derive(Debug)]
+pub(super) enum CopyEnd {
+    /// The primary failed: the copy stops, the leg keeps the rest of its log.
+    Primary(String),
+    /// The leg failed (what, error): the caller fractures it.
+    Leg(String, io::Error),
+    /// The leg is no longer the one the copy started for (H8 of `serve`): fractured,
+    /// detached, or another image in its slot. Nothing more is cleared in its log.
+    Gone(String),
+    /// Asked to stop (serve stopping, another leg's copy failed on the primary); the leg
+    /// keeps the rest of its log (S1).
+    Stopped(String),
+}
+
+pub(super) type CopyResult<T> = std::result::Result<T, CopyEnd>;
+
+/// The side that owns a leg's fracture log while [`copy_leg`] copies it: the offline
+/// command, or `serve` with host writes going on. It decides under which exclusion the log
+/// is read and cleared, and whether the leg is still the one being copied to.
+pub(super) trait LogOwner: Sync {
+    /// What keeps a run exclusive with host writes while it is copied (H4 of `serve`).
+    type Hold;
+    /// The next run of the log at or after region `from`, at most `max` regions.
+    fn next_run(&self, from: u64, max: u64) -> CopyResult<Option<Range<u64>>>;
+    /// Takes the run's place among the host writes (data-area bytes), waiting for the
+    /// earlier ones over it.
+    fn hold(&self, bytes: Range<u64>) -> Self::Hold;
+    fn release(&self, hold: Self::Hold);
+    /// S1: clears `runs` in the log, durably; the copied data is durable on the leg already.
+    /// Live, only while the leg is still the same and receives writes (H8).
+    fn settle(&self, runs: &[Range<u64>]) -> CopyResult<()>;
+    /// Whether the copy must stop now.
+    fn stop(&self) -> Option<CopyEnd>;
+    /// Called before each run (a background copy gives way to busy hosts).
+    fn before_run(&self) {}
+    /// Write the leg with O_DIRECT (hosts write it so too), rather than through the page
+    /// cache with the kernel's file-to-file copy.
+    fn direct_writes(&self) -> bool;
+}
+
+/// How a copy goes: shared by every leg of one resync.
+pub(super) struct CopyCtl<'a> {
+    pub(super) limiter: &'a RateLimit,
+    pub(super) progress: &'a dyn Progress,
+    /// Read the leg too and write only the blocks that differ.
+    pub(super) compare: bool,
+    /// Bytes written to this leg so far.
+    pub(super) written: &'a AtomicU64,
+}
+
+/// What one leg's copy made durable and cleared from its log.
+#[derive(Debug, Default)]
+pub(super) struct Copied {
+    pub(super) regions: u64,
+    pub(super) bytes: u64,
+}
+
+impl Copied {
+    pub(super) fn into_report(self, lr: &mut ResyncLegReport, written: u64) {
+        lr.regions += self.regions;
+        lr.bytes += self.bytes;
+        lr.written_bytes += written.min(self.bytes);
+    }
+}
+
+/// Granularity of `resync --compare`: blocks that differ are written, the rest left alone.
+pub(super) const COMPARE_BLOCK: u64 = 64 * 1024;
+
+/// The copy loop, one leg: run by run from the log, each run held exclusive with host
+/// writes while it is copied, then rate-limited with the run released; every RESYNC_BATCH
+/// or CHECKPOINT a durable progress point (S1: the leg synced, then the runs cleared by the
+/// owner). Ends when the log is empty, or with why not (what was settled stays settled).
+pub(super) fn copy_leg<O: LogOwner>(
+    g: &Geometry,
+    primary: &dyn Device,
+    target: &dyn Device,
+    owner: &O,
+    ctl: &CopyCtl,
+    done: &mut Copied,
+) -> CopyResult<()> {
+    // A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
+    // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
+    // COPY_RUN takes 8 s at 1 MiB/s, and a resync interrupted more often than that never
+    // made any progress durable.
+    let max_run = plan::max_run_regions(
+        ctl.limiter.bytes_in(CHECKPOINT / 2),
+        COPY_RUN,
+        g.region_size,
+    );
+    let size = COPY_RUN.max(g.region_size) as usize;
+    let mut buf = crate::device::AlignedBuf::zeroed(size);
+    let mut theirs = if ctl.compare {
+        vec![0u8; size]
+    } else {
+        Vec::new()
+    };
+    let mut batch: Vec<Range<u64>> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut batch_started = Instant::now();
+    let mut from = 0;
+    loop {
+        if let Some(why) = owner.stop() {
+            settle(g, target, owner, &mut batch, done)?;
+            return Err(why);
+        }
+        let Some(r) = owner.next_run(from, max_run)? else {
+            return settle(g, target, owner, &mut batch, done);
+        };
+        from = r.end;
+        owner.before_run();
+        let br = g.regions_bytes(r.clone());
+        let hold = owner.hold(br.clone());
+        let copied = copy_run(
+            g,
+            primary,
+            target,
+            br.clone(),
+            owner.direct_writes(),
+            ctl,
+            &mut buf,
+            &mut theirs,
+        );
+        owner.release(hold);
+        copied?;
+        // The rate limit waits with the run released: host writes there go on meanwhile.
+        ctl.limiter.take(br.end - br.start);
+        ctl.progress.advance(br.end - br.start);
+        batch_bytes += br.end - br.start;
+        batch.push(r);
+        if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
+            settle(g, target, owner, &mut batch, done)?;
+            batch_bytes = 0;
+            batch_started = Instant::now();
+        }
+    }
+}
+
+/// S1: the batch durable on the leg, then its bits cleared by the owner.
+fn settle<O: LogOwner>(
+    g: &Geometry,
+    target: &dyn Device,
+    owner: &O,
+    batch: &mut Vec<Range<u64>>,
+    done: &mut Copied,
+) -> CopyResult<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    target.sync().map_err(|e| CopyEnd::Leg("sync".into(), e))?;
+    owner.settle(batch)?;
+    for r in batch.drain(..) {
+        done.regions += r.end - r.start;
+        let br = g.regions_bytes(r);
+        done.bytes += br.end - br.start;
+    }
+    Ok(())
+}
+
+/// One run (data-area bytes `br`) from the primary to the leg: holes as zeroes (S4), or
+/// with `compare` only the blocks that differ.
+#[allow(clippy::too_many_arguments)]
+fn copy_run(
+    g: &Geometry,
+    primary: &dyn Device,
+    target: &dyn Device,
+    br: Range<u64>,
+    direct: bool,
+    ctl: &CopyCtl,
+    buf: &mut [u8],
+    theirs: &mut [u8],
+) -> CopyResult<()> {
+    let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
+    let at = |p: u64| p - g.data_offset;
+    let perr = |p: u64, e: io::Error| {
+        CopyEnd::Primary(format!("reading primary at data offset {}: {e}", at(p)))
+    };
+    let extents = primary
+        .data_extents(start..end)
+        .map_err(|e| perr(start, e))?;
+    for (piece, data) in plan::copy_pieces(start..end, extents) {
+        if piece.is_empty() {
+            continue;
+        }
+        if ctl.compare {
+            compare_copy(primary, target, piece, data, g, buf, theirs, ctl.written)?;
+            continue;
+        }
+        ctl.written
+            .fetch_add(piece.end - piece.start, Ordering::Relaxed);
+        if !data {
+            target
+                .zero_range(piece.start, piece.end - piece.start)
+                .map_err(|e| {
+                    CopyEnd::Leg(format!("zeroing at data offset {}", at(piece.start)), e)
+                })?;
+            continue;
+        }
+        let mut p = piece.start;
+        while p < piece.end {
+            let n = ((piece.end - p) as usize).min(buf.len());
+            // File to file (offline): the kernel copies without passing the data through
+            // here. Any error is retried by reading and writing, which tells whether the
+            // primary or the target is at fault.
+            if !direct {
+                if let (Some(from), Some(to)) = (primary.file(), target.file()) {
+                    if copy_file_range_all(from, to, p, n as u64).is_ok() {
+                        p += n as u64;
+                        continue;
+                    }
+                }
+            }
+            primary.read_at(&mut buf[..n], p).map_err(|e| perr(p, e))?;
+            let w = if direct {
+                target.write_direct(&buf[..n], p)
+            } else {
+                target.write_at(&buf[..n], p)
+            };
+            w.map_err(|e| CopyEnd::Leg(format!("write at data offset {}", at(p)), e))?;
+            p += n as u64;
+        }
+    }
+    Ok(())
+}
+
 /// `resync --compare` of one piece of a run: reads the primary (zeros for a hole) and the
 /// leg, and writes (or zeroes) only the COMPARE_BLOCKs that differ. Where both the primary
 /// and the leg have holes nothing is read: both read as zeros.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn compare_copy(
+fn compare_copy(
     primary: &dyn Device,
     target: &dyn Device,
     piece: Range<u64>,
@@ -324,8 +589,8 @@ pub(super) fn compare_copy(
     g: &Geometry,
     ours: &mut [u8],
     theirs: &mut [u8],
-    ctl: &CopyCtl,
-) -> std::result::Result<(), CopyErr> {
+    written: &AtomicU64,
+) -> CopyResult<()> {
     let at = |p: u64| p - g.data_offset;
     // Spans to read: all of it, or for a hole of the primary only where the leg has data.
     let extents = if data {
@@ -333,7 +598,7 @@ pub(super) fn compare_copy(
     } else {
         target.data_extents(piece.clone()).map_err(|e| {
             let what = format!("finding data at data offset {}", at(piece.start));
-            CopyErr::Leg(what, e)
+            CopyEnd::Leg(what, e)
         })?
     };
     let spans: Vec<Range<u64>> = extents
@@ -351,15 +616,14 @@ pub(super) fn compare_copy(
             let n = ((piece.end - p) as usize).min(ours.len());
             if data {
                 primary.read_at(&mut ours[..n], p).map_err(|e| {
-                    CopyErr::Primary(format!("reading primary at data offset {}: {e}", at(p)))
+                    CopyEnd::Primary(format!("reading primary at data offset {}: {e}", at(p)))
                 })?;
             } else {
                 ours[..n].fill(0);
             }
             target
                 .read_at(&mut theirs[..n], p)
-                .map_err(|e| CopyErr::Leg(format!("read at data offset {}", at(p)), e))?;
-            ctl.limiter.take(n as u64);
+                .map_err(|e| CopyEnd::Leg(format!("read at data offset {}", at(p)), e))?;
             // Runs of differing blocks, each written with one call.
             for run in plan::differing_runs(&ours[..n], &theirs[..n], block) {
                 let off = p + run.start as u64;
@@ -369,203 +633,11 @@ pub(super) fn compare_copy(
                 } else {
                     target.zero_range(off, len)
                 };
-                r.map_err(|e| CopyErr::Leg(format!("write at data offset {}", at(off)), e))?;
-                ctl.written.fetch_add(len, Ordering::Relaxed);
+                r.map_err(|e| CopyEnd::Leg(format!("write at data offset {}", at(off)), e))?;
+                written.fetch_add(len, Ordering::Relaxed);
             }
             p += n as u64;
         }
     }
     Ok(())
-}
-
-pub(super) enum LegError {
-    Primary(String),
-    /// (what, error, regions done, bytes done)
-    Leg(String, io::Error, u64, u64),
-    Aborted(u64, u64),
-}
-
-/// What one leg's copy shares with the others, and how it copies.
-pub(super) struct CopyCtl<'a> {
-    limiter: &'a RateLimit,
-    abort: &'a AtomicBool,
-    progress: &'a dyn Progress,
-    compare: bool,
-    /// Bytes written to this leg so far.
-    written: &'a AtomicU64,
-}
-
-impl<'a> CopyCtl<'a> {
-    pub(super) fn new(
-        limiter: &'a RateLimit,
-        abort: &'a AtomicBool,
-        progress: &'a dyn Progress,
-        compare: bool,
-        written: &'a AtomicU64,
-    ) -> Self {
-        CopyCtl {
-            limiter,
-            abort,
-            progress,
-            compare,
-            written,
-        }
-    }
-}
-
-/// Granularity of `resync --compare`: blocks that differ are written, the rest left alone.
-pub(super) const COMPARE_BLOCK: u64 = 64 * 1024;
-
-/// Copies one leg's fracture log from the primary (S1).
-pub(super) fn copy_leg(
-    slot: u32,
-    g: &Geometry,
-    primary: &dyn Device,
-    target: &dyn Device,
-    bitmaps: &Mutex<&mut Bitmaps>,
-    ctl: &CopyCtl,
-) -> std::result::Result<(u64, u64), LegError> {
-    let CopyCtl {
-        limiter,
-        abort,
-        progress,
-        ..
-    } = *ctl;
-    let id = BitmapId::Fracture(SlotIdx(slot));
-    // A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
-    // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
-    // COPY_RUN takes 8 s at 1 MiB/s, and a resync interrupted more often than that never
-    // made any progress durable.
-    let max_run = plan::max_run_regions(limiter.bytes_in(CHECKPOINT / 2), COPY_RUN, g.region_size);
-    let mut buf = vec![0u8; (COPY_RUN.max(g.region_size)) as usize];
-    let mut theirs = if ctl.compare {
-        vec![0u8; buf.len()]
-    } else {
-        Vec::new()
-    };
-    let (mut regions, mut bytes) = (0u64, 0u64);
-    let mut from = 0;
-    let merr = |e: io::Error| {
-        LegError::Primary(format!(
-            "reading the fracture log of slot {slot} on the primary: {e}"
-        ))
-    };
-    loop {
-        if abort.load(Ordering::SeqCst) {
-            return Err(LegError::Aborted(regions, bytes));
-        }
-        // Collect a batch of runs.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        {
-            let mut b = bitmaps.lock().unwrap();
-            while batch_bytes < RESYNC_BATCH {
-                match b.next_run(id, from, max_run).map_err(merr)? {
-                    Some(r) => {
-                        from = r.end;
-                        let br = g.regions_bytes(r.clone());
-                        batch_bytes += br.end - br.start;
-                        batch.push(r);
-                    }
-                    None => break,
-                }
-            }
-        }
-        if batch.is_empty() {
-            return Ok((regions, bytes));
-        }
-        let batch_started = Instant::now();
-        let mut copied_runs = 0;
-        for r in &batch {
-            if copied_runs > 0 && batch_started.elapsed() >= CHECKPOINT {
-                // Slow (rate-limited) copies make their progress durable in time too, so a
-                // killed resync loses about CHECKPOINT of work; the rest is picked up next.
-                break;
-            }
-            copied_runs += 1;
-            let br = g.regions_bytes(r.clone());
-            let (start, end) = (g.data_offset + br.start, g.data_offset + br.end);
-            let extents = primary.data_extents(start..end).map_err(|e| {
-                LegError::Primary(format!("reading primary at data offset {}: {e}", br.start))
-            })?;
-            let pieces = plan::copy_pieces(start..end, extents);
-            for (piece, data) in pieces {
-                if piece.is_empty() {
-                    continue;
-                }
-                if ctl.compare {
-                    let r =
-                        compare_copy(primary, target, piece, data, g, &mut buf, &mut theirs, ctl);
-                    r.map_err(|e| match e {
-                        CopyErr::Primary(m) => LegError::Primary(m),
-                        CopyErr::Leg(what, e) => LegError::Leg(what, e, regions, bytes),
-                    })?;
-                    continue;
-                }
-                ctl.written
-                    .fetch_add(piece.end - piece.start, Ordering::Relaxed);
-                if !data {
-                    target
-                        .zero_range(piece.start, piece.end - piece.start)
-                        .map_err(|e| {
-                            LegError::Leg(
-                                format!("zeroing at data offset {}", piece.start - g.data_offset),
-                                e,
-                                regions,
-                                bytes,
-                            )
-                        })?;
-                    continue;
-                }
-                let mut p = piece.start;
-                while p < piece.end {
-                    let n = ((piece.end - p) as usize).min(buf.len());
-                    // File to file: the kernel copies without passing the data through
-                    // here. Any error is retried by reading and writing, which tells
-                    // whether the primary or the target is at fault.
-                    if let (Some(from), Some(to)) = (primary.file(), target.file()) {
-                        if copy_file_range_all(from, to, p, n as u64).is_ok() {
-                            limiter.take(n as u64);
-                            p += n as u64;
-                            continue;
-                        }
-                    }
-                    primary.read_at(&mut buf[..n], p).map_err(|e| {
-                        LegError::Primary(format!(
-                            "reading primary at data offset {}: {e}",
-                            p - g.data_offset
-                        ))
-                    })?;
-                    target.write_at(&buf[..n], p).map_err(|e| {
-                        LegError::Leg(
-                            format!("write at data offset {}", p - g.data_offset),
-                            e,
-                            regions,
-                            bytes,
-                        )
-                    })?;
-                    limiter.take(n as u64);
-                    p += n as u64;
-                }
-            }
-            progress.advance(br.end - br.start);
-        }
-        if copied_runs < batch.len() {
-            from = batch[copied_runs].start;
-            batch.truncate(copied_runs);
-        }
-        // S1: durable on the target before the bits go.
-        target
-            .sync()
-            .map_err(|e| LegError::Leg("sync".into(), e, regions, bytes))?;
-        let mut b = bitmaps.lock().unwrap();
-        for r in &batch {
-            b.set_range(id, r.clone(), false).map_err(merr)?;
-            regions += r.end - r.start;
-            let br = g.regions_bytes(r.clone());
-            bytes += br.end - br.start;
-        }
-        b.flush()
-            .map_err(|e| LegError::Primary(format!("syncing bitmaps of the primary: {e}")))?;
-    }
 }

@@ -11,9 +11,12 @@
 //! - W3 Writes to a leg that does not receive writes (fractured) are recorded in its fracture
 //!   log durably together with W1, i.e. before the data is written anywhere; otherwise a
 //!   resync would miss them.
-//! - W4 A leg that fails gets the whole current write-intent window set in its fracture log,
-//!   durably, before its state changes and before any write-intent bit is cleared; otherwise
-//!   what it missed of the window is forgotten.
+//! - W4 A leg that fails gets in its fracture log, durably, before its state changes and
+//!   before any write-intent bit is cleared, what it may be missing: the regions written
+//!   since the legs' last sync, and the rest of the current window, which the stream writes
+//!   next (those bits are set ahead as W3's, and trimmed where nothing came); otherwise what
+//!   it missed is forgotten. Not the whole window: after a sync, a failure costs only what
+//!   the leg missed.
 //! - W5 A command reports success only after W2's clear has been flushed; otherwise the next
 //!   command recovers regions for nothing (and says the mirror was not closed cleanly).
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
@@ -46,6 +49,8 @@ pub(super) struct Stream {
     al: ActivityLog,
     /// Writes since the legs were last synced.
     unsynced: bool,
+    /// The first region the stream has not written yet (where W4's bits ahead start).
+    next: u64,
 }
 
 impl Mirror {
@@ -66,18 +71,37 @@ impl Mirror {
         }
         for (s, err) in errs {
             legs.retain(|(x, _)| *x != s);
-            self.fracture_on_error(
-                LegFailure {
-                    slot: s,
-                    what: "sync".into(),
-                    err,
-                },
-                &st.al.hot_regions(),
-            )?;
+            let f = LegFailure {
+                slot: s,
+                what: "sync".into(),
+                err,
+            };
+            self.fail_in_stream(f, st)?;
         }
         st.unsynced = false;
         st.al.flush_done(covered);
         Ok(())
+    }
+
+    /// W4: a leg failed mid-stream: its log gets what was written since the last sync and,
+    /// set ahead (trimmed at the window's end where nothing came), the rest of the window.
+    fn fail_in_stream(&mut self, f: LegFailure, st: &mut Stream) -> Result<()> {
+        let id = BitmapId::Fracture(SlotIdx(f.slot));
+        let mut ahead = Vec::new();
+        for r in st.al.hot_regions() {
+            let rest = r.start.max(st.next)..r.end;
+            if rest.is_empty() {
+                continue;
+            }
+            let clear = self
+                .clear_runs(id, rest)
+                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+            ahead.extend(clear.into_iter().map(|c| (f.slot, c)));
+        }
+        let rest: Vec<Range<u64>> = ahead.iter().map(|(_, r)| r.clone()).collect();
+        let missed = union(&st.al.unsynced_regions(), &rest);
+        st.al.add_ahead(&ahead);
+        self.fracture_on_error(f, &missed)
     }
 
     /// Makes sure `regions` are marked in the write-intent log before data goes there: the
@@ -137,13 +161,19 @@ impl Mirror {
         self.flush_bitmaps()
     }
 
+    /// W1 alone: marks `regions` in the write-intent log (the caller flushes).
+    pub(super) fn mark_write_intents(&mut self, regions: Range<u64>) -> Result<()> {
+        self.bitmaps
+            .set_range(BitmapId::WriteIntent, regions, true)
+            .map(|_| ())
+            .map_err(|e| self.meta_err("marking write intents", &e))
+    }
+
     /// W1 + W3: marks `regions` in the write-intent log and, for every leg not receiving
     /// writes, in its fracture log where clear (in the same flush, done by the caller: before
     /// any data there is written). Returns the fracture bits set: (slot, regions).
     pub(super) fn mark_intents(&mut self, regions: Range<u64>) -> Result<Vec<(u32, Range<u64>)>> {
-        self.bitmaps
-            .set_range(BitmapId::WriteIntent, regions.clone(), true)
-            .map_err(|e| self.meta_err("marking write intents", &e))?;
+        self.mark_write_intents(regions.clone())?;
         let mut ahead = Vec::new();
         for s in 0..self.geometry().slots {
             let leg = &self.sb().legs[s as usize];
@@ -241,6 +271,7 @@ impl Mirror {
         let mut st = Stream {
             al: ActivityLog::for_stream(window, g.regions_for(offset, 0).start, limit),
             unsynced: false,
+            next: 0,
         };
         // Before the legs are opened: a leg that fails to open is newly fractured too.
         let fractured_before: Vec<u32> = (0..g.slots)
@@ -327,17 +358,16 @@ impl Mirror {
                 }
                 st.unsynced = true;
                 st.al.release(&exts, Some(&regions));
+                st.next = regions.end;
                 for (s, r) in lres {
                     if let Err(err) = r {
                         legs.retain(|(x, _)| *x != s);
-                        self.fracture_on_error(
-                            LegFailure {
-                                slot: s,
-                                what: format!("write at data offset {pos}"),
-                                err,
-                            },
-                            &st.al.hot_regions(),
-                        )?;
+                        let f = LegFailure {
+                            slot: s,
+                            what: format!("write at data offset {pos}"),
+                            err,
+                        };
+                        self.fail_in_stream(f, &mut st)?;
                     }
                 }
                 pos += wlen as u64;

@@ -154,8 +154,12 @@ pub(super) fn finished(
     let mut exit = Exit::Success;
     out.seconds = r.seconds;
     for l in r.legs {
-        let state = m.sb().legs[l.slot as usize].state;
-        if l.error.is_some() || state != LegState::InSync {
+        // A leg detached during a live resync: the slot's state now is another leg's.
+        let state = match l.detached {
+            true => "detached",
+            false => m.sb().legs[l.slot as usize].state.as_str(),
+        };
+        if l.error.is_some() || state != LegState::InSync.as_str() {
             exit = Exit::Degraded;
         }
         if let Some(e) = &l.error {
@@ -167,7 +171,10 @@ pub(super) fn finished(
         out.regions += l.regions;
         out.bytes += l.bytes;
         out.written_bytes += l.written_bytes;
-        let (remaining_regions, remaining_bytes) = m.pending_for(l.slot)?;
+        let (remaining_regions, remaining_bytes) = match l.detached {
+            true => (0, 0),
+            false => m.pending_for(l.slot)?,
+        };
         out.legs.push(ResyncLegOut {
             slot: l.slot,
             path: l.location,
@@ -176,7 +183,7 @@ pub(super) fn finished(
             written_bytes: l.written_bytes,
             remaining_regions,
             remaining_bytes,
-            state: state.as_str().to_string(),
+            state: state.to_string(),
             error: l.error,
         });
     }

@@ -1,24 +1,51 @@
 //! The mirror serving hosts: request-level writes, zeroes, trims, flushes and reads, with the
-//! activity log (hot extents) in the write-intent log, safe for many requests at once.
+//! activity log (hot extents) in the write-intent log, safe for many requests at once, and
+//! the live administration (`admin.rs`, `verify.rs`) that runs among them.
 //! `server/` speaks NBD and calls these; this file decides what is durable when.
 //!
-//! Rules (W1..W6 of `write.rs` hold here too; tagged at the lines that keep them):
-//! - H1 A request's extents are hot (their write-intent bits durable, W1, and W3's fracture
-//!   bits for legs not receiving writes in the same flush) before any leg is written;
-//!   otherwise a crash could leave legs differing where no log says so.
-//! - H2 An extent leaves the hot set only when no request uses it and after a sync of the
+//! The live rules, one set for host requests and admin operations (W1..W6 of `write.rs`,
+//! S1..S4 of `resync.rs` and V1 of `verify.rs` hold here too; each is tagged at the lines that
+//! keep it):
+//! - H1 A request's extents are hot (their write-intent bits durable, W1) before any leg is
+//!   written; otherwise a crash could leave legs differing where no log says so.
+//! - H2 An extent leaves the hot set only when no request uses it, after a sync of the
 //!   primary and every leg receiving writes that started after its last write completed
-//!   (W2); otherwise its clear could forget data not yet durable on some leg.
+//!   (W2), and after every fracture bit H6 set is durable; otherwise its clear could forget
+//!   data not yet durable on some leg, or a write a fractured leg missed.
 //! - H3 A write is replied to only once it is written on the primary and on every leg
 //!   receiving writes; a FLUSH, or a FUA request, only after the primary and every such leg
 //!   synced (every write completed before the flush started is durable everywhere); otherwise
 //!   an acknowledged write could be missing from a leg the mirror calls in sync.
-//! - H4 Overlapping mutations run in the order they arrived: a request waits for every
-//!   earlier overlapping one to finish; otherwise legs could end with different orders of
-//!   the same two writes (and so different bytes).
-//! - H5 A leg that fails gets the whole hot set in its fracture log (W4) before any intent
-//!   bit is cleared, and the request still succeeds; a primary that fails a write pins the
-//!   request's extents (never cleared, W6) and the host gets an error for that request only.
+//! - H4 Overlapping mutations, resync copies and verify reads run in arrival order: each
+//!   waits for every earlier overlapping mutation, and every later one waits for it;
+//!   otherwise legs could end with different orders of the same two writes, a copy of old
+//!   data could land over a newer host write (DRBD makes resync extents exclusive with
+//!   activity-log extents for this), or verify could report a write racing its reads as a
+//!   difference and mark an identical leg out of sync.
+//! - H5 A leg that stops receiving writes (it failed, W4, or an admin fractured it) gets in
+//!   its fracture log, durably and in the lock hold that takes it off the writers' list,
+//!   exactly what it may miss: the regions written since the last flush that finished on
+//!   every leg, and every host write in flight. Otherwise what it missed is forgotten; the
+//!   whole hot set instead would cost a resync of gigabytes for a failure after a flush. A
+//!   failing leg's request still succeeds; a primary that fails a write pins the request's
+//!   extents (never cleared, W6) and the host gets an error for that request only.
+//! - H6 A host write admitted while a slot's leg does not receive writes sets that leg's
+//!   fracture bits in the lock hold that takes the list of legs to write: in memory, made
+//!   durable before the region's intent is cleared (H2); a crash before that is covered by
+//!   R1, which merges the intents (durable, H1) into every leg's log. Otherwise a resync would
+//!   miss the write.
+//! - H7 A leg joins the writers in one lock hold with what makes its log cover the writes in
+//!   flight: an attach puts every host write in flight in its log, a resync marks it syncing
+//!   (S3) while its log holds every write it missed (H5, H6); its copy of a region then waits
+//!   for them (H4). Otherwise a write admitted just before could reach neither the leg nor
+//!   its log.
+//! - H8 Live operations name a leg by its identity ([`LegId`]: slot, image UUID and the
+//!   epoch at which it last joined the writers), never by slot alone. A resync clears log
+//!   bits (S1) and marks a leg in sync (S2) only in a lock hold in which that same leg still
+//!   receives writes; a verify compares a leg only while it does. Otherwise a fracture, or a
+//!   detach and an attach into the freed slot, landing during the operation makes it clear
+//!   bits of writes the leg missed or of another image's initial log (data loss, a leg called
+//!   in sync that differs), or report differences that are not there.
 
 mod admin;
 mod verify;
@@ -116,12 +143,35 @@ pub struct Counters {
     pub peak_hot: usize,
 }
 
+/// A leg as live operations name it (H8): the slot, the image there, and the epoch at which
+/// it last joined the writers. Any fracture, detach or attach makes an old one stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegId {
+    pub slot: u32,
+    image: Uuid,
+    epoch: u64,
+}
+
+/// What an entry of `inflight` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// A host write, zero or trim (what a leg that stops receiving may miss, H5).
+    HostWrite,
+    /// A resync copy or a verify read (H4 orders them; they change no leg's data a host
+    /// wrote).
+    Admin,
+}
+
 struct State {
     mirror: Mirror,
     al: ActivityLog,
+    /// The legs receiving writes.
     legs: Vec<(u32, Arc<dyn Device>)>,
-    /// Mutations admitted and not yet finished, in arrival order.
-    inflight: Vec<(u64, Range<u64>)>,
+    /// Per slot, the epoch at which its leg joined `legs` (0: not receiving), H8.
+    joined: Vec<u64>,
+    next_epoch: u64,
+    /// Mutations and admin copies/reads admitted and not yet finished, in arrival order.
+    inflight: Vec<(u64, Range<u64>, Use)>,
     next_seq: u64,
     counters: Counters,
     read_fallback_logged: bool,
@@ -170,6 +220,92 @@ impl Default for ServeConfig {
     }
 }
 
+impl State {
+    fn receiving(&self, slot: u32) -> bool {
+        self.joined[slot as usize] != 0
+    }
+
+    /// The identity of the leg in `slot` now, if it receives writes.
+    fn id_of(&self, slot: u32) -> Option<LegId> {
+        self.receiving(slot).then(|| LegId {
+            slot,
+            image: self.mirror.sb().legs[slot as usize].image_uuid,
+            epoch: self.joined[slot as usize],
+        })
+    }
+
+    /// H8: whether the leg `id` names is still the one in its slot, receiving writes.
+    fn is_current(&self, id: &LegId) -> bool {
+        self.id_of(id.slot).as_ref() == Some(id)
+    }
+
+    /// The leg in `slot` starts receiving writes (H7: the caller has made its log cover
+    /// the writes in flight); already receiving, it keeps its identity.
+    fn join(&mut self, slot: u32, dev: Arc<dyn Device>) -> LegId {
+        if !self.receiving(slot) {
+            self.next_epoch += 1;
+            self.joined[slot as usize] = self.next_epoch;
+            self.legs.push((slot, dev));
+        }
+        self.id_of(slot).expect("joined")
+    }
+
+    /// The leg in `slot` stops receiving writes; false if it did not receive them.
+    fn leave(&mut self, slot: u32) -> bool {
+        if !self.receiving(slot) {
+            return false;
+        }
+        self.joined[slot as usize] = 0;
+        self.legs.retain(|(s, _)| *s != slot);
+        true
+    }
+
+    /// Regions of the host writes in flight (H5, H7).
+    fn writes_in_flight(&self) -> Vec<Range<u64>> {
+        let g = self.mirror.geometry();
+        let runs: Vec<Range<u64>> = self
+            .inflight
+            .iter()
+            .filter(|(_, r, u)| *u == Use::HostWrite && !r.is_empty())
+            .map(|(_, r, _)| g.regions_for(r.start, r.end - r.start))
+            .collect();
+        union(&runs, &[])
+    }
+
+    /// H5: what a leg that stops receiving writes now may be missing.
+    fn missed_by_a_leaving_leg(&self) -> Vec<Range<u64>> {
+        union(&self.al.unsynced_regions(), &self.writes_in_flight())
+    }
+
+    /// H5: puts `regions` in `slot`'s fracture log durably.
+    fn log_durably(&mut self, slot: u32, regions: &[Range<u64>]) -> Result<()> {
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        for r in regions.iter().filter(|r| !r.is_empty()) {
+            self.mirror
+                .bitmaps
+                .set_range(id, r.clone(), true)
+                .map_err(|e| self.mirror.meta_err("setting a fracture log", &e))?;
+        }
+        self.mirror.flush_bitmaps()
+    }
+
+    /// H6: a write admitted now reaches no leg that does not receive writes: their logs
+    /// get its regions (in memory; durable before the intent is cleared, H2).
+    fn log_for_absent_legs(&mut self, regions: &Range<u64>) -> Result<()> {
+        for s in 0..self.mirror.geometry().slots {
+            if self.receiving(s) || self.mirror.sb().legs[s as usize].state == LegState::Empty {
+                continue;
+            }
+            let id = BitmapId::Fracture(SlotIdx(s));
+            self.mirror
+                .bitmaps
+                .set_range(id, regions.clone(), true)
+                .map_err(|e| self.mirror.meta_err("setting a fracture log", &e))?;
+        }
+        Ok(())
+    }
+}
+
 impl Mirror {
     /// Turns this (locked, recovered) mirror into a server. `log` gets one line per
     /// fracture, recovery fallback and error.
@@ -191,30 +327,37 @@ impl Mirror {
         let fast_zero = self.image.dev.zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
         // From here on the intents on disk are this server's hot set.
         self.intents_live = !read_only;
+        let slots = g.slots as usize;
+        let mut state = State {
+            al: ActivityLog::new(
+                cfg.hot_extents,
+                cfg.extent_bytes,
+                g.region_size,
+                g.region_count,
+            ),
+            mirror: self,
+            legs: Vec::new(),
+            joined: vec![0; slots],
+            next_epoch: 0,
+            inflight: Vec::new(),
+            next_seq: 0,
+            counters: Counters::default(),
+            read_fallback_logged: false,
+            waiters: 0,
+        };
+        for (s, d) in legs {
+            state.join(s, d);
+        }
         Ok(Server {
-            name: self.name.clone(),
+            name: state.mirror.name.clone(),
             reads: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             clients: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             extent_bytes: cfg.extent_bytes,
             admin_stop: AtomicBool::new(false),
-            primary: self.image.dev.clone(),
-            state: Mutex::new(State {
-                al: ActivityLog::new(
-                    cfg.hot_extents,
-                    cfg.extent_bytes,
-                    g.region_size,
-                    g.region_count,
-                ),
-                mirror: self,
-                legs,
-                inflight: Vec::new(),
-                next_seq: 0,
-                counters: Counters::default(),
-                read_fallback_logged: false,
-                waiters: 0,
-            }),
+            primary: state.mirror.image.dev.clone(),
+            state: Mutex::new(state),
             changed: Condvar::new(),
             geometry: g,
             read_only,
@@ -320,7 +463,7 @@ impl Server {
         while st
             .inflight
             .iter()
-            .any(|(s, r)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
+            .any(|(s, r, _)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
         {
             st = self.wait(st);
         }
@@ -356,20 +499,25 @@ impl Server {
         }
     }
 
-    /// H4: takes a mutation's place in arrival order. Call in the order requests arrive.
+    /// H4: takes a host mutation's place in arrival order. Call in the order requests
+    /// arrive.
     pub fn ticket(&self, off: u64, len: u64) -> Ticket {
+        self.ticket_for(off, len, Use::HostWrite)
+    }
+
+    fn ticket_for(&self, off: u64, len: u64, what: Use) -> Ticket {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
         let range = off..off + len;
-        st.inflight.push((seq, range.clone()));
+        st.inflight.push((seq, range.clone(), what));
         Ticket { seq, range }
     }
 
-    /// Gives a ticket back unused (a request refused before it ran).
+    /// Gives a ticket back (a request refused before it ran, or an admin copy or read done).
     pub fn cancel(&self, t: Ticket) {
         let mut st = self.lock();
-        st.inflight.retain(|(s, _)| *s != t.seq);
+        st.inflight.retain(|(s, _, _)| *s != t.seq);
         self.wake(st);
     }
 
@@ -460,12 +608,18 @@ impl Server {
                     let r = self.activate(&mut st, &cold, &evict, sync);
                     self.flush_log(&mut st);
                     if let Err(f) = r {
-                        st.inflight.retain(|(s, _)| *s != t.seq);
+                        st.inflight.retain(|(s, _, _)| *s != t.seq);
                         self.wake(st);
                         return Err(f);
                     }
                 }
             }
+        }
+        // H6: in the lock hold that takes the legs to write.
+        if let Err(e) = st.log_for_absent_legs(&regions) {
+            st.inflight.retain(|(s, _, _)| *s != t.seq);
+            self.wake(st);
+            return Err(Failure::new(EIO, e.to_string()));
         }
         st.al.acquire(&exts);
         let legs = st.legs.clone();
@@ -499,11 +653,11 @@ impl Server {
         };
 
         let mut st = self.lock();
-        st.inflight.retain(|(s, _)| *s != t.seq);
         if let Err(e) = pres {
             // H5/W6: the intents of these extents stay until the next command recovers.
             st.al.pin(&exts);
             st.al.release(&exts, None);
+            st.inflight.retain(|(s, _, _)| *s != t.seq);
             self.wake(st);
             let f = Failure::io(
                 format!(
@@ -516,6 +670,7 @@ impl Server {
             return Err(f);
         }
         let mut res = Ok(());
+        // This write is still in flight here: a leg fractured now gets its regions (H5).
         for (s, r) in lres {
             if let Err(err) = r {
                 let what = format!("write at data offset {}", t.range.start);
@@ -524,6 +679,7 @@ impl Server {
                 }
             }
         }
+        st.inflight.retain(|(s, _, _)| *s != t.seq);
         st.al.release(&exts, Some(&regions));
         st.counters.writes += 1;
         st.counters.bytes_written += m.len();
@@ -532,15 +688,15 @@ impl Server {
         res
     }
 
-    /// H5 + W4: a leg failed; its log gets the hot set, then it is fractured.
+    /// H5 + W4: a leg failed; its log gets what it may have missed, then it is fractured.
     fn fracture(&self, st: &mut State, slot: u32, what: String, err: io::Error) -> Served<()> {
-        if !st.legs.iter().any(|(s, _)| *s == slot) {
+        if !st.receiving(slot) {
             return Ok(()); // already fractured by a request that failed first
         }
-        st.legs.retain(|(s, _)| *s != slot);
-        let hot = st.al.hot_regions();
+        let missed = st.missed_by_a_leaving_leg();
+        st.leave(slot);
         st.mirror
-            .fracture_on_error(LegFailure { slot, what, err }, &hot)
+            .fracture_on_error(LegFailure { slot, what, err }, &missed)
             .map_err(|e| Failure::new(EIO, e.to_string()))
     }
 
@@ -578,21 +734,25 @@ impl Server {
             self.sync_locked(st)?;
         }
         let meta = |e: Error| Failure::new(EIO, e.to_string());
+        if !evict.is_empty() {
+            // H2 + H6: the fracture bits set for writes legs missed are durable before any
+            // intent over them is cleared.
+            st.mirror.flush_bitmaps().map_err(meta)?;
+        }
         for ev in st.al.evict(evict) {
             st.mirror.clear_evicted(ev).map_err(meta)?;
             st.counters.evictions += 1;
         }
-        // H1/W1 + W3: the new extents' intents, and fracture bits for legs not receiving
-        // writes, remembering which were clear so unused ones go again at eviction.
-        let mut ahead = Vec::new();
+        // H1/W1: the new extents' intents (legs not receiving writes get bits per write, H6,
+        // not whole extents ahead: their logs stay exact).
         for &e in cold {
             let regions = st.al.regions_of(e);
-            ahead.extend(st.mirror.mark_intents(regions).map_err(meta)?);
+            st.mirror.mark_write_intents(regions).map_err(meta)?;
         }
         st.mirror
             .flush_bitmaps()
             .map_err(|e| Failure::new(EIO, e.to_string()))?;
-        st.al.insert(cold, ahead);
+        st.al.insert(cold, Vec::new());
         st.counters.activations += cold.len() as u64;
         st.counters.peak_hot = st.counters.peak_hot.max(st.al.len());
         Ok(())
@@ -666,17 +826,20 @@ impl Server {
             ));
         }
         for (slot, err) in errs {
-            let hot = al.hot_regions();
+            // H5: nothing is in flight at a stop.
+            let missed = al.unsynced_regions();
             mirror.fracture_on_error(
                 LegFailure {
                     slot,
                     what: "sync at stop".into(),
                     err,
                 },
-                &hot,
+                &missed,
             )?;
         }
         al.flush_done(covered);
+        // H2 + H6: fracture bits durable before the intents go.
+        mirror.flush_bitmaps()?;
         for ev in al.drain_clean() {
             mirror.clear_evicted(ev)?;
         }

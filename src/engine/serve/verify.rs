@@ -2,14 +2,12 @@
 //! each chunk in its place among the host writes, its differences recorded (V1) and
 //! repaired through the live resync.
 //!
-//! Rules (tagged at the lines that keep them):
-//! - V2 A chunk is read from every leg holding a ticket over its range (H4): every earlier
-//!   overlapping write has finished on every leg and later ones wait until the reads are
-//!   done, so a write racing the reads is never reported as a difference (V1 would then
-//!   mark an identical leg out of sync). Only the chunk waits, never the whole image.
-//! - V3 A leg is compared only while it receives writes, checked in the lock hold that
-//!   starts the chunk: a leg fractured meanwhile misses later writes and would differ
-//!   where nothing is wrong.
+//! The live rules that keep it honest are H4 (a chunk is read holding a ticket over its
+//! range: every earlier overlapping write has finished on every leg, later ones wait until
+//! the reads are done; only the chunk waits, never the whole image) and H8 (a leg is
+//! compared only while the same leg, the one whose device is read and whose log was taken
+//! at the batch's start, receives writes: checked in the lock hold that starts each chunk),
+//! in `mod.rs`.
 
 use super::admin::Say;
 use super::*;
@@ -35,7 +33,21 @@ impl Server {
         let mut stopped = false;
         loop {
             let batch = pos..(pos + batch_regions).min(g.region_count);
-            let active = v::batch_legs(&mut self.lock().mirror, &mut pass.legs, &batch)?;
+            // H8: the legs' devices, logs and identities taken in one lock hold; a leg whose
+            // device is not the one receiving writes now is not compared in this batch.
+            let (active, ids) = {
+                let mut st = self.lock();
+                let active = v::batch_legs(&mut st.mirror, &mut pass.legs, &batch)?;
+                let ids: Vec<Option<LegId>> = active
+                    .iter()
+                    .map(|(i, d, _)| {
+                        let slot = pass.legs[*i].slot;
+                        let same = st.legs.iter().any(|(s, x)| *s == slot && Arc::ptr_eq(x, d));
+                        st.id_of(slot).filter(|_| same)
+                    })
+                    .collect();
+                (active, ids)
+            };
             bufs.resize(active.len() + 1, Vec::new());
             let mut found: Vec<Vec<u64>> = vec![Vec::new(); pass.legs.len()];
             let mut failed: Vec<(u32, String, io::Error)> = Vec::new();
@@ -48,7 +60,7 @@ impl Server {
                     break;
                 }
                 if !active.is_empty() {
-                    let read = self.read_chunk(&c, &active, &pass.legs, &mut bufs)?;
+                    let read = self.read_chunk(&c, &active, &ids, &pass.legs, &mut bufs)?;
                     let ours: &[u8] = match &read[0] {
                         Some(Ok(true)) => &bufs[0],
                         _ => &zeros,
@@ -101,14 +113,22 @@ impl Server {
                     v::record_mismatches(&g, &mut pass.legs[i], &regions);
                     // V1: recorded durably before they are reported.
                     st.mirror.mark_out_of_sync(slot, &regions)?;
-                    if st.legs.iter().any(|(s, _)| *s == slot) {
+                    if st.receiving(slot) {
                         to_repair.push(slot);
                     }
                 }
-                // A leg that cannot be read is fractured, as a failed write would do (H5).
+                // A leg that cannot be read is fractured, as a failed write would do (H5);
+                // only the leg read (H8).
                 for (slot, what, e) in failed {
-                    self.fracture(&mut st, slot, what, e)
-                        .map_err(|f| Error::primary(f.msg))?;
+                    let read = active
+                        .iter()
+                        .zip(&ids)
+                        .find(|((i, _, _), _)| pass.legs[*i].slot == slot)
+                        .and_then(|(_, id)| *id);
+                    if read.is_some_and(|id| st.is_current(&id)) {
+                        self.fracture(&mut st, slot, what, e)
+                            .map_err(|f| Error::primary(f.msg))?;
+                    }
                 }
                 self.tell(&mut st, say);
             }
@@ -164,25 +184,27 @@ impl Server {
         Ok(pass.finish(pos, last_full))
     }
 
-    /// V2: reads chunk `c` from the primary (into `bufs[0]`) and every active leg still
-    /// receiving writes (V3) in parallel, in the chunk's place among the host writes. For
+    /// H4: reads chunk `c` from the primary (into `bufs[0]`) and every active leg that is
+    /// still the same leg receiving writes (H8) in parallel, in the chunk's place among the
+    /// host writes. For
     /// each device: `None` not read, `Some(Ok(true))` read, `Some(Ok(false))` a hole
     /// (zeros, not read), or the leg's error. A primary that fails is an error.
     fn read_chunk(
         &self,
         c: &v::Chunk,
         active: &[v::ActiveLeg],
+        ids: &[Option<LegId>],
         legs: &[v::LegVerify],
         bufs: &mut [Vec<u8>],
     ) -> Result<Vec<Option<io::Result<bool>>>> {
-        let t = self.ticket(c.offset, c.len as u64);
+        let t = self.ticket_for(c.offset, c.len as u64, Use::Admin);
         let receiving: Vec<bool> = {
             let st = self.wait_for_earlier(self.lock(), &t);
             active
                 .iter()
-                .map(|(i, _, _)| {
-                    let lv = &legs[*i];
-                    lv.error.is_none() && st.legs.iter().any(|(s, _)| *s == lv.slot)
+                .zip(ids)
+                .map(|((i, _, _), id)| {
+                    legs[*i].error.is_none() && id.is_some_and(|id| st.is_current(&id))
                 })
                 .collect()
         };
