@@ -390,4 +390,6 @@ impl Mirror {
 }
 
 #[cfg(test)]
+mod interleave;
+#[cfg(test)]
 mod tests;

@@ -47,6 +47,7 @@ impl Server {
     /// Admin fracture of `slot` while hosts write; false if it was fractured already.
     pub fn fracture_leg(&self, slot: u32, reason: Option<&str>, say: Say<'_>) -> Result<bool> {
         let mut st = self.lock();
+        in_use(&st, slot)?;
         if st.mirror.sb().legs[slot as usize].state.is_fractured() {
             return Ok(false);
         }
@@ -71,6 +72,7 @@ impl Server {
     /// Detaches `slot` while hosts write: it stops receiving writes, then is detached (D1).
     pub fn detach_leg(&self, slot: u32, say: Say<'_>) -> Result<crate::format::Leg> {
         let mut st = self.lock();
+        in_use(&st, slot)?;
         // Requests in flight that write the leg may still finish on it: harmless, it is
         // leaving the mirror. H8: any live operation on it stops at its next step.
         st.leave(slot);
@@ -166,6 +168,14 @@ impl Server {
                     location: leg.location.clone(),
                     ..Default::default()
                 };
+                if leg.state == LegState::Empty {
+                    lr.error = Some(format!(
+                        "secondary slot {s} is not in use (detached meanwhile?); nothing to copy"
+                    ));
+                    lr.detached = true;
+                    report.legs.push(lr);
+                    continue;
+                }
                 match st.mirror.open_leg(s) {
                     Ok(d) => {
                         let bytes = st.mirror.pending_for(s)?.1;
@@ -287,6 +297,18 @@ impl Server {
         ));
         Ok(report)
     }
+}
+
+/// A slot named by an admin command must still hold a leg when the command runs (another
+/// command may have detached it since the slot was looked up).
+fn in_use(st: &State, slot: u32) -> Result<()> {
+    if st.mirror.sb().legs[slot as usize].state == LegState::Empty {
+        return Err(Error::invalid(format!(
+            "secondary slot {slot} is not in use on {} (detached meanwhile?); nothing was changed (see `mirrorctl status`)",
+            st.mirror.name
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the leg `id` named was detached (its slot freed, or holding another image).

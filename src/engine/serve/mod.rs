@@ -442,6 +442,22 @@ impl Server {
         (st.al.len(), st.al.capacity())
     }
 
+    /// Whether a thread waits for a change to the state (tests: a request stands behind an
+    /// earlier one).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> bool {
+        self.state
+            .try_lock()
+            .map(|st| st.waiters > 0)
+            .unwrap_or(false)
+    }
+
+    /// Whether some thread holds the state lock now (tests).
+    #[cfg(test)]
+    pub(crate) fn state_held(&self) -> bool {
+        self.state.try_lock().is_err()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
