@@ -180,6 +180,18 @@ struct Rig {
 }
 
 impl Rig {
+    /// Everything but the devices.
+    fn clone_model(&self) -> Rig {
+        Rig {
+            world: self.world.clone(),
+            steps: self.steps.clone(),
+            devs: HashMap::new(),
+            g: self.g,
+            model: self.model.clone(),
+            flushed: self.flushed.clone(),
+            corrupt: self.corrupt.clone(),
+        }
+    }
     fn sim(&self, name: &str) -> &SimDevice {
         &self.devs[name]
     }
@@ -247,15 +259,26 @@ fn rig(op: Op) -> (Rig, Arc<Server>) {
         hot_extents: MIN_HOT_EXTENTS,
         extent_bytes: 4 * REGION,
         read_only: false,
+        // Four regions a chunk: a verify reads the image in many places among the writes.
+        verify_chunk: 4 * REGION,
     };
     let srv = m.serve(&cfg, Box::new(|_| {})).unwrap();
+    if let Op::Fracture | Op::Detach | Op::Verify = op {
+        // Written and not flushed when the operation starts: on every leg, durable on none.
+        let d = bytes_of(3, 2);
+        let t = srv.ticket(24 * REGION, 2 * REGION);
+        srv.mutate(t, Mutation::Write(&d), false).unwrap();
+        model[(24 * REGION) as usize..(26 * REGION) as usize].copy_from_slice(&d);
+    }
+    let mut flushed = vec![true; REGIONS as usize];
+    flushed[24..26].fill(false);
     let rig = Rig {
         world,
         steps,
         devs,
         g,
         model,
-        flushed: vec![true; REGIONS as usize],
+        flushed,
         corrupt,
     };
     (rig, Arc::new(srv))
@@ -483,6 +506,22 @@ fn check_schedule(ran: Ran, ctx: &str) {
     let srv = Arc::try_unwrap(srv).ok().expect("no other holder");
     let (mut m, _) = srv.stop().unwrap();
     check_logs(&mut m, &rig, false, &format!("{ctx}, after a clean stop"));
+    // And as the disks would hold it if the power failed now: a fractured leg's writes
+    // that were never synced are gone, and its log must say where (H5).
+    let durable = Rig {
+        devs: rig
+            .devs
+            .iter()
+            .map(|(n, d)| (n.clone(), d.after_power_cut(&World::new(), || false)))
+            .collect(),
+        ..rig.clone_model()
+    };
+    check_logs(
+        &mut m,
+        &durable,
+        false,
+        &format!("{ctx}, after a clean stop and a power cut"),
+    );
     for d in rig.devs.values() {
         d.heal();
     }
@@ -538,10 +577,7 @@ fn check_cut(ran: Ran, seed: u64, ctx: &str) -> bool {
         world,
         steps,
         devs,
-        g: rig.g,
-        model: rig.model.clone(),
-        flushed: rig.flushed.clone(),
-        corrupt: rig.corrupt.clone(),
+        ..rig.clone_model()
     };
     check_logs(&mut m, &after, false, &format!("{ctx}, recovered"));
     let p = after.data("p");

@@ -392,8 +392,8 @@ pub(crate) fn batch_legs(
 }
 
 /// `batch` cut into the chunks read and compared at once.
-pub(crate) fn chunks_of(g: &Geometry, batch: Range<u64>) -> Vec<Chunk> {
-    let chunk_regions = (READ_CHUNK / g.region_size).max(1);
+pub(crate) fn chunks_of(g: &Geometry, batch: Range<u64>, chunk_bytes: u64) -> Vec<Chunk> {
+    let chunk_regions = (chunk_bytes / g.region_size).max(1);
     (batch.start..batch.end)
         .step_by(chunk_regions as usize)
         .map(|r| {
@@ -490,7 +490,7 @@ fn compare_batch(
 ) -> Result<u64> {
     let active = batch_legs(m, legs, &batch)?;
     let primary = m.image.dev.clone();
-    let chunks = chunks_of(g, batch.clone());
+    let chunks = chunks_of(g, batch.clone(), READ_CHUNK);
     let mut found: Vec<Vec<u64>> = vec![Vec::new(); legs.len()];
     let mut r = batch.start;
     if active.is_empty() {

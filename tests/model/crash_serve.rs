@@ -163,6 +163,7 @@ fn config() -> ServeConfig {
         hot_extents: 3,
         extent_bytes: 16 * 1024,
         read_only: false,
+        ..Default::default()
     }
 }
 

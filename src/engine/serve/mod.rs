@@ -194,6 +194,7 @@ pub struct Server {
     clients: AtomicU64,
     connections: AtomicU64,
     extent_bytes: u64,
+    verify_chunk: u64,
     /// Set when serve stops: live administration (a resync) ends at its next run.
     admin_stop: AtomicBool,
     log: Box<dyn Fn(&str) + Send + Sync>,
@@ -208,6 +209,9 @@ pub struct ServeConfig {
     pub extent_bytes: u64,
     /// Refuse writes; change nothing on disk.
     pub read_only: bool,
+    /// Bytes a live verify reads at once, in one place among the host writes
+    /// ([`crate::engine::verify::READ_CHUNK`]; tests use smaller ones on small images).
+    pub verify_chunk: u64,
 }
 
 impl Default for ServeConfig {
@@ -216,6 +220,7 @@ impl Default for ServeConfig {
             hot_extents: super::DEFAULT_HOT_EXTENTS,
             extent_bytes: super::EXTENT_BYTES,
             read_only: false,
+            verify_chunk: crate::engine::verify::READ_CHUNK,
         }
     }
 }
@@ -355,6 +360,7 @@ impl Mirror {
             clients: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             extent_bytes: cfg.extent_bytes,
+            verify_chunk: cfg.verify_chunk,
             admin_stop: AtomicBool::new(false),
             primary: state.mirror.image.dev.clone(),
             state: Mutex::new(state),

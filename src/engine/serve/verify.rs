@@ -29,7 +29,7 @@ impl Server {
         let mut pos = pass.start;
         let batch_regions = (BATCH / g.region_size).max(1);
         let mut bufs: Vec<Vec<u8>> = Vec::new();
-        let zeros = vec![0u8; v::READ_CHUNK.max(g.region_size) as usize];
+        let zeros = vec![0u8; self.verify_chunk.max(g.region_size) as usize];
         let mut stopped = false;
         loop {
             let batch = pos..(pos + batch_regions).min(g.region_count);
@@ -51,7 +51,7 @@ impl Server {
             bufs.resize(active.len() + 1, Vec::new());
             let mut found: Vec<Vec<u64>> = vec![Vec::new(); pass.legs.len()];
             let mut failed: Vec<(u32, String, io::Error)> = Vec::new();
-            for c in v::chunks_of(&g, batch.clone()) {
+            for c in v::chunks_of(&g, batch.clone(), self.verify_chunk) {
                 if pass.out_of_time(pos) {
                     break;
                 }
