@@ -49,6 +49,12 @@ pub struct ServeRecord {
     pub hot_extents: u64,
     pub hot_extents_max: u64,
     pub extent_bytes: u64,
+    /// Hot extents kept marked after the primary failed a write or flush in them (they
+    /// stay marked for the next command's recovery, however the server stops): the primary
+    /// may not hold there what the legs do, so the mirror is not healthy. Absent in a record
+    /// of an older mirrorctl (read as 0).
+    #[serde(default)]
+    pub pinned_extents: u64,
     pub writes_total: u64,
     pub written_bytes_total: u64,
     pub reads_total: u64,
@@ -118,6 +124,20 @@ pub fn pid_start(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: fields after its last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process a record names still runs: the pid with the start time it names,
+/// and not a zombie (a process that has exited but was not reaped yet holds no file and no
+/// lock any more).
+pub fn still_running(rec: &Record) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", rec.pid)) else {
+        return false;
+    };
+    let zombie = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|st| st == "Z" || st == "X");
+    !zombie && pid_start(rec.pid) == Some(rec.pid_start)
 }
 
 /// Pids holding a lock on the file (device, inode), from the kernel's lock table.
@@ -483,7 +503,15 @@ pub fn describe(r: &Record) -> String {
             plural(v.clients, "client"),
             v.hot_extents,
             v.hot_extents_max,
-            format_size(v.hot_extents * v.extent_bytes),
+            if v.pinned_extents > 0 {
+                format!(
+                    "{}, {} pinned after primary write errors",
+                    format_size(v.hot_extents * v.extent_bytes),
+                    v.pinned_extents
+                )
+            } else {
+                format_size(v.hot_extents * v.extent_bytes)
+            },
             v.writes_per_second,
             format_size(v.written_bytes_per_second as u64),
             v.reads_per_second,

@@ -115,6 +115,11 @@ pub fn render(s: &Status) -> String {
         "Bytes of the regions marked in the write-intent log.",
         s.write_intent_bytes as f64,
     );
+    o.gauge(
+        "mirrorctl_pinned_extents",
+        "Write-intent extents kept marked after primary write errors (never healthy while above 0).",
+        s.pinned_extents as f64,
+    );
     o.family(
         "mirrorctl_leg_state",
         "gauge",

@@ -27,6 +27,13 @@ impl Mirror {
         if n == 0 {
             return Ok(0);
         }
+        // Intents a serve kept after primary write errors and stopped cleanly with are no
+        // unclean stop: said as what they are.
+        let pinned = self
+            .sb()
+            .journal
+            .as_ref()
+            .and_then(|j| j.pinned_at_last_stop());
         let slots: Vec<u32> = (0..self.geometry().slots)
             .filter(|&s| self.sb().legs[s as usize].state != LegState::Empty)
             .collect();
@@ -55,7 +62,14 @@ impl Mirror {
         self.event(
             EventKind::Recovered,
             None,
-            &format!("unclean stop: {n} write-intent regions moved to the legs' logs"),
+            &format!(
+                "{}: {n} write-intent regions moved to the legs' logs",
+                if pinned.is_some() {
+                    super::status::RECOVERED_AFTER_PRIMARY_ERRORS
+                } else {
+                    "unclean stop"
+                }
+            ),
         );
         self.commit()?;
         self.refresh_headers(&[]);
@@ -64,11 +78,19 @@ impl Mirror {
             .clear_all(BitmapId::WriteIntent)
             .map_err(|e| self.meta_err("clearing the write-intent log", &e))?;
         self.flush_bitmaps()?;
-        self.warnings.push(format!(
-            "note: {} was not closed cleanly; {} marked out of sync on every secondary (run `mirrorctl resync`)",
-            self.name,
-            crate::units::plural(n, "write-intent region")
-        ));
+        self.warnings.push(match pinned {
+            Some(e) => format!(
+                "note: {} was served until a clean stop that kept {} marked after primary write errors; {} marked out of sync on every secondary (run `mirrorctl resync`)",
+                self.name,
+                crate::units::plural(e, "extent"),
+                crate::units::plural(n, "write-intent region")
+            ),
+            None => format!(
+                "note: {} was not closed cleanly; {} marked out of sync on every secondary (run `mirrorctl resync`)",
+                self.name,
+                crate::units::plural(n, "write-intent region")
+            ),
+        });
         Ok(n)
     }
 }

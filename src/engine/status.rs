@@ -61,6 +61,11 @@ pub struct Status {
     /// No write-intent regions pending: the last writer stopped cleanly.
     pub clean: bool,
     pub healthy: bool,
+    /// Extents of the write-intent log kept marked after the primary failed a write or
+    /// flush in them (the primary may not hold there what the legs do): while `serve` runs,
+    /// its count now; after a serve stopped cleanly with some, the count its stop recorded,
+    /// until the next command recovers them; otherwise 0. Never healthy while non-zero.
+    pub pinned_extents: u64,
     /// Set when one superblock copy is damaged (the other is in use); null otherwise.
     pub superblock_warning: Option<String>,
     /// On a secondary: its primary; null on a primary or when unknown.
@@ -90,6 +95,10 @@ pub struct Status {
     /// Unix times behind the text ones above, for metrics.
     #[serde(skip)]
     pub times: Times,
+    /// The last recovery moved intents a serve kept after primary write errors (its
+    /// journal event says so), not an unclean stop's.
+    #[serde(skip)]
+    pub last_recovery_after_primary_errors: bool,
 }
 
 /// Unix seconds of what `Status` shows as text (0: never).
@@ -102,10 +111,13 @@ pub struct Times {
     pub last_recovery: u64,
 }
 
-/// The health rule, the one place it is written: no write intents pending, and every
-/// attached leg in sync with nothing in its log (`pending` counts its log plus the intents).
-pub fn healthy(intents: u64, legs: impl IntoIterator<Item = (LegState, u64)>) -> bool {
+/// The health rule, the one place it is written: no write intents pending, no extent
+/// pinned by primary write errors (a running server's intents kept for recovery: the
+/// primary may lack what the legs hold there), and every attached leg in sync with nothing
+/// in its log (`pending` counts its log plus the intents).
+pub fn healthy(intents: u64, pinned: u64, legs: impl IntoIterator<Item = (LegState, u64)>) -> bool {
     intents == 0
+        && pinned == 0
         && legs
             .into_iter()
             .all(|(st, pending)| st == LegState::Empty || (st == LegState::InSync && pending == 0))
@@ -161,6 +173,12 @@ fn read_settled(dev: &Arc<dyn Device>, name: &str) -> Result<Image> {
 impl Mirror {
     /// Whether the mirror is fully in sync (the health rule, [`healthy`]).
     pub fn is_healthy(&mut self) -> Result<bool> {
+        self.is_healthy_pinned(0)
+    }
+
+    /// [`Self::is_healthy`] for a served mirror, whose server keeps `pinned` extents marked
+    /// after primary write errors (`Server::pinned_extents`).
+    pub fn is_healthy_pinned(&mut self, pinned: u64) -> Result<bool> {
         // A running server's intents are its hot set, kept in step with every leg.
         let intents = if self.intents_live {
             0
@@ -177,9 +195,13 @@ impl Mirror {
             };
             legs.push((st, pending));
         }
-        Ok(healthy(intents, legs))
+        Ok(healthy(intents, pinned, legs))
     }
 }
+
+/// How a `recovered` event's detail starts when it moved intents a serve kept after primary
+/// write errors.
+pub const RECOVERED_AFTER_PRIMARY_ERRORS: &str = "primary write errors";
 
 /// Text that is absent when empty (JSON null, never "").
 fn some(s: &str) -> Option<String> {
@@ -217,6 +239,22 @@ pub fn collect(
             .map_err(merr)?
     } else {
         vec![]
+    };
+    // Intents a server keeps after primary write errors: its own count while it runs; after
+    // a clean stop, what its stop event recorded while they are still pending.
+    let pinned = if !primary {
+        0
+    } else if live_intents {
+        running
+            .and_then(|r| r.serve.as_ref())
+            .map_or(0, |v| v.pinned_extents)
+    } else if wi_regions > 0 {
+        sb.journal
+            .as_ref()
+            .and_then(|j| j.pinned_at_last_stop())
+            .unwrap_or(0)
+    } else {
+        0
     };
     let mut legs = Vec::new();
     let mut leg_health = Vec::new();
@@ -310,9 +348,13 @@ pub fn collect(
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
         clean: wi_regions == 0,
-        healthy: healthy(if live_intents { 0 } else { wi_regions }, leg_health)
-            && primary
+        healthy: healthy(
+            if live_intents { 0 } else { wi_regions },
+            pinned,
+            leg_health,
+        ) && primary
             && replaced_by.is_none(),
+        pinned_extents: pinned,
         superblock_warning,
         primary_path: some(&sb.primary_location),
         in_sync_generation: (!primary).then_some(sb.in_sync_generation),
@@ -333,6 +375,13 @@ pub fn collect(
         replaced_by,
         running: None,
         last_event_seq: sb.journal.as_ref().map(|j| j.next_seq.saturating_sub(1)),
+        last_recovery_after_primary_errors: sb.journal.as_ref().is_some_and(|j| {
+            j.events
+                .iter()
+                .rev()
+                .find(|e| e.kind == crate::format::journal::Kind::Recovered.code())
+                .is_some_and(|e| e.detail.starts_with(RECOVERED_AFTER_PRIMARY_ERRORS))
+        }),
         times: Times {
             created: sb.created_at,
             last_verify: sb.last_verify.as_ref().map_or(0, |v| v.finished_at),
@@ -458,6 +507,15 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if primary {
         if s.clean {
             writeln!(out, "write intent  none pending (clean)")?;
+        } else if live && s.pinned_extents > 0 {
+            writeln!(
+                out,
+                "write intent  {} ({}) marked by the running {}: its writes in flight, and {} pinned after primary write errors (the primary may lack there what the legs hold; they stay marked when it stops, and the next command recovers them)",
+                plural(s.write_intent_regions, "region"),
+                format_size(s.write_intent_bytes),
+                s.running.as_ref().map(|r| r.command.as_str()).unwrap_or(""),
+                plural(s.pinned_extents, "extent")
+            )?;
         } else if live {
             writeln!(
                 out,
@@ -465,6 +523,14 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 plural(s.write_intent_regions, "region"),
                 format_size(s.write_intent_bytes),
                 s.running.as_ref().map(|r| r.command.as_str()).unwrap_or("")
+            )?;
+        } else if s.pinned_extents > 0 {
+            writeln!(
+                out,
+                "write intent  {} ({}) pending: kept marked after primary write errors by the last serve, which stopped cleanly ({}); the next command that changes the mirror moves them to every secondary's fracture log",
+                plural(s.write_intent_regions, "region"),
+                format_size(s.write_intent_bytes),
+                plural(s.pinned_extents, "extent")
             )?;
         } else {
             writeln!(
@@ -542,8 +608,13 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(at) = &s.last_recovery_at {
         writeln!(
             out,
-            "last recovery {at}, {} after an unclean stop",
-            plural(s.last_recovery_regions.unwrap_or(0), "region")
+            "last recovery {at}, {} after {}",
+            plural(s.last_recovery_regions.unwrap_or(0), "region"),
+            if s.last_recovery_after_primary_errors {
+                "primary write errors (a serve kept them marked)"
+            } else {
+                "an unclean stop"
+            }
         )?;
     }
     if let Some(at) = &s.last_verify_at {
@@ -582,6 +653,13 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             .filter(|l| l.state != "in-sync" || l.out_of_sync_regions > 0)
             .map(|l| format!("slot {} {}", l.slot, l.state))
             .collect();
+        let mut bad = bad;
+        if s.pinned_extents > 0 {
+            bad.push(format!(
+                "{} pinned after primary write errors",
+                plural(s.pinned_extents, "extent")
+            ));
+        }
         format!(
             "DEGRADED: {}",
             if bad.is_empty() {

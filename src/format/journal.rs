@@ -142,6 +142,32 @@ impl Event {
     }
 }
 
+/// What a `serve-stopped` event's detail says when the server stopped cleanly but kept
+/// extents marked after primary write errors (they stay for the next command's recovery):
+/// `"SIGTERM: 3 extents pinned by primary write errors; ..."` (first, so that cutting a long
+/// detail to [`MAX_DETAIL`] never cuts it). `status` reads it back to say why
+/// those intents are pending (not an unclean stop).
+pub const PINNED_AT_STOP: &str = "pinned by primary write errors";
+
+/// The detail part for `pinned` extents kept marked at a clean stop.
+pub fn pinned_at_stop_detail(pinned: u64) -> String {
+    format!(
+        "{pinned} {} {PINNED_AT_STOP}",
+        if pinned == 1 { "extent" } else { "extents" }
+    )
+}
+
+/// The extents a `serve-stopped` detail says were kept marked after primary write errors
+/// (None when it says none).
+pub fn pinned_at_stop(detail: &str) -> Option<u64> {
+    let before = &detail[..detail.find(PINNED_AT_STOP)?];
+    let mut words = before.split_whitespace().rev();
+    match words.next()? {
+        "extent" | "extents" => words.next()?.parse().ok().filter(|n| *n > 0),
+        _ => None,
+    }
+}
+
 /// The journal as stored after the 1.0 payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -202,6 +228,16 @@ impl Journal {
         self.events.drain(..drop);
     }
 
+    /// The extents the last `serve` kept marked after primary write errors when it stopped
+    /// cleanly, if its stop is the newest event: then they are the intents pending (any
+    /// later command that changed the mirror recovered them first, and recorded that).
+    pub fn pinned_at_last_stop(&self) -> Option<u64> {
+        let last = self.events.last()?;
+        (last.kind == Kind::ServeStopped.code())
+            .then(|| pinned_at_stop(&last.detail))
+            .flatten()
+    }
+
     /// Events after `since`, oldest first.
     pub fn since(&self, since: u64) -> impl Iterator<Item = &Event> {
         self.events.iter().filter(move |e| e.seq > since)
@@ -211,6 +247,21 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_extents_pinned_at_a_stop_are_read_back_from_the_detail() {
+        for n in [1, 3, 1237] {
+            let d = format!(
+                "SIGTERM: {}; 2 connections served, 80.0 MiB written",
+                pinned_at_stop_detail(n)
+            );
+            assert_eq!(pinned_at_stop(&d), Some(n), "{d}");
+        }
+        assert_eq!(
+            pinned_at_stop("SIGTERM: 2 connections served, 80.0 MiB written"),
+            None
+        );
+    }
 
     #[test]
     fn every_kind_has_its_own_code_and_name() {

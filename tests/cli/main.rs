@@ -18,5 +18,6 @@ mod nbd;
 mod output;
 mod safety;
 mod serve;
+mod serve_truth;
 mod tls;
 mod verify;

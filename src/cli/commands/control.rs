@@ -83,7 +83,12 @@ fn run(
     let say = |w: &str| err(reply, w);
     let cwd = req.cwd.clone();
     let same = |s: &str| same_file(&resolve(&cwd, s));
-    let health = || -> Result<Exit> { srv.with_mirror(health_exit) };
+    // Extents pinned by primary write errors count against health (read before the
+    // mirror is borrowed: both take the server's state).
+    let health = || -> Result<Exit> {
+        let pinned = srv.pinned_extents() as u64;
+        srv.with_mirror(|m| health_exit_pinned(m, pinned))
+    };
     match cmd {
         Command::Fracture(a) => {
             let (slot, leg) = srv.with_mirror(|m| -> Result<_> {
@@ -196,6 +201,40 @@ fn run(
             "this command is not carried out through the control socket",
         )),
     }
+}
+
+/// What a `serve --read-only` answers every command sent to its control socket: a refusal
+/// at once, exit 5 (busy), nothing changed.
+///
+/// Read-only serving promises that nothing on disk changes while it serves (not even a
+/// recovery), and every admin command writes the primary's metadata: a fracture or detach
+/// its leg table, a resync or attach the legs and logs, even a plain verify records its
+/// result and puts differences in the fracture logs (V1). So none can be carried out here,
+/// and none can run beside it (the server holds the lock); the admin stops the server, or
+/// serves without `--read-only`.
+pub(super) fn refuse_read_only(req: &Request, reply: &mut Reply) {
+    use clap::CommandFactory;
+    let args = std::iter::once("mirrorctl".to_string()).chain(req.args.iter().cloned());
+    // "fracture a.img", as the client gave it.
+    let what = Cli::command()
+        .try_get_matches_from(args)
+        .ok()
+        .and_then(|m| {
+            let (name, sub) = m.subcommand()?;
+            let primary = sub.try_get_one::<PathBuf>("primary").ok().flatten();
+            Some(match primary {
+                Some(p) => format!("{name} {}", display(p)),
+                None => name.to_string(),
+            })
+        })
+        .unwrap_or_else(|| "the command".to_string());
+    let pid = std::process::id();
+    reply.send(&Message::Error {
+        message: format!(
+            "{what}: the mirror is served read-only (`mirrorctl serve --read-only`, pid {pid}), which takes no admin commands (they all write the mirror's metadata); nothing was changed. Stop it with `kill -TERM {pid}` and run the command again, or serve without --read-only"
+        ),
+        code: Exit::Busy.code(),
+    });
 }
 
 /// Progress published in the server's live record only (a background resync).

@@ -257,6 +257,20 @@ fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit>
             Err(Error::new(Exit::from_code(code).kind(), message))
         }
         Ok(_) => unreachable!("ask returns only a last message"),
+        // The server died (kill -9, a crash) before or while it carried the command out:
+        // there is nothing to stop any more, the lock is free, and the next command
+        // recovers what it left.
+        Err(e) if server_gone(&f, &rec) => Err(Error::busy(format!(
+            "{what} {}: `mirrorctl serve` (pid {}), which served it, has ended {}: its control socket did not answer ({e}). Nothing serves the mirror now and its lock is free: run the command again (it first recovers what the server left; `mirrorctl status {}` shows the mirror)",
+            display(primary),
+            rec.pid,
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                "before the command finished (what it did up to its last checkpoint stays done)"
+            } else {
+                "before it took the command (nothing was done)"
+            },
+            display(primary),
+        ))),
         Err(e) => Err(Error::busy(format!(
             "{} is served by `mirrorctl serve` (pid {}), but its control socket {} did not answer ({e}); stop it cleanly with `kill -TERM {}` and run the command again",
             display(primary),
@@ -264,6 +278,26 @@ fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit>
             sock.display(),
             rec.pid
         ))),
+    }
+}
+
+/// Whether the serving process of `rec` is gone (within a second: its control connection
+/// closes a moment before its lock goes): no longer running, or the mirror's lock free.
+fn server_gone(f: &File, rec: &crate::live::Record) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    let t = std::time::Instant::now();
+    loop {
+        if !crate::live::still_running(rec) {
+            return true;
+        }
+        if flock(f, FlockOperation::NonBlockingLockShared).is_ok() {
+            let _ = flock(f, FlockOperation::Unlock);
+            return true;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(1) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -308,7 +342,13 @@ fn open_for_change(ctx: &Ctx, path: &Path) -> Result<Mirror> {
 
 /// Degraded (3) unless the mirror is healthy (the engine's one health rule).
 fn health_exit(m: &mut Mirror) -> Result<Exit> {
-    Ok(if m.is_healthy()? {
+    health_exit_pinned(m, 0)
+}
+
+/// [`health_exit`] for a served mirror whose server keeps `pinned` extents marked after
+/// primary write errors.
+fn health_exit_pinned(m: &mut Mirror, pinned: u64) -> Result<Exit> {
+    Ok(if m.is_healthy_pinned(pinned)? {
         Exit::Success
     } else {
         Exit::Degraded

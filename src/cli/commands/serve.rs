@@ -139,12 +139,16 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             })
         })
     };
-    // Other commands on this mirror (fracture, detach, resync) are carried out here.
-    let control = match (&ctl_path, a.read_only) {
-        (Some(p), false) => {
+    // Other commands on this mirror (fracture, detach, resync) are carried out here; a
+    // read-only server answers each with a refusal at once (see `refuse_read_only`).
+    let control = match &ctl_path {
+        Some(p) => {
             let (s, l) = (srv.clone(), live.clone());
-            let h: crate::server::control::Handler =
-                Arc::new(move |req, reply| super::control::handle(&s, l.as_deref(), req, reply));
+            let h: crate::server::control::Handler = if a.read_only {
+                Arc::new(|req, reply| super::control::refuse_read_only(&req, reply))
+            } else {
+                Arc::new(move |req, reply| super::control::handle(&s, l.as_deref(), req, reply))
+            };
             Some(crate::server::control::Control::start(p, h).map_err(|e| {
                 Error::invalid(format!(
                     "listening on the control socket {}: {e}",
@@ -152,7 +156,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
                 ))
             })?)
         }
-        _ => None,
+        None => None,
     };
     let summary = server::run(
         srv.clone(),
@@ -180,14 +184,25 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     // Every connection and control thread has ended: this is the only reference left.
     let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;
     let (hot_now, hot_cap) = srv.hot();
+    // Kept marked after primary write errors, whatever the stop clears (W6): said in the
+    // stop's event, so that `status` can tell them from an unclean stop's.
+    let pinned = srv.pinned_extents() as u64;
     let stopped = srv.stop();
     let summary = summary?;
     let (mut m, counters) = stopped?;
     drop(live);
     if !a.read_only {
         let what = format!(
-            "{}: {} served, {} written",
+            "{}: {}{} served, {} written",
             summary.signal.unwrap_or("stopped"),
+            if pinned > 0 {
+                format!(
+                    "{}; ",
+                    crate::format::journal::pinned_at_stop_detail(pinned)
+                )
+            } else {
+                String::new()
+            },
             plural(summary.connections, "connection"),
             format_size(counters.bytes_written)
         );

@@ -433,6 +433,7 @@ impl Server {
             hot_extents: hot as u64,
             hot_extents_max: cap as u64,
             extent_bytes: self.extent_bytes,
+            pinned_extents: self.pinned_extents() as u64,
             writes_total: c.writes,
             written_bytes_total: c.bytes_written,
             reads_total: c.reads,
@@ -440,6 +441,11 @@ impl Server {
             flushes_total: c.flushes,
             ..Default::default()
         }
+    }
+
+    /// Hot extents kept marked after primary write errors (W6), for status and health.
+    pub fn pinned_extents(&self) -> usize {
+        self.lock().al.pinned()
     }
 
     /// (hot extents now, capacity).

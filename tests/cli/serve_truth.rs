@@ -1,0 +1,232 @@
+//! Truthful state and messages under faults while serving (issue 24, items 4 and 5): a
+//! primary that fails writes makes the served mirror unhealthy (its pinned extents shown
+//! apart from the writes in flight, in text, JSON and metrics) and the status after the
+//! clean stop does not call it an unclean stop; an admin command whose server died says the
+//! server is gone and the lock free; `serve --read-only` refuses admin commands at once.
+
+use crate::serve::Serving;
+use crate::support::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_primary_failing_writes_under_serve_is_unhealthy_with_its_pinned_extents_shown_and_its_clean_stop_is_not_called_unclean(
+) {
+    let t = Tmpfs::mount("48M");
+    let mut dev = LoopDev::with_size(&t.join("primary.raw"), 128 * MIB);
+    let p = dev.as_str().to_string();
+    let fx = Fx {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    fx.ok(&["create", &p]);
+    let b = fx.path("b.img");
+    fx.ok(&["attach", &p, b.to_str().unwrap()]);
+    let s = Serving::start_on(&fx, &p, &fx.path("p.sock"), &[]);
+    // Healthy in use, before the primary fails.
+    let o = fx.run(&["status", &p, "--check"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    // 80 MiB do not fit in the 48 MiB tmpfs behind the loop device: the primary fails.
+    let o = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 80M",
+            "-c",
+            "flush",
+            &s.uri(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("Input/output error") || text.contains("No space left"),
+        "the client saw no error:\n{text}"
+    );
+
+    // While it serves (from its next record, within half a second): unhealthy, --check
+    // exit 3, the pinned extents apart from the writes in flight.
+    let t0 = Instant::now();
+    let st = loop {
+        let st = fx.ok(&["status", &p, "--json"]).json();
+        if u(&st["pinned_extents"]) > 0 || t0.elapsed() > Duration::from_secs(5) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pinned = u(&st["pinned_extents"]);
+    assert!(pinned > 0, "{st:#}");
+    assert_eq!(
+        u(&st["running"]["serve"]["pinned_extents"]),
+        pinned,
+        "{st:#}"
+    );
+    assert_eq!(st["healthy"], false, "{st:#}");
+    assert_eq!(st["running"]["write_intents_live"], true, "{st:#}");
+    let o = fx.run(&["status", &p, "--check"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let o = fx.ok(&["status", &p]);
+    assert!(
+        o.stdout.contains(&format!(
+            "and {pinned} extent{} pinned after primary write errors",
+            if pinned == 1 { "" } else { "s" }
+        )),
+        "{o:?}"
+    );
+    let health = o.stdout.lines().find(|l| l.starts_with("health")).unwrap();
+    assert!(
+        health.contains("DEGRADED") && health.contains("pinned after primary write errors"),
+        "{health}"
+    );
+    assert!(
+        o.stdout
+            .contains(&format!("{pinned} pinned after primary write errors)")),
+        "the running line: {o:?}"
+    );
+    let m = fx.ok(&["status", &p, "--format", "prometheus"]).stdout;
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{m}"))
+    };
+    assert_eq!(metric("mirrorctl_pinned_extents"), pinned as f64, "{m}");
+    assert_eq!(metric("mirrorctl_healthy"), 0.0, "{m}");
+
+    // Room again: an admin command through the server works, and its exit status counts
+    // the pinned extents (degraded, 3) though every leg is in sync.
+    t.resize("200M");
+    let c = fx.path("c.img");
+    let o = fx.run(&["attach", &p, c.to_str().unwrap()]);
+    assert_eq!(o.code, 3, "{o:?}");
+
+    // A clean stop keeps them marked; the status after it says why, not "uncleanly".
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let st = fx.ok(&["status", &p, "--json"]).json();
+    assert!(st["running"].is_null(), "{st:#}");
+    assert!(u(&st["write_intent_regions"]) > 0, "{st:#}");
+    assert_eq!(u(&st["pinned_extents"]), pinned, "{st:#}");
+    assert_eq!(st["healthy"], false, "{st:#}");
+    let o = fx.ok(&["status", &p]);
+    assert!(!o.stdout.contains("uncleanly"), "{o:?}");
+    assert!(
+        o.stdout
+            .contains("pending: kept marked after primary write errors by the last serve, which stopped cleanly"),
+        "{o:?}"
+    );
+    assert_eq!(fx.run(&["status", &p, "--check"]).code, 3);
+    // The next command recovers them, saying what they were.
+    let o = fx.ok(&["resync", &p]);
+    assert!(
+        o.stderr.contains("kept") && o.stderr.contains("marked after primary write errors"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("not closed cleanly"), "{o:?}");
+    let o = fx.ok(&["status", &p]);
+    assert!(
+        o.stdout
+            .contains("after primary write errors (a serve kept them marked)"),
+        "{o:?}"
+    );
+    let st = fx.ok(&["status", &p, "--json"]).json();
+    assert_eq!(u(&st["pinned_extents"]), 0, "{st:#}");
+    assert_eq!(st["healthy"], true, "{st:#}");
+    let o = fx.run(&["verify", &p, "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    dev.detach();
+}
+
+#[test]
+fn an_admin_command_whose_server_dies_says_the_server_is_gone_and_the_lock_free_instead_of_kill_term(
+) {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    let input = fx.path("input.bin");
+    random_file(&input, 48 * MIB, 7);
+    assert_eq!(
+        fx.run(&["write", "a.img", "--input", input.to_str().unwrap()])
+            .code,
+        3
+    );
+    let before = u(&leg(&fx.status(), 0)["out_of_sync_bytes"]);
+    let srv = Serving::start(&fx, &[]);
+    let pid = srv.pid();
+    let c = Command::new(bin())
+        .args(["resync", "a.img", "--rate", "8M"])
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while u(&leg(&fx.status(), 0)["out_of_sync_bytes"]) == before {
+        assert!(t.elapsed() < Duration::from_secs(20), "no durable progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    srv.kill9();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().unwrap_or("");
+    assert!(
+        line.starts_with(&format!(
+            "mirrorctl: resync a.img: `mirrorctl serve` (pid {pid}), which served it, has ended before the command finished"
+        )) && line.contains("lock is free: run the command again"),
+        "{err}"
+    );
+    assert!(!err.contains("kill -TERM"), "{err}");
+    // As it says: the next command recovers and finishes.
+    let o = fx.ok(&["resync", "a.img"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(fx.status()["healthy"], true);
+}
+
+#[test]
+fn admin_commands_against_serve_read_only_are_refused_at_once_saying_it_takes_none_and_change_nothing(
+) {
+    let fx = Fx::with_legs("16M", "64K", &["b.img"]);
+    fx.write_random(0, 4 * MIB, 3);
+    let read = |n: &str| std::fs::read(fx.path(n)).unwrap();
+    let (a0, b0) = (read("a.img"), read("b.img"));
+    let s = Serving::start(&fx, &["--read-only"]);
+    let pid = s.pid();
+    for args in [
+        &["fracture", "a.img", "b.img"][..],
+        &["resync", "a.img"],
+        &["detach", "a.img", "b.img"],
+        &["attach", "a.img", "c.img"],
+        &["verify", "a.img"],
+        &["verify", "a.img", "--repair", "--json"],
+    ] {
+        let t = Instant::now();
+        let o = fx.run(args);
+        assert!(t.elapsed() < Duration::from_secs(3), "{args:?} waited");
+        assert_eq!(o.code, 5, "{args:?}: {o:?}");
+        let want = format!(
+            "mirrorctl: {} a.img: the mirror is served read-only (`mirrorctl serve --read-only`, pid {pid}), which takes no admin commands",
+            args[0]
+        );
+        assert_eq!(o.stderr.lines().count(), 1, "{args:?}: {o:?}");
+        assert!(
+            o.stderr.starts_with(&want)
+                && o.stderr.contains("nothing was changed")
+                && o.stderr.contains("or serve without --read-only"),
+            "{args:?}: {o:?}"
+        );
+        assert!(!o.stderr.contains("did not answer"), "{o:?}");
+        if args.contains(&"--json") {
+            let j = o.json();
+            assert_eq!(j["exit_code"], 5, "{j:#}");
+        }
+    }
+    assert!(!fx.path("c.img").exists());
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(read("a.img") == a0, "a.img changed");
+    assert!(read("b.img") == b0, "b.img changed");
+}
