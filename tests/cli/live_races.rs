@@ -294,7 +294,7 @@ fn differs(fx: &Fx, name: &str) -> Option<String> {
         .map(|off| format!("{name} differs from the primary at data offset {off}"))
 }
 
-/// Mismatches a verify reported, as lines (none for a clean one); `doc` its JSON output.
+/// Mismatches a verify (run with `--json`) reported, as lines (none for a clean one).
 fn verify_findings(when: &str, o: &Out) -> Vec<String> {
     let v: Value = match serde_json::from_str(&o.stdout) {
         Ok(v) => v,
@@ -321,7 +321,10 @@ fn verify_findings(when: &str, o: &Out) -> Vec<String> {
             ));
         }
     }
-    if out.is_empty() && o.code != 0 {
+    // Exit 3 "incomplete" with no error: no leg received writes to compare (all fractured,
+    // detached or syncing at that moment).
+    let nothing_to_compare = o.code == 3 && v["result"] == "incomplete";
+    if out.is_empty() && o.code != 0 && !nothing_to_compare {
         out.push(format!("{when}: verify exited {}: {o:?}", o.code));
     }
     out
@@ -689,12 +692,13 @@ fn a_live_verify_across_a_detach_and_an_attach_in_the_same_slot_records_no_false
     bad.extend(findings);
     bad.extend(rec.lost(&fx.path("a.img"), g.data_offset));
     bad.extend(settle(&fx, &["remote.raw", &cur]));
+    if overlapped < 2 {
+        bad.push(format!(
+            "the verify had ended before the attach in {} of {round} rounds: no race",
+            round - overlapped
+        ));
+    }
     fail_if_any(&bad);
-    assert!(
-        overlapped >= 2,
-        "the verify had ended before the attach in {} of {round} rounds: no race",
-        round - overlapped
-    );
 }
 
 /// The live operation `serve` is killed in.
