@@ -37,11 +37,18 @@ impl Bg {
         Bg(Some(spawn(fx, args)))
     }
 
-    /// fio writing through the export in the background (no verification: load only).
+    /// fio writing through the export in the background (no verification: load only). Its
+    /// job runs as a thread (`--thread`), so killing the one process started ends it all (a
+    /// forked job process would outlive it, stuck on a killed server's socket).
     fn fio(uri: &str, args: &[&str]) -> Bg {
         require("fio", "fio");
         let child = Command::new("fio")
-            .args(["--name=load", "--ioengine=nbd", &format!("--uri={uri}")])
+            .args([
+                "--name=load",
+                "--thread",
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+            ])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
