@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1 << 20;
 
 /// Writes `len` random bytes at 0 while a leg is fractured (exit 3: degraded).
-fn write_degraded(fx: &Fx, len: u64, seed: u64) {
+pub(crate) fn write_degraded(fx: &Fx, len: u64, seed: u64) {
     let input = fx.path(&format!("input-{seed}.bin"));
     random_file(&input, len, seed);
     let o = fx.run(&["write", "a.img", "--input", input.to_str().unwrap()]);
@@ -19,7 +19,7 @@ fn write_degraded(fx: &Fx, len: u64, seed: u64) {
 }
 
 /// Runs `mirrorctl ARGS` in the fixture's directory without waiting for it.
-fn spawn(fx: &Fx, args: &[&str]) -> Child {
+pub(crate) fn spawn(fx: &Fx, args: &[&str]) -> Child {
     std::process::Command::new(bin())
         .args(args)
         .current_dir(fx.dir.path())
@@ -31,7 +31,7 @@ fn spawn(fx: &Fx, args: &[&str]) -> Child {
 }
 
 /// Polls `status --json` until `done` holds for it (at most `secs` seconds); returns it.
-fn wait_for(fx: &Fx, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for(fx: &Fx, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let t = Instant::now();
     loop {
         let s = fx.status();

@@ -11,6 +11,7 @@ mod failover;
 mod generated_docs;
 mod kill_points;
 mod live;
+mod live_races;
 mod metadata_fuzz;
 mod mirror_e2e;
 mod mirror_faults;

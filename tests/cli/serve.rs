@@ -570,7 +570,7 @@ impl NbdKit {
         }
         NbdKit(child)
     }
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -806,10 +806,10 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
 }
 
 /// A raw client: handshake by hand (fixed newstyle, NBD_OPT_GO), then requests.
-struct Raw(UnixStream);
+pub(crate) struct Raw(UnixStream);
 
 impl Raw {
-    fn connect(sock: &Path, structured: bool) -> Raw {
+    pub(crate) fn connect(sock: &Path, structured: bool) -> Raw {
         let mut s = UnixStream::connect(sock).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut hello = [0u8; 18];
@@ -842,6 +842,18 @@ impl Raw {
         (typ, d)
     }
     fn request(&mut self, magic: u32, typ: u16, handle: u64, off: u64, len: u32, data: &[u8]) {
+        self.send(magic, typ, handle, off, len, data).unwrap();
+    }
+    /// A request; an error if the server is gone (killed) rather than a panic.
+    pub(crate) fn send(
+        &mut self,
+        magic: u32,
+        typ: u16,
+        handle: u64,
+        off: u64,
+        len: u32,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let mut m = magic.to_be_bytes().to_vec();
         m.extend_from_slice(&0u16.to_be_bytes());
         m.extend_from_slice(&typ.to_be_bytes());
@@ -849,17 +861,21 @@ impl Raw {
         m.extend_from_slice(&off.to_be_bytes());
         m.extend_from_slice(&len.to_be_bytes());
         m.extend_from_slice(data);
-        self.0.write_all(&m).unwrap();
+        self.0.write_all(&m)
     }
     /// A simple reply: (error, handle).
     fn simple(&mut self) -> (u32, u64) {
+        self.reply().unwrap()
+    }
+    /// A simple reply, (error, handle); an error if the server is gone.
+    pub(crate) fn reply(&mut self) -> std::io::Result<(u32, u64)> {
         let mut h = [0u8; 16];
-        self.0.read_exact(&mut h).unwrap();
+        self.0.read_exact(&mut h)?;
         assert_eq!(&h[..4], &0x6744_6698u32.to_be_bytes());
-        (
+        Ok((
             u32::from_be_bytes(h[4..8].try_into().unwrap()),
             u64::from_be_bytes(h[8..16].try_into().unwrap()),
-        )
+        ))
     }
     /// A structured chunk: (type, handle, payload).
     fn chunk(&mut self) -> (u16, u64, Vec<u8>) {
@@ -878,7 +894,7 @@ impl Raw {
     }
 }
 
-const MAGIC: u32 = 0x2560_9513;
+pub(crate) const MAGIC: u32 = 0x2560_9513;
 
 #[test]
 fn clients_that_break_the_protocol_are_disconnected_with_a_log_line_and_nobody_else_notices() {
