@@ -291,7 +291,7 @@ fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initi
             &|_| {},
         )
         .unwrap();
-    // L4: the hot set is in its log, so it is syncing, not in sync.
+    // H7: the write in flight is in its log, so it is syncing, not in sync.
     assert!(o.regions > 0, "the write in flight is in no log");
     assert_eq!(
         srv.with_mirror(|m| m.sb().legs[o.slot as usize].state),
@@ -332,9 +332,8 @@ fn a_slot_detached_and_attached_again_while_served_keeps_its_whole_initial_log_a
         srv.mutate(t, serve::Mutation::Write(&[1; 4096]), false)
             .unwrap();
     };
-    write(0); // extent 0 hot, region 0 written
-              // An admin fracture sets extent 0's clear regions ahead in slot 1's log (L1); those no
-              // write uses would be trimmed when the extent leaves the hot set.
+    write(0); // extent 0 hot, region 0 written, not flushed
+              // An admin fracture puts region 0 in slot 1's log (H5).
     assert!(srv.fracture_leg(1, None, &|_| {}).unwrap());
     srv.detach_leg(1, &|_| {}).unwrap();
     // The slot's next leg: every region in its initial log (a device that cannot tell its
@@ -357,7 +356,7 @@ fn a_slot_detached_and_attached_again_while_served_keeps_its_whole_initial_log_a
     for e in 1..=MIN_HOT_EXTENTS as u64 + 1 {
         write(e * 4 * 4096);
     }
-    // Extent 0 left the hot set: nothing of the new leg's log was trimmed (L3).
+    // Extent 0 left the hot set: nothing of the new leg's log was trimmed.
     assert_eq!(srv.with_mirror(|m| m.bitmaps.count(id).unwrap()), 1024);
     let (m, _) = srv.stop().unwrap();
     assert_eq!(m.sb().legs[1].state, LegState::Syncing);
@@ -402,7 +401,7 @@ fn a_host_write_sent_while_a_live_resync_copies_its_region_lands_after_the_copy_
         })
     };
     leg.wait_for_writer();
-    // A host write to the same region now (the leg receives writes: L3). L2: it waits for
+    // A host write to the same region now (the leg receives writes: H7). H4: it waits for
     // the copy, whose place in arrival order came first; without it, it would reach the
     // leg before the copy's older data and be overwritten.
     let host = {
@@ -462,7 +461,7 @@ fn a_live_resync_copies_a_region_only_after_a_host_write_sent_before_it_finished
         })
     };
     primary.wait_for_writer();
-    // ... while the resync copies the region: L2 makes the copy wait for it; without it,
+    // ... while the resync copies the region: H4 makes the copy wait for it; without it,
     // the copy took the primary's older data to the leg and cleared its bit.
     let resync = {
         let srv = srv.clone();

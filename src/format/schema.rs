@@ -171,13 +171,17 @@ pub fn leg_state_variants() -> Vec<Variant> {
             }
             LegState::FracturedByAdmin => {
                 "Stopped on purpose (mirrorctl fracture): receives \
-                                           no writes; the regions written since are set in its \
-                                           fracture bitmap."
+                                           no writes; the regions written since, and those it \
+                                           may have missed before (written since the last flush \
+                                           that completed on every leg, or in flight), are set \
+                                           in its fracture bitmap."
             }
             LegState::FracturedByError => {
                 "Stopped after an I/O error: receives no writes; the \
-                                           regions written since (and the write-intent window \
-                                           of the failed write) are set in its fracture bitmap."
+                                           regions written since, and those it may have missed \
+                                           before (written since the last flush that completed \
+                                           on every leg, or in flight), are set in its fracture \
+                                           bitmap."
             }
         },
     })

@@ -228,6 +228,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         hot_now,
         if a.read_only {
             "nothing on disk was changed".to_string()
+        } else if pinned > 0 {
+            // W6: what the primary failed to write stays marked; saying "cleared" would
+            // contradict the next status.
+            format!(
+                "every leg synced and the write intents cleared but {} kept marked after primary write errors (the next command recovers them); the mirror is degraded (see `mirrorctl status {}`)",
+                plural(pinned, "extent"),
+                display(&a.primary)
+            )
         } else if healthy {
             "every leg synced and the write intents cleared; the mirror is healthy".to_string()
         } else {

@@ -68,7 +68,7 @@ impl Server {
                     for (k, (i, _, pending)) in active.iter().enumerate() {
                         let lv = &mut pass.legs[*i];
                         let theirs: Option<&[u8]> = match &read[k + 1] {
-                            None => continue, // not compared now (V3, or an earlier error)
+                            None => continue, // not compared now (H8, or an earlier error)
                             Some(Err(e)) => {
                                 lv.error =
                                     Some(format!("reading at data offset {}: {e}", c.offset));
