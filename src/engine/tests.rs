@@ -533,3 +533,30 @@ fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_
     assert_eq!(m.sb().legs[1].state, LegState::FracturedByError);
     assert_eq!(data(&m, &secs[0]), data(&m, &p));
 }
+
+#[test]
+fn a_leg_failing_mid_stream_after_a_flush_logs_only_what_it_missed_not_the_window() {
+    let (mut m, p, secs) = mirror(8192, 2); // 32 MiB of 4 KiB regions, one 64 MiB window
+                                            // Every chunk synced: the first two chunks are durable on every leg when the third fails.
+    secs[0].fail_after_writes(2);
+    let input = vec![5u8; 4 * CHUNK];
+    let r = m
+        .write_stream(0, &mut &input[..], None, None, &FlushPolicy::Always)
+        .unwrap();
+    assert_eq!(r.newly_fractured, vec![0]);
+    let runs = m
+        .bitmaps
+        .runs(BitmapId::Fracture(SlotIdx(0)), u64::MAX)
+        .unwrap();
+    let per_chunk = CHUNK as u64 / 4096;
+    // W4: the chunk it failed and the ones after it, not the two it holds durably, and not
+    // the rest of the window the stream never wrote.
+    assert_eq!(runs, vec![2 * per_chunk..4 * per_chunk], "{runs:?}");
+    assert_eq!(data(&m, &secs[1]), data(&m, &p));
+    let (leg, prim) = (data(&m, &secs[0]), data(&m, &p));
+    let upto = 2 * CHUNK;
+    assert!(
+        leg[..upto] == prim[..upto],
+        "the synced chunks are on the leg"
+    );
+}
