@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 /// The journal keeps at most this many events (the newest).
 pub const MAX_EVENTS: usize = 1024;
+/// Client events (a host connected) keep at most this many of the journal's places, and
+/// are the first to go when it is full: a flood of connections pushes out only older client
+/// events, never the state events (created, attached, fractured, resynced ...).
+pub const MAX_CLIENT_EVENTS: usize = 64;
+
+fn is_client(e: &Event) -> bool {
+    e.kind == Kind::ClientConnected.code()
+}
+
 /// Longest detail text of an event (longer text is cut).
 pub const MAX_DETAIL: usize = 96;
 /// Encoded size of an event besides its detail text: seq, at, kind, slot (tag and value),
@@ -205,6 +214,13 @@ impl Journal {
             slot,
             detail: crate::format::cut(&crate::error::plain(detail), MAX_DETAIL),
         });
+        if kind == Kind::ClientConnected
+            && self.events.iter().filter(|e| is_client(e)).count() > MAX_CLIENT_EVENTS
+        {
+            if let Some(i) = self.events.iter().position(is_client) {
+                self.events.remove(i);
+            }
+        }
         self.trim(usize::MAX);
         seq
     }
@@ -213,19 +229,15 @@ impl Journal {
         JOURNAL_OVERHEAD + self.events.iter().map(Event::encoded_len).sum::<usize>()
     }
 
-    /// Drops the oldest events until at most [`MAX_EVENTS`] are kept and the journal's
-    /// encoding takes at most `room` bytes.
+    /// Drops events until at most [`MAX_EVENTS`] are kept and the journal's encoding takes
+    /// at most `room` bytes: the oldest client events first, then the oldest of any kind.
     pub fn trim(&mut self, room: usize) {
         let mut len = self.encoded_len();
-        let mut drop = self.events.len().saturating_sub(MAX_EVENTS);
-        for e in &self.events[..drop] {
-            len -= e.encoded_len();
+        while !self.events.is_empty() && (self.events.len() > MAX_EVENTS || len > room) {
+            let i = self.events.iter().position(is_client).unwrap_or(0);
+            len -= self.events[i].encoded_len();
+            self.events.remove(i);
         }
-        while len > room && drop < self.events.len() {
-            len -= self.events[drop].encoded_len();
-            drop += 1;
-        }
-        self.events.drain(..drop);
     }
 
     /// The extents the last `serve` kept marked after primary write errors when it stopped
@@ -247,6 +259,36 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_client_events_never_pushes_out_a_state_event() {
+        let mut j = Journal::new();
+        j.push(Kind::Created, None, "created", 1);
+        j.push(Kind::Attached, Some(0), "b.img", 2);
+        for i in 0..5000 {
+            j.push(Kind::ClientConnected, None, "unix", 3 + i);
+        }
+        j.push(Kind::Fractured, Some(0), "by admin", 9000);
+        let kinds: Vec<u32> = j.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds[..2], [Kind::Created.code(), Kind::Attached.code()]);
+        assert_eq!(*kinds.last().unwrap(), Kind::Fractured.code());
+        let clients = kinds
+            .iter()
+            .filter(|k| **k == Kind::ClientConnected.code())
+            .count();
+        assert_eq!(
+            clients, MAX_CLIENT_EVENTS,
+            "the newest client events are kept"
+        );
+        // A full journal of state events makes room by dropping client events first.
+        for i in 0..MAX_EVENTS {
+            j.push(Kind::Attached, Some(1), "x", 10_000 + i as u64);
+        }
+        assert_eq!(j.events.len(), MAX_EVENTS);
+        assert!(j.events.iter().all(|e| !is_client(e)));
+        // Sequence numbers stay increasing (followers read by `since`).
+        assert!(j.events.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
 
     #[test]
     fn the_extents_pinned_at_a_stop_are_read_back_from_the_detail() {

@@ -476,8 +476,10 @@ pub static JOURNAL: StructDoc = StructDoc {
         Field {
             name: "events",
             ty: Ty::Vec(&EVENT_TY, Count::AtMost(format::journal::MAX_EVENTS)),
-            doc: "The newest events, oldest first: at most {MAX_EVENTS}, and the oldest are \
-                  dropped as far as needed for the payload to fit in {MAX_PAYLOAD} bytes.",
+            doc: "The newest events, oldest first: at most {MAX_EVENTS}, of which at most \
+                  {MAX_CLIENT_EVENTS} client-connected ones; client-connected events, then the \
+                  oldest of any kind, are dropped as far as needed for the payload to fit in \
+                  {MAX_PAYLOAD} bytes.",
         },
     ],
 };

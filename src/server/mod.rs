@@ -159,7 +159,24 @@ impl io::Write for Conn {
 
 /// Binds the listening socket; a Unix socket gets mode 0600. A stale socket file (nobody
 /// listening) is replaced; a live one or any other file is refused.
-fn bind(l: &Listen) -> io::Result<Listener> {
+/// A listening socket, bound before anything on disk changes (a serve that cannot listen
+/// changes nothing, its journal included). A Unix socket's path goes with it.
+pub struct Bound(Option<Listener>);
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(Listener::Unix(_, p)) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Binds `l` (see [`Bound`]).
+pub fn bind(l: &Listen) -> io::Result<Bound> {
+    listen_on(l).map(|x| Bound(Some(x)))
+}
+
+fn listen_on(l: &Listen) -> io::Result<Listener> {
     match l {
         Listen::Unix(p) => {
             if let Ok(m) = std::fs::symlink_metadata(p) {
@@ -244,6 +261,7 @@ pub struct Summary {
 /// and returns (the caller stops the engine: sync, clear intents).
 pub fn run(
     srv: Arc<Server>,
+    mut bound: Bound,
     listen: &Listen,
     export: &str,
     description: &str,
@@ -251,7 +269,10 @@ pub fn run(
     handshake_limit: Duration,
 ) -> io::Result<Summary> {
     let set = block_stop_signals();
-    let listener = bind(listen)?;
+    let listener = bound
+        .0
+        .take()
+        .ok_or_else(|| io::Error::other("already served"))?;
     let (lfd, local) = match &listener {
         Listener::Unix(l, _) => (l.as_raw_fd(), None),
         Listener::Tcp(l) => (l.as_raw_fd(), l.local_addr().ok()),

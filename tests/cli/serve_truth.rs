@@ -3,6 +3,8 @@
 //! apart from the writes in flight, in text, JSON and metrics) and the status after the
 //! clean stop does not call it an unclean stop; an admin command whose server died says the
 //! server is gone and the lock free; `serve --read-only` refuses admin commands at once.
+//! And (issue 25, items 5 and 6) a serve that cannot listen changes nothing, its journal
+//! included, and a flood of connections never pushes the state events out of the journal.
 
 use crate::serve::Serving;
 use crate::support::*;
@@ -235,4 +237,70 @@ fn admin_commands_against_serve_read_only_are_refused_at_once_saying_it_takes_no
     assert_eq!(code, 0, "{log}");
     assert!(read("a.img") == a0, "a.img changed");
     assert!(read("b.img") == b0, "b.img changed");
+}
+
+#[test]
+fn a_serve_that_cannot_listen_exits_2_and_changes_nothing_not_even_its_journal() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let before = std::fs::read(fx.path("a.img")).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let hp = format!("127.0.0.1:{port}");
+    let o = fx.run(&["serve", "a.img", "--listen", &hp]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains(&format!("listening on {hp}"))
+            && o.stderr.contains("nothing was changed"),
+        "{o:?}"
+    );
+    // A socket path whose directory is a file.
+    std::fs::write(fx.path("f"), b"x").unwrap();
+    let bad = fx.path("f").join("s.sock");
+    let o = fx.run(&["serve", "a.img", "--socket", bad.to_str().unwrap()]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("nothing was changed"), "{o:?}");
+    assert!(
+        std::fs::read(fx.path("a.img")).unwrap() == before,
+        "a serve that never listened changed the primary"
+    );
+    let ev = fx.ok(&["events", "a.img", "--json"]).stdout;
+    assert!(!ev.contains("serve-started"), "{ev}");
+    drop(taken);
+}
+
+#[test]
+fn a_flood_of_1100_connections_never_pushes_the_state_events_out_of_the_journal() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img", "--reason", "before the flood"]);
+    let sock = fx.path("p.sock");
+    let s = Serving::start_on(&fx, "a.img", &sock, &[]);
+    let t = Instant::now();
+    for _ in 0..1100 {
+        // A whole handshake each (NBD_OPT_GO answered), then gone.
+        drop(crate::serve::Raw::connect(&sock, false));
+    }
+    let flood = t.elapsed();
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    let ev = fx.ok(&["events", "a.img", "--json"]).stdout;
+    let kinds: Vec<String> = ev
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    for k in [
+        "created",
+        "attached",
+        "fractured",
+        "serve-started",
+        "serve-stopped",
+    ] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "{k} was pushed out by {} connections in {flood:?}: {kinds:?}",
+            1100
+        );
+    }
+    let clients = kinds.iter().filter(|k| *k == "client-connected").count();
+    assert!((1..=64).contains(&clients), "{clients} client events kept");
 }

@@ -78,7 +78,20 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             )));
         }
     }
+    let what = match &listen {
+        Listen::Unix(p) => format!("listening on {}", p.display()),
+        Listen::Tcp(hp) => format!("listening on {hp}"),
+    };
+    let listening = |e: io::Error| {
+        Error::invalid(format!(
+            "{what}: {}; nothing was changed",
+            crate::error::describe_io(&e)
+        ))
+    };
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    // Bound before anything on disk changes: a serve that cannot listen (port taken, bad
+    // socket path) exits 2 having changed nothing, not even its journal.
+    let bound = server::bind(&listen).map_err(listening)?;
     if !a.read_only {
         // P6 and recovery (R1..R3) as for every changing command.
         m.prepare_for_change()?;
@@ -160,19 +173,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     };
     let summary = server::run(
         srv.clone(),
+        bound,
         &listen,
         &a.export,
         &description,
         &tls,
         a.handshake_limit,
     )
-    .map_err(|e| {
-        let what = match &listen {
-            Listen::Unix(p) => format!("listening on {}", p.display()),
-            Listen::Tcp(hp) => format!("listening on {hp}"),
-        };
-        Error::invalid(format!("{what}: {}", crate::error::describe_io(&e)))
-    });
+    .map_err(|e| Error::invalid(format!("{what}: {}", crate::error::describe_io(&e))));
     // A live resync ends at its next run; the control requests are waited for.
     srv.stop_admin();
     if let Some(c) = control {

@@ -56,6 +56,10 @@ pub(super) fn constants() -> Vec<(&'static str, u64)> {
         ("FORMAT_MINOR", format::FORMAT_MINOR as u64),
         ("MAX_EVENTS", format::journal::MAX_EVENTS as u64),
         ("MAX_DETAIL", format::journal::MAX_DETAIL as u64),
+        (
+            "MAX_CLIENT_EVENTS",
+            format::journal::MAX_CLIENT_EVENTS as u64,
+        ),
     ]
 }
 
@@ -418,9 +422,13 @@ pub(super) fn format_page() -> String {
          A 1.0 reader decodes the Superblock fields and ignores the journal. Events are added \
          by the command that changes the mirror and are written in the same commit as the \
          state change they report, so after a crash both or neither are there. The payload \
-         must fit in {MAX_PAYLOAD} bytes: a writer drops the oldest events as far as needed \
-         (with a leg table of {MAX_SLOTS} slots and the longest paths, a few hundred events \
-         remain; with short paths, the newest {MAX_EVENTS}).",
+         must fit in {MAX_PAYLOAD} bytes: a writer drops events as far as needed, the oldest \
+         client-connected events first, then the oldest of any kind (with a leg table of \
+         {MAX_SLOTS} slots and the longest paths, a few hundred events remain; with short \
+         paths, the newest {MAX_EVENTS}). Client-connected events keep at most \
+         {MAX_CLIENT_EVENTS} places (a writer drops the oldest one when it adds another past \
+         that), so connections never push the state events out; sequence numbers may then \
+         skip the dropped ones.",
     );
     r.ss(JOURNAL.name);
     r.para(JOURNAL.doc);
