@@ -115,6 +115,33 @@ pub fn describe_io(e: &std::io::Error) -> String {
 /// `text` without the " (os error N)" that the standard library adds to a system error's
 /// own words ("No space left on device (os error 28)"): noise where the text says it.
 pub fn plain(text: &str) -> String {
+    escape_controls(&strip_os_error(text))
+}
+
+/// Control characters (newlines, escape sequences, NUL ...) written as `\xNN` (a tab as a
+/// space): text a client controls (an export name, a certificate's name) can then never
+/// forge a line of its own in a log, the journal or an alert hook's input.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(' '),
+            c if c.is_control() => {
+                let mut b = [0u8; 4];
+                for x in c.encode_utf8(&mut b).bytes() {
+                    out.push_str(&format!("\\x{x:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn strip_os_error(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(" (os error ") {
@@ -148,5 +175,15 @@ mod tests {
             super::plain("keep (os error x) and (other)"),
             "keep (os error x) and (other)"
         );
+    }
+
+    #[test]
+    fn control_characters_a_client_sends_cannot_forge_a_line() {
+        assert_eq!(
+            super::plain("client export 'x\nmirrorctl serve: stopped\x1b[2J'"),
+            "client export 'x\\x0amirrorctl serve: stopped\\x1b[2J'"
+        );
+        assert_eq!(super::plain("a\tb é"), "a b é");
+        assert_eq!(super::plain("\u{85}"), "\\xc2\\x85");
     }
 }

@@ -114,7 +114,15 @@ pub fn server_config(f: &ServerFiles) -> io::Result<Arc<ServerConfig>> {
         }
         None => b.with_no_client_auth(),
     };
+    let rsa_bits = certs.first().and_then(|c| rsa_key_bits(c));
     let cfg = b.with_single_cert(certs, key).map_err(|e| {
+        if let Some(n) = rsa_bits.filter(|n| ![2048, 3072, 4096].contains(n)) {
+            return bad(format!(
+                "certificate {} and key {}: an RSA key of {n} bits, which mirrorctl's TLS library (ring) cannot sign with: it takes RSA keys of 2048, 3072 or 4096 bits, and ECDSA P-256/P-384 or Ed25519 keys; make a new key of one of those (e.g. openssl req -x509 -newkey rsa:3072 ...)",
+                f.cert.display(),
+                f.key.display()
+            ));
+        }
         bad(format!(
             "certificate {} and key {}: {e} (do they belong together?)",
             f.cert.display(),
@@ -221,6 +229,31 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.to_ascii_lowercase()));
     names
+}
+
+/// The size of a certificate's RSA key, if it has one.
+fn rsa_key_bits(der: &[u8]) -> Option<usize> {
+    use x509_parser::public_key::PublicKey;
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    match c.public_key().parsed().ok()? {
+        PublicKey::RSA(k) => Some(k.key_size()),
+        _ => None,
+    }
+}
+
+/// A client certificate with a key usage extension must allow digital signatures.
+fn client_key_usage(der: &[u8]) -> std::result::Result<(), String> {
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+        return Err("the client's certificate does not parse".into());
+    };
+    match c.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() => Err(format!(
+            "the client's certificate ({}) has a key usage without digitalSignature, so it is not for TLS client authentication",
+            certificate_names(der).join(", ")
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the client's certificate has a bad key usage extension: {e}")),
+    }
 }
 
 /// Whether one of a certificate's `names` is one of `allowed` (compared without case, as
@@ -339,7 +372,18 @@ impl TlsStream {
     /// The server's side of a connection: the TLS handshake, run to its end.
     pub fn accept(sock: OwnedFd, cfg: &Arc<ServerConfig>) -> io::Result<TlsStream> {
         let c = rustls::ServerConnection::new(cfg.clone()).map_err(tls_error)?;
-        Self::handshake(sock, Connection::Server(c))
+        let s = Self::handshake(sock, Connection::Server(c))?;
+        // A client certificate (mutual TLS) must be one for signing: the handshake's proof
+        // of its key is a signature (RFC 5280 4.2.1.3, as GnuTLS and OpenSSL check).
+        let cert = s
+            .lock()
+            .peer_certificates()
+            .and_then(|c| c.first().cloned());
+        if let Some(c) = cert {
+            client_key_usage(&c)
+                .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
+        }
+        Ok(s)
     }
 
     /// The client's side: the TLS handshake, the server's certificate checked against the
@@ -547,10 +591,22 @@ mod tests {
 
         /// (certificate, key) files for `names`, for a server or a client.
         fn pair(&self, who: &str, names: &[&str], server: bool) -> (PathBuf, PathBuf) {
+            self.pair_with(who, names, server, Vec::new())
+        }
+
+        /// [`TestCa::pair`] with a key usage extension (none when empty).
+        fn pair_with(
+            &self,
+            who: &str,
+            names: &[&str],
+            server: bool,
+            usages: Vec<KeyUsagePurpose>,
+        ) -> (PathBuf, PathBuf) {
             let key = KeyPair::generate().unwrap();
             let mut p =
                 CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                     .unwrap();
+            p.key_usages = usages;
             p.distinguished_name = rcgen::DistinguishedName::new();
             p.extended_key_usages = vec![if server {
                 ExtendedKeyUsagePurpose::ServerAuth
@@ -675,6 +731,42 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_client_certificate_whose_key_usage_lacks_digital_signature_is_refused_by_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, sf, cf) = setup(dir.path());
+        let server = server_config(&sf).unwrap();
+        let (ec, ek) = ca.pair_with(
+            "enc",
+            &["enc"],
+            false,
+            vec![KeyUsagePurpose::KeyEncipherment],
+        );
+        let enc = ClientFiles {
+            cert: Some(ec),
+            key: Some(ek),
+            ..cf.clone()
+        };
+        let (s, _) = connected(&server, &read_client_config(&enc).unwrap(), "localhost");
+        let e = s.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("without digitalSignature"), "{e}");
+        // With digitalSignature it is admitted.
+        let (dc, dk) = ca.pair_with(
+            "sig",
+            &["sig"],
+            false,
+            vec![KeyUsagePurpose::DigitalSignature],
+        );
+        let sig = ClientFiles {
+            cert: Some(dc),
+            key: Some(dk),
+            ..cf.clone()
+        };
+        let (s, _) = connected(&server, &read_client_config(&sig).unwrap(), "localhost");
+        assert!(s.is_ok(), "{:?}", s.err());
     }
 
     #[test]

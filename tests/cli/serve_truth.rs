@@ -304,3 +304,58 @@ fn a_flood_of_1100_connections_never_pushes_the_state_events_out_of_the_journal(
     let clients = kinds.iter().filter(|k| *k == "client-connected").count();
     assert!((1..=64).contains(&clients), "{clients} client events kept");
 }
+
+#[test]
+fn an_export_name_with_newlines_and_escapes_cannot_forge_a_line_in_serves_log() {
+    use std::io::{Read, Write};
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let sock = fx.path("p.sock");
+    let s = Serving::start_on(&fx, "a.img", &sock, &[]);
+    let evil = "x\nmirrorctl serve: FORGED stopped cleanly\x1b[2J\r";
+    for opt in [7u32, 1] {
+        // NBD_OPT_GO and NBD_OPT_EXPORT_NAME with that name.
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).unwrap();
+        c.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut d = Vec::new();
+        if opt == 7 {
+            d.extend_from_slice(&(evil.len() as u32).to_be_bytes());
+            d.extend_from_slice(evil.as_bytes());
+            d.extend_from_slice(&0u16.to_be_bytes());
+        } else {
+            d.extend_from_slice(evil.as_bytes());
+        }
+        let mut m = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        m.extend_from_slice(&d);
+        c.write_all(&m).unwrap();
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink);
+    }
+    // A good client still works, then a clean stop.
+    drop(crate::serve::Raw::connect(&sock, false));
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("unknown export") && log.contains("\\x0amirrorctl serve: FORGED"),
+        "the refusal is logged, its name escaped: {log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("mirrorctl serve: FORGED")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    let ev = fx.ok(&["events", "a.img"]).stdout;
+    assert!(
+        !ev.contains('\x1b')
+            && !ev
+                .lines()
+                .any(|l| l.contains("FORGED") && !l.contains("\\x0a")),
+        "{ev}"
+    );
+}

@@ -78,8 +78,13 @@ impl Pki {
 
     /// `who`-cert.pem and `who`-key.pem, signed by this CA.
     fn sign(&self, who: &str, usage: &str, san: &str) {
+        self.sign_for(who, usage, san, "digitalSignature,keyEncipherment");
+    }
+
+    /// [`Pki::sign`] with the key usage given.
+    fn sign_for(&self, who: &str, usage: &str, san: &str, key_usage: &str) {
         let ext = format!(
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,{key_usage}\nextendedKeyUsage={usage}\nsubjectAltName={san}\n"
         );
         std::fs::write(self.dir.join(format!("{who}.ext")), ext).unwrap();
         let (key, csr, cert) = (
@@ -892,8 +897,32 @@ fn tls_on_serves_both_kinds_of_client_tls_off_refuses_a_certificate_and_nbds_nev
         &["--tls", "off"],
     );
     assert!(e.contains("--tls off with --tls-cert"), "{e}");
+    // --tls on lets clients skip TLS: with a CA (or --tls-allow) it would claim certificates
+    // are required while clear-text clients get in, so the combination is refused.
+    for extra in [
+        vec!["--tls", "on", "--tls-ca", &pki.file("ca-cert.pem")],
+        vec![
+            "--tls",
+            "on",
+            "--tls-ca",
+            &pki.file("ca-cert.pem"),
+            "--tls-allow",
+            "client",
+        ],
+    ] {
+        let e = serve_refused(
+            &fx,
+            &pki.file("server-cert.pem"),
+            &pki.file("server-key.pem"),
+            &extra,
+        );
+        assert!(
+            e.contains("--tls on with --tls-ca") && e.contains("--tls require"),
+            "{e}"
+        );
+    }
     // --tls on: a clear-text client and a TLS client are both served.
-    let mut args = pki.serve_args();
+    let mut args: Vec<String> = pki.serve_args()[..4].to_vec();
     args.extend(["--tls".into(), "on".into()]);
     let s = Serving::start(&fx, &strs(&args));
     let plain = client("nbdinfo", "libnbd-bin", &[&s.uri()]);
@@ -936,4 +965,76 @@ fn tls_on_serves_both_kinds_of_client_tls_off_refuses_a_certificate_and_nbds_nev
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("does not offer TLS"), "{o:?}");
     assert_eq!(fx.status()["legs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_client_certificate_whose_key_usage_lacks_digital_signature_is_refused() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pki = Pki::new(&fx.path("pki"), "good");
+    // Signed by the right CA, for TLS clients, but its key is for encipherment only.
+    pki.sign_for("enc", "clientAuth", "DNS:enc", "keyEncipherment");
+    let dir = fx.path("enc-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(pki.dir.join("ca-cert.pem"), dir.join("ca-cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("enc-cert.pem"), dir.join("client-cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("enc-key.pem"), dir.join("client-key.pem")).unwrap();
+    let s = Serving::start(&fx, &strs(&pki.serve_args()));
+    let uri = |d: &str| {
+        format!(
+            "nbds+unix:///?socket={}&tls-certificates={d}",
+            s.sock.display()
+        )
+    };
+    client_fails("nbdinfo", "libnbd-bin", &[&uri(&dir.display().to_string())]);
+    // The same CA's proper client certificate still gets in.
+    let good = pki.client_dir(&fx.path("client"), Some(&pki));
+    let ok = client("nbdinfo", "libnbd-bin", &[&uri(&good)]);
+    assert!(ok.contains("with TLS"), "{ok}");
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    // GnuTLS (libnbd) does not even send such a certificate, so the server sees none; a
+    // client that sends it is refused by the server's own check (src/tls.rs unit test).
+    assert!(
+        log.contains("without digitalSignature") || log.contains("presented no certificate"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_rsa_key_size_ring_cannot_use_is_refused_naming_the_size_and_the_sizes_it_takes() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let dir = fx.path("rsa");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The NBD project's own TLS tests use a 2432-bit key.
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2432",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("k.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = serve_refused(
+        &fx,
+        &dir.join("c.pem").display().to_string(),
+        &dir.join("k.pem").display().to_string(),
+        &[],
+    );
+    assert!(
+        e.contains("RSA key of 2432 bits") && e.contains("2048, 3072 or 4096"),
+        "{e}"
+    );
+    assert!(!e.contains("belong together"), "{e}");
 }

@@ -23,6 +23,15 @@ fn tls(a: &cli::ServeArgs) -> Result<Tls> {
         (Some(p), Some(_)) => p,
         (None, Some(_)) => TlsPolicy::Require,
     };
+    if policy == TlsPolicy::On && (a.tls_ca.is_some() || !a.tls_allow.is_empty()) {
+        // --tls on lets a client skip TLS, and so the certificate check: the two together
+        // would claim certificates are required while clear-text clients get in.
+        return Err(Error::invalid(format!(
+            "--tls on with {}: --tls on lets clients skip TLS and so the certificate check; say --tls require to admit only clients with a certificate, or drop {}",
+            if a.tls_ca.is_some() { "--tls-ca" } else { "--tls-allow" },
+            if a.tls_ca.is_some() { "--tls-ca" } else { "--tls-allow" }
+        )));
+    }
     let files = crate::tls::ServerFiles {
         cert: a.tls_cert.clone().expect("checked above"),
         key: a.tls_key.clone().expect("clap requires it with --tls-cert"),
