@@ -289,7 +289,8 @@ impl FileDevice {
         })
     }
 
-    /// An error if the file is now shorter than `need` bytes (truncated behind our back).
+    /// An error if the file is now shorter than `need` bytes (truncated behind our back;
+    /// at most as long as it was when opened).
     fn shrunk(&self, need: u64) -> Option<io::Error> {
         if self.block {
             return None;
@@ -299,7 +300,7 @@ impl FileDevice {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
-                    "{} shrank to {now} bytes while in use (it had {}); data past its end cannot be read",
+                    "{} shrank to {now} bytes while in use (it had {}): what was past its new end is gone",
                     self.path.display(),
                     self.len
                 ),
@@ -363,7 +364,15 @@ impl Device for FileDevice {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        // A file truncated behind our back (`truncate -s`, a careless `cp`): writes past its
+        // new end extend it again with holes where the data was, so the loss shows only
+        // here, at the sync point, as the error it is (exit 4 for a primary; a leg is
+        // fractured).
+        match self.shrunk(self.len) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn start_writeback(&self, off: u64, len: u64) {

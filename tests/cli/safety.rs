@@ -656,3 +656,45 @@ fn a_write_that_misses_a_fractured_leg_says_so_in_one_line() {
     assert!(o.stderr.contains("mirrorctl resync a.img"), "{o:?}");
     assert!(!o.stderr.contains("b.img"), "{o:?}");
 }
+
+#[test]
+fn a_primary_truncated_during_a_write_fails_it_with_exit_4_at_the_next_sync_and_says_so() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let g = fx.geometry();
+    // A slow writer: 48 MiB through a pipe, a sync after every chunk.
+    let mut child = Command::new(bin())
+        .args(["write", "a.img", "--flush", "always"])
+        .current_dir(fx.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let chunk = vec![0x5au8; MIB as usize];
+    use std::io::Write;
+    for _ in 0..8 {
+        input.write_all(&chunk).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Cut the primary inside its data area, behind the writer's back.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path("a.img"))
+        .unwrap()
+        .set_len(g.data_offset + 4 * MIB)
+        .unwrap();
+    for _ in 0..40 {
+        if input.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    drop(input);
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("shrank") && stderr.contains("a.img"),
+        "it says what happened: {stderr}"
+    );
+}
