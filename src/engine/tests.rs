@@ -560,3 +560,23 @@ fn a_leg_failing_mid_stream_after_a_flush_logs_only_what_it_missed_not_the_windo
         "the synced chunks are on the leg"
     );
 }
+
+#[test]
+fn a_ticket_dropped_without_release_holds_up_no_later_request() {
+    let (m, _p, _secs) = mirror(256, 1);
+    let srv = m
+        .serve(&serve::ServeConfig::default(), Box::new(|_| {}))
+        .unwrap();
+    // As if the thread that took it panicked before the request ran.
+    let lost = srv.ticket(0, 8192);
+    drop(lost);
+    let t = srv.ticket(4096, 4096);
+    let started = std::time::Instant::now();
+    srv.mutate(t, serve::Mutation::Write(&[7; 4096]), false)
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the write waited for a ticket nobody holds"
+    );
+    srv.stop().unwrap();
+}

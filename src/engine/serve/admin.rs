@@ -426,7 +426,7 @@ impl LogOwner for Live<'_> {
                     .lock()
                     .inflight
                     .iter()
-                    .any(|(_, _, u)| *u == Use::HostWrite)
+                    .any(|(_, _, u, w)| *u == Use::HostWrite && w.strong_count() > 0)
                 {
                     break;
                 }

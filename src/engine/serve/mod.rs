@@ -55,7 +55,7 @@ pub use admin::Say;
 use super::activity::{ActivityLog, ExtentIdx, Plan};
 use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
-use std::sync::{Condvar, MutexGuard};
+use std::sync::{Condvar, MutexGuard, Weak};
 
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel.
 const SMALL: u64 = 256 << 10;
@@ -99,6 +99,9 @@ pub type Served<T> = std::result::Result<T, Failure>;
 pub struct Ticket {
     seq: u64,
     range: Range<u64>,
+    /// Its entry in `inflight` holds the other end: a ticket dropped without being given
+    /// back (a panic between ticket and release) no longer holds anyone up.
+    _alive: Arc<()>,
 }
 
 /// What a mutation does on one device (at absolute device offsets).
@@ -171,7 +174,7 @@ struct State {
     joined: Vec<u64>,
     next_epoch: u64,
     /// Mutations and admin copies/reads admitted and not yet finished, in arrival order.
-    inflight: Vec<(u64, Range<u64>, Use)>,
+    inflight: Vec<(u64, Range<u64>, Use, Weak<()>)>,
     next_seq: u64,
     counters: Counters,
     read_fallback_logged: bool,
@@ -271,8 +274,8 @@ impl State {
         let runs: Vec<Range<u64>> = self
             .inflight
             .iter()
-            .filter(|(_, r, u)| *u == Use::HostWrite && !r.is_empty())
-            .map(|(_, r, _)| g.regions_for(r.start, r.end - r.start))
+            .filter(|(_, r, u, w)| *u == Use::HostWrite && !r.is_empty() && w.strong_count() > 0)
+            .map(|(_, r, _, _)| g.regions_for(r.start, r.end - r.start))
             .collect();
         union(&runs, &[])
     }
@@ -477,7 +480,12 @@ impl Server {
     /// Waits for a change to the state (a request finished, extents became hot).
     fn wait<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         st.waiters += 1;
-        let mut st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        // Woken by every change; at the latest after a while, so that a ticket dropped
+        // without a wake-up (a panic) is seen.
+        let (mut st, _) = self
+            .changed
+            .wait_timeout(st, Duration::from_millis(200))
+            .unwrap_or_else(|p| p.into_inner());
         st.waiters -= 1;
         st
     }
@@ -488,14 +496,18 @@ impl Server {
         mut st: MutexGuard<'a, State>,
         t: &Ticket,
     ) -> MutexGuard<'a, State> {
-        while st
-            .inflight
-            .iter()
-            .any(|(s, r, _)| *s < t.seq && r.start < t.range.end && r.end > t.range.start)
-        {
+        loop {
+            // A ticket dropped unreleased (its thread panicked) is finished.
+            st.inflight.retain(|(_, _, _, w)| w.strong_count() > 0);
+            let earlier = st
+                .inflight
+                .iter()
+                .any(|(s, r, _, _)| *s < t.seq && r.start < t.range.end && r.end > t.range.start);
+            if !earlier {
+                return st;
+            }
             st = self.wait(st);
         }
-        st
     }
 
     /// Unlocks after a change, waking the threads that wait for one.
@@ -538,14 +550,20 @@ impl Server {
         let seq = st.next_seq;
         st.next_seq += 1;
         let range = off..off + len;
-        st.inflight.push((seq, range.clone(), what));
-        Ticket { seq, range }
+        let alive = Arc::new(());
+        st.inflight
+            .push((seq, range.clone(), what, Arc::downgrade(&alive)));
+        Ticket {
+            seq,
+            range,
+            _alive: alive,
+        }
     }
 
     /// Gives a ticket back (a request refused before it ran, or an admin copy or read done).
     pub fn cancel(&self, t: Ticket) {
         let mut st = self.lock();
-        st.inflight.retain(|(s, _, _)| *s != t.seq);
+        st.inflight.retain(|(s, _, _, _)| *s != t.seq);
         self.wake(st);
     }
 
@@ -636,7 +654,7 @@ impl Server {
                     let r = self.activate(&mut st, &cold, &evict, sync);
                     self.flush_log(&mut st);
                     if let Err(f) = r {
-                        st.inflight.retain(|(s, _, _)| *s != t.seq);
+                        st.inflight.retain(|(s, _, _, _)| *s != t.seq);
                         self.wake(st);
                         return Err(f);
                     }
@@ -645,7 +663,7 @@ impl Server {
         }
         // H6: in the lock hold that takes the legs to write.
         if let Err(e) = st.log_for_absent_legs(&regions) {
-            st.inflight.retain(|(s, _, _)| *s != t.seq);
+            st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.wake(st);
             return Err(Failure::new(EIO, e.to_string()));
         }
@@ -685,7 +703,7 @@ impl Server {
             // H5/W6: the intents of these extents stay until the next command recovers.
             st.al.pin(&exts);
             st.al.release(&exts, None);
-            st.inflight.retain(|(s, _, _)| *s != t.seq);
+            st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.wake(st);
             let f = Failure::io(
                 format!(
@@ -707,7 +725,7 @@ impl Server {
                 }
             }
         }
-        st.inflight.retain(|(s, _, _)| *s != t.seq);
+        st.inflight.retain(|(s, _, _, _)| *s != t.seq);
         st.al.release(&exts, Some(&regions));
         st.counters.writes += 1;
         st.counters.bytes_written += m.len();
