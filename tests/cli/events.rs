@@ -454,3 +454,54 @@ fn the_metrics_pass_promtool_and_agree_with_status_idle_and_while_serving() {
     let o = fx.run(&["status", "a.img", "--json", "--format", "text"]);
     assert_eq!(o.code, 2, "{o:?}");
 }
+
+#[test]
+fn exec_timeout_kills_the_hooks_children_too_not_only_the_shell() {
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    let pidfile = fx.path("child.pid");
+    // The hook starts a long child of its own and waits for it.
+    let prog = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let since = u(&fx.status()["last_event_seq"]).to_string();
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    let mut follower = Command::new(bin())
+        .args([
+            "events",
+            "a.img",
+            "--follow",
+            "--since",
+            &since,
+            "--exec",
+            &prog,
+            "--exec-timeout",
+            "1s",
+        ])
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past the timeout, with room.
+    std::thread::sleep(Duration::from_millis(1800));
+    let _ = follower.kill();
+    let out = follower.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was killed after 1s"), "{stderr}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false);
+    if alive {
+        // SAFETY: kill(2) of a process this test started (through the hook).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(!alive, "the hook's child {pid} outlived --exec-timeout");
+}

@@ -267,6 +267,7 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
         .try_clone_to_owned()
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
+    use std::os::unix::process::CommandExt;
     let child = Process::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -284,6 +285,9 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
         .env("MIRRORCTL_MIRROR", &e.mirror_uuid)
         .stdin(Stdio::null())
         .stdout(out)
+        // A process group of its own: the timeout kills the hook's children too (a `sleep`
+        // or `curl` it started), not only /bin/sh.
+        .process_group(0)
         .spawn();
     let mut child: Child = match child {
         Ok(c) => c,
@@ -301,6 +305,10 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
                 return;
             }
             Ok(None) if started.elapsed() >= timeout => {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: a plain kill(2) of the process group this child leads.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 eprintln!(
