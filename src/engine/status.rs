@@ -7,13 +7,14 @@ use crate::engine::{read_error, Mirror, Opener};
 use crate::error::{Error, Result};
 use crate::format::layout::{BitmapId, SlotIdx};
 use crate::format::ranges::union;
-use crate::format::{LegState, Role, FORMAT_MAJOR};
+use crate::format::{LegState, Role, Superblock, FORMAT_MAJOR};
 use crate::meta::bitmaps::Bitmaps;
 use crate::meta::image::Image;
 use crate::units::{format_size, format_time, plural};
 use serde::Serialize;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Serialize, Debug)]
 pub struct LegStatus {
@@ -126,22 +127,68 @@ pub fn healthy(intents: u64, pinned: u64, legs: impl IntoIterator<Item = (LegSta
 /// The status of the image on `dev` (named `name`), reading each leg's own header through
 /// `opener`: the `status` command's one engine call.
 ///
+/// It never waits long: every leg's header is read at once, each on a thread of its own, and
+/// what has not come within [`LEG_HEADER_WAIT`] (an NBD server that accepts and says
+/// nothing, a disk that hangs) is shown as not reached; those threads are left to end.
+///
 /// It takes no lock: the headers are read as they are. A copy being rewritten as it is read
 /// fails its checksum, so both copies are read again (a few times) until they agree with a
 /// second read; only a damage that stays is reported. `running` is the live record of the
 /// command holding the mirror, if any.
+/// How long `status` waits for the legs' own headers, all of them together.
+pub const LEG_HEADER_WAIT: Duration = Duration::from_millis(800);
+
+/// Each listed leg's own header, read in parallel, as far as they came in time.
+fn leg_headers(sb: &Superblock, opener: Arc<dyn Opener>) -> Vec<(String, Option<Superblock>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut paths: Vec<String> = Vec::new();
+    for l in sb.legs.iter().filter(|l| l.state != LegState::Empty) {
+        let path = l.open_path().to_string();
+        if paths.contains(&path) {
+            continue;
+        }
+        paths.push(path.clone());
+        let (tx, opener) = (tx.clone(), opener.clone());
+        // A thread that cannot be made leaves the header unknown, nothing worse.
+        let _ = std::thread::Builder::new()
+            .name("status-leg".into())
+            .spawn(move || {
+                let h = opener
+                    .open(&path)
+                    .ok()
+                    .and_then(|d| Image::read(d).ok())
+                    .map(|i| i.sb);
+                let _ = tx.send((path, h));
+            });
+    }
+    drop(tx);
+    let deadline = Instant::now() + LEG_HEADER_WAIT;
+    let mut out: Vec<(String, Option<Superblock>)> = Vec::new();
+    while out.len() < paths.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(x) => out.push(x),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 pub fn report(
     dev: Arc<dyn Device>,
     name: &str,
-    opener: &dyn Opener,
+    opener: Arc<dyn Opener>,
     running: Option<crate::live::Record>,
 ) -> Result<Status> {
     let img = read_settled(&dev, name)?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
+    let headers = leg_headers(&img.sb, opener);
     let leg_header = |l: &crate::format::Leg| -> Option<crate::format::Superblock> {
-        let dev = opener.open(l.open_path()).ok()?;
-        Image::read(dev).ok().map(|i| i.sb)
+        headers
+            .iter()
+            .find(|(p, _)| p == l.open_path())
+            .and_then(|(_, h)| h.clone())
     };
     let mut s = collect(&img, &mut bitmaps, name, &leg_header, running.as_ref())?;
     s.running = running;

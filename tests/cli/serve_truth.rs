@@ -359,3 +359,28 @@ fn an_export_name_with_newlines_and_escapes_cannot_forge_a_line_in_serves_log() 
         "{ev}"
     );
 }
+
+#[test]
+fn status_answers_within_a_second_when_an_nbd_legs_server_accepts_and_says_nothing() {
+    let fx = Fx::create("32M", "64K");
+    let g = fx.geometry();
+    let raw = fx.path("remote.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(g.data_offset + g.data_size)
+        .unwrap();
+    let sock = fx.path("nbd.sock");
+    let mut k = crate::serve::NbdKit::start(&sock, &raw, &[]);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    fx.ok(&["attach", "a.img", &uri]);
+    k.kill();
+    // A server that accepts connections and never answers (a hung machine).
+    let _ = std::fs::remove_file(&sock);
+    let silent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let t = Instant::now();
+    let o = fx.run(&["status", "a.img", "--json"]);
+    let took = t.elapsed();
+    assert!(o.code == 0 || o.code == 3, "{o:?}");
+    assert!(took < Duration::from_millis(1500), "status took {took:?}");
+    drop(silent);
+}

@@ -93,7 +93,7 @@ fn replaced(path: &Path) -> Option<String> {
     let s = engine::status::report(
         Arc::new(dev),
         &display(path),
-        &FileOpener { writable: false },
+        Arc::new(FileOpener { writable: false }),
         None,
     )
     .ok()?;

@@ -11,7 +11,7 @@ pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let s = engine::status::report(
         Arc::new(dev),
         &name,
-        &FileOpener { writable: false },
+        Arc::new(FileOpener { writable: false }),
         running,
     )?;
     let format = match (a.json, a.format) {
