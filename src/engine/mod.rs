@@ -349,6 +349,22 @@ impl Mirror {
         Ok((regions, bytes))
     }
 
+    /// Whether in-sync `slot`'s logs show `regions` current on it (neither its fracture log
+    /// nor the write-intent log names any of them).
+    pub(crate) fn current_on(&mut self, slot: u32, regions: &Range<u64>) -> bool {
+        self.sb().legs[slot as usize].state == LegState::InSync
+            && [BitmapId::WriteIntent, BitmapId::Fracture(SlotIdx(slot))]
+                .iter()
+                .try_fold(true, |ok, id| -> io::Result<bool> {
+                    Ok(ok
+                        && match self.bitmaps.next_run(*id, regions.start, u64::MAX)? {
+                            Some(r) => r.start >= regions.end,
+                            None => true,
+                        })
+                })
+                .unwrap_or(false)
+    }
+
     /// Reads from the data area; if the primary fails, from an in-sync secondary whose
     /// logs show the regions current. Returns the slot used when not the primary.
     pub fn read_at(&mut self, buf: &mut [u8], off: u64) -> Result<Option<(u32, String)>> {
@@ -362,17 +378,7 @@ impl Mirror {
             if self.sb().legs[s as usize].state != LegState::InSync {
                 continue;
             }
-            let clean = [BitmapId::WriteIntent, BitmapId::Fracture(SlotIdx(s))]
-                .iter()
-                .try_fold(true, |ok, id| -> io::Result<bool> {
-                    Ok(ok
-                        && match self.bitmaps.next_run(*id, regions.start, u64::MAX)? {
-                            Some(r) => r.start >= regions.end,
-                            None => true,
-                        })
-                })
-                .unwrap_or(false);
-            if !clean {
+            if !self.current_on(s, &regions) {
                 continue;
             }
             if let Ok(d) = self.open_leg(s) {

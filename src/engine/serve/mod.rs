@@ -578,20 +578,38 @@ impl Server {
         if r.is_ok() {
             return Ok(());
         }
-        let mut st = self.lock();
-        match st.mirror.read_at(buf, off) {
-            Ok(None) => Ok(()),
-            Ok(Some((slot, why))) => {
+        let perr = r.err().map(|e| e.to_string()).unwrap_or_default();
+        // From a leg receiving writes whose logs show the range current, with its device
+        // already open: nothing is opened (or connected) with the state locked, so a
+        // failing primary never makes host writes wait on a secondary's server.
+        let regions = self.geometry.regions_for(off, buf.len() as u64);
+        let candidates: Vec<(u32, Arc<dyn Device>)> = {
+            let mut st = self.lock();
+            let legs = st.legs.clone();
+            legs.into_iter()
+                .filter(|(s, _)| st.mirror.current_on(*s, &regions))
+                .collect()
+        };
+        for (slot, d) in candidates {
+            if d.read_at(buf, self.geometry.data_offset + off).is_ok() {
+                let mut st = self.lock();
                 if !st.read_fallback_logged {
                     st.read_fallback_logged = true;
                     (self.log)(&format!(
-                        "warning: {why}; reads are served from secondary slot {slot} where it is current (logged once)"
+                        "warning: primary {} failed at data offset {off}: {perr}; reads are served from secondary slot {slot} where it is current (logged once)",
+                        self.name
                     ));
                 }
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(Failure::new(EIO, e.to_string())),
         }
+        Err(Failure::new(
+            EIO,
+            format!(
+                "reading primary {} at data offset {off}: {perr}; no in-sync secondary could serve it",
+                self.name
+            ),
+        ))
     }
 
     /// Data and hole extents of `off..off+len` from the primary: (length, is a hole).
