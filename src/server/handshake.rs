@@ -16,6 +16,13 @@ const MAX_DISCARD: u32 = 1 << 20;
 /// Meta context id of `base:allocation`.
 pub const BASE_ALLOCATION_ID: u32 = 1;
 
+/// The longest string the protocol allows (export names, error messages): 4096 bytes.
+pub const MAX_STRING: usize = 4096;
+
+/// The description every client is shown (`NBD_OPT_LIST`, `NBD_INFO_DESCRIPTION`): any
+/// client may ask before it is authenticated, so it names nothing on the server.
+pub const EXPORT_DESCRIPTION: &str = "a mirror served by mirrorctl";
+
 /// What the export is.
 pub struct ExportInfo {
     pub name: String,
@@ -29,6 +36,32 @@ pub struct ExportInfo {
 pub struct Negotiated {
     pub structured: bool,
     pub base_allocation: bool,
+    /// The client asked for `NBD_INFO_BLOCK_SIZE` in its `NBD_OPT_GO`, so it must keep to
+    /// the sizes it was sent (proto.md "Size constraints").
+    pub block_size: bool,
+}
+
+/// The transmission flags a client is sent: the export's, and `NBD_FLAG_SEND_DF` once
+/// structured replies are on (a read is always answered in one chunk).
+pub fn transmission_flags(export: u16, neg: &Negotiated) -> u16 {
+    if neg.structured {
+        export | TF_SEND_DF
+    } else {
+        export
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate_utf8(s: &[u8], max: usize) -> &[u8] {
+    if s.len() <= max {
+        return s;
+    }
+    let mut n = max;
+    // Back over continuation bytes (10xxxxxx) to the start of a character.
+    while n > 0 && s[n] & 0xc0 == 0x80 {
+        n -= 1;
+    }
+    &s[..n]
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +75,12 @@ pub enum Outcome {
 }
 
 fn reply(s: &mut dyn Stream, opt: u32, typ: u32, data: &[u8]) -> io::Result<()> {
+    // An error reply's data is a message, a string the protocol caps at 4096 bytes.
+    let data = if typ & (1 << 31) != 0 {
+        truncate_utf8(data, MAX_STRING)
+    } else {
+        data
+    };
     let mut m = Vec::with_capacity(20 + data.len());
     m.extend_from_slice(&REPLY_MAGIC_OPT.to_be_bytes());
     m.extend_from_slice(&opt.to_be_bytes());
@@ -154,6 +193,14 @@ pub fn haggle(
         }
         let opt = rd_u32(s)?;
         let len = rd_u32(s)?;
+        if opt == OPT_EXPORT_NAME && len as usize > MAX_STRING {
+            // That option has no reply but the export: the connection ends (proto.md:
+            // "the server MUST terminate the session" where it cannot serve the name).
+            return Err(proto(format!(
+                "NBD_OPT_EXPORT_NAME with a {len}-byte name, over the protocol's \
+                 {MAX_STRING}-byte limit on strings"
+            )));
+        }
         if len > MAX_OPTION {
             if len > MAX_DISCARD {
                 return Err(proto(format!("option {opt} with {len} bytes of data")));
@@ -203,7 +250,7 @@ pub fn haggle(
                     return Err(proto(format!("asked for unknown export '{name}'")));
                 }
                 let mut m = ex.size.to_be_bytes().to_vec();
-                m.extend_from_slice(&ex.flags.to_be_bytes());
+                m.extend_from_slice(&transmission_flags(ex.flags, &neg).to_be_bytes());
                 if !no_zeroes {
                     m.extend_from_slice(&[0u8; 124]);
                 }
@@ -239,7 +286,7 @@ pub fn haggle(
                 }
                 let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                 info.extend_from_slice(&ex.size.to_be_bytes());
-                info.extend_from_slice(&ex.flags.to_be_bytes());
+                info.extend_from_slice(&transmission_flags(ex.flags, &neg).to_be_bytes());
                 reply(s, opt, REP_INFO, &info)?;
                 if reqs.contains(&INFO_NAME) {
                     let mut m = INFO_NAME.to_be_bytes().to_vec();
@@ -259,6 +306,7 @@ pub fn haggle(
                 reply(s, opt, REP_INFO, &bs)?;
                 reply(s, opt, REP_ACK, &[])?;
                 if opt == OPT_GO {
+                    neg.block_size = reqs.contains(&INFO_BLOCK_SIZE);
                     return Ok(Outcome::Go(neg));
                 }
             }
@@ -413,9 +461,13 @@ mod tests {
         assert_eq!(&d[..2], &INFO_BLOCK_SIZE.to_be_bytes());
         assert_eq!(&d[10..14], &MAX_BLOCK.to_be_bytes());
         assert_eq!(read_reply(&mut c).1, REP_ACK);
+        // It asked for the block sizes in its NBD_OPT_GO, so it keeps to them.
         assert_eq!(
             h.join().unwrap().unwrap(),
-            Outcome::Go(Negotiated::default())
+            Outcome::Go(Negotiated {
+                block_size: true,
+                ..Negotiated::default()
+            })
         );
     }
 
@@ -482,7 +534,8 @@ mod tests {
             h.join().unwrap().unwrap(),
             Outcome::Go(Negotiated {
                 structured: true,
-                base_allocation: true
+                base_allocation: true,
+                block_size: false,
             })
         );
     }
@@ -597,6 +650,61 @@ mod tests {
         send(&mut c, OPT_ABORT, &[]);
         assert_eq!(read_reply(&mut c).1, REP_ACK);
         assert_eq!(h.join().unwrap().0.unwrap(), Outcome::Aborted);
+    }
+
+    #[test]
+    fn error_replies_carry_at_most_4096_bytes_of_message_cut_at_a_character() {
+        let (mut c, h) = start(3);
+        // A 10,000-byte name of 2-byte characters, echoed in the error message.
+        let name = "é".repeat(5000);
+        send(&mut c, OPT_INFO, &info_data(&name, &[]));
+        let (_, t, d) = read_reply(&mut c);
+        assert_eq!(t, REP_ERR_UNKNOWN);
+        assert!(d.len() <= MAX_STRING && d.len() > 4000, "{} bytes", d.len());
+        assert!(std::str::from_utf8(&d).is_ok(), "cut inside a character");
+        send(&mut c, OPT_ABORT, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ACK);
+        assert_eq!(h.join().unwrap().unwrap(), Outcome::Aborted);
+        assert_eq!(truncate_utf8("aé".as_bytes(), 2), b"a");
+        assert_eq!(truncate_utf8(b"abc", 3), b"abc");
+    }
+
+    #[test]
+    fn an_export_name_over_4096_bytes_ends_the_connection_without_any_reply() {
+        let (mut c, h) = start(3);
+        send(&mut c, OPT_EXPORT_NAME, &[b'x'; MAX_STRING + 1]);
+        let e = h.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("4097-byte name"), "{e}");
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{} bytes sent back", rest.len());
+    }
+
+    #[test]
+    fn df_is_advertised_only_once_structured_replies_are_on_and_the_description_is_fixed() {
+        let (mut c, h) = start(3);
+        send(&mut c, OPT_INFO, &info_data("", &[INFO_DESCRIPTION]));
+        let (_, t, d) = read_reply(&mut c);
+        assert_eq!(t, REP_INFO);
+        let flags = u16::from_be_bytes([d[10], d[11]]);
+        assert_eq!(flags & TF_SEND_DF, 0);
+        let (_, _, d) = read_reply(&mut c);
+        assert_eq!(&d[2..], b"test");
+        assert_eq!(read_reply(&mut c).1, REP_INFO);
+        assert_eq!(read_reply(&mut c).1, REP_ACK);
+        send(&mut c, OPT_STRUCTURED_REPLY, &[]);
+        assert_eq!(read_reply(&mut c).1, REP_ACK);
+        send(&mut c, OPT_GO, &info_data("", &[]));
+        let (_, _, d) = read_reply(&mut c);
+        let flags = u16::from_be_bytes([d[10], d[11]]);
+        assert_eq!(flags, TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_DF);
+        while read_reply(&mut c).1 != REP_ACK {}
+        let neg = match h.join().unwrap().unwrap() {
+            Outcome::Go(n) => n,
+            o => panic!("{o:?}"),
+        };
+        assert!(neg.structured && !neg.block_size);
+        assert!(!EXPORT_DESCRIPTION.contains('/'));
     }
 
     #[test]

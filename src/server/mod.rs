@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod handshake;
+pub mod request;
 pub mod transmission;
 
 use crate::device::nbd::proto::*;
@@ -279,7 +280,8 @@ pub fn run(
     };
     let info = Arc::new(ExportInfo {
         name: export.to_string(),
-        description: description.to_string(),
+        // Not the primary's path: any client may list the exports.
+        description: handshake::EXPORT_DESCRIPTION.to_string(),
         size: srv.size(),
         flags: export_flags(srv.read_only(), srv.fast_zero()),
     });

@@ -1,7 +1,8 @@
 //! The server side of the NBD transmission phase: requests read in order, run by a pool of
 //! workers (queue depth [`QUEUE_DEPTH`]), replies (simple or structured) sent as they finish.
 
-use super::handshake::{Negotiated, BASE_ALLOCATION_ID, MAX_BLOCK};
+use super::handshake::{transmission_flags, Negotiated, BASE_ALLOCATION_ID};
+use super::request::{self, Command, Header, Invalid, Limits, HEADER_LEN};
 use crate::device::nbd::proto::*;
 use crate::device::{read_full, AlignedBuf, DIRECT_ALIGN};
 use crate::engine::serve::{Failure, Mutation, Server, Ticket};
@@ -448,11 +449,16 @@ fn read_loop(
     log: &dyn Fn(&str),
     mut dispatch: impl FnMut(Job),
 ) -> End {
+    let limits = Limits {
+        size: srv.size(),
+        flags: transmission_flags(super::export_flags(srv.read_only(), srv.fast_zero()), neg),
+        neg: *neg,
+    };
     loop {
-        let mut h = [0u8; 28];
+        let mut h = [0u8; HEADER_LEN];
         match read_full(input, &mut h) {
             Ok(0) => return End::Closed,
-            Ok(28) => {}
+            Ok(HEADER_LEN) => {}
             Ok(n) => {
                 return End::Broken(format!(
                     "closed the connection {n} bytes into a request header"
@@ -460,37 +466,57 @@ fn read_loop(
             }
             Err(e) => return End::Broken(format!("reading a request: {e}")),
         }
-        let magic = u32::from_be_bytes(h[0..4].try_into().unwrap());
-        let flags = u16::from_be_bytes(h[4..6].try_into().unwrap());
-        let typ = u16::from_be_bytes(h[6..8].try_into().unwrap());
-        let handle = u64::from_be_bytes(h[8..16].try_into().unwrap());
-        let off = u64::from_be_bytes(h[16..24].try_into().unwrap());
-        let len = u32::from_be_bytes(h[24..28].try_into().unwrap());
-        if magic != REQUEST_MAGIC {
-            return End::Broken(format!("bad request magic {magic:#x}"));
-        }
-        let fail = |errno: u32, msg: String| rep.error(handle, &Failure { errno, msg }, log);
-        match typ {
-            CMD_DISC => return End::Disconnected,
-            CMD_READ | CMD_WRITE if len > MAX_BLOCK => {
-                return End::Broken(format!(
-                    "request of {len} bytes at offset {off}, over the {MAX_BLOCK}-byte maximum it was told"
-                ));
-            }
-            CMD_READ | CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM | CMD_FLUSH | CMD_CACHE
-            | CMD_BLOCK_STATUS => {}
-            _ => {
-                fail(EINVAL, format!("unknown command {typ}"));
+        let header = Header::parse(&h);
+        let handle = header.cookie;
+        let req = match request::validate(&header, &limits) {
+            Ok(r) => r,
+            Err(Invalid::Fatal(why)) => return End::Broken(why),
+            Err(Invalid::Refuse { errno, msg }) => {
+                // A refused write's payload is still on its way: read past it, so that the
+                // next request is where the client put it.
+                if header.has_payload() {
+                    let n = u64::from(header.length);
+                    match std::io::copy(&mut Read::take(&mut *input, n), &mut std::io::sink()) {
+                        Ok(got) if got == n => {}
+                        Ok(got) => {
+                            return End::Broken(format!(
+                                "closed the connection {got} bytes into the {n}-byte payload of a refused write"
+                            ))
+                        }
+                        Err(e) => return End::Broken(format!("reading a request: {e}")),
+                    }
+                }
+                rep.error(handle, &Failure { errno, msg }, log);
                 continue;
             }
+        };
+        let (typ, flags, off, len) = (req.cmd.wire(), req.flags, req.offset, req.length);
+        match req.cmd {
+            Command::Disc => return End::Disconnected,
+            // Nothing to read: a structured reply has no zero-length data chunk (each
+            // "MUST describe at least one byte"), so it is NONE with DONE.
+            Command::Read if len == 0 => {
+                if rep.structured {
+                    rep.chunk(handle, REPLY_TYPE_NONE, &[]);
+                } else {
+                    rep.ok(handle);
+                }
+                continue;
+            }
+            // Nothing to change (and no payload to read).
+            Command::Write | Command::Trim | Command::WriteZeroes if len == 0 => {
+                rep.ok(handle);
+                continue;
+            }
+            _ => {}
         }
         let mut data = AlignedBuf::empty();
         let mut charged = 0;
-        if typ == CMD_WRITE || typ == CMD_READ {
+        if matches!(req.cmd, Command::Write | Command::Read) {
             charged = u64::from(len);
             budget.take(charged);
         }
-        if typ == CMD_WRITE {
+        if req.cmd == Command::Write {
             // An aligned buffer, so that a large write can go to the disk directly.
             data = pool.get(len as usize);
             if let Err(e) = input.read_exact(&mut data) {
@@ -501,42 +527,7 @@ fn read_loop(
                 ));
             }
         }
-        let refuse = |f: Failure| {
-            rep.error(handle, &f, log);
-            budget.give(charged);
-        };
-        if typ != CMD_FLUSH {
-            if let Err(f) = srv.check(off, u64::from(len)) {
-                refuse(f);
-                continue;
-            }
-        }
-        let mutation = matches!(typ, CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM);
-        if mutation && srv.read_only() {
-            refuse(Failure {
-                errno: EPERM,
-                msg: "the export is read-only".into(),
-            });
-            continue;
-        }
-        if typ == CMD_BLOCK_STATUS && len == 0 {
-            refuse(Failure {
-                errno: EINVAL,
-                msg: "NBD_CMD_BLOCK_STATUS of length 0".into(),
-            });
-            continue;
-        }
-        if typ == CMD_BLOCK_STATUS && !neg.base_allocation {
-            refuse(Failure {
-                errno: EINVAL,
-                msg: "NBD_CMD_BLOCK_STATUS without base:allocation negotiated".into(),
-            });
-            continue;
-        }
-        if mutation && len == 0 {
-            rep.ok(handle);
-            continue;
-        }
+        let mutation = req.cmd.mutates();
         // H4: the place in arrival order is taken here, before any worker runs it.
         let ticket = mutation.then(|| srv.ticket(off, u64::from(len)));
         let job = Job {
