@@ -4,6 +4,7 @@
 use super::*;
 use crate::format::journal::{kind_name, Event, Journal};
 use crate::format::Superblock;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -129,7 +130,9 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
     let exec = a
         .exec
         .as_ref()
-        .map(|cmd| Runner::start(cmd.clone(), a.exec_timeout, display(&a.primary)));
+        .map(|cmd| Runner::start(cmd.clone(), a.exec_timeout, display(&a.primary)))
+        .transpose()
+        .map_err(|e| Error::invalid(format!("events: starting the --exec thread: {e}")))?;
     let mut mirror = sb.mirror_uuid;
     let show = |e: Shown| -> Result<()> {
         e.print(a.json)?;
@@ -226,17 +229,19 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(cmd: String, timeout: Duration, primary: String) -> Runner {
+    fn start(cmd: String, timeout: Duration, primary: String) -> io::Result<Runner> {
         let (tx, rx) = mpsc::channel::<Shown>();
-        let thread = std::thread::spawn(move || {
-            for e in rx {
-                run_one(&cmd, timeout, &primary, &e);
-            }
-        });
-        Runner {
+        let thread = std::thread::Builder::new()
+            .name("exec".into())
+            .spawn(move || {
+                for e in rx {
+                    run_one(&cmd, timeout, &primary, &e);
+                }
+            })?;
+        Ok(Runner {
             tx: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     fn send(&self, e: Shown) {
@@ -284,6 +289,8 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
         .env("MIRRORCTL_MIRROR", &e.mirror_uuid)
         .stdin(Stdio::null())
         .stdout(out)
+        // Its own process group: at the timeout, everything it started is killed with it.
+        .process_group(0)
         .spawn();
     let mut child: Child = match child {
         Ok(c) => c,
@@ -301,6 +308,9 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
                 return;
             }
             Ok(None) if started.elapsed() >= timeout => {
+                // The whole group: /bin/sh and whatever it started (pipelines, children).
+                // SAFETY: kill(2) on the group led by our own child, not yet reaped.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
                 eprintln!(
