@@ -775,8 +775,10 @@ While it serves, `mirrorctl status` shows it (clients, hot set, request rates), 
 `fracture`, `resync`, `attach`, `detach` and `verify` on the mirror are carried out by the \
 serving process through its control socket while hosts write, with the same output and exit \
 codes; other commands exit 5 (busy), naming it. Stop it \
-with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
-the write intents are cleared, so status is clean afterwards.";
+with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, clients get at most \
+--write-timeout to take their replies, every leg is synced and the write intents are cleared, \
+so status is clean afterwards. A second SIGTERM or Ctrl-C stops at once: nothing is synced or \
+cleared, and the next command recovers the hot set as after a crash.";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
