@@ -223,6 +223,11 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l handshake-
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l write-timeout -d 'A client that takes none of its replies for this long is disconnected (its requests are no longer read once 16 MiB of replies wait for it). A stop gives clients at most this long to take the replies of the requests in flight, then shuts every connection down' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l max-connections -d 'Clients served at once (handshakes included); one more is refused with a log line. Each holds at most 33 threads and about 240 MiB of buffers' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'

@@ -10,7 +10,7 @@
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
 //! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
-//! `units`.
+//! `units`, `thread` (helper threads that fall back to the caller when none can be started).
 
 pub mod cli;
 pub mod device;
@@ -21,5 +21,6 @@ pub mod live;
 pub mod lock;
 pub mod meta;
 pub mod server;
+pub mod thread;
 pub mod tls;
 pub mod units;

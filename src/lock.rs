@@ -89,15 +89,18 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
         .try_clone()
         .map_err(|e| Error::primary(format!("locking {name}: {e}")))?;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || loop {
-        match flock(&dup, block_op) {
-            Err(rustix::io::Errno::INTR) => continue,
-            r => {
-                let _ = tx.send(r);
-                break;
+    std::thread::Builder::new()
+        .name("lock-wait".into())
+        .spawn(move || loop {
+            match flock(&dup, block_op) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => {
+                    let _ = tx.send(r);
+                    break;
+                }
             }
-        }
-    });
+        })
+        .map_err(|e| Error::primary(format!("waiting for the lock on {name}: {e}")))?;
     let got = match wait {
         Wait::For(d) => rx.recv_timeout(d).ok(),
         _ => rx.recv().ok(),

@@ -775,8 +775,10 @@ While it serves, `mirrorctl status` shows it (clients, hot set, request rates), 
 `fracture`, `resync`, `attach`, `detach` and `verify` on the mirror are carried out by the \
 serving process through its control socket while hosts write, with the same output and exit \
 codes; other commands exit 5 (busy), naming it. Stop it \
-with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, every leg is synced and \
-the write intents are cleared, so status is clean afterwards.";
+with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, clients get at most \
+--write-timeout to take their replies, every leg is synced and the write intents are cleared, \
+so status is clean afterwards. A second SIGTERM or Ctrl-C stops at once: nothing is synced or \
+cleared, and the next command recovers the hot set as after a crash.";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -832,10 +834,30 @@ pub struct ServeArgs {
     /// or starts TLS and stalls, holds no thread for long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
     pub handshake_limit: Duration,
+    /// A client that takes none of its replies for this long is disconnected (its requests
+    /// are no longer read once 16 MiB of replies wait for it). A stop gives clients at most
+    /// this long to take the replies of the requests in flight, then shuts every connection
+    /// down.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub write_timeout: Duration,
+    /// Clients served at once (handshakes included); one more is refused with a log line.
+    /// Each holds at most 33 threads and about 240 MiB of buffers.
+    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
     /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
     /// anyone who can reach the port can read and overwrite the disk.
     #[arg(long)]
     pub insecure: bool,
+}
+
+fn parse_max_connections(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a whole number of connections, at least 1 (e.g. 64)"
+        )),
+    }
 }
 
 fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {

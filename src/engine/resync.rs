@@ -160,7 +160,7 @@ impl Mirror {
                         id: BitmapId::Fracture(SlotIdx(s)),
                         abort,
                     };
-                    sc.spawn(move || {
+                    crate::thread::spawn_or_run(sc, move || {
                         let written = AtomicU64::new(0);
                         let ctl = CopyCtl {
                             limiter,

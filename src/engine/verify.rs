@@ -710,7 +710,9 @@ fn spawn_reader<'s, 'e>(
 ) -> Feed {
     let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
     let (back, back_rx) = mpsc::channel::<Vec<u8>>();
-    sc.spawn(move || {
+    // No thread (a thread limit): the comparison gets the error instead of a chunk.
+    let failed = tx.clone();
+    let started = std::thread::Builder::new().spawn_scoped(sc, move || {
         // Sequential reads: ask for the larger readahead window (cold caches).
         if let (Some(f), Some(first), Some(last)) = (dev.file(), chunks.first(), chunks.last()) {
             let len = std::num::NonZeroU64::new(last.at + last.len as u64 - first.at);
@@ -746,5 +748,10 @@ fn spawn_reader<'s, 'e>(
             }
         }
     });
+    if let Err(e) = started {
+        let _ = failed.send(Err(std::io::Error::other(format!(
+            "starting a reader thread: {e}"
+        ))));
+    }
     Feed { rx, back }
 }

@@ -319,14 +319,14 @@ impl Mirror {
                         .map(|(s, d)| {
                             let d = d.clone();
                             let s = *s;
-                            sc.spawn(move || {
+                            crate::thread::spawn_or_run(sc, move || {
                                 let r = d.write_at(data, at);
                                 d.start_writeback(at, data.len() as u64);
                                 (s, r)
                             })
                         })
                         .collect();
-                    let ph = sc.spawn(move || {
+                    let ph = crate::thread::spawn_or_run(sc, move || {
                         let r = primary.write_at(data, at);
                         primary.start_writeback(at, data.len() as u64);
                         r
@@ -450,7 +450,7 @@ pub(super) fn sync_parallel(
             .iter()
             .map(|(s, d)| {
                 let (s, d) = (*s, d.clone());
-                sc.spawn(move || (s, d.sync()))
+                crate::thread::spawn_or_run(sc, move || (s, d.sync()))
             })
             .collect();
         let p = primary.sync();

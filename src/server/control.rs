@@ -13,12 +13,23 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const VERSION: u32 = 1;
+
+/// A control client must send its request line within this (mirrorctl sends it at once).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request line longer than this is refused.
+const REQUEST_MAX: u64 = 1 << 20;
+/// A control client that takes no output for this long gets no more (the command itself
+/// goes on to its end).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Request {
@@ -54,15 +65,30 @@ pub fn socket_path(file: &File) -> io::Result<PathBuf> {
 /// Where a handler sends a command's output.
 pub struct Reply {
     out: UnixStream,
+    /// A write failed or timed out: nothing more is sent.
+    gone: bool,
 }
 
 impl Reply {
     pub fn send(&mut self, m: &Message) {
-        // A client that went away gets nothing more; the command itself completes.
+        // A client that went away, or takes nothing for REPLY_TIMEOUT, gets nothing more;
+        // the command itself completes.
+        if self.gone {
+            return;
+        }
         let mut line = serde_json::to_vec(m).unwrap_or_default();
         line.push(b'\n');
-        let _ = self.out.write_all(&line);
+        if self.out.write_all(&line).is_err() {
+            self.gone = true;
+        }
     }
+}
+
+/// A control connection being served: its thread, and its socket while its request is
+/// being read (shut down at stop, so an idle client does not hold the stop up).
+struct Running {
+    thread: std::thread::JoinHandle<()>,
+    reading: Arc<Mutex<Option<OwnedFd>>>,
 }
 
 /// Runs one request to its end, sending everything through the reply.
@@ -73,7 +99,8 @@ pub struct Control {
     path: PathBuf,
     listener: UnixListener,
     thread: Option<std::thread::JoinHandle<()>>,
-    requests: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    requests: Arc<Mutex<Vec<Running>>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -92,24 +119,42 @@ impl Control {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let l = listener.try_clone()?;
-        let requests: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
-        let reqs = requests.clone();
+        let requests: Arc<Mutex<Vec<Running>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (reqs, stop) = (requests.clone(), stopping.clone());
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 crate::live::block_signals();
-                for conn in l.incoming() {
-                    let Ok(conn) = conn else { break };
-                    let h = handler.clone();
+                loop {
+                    let conn = match l.accept() {
+                        Ok((c, _)) => c,
+                        Err(_) if stop.load(Ordering::SeqCst) => break,
+                        Err(e) => {
+                            // Out of descriptors, say: never spin, never give up.
+                            super::log_line(&format!("control socket: accept: {e}"));
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let reading = Arc::new(Mutex::new(conn.try_clone().ok().map(OwnedFd::from)));
+                    let (h, rd) = (handler.clone(), reading.clone());
+                    // No thread (a thread limit): the connection is closed, the command
+                    // that asked says the server closed it.
                     let t = std::thread::Builder::new()
                         .name("control-request".into())
                         .spawn(move || {
                             crate::live::block_signals();
-                            serve_one(conn, &h)
+                            serve_one(conn, &h, &rd)
                         });
                     let mut r = reqs.lock().unwrap_or_else(|p| p.into_inner());
-                    r.retain(|t| !t.is_finished());
-                    r.extend(t);
+                    r.retain(|t| !t.thread.is_finished());
+                    if let Ok(thread) = t {
+                        r.push(Running { thread, reading });
+                    }
                 }
             })?;
         Ok(Control {
@@ -117,6 +162,7 @@ impl Control {
             listener,
             thread: Some(thread),
             requests,
+            stopping,
         })
     }
 
@@ -124,29 +170,49 @@ impl Control {
         &self.path
     }
 
-    /// Stops accepting and waits for the requests being carried out.
+    /// Stops accepting, ends the connections still sending their request, and waits for
+    /// the requests being carried out.
     pub fn stop(mut self) {
-        use std::os::fd::AsRawFd;
+        self.stopping.store(true, Ordering::SeqCst);
         // SAFETY: shutdown(2) on the listener this struct owns; it wakes the accept.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         let running = std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in running {
-            let _ = t.join();
+        for r in &running {
+            if let Some(fd) = &*r.reading.lock().unwrap_or_else(|p| p.into_inner()) {
+                // SAFETY: shutdown(2) on a descriptor this entry owns; it wakes the read.
+                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+            }
+        }
+        for r in running {
+            let _ = r.thread.join();
         }
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve_one(conn: UnixStream, handler: &Handler) {
+fn serve_one(conn: UnixStream, handler: &Handler, reading: &Mutex<Option<OwnedFd>>) {
+    // Bounded waits: an idle or stalled client holds this thread (and a stop) up no longer.
+    let timeouts = conn
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|_| conn.set_write_timeout(Some(REPLY_TIMEOUT)));
     let Ok(read) = conn.try_clone() else { return };
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).is_err() {
+    if timeouts.is_err() {
         return;
     }
-    let mut reply = Reply { out: conn };
+    let mut line = String::new();
+    let r = BufReader::new(read.take(REQUEST_MAX)).read_line(&mut line);
+    // The request is read: the stop no longer cuts this connection short.
+    *reading.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if r.is_err() || !line.ends_with('\n') {
+        return;
+    }
+    let mut reply = Reply {
+        out: conn,
+        gone: false,
+    };
     let req: Request = match serde_json::from_str(line.trim_end()) {
         Ok(r) => r,
         Err(e) => {

@@ -1,6 +1,14 @@
 //! The NBD server front end of `serve`: listening on a Unix socket or TCP, one thread per
 //! connection (handshake, then transmission), log lines, and a clean stop on SIGTERM/SIGINT.
 //! It calls the engine's [`Server`]; the engine decides what is durable when.
+//!
+//! Limits ([`Limits`], README "Serving hosts"): at most `max_connections` connections
+//! (handshakes included; one more is refused with a log line), each with the threads and
+//! memory [`transmission`] bounds; replies a client does not take for `write_timeout` get
+//! it dropped. A stop (SIGTERM/SIGINT) ends reading at once, gives clients at most
+//! `write_timeout` to take the replies of the requests in flight, then shuts every
+//! connection down both ways; a second signal ends the process at once without the clean
+//! stop (nothing synced, no intent cleared: the next command recovers the hot set).
 
 pub mod control;
 pub mod handshake;
@@ -18,6 +26,33 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Limits on what clients may hold and how long they may take.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A client must finish its handshake (TLS included) within this.
+    pub handshake: Duration,
+    /// A reply the client does not take for this long gets it dropped; a stop waits at most
+    /// this long for clients to take their replies.
+    pub write_timeout: Duration,
+    /// Connections at once (handshakes included); more are refused.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake: Duration::from_secs(10),
+            write_timeout: Limits::DEFAULT_WRITE_TIMEOUT,
+            max_connections: Limits::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// Where to listen.
 #[derive(Clone, Debug)]
@@ -101,6 +136,15 @@ enum Conn {
 }
 
 impl Conn {
+    /// Writes to the client wait at most `t` (the socket's send timeout; TLS writes go
+    /// through the same socket).
+    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_write_timeout(Some(t)),
+            Conn::Tcp(s) => s.set_write_timeout(Some(t)),
+            Conn::Tls(_) => Ok(()),
+        }
+    }
     fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
@@ -155,6 +199,44 @@ impl io::Write for Conn {
             Conn::Tls(s) => s.flush(),
             Conn::Unix(_) | Conn::Tcp(_) => Ok(()),
         }
+    }
+}
+
+/// The writing side of a connection in transmission: a write the client leaves untaken for
+/// the write timeout, or any failed write, shuts the socket down both ways (so the reader
+/// ends too) and says why.
+struct ReplyWriter {
+    conn: Conn,
+    timeout: Duration,
+}
+
+impl ReplyWriter {
+    fn failed(&self, e: io::Error) -> io::Error {
+        // SAFETY: shutdown on this connection's own descriptor.
+        unsafe { libc::shutdown(self.conn.fd(), libc::SHUT_RDWR) };
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "it took none of its replies for {:?} (--write-timeout); dropped",
+                    self.timeout
+                ),
+            )
+        } else {
+            e
+        }
+    }
+}
+
+impl io::Write for ReplyWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.conn.write(b).map_err(|e| self.failed(e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.conn.flush().map_err(|e| self.failed(e))
     }
 }
 
@@ -257,9 +339,19 @@ pub struct Summary {
     pub signal: Option<&'static str>,
 }
 
+/// Starts a named thread, or says why it could not be started.
+fn start_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
 /// Serves `srv` as export `export` until SIGTERM or SIGINT; then stops accepting, closes
-/// the connections' read sides, lets every request already read finish and be answered,
-/// and returns (the caller stops the engine: sync, clear intents).
+/// the connections' read sides, lets every request already read finish and be answered
+/// (clients get at most `limits.write_timeout` to take the replies, then every connection
+/// is shut down), and returns (the caller stops the engine: sync, clear intents). A second
+/// signal ends the process at once (see [`hard_stop`]).
 pub fn run(
     srv: Arc<Server>,
     mut bound: Bound,
@@ -267,8 +359,9 @@ pub fn run(
     export: &str,
     description: &str,
     tls: &Tls,
-    handshake_limit: Duration,
+    limits: &Limits,
 ) -> io::Result<Summary> {
+    let handshake_limit = limits.handshake;
     let set = block_stop_signals();
     let listener = bound
         .0
@@ -307,36 +400,40 @@ pub fn run(
         let stopping = stopping.clone();
         let signal = signal.clone();
         let conns = conns.clone();
-        std::thread::spawn(move || {
+        let socket = match &listener {
+            Listener::Unix(_, p) => Some(p.clone()),
+            Listener::Tcp(_) => None,
+        };
+        // It lives on after `run` returns: a second signal during the engine's stop (the
+        // final sync) ends the process too.
+        start_thread("stop-signals", move || {
             let mut sig: libc::c_int = 0;
             // SAFETY: sigwait on the set blocked above; shutdown on descriptors this
             // process owns (a closed one only makes the call fail).
             unsafe {
                 libc::sigwait(&set, &mut sig);
-                *signal.lock().unwrap() = Some(match sig {
-                    libc::SIGTERM => "SIGTERM",
-                    libc::SIGINT => "SIGINT",
-                    _ => "SIGHUP",
-                });
+                *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
                 stopping.store(true, Ordering::SeqCst);
                 libc::shutdown(lfd, libc::SHUT_RDWR);
-                for c in conns.lock().unwrap().iter() {
+                for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                     libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD);
                 }
+                libc::sigwait(&set, &mut sig);
             }
-        });
+            hard_stop(sig, socket.as_deref(), cap);
+        })?;
     }
     // A client that has not finished its handshake (TLS included) in time is disconnected:
     // connections that say nothing, or start TLS and stall, hold no thread for long.
     let watchdog = {
         let (stopping, conns) = (stopping.clone(), conns.clone());
-        std::thread::spawn(move || {
+        start_thread("handshake-limit", move || {
             let tick =
                 (handshake_limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
             while !stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(tick);
                 let now = Instant::now();
-                for c in conns.lock().unwrap().iter_mut() {
+                for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
                     if c.handshake_until.is_some_and(|t| t <= now) {
                         c.handshake_until = None;
                         c.timed_out = true;
@@ -345,10 +442,11 @@ pub fn run(
                     }
                 }
             }
-        })
+        })?
     };
     let ids = AtomicU64::new(0);
     let mut handles = Vec::new();
+    let mut refusals = Refusals::default();
     loop {
         let (conn, peer) = match &listener {
             Listener::Unix(l, _) => match l.accept() {
@@ -382,16 +480,29 @@ pub fn run(
         if stopping.load(Ordering::SeqCst) {
             break;
         }
-        let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+        let live = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if live >= limits.max_connections {
+            // Closed at once: the connections being served keep their threads and memory.
+            refusals.refuse(
+                &peer,
+                &format!("{live} connections already, the most --max-connections allows"),
+            );
+            continue;
+        }
+        if let Err(e) = conn.set_write_timeout(limits.write_timeout) {
+            refusals.refuse(&peer, &format!("setting its write timeout: {e}"));
+            continue;
+        }
         let sock = match conn.dup() {
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors: this client is turned away, the others go on.
-                log_line(&format!("client {id}: {peer}: refused: {e}"));
+                refusals.refuse(&peer, &e.to_string());
                 continue;
             }
         };
-        conns.lock().unwrap().push(Entry {
+        let id = ids.fetch_add(1, Ordering::SeqCst) + 1;
+        conns.lock().unwrap_or_else(|p| p.into_inner()).push(Entry {
             id,
             sock,
             handshake_until: Some(Instant::now() + handshake_limit),
@@ -401,24 +512,66 @@ pub fn run(
         let info = info.clone();
         let conns2 = conns.clone();
         let tls = tls.clone();
-        handles.push(std::thread::spawn(move || {
+        let write_timeout = limits.write_timeout;
+        let who = peer.clone();
+        let started = start_thread("nbd-connection", move || {
             srv.client_opened();
             let limit = Handshaking {
                 conns: &conns2,
                 id,
                 limit: handshake_limit,
             };
-            connection(id, conn, peer, &srv, &info, &tls, &limit);
+            connection(id, conn, peer, &srv, &info, &tls, &limit, write_timeout);
             srv.client_closed();
-            conns2.lock().unwrap().retain(|c| c.id != id);
-        }));
+            conns2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| c.id != id);
+        });
+        match started {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // No thread for it (a thread limit, say): it is turned away, the others go
+                // on. The closure, and the connection with it, was dropped.
+                conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|c| c.id != id);
+                log_line(&format!(
+                    "client {id}: {who}: refused: no thread could be started for it ({e})"
+                ));
+            }
+        }
         handles.retain(|h| !h.is_finished());
     }
     let n = ids.load(Ordering::SeqCst);
     // A connection accepted while the stop was being signalled: its reads end too.
-    for c in conns.lock().unwrap().iter() {
+    for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         // SAFETY: shutdown on a descriptor the entry owns.
         unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
+    }
+    // The requests in flight finish and are answered; clients get the write timeout to take
+    // their replies (each write waits at most that, but a client taking a byte now and then
+    // could stretch it), then every connection is shut down both ways.
+    let deadline = Instant::now() + limits.write_timeout;
+    while Instant::now() < deadline && handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let late = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if late > 0 && handles.iter().any(|h| !h.is_finished()) {
+        log_line(&format!(
+            "stopping: {} still open after {:?} (--write-timeout): shut down",
+            if late == 1 {
+                "1 connection".to_string()
+            } else {
+                format!("{late} connections")
+            },
+            limits.write_timeout
+        ));
+        for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: shutdown on a descriptor the entry owns.
+            unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        }
     }
     for h in handles {
         let _ = h.join();
@@ -427,11 +580,68 @@ pub fn run(
     if let Listener::Unix(_, p) = &listener {
         let _ = std::fs::remove_file(p);
     }
-    let sig = *signal.lock().unwrap();
+    let sig = *signal.lock().unwrap_or_else(|p| p.into_inner());
     Ok(Summary {
         connections: n,
         signal: sig,
     })
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "SIGHUP",
+    }
+}
+
+/// A second SIGTERM/SIGINT: the process ends now, by that signal, without the clean stop.
+/// Requests in flight get no reply, nothing is synced and no write intent is cleared
+/// (intents are only ever cleared after a sync on every leg, W2), so the data is as safe as
+/// after a crash: the next command finds an unclean stop and marks the hot set for resync.
+fn hard_stop(sig: libc::c_int, socket: Option<&Path>, hot_cap: usize) {
+    log_line(&format!(
+        "second {}: stopping at once, without the clean stop: requests in flight get no reply, the legs are not synced and the write intents stay marked; the next command recovers the hot set (at most {hot_cap} extents of 4 MiB) as after a crash",
+        signal_name(sig)
+    ));
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
+    }
+    // SAFETY: the default action of SIGTERM/SIGINT/SIGHUP ends the process; unblocked in
+    // this thread, raising it there ends the process by the signal (exit status 128+n in a
+    // shell). _exit is the fallback should it return.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut one: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut one);
+        libc::sigaddset(&mut one, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig);
+    }
+}
+
+/// Refused clients, logged at most once a second under a flood (with how many more).
+#[derive(Default)]
+struct Refusals {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn refuse(&mut self, peer: &str, why: &str) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+            self.unlogged += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut self.unlogged) {
+            0 => String::new(),
+            n => format!(" ({n} more refused in the last second)"),
+        };
+        log_line(&format!("refused a client ({peer}): {why}{more}"));
+        self.last = Some(now);
+    }
 }
 
 /// A live connection, as the stop and the handshake watchdog see it.
@@ -457,7 +667,7 @@ struct Handshaking<'a> {
 impl Handshaking<'_> {
     /// The handshake ended: no more deadline. Whether the watchdog had cut it off.
     fn over(&self) -> bool {
-        let mut c = self.conns.lock().unwrap();
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         match c.iter_mut().find(|c| c.id == self.id) {
             Some(e) => {
                 e.handshake_until = None;
@@ -554,6 +764,7 @@ fn handshake_end(end: HandshakeEnd, told_tls: bool) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn connection(
     id: u64,
     conn: Conn,
@@ -562,6 +773,7 @@ fn connection(
     info: &ExportInfo,
     tls: &Tls,
     limit: &Handshaking,
+    write_timeout: Duration,
 ) {
     let log = move |m: &str| log_line(&format!("client {id}: {m}"));
     let mut told_tls = false;
@@ -622,6 +834,10 @@ fn connection(
             log(&format!("cloning the connection: {e}"));
             return;
         }
+    };
+    let writer = ReplyWriter {
+        conn: writer,
+        timeout: write_timeout,
     };
     let end = transmission::transmit(&mut reader, Box::new(writer), srv, neg, &log);
     if let Conn::Tls(t) = &reader {

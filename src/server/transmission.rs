@@ -1,5 +1,15 @@
 //! The server side of the NBD transmission phase: requests read in order, run by a pool of
 //! workers (queue depth [`QUEUE_DEPTH`]), replies (simple or structured) sent as they finish.
+//!
+//! What one connection may hold, whatever its client does (README, "Serving hosts"):
+//! - threads: its own (the reader) and 1 to [`QUEUE_DEPTH`] workers, started as requests
+//!   wait and ended after [`IDLE_WORKER`] without work; the pool is per connection, so a
+//!   client that stalls holds only its own threads;
+//! - payload buffers: [`BUFFER_BUDGET`] in use (plus one request over it) and
+//!   [`POOL_BYTES`] kept for reuse;
+//! - replies not yet taken by the client: [`REPLY_QUEUE`] (plus one reply); over it, the
+//!   workers wait, the queue of requests fills and its requests are no longer read. A client
+//!   that takes nothing for the write timeout is dropped (the socket's send timeout).
 
 use super::handshake::{transmission_flags, Negotiated, BASE_ALLOCATION_ID};
 use super::request::{self, Command, Header, Invalid, Limits, HEADER_LEN};
@@ -10,13 +20,21 @@ use std::collections::VecDeque;
 use std::io::BufReader;
 use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-/// Requests one connection runs at once.
+/// Requests one connection runs at once (and its most worker threads).
 pub const QUEUE_DEPTH: usize = 32;
+
+/// A worker with nothing to do for this long ends (one always stays).
+pub const IDLE_WORKER: Duration = Duration::from_secs(10);
 
 /// Payload bytes (read buffers and write data) one connection holds at most at once; a
 /// single request of up to [`MAX_BLOCK`] always fits.
-const BUFFER_BUDGET: u64 = 128 << 20;
+pub const BUFFER_BUDGET: u64 = 128 << 20;
+
+/// Reply bytes queued for a client that has not taken them yet, at most (one reply of any
+/// size is queued when nothing is).
+pub const REPLY_QUEUE: usize = 16 << 20;
 
 /// Error lines logged per connection before the rest are only counted.
 const LOGGED_ERRORS: u32 = 20;
@@ -74,7 +92,7 @@ struct Job {
 
 /// Payload buffers kept for reuse (at most this many bytes of them per connection): a
 /// fresh buffer costs a page fault and a page clear per 4 KiB, more than the write itself.
-const POOL_BYTES: usize = (BUFFER_BUDGET / 2) as usize;
+pub const POOL_BYTES: usize = (BUFFER_BUDGET / 2) as usize;
 
 /// Free payload buffers of one connection.
 struct Pool {
@@ -115,7 +133,8 @@ impl Pool {
 }
 
 /// Requests waiting for a worker. A send wakes one idle worker and only when one is idle (a
-/// mutex around a channel's receiver would wake a second thread per request).
+/// mutex around a channel's receiver would wake a second thread per request). It also
+/// says when a worker should be added: more jobs wait than workers are free.
 struct Queue {
     st: Mutex<QueueState>,
     ready: Condvar,
@@ -126,6 +145,12 @@ struct QueueState {
     jobs: VecDeque<Job>,
     idle: usize,
     closed: bool,
+    /// Workers started (or being started).
+    workers: usize,
+    /// Workers running a job.
+    busy: usize,
+    /// A worker could not be started: no more are tried.
+    no_more: bool,
 }
 
 impl Queue {
@@ -135,31 +160,60 @@ impl Queue {
                 jobs: VecDeque::with_capacity(QUEUE_DEPTH),
                 idle: 0,
                 closed: false,
+                workers: 0,
+                busy: 0,
+                no_more: false,
             }),
             ready: Condvar::new(),
             room: Condvar::new(),
         }
     }
 
-    /// Queues a job, waiting while [`QUEUE_DEPTH`] are queued and not yet taken.
-    fn send(&self, j: Job) {
+    /// Queues a job, waiting while [`QUEUE_DEPTH`] are queued and not yet taken. True when
+    /// the caller should start one more worker (counted as started already; see
+    /// [`Queue::not_started`]).
+    fn send(&self, j: Job) -> bool {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         while st.jobs.len() >= QUEUE_DEPTH {
             st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.jobs.push_back(j);
         let wake = st.idle > 0;
+        let grow = !st.no_more
+            && st.workers < QUEUE_DEPTH
+            && st.jobs.len() > st.workers.saturating_sub(st.busy);
+        if grow {
+            st.workers += 1;
+        }
         drop(st);
         if wake {
             self.ready.notify_one();
         }
+        grow
     }
 
-    /// The next job, or `None` once closed and drained.
-    fn recv(&self) -> Option<Job> {
+    /// A worker [`Queue::send`] asked for could not be started; none are asked for again.
+    fn not_started(&self) {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        st.workers -= 1;
+        st.no_more = true;
+    }
+
+    /// A worker's first call to [`Queue::recv`] when started outside [`Queue::send`].
+    fn started(&self) {
+        self.st.lock().unwrap_or_else(|p| p.into_inner()).workers += 1;
+    }
+
+    /// The next job, or `None` once closed and drained, or when this worker has been idle
+    /// for [`IDLE_WORKER`] and is not the last one. `done` says the caller finished a job.
+    fn recv(&self, done: bool) -> Option<Job> {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        if done {
+            st.busy -= 1;
+        }
         loop {
             if let Some(j) = st.jobs.pop_front() {
+                st.busy += 1;
                 let full = st.jobs.len() + 1 == QUEUE_DEPTH;
                 drop(st);
                 if full {
@@ -171,8 +225,16 @@ impl Queue {
                 return None;
             }
             st.idle += 1;
-            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            let (s, t) = self
+                .ready
+                .wait_timeout(st, IDLE_WORKER)
+                .unwrap_or_else(|p| p.into_inner());
+            st = s;
             st.idle -= 1;
+            if t.timed_out() && st.jobs.is_empty() && st.workers > 1 {
+                st.workers -= 1;
+                return None;
+            }
         }
     }
 
@@ -185,9 +247,15 @@ impl Queue {
 /// Sends replies, each whole. A worker whose reply finds another one sending leaves it
 /// queued for that one, which sends everything queued in one write: no worker sleeps on
 /// the socket, and replies that finish together cost one system call.
+///
+/// The replies queued are bounded ([`REPLY_QUEUE`]): over it, a worker waits until the
+/// client has taken some. Once a write fails (the client gone, or its replies untaken for
+/// the write timeout), every later reply is dropped.
 struct Replies {
     out: Mutex<Box<dyn Write + Send>>,
     pending: Mutex<Pending>,
+    /// Signalled when queued bytes have been written (or dropped).
+    room: Condvar,
     structured: bool,
     errors_logged: Mutex<u32>,
 }
@@ -197,6 +265,12 @@ struct Pending {
     buf: Vec<u8>,
     /// A worker is writing to the socket now.
     sending: bool,
+    /// Bytes queued: those in `buf` and the batch being written.
+    queued: usize,
+    /// Workers waiting for room.
+    waiting: usize,
+    /// Why writing to the client failed (then nothing more is written).
+    failed: Option<(std::io::ErrorKind, String)>,
 }
 
 /// Replies at least this large go to the socket from the caller's buffer rather than being
@@ -204,10 +278,38 @@ struct Pending {
 const DIRECT_REPLY: usize = 64 << 10;
 
 impl Replies {
+    fn new(out: Box<dyn Write + Send>, structured: bool) -> Replies {
+        Replies {
+            out: Mutex::new(out),
+            pending: Mutex::new(Pending::default()),
+            room: Condvar::new(),
+            structured,
+            errors_logged: Mutex::new(0),
+        }
+    }
+
+    /// Why writing to the client failed, if it did.
+    fn failed(&self) -> Option<(std::io::ErrorKind, String)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+            .clone()
+    }
+
     /// Sends one reply made of `parts` (a header and its payload).
     fn send(&self, parts: &[&[u8]]) {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // A client that takes no replies holds no more than the queue's bound of them.
+        while p.sending && p.failed.is_none() && p.queued > 0 && p.queued + total > REPLY_QUEUE {
+            p.waiting += 1;
+            p = self.room.wait(p).unwrap_or_else(|p| p.into_inner());
+            p.waiting -= 1;
+        }
+        if p.failed.is_some() {
+            return;
+        }
         // While another worker sends, or when the reply is small, it joins the queue.
         let (queued, direct): (&[&[u8]], &[u8]) = match parts.split_last() {
             Some((last, head)) if !p.sending && total >= DIRECT_REPLY => (head, last),
@@ -215,6 +317,7 @@ impl Replies {
         };
         for q in queued {
             p.buf.extend_from_slice(q);
+            p.queued += q.len();
         }
         if p.sending {
             return; // the sender picks it up
@@ -225,13 +328,28 @@ impl Replies {
         loop {
             let batch = std::mem::take(&mut p.buf);
             drop(p);
-            // A client that went away is noticed by the reader; nothing to do here.
-            let _ = out
+            // A write that fails (the client gone, or its replies untaken for the write
+            // timeout: the writer then shuts the socket down) ends the replies; the
+            // reader notices the socket's end.
+            let r = out
                 .write_all(&batch)
                 .and_then(|_| out.write_all(direct))
                 .and_then(|_| out.flush());
             direct = &[];
             p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.queued -= batch.len();
+            if let Err(e) = r {
+                p.failed = Some((e.kind(), e.to_string()));
+                p.queued -= p.buf.len();
+                p.buf = Vec::new();
+                p.sending = false;
+                drop(p);
+                self.room.notify_all();
+                return;
+            }
+            if p.waiting > 0 {
+                self.room.notify_all();
+            }
             if p.buf.is_empty() {
                 p.sending = false;
                 // Keep the larger allocation for the next batch.
@@ -283,7 +401,8 @@ impl Replies {
             }
         }
         if self.structured {
-            let msg = &f.msg.as_bytes()[..f.msg.len().min(4096)];
+            let msg = crate::format::cut(&f.msg, 4096);
+            let msg = msg.as_bytes();
             let mut p = f.errno.to_be_bytes().to_vec();
             p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
             p.extend_from_slice(msg);
@@ -391,7 +510,9 @@ fn worker(
     neg: &Negotiated,
     log: &dyn Fn(&str),
 ) {
-    while let Some(mut job) = q.recv() {
+    let mut done = false;
+    while let Some(mut job) = q.recv(done) {
+        done = true;
         let charged = job.charged;
         let data = std::mem::replace(&mut job.data, AlignedBuf::empty());
         run(job, &data, srv, rep, pool, neg, log);
@@ -409,12 +530,7 @@ pub fn transmit(
     neg: Negotiated,
     log: &(dyn Fn(&str) + Sync),
 ) -> End {
-    let rep = Replies {
-        out: Mutex::new(output),
-        pending: Mutex::new(Pending::default()),
-        structured: neg.structured,
-        errors_logged: Mutex::new(0),
-    };
+    let rep = Replies::new(output, neg.structured);
     let budget = Budget {
         used: Mutex::new((0, false)),
         freed: Condvar::new(),
@@ -426,16 +542,47 @@ pub fn transmit(
     // Buffered: with many requests queued on the socket, one read takes several headers
     // (and small payloads); a large payload is read straight into its own buffer.
     let mut input = BufReader::with_capacity(64 << 10, input);
-    std::thread::scope(|sc| {
-        for _ in 0..QUEUE_DEPTH {
-            sc.spawn(|| worker(&q, srv, &rep, &pool, &budget, &neg, log));
+    let end = std::thread::scope(|sc| {
+        let work = || worker(&q, srv, &rep, &pool, &budget, &neg, log);
+        let start = || {
+            std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .spawn_scoped(sc, work)
+        };
+        // One worker from the start; more as requests wait for one (see `Queue::send`).
+        q.started();
+        if let Err(e) = start() {
+            return End::Broken(format!(
+                "refused: no thread could be started for its requests ({e})"
+            ));
         }
         let end = read_loop(&mut input, srv, &rep, &pool, &budget, &neg, log, |j| {
-            q.send(j)
+            if rep.failed().is_some() {
+                // Its replies can no longer be sent: nothing more of it is run.
+                if let Some(t) = j.ticket {
+                    srv.cancel(t);
+                }
+                budget.give(j.charged);
+                pool.put(j.data);
+                return;
+            }
+            if q.send(j) {
+                if let Err(e) = start() {
+                    q.not_started();
+                    log(&format!(
+                        "no more worker threads for this connection ({e}); its requests go on with those it has"
+                    ));
+                }
+            }
         });
         q.close();
         end
-    })
+    });
+    // Dropped for not taking its replies: that is what the log says, not the socket's end.
+    match rep.failed() {
+        Some((std::io::ErrorKind::TimedOut, why)) => End::Broken(why),
+        _ => end,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -569,7 +716,9 @@ mod tests {
         std::thread::scope(|sc| {
             for _ in 0..8 {
                 sc.spawn(|| {
-                    while let Some(j) = q.recv() {
+                    let mut done = false;
+                    while let Some(j) = q.recv(done) {
+                        done = true;
                         seen.lock().unwrap().push(j.handle);
                     }
                 });
@@ -604,12 +753,7 @@ mod tests {
     #[test]
     fn replies_sent_at_once_from_many_workers_arrive_whole_and_each_once() {
         let sink = Arc::new(Mutex::new(Vec::new()));
-        let rep = Replies {
-            out: Mutex::new(Box::new(Slow(sink.clone()))),
-            pending: Mutex::new(Pending::default()),
-            structured: false,
-            errors_logged: Mutex::new(0),
-        };
+        let rep = Replies::new(Box::new(Slow(sink.clone())), false);
         // Small replies (queued) and large ones (sent from the caller's buffer).
         let size = |h: u64| if h % 5 == 0 { DIRECT_REPLY + 4096 } else { 512 };
         std::thread::scope(|sc| {

@@ -19,6 +19,7 @@ mod nbd;
 mod output;
 mod safety;
 mod serve;
+mod serve_limits;
 mod serve_proto;
 mod serve_truth;
 mod tls;

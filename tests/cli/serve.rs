@@ -34,10 +34,38 @@ impl Serving {
         s
     }
 
+    /// `WRAPPER... mirrorctl serve a.img --socket SOCK EXTRA...` (a wrapper such as
+    /// `setpriv` to run it as another user), with `env` set; once it listens.
+    pub(crate) fn start_wrapped(
+        fx: &Fx,
+        wrapper: &[&str],
+        env: &[(&str, &Path)],
+        sock: &Path,
+        extra: &[&str],
+    ) -> Serving {
+        let mut args = vec!["a.img", "--socket", sock.to_str().unwrap()];
+        args.extend(extra);
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(bin());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut s = Self::spawn_cmd(fx, cmd, &args, sock);
+        let t = Instant::now();
+        while UnixStream::connect(sock).is_err() {
+            s.still_starting(t);
+        }
+        s
+    }
+
     /// `mirrorctl serve ARGS...` in the fixture's folder, its stderr in a log file.
     fn spawn(fx: &Fx, args: &[&str], sock: &Path) -> Serving {
+        Self::spawn_cmd(fx, Command::new(bin()), args, sock)
+    }
+
+    fn spawn_cmd(fx: &Fx, mut cmd: Command, args: &[&str], sock: &Path) -> Serving {
         let log = fx.path(&format!("serve-{}.log", rand_tag()));
-        let child = Command::new(bin())
+        let child = cmd
             .arg("serve")
             .args(args)
             .current_dir(fx.dir.path())
@@ -105,6 +133,32 @@ impl Serving {
     /// SIGTERM, then the exit code and the log.
     pub(crate) fn stop(self) -> (i32, String) {
         self.stop_with(libc::SIGTERM)
+    }
+
+    /// `sig` and no more: the child stays to be waited for.
+    pub(crate) fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, not yet waited for.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits up to `limit` for it to end: its status and how long that took.
+    pub(crate) fn wait_for_exit(
+        &mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let c = self.child.as_mut().unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return (st, t.elapsed());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "serve did not end within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `sig`, then the exit code and the log.
@@ -199,7 +253,7 @@ pub(crate) fn legs_identical(fx: &Fx, legs: &[&Path]) {
     }
 }
 
-fn clean_status(fx: &Fx) -> Value {
+pub(crate) fn clean_status(fx: &Fx) -> Value {
     let s = fx.status();
     assert_eq!(s["write_intent_regions"], 0, "{s:#}");
     s
@@ -821,6 +875,28 @@ impl Raw {
         while r.opt_reply().0 != 1 {}
         r
     }
+    /// A handshake (simple replies) that may be refused: an error if the server closes.
+    pub(crate) fn try_connect(sock: &Path) -> std::io::Result<Raw> {
+        let mut s = UnixStream::connect(sock)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello)?;
+        s.write_all(&3u32.to_be_bytes())?;
+        let mut go = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
+        go.extend_from_slice(&7u32.to_be_bytes());
+        go.extend_from_slice(&6u32.to_be_bytes());
+        go.extend_from_slice(&[0; 6]);
+        s.write_all(&go)?;
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h)?;
+            let mut d = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+            s.read_exact(&mut d)?;
+            if u32::from_be_bytes(h[12..16].try_into().unwrap()) == 1 {
+                return Ok(Raw(s));
+            }
+        }
+    }
     /// Connected, greeted, client flags sent (fixed newstyle, no zeroes): options next.
     pub(crate) fn greet(sock: &Path) -> Raw {
         let mut s = UnixStream::connect(sock).unwrap();
@@ -850,7 +926,15 @@ impl Raw {
         self.0.read_exact(&mut d).unwrap();
         (typ, d)
     }
-    fn request(&mut self, magic: u32, typ: u16, handle: u64, off: u64, len: u32, data: &[u8]) {
+    pub(crate) fn request(
+        &mut self,
+        magic: u32,
+        typ: u16,
+        handle: u64,
+        off: u64,
+        len: u32,
+        data: &[u8],
+    ) {
         self.send(magic, typ, handle, off, len, data).unwrap();
     }
     /// A request; an error if the server is gone (killed) rather than a panic.
@@ -873,7 +957,7 @@ impl Raw {
         self.0.write_all(&m)
     }
     /// A simple reply: (error, handle).
-    fn simple(&mut self) -> (u32, u64) {
+    pub(crate) fn simple(&mut self) -> (u32, u64) {
         self.reply().unwrap()
     }
     /// A simple reply, (error, handle); an error if the server is gone.
@@ -897,7 +981,7 @@ impl Raw {
         self.0.read_exact(&mut d).unwrap();
         (typ, handle, d)
     }
-    fn closed(&mut self) -> bool {
+    pub(crate) fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
         matches!(self.0.read(&mut b), Ok(0))
     }

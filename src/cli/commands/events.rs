@@ -4,6 +4,7 @@
 use super::*;
 use crate::format::journal::{kind_name, Event, Journal};
 use crate::format::Superblock;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -129,7 +130,9 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
     let exec = a
         .exec
         .as_ref()
-        .map(|cmd| Runner::start(cmd.clone(), a.exec_timeout, display(&a.primary)));
+        .map(|cmd| Runner::start(cmd.clone(), a.exec_timeout, display(&a.primary)))
+        .transpose()
+        .map_err(|e| Error::invalid(format!("events: starting the --exec thread: {e}")))?;
     let mut mirror = sb.mirror_uuid;
     let show = |e: Shown| -> Result<()> {
         e.print(a.json)?;
@@ -226,17 +229,19 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(cmd: String, timeout: Duration, primary: String) -> Runner {
+    fn start(cmd: String, timeout: Duration, primary: String) -> io::Result<Runner> {
         let (tx, rx) = mpsc::channel::<Shown>();
-        let thread = std::thread::spawn(move || {
-            for e in rx {
-                run_one(&cmd, timeout, &primary, &e);
-            }
-        });
-        Runner {
+        let thread = std::thread::Builder::new()
+            .name("exec".into())
+            .spawn(move || {
+                for e in rx {
+                    run_one(&cmd, timeout, &primary, &e);
+                }
+            })?;
+        Ok(Runner {
             tx: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     fn send(&self, e: Shown) {
@@ -267,7 +272,6 @@ fn run_one(cmd: &str, timeout: Duration, primary: &str, e: &Shown) {
         .try_clone_to_owned()
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
-    use std::os::unix::process::CommandExt;
     let child = Process::new("/bin/sh")
         .arg("-c")
         .arg(cmd)

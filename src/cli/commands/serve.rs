@@ -147,7 +147,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         };
         (!slots.is_empty()).then(|| {
             let (s, l) = (srv.clone(), live.clone());
-            std::thread::spawn(move || {
+            let started = std::thread::Builder::new().name("resync".into()).spawn(move || {
                 crate::live::block_signals();
                 server::log_line(&format!(
                     "slot(s) {slots:?} were left syncing: their resync continues in the background"
@@ -158,9 +158,18 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
                 if let Err(e) = s.resync_legs(&slots, &opts, true, &p, &|_| {}) {
                     server::log_line(&format!("error: background resync: {e}"));
                 }
-            })
+            });
+            started
+                .map_err(|e| {
+                    server::log_line(&format!(
+                        "error: background resync: starting its thread: {e}; `mirrorctl resync {}` starts it",
+                        display(&a.primary)
+                    ))
+                })
+                .ok()
         })
-    };
+    }
+    .flatten();
     // Other commands on this mirror (fracture, detach, resync) are carried out here; a
     // read-only server answers each with a refusal at once (see `refuse_read_only`).
     let control = match &ctl_path {
@@ -187,7 +196,11 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         &a.export,
         &description,
         &tls,
-        a.handshake_limit,
+        &server::Limits {
+            handshake: a.handshake_limit,
+            write_timeout: a.write_timeout,
+            max_connections: a.max_connections,
+        },
     )
     .map_err(|e| Error::invalid(format!("{what}: {}", crate::error::describe_io(&e))));
     // A live resync ends at its next run; the control requests are waited for.

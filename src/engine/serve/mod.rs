@@ -708,7 +708,7 @@ impl Server {
                     .map(|(s, d)| {
                         let d = d.clone();
                         let s = *s;
-                        sc.spawn(move || (s, m.apply(&*d, at)))
+                        crate::thread::spawn_or_run(sc, move || (s, m.apply(&*d, at)))
                     })
                     .collect();
                 let p = m.apply(&*primary, at);

@@ -229,7 +229,10 @@ impl Server {
             let hs: Vec<_> = devs[1..]
                 .iter()
                 .zip(rest.iter_mut())
-                .map(|(d, buf)| d.as_ref().map(|d| sc.spawn(|| read(&**d, buf))))
+                .map(|(d, buf)| {
+                    d.as_ref()
+                        .map(|d| crate::thread::spawn_or_run(sc, || read(&**d, buf)))
+                })
                 .collect();
             let p = read(&*self.primary, first);
             std::iter::once(Some(p))
