@@ -9,6 +9,17 @@
 
 use super::*;
 
+/// A leg's device opened and its header read ([`fetch_leg`]), before any check.
+pub(crate) type Fetched = io::Result<(Arc<dyn Device>, std::result::Result<Image, ReadError>)>;
+
+/// The I/O of opening a leg (connecting to its server, reading its header), which needs
+/// none of the mirror's state: done outside a server's lock by live operations.
+pub(crate) fn fetch_leg(opener: &dyn Opener, leg: &Leg) -> Fetched {
+    let dev = opener.open(leg.open_path())?;
+    let img = Image::read(dev.clone());
+    Ok((dev, img))
+}
+
 pub(super) struct LegFailure {
     pub(super) slot: u32,
     pub(super) what: String,
@@ -41,6 +52,48 @@ impl Mirror {
             return Ok(d.clone());
         }
         let leg = self.sb().legs[slot as usize].clone();
+        let fetched = fetch_leg(&*self.opener, &leg);
+        self.accept_fetched(slot, leg, fetched, refused)
+    }
+
+    /// What a live operation needs before it opens `slot` outside the server's lock: the
+    /// leg as listed, the opener, and whether it is open already.
+    pub(crate) fn leg_to_fetch(&self, slot: u32) -> (Leg, Arc<dyn Opener>, bool) {
+        (
+            self.sb().legs[slot as usize].clone(),
+            self.opener.clone(),
+            self.open_legs[slot as usize].is_some(),
+        )
+    }
+
+    /// [`Mirror::open_leg`] with the device opened and its header read beforehand by
+    /// [`fetch_leg`] (no lock held: an NBD server that does not answer stalls nobody);
+    /// refused if the slot lists another leg now.
+    pub(crate) fn open_leg_fetched(
+        &mut self,
+        slot: u32,
+        fetched_for: &Leg,
+        fetched: Fetched,
+    ) -> std::result::Result<Arc<dyn Device>, String> {
+        if let Some(d) = &self.open_legs[slot as usize] {
+            return Ok(d.clone());
+        }
+        let leg = self.sb().legs[slot as usize].clone();
+        if leg.image_uuid != fetched_for.image_uuid || leg.open_path() != fetched_for.open_path() {
+            return Err(format!(
+                "secondary slot {slot} changed while it was being opened (detached or attached again); nothing was copied"
+            ));
+        }
+        self.accept_fetched(slot, leg, fetched, &mut false)
+    }
+
+    fn accept_fetched(
+        &mut self,
+        slot: u32,
+        leg: Leg,
+        fetched: Fetched,
+        refused: &mut bool,
+    ) -> std::result::Result<Arc<dyn Device>, String> {
         // Where the image may have gone (a loop device renumbered, a disk renamed): how to
         // point the slot at it again without a full copy.
         let moved = || {
@@ -50,7 +103,7 @@ impl Mirror {
                 uuid_str(&leg.image_uuid)
             )
         };
-        let dev = self.opener.open(leg.open_path()).map_err(|e| {
+        let (dev, img) = fetched.map_err(|e| {
             *refused = crate::tls::is_refused(&e);
             format!(
                 "opening {}: {}{}",
@@ -59,8 +112,7 @@ impl Mirror {
                 if *refused { String::new() } else { moved() }
             )
         })?;
-        let img = Image::read(dev.clone())
-            .map_err(|e| format!("reading header of {}: {e}{}", leg.location, moved()))?;
+        let img = img.map_err(|e| format!("reading header of {}: {e}{}", leg.location, moved()))?;
         if img.sb.mirror_uuid == self.sb().mirror_uuid
             && img.sb.image_uuid == leg.image_uuid
             && img.sb.role != Role::Secondary

@@ -11,7 +11,7 @@ mod activity;
 mod attach;
 pub mod create;
 pub mod failover;
-mod legs;
+pub(crate) mod legs;
 pub mod metrics;
 pub mod plan;
 mod recover;

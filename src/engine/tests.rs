@@ -580,3 +580,74 @@ fn a_ticket_dropped_without_release_holds_up_no_later_request() {
     );
     srv.stop().unwrap();
 }
+
+/// Opens like [`Legs`], but an open of `slow` waits until released, 2 s at most (a server
+/// that does not answer; bounded, so that code opening it under the lock fails the test
+/// rather than hanging it).
+struct SlowOpen {
+    legs: Legs,
+    slow: &'static str,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+impl Opener for SlowOpen {
+    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
+        if location == self.slow {
+            let (m, cv) = &*self.gate;
+            let open = m.lock().unwrap();
+            let _ = cv
+                .wait_timeout_while(open, std::time::Duration::from_secs(2), |o| !*o)
+                .unwrap();
+        }
+        self.legs.open(location)
+    }
+}
+
+#[test]
+fn a_live_resync_opening_a_leg_whose_server_hangs_stalls_no_host_write() {
+    let (m, p, secs) = mirror(256, 2);
+    drop(m);
+    let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let legs = Legs(
+        secs.iter()
+            .enumerate()
+            .map(|(i, d)| (format!("s{i}"), d.clone()))
+            .collect(),
+    );
+    let opener = SlowOpen {
+        legs,
+        slow: "s1",
+        gate: gate.clone(),
+    };
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(opener), false).unwrap();
+    m.fracture_by_error(1, "test", "gone").unwrap();
+    let srv = Arc::new(
+        m.serve(&serve::ServeConfig::default(), Box::new(|_| {}))
+            .unwrap(),
+    );
+    *gate.0.lock().unwrap() = false; // from now on s1's server does not answer
+    let resync = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            srv.resync_legs(&[1], &ResyncOptions::default(), false, &NoProgress, &|_| {})
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let t = srv.ticket(4096, 4096);
+    srv.mutate(t, serve::Mutation::Write(&[3; 4096]), false)
+        .unwrap();
+    srv.flush().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "a host write waited {:?} for a secondary being opened",
+        started.elapsed()
+    );
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let r = resync.join().unwrap().unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_same_data(&m, &secs[1], &p);
+}

@@ -158,10 +158,22 @@ impl Server {
         let mut report = ResyncReport::default();
         let mut work = Vec::new();
         let mut total = 0;
+        // Each leg opened (its server connected, its header read) with no lock held: an
+        // unreachable secondary stalls this resync, never the host writes.
+        let fetched: Vec<Option<(crate::format::Leg, crate::engine::legs::Fetched)>> = slots
+            .iter()
+            .map(|&s| {
+                let (leg, opener, open) = self.lock().mirror.leg_to_fetch(s);
+                (!open && leg.state != LegState::Empty).then(|| {
+                    let f = crate::engine::legs::fetch_leg(&*opener, &leg);
+                    (leg, f)
+                })
+            })
+            .collect();
         {
             let mut st = self.lock();
             let now = now_unix();
-            for &s in slots {
+            for (&s, fetched) in slots.iter().zip(fetched) {
                 let leg = st.mirror.sb().legs[s as usize].clone();
                 let mut lr = ResyncLegReport {
                     slot: s,
@@ -176,7 +188,11 @@ impl Server {
                     report.legs.push(lr);
                     continue;
                 }
-                match st.mirror.open_leg(s) {
+                let opened = match fetched {
+                    Some((for_leg, f)) => st.mirror.open_leg_fetched(s, &for_leg, f),
+                    None => st.mirror.open_leg(s),
+                };
+                match opened {
                     Ok(d) => {
                         let bytes = st.mirror.pending_for(s)?.1;
                         total += bytes;
