@@ -325,6 +325,9 @@ impl NbdDevice {
                 Self::send(c, r, base + i as u64)?;
             }
             c.sock.flush()?;
+            // Each cookie is answered once: a second reply to one (and none to another)
+            // would leave a read's buffer unfilled and call it done.
+            let mut answered = vec![false; group.len()];
             for _ in 0..group.len() {
                 let (err, cookie) = Self::read_reply(c)?;
                 let i = cookie
@@ -332,6 +335,9 @@ impl NbdDevice {
                     .filter(|i| (*i as usize) < group.len())
                     .ok_or_else(|| proto(format!("reply for unknown cookie {cookie}")))?
                     as usize;
+                if std::mem::replace(&mut answered[i], true) {
+                    return Err(proto(format!("a second reply for cookie {cookie}")));
+                }
                 let r = &group[i];
                 if err != 0 {
                     first_err.get_or_insert_with(|| {
@@ -585,6 +591,26 @@ mod tests {
         dev.sync().unwrap();
         let _server = srv.join().unwrap();
         assert!(dev.conn.lock().unwrap().broken.is_none());
+    }
+
+    #[test]
+    fn a_second_reply_to_one_cookie_is_a_protocol_error_not_a_read_left_unfilled() {
+        let (client, mut server) = pair();
+        let dev = test_device(client);
+        let srv = std::thread::spawn(move || {
+            // Two reads of 4096 (max_request); the first answered twice, the second never.
+            let (_, first, _, _) = read_request(&mut server);
+            let _ = read_request(&mut server);
+            for _ in 0..2 {
+                reply(&mut server, first, 0);
+                server.write_all(&[0xaa; 4096]).unwrap();
+            }
+            server
+        });
+        let mut buf = vec![0u8; 8192];
+        let e = dev.read_at(&mut buf, 0).unwrap_err();
+        assert!(e.to_string().contains("second reply for cookie"), "{e}");
+        let _server = srv.join().unwrap();
     }
 
     #[test]
