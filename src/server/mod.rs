@@ -243,12 +243,33 @@ impl io::Write for ReplyWriter {
 /// Binds the listening socket; a Unix socket gets mode 0600. A stale socket file (nobody
 /// listening) is replaced; a live one or any other file is refused.
 /// A listening socket, bound before anything on disk changes (a serve that cannot listen
-/// changes nothing, its journal included). A Unix socket's path goes with it.
-pub struct Bound(Option<Listener>);
+/// changes nothing, its journal included). A Unix socket is bound at a temporary name beside
+/// its path and renamed into place only when `run` starts serving (after the control
+/// socket is up), so that its path appearing still means the server takes clients and
+/// admin commands, as scripts and tests rely on.
+pub struct Bound {
+    listener: Option<Listener>,
+    /// (bound at, to be renamed to)
+    pending: Option<(PathBuf, PathBuf)>,
+}
+
+impl Bound {
+    /// Puts a Unix socket at its path; the listener then.
+    fn publish(&mut self) -> io::Result<Listener> {
+        if let Some((tmp, path)) = self.pending.take() {
+            std::fs::rename(&tmp, &path)?;
+        }
+        self.listener
+            .take()
+            .ok_or_else(|| io::Error::other("already served"))
+    }
+}
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        if let Some(Listener::Unix(_, p)) = &self.0 {
+        if let Some((tmp, _)) = &self.pending {
+            let _ = std::fs::remove_file(tmp);
+        } else if let Some(Listener::Unix(_, p)) = &self.listener {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -256,52 +277,69 @@ impl Drop for Bound {
 
 /// Binds `l` (see [`Bound`]).
 pub fn bind(l: &Listen) -> io::Result<Bound> {
-    listen_on(l).map(|x| Bound(Some(x)))
-}
-
-fn listen_on(l: &Listen) -> io::Result<Listener> {
     match l {
         Listen::Unix(p) => {
-            if let Ok(m) = std::fs::symlink_metadata(p) {
-                use std::os::unix::fs::FileTypeExt;
-                if !m.file_type().is_socket() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!(
-                            "{} exists and is not a socket; give another --socket path",
-                            p.display()
-                        ),
-                    ));
-                }
-                if UnixStream::connect(p).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "{} is in use by another server; give another --socket path",
-                            p.display()
-                        ),
-                    ));
-                }
-                std::fs::remove_file(p)?;
-            }
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.exists() {
-                    use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(dir)?;
-                }
-            }
-            // Mode 0600 from the start: no moment where others could connect.
-            // SAFETY: umask only changes this process's file-creation mask; it is restored.
-            let old = unsafe { libc::umask(0o177) };
-            let r = UnixListener::bind(p);
-            unsafe { libc::umask(old) };
-            Ok(Listener::Unix(r?, p.clone()))
+            free_unix_path(p)?;
+            let tmp = p.with_file_name(format!(".{}.sock", std::process::id()));
+            free_unix_path(&tmp)?;
+            let sock = bind_unix(&tmp)?;
+            Ok(Bound {
+                listener: Some(Listener::Unix(sock, p.clone())),
+                pending: Some((tmp, p.clone())),
+            })
         }
-        Listen::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a)?)),
+        Listen::Tcp(a) => Ok(Bound {
+            listener: Some(Listener::Tcp(TcpListener::bind(a)?)),
+            pending: None,
+        }),
     }
+}
+
+/// Checks that a Unix socket can go at `p` (nothing else there, no server listening; a
+/// stale socket of a server that is gone is removed) and makes its directory.
+fn free_unix_path(p: &Path) -> io::Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; give another --socket path",
+                    p.display()
+                ),
+            ));
+        }
+        if UnixStream::connect(p).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is in use by another server; give another --socket path",
+                    p.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(p)?;
+    }
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket at `p` (free, see [`free_unix_path`]), mode 0600.
+fn bind_unix(p: &Path) -> io::Result<UnixListener> {
+    // Mode 0600 from the start: no moment where others could connect.
+    // SAFETY: umask only changes this process's file-creation mask; it is restored.
+    let old = unsafe { libc::umask(0o177) };
+    let r = UnixListener::bind(p);
+    unsafe { libc::umask(old) };
+    r
 }
 
 /// The URI a client uses to reach the export (`nbds` when TLS is required).
@@ -363,10 +401,7 @@ pub fn run(
 ) -> io::Result<Summary> {
     let handshake_limit = limits.handshake;
     let set = block_stop_signals();
-    let listener = bound
-        .0
-        .take()
-        .ok_or_else(|| io::Error::other("already served"))?;
+    let listener = bound.publish()?;
     let (lfd, local) = match &listener {
         Listener::Unix(l, _) => (l.as_raw_fd(), None),
         Listener::Tcp(l) => (l.as_raw_fd(), l.local_addr().ok()),
