@@ -215,6 +215,11 @@ pub struct FileDevice {
     /// A second descriptor of the same file with O_DIRECT, opened at the first direct write
     /// (`None` where the file system refuses it).
     direct: std::sync::OnceLock<Option<File>>,
+    /// The first sync error (kind, text): every later sync fails with it. Linux reports a
+    /// writeback error to one fsync only; a concurrent flush must never see a sync succeed
+    /// after writes were lost, or it would count them durable (and a leg failing in the
+    /// other flush would miss them in its log).
+    sync_failed: std::sync::OnceLock<(io::ErrorKind, String)>,
 }
 
 /// Identity of an image for "is this the same thing" checks: (device, inode) for files,
@@ -286,6 +291,7 @@ impl FileDevice {
             len,
             block,
             direct: std::sync::OnceLock::new(),
+            sync_failed: std::sync::OnceLock::new(),
         })
     }
 
@@ -364,7 +370,16 @@ impl Device for FileDevice {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()?;
+        if let Some((k, m)) = self.sync_failed.get() {
+            return Err(io::Error::new(
+                *k,
+                format!("an earlier sync failed ({m}); nothing written since is trusted"),
+            ));
+        }
+        self.file.sync_data().map_err(|e| {
+            let _ = self.sync_failed.set((e.kind(), e.to_string()));
+            e
+        })?;
         // A file truncated behind our back (`truncate -s`, a careless `cp`): writes past its
         // new end extend it again with holes where the data was, so the loss shows only
         // here, at the sync point, as the error it is (exit 4 for a primary; a leg is

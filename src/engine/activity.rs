@@ -3,7 +3,7 @@
 //! extents are hot, in use, written since the legs were last synced, and which to evict.
 //! No I/O here; `serve.rs` does the marking, syncing and clearing this plans.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 /// Bytes per extent: DRBD's 4 MiB (never less than one region).
@@ -80,6 +80,13 @@ pub struct ActivityLog {
     epoch: u64,
     /// Writes completed at an epoch below this are durable on every leg.
     durable: u64,
+    /// Requests and flushes in progress, by the value of `durable` when they began (with a
+    /// count): a leg failing in one of them may miss writes a flush running beside it has
+    /// since counted durable (an error reported to one caller only, as Linux reports a
+    /// writeback error to one fsync), so the unsynced runs are kept back to the oldest.
+    begun: BTreeMap<u64, usize>,
+    /// Flushes in progress: covered epoch -> the `durable` they began at.
+    flushing: HashMap<u64, u64>,
 }
 
 impl ActivityLog {
@@ -98,6 +105,8 @@ impl ActivityLog {
             clock: 0,
             epoch: 0,
             durable: 0,
+            begun: BTreeMap::new(),
+            flushing: HashMap::new(),
         }
     }
 
@@ -113,6 +122,8 @@ impl ActivityLog {
             clock: 0,
             epoch: 0,
             durable: 0,
+            begun: BTreeMap::new(),
+            flushing: HashMap::new(),
         }
     }
 
@@ -179,11 +190,12 @@ impl ActivityLog {
     /// what a leg that stops receiving writes now may be missing (H5, W4). A region leaves
     /// this set only once a flush that started after its write completed has finished.
     pub fn unsynced_regions(&self) -> Vec<Range<u64>> {
+        let floor = self.floor();
         let runs: Vec<Range<u64>> = self
             .hot
             .values()
             .flat_map(|h| h.unsynced.iter())
-            .filter(|(e, _)| *e >= self.durable)
+            .filter(|(e, _)| *e >= floor)
             .map(|(_, r)| r.clone())
             .collect();
         crate::format::ranges::union(&runs, &[])
@@ -326,7 +338,7 @@ impl ActivityLog {
     /// A request using `want` finished; `written` regions were written (on the primary at
     /// least) at the current epoch.
     pub fn release(&mut self, want: &[ExtentIdx], written: Option<&Range<u64>>) {
-        let (epoch, durable) = (self.epoch, self.durable);
+        let (epoch, floor) = (self.epoch, self.floor());
         for e in want {
             let er = self.regions_of(*e);
             let h = self.hot.get_mut(e).expect("release of a cold extent");
@@ -337,7 +349,7 @@ impl ActivityLog {
                     h.dirty = Some(epoch);
                     add_run(&mut h.written, part.clone());
                     // Bounded: runs of one extent, of the two or three epochs not durable.
-                    h.unsynced.retain(|(e, _)| *e >= durable);
+                    h.unsynced.retain(|(e, _)| *e >= floor);
                     add_epoch_run(&mut h.unsynced, epoch, part);
                 }
             }
@@ -368,16 +380,56 @@ impl ActivityLog {
         self.hot.values().filter(|h| h.pinned).count()
     }
 
-    /// A flush (sync of every leg) starts; returns the token to give [`Self::flush_done`].
+    /// A request starts (its writes may fail on a leg): returns the token for
+    /// [`Self::end`].
+    pub fn begin(&mut self) -> u64 {
+        *self.begun.entry(self.durable).or_default() += 1;
+        self.durable
+    }
+
+    /// The request that began with `since` finished.
+    pub fn end(&mut self, since: u64) {
+        if let Some(n) = self.begun.get_mut(&since) {
+            *n -= 1;
+            if *n == 0 {
+                self.begun.remove(&since);
+            }
+        }
+    }
+
+    /// Where what a failing leg may miss starts: the `durable` of the oldest request or
+    /// flush in progress (they may yet report an error about writes a flush beside them
+    /// counted durable), or `durable`.
+    pub fn floor(&self) -> u64 {
+        self.begun
+            .keys()
+            .next()
+            .map_or(self.durable, |b| (*b).min(self.durable))
+    }
+
+    /// A flush (sync of every leg) starts; returns the token to give [`Self::flush_done`]
+    /// (or [`Self::flush_failed`]).
     pub fn flush_started(&mut self) -> u64 {
         let covered = self.epoch;
         self.epoch += 1;
+        let since = self.begin();
+        self.flushing.insert(covered, since);
         covered
     }
 
     /// The flush that started with `covered` finished on every leg.
     pub fn flush_done(&mut self, covered: u64) {
         self.durable = self.durable.max(covered + 1);
+        if let Some(since) = self.flushing.remove(&covered) {
+            self.end(since);
+        }
+    }
+
+    /// The flush that started with `covered` failed (the primary): nothing is durable.
+    pub fn flush_failed(&mut self, covered: u64) {
+        if let Some(since) = self.flushing.remove(&covered) {
+            self.end(since);
+        }
     }
 }
 
@@ -585,6 +637,35 @@ mod tests {
         let mut al = ActivityLog::new(8, EXTENT_BYTES, 64 << 10, 64 * 3 + 5);
         activate(&mut al, &[ExtentIdx(0), ExtentIdx(1), ExtentIdx(3)]);
         assert_eq!(al.hot_regions(), vec![0..128, 192..197]);
+    }
+
+    #[test]
+    fn a_flush_finishing_beside_a_failing_one_does_not_hide_the_writes_from_the_failing_leg() {
+        let mut al = log(8);
+        let e = al.extents_of(&(0..64));
+        activate(&mut al, &e);
+        al.acquire(&e);
+        al.release(&e, Some(&(5..6)));
+        // F1 and F2 both sync; the leg's error goes to F1 only (Linux reports it once).
+        let f1 = al.flush_started();
+        let f2 = al.flush_started();
+        al.flush_done(f2);
+        // F1's leg fails now: region 5 may be missing on it although F2 finished.
+        assert_eq!(al.unsynced_regions(), vec![5..6]);
+        al.flush_failed(f1);
+        assert!(
+            al.unsynced_regions().is_empty(),
+            "nothing in progress any more"
+        );
+        // A request in progress keeps it the same way.
+        al.acquire(&e);
+        al.release(&e, Some(&(9..10)));
+        let r = al.begin();
+        let f = al.flush_started();
+        al.flush_done(f);
+        assert_eq!(al.unsynced_regions(), vec![9..10]);
+        al.end(r);
+        assert!(al.unsynced_regions().is_empty());
     }
 
     #[test]

@@ -25,7 +25,10 @@
 //! - H5 A leg that stops receiving writes (it failed, W4, or an admin fractured it) gets in
 //!   its fracture log, durably and in the lock hold that takes it off the writers' list,
 //!   exactly what it may miss: the regions written since the last flush that finished on
-//!   every leg, and every host write in flight. Otherwise what it missed is forgotten; the
+//!   every leg (since an earlier one while a request or flush that began before it is still
+//!   in progress: the error it gets may be about a write that flush counted durable, as
+//!   Linux reports a writeback error to one fsync only), and every host write in flight.
+//!   Device sync errors stick for the same reason (`FileDevice`, `NbdDevice`). Otherwise what it missed is forgotten; the
 //!   whole hot set instead would cost a resync of gigabytes for a failure after a flush. A
 //!   failing leg's request still succeeds; a primary that fails a write pins the request's
 //!   extents (never cleared, W6) and the host gets an error for that request only.
@@ -280,7 +283,9 @@ impl State {
         union(&runs, &[])
     }
 
-    /// H5: what a leg that stops receiving writes now may be missing.
+    /// H5: what a leg that stops receiving writes now may be missing (back to the oldest
+    /// request or flush in progress: an error one of them gets may be about a write a
+    /// flush beside it counted durable, see [`ActivityLog::floor`]).
     fn missed_by_a_leaving_leg(&self) -> Vec<Range<u64>> {
         union(&self.al.unsynced_regions(), &self.writes_in_flight())
     }
@@ -686,6 +691,8 @@ impl Server {
             return Err(Failure::new(EIO, e.to_string()));
         }
         st.al.acquire(&exts);
+        // H5: until it ends, what a leg failing in it may miss reaches back to here.
+        let since = st.al.begin();
         let legs = st.legs.clone();
         drop(st);
 
@@ -721,6 +728,7 @@ impl Server {
             // H5/W6: the intents of these extents stay until the next command recovers.
             st.al.pin(&exts);
             st.al.release(&exts, None);
+            st.al.end(since);
             st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.wake(st);
             let f = Failure::io(
@@ -745,6 +753,7 @@ impl Server {
         }
         st.inflight.retain(|(s, _, _, _)| *s != t.seq);
         st.al.release(&exts, Some(&regions));
+        st.al.end(since);
         st.counters.writes += 1;
         st.counters.bytes_written += m.len();
         self.flush_log(&mut st);
@@ -772,13 +781,17 @@ impl Server {
         if let Err(e) = p {
             // W6: nothing written since the last good flush is ever cleared.
             st.al.pin_unflushed();
+            st.al.flush_failed(covered);
             return Err(Failure::io(
                 format!("syncing primary {}", st.mirror.name),
                 &e,
             ));
         }
         for (s, e) in errs {
-            self.fracture(st, s, "sync".into(), e)?;
+            if let Err(f) = self.fracture(st, s, "sync".into(), e) {
+                st.al.flush_failed(covered);
+                return Err(f);
+            }
         }
         st.al.flush_done(covered);
         Ok(())
@@ -835,6 +848,7 @@ impl Server {
         if let Err(e) = p {
             // W6: nothing written since the last good flush is ever cleared.
             st.al.pin_unflushed();
+            st.al.flush_failed(covered);
             let f = Failure::io(format!("syncing primary {}", st.mirror.name), &e);
             (self.log)(&format!("error: {}", f.msg));
             return Err(f);
