@@ -376,9 +376,8 @@ impl Device for FileDevice {
                 format!("an earlier sync failed ({m}); nothing written since is trusted"),
             ));
         }
-        self.file.sync_data().map_err(|e| {
+        self.file.sync_data().inspect_err(|e| {
             let _ = self.sync_failed.set((e.kind(), e.to_string()));
-            e
         })?;
         // A file truncated behind our back (`truncate -s`, a careless `cp`): writes past its
         // new end extend it again with holes where the data was, so the loss shows only
