@@ -7,6 +7,14 @@
 #   CASES=11 RUNTIME=30 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
 #                                             # (random cases: seconds per 10,000 writes)
 #   CASES=12 bash tests/bench.sh        # TLS: an nbds secondary and serve with TLS, beside clear text
+#   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
+#                                       # runs that binary (e.g. an older commit's) and builds
+#                                       # nothing, to compare builds with the same bench
+#   RESULTS_TO=/tmp/rows.tsv bash tests/bench.sh   # also appends the raw rows (case, tool,
+#                                       # seconds) there, to combine several runs
+#   REPS=1 FIRST_REP=2 ...              # numbers the repetitions from 2 (the order of peers
+#                                       # alternates with the number), to interleave runs
+#                                       # of two binaries: old, new, old, new, ...
 #
 # Builds the release binary, makes its own data, runs mirrorctl and the peers side by side in
 # this one run, checks every result (cmp after each write and resync, exit codes of verify),
@@ -27,11 +35,17 @@ for t in qemu-img qemu-nbd nbdkit rsync cmp strace python3 fallocate b3sum fio n
 done
 [ "$(id -u)" = 0 ] || die "needs root (drop_caches)"
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+if [ -n "${MIRRORCTL:-}" ]; then
+    [ -x "$MIRRORCTL" ] || die "MIRRORCTL=$MIRRORCTL is not an executable"
+    bin=$(realpath "$MIRRORCTL")
+else
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+    bin="${CARGO_TARGET_DIR:-$root/target}/release/mirrorctl"
+fi
 rm -rf "$D"; mkdir -p "$D"; cd "$D"
 # a copy, so a rebuild during the run cannot swap the binary under it
-cp "$root/target/release/mirrorctl" "$D/mirrorctl"; M="$D/mirrorctl"
-trap 'cd /; umount "$D/big" 2>/dev/null || true; rm -rf "$D"' EXIT
+cp "$bin" "$D/mirrorctl"; M="$D/mirrorctl"
+trap 'cd /; umount "$D/big" 2>/dev/null || true; [ -z "${RESULTS_TO:-}" ] || [ ! -f "$D/results.tsv" ] || cat "$D/results.tsv" >>"$RESULTS_TO"; rm -rf "$D"' EXIT
 
 bytes() { numfmt --from=iec "$1"; }
 N=$(bytes "$SIZE")
@@ -48,7 +62,11 @@ doff() { "$M" status "$1" --json | python3 -c 'import json,sys; print(json.load(
 # same_data A B: the data areas of two mirrorctl images are equal byte for byte.
 same_data() { cmp -s -i "$(doff "$1"):$(doff "$1")" -n "$N" "$1" "$2" || die "$1 and $2 differ: a wrong result"; }
 want() { [[ " $CASES " == *" $1 "* ]]; }
+# reps: the repetition numbers, FIRST_REP (default 1) on; even and odd ones run peers in the
+# other order, so runs of REPS=1 with FIRST_REP=1, 2, ... alternate like one longer run
+reps() { seq "${FIRST_REP:-1}" $((${FIRST_REP:-1} + REPS - 1)); }
 note() { echo "== $*" >&2; }
+note "binary: $bin ($("$M" --version 2>/dev/null || echo 'no --version'))"
 # ok3 CMD...: runs mirrorctl where exit 3 (degraded: a leg is fractured) is expected too.
 ok3() { "$M" "$@" || [ $? = 3 ] || die "mirrorctl $* failed"; }
 
@@ -65,7 +83,7 @@ pair() {
 # ---------------------------------------------------------------------------------------------
 if want 1; then
 note "case 1: mirrored write, pipe mode, 1 primary + 2 secondaries, pre-allocated, durable"
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     rm -f x1 x2 x3; fallocate -l "$N" x1; fallocate -l "$N" x2; fallocate -l "$N" x3; sync
     three_dd() {
         for f in x1 x2 x3; do dd if=input.bin of=$f bs=4M conv=notrunc,fdatasync status=none & done
@@ -98,7 +116,7 @@ note "case 2: initial sync of a full 2 GiB secondary; resync after 1 % of 64 KiB
 regions=$((N / 65536)); changed=$((regions / 100))
 pair
 if [ -f s2.img ]; then "$M" detach p.img s2.img >/dev/null; rm -f s2.img; fi
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     # a full initial sync (every region holds data) against whole-file copies
     rm -f dst.img s3.img; sync
     timed initial-sync "dd full copy" dd if=p.img of=dst.img bs=4M conv=fdatasync status=none
@@ -112,7 +130,7 @@ for r in $(seq "$REPS"); do
     same_data p.img s3.img
     "$M" detach p.img s3.img >/dev/null; rm -f s3.img
 done
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     ok3 fracture p.img s1.img >/dev/null
     cp --sparse=never p.img old.img
     python3 - "$regions" "$changed" "$r" >offsets.txt <<'EOF'
@@ -159,7 +177,7 @@ pair
 o=$(doff p.img)
 img() { echo "driver=raw,offset=$o,size=$N,file.filename=$D/$1"; }
 cat p.img s1.img >/dev/null
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     timed verify-warm "cmp" cmp -i "$o:$o" -n "$N" p.img s1.img
     timed verify-warm "qemu-img compare" qemu-img compare -q --image-opts "$(img p.img)" "$(img s1.img)"
     b3both() { b3sum p.img s1.img >/dev/null; }
@@ -168,7 +186,7 @@ for r in $(seq "$REPS"); do
 done
 
 note "case 3 (cold): verify, cold cache"
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     dropcaches; timed verify-cold "cat both data areas" sh -c 'cat p.img s1.img >/dev/null'
     dropcaches; timed verify-cold "cmp" cmp -i "$o:$o" -n "$N" p.img s1.img
     dropcaches; timed verify-cold "qemu-img compare" qemu-img compare -q --image-opts "$(img p.img)" "$(img s1.img)"
@@ -179,7 +197,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 if want 5; then
 note "case 5/6: attach to a fresh 1 TiB sparse mirror; status and verify start-up on 16 TiB"
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     rm -f t.img t2.img
     "$M" create t.img --size 1T >/dev/null
     timed attach-1T "mirrorctl" "$M" attach t.img t2.img
@@ -226,7 +244,7 @@ fi
 if want 9; then
 note "case 9: mirrored write with a local secondary vs an NBD secondary (qemu-nbd, nbdkit; Unix socket)"
 nbd_n=$(( N < 1073741824 ? N : 1073741824 ))
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     rm -f n.img nl.img nr.img
     "$M" create n.img --size "$nbd_n" >/dev/null
     fallocate -l $((nbd_n + (1 << 20))) nl.img; fallocate -l $((nbd_n + (1 << 20))) nr.img
@@ -270,7 +288,8 @@ record() {
     python3 - "$case" "$tool" "$@" >>"$RESULTS" <<'PY'
 import json, sys
 case, tool, *files = sys.argv[1:]
-iops = [json.load(open(f))["jobs"][0]["write"]["iops"] for f in files]
+# a fio stopped by a signal (a background job) writes a line before its JSON
+iops = [json.loads((t := open(f).read())[t.index("{"):])["jobs"][0]["write"]["iops"] for f in files]
 print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
 PY
 }
@@ -306,7 +325,7 @@ stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f 
 fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
 SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1 --output=/dev/null)
 RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     # Sequential 1 MiB writes, iodepth 8, the whole size: wall time. This VM's disk is
     # slower for whichever run follows the other tool's, so the order alternates.
     seq_q() {
@@ -333,10 +352,76 @@ for r in $(seq "$REPS"); do
     wait $f1 $f2
     record serve-rand-1 "2 x qemu-nbd, a job each (per job)" r2.json r3.json
     stop_qemu
-    start_serve 1; fio_ --uri="$SURI" "${RND[@]}" --output=r4.json; stop_serve 1
-    record serve-rand-1 "mirrorctl serve, 1 secondary" r4.json
+    # The same with the secondary fractured (live) for the run: every write sets its bits in
+    # the leg's log (H6). Beside a run with it in sync; the order alternates.
+    rand_in_sync() {
+        start_serve 1; fio_ --uri="$SURI" "${RND[@]}" --output=r4.json; stop_serve 1
+        record serve-rand-1 "mirrorctl serve, 1 secondary" r4.json
+    }
+    rand_fractured() {
+        start_serve 1; ok3 fracture sp.img ss1.img >/dev/null
+        fio_ --uri="$SURI" "${RND[@]}" --output=r5.json
+        kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+        # the leg's log must hold every region written: a resync makes it equal
+        "$M" resync sp.img >/dev/null || die "resync after serve-rand-1f failed"
+        same_data sp.img ss1.img
+    }
+    if [ $((r % 2)) = 1 ]; then rand_in_sync; rand_fractured; else rand_fractured; rand_in_sync; fi
+    record serve-rand-1f "serve, 1 secondary in sync (the serve-rand-1 run)" r4.json
+    record serve-rand-1f "mirrorctl serve, 1 secondary fractured" r5.json
+
+    # Live resync of a whole fractured leg: the secondary fractured through the control
+    # socket, SIZE written through serve (as SEQ), then `mirrorctl resync` carried out by
+    # serve with no host I/O. Beside dd of the primary's data area to a fresh file, and the
+    # offline resync of the same amount (serve stopped, fracture, write, resync). Caches
+    # dropped before each; every target is freshly pre-allocated (unwritten extents);
+    # dd and the live resync alternate.
+    dd_ref() {
+        rm -f x; fallocate -l "$N" x; dropcaches
+        timed serve-resync "dd of the data area (fdatasync)" dd if=sp.img of=x bs=1M conv=notrunc,fdatasync \
+            iflag=skip_bytes,count_bytes skip="$o" count="$N" status=none
+        cmp -s -i "$o:0" -n "$N" sp.img x || die "dd result differs"
+        rm -f x
+    }
+    live_resync() { # CASE TOOL: times a live resync of ss1 (fractured, its log full)
+        dropcaches
+        timed "$1" "$2" sh -c "'$M' resync sp.img >/dev/null"
+    }
+    start_serve 1; ok3 fracture sp.img ss1.img >/dev/null
+    fio_ --uri="$SURI" "${SEQ[@]}"
+    o=$(doff sp.img)
+    if [ $((r % 2)) = 1 ]; then dd_ref; fi
+    live_resync serve-resync "mirrorctl resync, live (serve, no host I/O)"
+    idle_live=$(tail -n1 "$RESULTS" | cut -f3)
+    if [ $((r % 2)) = 0 ]; then dd_ref; fi
+    stop_serve 1
+    # offline: the leg's data area made fresh again (punched, pre-allocated), as for the live run
+    ok3 fracture sp.img ss1.img >/dev/null
+    ok3 write sp.img --input input.bin >/dev/null
+    fallocate --punch-hole -o "$o" -l "$N" ss1.img; fallocate -o "$o" -l "$N" ss1.img
+    dropcaches
+    timed serve-resync "offline resync (serve stopped)" "$M" resync sp.img >/dev/null
+    same_data sp.img ss1.img
+
+    # The same live resync while fio writes 4 KiB at random through serve (iodepth 16, a
+    # flush every 64 writes) for its whole length: its time, and the hosts' IOPS meanwhile
+    # (seconds per 10,000 writes), beside the same random writes for as long right after,
+    # the leg in sync (the same written blocks: fresh pre-allocated ones are slower).
+    start_serve 1; ok3 fracture sp.img ss1.img >/dev/null
+    fio_ --uri="$SURI" "${SEQ[@]}"
+    fio_ --uri="$SURI" "${RND[@]}" --runtime=3600 --ramp_time=1 --thread --output=r6.json \
+        2>fio-busy.err & fpid=$!
+    sleep 1.5
+    live_resync serve-resync-busy "mirrorctl resync, live, hosts writing 4k random"
+    kill -TERM $fpid; wait $fpid || true
+    busy=$(tail -n1 "$RESULTS" | cut -f3)
+    fio_ --uri="$SURI" "${RND[@]}" --runtime="$(awk "BEGIN{print int($busy + 1.5)}")" --output=r7.json
+    stop_serve 1
+    echo -e "serve-resync-busy\tlive resync, no host I/O (the serve-resync run)\t$idle_live" >>"$RESULTS"
+    record serve-resync-busy-io "serve, same mirror in sync right after, as long" r7.json
+    record serve-resync-busy-io "mirrorctl serve, hosts writing during the live resync" r6.json
 done
-rm -f sp.img ss*.img r?.json
+rm -f sp.img ss*.img r?.json x fio-busy.err
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +434,7 @@ tls_n=$(( N < 1073741824 ? N : 1073741824 ))
 head -c "$tls_n" input.bin >tls-in.bin
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; die "nothing listens on port $1"; }
-for r in $(seq "$REPS"); do
+for r in $(reps); do
     rm -f t.img tr.img
     "$M" create t.img --size "$tls_n" >/dev/null
     fallocate -l $((tls_n + (1 << 20))) tr.img
