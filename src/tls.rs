@@ -114,21 +114,8 @@ pub fn server_config(f: &ServerFiles) -> io::Result<Arc<ServerConfig>> {
         }
         None => b.with_no_client_auth(),
     };
-    let rsa_bits = certs.first().and_then(|c| rsa_key_bits(c));
-    let cfg = b.with_single_cert(certs, key).map_err(|e| {
-        if let Some(n) = rsa_bits.filter(|n| ![2048, 3072, 4096].contains(n)) {
-            return bad(format!(
-                "certificate {} and key {}: an RSA key of {n} bits, which mirrorctl's TLS library (ring) cannot sign with: it takes RSA keys of 2048, 3072 or 4096 bits, and ECDSA P-256/P-384 or Ed25519 keys; make a new key of one of those (e.g. openssl req -x509 -newkey rsa:3072 ...)",
-                f.cert.display(),
-                f.key.display()
-            ));
-        }
-        bad(format!(
-            "certificate {} and key {}: {e} (do they belong together?)",
-            f.cert.display(),
-            f.key.display()
-        ))
-    })?;
+    let ck = certified_key(certs, key, &f.cert, &f.key)?;
+    let cfg = b.with_cert_resolver(Arc::new(OneCert(ck)));
     Ok(Arc::new(cfg))
 }
 
@@ -173,15 +160,10 @@ fn read_client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
         .map_err(|e| bad(format!("TLS settings: {e}")))?
         .with_root_certificates(store);
     let cfg = match (&f.cert, &f.key) {
-        (Some(c), Some(k)) => b
-            .with_client_auth_cert(read_certs(c, "client certificate")?, read_key(k)?)
-            .map_err(|e| {
-                bad(format!(
-                    "client certificate {} and key {}: {e} (do they belong together?)",
-                    c.display(),
-                    k.display()
-                ))
-            })?,
+        (Some(c), Some(k)) => {
+            let ck = certified_key(read_certs(c, "client certificate")?, read_key(k)?, c, k)?;
+            b.with_client_cert_resolver(Arc::new(OneCert(ck)))
+        }
         (None, None) => b.with_no_client_auth(),
         (Some(_), None) => {
             return Err(bad(
@@ -231,14 +213,58 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// The size of a certificate's RSA key, if it has one.
-fn rsa_key_bits(der: &[u8]) -> Option<usize> {
-    use x509_parser::public_key::PublicKey;
-    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-    match c.public_key().parsed().ok()? {
-        PublicKey::RSA(k) => Some(k.key_size()),
-        _ => None,
+/// One certificate and its key, for every handshake (a server's, or a client's).
+#[derive(Debug)]
+struct OneCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for OneCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
     }
+}
+
+impl rustls::client::ResolvesClientCert for OneCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A certificate with its key, checked to belong together. The key signs with ring where
+/// ring can, else with AWS-LC: ring takes RSA keys of 2048, 3072 and 4096 bits only, and
+/// peers (qemu-nbd, nbdkit, the NBD project's own tests with a 2432-bit key) use others.
+fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> io::Result<Arc<rustls::sign::CertifiedKey>> {
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .or_else(|_| rustls::crypto::aws_lc_rs::sign::any_supported_type(&key))
+        .map_err(|e| {
+            bad(format!(
+                "key {}: {e} (an RSA, ECDSA P-256/P-384 or Ed25519 key in PEM is expected)",
+                key_path.display()
+            ))
+        })?;
+    let ck = rustls::sign::CertifiedKey::new(certs, signer);
+    ck.keys_match().map_err(|e| {
+        bad(format!(
+            "certificate {} and key {}: {e} (they do not belong together)",
+            cert_path.display(),
+            key_path.display()
+        ))
+    })?;
+    Ok(Arc::new(ck))
 }
 
 /// A client certificate with a key usage extension must allow digital signatures.
