@@ -98,17 +98,6 @@ impl Device for Stepped {
     }
 }
 
-struct StepLegs(HashMap<String, Stepped>);
-
-impl Opener for StepLegs {
-    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
-        match self.0.get(location) {
-            Some(d) => Ok(Arc::new(d.clone())),
-            None => Err(io::Error::from(io::ErrorKind::NotFound)),
-        }
-    }
-}
-
 /// The admin operation under test, on slot 1 (or a new leg).
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -215,7 +204,7 @@ fn rig(op: Op) -> (Rig, Arc<Server>) {
         steps: steps.clone(),
     };
     Image::format(Arc::new(devs["p"].clone()), Superblock::new_primary(g, 0)).unwrap();
-    let opener = StepLegs(
+    let opener = super::tests::Legs(
         ["s0", "s1", "n"]
             .iter()
             .map(|n| (n.to_string(), stepped(n)))
@@ -563,7 +552,7 @@ fn check_cut(ran: Ran, seed: u64, ctx: &str) -> bool {
         dev: devs[n].clone(),
         steps: steps.clone(),
     };
-    let opener = StepLegs(
+    let opener = super::tests::Legs(
         ["s0", "s1", "n"]
             .iter()
             .map(|n| (n.to_string(), stepped(n)))

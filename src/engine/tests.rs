@@ -4,8 +4,10 @@ use super::*;
 use crate::device::sim::{SimDevice, World};
 use std::collections::HashMap;
 
-struct Legs(HashMap<String, SimDevice>);
-impl Opener for Legs {
+/// Opens the devices given by location (sim devices here, step-gated ones in
+/// `interleave.rs`).
+pub(super) struct Legs<D = SimDevice>(pub(super) HashMap<String, D>);
+impl<D: Device + Clone + Send + Sync + 'static> Opener for Legs<D> {
     fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
         match self.0.get(location) {
             Some(d) => Ok(Arc::new(d.clone())),
@@ -257,7 +259,7 @@ fn gated_server(regions: u64, cfg: &serve::ServeConfig) -> (serve::Server, Arc<G
     let m = Mirror::open(
         Arc::new(gate.clone()),
         "p",
-        Arc::new(Legs(HashMap::new())),
+        Arc::new(Legs::<SimDevice>(HashMap::new())),
         false,
     )
     .unwrap();

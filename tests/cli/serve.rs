@@ -877,11 +877,7 @@ impl Raw {
     }
     /// A handshake (simple replies) that may be refused: an error if the server closes.
     pub(crate) fn try_connect(sock: &Path) -> std::io::Result<Raw> {
-        let mut s = UnixStream::connect(sock)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut hello = [0u8; 18];
-        s.read_exact(&mut hello)?;
-        s.write_all(&3u32.to_be_bytes())?;
+        let mut s = Self::hello(sock)?;
         let mut go = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
         go.extend_from_slice(&7u32.to_be_bytes());
         go.extend_from_slice(&6u32.to_be_bytes());
@@ -899,12 +895,16 @@ impl Raw {
     }
     /// Connected, greeted, client flags sent (fixed newstyle, no zeroes): options next.
     pub(crate) fn greet(sock: &Path) -> Raw {
-        let mut s = UnixStream::connect(sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(Self::hello(sock).unwrap())
+    }
+    /// [`Raw::greet`] that may fail (the server refused or is gone).
+    fn hello(sock: &Path) -> std::io::Result<UnixStream> {
+        let mut s = UnixStream::connect(sock)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut hello = [0u8; 18];
-        s.read_exact(&mut hello).unwrap();
-        s.write_all(&3u32.to_be_bytes()).unwrap();
-        Raw(s)
+        s.read_exact(&mut hello)?;
+        s.write_all(&3u32.to_be_bytes())?;
+        Ok(s)
     }
     /// The socket, for requests and replies of any shape.
     pub(crate) fn stream(&mut self) -> &mut UnixStream {
