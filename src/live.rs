@@ -616,7 +616,12 @@ mod tests {
             let r = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|t| serde_json::from_str::<Record>(&t).ok());
-            if let Some(r) = r.filter(|r| r.progress.is_some()) {
+            // A stale record another (killed) process left for a file whose inode this
+            // temporary file reuses is not ours: wait for ours to replace it.
+            let ours = |r: &Record| {
+                r.progress.is_some() && r.pid == std::process::id() && r.command == "resync"
+            };
+            if let Some(r) = r.filter(ours) {
                 break r;
             }
             assert!(Instant::now() < deadline, "no record at {}", path.display());
