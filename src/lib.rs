@@ -10,7 +10,8 @@
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
 //! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
-//! `units`, `thread` (helper threads that fall back to the caller when none can be started).
+//! `units`, `thread` (helper threads that fall back to the caller when none can be started),
+//! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names).
 
 pub mod cli;
 pub mod device;

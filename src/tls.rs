@@ -8,6 +8,8 @@
 //! lock and fed to the state under it; replies are encrypted under it and sent outside it,
 //! under a second lock that keeps the records in order on the wire.
 
+mod x509;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
@@ -183,31 +185,11 @@ fn read_client_config(f: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
 /// alternative names (addresses as text), each once. Empty for a certificate that does not
 /// parse.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+    let Some(f) = x509::fields(der) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = c
-        .subject()
-        .iter_common_name()
-        .filter_map(|a| a.as_str().ok())
-        .map(String::from)
-        .collect();
-    if let Ok(Some(san)) = c.subject_alternative_name() {
-        for g in &san.value.general_names {
-            match g {
-                GeneralName::DNSName(d) => names.push(d.to_string()),
-                GeneralName::IPAddress(b) => {
-                    if let Ok(v4) = <[u8; 4]>::try_from(*b) {
-                        names.push(std::net::Ipv4Addr::from(v4).to_string());
-                    } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
-                        names.push(std::net::Ipv6Addr::from(v6).to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    let mut names = f.common_names();
+    names.extend(f.alt_names());
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.to_ascii_lowercase()));
     names
@@ -269,11 +251,11 @@ fn certified_key(
 
 /// A client certificate with a key usage extension must allow digital signatures.
 fn client_key_usage(der: &[u8]) -> std::result::Result<(), String> {
-    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+    let Some(f) = x509::fields(der) else {
         return Err("the client's certificate does not parse".into());
     };
-    match c.key_usage() {
-        Ok(Some(ku)) if !ku.value.digital_signature() => Err(format!(
+    match f.digital_signature() {
+        Ok(Some(false)) => Err(format!(
             "the client's certificate ({}) has a key usage without digitalSignature, so it is not for TLS client authentication",
             certificate_names(der).join(", ")
         )),

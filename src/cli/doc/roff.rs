@@ -1,4 +1,11 @@
 //! A small roff writer for the man pages (the format page needs tbl and raw control lines).
+//!
+//! Kept rather than the `roff` crate that clap_mangen brings into the tree: that crate writes
+//! only escaped text lines and control requests, with an apostrophe-string preamble of its
+//! own, while the format page writes tbl tables (format lines, `T{ T}` cell blocks) and
+//! preformatted examples as raw lines, and the pages stay byte-for-byte as they are (a test
+//! compares the checked-in copies). clap_mangen still renders the command pages' option
+//! lists; this writer adds the sections after them.
 
 use super::format_page::fill;
 use super::{BIN, VERSION};
@@ -10,9 +17,6 @@ pub(super) fn title_line(name: &str, section: &str, manual: &str) -> String {
         esc(name)
     )
 }
-
-// ---------------------------------------------------------------------------------------
-// A small roff writer (the format page needs tbl and raw control lines)
 
 #[derive(Default)]
 pub(super) struct Roff {
