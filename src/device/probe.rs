@@ -3,10 +3,11 @@
 //! failing those, any other data. Pure: the signature checks read through a closure, so
 //! they are unit-tested on byte vectors without devices.
 //!
-//! Rule D0 (attach, create --force): an image is overwritten only when it holds nothing
-//! (no signature, no data in its first and last MiB, and for a file no allocated extent) or
-//! the admin said `--force`; otherwise the command refuses with nothing written and names
-//! what it found. Without it `attach` over a formatted disk destroys a filesystem silently.
+//! Rule (tagged at the lines that keep it):
+//! - D0 An image is overwritten (by `attach`, or `create --force`) only when it holds nothing
+//!   (no signature, no data in its first and last MiB, and for a file no allocated extent) or
+//!   the admin said `--force`; otherwise the command refuses with nothing written and names
+//!   what it found. Without it `attach` over a formatted disk destroys a filesystem silently.
 
 use crate::device::Device;
 use crate::format::layout::{KIB, MIB};

@@ -11,13 +11,14 @@
 //! - A4 One image UUID, one leg: an image carrying the UUID of a slot whose recorded location
 //!   still holds that image (a byte copy) is refused; otherwise writes would silently stop
 //!   reaching the original while the copy was called in sync.
-//! - D0 (device/probe.rs) A secondary without a header is overwritten only if it holds
-//!   nothing, or with {FORCE}.
 //! - D1 The image's own header says detached, durably, before the primary frees the slot:
 //!   a crash in between leaves the slot listed, so a rerun of `detach` completes (the other
 //!   order left an image claiming to be a secondary of a primary that no longer lists it).
 //! - D2 The slot's fracture log is cleared only after the slot is free: a crash before the
 //!   commit leaves a listed leg with its log (A2 resets a free slot's log on attach anyway).
+//!
+//! D0 (a secondary without a header is overwritten only if it holds nothing, or with
+//! `--force`) is kept in `device/probe.rs`.
 
 use super::plan;
 use super::*;

@@ -4,10 +4,11 @@
 //!
 //! Bit order: region `r` of a bitmap is bit `r % 8` (least significant first) of byte `r / 8`.
 //!
-//! Rule B1: bits past `region_count` in a bitmap's last page name no region. They are never
-//! counted or iterated, and are cleared when that page next changes; without this, a stray
-//! bit there reads as a pending region no resync or recovery can clear, and the mirror
-//! stays degraded ("not closed cleanly") forever.
+//! Rule (tagged at the lines that keep it):
+//! - B1 Bits past `region_count` in a bitmap's last page name no region. They are never
+//!   counted or iterated, and are cleared when that page next changes; without this, a stray
+//!   bit there reads as a pending region no resync or recovery can clear, and the mirror
+//!   stays degraded ("not closed cleanly") forever.
 
 use crate::device::Device;
 use crate::format::layout::{BitmapId, Geometry, PAGE};
