@@ -10,7 +10,8 @@
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
 //! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
-//! `units`, `thread` (helper threads that fall back to the caller when none can be started).
+//! `units`, `thread` (helper threads that fall back to the caller when none can be started),
+//! `systemd` (readiness notification and the priority prefixes of log lines under journald).
 
 pub mod cli;
 pub mod device;
@@ -21,6 +22,7 @@ pub mod live;
 pub mod lock;
 pub mod meta;
 pub mod server;
+pub mod systemd;
 pub mod thread;
 pub mod tls;
 pub mod units;

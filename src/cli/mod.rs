@@ -555,10 +555,11 @@ pub fn parse_failure(e: clap::Error) -> i32 {
         _ => one_line(&e.render().to_string()),
     };
     let err = crate::error::Error::invalid(msg);
-    eprintln!("mirrorctl: {err}");
-    if let Some(h) = hint {
-        eprintln!("  {h}");
-    }
+    let text = match hint {
+        Some(h) => format!("mirrorctl: {err}\n  {h}"),
+        None => format!("mirrorctl: {err}"),
+    };
+    crate::systemd::eprint_at(crate::systemd::Priority::Error, &text);
     if std::env::args().any(|a| a == "--json") {
         println!("{:#}", exit::json(&err));
     }
