@@ -90,14 +90,19 @@ pub fn render(text: &str, p: Priority, journald: bool) -> String {
 /// Writes `text` (one line, or several) to stderr at priority `p`, in one write. A failed
 /// write is ignored: there is nowhere left to say it.
 pub fn eprint_at(p: Priority, text: &str) {
+    // A text that ends its last line itself gets no empty line after it.
+    let text = text.strip_suffix('\n').unwrap_or(text);
     let s = render(text, p, under_journald());
     let _ = io::stderr().lock().write_all(s.as_bytes());
 }
 
-/// Writes a log line to stderr at the priority it says it has ([`Priority::of`]; other
-/// lines at `default`).
+/// Writes log lines to stderr, each at the priority it says it has ([`Priority::of`];
+/// other lines at `default`).
 pub fn eprint(text: &str, default: Priority) {
-    eprint_at(Priority::of(text, default), text)
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    for line in text.split('\n') {
+        eprint_at(Priority::of(line, default), line)
+    }
 }
 
 /// Where `$NOTIFY_SOCKET` says the service manager listens.
