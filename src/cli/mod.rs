@@ -99,8 +99,8 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "events after number 41, one JSON document each",
             ),
             (
-                "mirrorctl events /srv/vm.img --follow --exec /usr/local/lib/mirrorctl-alert",
-                "run a program on every new event",
+                "mirrorctl events /srv/vm.img --follow --exec /usr/local/lib/mirrorctl/alert",
+                "run a program on every new event (the shipped alert script)",
             ),
         ],
         "attach" => &[
