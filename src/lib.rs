@@ -11,7 +11,8 @@
 //!
 //! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
 //! `units`, `thread` (helper threads that fall back to the caller when none can be started),
-//! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names).
+//! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names),
+//! `systemd` (readiness notification and the priority prefixes of log lines under journald).
 
 pub mod cli;
 pub mod device;
@@ -22,6 +23,7 @@ pub mod live;
 pub mod lock;
 pub mod meta;
 pub mod server;
+pub mod systemd;
 pub mod thread;
 pub mod tls;
 pub mod units;

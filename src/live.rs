@@ -366,9 +366,12 @@ fn publish_loop(s: &Shared) {
         if let Err(e) = write_atomically(&s.path, &rec) {
             // Said once; the command itself goes on.
             if !s.failed.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "mirrorctl: warning: cannot publish progress for status in {}: {e}",
-                    s.path.display()
+                crate::systemd::eprint_at(
+                    crate::systemd::Priority::Warning,
+                    &format!(
+                        "mirrorctl: warning: cannot publish progress for status in {}: {e}",
+                        s.path.display()
+                    ),
                 );
             }
         }

@@ -14,7 +14,10 @@ fn main() {
         // The reader went away (`mirrorctl read ... | head`): what it wanted it got.
         Err(e) if e.broken_pipe => std::process::exit(0),
         Err(e) => {
-            eprintln!("mirrorctl: {}", mirrorctl::error::plain(&e.to_string()));
+            mirrorctl::systemd::eprint_at(
+                mirrorctl::systemd::Priority::Error,
+                &format!("mirrorctl: {}", mirrorctl::error::plain(&e.to_string())),
+            );
             if json {
                 // Scripts never parse an empty stdout: one document on failure too.
                 println!("{:#}", mirrorctl::cli::exit::json(&e));

@@ -42,6 +42,11 @@ command -v groff >/dev/null || need+=(groff-base)
 command -v openssl >/dev/null || need+=(openssl)
 # `status --format prometheus` is checked with promtool (tests/cli/events.rs).
 command -v promtool >/dev/null || need+=(prometheus)
+# The shipped units are checked with systemd-analyze verify (tests/cli/systemd.rs), their
+# Documentation= pages with man, the installed tree in a mount namespace (unshare).
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v man >/dev/null || need+=(man-db)
+command -v unshare >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2

@@ -99,8 +99,8 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "events after number 41, one JSON document each",
             ),
             (
-                "mirrorctl events /srv/vm.img --follow --exec /usr/local/lib/mirrorctl-alert",
-                "run a program on every new event",
+                "mirrorctl events /srv/vm.img --follow --exec /usr/local/lib/mirrorctl/alert",
+                "run a program on every new event (the shipped alert script)",
             ),
         ],
         "attach" => &[
@@ -555,10 +555,11 @@ pub fn parse_failure(e: clap::Error) -> i32 {
         _ => one_line(&e.render().to_string()),
     };
     let err = crate::error::Error::invalid(msg);
-    eprintln!("mirrorctl: {err}");
-    if let Some(h) = hint {
-        eprintln!("  {h}");
-    }
+    let text = match hint {
+        Some(h) => format!("mirrorctl: {err}\n  {h}"),
+        None => format!("mirrorctl: {err}"),
+    };
+    crate::systemd::eprint_at(crate::systemd::Priority::Error, &text);
     if std::env::args().any(|a| a == "--json") {
         println!("{:#}", exit::json(&err));
     }
@@ -778,7 +779,12 @@ codes; other commands exit 5 (busy), naming it. Stop it \
 with SIGTERM (systemctl stop) or Ctrl-C: requests in flight finish, clients get at most \
 --write-timeout to take their replies, every leg is synced and the write intents are cleared, \
 so status is clean afterwards. A second SIGTERM or Ctrl-C stops at once: nothing is synced or \
-cleared, and the next command recovers the hot set as after a crash.";
+cleared, and the next command recovers the hot set as after a crash.
+
+Under systemd (the unit mirrorctl-serve@.service, Type=notify): READY=1 is sent to \
+$NOTIFY_SOCKET once the socket is in place and clients and admin commands are taken, \
+STOPPING=1 when a stop begins; when stderr is journald's stream ($JOURNAL_STREAM), log \
+lines carry their syslog priority (error, warning, note, info).";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

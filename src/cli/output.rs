@@ -65,7 +65,10 @@ impl Progress for Bar {
 
 pub fn print_warnings(m: &mut Mirror) {
     for w in m.warnings.drain(..) {
-        eprintln!("mirrorctl: {}", crate::error::plain(&w));
+        crate::systemd::eprint(
+            &format!("mirrorctl: {}", crate::error::plain(&w)),
+            crate::systemd::Priority::Warning,
+        );
     }
 }
 

@@ -61,9 +61,18 @@ pub enum Listen {
     Tcp(String),
 }
 
-/// One log line on stderr (journald takes each line as one message).
+/// One log line on stderr (journald takes each line as one message), at the priority its
+/// text says (`error:`, `warning:`, `note:`; info otherwise; see [`crate::systemd`]).
 pub fn log_line(msg: &str) {
-    eprintln!("mirrorctl serve: {}", crate::error::plain(msg));
+    log_line_at(
+        crate::systemd::Priority::of(msg, crate::systemd::Priority::Info),
+        msg,
+    );
+}
+
+/// One log line on stderr at priority `p` (for lines whose text does not start with it).
+pub fn log_line_at(p: crate::systemd::Priority, msg: &str) {
+    crate::systemd::eprint_at(p, &format!("mirrorctl serve: {}", crate::error::plain(msg)));
 }
 
 /// The transmission flags of an export.
@@ -428,6 +437,15 @@ pub fn run(
     if let Some(t) = tls.summary() {
         log_line(&t);
     }
+    // The socket is in place, the control socket up: clients and admin commands are taken
+    // from now on, so a unit that waits for this (Type=notify) may start its dependents.
+    crate::systemd::notify(
+        &format!(
+            "READY=1\nSTATUS=serving {description} at {}",
+            uri(listen, export, local, tls.policy == TlsPolicy::Require)
+        ),
+        &log_line,
+    );
     let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let conns: Conns = Arc::new(Mutex::new(Vec::new()));
@@ -447,6 +465,13 @@ pub fn run(
             // process owns (a closed one only makes the call fail).
             unsafe {
                 libc::sigwait(&set, &mut sig);
+                crate::systemd::notify(
+                    &format!(
+                        "STOPPING=1\nSTATUS=stopping on {}: finishing the requests in flight, then syncing every leg",
+                        signal_name(sig)
+                    ),
+                    &log_line,
+                );
                 *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
                 stopping.store(true, Ordering::SeqCst);
                 libc::shutdown(lfd, libc::SHUT_RDWR);
@@ -491,7 +516,7 @@ pub fn run(
                         break;
                     }
                     // Out of descriptors, say: log it and give it a moment, never spin.
-                    log_line(&format!("accept: {e}"));
+                    log_line_at(crate::systemd::Priority::Error, &format!("accept: {e}"));
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
@@ -506,7 +531,7 @@ pub fn run(
                         break;
                     }
                     // Out of descriptors, say: log it and give it a moment, never spin.
-                    log_line(&format!("accept: {e}"));
+                    log_line_at(crate::systemd::Priority::Error, &format!("accept: {e}"));
                     std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
@@ -572,9 +597,12 @@ pub fn run(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|c| c.id != id);
-                log_line(&format!(
-                    "client {id}: {who}: refused: no thread could be started for it ({e})"
-                ));
+                log_line_at(
+                    crate::systemd::Priority::Warning,
+                    &format!(
+                        "client {id}: {who}: refused: no thread could be started for it ({e})"
+                    ),
+                );
             }
         }
         handles.retain(|h| !h.is_finished());
@@ -594,15 +622,18 @@ pub fn run(
     }
     let late = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
     if late > 0 && handles.iter().any(|h| !h.is_finished()) {
-        log_line(&format!(
-            "stopping: {} still open after {:?} (--write-timeout): shut down",
-            if late == 1 {
-                "1 connection".to_string()
-            } else {
-                format!("{late} connections")
-            },
-            limits.write_timeout
-        ));
+        log_line_at(
+            crate::systemd::Priority::Warning,
+            &format!(
+                "stopping: {} still open after {:?} (--write-timeout): shut down",
+                if late == 1 {
+                    "1 connection".to_string()
+                } else {
+                    format!("{late} connections")
+                },
+                limits.write_timeout
+            ),
+        );
         for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             // SAFETY: shutdown on a descriptor the entry owns.
             unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
@@ -635,7 +666,7 @@ fn signal_name(sig: libc::c_int) -> &'static str {
 /// (intents are only ever cleared after a sync on every leg, W2), so the data is as safe as
 /// after a crash: the next command finds an unclean stop and marks the hot set for resync.
 fn hard_stop(sig: libc::c_int, socket: Option<&Path>, hot_cap: usize) {
-    log_line(&format!(
+    log_line_at(crate::systemd::Priority::Warning, &format!(
         "second {}: stopping at once, without the clean stop: requests in flight get no reply, the legs are not synced and the write intents stay marked; the next command recovers the hot set (at most {hot_cap} extents of 4 MiB) as after a crash",
         signal_name(sig)
     ));
@@ -674,7 +705,10 @@ impl Refusals {
             0 => String::new(),
             n => format!(" ({n} more refused in the last second)"),
         };
-        log_line(&format!("refused a client ({peer}): {why}{more}"));
+        log_line_at(
+            crate::systemd::Priority::Warning,
+            &format!("refused a client ({peer}): {why}{more}"),
+        );
         self.last = Some(now);
     }
 }

@@ -23,5 +23,6 @@ mod serve;
 mod serve_limits;
 mod serve_proto;
 mod serve_truth;
+mod systemd;
 mod tls;
 mod verify;

@@ -236,7 +236,7 @@ pub(super) fn attach(ctx: &Ctx, mut a: cli::AttachArgs) -> Result<Exit> {
         };
         let r = m.resync_with(&[outcome.slot], &opts, &bar)?;
         if let Some(e) = out.synced(&r) {
-            eprintln!("mirrorctl: {e}");
+            crate::systemd::eprint_at(crate::systemd::Priority::Error, &format!("mirrorctl: {e}"));
             exit = Exit::Degraded;
         }
     }

@@ -67,9 +67,12 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
         );
         let checks = engine::create::check_existing(existing, &name, &g, a.force, dev.is_block())?;
         if let Some(f) = &checks.overwrites {
-            eprintln!(
-                "mirrorctl: note: --force: overwriting {} on {name} (signature at byte {})",
-                f.what, f.offset
+            crate::systemd::eprint_at(
+                crate::systemd::Priority::Notice,
+                &format!(
+                    "mirrorctl: note: --force: overwriting {} on {name} (signature at byte {})",
+                    f.what, f.offset
+                ),
             );
         }
         if checks.grow {
@@ -78,14 +81,14 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
                 .set_len(g.total_len())
                 .map_err(|e| Error::invalid(format!("growing {name}: {e}")))?;
         } else if size.is_some() && capacity > g.total_len() {
-            eprintln!(
+            crate::systemd::eprint_at(crate::systemd::Priority::Notice, &format!(
                 "mirrorctl: note: {name} has {} ({capacity} bytes); the mirror uses the first {} ({} bytes: --size {} of data and {} of metadata), the rest is left as it is",
                 format_size(capacity),
                 format_size(g.total_len()),
                 g.total_len(),
                 format_size(g.data_size),
                 format_size(g.data_offset)
-            );
+            ));
         }
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;

@@ -237,7 +237,8 @@ fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit>
             print!("{s}");
             let _ = io::stdout().flush();
         }
-        Message::Err(s) => eprint!("{s}"),
+        // The server's lines of the command (errors, warnings, notes), one message each.
+        Message::Err(s) => crate::systemd::eprint(s, crate::systemd::Priority::Error),
         Message::Progress { done: d, total: t } => {
             use crate::engine::Progress;
             if total != Some(*t) {

@@ -46,7 +46,10 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
                 old = Some(m);
             }
             Err(e) if e.kind == Kind::Busy => return Err(e),
-            Err(e) => eprintln!("mirrorctl: note: former primary not used: {e}"),
+            Err(e) => crate::systemd::eprint_at(
+                crate::systemd::Priority::Notice,
+                &format!("mirrorctl: note: former primary not used: {e}"),
+            ),
         }
     }
     drop(img);

@@ -30,8 +30,9 @@ pub(super) fn read(ctx: &Ctx, a: cli::ReadArgs) -> Result<Exit> {
         let n = ((end - pos) as usize).min(buf.len());
         if let Some((slot, why)) = m.read_at(&mut buf[..n], pos)? {
             if told.insert(slot) {
-                eprintln!(
-                    "mirrorctl: warning: {why}; reading from in-sync secondary slot {slot} instead"
+                crate::systemd::eprint_at(
+                    crate::systemd::Priority::Warning,
+                    &format!("mirrorctl: warning: {why}; reading from in-sync secondary slot {slot} instead"),
                 );
             }
             exit = Exit::Degraded;

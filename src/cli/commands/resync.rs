@@ -65,7 +65,7 @@ pub(super) fn resync(ctx: &Ctx, a: cli::ResyncArgs) -> Result<Exit> {
         (empty(&a), Exit::Success)
     };
     for e in errs {
-        eprintln!("mirrorctl: {e}");
+        crate::systemd::eprint_at(crate::systemd::Priority::Error, &format!("mirrorctl: {e}"));
     }
     print_warnings(&mut m);
     let mut text = Vec::new();

@@ -47,8 +47,10 @@ fn tls(a: &cli::ServeArgs) -> Result<Tls> {
 }
 
 pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
-    // Before any thread starts: every thread inherits the mask, only the waiter sees them.
+    // Before any thread starts: every thread inherits the mask, only the waiter sees them;
+    // and $NOTIFY_SOCKET is taken out of the environment while no thread can read it.
     server::block_stop_signals();
+    crate::systemd::take_notify_socket();
     let tls = tls(&a)?;
     let listen = match (&a.socket, &a.listen) {
         (_, Some(hp)) => {
@@ -203,6 +205,10 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         },
     )
     .map_err(|e| Error::invalid(format!("{what}: {}", crate::error::describe_io(&e))));
+    crate::systemd::notify(
+        "STATUS=stopping: syncing every leg and clearing the write intents",
+        &server::log_line,
+    );
     // A live resync ends at its next run; the control requests are waited for.
     srv.stop_admin();
     if let Some(c) = control {

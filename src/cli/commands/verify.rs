@@ -40,7 +40,10 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
         Err(e) => return via_server(ctx, &a.primary, e, "verify"),
     };
     for w in warnings {
-        eprintln!("mirrorctl: {w}");
+        crate::systemd::eprint(
+            &format!("mirrorctl: {w}"),
+            crate::systemd::Priority::Warning,
+        );
     }
     let mut text = Vec::new();
     render(&a, &report, &mut text)?;

@@ -65,11 +65,14 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
     if ctx.progress && !a.json {
         // On a terminal: what was done, like the other commands say it.
         let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "wrote {} at offset {offset} to the primary and {} in {secs:.1}s ({}/s)",
-            format_size(r.bytes),
-            plural(secondaries_written.into(), "secondary"),
-            format_size((r.bytes as f64 / secs.max(1e-6)) as u64)
+        crate::systemd::eprint_at(
+            crate::systemd::Priority::Info,
+            &format!(
+                "wrote {} at offset {offset} to the primary and {} in {secs:.1}s ({}/s)",
+                format_size(r.bytes),
+                plural(secondaries_written.into(), "secondary"),
+                format_size((r.bytes as f64 / secs.max(1e-6)) as u64)
+            ),
         );
     }
     if a.json {
@@ -86,7 +89,10 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         // A cron job under `set -e` fails on exit 3: its log says why (legs fractured by
         // this write have had their warning line already).
         if let Some(line) = degraded_line(&mut m, &a.primary, &r.newly_fractured)? {
-            eprintln!("mirrorctl: {line}");
+            crate::systemd::eprint_at(
+                crate::systemd::Priority::Warning,
+                &format!("mirrorctl: {line}"),
+            );
         }
     }
     Ok(exit)
