@@ -47,6 +47,9 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 command -v unshare >/dev/null || need+=(util-linux)
+# The install block splits the debug information off the binary (objcopy, readelf).
+command -v objcopy >/dev/null || need+=(binutils)
+command -v readelf >/dev/null || need+=(binutils)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2

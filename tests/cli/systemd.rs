@@ -654,6 +654,8 @@ fn readme_install_block() -> String {
 fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_units_that_verify() {
     require_root("a private mount namespace in which /opt/mc is the staged install");
     require("unshare", "util-linux");
+    require("objcopy", "binutils");
+    require("readelf", "binutils");
     require("man", "man-db");
     let block = readme_install_block();
     let tmp = tempfile::tempdir().unwrap();
@@ -676,6 +678,7 @@ fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_unit
     let root = dest.join("opt/mc");
     let mut want: Vec<(PathBuf, u32)> = vec![
         (root.join("bin/mirrorctl"), 0o755),
+        (root.join("bin/.debug/mirrorctl.debug"), 0o644),
         (root.join("lib/mirrorctl/alert"), 0o755),
         (
             root.join("share/bash-completion/completions/mirrorctl"),
@@ -729,6 +732,25 @@ fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_unit
             assert!(text.contains("/opt/mc/bin/mirrorctl "), "{u}:\n{text}");
         }
     }
+    // The binary ships small: no debug sections, its symbols kept, and a debug link to the
+    // file beside it that holds the line tables.
+    let sections = |p: &Path| {
+        let o = Command::new("readelf").arg("-SW").arg(p).output().unwrap();
+        assert!(o.status.success(), "readelf {}: {o:?}", p.display());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let installed = root.join("bin/mirrorctl");
+    let s = sections(&installed);
+    assert!(
+        !s.contains(".debug_info") && !s.contains(".debug_line"),
+        "{s}"
+    );
+    assert!(s.contains(".symtab") && s.contains(".gnu_debuglink"), "{s}");
+    let size = std::fs::metadata(&installed).unwrap().len();
+    assert!(size < 20 << 20, "the installed binary is {size} bytes");
+    assert!(sections(&root.join("bin/.debug/mirrorctl.debug")).contains(".debug_line"));
+    let v = Command::new(&installed).arg("--version").output().unwrap();
+    assert!(v.status.success(), "{v:?}");
     let events = std::fs::read_to_string(unitdir.join("mirrorctl-events@.service")).unwrap();
     assert!(
         events.contains("--exec /opt/mc/lib/mirrorctl/alert "),
