@@ -207,7 +207,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s j -l json -d 'Print a JSON document with every mismatched range'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l socket -d 'Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for root, else under $XDG_RUNTIME_DIR; the path is logged at start' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l listen -d 'Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged). An address that is not loopback needs TLS required (--tls-cert, --tls-key) or --insecure' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l export -d 'The export name clients ask for (default: the empty name, which a URI without a name asks for: nbd+unix:///?socket=PATH)' -r
