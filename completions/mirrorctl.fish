@@ -45,7 +45,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "promote" -d 'Tu
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G, 1.5G: a decimal number when it comes to whole bytes). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
 1G\t'1 GiB'
 10G\t'10 GiB'
 100G\t'100 GiB'

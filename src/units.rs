@@ -228,7 +228,7 @@ mod tests {
             "{e}"
         );
         assert!(parse_size("1.5").is_err());
-        assert!(parse_size("15999999.9T").unwrap_err().contains("64 bits"));
+        assert!(parse_size("16777216.5T").unwrap_err().contains("64 bits"));
     }
 
     #[test]

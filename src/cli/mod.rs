@@ -424,8 +424,8 @@ pub struct CreateArgs {
     /// Image file or block device to become the primary. A missing file is created sparse.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub image: PathBuf,
-    /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
-    /// or device is used whole.
+    /// Size of the data area (e.g. 10G, 1.5G: a decimal number when it comes to whole
+    /// bytes). Required for a new file; by default an existing file or device is used whole.
     #[arg(long, value_name = "SIZE", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub size: Option<u64>,
     /// Bytes tracked by one bitmap bit: a power of two from 4K to 64M.
@@ -622,8 +622,11 @@ fn one_line(text: &str) -> (String, Option<String>) {
     for l in lines {
         if let Some(t) = l.trim_start().strip_prefix("tip: ") {
             // clap's suggestion for a mistyped subcommand or flag ("a similar subcommand
-            // exists: 'status'"): the hint then, more use than the usage.
-            tip.get_or_insert_with(|| format!("tip: {}", t.trim()));
+            // exists: 'status'"): the hint then, more use than the usage. (Its other tips,
+            // such as passing `--x` as a value after `--`, are no help here.)
+            if t.contains("similar") {
+                tip.get_or_insert_with(|| format!("tip: {}", t.trim()));
+            }
         } else if let Some(u) = l.strip_prefix("Usage: ") {
             usage = Some(u.trim().to_string());
         } else if l.starts_with("  ") && !l.trim_start().starts_with("tip:") && usage.is_none() {
