@@ -114,8 +114,9 @@ pub fn runtime_dir() -> PathBuf {
 /// it: root's directory first (a serve run as a system service, read by an unprivileged
 /// monitoring user), then this user's own, then other users' runtime directories
 /// (`/run/user/UID/mirrorctl`, `/tmp/mirrorctl-UID`) as far as this user may read them.
-/// A record is believed only from the process it names, owned by that process's user
-/// ([`read`]), so a directory others can write to cannot plant one.
+/// A record is believed only from the process it names, in a file of that process's user,
+/// who must be root, the reader or the image's owner ([`find`]): a directory others can
+/// write to cannot plant one.
 pub fn reader_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(SYSTEM_DIR), runtime_dir()];
     let mut others: Vec<PathBuf> = std::fs::read_dir("/run/user")
@@ -222,18 +223,24 @@ pub fn read(file: &File) -> Option<Record> {
 /// [`read`], with the path the record was found at (the serving process's control socket
 /// is beside it).
 pub fn find(file: &File) -> Option<(Record, PathBuf)> {
-    let (dev, ino) = identity(file).ok()?;
-    let name = record_name(dev, ino);
+    let md = file.metadata().ok()?;
+    let name = record_name(md.dev(), md.ino());
+    let me = rustix::process::geteuid().as_raw();
     reader_dirs().into_iter().find_map(|d| {
         let path = d.join(&name);
-        read_one(&path).map(|r| (r, path))
+        read_one(&path, me, md.uid()).map(|r| (r, path))
     })
 }
 
 /// The record at `path` if it is believed: from a living process of its start time and
-/// version, in a file owned by that process's user (or root).
-fn read_one(path: &Path) -> Option<Record> {
+/// version, in a file written by a user trusted with the mirror ([`trusted_writer`]) that
+/// runs that process. (Another user could otherwise plant a record, and a control socket
+/// beside it, for an image it can merely read.)
+fn read_one(path: &Path, me: u32, image_owner: u32) -> Option<Record> {
     let owner = std::fs::metadata(path).ok()?.uid();
+    if !trusted_writer(owner, me, image_owner) {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let rec: Record = serde_json::from_str(&text).ok()?;
     let pid_uid = std::fs::metadata(format!("/proc/{}", rec.pid)).ok()?.uid();
@@ -241,6 +248,12 @@ fn read_one(path: &Path) -> Option<Record> {
         return None;
     }
     believe(rec, pid_start)
+}
+
+/// Whether a record file owned by `owner` is believed by user `me` for an image owned by
+/// `image_owner`: written by root, by this user, or by the image's owner.
+fn trusted_writer(owner: u32, me: u32, image_owner: u32) -> bool {
+    owner == 0 || owner == me || owner == image_owner
 }
 
 /// Pids other than this one holding an exclusive lock on the open primary: a command that
@@ -355,6 +368,18 @@ impl Publisher {
             wake: Condvar::new(),
             failed: AtomicBool::new(false),
         });
+        // The first record is written before the command goes on (a server listens only
+        // then), so a `status` that finds the command at work also finds its record; the
+        // thread publishes from then on (and says so if it cannot).
+        let _ = write_atomically(
+            &shared.path,
+            &snapshot(
+                &shared,
+                &mut Window {
+                    samples: Default::default(),
+                },
+            ),
+        );
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("live-record".into())
@@ -663,6 +688,16 @@ mod tests {
         // Only the exclusive holder is a writer.
         assert_eq!(lock_holders_of(LOCKS, dev, 10011325, true), vec![4242]);
         assert!(lock_holders_of(LOCKS, rustix::fs::makedev(8, 1), 55, true).is_empty());
+    }
+
+    #[test]
+    fn a_record_is_believed_from_root_this_user_or_the_images_owner_only() {
+        assert!(trusted_writer(0, 1000, 1000));
+        assert!(trusted_writer(65534, 65534, 0));
+        assert!(trusted_writer(65534, 0, 65534));
+        // Another user who can merely read the image.
+        assert!(!trusted_writer(1001, 65534, 0));
+        assert!(!trusted_writer(1001, 0, 1000));
     }
 
     #[test]

@@ -889,6 +889,42 @@ mod tests {
     }
 
     #[test]
+    fn the_health_reasons_name_each_cause_and_are_empty_exactly_when_the_rule_holds() {
+        use LegState::*;
+        // An unclean stop: the intents are the cause, not the in-sync legs they touch.
+        let legs = [(0, InSync, 0), (1, InSync, 0)];
+        let r = health_reasons(12, 12 * 65536, 0, &legs);
+        assert_eq!(
+            r,
+            vec!["12 regions (768.0 KiB) of write intents pending from an unclean stop (the next command that changes the mirror recovers them)"]
+        );
+        assert!(!healthy(12, 0, legs.iter().map(|&(_, s, n)| (s, n + 12))));
+        // Pinned extents, alone (while serving) and pending after a clean stop.
+        assert_eq!(
+            health_reasons(0, 0, 3, &legs),
+            vec!["3 extents pinned after primary write errors"]
+        );
+        assert!(health_reasons(5, 5, 3, &legs)[0].contains("3 extents pinned"));
+        // Legs by state, and an in-sync leg whose own log holds regions.
+        let legs = [
+            (0, FracturedByAdmin, 4),
+            (1, InSync, 2),
+            (2, Empty, 0),
+            (3, InSync, 0),
+        ];
+        assert_eq!(
+            health_reasons(0, 0, 0, &legs),
+            vec![
+                "slot 0 fractured-by-admin",
+                "slot 1 in-sync but 2 regions out of sync in its log"
+            ]
+        );
+        let fine = [(0, InSync, 0), (1, Empty, 0)];
+        assert!(health_reasons(0, 0, 0, &fine).is_empty());
+        assert!(healthy(0, 0, fine.iter().map(|&(_, s, n)| (s, n))));
+    }
+
+    #[test]
     fn a_copy_torn_for_a_moment_is_read_again_and_not_reported_damaged() {
         let img = read_settled(&tearing(3), "p").unwrap();
         assert!(img.damaged.is_none(), "{:?}", img.damaged);
