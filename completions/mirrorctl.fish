@@ -45,7 +45,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "promote" -d 'Tu
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G, 1.5G: a decimal number when it comes to whole bytes). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
 1G\t'1 GiB'
 10G\t'10 GiB'
 100G\t'100 GiB'
@@ -207,7 +207,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l repair -d
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l restart -d 'Start from the beginning instead of the saved cursor'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s j -l json -d 'Print a JSON document with every mismatched range'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l socket -d 'Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for root, else under $XDG_RUNTIME_DIR; the path is logged at start' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l listen -d 'Listen on TCP HOST:PORT instead of a Unix socket (port 0: any free port, logged). An address that is not loopback needs TLS required (--tls-cert, --tls-key) or --insecure' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l export -d 'The export name clients ask for (default: the empty name, which a URI without a name asks for: nbd+unix:///?socket=PATH)' -r

@@ -91,10 +91,15 @@ pub struct Record {
     pub serve: Option<ServeRecord>,
 }
 
-/// Where runtime files live: /run/mirrorctl for root, else the user's runtime directory.
+/// Root's runtime directory, where a serve run as root (a system service) publishes.
+pub const SYSTEM_DIR: &str = "/run/mirrorctl";
+
+/// Where this process writes its runtime files: /run/mirrorctl for root, else the user's
+/// runtime directory (`$XDG_RUNTIME_DIR/mirrorctl`, or `/tmp/mirrorctl-UID` without one).
+/// Readers look in more places: see [`reader_dirs`].
 pub fn runtime_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
-        PathBuf::from("/run/mirrorctl")
+        PathBuf::from(SYSTEM_DIR)
     } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
         PathBuf::from(d).join("mirrorctl")
     } else {
@@ -103,6 +108,49 @@ pub fn runtime_dir() -> PathBuf {
             rustix::process::geteuid().as_raw()
         ))
     }
+}
+
+/// Where a reader looks for the record of the command running on a mirror, whoever runs
+/// it: root's directory first (a serve run as a system service, read by an unprivileged
+/// monitoring user), then this user's own, then other users' runtime directories
+/// (`/run/user/UID/mirrorctl`, `/tmp/mirrorctl-UID`) as far as this user may read them.
+/// A record is believed only from the process it names, in a file of that process's user,
+/// who must be root, the reader or the image's owner ([`find`]): a directory others can
+/// write to cannot plant one.
+pub fn reader_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(SYSTEM_DIR), runtime_dir()];
+    let mut others: Vec<PathBuf> = std::fs::read_dir("/run/user")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("mirrorctl"))
+        .collect();
+    others.extend(
+        std::fs::read_dir("/tmp")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("mirrorctl-"))
+                    .is_some_and(|uid| uid.parse::<u32>().is_ok())
+            })
+            .map(|e| e.path()),
+    );
+    others.sort();
+    for d in others {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs.dedup();
+    dirs
+}
+
+/// The record's file name for an image of (device, inode).
+fn record_name(dev: u64, ino: u64) -> String {
+    format!("live-{dev:x}-{ino}.json")
 }
 
 /// The file identity locks are keyed by: (device, inode) of the open primary.
@@ -115,7 +163,7 @@ fn identity(file: &File) -> io::Result<(u64, u64)> {
 /// the same image (a symlink, a by-id name) finds the same record.
 pub fn record_path(file: &File) -> io::Result<PathBuf> {
     let (dev, ino) = identity(file)?;
-    Ok(runtime_dir().join(format!("live-{dev:x}-{ino}.json")))
+    Ok(runtime_dir().join(record_name(dev, ino)))
 }
 
 /// Start time of a process in clock ticks after boot, or `None` if it is gone.
@@ -142,6 +190,11 @@ pub fn still_running(rec: &Record) -> bool {
 
 /// Pids holding a lock on the file (device, inode), from the kernel's lock table.
 fn lock_holders(locks: &str, dev: u64, ino: u64) -> Vec<u32> {
+    lock_holders_of(locks, dev, ino, false)
+}
+
+/// [`lock_holders`]; only exclusive (WRITE) holders when `exclusive`.
+fn lock_holders_of(locks: &str, dev: u64, ino: u64, exclusive: bool) -> Vec<u32> {
     let (maj, min) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let want = format!("{maj:02x}:{min:02x}:{ino}");
     locks
@@ -150,18 +203,73 @@ fn lock_holders(locks: &str, dev: u64, ino: u64) -> Vec<u32> {
             // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10011325 0 EOF"; a blocked waiter's
             // line starts with "1: ->" and holds nothing.
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 6 && f[1] != "->" && f[1] == "FLOCK" && f[5] == want)
+            (f.len() >= 6
+                && f[1] != "->"
+                && f[1] == "FLOCK"
+                && f[5] == want
+                && (!exclusive || f[3] == "WRITE"))
                 .then(|| f[4].parse().ok())
                 .flatten()
         })
         .collect()
 }
 
-/// The record of the command running on the mirror now, if one published it.
+/// The record of the command running on the mirror now, if one published it, wherever
+/// its process (of any user) wrote it ([`reader_dirs`]).
 pub fn read(file: &File) -> Option<Record> {
-    let text = std::fs::read_to_string(record_path(file).ok()?).ok()?;
+    find(file).map(|(r, _)| r)
+}
+
+/// [`read`], with the path the record was found at (the serving process's control socket
+/// is beside it).
+pub fn find(file: &File) -> Option<(Record, PathBuf)> {
+    let md = file.metadata().ok()?;
+    let name = record_name(md.dev(), md.ino());
+    let me = rustix::process::geteuid().as_raw();
+    reader_dirs().into_iter().find_map(|d| {
+        let path = d.join(&name);
+        read_one(&path, me, md.uid()).map(|r| (r, path))
+    })
+}
+
+/// The record at `path` if it is believed: from a living process of its start time and
+/// version, in a file written by a user trusted with the mirror ([`trusted_writer`]) that
+/// runs that process. (Another user could otherwise plant a record, and a control socket
+/// beside it, for an image it can merely read.)
+fn read_one(path: &Path, me: u32, image_owner: u32) -> Option<Record> {
+    let owner = std::fs::metadata(path).ok()?.uid();
+    if !trusted_writer(owner, me, image_owner) {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
     let rec: Record = serde_json::from_str(&text).ok()?;
+    let pid_uid = std::fs::metadata(format!("/proc/{}", rec.pid)).ok()?.uid();
+    if owner != 0 && owner != pid_uid {
+        return None;
+    }
     believe(rec, pid_start)
+}
+
+/// Whether a record file owned by `owner` is believed by user `me` for an image owned by
+/// `image_owner`: written by root, by this user, or by the image's owner.
+fn trusted_writer(owner: u32, me: u32, image_owner: u32) -> bool {
+    owner == 0 || owner == me || owner == image_owner
+}
+
+/// Pids other than this one holding an exclusive lock on the open primary: a command that
+/// changes the mirror, whose live record this user may not be able to read (another user's
+/// runtime directory). Read from the kernel's lock table, so nothing is locked to ask.
+pub fn writers(file: &File) -> Vec<u32> {
+    let Ok((dev, ino)) = identity(file) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    std::fs::read_to_string("/proc/locks")
+        .map(|l| lock_holders_of(&l, dev, ino, true))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect()
 }
 
 fn believe(rec: Record, start_of: impl Fn(u32) -> Option<u64>) -> Option<Record> {
@@ -260,6 +368,18 @@ impl Publisher {
             wake: Condvar::new(),
             failed: AtomicBool::new(false),
         });
+        // The first record is written before the command goes on (a server listens only
+        // then), so a `status` that finds the command at work also finds its record; the
+        // thread publishes from then on (and says so if it cannot).
+        let _ = write_atomically(
+            &shared.path,
+            &snapshot(
+                &shared,
+                &mut Window {
+                    samples: Default::default(),
+                },
+            ),
+        );
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("live-record".into())
@@ -458,12 +578,18 @@ fn snapshot(s: &Shared, window: &mut Window) -> Record {
 
 /// Writes `rec` to `path` so that a reader sees the old record or the new one, whole.
 fn write_atomically(path: &Path, rec: &Record) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+        // Readable by others whatever the umask: a monitoring user runs `status` (the
+        // record holds no secret: the command, its pid, the primary's path, counters).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
     // One temporary name per record (a process killed while writing it leaves one file, which
     // the next writer replaces), renamed over the record.
     let tmp = path.with_extension("json.tmp");
@@ -475,6 +601,7 @@ fn write_atomically(path: &Path, rec: &Record) -> io::Result<()> {
             .truncate(true)
             .mode(0o644)
             .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         serde_json::to_writer(&mut f, rec).map_err(io::Error::other)?;
         f.write_all(b"\n")?;
     }
@@ -561,6 +688,19 @@ mod tests {
             vec![999]
         );
         assert!(lock_holders(LOCKS, rustix::fs::makedev(8, 2), 55).is_empty());
+        // Only the exclusive holder is a writer.
+        assert_eq!(lock_holders_of(LOCKS, dev, 10011325, true), vec![4242]);
+        assert!(lock_holders_of(LOCKS, rustix::fs::makedev(8, 1), 55, true).is_empty());
+    }
+
+    #[test]
+    fn a_record_is_believed_from_root_this_user_or_the_images_owner_only() {
+        assert!(trusted_writer(0, 1000, 1000));
+        assert!(trusted_writer(65534, 65534, 0));
+        assert!(trusted_writer(65534, 0, 65534));
+        // Another user who can merely read the image.
+        assert!(!trusted_writer(1001, 65534, 0));
+        assert!(!trusted_writer(1001, 0, 1000));
     }
 
     #[test]

@@ -51,11 +51,26 @@ pub fn holder(file: &File) -> String {
     }
 }
 
+/// The commands a serving process carries out when they are run as usual while it holds
+/// the mirror (sent over its control socket; `status` needs no lock).
+pub const SERVED_COMMANDS: &str = "fracture, resync, attach, detach and verify";
+
 fn busy(file: &File, name: &str) -> Error {
-    Error::busy(format!(
-        "{name} is busy: {}; try again later or pass --wait[=DURATION]",
-        holder(file)
-    ))
+    let served = crate::live::read(file).is_some_and(|r| r.command == "serve");
+    Error::busy(busy_text(name, &holder(file), served))
+}
+
+/// The busy message: who holds the mirror and what to do. `--wait` is no help against
+/// `serve` (it holds the mirror for its whole life), so then the message says which
+/// commands the server carries out instead.
+fn busy_text(name: &str, holder: &str, served: bool) -> String {
+    if served {
+        format!(
+            "{name} is busy: {holder}. While it serves, {SERVED_COMMANDS} are sent to it and carried out by it (run them as usual; status needs no lock); this command is not, and --wait would wait until serve stops"
+        )
+    } else {
+        format!("{name} is busy: {holder}; try again later or pass --wait[=DURATION]")
+    }
 }
 
 /// Takes the lock on `file` (the open primary); released when the file is closed.
@@ -123,4 +138,29 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
 /// Lets a waiter blocked in [`lock`] take the lock that was just released.
 pub fn yield_to_waiters() {
     std::thread::sleep(Duration::from_millis(2));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_busy_with_serve_names_the_commands_it_carries_out_not_wait() {
+        let t = busy_text(
+            "a.img",
+            "`mirrorctl serve` (pid 7) is using this mirror",
+            true,
+        );
+        assert!(t.contains(SERVED_COMMANDS), "{t}");
+        assert!(!t.contains("pass --wait"), "{t}");
+        let t = busy_text(
+            "a.img",
+            "`mirrorctl resync` (pid 7) is using this mirror",
+            false,
+        );
+        assert!(
+            t.ends_with("try again later or pass --wait[=DURATION]"),
+            "{t}"
+        );
+    }
 }

@@ -3,18 +3,23 @@
 use std::time::Duration;
 
 /// Parses a size: plain bytes or a binary suffix (`K`, `KiB`, `M`, `MiB`, `G`, `GiB`, `T`,
-/// `TiB`, `P`, `PiB`, case-insensitive, optional `B`). Anything else is an error naming the
-/// accepted forms.
+/// `TiB`, `P`, `PiB`, case-insensitive, optional `B`), the number decimal if the result is a
+/// whole number of bytes (`1.5G` is 1610612736 bytes; `0.1G`, 107374182.4 bytes, is
+/// refused naming the nearest whole sizes). Anything else is an error naming the accepted
+/// forms. (Rules on the value, such as a multiple of 512, are the caller's.)
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
-    if num.is_empty() {
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() || (num.contains('.') && (frac.is_empty() || frac.contains('.'))) {
         return Err(format!(
             "invalid size '{s}': expected a number of bytes with an optional suffix (e.g. 4096, 4K, 64KiB, 1M, 1G, 1T; KB, MB, GB are powers of 1000)"
         ));
     }
-    let n: u64 = num
+    let n: u64 = int
         .parse()
         .map_err(|_| format!("invalid size '{s}': number too large"))?;
     // The coreutils convention (dd, truncate): K M G T P and KiB ... are powers of 1024,
@@ -37,8 +42,30 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    n.checked_mul(unit)
-        .ok_or_else(|| format!("invalid size '{s}': does not fit in 64 bits"))
+    let too_big = || format!("invalid size '{s}': does not fit in 64 bits");
+    if frac.is_empty() {
+        return n.checked_mul(unit).ok_or_else(too_big);
+    }
+    // A decimal number: exactly, in integers (digits past the 18th would not change a
+    // whole byte count of a unit up to 2^50).
+    if frac.len() > 18 {
+        return Err(format!(
+            "invalid size '{s}': too many decimal places (at most 18)"
+        ));
+    }
+    let scale = 10u128.pow(frac.len() as u32);
+    let f: u128 = frac
+        .parse()
+        .map_err(|_| format!("invalid size '{s}': bad decimal part"))?;
+    let scaled = (n as u128 * scale + f) * unit as u128;
+    let bytes = scaled / scale;
+    if scaled % scale != 0 {
+        return Err(format!(
+            "invalid size '{s}': that is not a whole number of bytes (between {bytes} and {}); give the size in bytes or a smaller unit",
+            bytes + 1
+        ));
+    }
+    u64::try_from(bytes).map_err(|_| too_big())
 }
 
 /// Parses a rate such as `50M/s`, `50MiB/s` or `50M` (bytes per second).
@@ -185,12 +212,35 @@ mod tests {
     }
 
     #[test]
+    fn decimal_sizes_are_taken_when_they_come_to_a_whole_number_of_bytes() {
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1.5GiB"), Ok(1_610_612_736));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size("2.25M"), Ok(2_359_296));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("1.0"), Ok(1));
+        // Not a whole number of bytes: refused, naming the whole sizes around it.
+        let e = parse_size("0.1G").unwrap_err();
+        assert!(
+            e.contains("not a whole number of bytes")
+                && e.contains("107374182")
+                && e.contains("107374183"),
+            "{e}"
+        );
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("16777216.5T").unwrap_err().contains("64 bits"));
+    }
+
+    #[test]
     fn sizes_reject_garbage_negative_fractions_and_overflow() {
         for bad in [
             "",
             "x",
             "-1",
-            "1.5G",
+            "1.3K",
+            ".5G",
+            "1.G",
+            "1.2.3G",
             "10Q",
             "1 G G",
             "99999999999999999999",

@@ -26,20 +26,58 @@ pub const EXIT_STATUSES: [(u8, &str); 6] = [
     (5, "busy: another mirrorctl holds the mirror's lock"),
 ];
 
-/// What `--help` and the man page print after the options: EXAMPLES, then EXIT STATUS.
+/// What `--help` prints after the options: EXAMPLES (each laid out by [`example_lines`]),
+/// then EXIT STATUS.
 pub fn after(subcommand: &str) -> String {
+    after_with(subcommand, example_lines)
+}
+
+/// The same for the man page, whose renderer makes a tagged paragraph of each
+/// `  COMMAND  WHAT` line (roff fills and indents it at any width).
+pub fn after_for_man(subcommand: &str) -> String {
+    after_with(subcommand, |cmd, what| format!("  {cmd}  {what}\n"))
+}
+
+fn after_with(subcommand: &str, example: impl Fn(&str, &str) -> String) -> String {
     let ex = examples(subcommand);
     let mut s = String::new();
     if !ex.is_empty() {
         s.push_str("EXAMPLES:\n");
-        let w = ex.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
         for (cmd, what) in ex {
-            s.push_str(&format!("  {cmd:<w$}  {what}\n"));
+            s.push_str(&example(cmd, what));
         }
         s.push('\n');
     }
     s.push_str(&exit_status(exit_codes(subcommand)));
     s
+}
+
+/// Width of an example's lines: short enough that `--help` on an 80-column terminal never
+/// wraps them (clap would wrap a longer line back to column 0).
+const EXAMPLE_WIDTH: usize = 76;
+
+/// One example as `--help` shows it: the command, broken at spaces with shell
+/// continuations (` \\`) into lines of at most [`EXAMPLE_WIDTH`] (each continuation
+/// indented, so it can still be pasted), then what it does, indented further under it.
+fn example_lines(cmd: &str, what: &str) -> String {
+    let (first, rest, doc) = ("  ", "    ", "      ");
+    let mut out = String::new();
+    let mut line = String::from(first);
+    for word in cmd.split(' ') {
+        let start = line.trim().is_empty();
+        if !start && line.len() + 1 + word.len() + 2 > EXAMPLE_WIDTH {
+            out.push_str(&line);
+            out.push_str(" \\\n");
+            line = String::from(rest);
+        } else if !start {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out.push_str(&format!("{doc}{what}\n"));
+    out
 }
 
 /// The common cases an admin types, per subcommand: (command line, what it does).
@@ -341,6 +379,9 @@ mdadm --monitor --program and ZED's zedlets).",
     Promote(PromoteArgs),
     /// Compare the primary with its secondaries region by region, byte for byte, and report every
     /// differing range; repair on request; scrub in budgeted steps from cron.
+    ///
+    /// A run that compares nothing (no secondary attached, or none in sync) is no pass: its
+    /// result is "incomplete" (`complete: false` in JSON), exit 3, as status records it.
     #[command(after_help = after("verify"))]
     Verify(VerifyArgs),
     /// Serve the mirror's data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every
@@ -383,8 +424,8 @@ pub struct CreateArgs {
     /// Image file or block device to become the primary. A missing file is created sparse.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub image: PathBuf,
-    /// Size of the data area (e.g. 10G). Required for a new file; by default an existing file
-    /// or device is used whole.
+    /// Size of the data area (e.g. 10G, 1.5G: a decimal number when it comes to whole
+    /// bytes). Required for a new file; by default an existing file or device is used whole.
     #[arg(long, value_name = "SIZE", value_parser = Examples::new(parse_size, SIZE_EXAMPLES), hide_possible_values = true)]
     pub size: Option<u64>,
     /// Bytes tracked by one bitmap bit: a power of two from 4K to 64M.
@@ -578,8 +619,16 @@ fn one_line(text: &str) -> (String, Option<String>) {
         .to_string();
     let mut items = Vec::new();
     let mut usage = None;
+    let mut tip = None;
     for l in lines {
-        if let Some(u) = l.strip_prefix("Usage: ") {
+        if let Some(t) = l.trim_start().strip_prefix("tip: ") {
+            // clap's suggestion for a mistyped subcommand or flag ("a similar subcommand
+            // exists: 'status'"): the hint then, more use than the usage. (Its other tips,
+            // such as passing `--x` as a value after `--`, are no help here.)
+            if t.contains("similar") {
+                tip.get_or_insert_with(|| format!("tip: {}", t.trim()));
+            }
+        } else if let Some(u) = l.strip_prefix("Usage: ") {
             usage = Some(u.trim().to_string());
         } else if l.starts_with("  ") && !l.trim_start().starts_with("tip:") && usage.is_none() {
             items.push(l.trim().to_string());
@@ -595,7 +644,7 @@ fn one_line(text: &str) -> (String, Option<String>) {
             .collect();
         format!("usage: {u} (more: `{} --help`)", cmd.join(" "))
     });
-    (msg, hint)
+    (msg, tip.or(hint))
 }
 
 /// `--wait[=DURATION]`: a duration, or "forever" (the flag without a value).

@@ -368,6 +368,55 @@ fn promote_image(
     })
 }
 
+/// What differs between two histories that went apart, for the split-brain refusal: the
+/// last generation they shared, and what each side went through after it (how many
+/// changes, up to which generation, the last change's event and time). Generations of the
+/// same number are told apart by their ids, which are named then.
+pub fn divergence(
+    (a, a_name): (&[crate::format::HistoryEntry], &str),
+    (b, b_name): (&[crate::format::HistoryEntry], &str),
+) -> String {
+    let common = a
+        .iter()
+        .rev()
+        .find(|e| b.iter().any(|x| x.id == e.id))
+        .map(|e| e.id);
+    let after = |h: &[crate::format::HistoryEntry]| -> usize {
+        match common {
+            Some(id) => h
+                .iter()
+                .position(|e| e.id == id)
+                .map_or(h.len(), |i| h.len() - 1 - i),
+            None => h.len(),
+        }
+    };
+    let (na, nb) = (after(a), after(b));
+    let same_number = a.last().map(|e| e.generation) == b.last().map(|e| e.generation);
+    let side = |h: &[crate::format::HistoryEntry], name: &str, n: usize| -> String {
+        match h.last() {
+            None => format!("{name} has no history"),
+            Some(_) if n == 0 => format!("{name} changed nothing since"),
+            Some(last) => format!(
+                "{name} went through {} since, to generation {}{} (last: {}, {})",
+                crate::units::plural(n as u64, "change"),
+                last.generation,
+                if same_number {
+                    format!(" id {:016x}", last.id)
+                } else {
+                    String::new()
+                },
+                last.event,
+                crate::units::format_time(last.at)
+            ),
+        }
+    };
+    let shared = match common.and_then(|id| a.iter().find(|e| e.id == id)) {
+        Some(c) => format!("generation {} is the last they share", c.generation),
+        None => "they share no generation in the history each keeps".to_string(),
+    };
+    format!("{shared}: {}, {}", side(b, b_name, nb), side(a, a_name, na))
+}
+
 /// What a returning image of this mirror that is (still) marked primary may hold that the
 /// current primary lacks: its write-intent log and the fracture log it kept for the current
 /// primary (P3). Refuses diverged histories unless `discard` (P4).
@@ -382,16 +431,12 @@ pub fn returning_primary_regions(
     match rel {
         Relation::Same | Relation::Behind { .. } => {}
         Relation::Ahead { .. } | Relation::Diverged { .. } if !discard => {
-            let common = match rel {
-                Relation::Diverged { common: Some(c) } => {
-                    format!("after generation {c}, the last they shared")
-                }
-                Relation::Diverged { common: None } => "with no generation in common".into(),
-                _ => format!("{their_name} is ahead of {primary_name}"),
-            };
             return Err(Error::invalid(format!(
-                "split brain: {their_name} (generation {}) and {primary_name} (generation {}) were both changed {common}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} {DISCARD_SECONDARY_CHANGES}`, or the opposite with `mirrorctl attach {their_name} {primary_name} {DISCARD_SECONDARY_CHANGES}`",
-                theirs.sb.generation, primary.generation
+                "split brain: {}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} {DISCARD_SECONDARY_CHANGES}`, or the opposite with `mirrorctl attach {their_name} {primary_name} {DISCARD_SECONDARY_CHANGES}`",
+                divergence(
+                    (&primary.history, primary_name),
+                    (&theirs.sb.history, their_name)
+                )
             )));
         }
         _ => {}
@@ -412,4 +457,58 @@ pub fn returning_primary_regions(
         out = std::iter::once(0..g.region_count).collect();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::HistoryEntry;
+
+    fn h(gens: &[(u64, u64, &str)]) -> Vec<HistoryEntry> {
+        gens.iter()
+            .map(|&(generation, id, event)| HistoryEntry {
+                generation,
+                id,
+                at: 1_800_000_000 + generation,
+                event: event.into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_brain_at_the_same_generation_number_names_the_shared_one_and_each_sides_ids() {
+        let a = h(&[(1, 10, "created"), (2, 20, "attach"), (3, 31, "fracture")]);
+        let b = h(&[(1, 10, "created"), (2, 20, "attach"), (3, 32, "promoted")]);
+        let t = divergence((&a, "a.img"), (&b, "b.img"));
+        assert!(
+            t.starts_with("generation 2 is the last they share: "),
+            "{t}"
+        );
+        assert!(
+            t.contains("b.img went through 1 change since, to generation 3 id 0000000000000020 (last: promoted"),
+            "{t}"
+        );
+        assert!(t.contains("a.img went through 1 change since, to generation 3 id 000000000000001f (last: fracture"), "{t}");
+        assert!(!t.contains("generation 3 and generation 3"), "{t}");
+    }
+
+    #[test]
+    fn a_side_ahead_or_sharing_nothing_is_said_so() {
+        let a = h(&[(1, 10, "created"), (2, 20, "attach")]);
+        let b = h(&[
+            (1, 10, "created"),
+            (2, 20, "attach"),
+            (3, 30, "promoted"),
+            (4, 40, "resync"),
+        ]);
+        let t = divergence((&a, "a.img"), (&b, "b.img"));
+        assert!(
+            t.contains("b.img went through 2 changes since, to generation 4 (last: resync"),
+            "{t}"
+        );
+        assert!(t.contains("a.img changed nothing since"), "{t}");
+        let c = h(&[(7, 70, "created")]);
+        let t = divergence((&a, "a.img"), (&c, "c.img"));
+        assert!(t.starts_with("they share no generation"), "{t}");
+    }
 }

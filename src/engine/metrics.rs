@@ -77,8 +77,8 @@ pub fn render(s: &Status) -> String {
     );
     o.gauge(
         "mirrorctl_healthy",
-        "1 when the mirror is fully in sync (status --check exits 0), else 0.",
-        b(s.healthy),
+        "1 unless this image needs attention in its role: on a primary, 1 when the mirror is fully in sync (status --check exits 0); on a secondary, a detached image or a replaced primary always 1 (the mirror's health is its current primary's; mirrorctl_info's role label says which this is).",
+        b(s.healthy_in_role),
     );
     o.gauge(
         "mirrorctl_clean",

@@ -55,6 +55,42 @@ pub struct ResyncOptions {
 pub struct ResyncReport {
     pub legs: Vec<ResyncLegReport>,
     pub seconds: f64,
+    /// `--compare`: `bytes` were compared (read on both sides), `written_bytes` written.
+    pub compare: bool,
+}
+
+/// What a resync did, in the words every report of it uses (the command, its
+/// resync-finished event, serve's log, status): "copied 2.0 GiB", or with `--compare`
+/// "compared 2.0 GiB, wrote 46.0 MiB".
+pub fn amounts(bytes: u64, written: u64, compare: bool) -> String {
+    use crate::units::format_size;
+    if compare {
+        format!(
+            "compared {}, wrote {}",
+            format_size(bytes),
+            format_size(written)
+        )
+    } else {
+        format!("copied {}", format_size(bytes))
+    }
+}
+
+/// A resync-finished event's detail: [`amounts`], then the exact bytes written, which
+/// status reads back ([`written_in_detail`]).
+pub fn finished_detail(bytes: u64, written: u64, compare: bool) -> String {
+    format!(
+        "in sync: {} ({written} bytes written)",
+        amounts(bytes, written, compare)
+    )
+}
+
+/// The amounts and the bytes written a resync-finished event's detail states (None for an
+/// event of an older mirrorctl, which said "X copied (Y written)").
+pub fn written_in_detail(detail: &str) -> Option<(&str, u64)> {
+    let rest = detail.strip_prefix("in sync: ")?;
+    let (what, n) = rest.rsplit_once(" (")?;
+    let n = n.strip_suffix(" bytes written)")?.parse().ok()?;
+    Some((what, n))
 }
 
 /// Spreads work to `rate` bytes per second over the whole command.
@@ -112,7 +148,10 @@ impl Mirror {
     ) -> Result<ResyncReport> {
         let started = Instant::now();
         let g = self.geometry();
-        let mut report = ResyncReport::default();
+        let mut report = ResyncReport {
+            compare: opts.compare,
+            ..Default::default()
+        };
         let mut work: Vec<(u32, Arc<dyn Device>)> = Vec::new();
         let mut total = 0u64;
         let now = now_unix();
@@ -302,11 +341,7 @@ impl Mirror {
             regions += lr.regions;
             bytes += lr.bytes;
             synced.push(s);
-            let what = format!(
-                "in sync: {} copied ({} written)",
-                crate::units::format_size(lr.bytes),
-                crate::units::format_size(lr.written_bytes)
-            );
+            let what = finished_detail(lr.bytes, lr.written_bytes, report.compare);
             self.event(EventKind::ResyncFinished, Some(s), &what);
         }
         if !done.is_empty() {

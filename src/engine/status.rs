@@ -61,7 +61,18 @@ pub struct Status {
     pub write_intent_bytes: u64,
     /// No write-intent regions pending: the last writer stopped cleanly.
     pub clean: bool,
+    /// The mirror, seen from this image, is fully in sync: only a primary's can be (false on
+    /// a secondary, a detached image and a replaced primary). `status --check` exits 3
+    /// unless it is true.
     pub healthy: bool,
+    /// Why `healthy` is false, one phrase per cause (the health line of the text after
+    /// "DEGRADED: "); empty when healthy or when this image is not a primary.
+    pub health_reasons: Vec<String>,
+    /// This image needs no attention in its role: on a primary, `healthy`; on a secondary,
+    /// a detached image or a replaced primary, true (the mirror's health is its current
+    /// primary's). What the metric `mirrorctl_healthy` exports, so an alert on it keeps
+    /// working across a failover.
+    pub healthy_in_role: bool,
     /// Extents of the write-intent log kept marked after the primary failed a write or
     /// flush in them (the primary may not hold there what the legs do): while `serve` runs,
     /// its count now; after a serve stopped cleanly with some, the count its stop recorded,
@@ -74,7 +85,15 @@ pub struct Status {
     /// On a secondary: the generation it was last in sync at; null on a primary.
     pub in_sync_generation: Option<u64>,
     pub last_resync_at: Option<String>,
+    /// Bytes the last resync went over: copied, or with `--compare` compared.
     pub last_resync_bytes: Option<u64>,
+    /// Bytes the last resync wrote to the legs (less than `last_resync_bytes` after a
+    /// `--compare` resync that found little different), from its resync-finished events;
+    /// null when not known (no resync, or events of an older mirrorctl, or events no
+    /// longer in the journal).
+    pub last_resync_written_bytes: Option<u64>,
+    /// The last resync was a `--compare` one (known from its events, like the above).
+    pub last_resync_compare: Option<bool>,
     pub last_recovery_at: Option<String>,
     pub last_recovery_regions: Option<u64>,
     pub last_verify_at: Option<String>,
@@ -90,6 +109,10 @@ pub struct Status {
     /// The mirrorctl command running on this mirror now (it holds the lock), as it last
     /// published itself; null when none is.
     pub running: Option<crate::live::Record>,
+    /// A process holding the mirror's lock exclusively (a command changing it) whose live
+    /// record this user cannot read (it is in another user's runtime directory); null when
+    /// none is or its record was read. Its write intents are taken as its writes in flight.
+    pub lock_holder_pid: Option<u32>,
     /// Sequence number of the newest event in the journal (`mirrorctl events --since`);
     /// null when the image has none (a secondary, or a 1.0 primary not changed since).
     pub last_event_seq: Option<u64>,
@@ -180,6 +203,18 @@ pub fn report(
     opener: Arc<dyn Opener>,
     running: Option<crate::live::Record>,
 ) -> Result<Status> {
+    report_held(dev, name, opener, running, None)
+}
+
+/// [`report`], where `holder` is a process holding the mirror exclusively whose live record
+/// could not be read ([`Status::lock_holder_pid`]).
+pub fn report_held(
+    dev: Arc<dyn Device>,
+    name: &str,
+    opener: Arc<dyn Opener>,
+    running: Option<crate::live::Record>,
+    holder: Option<u32>,
+) -> Result<Status> {
     let img = read_settled(&dev, name)?;
     let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
@@ -190,7 +225,14 @@ pub fn report(
             .find(|(p, _)| p == l.open_path())
             .and_then(|(_, h)| h.clone())
     };
-    let mut s = collect(&img, &mut bitmaps, name, &leg_header, running.as_ref())?;
+    let mut s = collect(
+        &img,
+        &mut bitmaps,
+        name,
+        &leg_header,
+        running.as_ref(),
+        holder.filter(|_| running.is_none()),
+    )?;
     s.running = running;
     Ok(s)
 }
@@ -215,6 +257,52 @@ fn read_settled(dev: &Arc<dyn Device>, name: &str) -> Result<Image> {
         }
     }
     Ok(last)
+}
+
+/// Why a primary is not healthy, one phrase per cause, worded for the health line: the
+/// write intents an unclean stop left (`intents` regions, `intent_bytes`), the extents a
+/// serve pinned after primary write errors, and each leg that is not in sync or lacks
+/// regions by its own log (`legs`: slot, state, regions of its own log). The counterpart of
+/// [`healthy`]: empty exactly when it holds.
+pub fn health_reasons(
+    intents: u64,
+    intent_bytes: u64,
+    pinned: u64,
+    legs: &[(u32, LegState, u64)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if intents > 0 && pinned == 0 {
+        out.push(format!(
+            "{} ({}) of write intents pending from an unclean stop (the next command that changes the mirror recovers them)",
+            plural(intents, "region"),
+            format_size(intent_bytes)
+        ));
+    } else if intents > 0 {
+        out.push(format!(
+            "{} of write intents pending ({} pinned after primary write errors; the next command that changes the mirror recovers them)",
+            plural(intents, "region"),
+            plural(pinned, "extent")
+        ));
+    } else if pinned > 0 {
+        out.push(format!(
+            "{} pinned after primary write errors",
+            plural(pinned, "extent")
+        ));
+    }
+    for &(slot, st, own) in legs {
+        if st == LegState::Empty || (st == LegState::InSync && own == 0) {
+            continue;
+        }
+        if st == LegState::InSync {
+            out.push(format!(
+                "slot {slot} in-sync but {} out of sync in its log",
+                plural(own, "region")
+            ));
+        } else {
+            out.push(format!("slot {slot} {}", st.as_str()));
+        }
+    }
+    out
 }
 
 impl Mirror {
@@ -267,11 +355,14 @@ pub fn collect(
     path: &str,
     leg_header: &dyn Fn(&crate::format::Leg) -> Option<crate::format::Superblock>,
     running: Option<&crate::live::Record>,
+    holder: Option<u32>,
 ) -> Result<Status> {
     let sb = &img.sb;
     // The intents on disk are the running writer's requests in flight, not an unclean stop:
-    // they are not out of sync on any leg and do not make the mirror unhealthy.
-    let live_intents = running.is_some_and(|r| r.write_intents_live);
+    // they are not out of sync on any leg and do not make the mirror unhealthy. A writer
+    // holding the lock whose record cannot be read here (another user's) recovered any
+    // unclean stop when it took the mirror: its intents are its own too.
+    let live_intents = running.is_some_and(|r| r.write_intents_live) || holder.is_some();
     let g = sb.geometry;
     let merr = |e: std::io::Error| Error::primary_io(format!("reading bitmaps of {path}"), &e);
     let primary = sb.role == Role::Primary;
@@ -305,6 +396,7 @@ pub fn collect(
     };
     let mut legs = Vec::new();
     let mut leg_health = Vec::new();
+    let mut leg_own = Vec::new();
     let mut replaced_by = None;
     for (i, l) in sb.legs.iter().enumerate() {
         // A detached image's copy of the leg table still lists its own old slot: it is no
@@ -327,6 +419,13 @@ pub fn collect(
             })
         };
         leg_health.push((l.state, regions));
+        // What the leg lacks by its own log (the intents aside), for the health reasons.
+        let own = if wi_runs.is_empty() || l.state != LegState::InSync {
+            regions
+        } else {
+            bitmaps.count_bytes(id).map_err(merr)?.0
+        };
+        leg_own.push((i as u32, l.state, own));
         let theirs = if primary { leg_header(l) } else { None };
         if let Some(new) = theirs
             .as_ref()
@@ -373,6 +472,31 @@ pub fn collect(
             crate::meta::image::copy_name(1 - *i)
         )
     });
+    let intents_pending = if live_intents { 0 } else { wi_regions };
+    // What the last resync wrote, from its resync-finished events (the newest of each of
+    // its slots, committed with the record).
+    let resync_written = sb.last_resync.as_ref().and_then(|r| {
+        let j = sb.journal.as_ref()?;
+        let mut written = 0;
+        let mut compare = false;
+        for &slot in &r.slots {
+            let e = j.events.iter().rev().find(|e| {
+                e.kind == crate::format::journal::Kind::ResyncFinished.code()
+                    && e.slot == Some(slot)
+            })?;
+            let (what, n) = crate::engine::resync::written_in_detail(&e.detail)?;
+            written += n;
+            compare |= what.starts_with("compared");
+        }
+        Some((written, compare))
+    });
+    let is_healthy =
+        healthy(intents_pending, pinned, leg_health) && primary && replaced_by.is_none();
+    let health_reasons = if primary && replaced_by.is_none() && !is_healthy {
+        health_reasons(intents_pending, wi_bytes, pinned, &leg_own)
+    } else {
+        Vec::new()
+    };
     Ok(Status {
         format_version: format!("{FORMAT_MAJOR}.{}", img.minor),
         mirror_uuid: uuid_str(&sb.mirror_uuid),
@@ -395,18 +519,17 @@ pub fn collect(
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
         clean: wi_regions == 0,
-        healthy: healthy(
-            if live_intents { 0 } else { wi_regions },
-            pinned,
-            leg_health,
-        ) && primary
-            && replaced_by.is_none(),
+        healthy: is_healthy,
+        health_reasons,
+        healthy_in_role: is_healthy || !primary || replaced_by.is_some(),
         pinned_extents: pinned,
         superblock_warning,
         primary_path: some(&sb.primary_location),
         in_sync_generation: (!primary).then_some(sb.in_sync_generation),
         last_resync_at: sb.last_resync.as_ref().map(|r| format_time(r.finished_at)),
         last_resync_bytes: sb.last_resync.as_ref().map(|r| r.bytes_copied),
+        last_resync_written_bytes: resync_written.map(|(w, _)| w),
+        last_resync_compare: resync_written.map(|(_, c)| c),
         last_recovery_at: sb.last_recovery.as_ref().map(|r| format_time(r.at)),
         last_recovery_regions: sb.last_recovery.as_ref().map(|r| r.regions),
         last_verify_at: sb.last_verify.as_ref().map(|v| format_time(v.finished_at)),
@@ -421,6 +544,7 @@ pub fn collect(
         legs,
         replaced_by,
         running: None,
+        lock_holder_pid: holder,
         last_event_seq: sb.journal.as_ref().map(|j| j.next_seq.saturating_sub(1)),
         last_recovery_after_primary_errors: sb.journal.as_ref().is_some_and(|j| {
             j.events
@@ -507,6 +631,15 @@ fn leg_detail(l: &LegStatus) -> Option<String> {
     }
 }
 
+/// The running command as the write-intent line names it: "serve", or a pid.
+fn running_name(s: &Status) -> String {
+    match (&s.running, s.lock_holder_pid) {
+        (Some(r), _) => r.command.clone(),
+        (None, Some(pid)) => format!("command (pid {pid})"),
+        (None, None) => String::new(),
+    }
+}
+
 /// Renders the status for people.
 pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
@@ -547,9 +680,15 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         format_size(s.image_size),
         s.image_size
     )?;
-    let live = s.running.as_ref().is_some_and(|r| r.write_intents_live);
+    let live =
+        s.running.as_ref().is_some_and(|r| r.write_intents_live) || s.lock_holder_pid.is_some();
     if let Some(r) = &s.running {
         writeln!(out, "running       {}", crate::live::describe(r))?;
+    } else if let Some(pid) = s.lock_holder_pid {
+        writeln!(
+            out,
+            "running       a command (pid {pid}) holds the mirror; its progress is not readable by this user (its record is in that user's runtime directory)"
+        )?;
     }
     if primary {
         if s.clean {
@@ -560,7 +699,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 "write intent  {} ({}) marked by the running {}: its writes in flight, and {} pinned after primary write errors (the primary may lack there what the legs hold; they stay marked when it stops, and the next command recovers them)",
                 plural(s.write_intent_regions, "region"),
                 format_size(s.write_intent_bytes),
-                s.running.as_ref().map(|r| r.command.as_str()).unwrap_or(""),
+                running_name(s),
                 plural(s.pinned_extents, "extent")
             )?;
         } else if live {
@@ -569,7 +708,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 "write intent  {} ({}) marked by the running {} (its writes in flight; cleared when it stops cleanly)",
                 plural(s.write_intent_regions, "region"),
                 format_size(s.write_intent_bytes),
-                s.running.as_ref().map(|r| r.command.as_str()).unwrap_or("")
+                running_name(s)
             )?;
         } else if s.pinned_extents > 0 {
             writeln!(
@@ -646,11 +785,12 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         }
     }
     if let Some(at) = &s.last_resync_at {
-        writeln!(
-            out,
-            "last resync   {at}, {}",
-            format_size(s.last_resync_bytes.unwrap_or(0))
-        )?;
+        let bytes = s.last_resync_bytes.unwrap_or(0);
+        let what = match (s.last_resync_written_bytes, s.last_resync_compare) {
+            (Some(w), Some(c)) => crate::engine::resync::amounts(bytes, w, c),
+            _ => format!("{} copied or compared", format_size(bytes)),
+        };
+        writeln!(out, "last resync   {at}, {what}")?;
     }
     if let Some(at) = &s.last_recovery_at {
         writeln!(
@@ -693,28 +833,10 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         } else {
             "in sync".to_string()
         }
+    } else if s.secondaries == 0 && s.health_reasons.is_empty() {
+        "DEGRADED".to_string()
     } else {
-        let bad: Vec<String> = s
-            .legs
-            .iter()
-            .filter(|l| l.state != "in-sync" || l.out_of_sync_regions > 0)
-            .map(|l| format!("slot {} {}", l.slot, l.state))
-            .collect();
-        let mut bad = bad;
-        if s.pinned_extents > 0 {
-            bad.push(format!(
-                "{} pinned after primary write errors",
-                plural(s.pinned_extents, "extent")
-            ));
-        }
-        format!(
-            "DEGRADED: {}",
-            if bad.is_empty() {
-                "write intents pending".into()
-            } else {
-                bad.join(", ")
-            }
-        )
+        format!("DEGRADED: {}", s.health_reasons.join("; "))
     };
     writeln!(out, "health        {health}")?;
     Ok(())
@@ -764,6 +886,42 @@ mod tests {
             inner: d,
             tears: AtomicU32::new(tears),
         })
+    }
+
+    #[test]
+    fn the_health_reasons_name_each_cause_and_are_empty_exactly_when_the_rule_holds() {
+        use LegState::*;
+        // An unclean stop: the intents are the cause, not the in-sync legs they touch.
+        let legs = [(0, InSync, 0), (1, InSync, 0)];
+        let r = health_reasons(12, 12 * 65536, 0, &legs);
+        assert_eq!(
+            r,
+            vec!["12 regions (768.0 KiB) of write intents pending from an unclean stop (the next command that changes the mirror recovers them)"]
+        );
+        assert!(!healthy(12, 0, legs.iter().map(|&(_, s, n)| (s, n + 12))));
+        // Pinned extents, alone (while serving) and pending after a clean stop.
+        assert_eq!(
+            health_reasons(0, 0, 3, &legs),
+            vec!["3 extents pinned after primary write errors"]
+        );
+        assert!(health_reasons(5, 5, 3, &legs)[0].contains("3 extents pinned"));
+        // Legs by state, and an in-sync leg whose own log holds regions.
+        let legs = [
+            (0, FracturedByAdmin, 4),
+            (1, InSync, 2),
+            (2, Empty, 0),
+            (3, InSync, 0),
+        ];
+        assert_eq!(
+            health_reasons(0, 0, 0, &legs),
+            vec![
+                "slot 0 fractured-by-admin",
+                "slot 1 in-sync but 2 regions out of sync in its log"
+            ]
+        );
+        let fine = [(0, InSync, 0), (1, Empty, 0)];
+        assert!(health_reasons(0, 0, 0, &fine).is_empty());
+        assert!(healthy(0, 0, fine.iter().map(|&(_, s, n)| (s, n))));
     }
 
     #[test]

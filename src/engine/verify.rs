@@ -71,7 +71,8 @@ pub struct LegVerify {
 pub struct VerifyReport {
     /// "clean", "differences", "repaired" or "incomplete" (a leg could not be compared).
     pub result: String,
-    /// The pass reached the end of the data area.
+    /// The pass reached the end of the data area having compared at least one leg (a run
+    /// that compared nothing is no pass: false, result "incomplete").
     pub complete: bool,
     pub start_region: u64,
     /// Where this run stopped (exclusive); the next budgeted run starts here.
@@ -268,7 +269,10 @@ impl Pass {
             .sum();
         let any_mismatch = legs.iter().any(|l| l.mismatched_regions > 0);
         let broken = legs.iter().any(|l| l.error.is_some());
-        let nothing_compared = !legs.is_empty() && legs.iter().all(|l| !l.compared);
+        // No leg compared (none attached, or all fractured or unreadable): no pass happened,
+        // as the verify record saves it (`save_record`): not complete, not clean.
+        let nothing_compared = legs.iter().all(|l| !l.compared);
+        report.complete = report.complete && !nothing_compared;
         let verdict = plan::verdict(unrepaired, broken, nothing_compared, any_mismatch);
         report.result = verdict.as_str().to_string();
         report.legs = legs;

@@ -437,7 +437,7 @@ pub static EVENT: StructDoc = StructDoc {
         Field {
             name: "seq",
             ty: Ty::U64,
-            doc: "Sequence number: 1 for the journal's first event, then one more for each;                   never reused.",
+            doc: "Sequence number: 1 for the journal's first event, then one more for each; never reused.",
         },
         Field {
             name: "at",
@@ -447,7 +447,7 @@ pub static EVENT: StructDoc = StructDoc {
         Field {
             name: "kind",
             ty: Ty::U32,
-            doc: "What happened: a code from EVENT KINDS. A reader shows a code it does not                   know as unknown-N.",
+            doc: "What happened: a code from EVENT KINDS. A reader shows a code it does not know as unknown-N.",
         },
         Field {
             name: "slot",
@@ -457,7 +457,7 @@ pub static EVENT: StructDoc = StructDoc {
         Field {
             name: "detail",
             ty: Ty::Str(Some(format::journal::MAX_DETAIL)),
-            doc: "Details (a fracture's reason or error, a verify's result ...), cut to                   {MAX_DETAIL} bytes.",
+            doc: "Details (a fracture's reason or error, a verify's result ...), cut to {MAX_DETAIL} bytes.",
         },
     ],
 };

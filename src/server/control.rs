@@ -52,14 +52,19 @@ pub enum Message {
 
 /// The control socket's path for an open primary.
 pub fn socket_path(file: &File) -> io::Result<PathBuf> {
-    let p = crate::live::record_path(file)?;
+    Ok(socket_beside(&crate::live::record_path(file)?))
+}
+
+/// The control socket of the server whose live record is at `record`.
+pub fn socket_beside(record: &std::path::Path) -> PathBuf {
+    let p = record;
     let name = p
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("live-unknown.json")
         .replacen("live-", "ctl-", 1)
         .replace(".json", ".sock");
-    Ok(p.with_file_name(name))
+    p.with_file_name(name)
 }
 
 /// Where a handler sends a command's output.

@@ -378,7 +378,7 @@ fn bad_sizes_region_sizes_and_slot_counts_are_usage_errors_that_create_nothing()
         vec!["--size", "12Q"],
         vec!["--size", "-1"],
         vec!["--size", "0"],
-        vec!["--size", "1.5G"],
+        vec!["--size", "0.1G"],
         vec!["--size", ""],
         vec!["--size", "64M", "--region-size", "3K"],
         vec!["--size", "64M", "--region-size", "2K"],

@@ -378,3 +378,31 @@ fn every_synopsis_names_the_value_each_option_takes() {
     assert!(top.contains(r"[\fB\-\-wait\fR[=\fIDURATION\fR]]"), "{top}");
     assert!(top.ends_with(r"\fICOMMAND\fR"), "{top}");
 }
+
+#[test]
+fn no_generated_page_has_runs_of_spaces_inside_a_text_line() {
+    let mut problems = Vec::new();
+    for (rel, text) in generated() {
+        if !rel.starts_with("man") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&text);
+        let mut fill = true;
+        for (n, line) in text.lines().enumerate() {
+            match line {
+                l if l.starts_with(".nf") || l.starts_with(".EX") => fill = false,
+                l if l.starts_with(".fi") || l.starts_with(".EE") => fill = true,
+                _ => {}
+            }
+            // Text lines (not requests), in filled text, after their leading indentation.
+            if fill && !line.starts_with('.') && line.trim_start().contains("  ") {
+                problems.push(format!("{}:{}: {line}", rel.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "runs of spaces inside sentences (fix the source text):\n{}",
+        problems.join("\n")
+    );
+}

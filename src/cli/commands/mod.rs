@@ -221,10 +221,12 @@ fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit>
     let Ok(f) = File::open(primary) else {
         return Err(err);
     };
-    let Some(rec) = crate::live::read(&f).filter(|r| r.command == "serve") else {
+    let Some((rec, rec_path)) = crate::live::find(&f).filter(|(r, _)| r.command == "serve") else {
         return Err(err);
     };
-    let sock = control::socket_path(&f).map_err(|e| Error::busy(e.to_string()))?;
+    // The control socket is beside the server's record, wherever its user's runtime
+    // directory is.
+    let sock = control::socket_beside(&rec_path);
     let req = Request {
         version: control::VERSION,
         args: std::env::args().skip(1).collect(),

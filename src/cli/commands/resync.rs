@@ -7,7 +7,10 @@ pub(super) struct ResyncLegOut {
     slot: u32,
     path: String,
     regions: u64,
+    /// Bytes gone over: copied, or with --compare compared.
     bytes: u64,
+    /// With --compare, the bytes compared (read on both sides); 0 without.
+    compared_bytes: u64,
     written_bytes: u64,
     /// Regions (and bytes) still out of sync on the leg afterwards, as status shows them.
     remaining_regions: u64,
@@ -22,6 +25,7 @@ pub(super) struct ResyncOut {
     compare: bool,
     regions: u64,
     bytes: u64,
+    compared_bytes: u64,
     written_bytes: u64,
     seconds: f64,
     legs: Vec<ResyncLegOut>,
@@ -112,6 +116,7 @@ pub(super) fn empty(a: &cli::ResyncArgs) -> ResyncOut {
         compare: a.compare,
         regions: 0,
         bytes: 0,
+        compared_bytes: 0,
         written_bytes: 0,
         seconds: 0.0,
         legs: vec![],
@@ -128,11 +133,15 @@ pub(super) fn dry_run(m: &mut Mirror, a: &cli::ResyncArgs, slots: &[u32]) -> Res
         out.bytes += bytes;
         // At most: --compare finds out while it runs.
         out.written_bytes += bytes;
+        if a.compare {
+            out.compared_bytes += bytes;
+        }
         out.legs.push(ResyncLegOut {
             slot: s,
             path: l.location.clone(),
             regions,
             bytes,
+            compared_bytes: if a.compare { bytes } else { 0 },
             written_bytes: bytes,
             remaining_regions: regions,
             remaining_bytes: bytes,
@@ -171,6 +180,8 @@ pub(super) fn finished(
         out.regions += l.regions;
         out.bytes += l.bytes;
         out.written_bytes += l.written_bytes;
+        let compared = if a.compare { l.bytes } else { 0 };
+        out.compared_bytes += compared;
         let (remaining_regions, remaining_bytes) = match l.detached {
             true => (0, 0),
             false => m.pending_for(l.slot)?,
@@ -180,6 +191,7 @@ pub(super) fn finished(
             path: l.location,
             regions: l.regions,
             bytes: l.bytes,
+            compared_bytes: compared,
             written_bytes: l.written_bytes,
             remaining_regions,
             remaining_bytes,

@@ -218,7 +218,19 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         let _ = b.join();
     }
     // Every connection and control thread has ended: this is the only reference left.
-    let srv = Arc::try_unwrap(srv).map_err(|_| Error::invalid("the server is still in use"))?;
+    // (The live record's publisher holds it for the moment of a snapshot: wait that out.)
+    let mut srv = srv;
+    let t = std::time::Instant::now();
+    let srv = loop {
+        match Arc::try_unwrap(srv) {
+            Ok(s) => break s,
+            Err(s) if t.elapsed() < std::time::Duration::from_secs(2) => {
+                srv = s;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return Err(Error::invalid("the server is still in use")),
+        }
+    };
     let (hot_now, hot_cap) = srv.hot();
     // Kept marked after primary write errors, whatever the stop clears (W6): said in the
     // stop's event, so that `status` can tell them from an unclean stop's.

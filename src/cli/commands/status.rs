@@ -7,12 +7,20 @@ use super::*;
 pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
     let name = display(&a.image);
     let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
-    let running = crate::live::read(dev.file().unwrap());
-    let s = engine::status::report(
+    let file = dev.file().unwrap();
+    let running = crate::live::read(file);
+    // A writer whose record this user cannot read (another user's runtime directory) is
+    // still seen in the kernel's lock table: its intents are not an unclean stop.
+    let holder = match running {
+        None => crate::live::writers(file).first().copied(),
+        Some(_) => None,
+    };
+    let s = engine::status::report_held(
         Arc::new(dev),
         &name,
         Arc::new(FileOpener { writable: false }),
         running,
+        holder,
     )?;
     let format = match (a.json, a.format) {
         (true, _) => cli::StatusFormat::Json,

@@ -348,7 +348,10 @@ fn synopsis(name: &str, cmd: &clap::Command) -> String {
 fn command_page(name: &str, cmd: clap::Command, all_pages: &[String]) -> Vec<u8> {
     // The after-help text becomes proper sections (EXIT STATUS ...) below instead of the
     // run-on "EXTRA" paragraph clap_mangen would make of it.
-    let after_help = cmd.get_after_help().map(|s| s.to_string());
+    // (Laid out for roff, not for a terminal: see `cli::after_for_man`.)
+    let after_help = cmd
+        .get_after_help()
+        .map(|_| crate::cli::after_for_man(name.strip_prefix("mirrorctl-").unwrap_or(name)));
     let cmd = cmd.display_name(name.to_string()).after_help(None::<&str>);
     let cmd_for_synopsis = cmd.clone();
     let man = clap_mangen::Man::new(cmd)

@@ -155,7 +155,10 @@ impl Server {
     ) -> Result<ResyncReport> {
         let started = Instant::now();
         let g = self.geometry;
-        let mut report = ResyncReport::default();
+        let mut report = ResyncReport {
+            compare: opts.compare,
+            ..Default::default()
+        };
         let mut work = Vec::new();
         let mut total = 0;
         // Each leg opened (its server connected, its header read) with no lock held: an
@@ -294,12 +297,11 @@ impl Server {
             }
         }
         let synced = st.mirror.mark_resynced(&current, &report, now, &|_| true)?;
-        let bytes: u64 = report
+        let (bytes, written) = report
             .legs
             .iter()
             .filter(|l| synced.contains(&l.slot))
-            .map(|l| l.bytes)
-            .sum();
+            .fold((0, 0), |(b, w), l| (b + l.bytes, w + l.written_bytes));
         st.mirror.commit()?;
         if !synced.is_empty() {
             st.mirror.refresh_headers(&synced);
@@ -307,8 +309,8 @@ impl Server {
         self.tell(&mut st, say);
         report.seconds = started.elapsed().as_secs_f64();
         (self.log)(&format!(
-            "resync ended: slot(s) {synced:?} now in sync, {} copied in {:.1}s",
-            crate::units::format_size(bytes),
+            "resync ended: slot(s) {synced:?} now in sync, {} in {:.1}s",
+            crate::engine::resync::amounts(bytes, written, report.compare),
             report.seconds
         ));
         Ok(report)
