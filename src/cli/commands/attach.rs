@@ -96,7 +96,7 @@ pub(super) fn file_secondary(m: &Shape, primary: &Path, spec: &str, sec: &Path) 
             if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
                 return Err(Error::invalid(format!(
                     "{spec} is already attached as slot {i} ({}, {})",
-                    l.location,
+                    crate::device::nbd::display(&l.location),
                     l.state.as_str()
                 )));
             }
@@ -290,7 +290,8 @@ impl Attached {
         l.error.as_ref().map(|e| {
             format!(
                 "attach: initial sync of slot {} ({}) failed: {e}",
-                l.slot, l.location
+                l.slot,
+                crate::device::nbd::display(&l.location)
             )
         })
     }
