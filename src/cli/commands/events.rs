@@ -685,6 +685,7 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
         let why = match read_at(&f.here.open) {
             Ok(now) if is_primary_of(&now, &mirror) => {
                 told_error = false;
+                told_missing = false;
                 let due = checked.is_none_or(|t| t.elapsed() >= REPLACED_CHECK);
                 let replaced = if due {
                     checked = Some(Instant::now());
@@ -701,6 +702,8 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
                         // The events it recorded before it was replaced, first.
                         f.deliver(&now, &out)?;
                         f.places.add(to);
+                        // Looked for now, whenever the last search was.
+                        searched = None;
                         why
                     }
                 }
