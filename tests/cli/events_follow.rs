@@ -313,6 +313,47 @@ fn a_follower_goes_with_the_mirror_across_promotions_and_a_rejoin_and_after_sigk
 }
 
 #[test]
+fn a_follower_started_on_a_primary_replaced_by_a_promotion_goes_to_the_image_promoted_in_its_place()
+{
+    let fx = Fx::with_legs("16M", "64K", &["b.img", "c.img"]);
+    // Unplanned promotion while a.img was away; it is back, still calling itself primary.
+    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
+    promote(&fx, "b.img");
+    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
+    let log = fx.path("exec.log");
+    let state = fx.path("follow.state");
+    let f = Follower::start(&fx, &log, &state);
+    // Found by reading a.img's legs (rule P6): the new journal from its first event.
+    let got = wait_for_log(&log, "the switch", |g| count(g, "promoted") == 1);
+    assert_eq!(got[0].kind, "following", "{got:#?}");
+    assert!(
+        got[0]
+            .detail
+            .contains("a.img was replaced by a promotion of"),
+        "{got:#?}"
+    );
+    assert_eq!((got[1].seq, got[1].kind.as_str()), (Some(1), "promoted"));
+    fx.ok(&["fracture", "b.img", "c.img", "--reason", "after"]);
+    let got = wait_for_log(&log, "an event on b.img", |g| {
+        g.last().is_some_and(|l| l.detail == "by admin: after")
+    });
+    let journal: Vec<(u64, String)> = journal(&fx, "b.img");
+    let seen: Vec<(u64, String)> = got
+        .iter()
+        .filter_map(|g| g.seq.map(|s| (s, g.kind.clone())))
+        .collect();
+    assert_eq!(seen, journal, "{got:#?}");
+    let stderr = f.kill();
+    assert!(
+        stderr.contains("was replaced by a promotion of")
+            && stderr.contains("following the primary"),
+        "{stderr}"
+    );
+    // Said once: not again as a note when the new journal is read.
+    assert!(!stderr.contains("this is another journal"), "{stderr}");
+}
+
+#[test]
 fn a_state_file_of_another_mirror_or_a_damaged_one_is_refused_and_left_as_it_is() {
     let fx = Fx::with_legs("16M", "64K", &["b.img"]);
     let other = Fx::create("16M", "64K");

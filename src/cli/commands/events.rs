@@ -444,6 +444,8 @@ struct Follow {
     here: Place,
     places: Places,
     last: Cursor,
+    /// The switch just said how the new journal goes on: not said again.
+    told_resume: bool,
 }
 
 impl Follow {
@@ -471,7 +473,7 @@ impl Follow {
             return Ok(());
         };
         let (after, note) = resume(j, &self.last);
-        if let Some(n) = note {
+        if let Some(n) = note.filter(|_| !std::mem::take(&mut self.told_resume)) {
             eprintln!("mirrorctl: events: {}: {n}", self.here.name);
         }
         for e in j.since(after) {
@@ -503,6 +505,7 @@ impl Follow {
         );
         self.places.add(self.here.clone());
         self.here = to;
+        self.told_resume = true;
         let detail = format!(
             "now following {} ({why}); {how}",
             nbd::display(&self.here.name)
@@ -612,6 +615,7 @@ pub(super) fn events(_ctx: &Ctx, a: cli::EventsArgs) -> Result<Exit> {
         here,
         places,
         last,
+        told_resume: false,
     };
     if let Some(p) = &a.state_file {
         write_state(p, &f.state()).map_err(|e| {
