@@ -313,7 +313,13 @@ impl Attached {
         } else {
             "attached"
         };
-        write!(w, "{verb} {} as slot {}", a.secondary, out.slot).map_err(e)?;
+        write!(
+            w,
+            "{verb} {} as slot {}",
+            crate::device::nbd::display(&a.secondary),
+            out.slot
+        )
+        .map_err(e)?;
         if out.recorded_as.starts_with(crate::device::open::DEV_DISK)
             && out.recorded_as != a.secondary
         {
