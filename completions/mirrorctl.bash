@@ -250,7 +250,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__events)
-            opts="-j -h --json --since --follow --exec --exec-timeout --wait --no-progress --timeout --help"
+            opts="-j -h --json --since --follow --exec --exec-timeout --state-file --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -266,6 +266,21 @@ _mirrorctl() {
                     ;;
                 --exec-timeout)
                     COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --state-file)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 --wait)
@@ -804,12 +819,12 @@ _mirrorctl_extra() {
     local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
     [[ "$cur" == -* ]] && return 0
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
+        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
     esac
     for ((i = 2; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
-            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
+            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
             -*) ;;
             *) ((n == 0)) && primary="$w"; ((n++)) ;;
         esac

@@ -349,10 +349,16 @@ reason, or by error, with the error), resync started, finished or failed, verify
 brain refused, serve started or stopped and client connected, with a sequence number, time, \
 kind, slot and detail. Each event is written in the primary's superblock by the command that \
 changes the mirror, in the same commit as the change (both or neither after a crash); the \
-newest 1024 are kept. Like status it takes no lock and never waits. With --follow it keeps \
-running and prints new events within half a second, whoever records them; with --exec it also \
-runs a shell command per new event, the event in MIRRORCTL_* environment variables (like \
-mdadm --monitor --program and ZED's zedlets).",
+newest 1024 are kept as far as they fit in the superblock (about 440 when every detail is as \
+long as it may be). Like status it takes no lock and never waits. With --follow it keeps \
+running and prints new events within half a second, whoever records them; it follows the \
+mirror, not the path: when a promotion (planned or not) makes another image the primary, it \
+finds it among the images of the mirror, says so on stderr and as a `following` event, and \
+reads that image's journal from then on, each event once. With --exec it also runs a shell \
+command per new event, the event in MIRRORCTL_* environment variables (like mdadm --monitor \
+--program and ZED's zedlets); with --state-file a restarted follower delivers what it missed \
+once. NBD legs are named by their short form (the URI without its query, `(TLS)` for nbds) \
+in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the full URI.",
         after_help = after("events")
     )]
     Events(EventsArgs),
@@ -486,20 +492,35 @@ pub struct EventsArgs {
     /// last_event_seq).
     #[arg(long, value_name = "SEQ")]
     pub since: Option<u64>,
-    /// Keep running and print each new event as it is recorded (polls twice a second;
-    /// follows the image at this path even when other commands rewrite it).
+    /// Keep running and print each new event as it is recorded (polls four times a second).
+    /// Follows the mirror, not the path: when the image stops being the primary (a
+    /// promotion, planned or not) it looks for the mirror's primary among the images it
+    /// knows (the primary's legs, the image given, what a demoted image names), twice a
+    /// second until found, says so on stderr and as a `following` event (seq null), and
+    /// reads the new primary's journal from then on, each event once.
     #[arg(long)]
     pub follow: bool,
     /// With --follow: run COMMAND with /bin/sh -c once per new event, in order, with
     /// MIRRORCTL_EVENT, MIRRORCTL_SEQ, MIRRORCTL_TIME, MIRRORCTL_TIME_UNIX, MIRRORCTL_SLOT,
-    /// MIRRORCTL_LEG, MIRRORCTL_DETAIL, MIRRORCTL_PRIMARY and MIRRORCTL_MIRROR set. Without
-    /// --since it runs for events recorded from now on only. A command that fails is logged;
+    /// MIRRORCTL_LEG (the leg's short form), MIRRORCTL_DETAIL, MIRRORCTL_PRIMARY (the primary
+    /// the event was read from) and MIRRORCTL_MIRROR set. Without --since (or a
+    /// --state-file that exists) it runs for events recorded from now on only. A command that fails is logged;
     /// one that runs longer than --exec-timeout is killed; neither stops the following.
     #[arg(long, value_name = "COMMAND", requires = "follow")]
     pub exec: Option<String>,
     /// How long an --exec command may run before it is killed.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_duration, DURATION_EXAMPLES), hide_possible_values = true, requires = "exec")]
     pub exec_timeout: Duration,
+    /// Record the last delivered event in FILE (JSON, written to a temporary file, synced
+    /// and renamed over it after each event: after its --exec program ran, or once printed)
+    /// and, when FILE exists, resume after that event: a restarted follower delivers each
+    /// event it missed once (at least once if killed between running the program and
+    /// recording it). It names the mirror and the primary last followed, so it resumes
+    /// correctly after a promotion; a state file of another mirror, or a damaged one, is
+    /// refused (exit 2). Without FILE yet, it starts from the newest event unless --since
+    /// is given (--since only counts when FILE does not exist).
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

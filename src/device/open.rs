@@ -41,7 +41,8 @@ impl Opener for FileOpener {
 pub fn open_nbd(location: &str, writable: bool) -> io::Result<NbdDevice> {
     let uri =
         NbdUri::parse(location).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let dev = NbdDevice::connect(&uri, location)?;
+    // Named in errors by its short form (the TLS files are not the cause of anything).
+    let dev = NbdDevice::connect(&uri, &nbd::display(location))?;
     if writable && dev.read_only() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,

@@ -144,7 +144,7 @@ impl Mirror {
                     Ok(t) => t,
                     Err(e) if e.msg.starts_with("split brain") => {
                         // The refusal is recorded (an alert); nothing else changes.
-                        let what = format!("{location}: {}", e.msg);
+                        let what = format!("{}: {}", crate::device::nbd::display(location), e.msg);
                         let _ = self.record(EventKind::SplitBrainRefused, None, &what);
                         return Err(e);
                     }
@@ -208,7 +208,10 @@ impl Mirror {
                 now,
             );
             l.reason.clear();
-            let what = format!("{location}, re-attached: {regions} regions to copy");
+            let what = format!(
+                "{}, re-attached: {regions} regions to copy",
+                crate::device::nbd::display(location)
+            );
             self.event(EventKind::Attached, Some(s), &what);
             self.commit()?;
             self.open_legs[s as usize] = None;
@@ -296,7 +299,10 @@ impl Mirror {
             },
             now,
         );
-        let what = format!("{location}: {regions} regions to copy");
+        let what = format!(
+            "{}: {regions} regions to copy",
+            crate::device::nbd::display(location)
+        );
         self.event(EventKind::Attached, Some(slot), &what);
         self.commit()?;
         self.open_legs[slot as usize] = Some(dev);
@@ -393,7 +399,11 @@ impl Mirror {
             .sb
             .bump_generation(&format!("slot {slot} detached"), now);
         self.image.sb.legs[slot as usize] = Leg::empty();
-        let what = format!("{} (was {})", leg.location, leg.state.as_str());
+        let what = format!(
+            "{} (was {})",
+            crate::device::nbd::display(&leg.location),
+            leg.state.as_str()
+        );
         self.event(EventKind::Detached, Some(slot), &what);
         self.commit()?;
         // D2

@@ -282,8 +282,12 @@ fn promote_image(
     bm.flush().map_err(merr)?;
     drop(bm);
     // Its journal goes on from the old primary's when that was reachable (a planned
-    // promotion), else it starts here.
-    let mut journal = new.journal.take().unwrap_or_default();
+    // promotion), else it starts here, at 1 (not from a copy an old header may carry: its
+    // numbers would collide with events the old primary recorded since).
+    let mut journal = match &old {
+        Some(_) => new.journal.take().unwrap_or_default(),
+        None => crate::format::journal::Journal::new(),
+    };
     let how = match &old {
         Some(o) => format!("planned: {} becomes its secondary", o.name),
         None => format!(
@@ -315,6 +319,8 @@ fn promote_image(
                 osb.primary_location = name.to_string();
                 osb.in_sync_generation = 0;
                 osb.created_at = oi.sb.created_at;
+                // The journal is the primary's: a secondary's header carries none.
+                osb.journal = None;
                 oi.sb = osb;
                 match oi.commit() {
                     Ok(()) => {

@@ -107,12 +107,18 @@ impl Mirror {
             *refused = crate::tls::is_refused(&e);
             format!(
                 "opening {}: {}{}",
-                leg.open_path(),
+                crate::device::nbd::display(leg.open_path()),
                 crate::error::describe_io(&e),
                 if *refused { String::new() } else { moved() }
             )
         })?;
-        let img = img.map_err(|e| format!("reading header of {}: {e}{}", leg.location, moved()))?;
+        let img = img.map_err(|e| {
+            format!(
+                "reading header of {}: {e}{}",
+                crate::device::nbd::display(&leg.location),
+                moved()
+            )
+        })?;
         if img.sb.mirror_uuid == self.sb().mirror_uuid
             && img.sb.image_uuid == leg.image_uuid
             && img.sb.role != Role::Secondary
@@ -136,7 +142,10 @@ impl Mirror {
             ));
         }
         if img.sb.geometry != self.geometry() {
-            return Err(format!("{} has a different geometry", leg.location));
+            return Err(format!(
+                "{} has a different geometry",
+                crate::device::nbd::display(&leg.location)
+            ));
         }
         if img.sb.primary_uuid != self.sb().image_uuid {
             self.adopt(img, &leg)?;
@@ -175,8 +184,12 @@ impl Mirror {
         let mut sb = self.secondary_sb(img.sb.image_uuid, false);
         (sb.created_at, sb.in_sync_generation) = keep;
         img.sb = sb;
-        img.commit()
-            .map_err(|e| format!("writing the header of {}: {e}", leg.location))
+        img.commit().map_err(|e| {
+            format!(
+                "writing the header of {}: {e}",
+                crate::device::nbd::display(&leg.location)
+            )
+        })
     }
 
     /// P6 (failover.rs): refuses, before anything is written, when a reachable leg shows

@@ -127,10 +127,12 @@ pub fn render(s: &Status) -> String {
     );
     for l in &s.legs {
         let slot = l.slot.to_string();
+        // The short form: a TLS URI's query (its certificate paths) is no part of the name.
+        let leg = crate::device::nbd::display(&l.path);
         for st in LEG_STATES {
             o.sample(
                 "mirrorctl_leg_state",
-                &[("slot", &slot), ("leg", &l.path), ("state", st)],
+                &[("slot", &slot), ("leg", &leg), ("state", st)],
                 b(l.state == *st),
             );
         }
@@ -142,9 +144,11 @@ pub fn render(s: &Status) -> String {
     );
     for l in &s.legs {
         let slot = l.slot.to_string();
+        // The short form: a TLS URI's query (its certificate paths) is no part of the name.
+        let leg = crate::device::nbd::display(&l.path);
         o.sample(
             "mirrorctl_leg_out_of_sync_bytes",
-            &[("slot", &slot), ("leg", &l.path)],
+            &[("slot", &slot), ("leg", &leg)],
             l.out_of_sync_bytes as f64,
         );
     }
@@ -155,9 +159,11 @@ pub fn render(s: &Status) -> String {
     );
     for l in &s.legs {
         let slot = l.slot.to_string();
+        // The short form: a TLS URI's query (its certificate paths) is no part of the name.
+        let leg = crate::device::nbd::display(&l.path);
         o.sample(
             "mirrorctl_leg_out_of_sync_regions",
-            &[("slot", &slot), ("leg", &l.path)],
+            &[("slot", &slot), ("leg", &leg)],
             l.out_of_sync_regions as f64,
         );
     }

@@ -77,9 +77,12 @@ pub struct Mirror {
     intents_live: bool,
 }
 
-/// "secondary slot 1 (/srv/b.img)".
+/// "secondary slot 1 (/srv/b.img)" (an NBD leg by its short form, `nbd::display`).
 pub fn leg_name(slot: u32, leg: &Leg) -> String {
-    format!("secondary slot {slot} ({})", leg.location)
+    format!(
+        "secondary slot {slot} ({})",
+        crate::device::nbd::display(&leg.location)
+    )
 }
 
 pub fn uuid_str(u: &Uuid) -> String {

@@ -746,7 +746,7 @@ pub fn render_text(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                     } else {
                         "-".into()
                     },
-                    l.path.clone(),
+                    crate::device::nbd::display(&l.path),
                 ]
             })
             .collect();

@@ -341,7 +341,19 @@ pub(crate) fn save_record(
                 n => format!(", {n} leg(s) unreadable"),
             }
         );
-        m.event(crate::engine::EventKind::VerifyFinished, None, &what);
+        // The slot when the run covered one leg of several (`verify PRIMARY LEG`); none when
+        // it covered every attached leg.
+        let attached = m
+            .sb()
+            .legs
+            .iter()
+            .filter(|l| l.state != crate::format::LegState::Empty)
+            .count();
+        let slot = match legs {
+            [one] if attached > 1 => Some(one.slot),
+            _ => None,
+        };
+        m.event(crate::engine::EventKind::VerifyFinished, slot, &what);
     }
     m.commit()
 }

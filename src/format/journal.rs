@@ -1,4 +1,4 @@
-//! The event journal (format 1.1): the newest events of a mirror, kept in the primary's
+//! The event journal (format 1.1; details up to 256 bytes since 1.2): the newest events of a mirror, kept in the primary's
 //! superblock payload after the 1.0 fields, so an event is committed in the same superblock
 //! write as the state change it reports (both or neither after a crash). Pure code: the
 //! kinds and their stable names, the bounds, and the trimming to what fits.
@@ -16,8 +16,9 @@ fn is_client(e: &Event) -> bool {
     e.kind == Kind::ClientConnected.code()
 }
 
-/// Longest detail text of an event (longer text is cut).
-pub const MAX_DETAIL: usize = 96;
+/// Longest detail text of an event (longer text is cut). 96 before format 1.2, which grew
+/// it so that the cause of a failure (after the leg's name and what was being done) is kept.
+pub const MAX_DETAIL: usize = 256;
 /// Encoded size of an event besides its detail text: seq, at, kind, slot (tag and value),
 /// the detail's length.
 pub const EVENT_OVERHEAD: usize = 8 + 8 + 4 + 1 + 4 + 8;
@@ -332,7 +333,7 @@ mod tests {
     fn trimming_to_the_room_left_drops_the_oldest_first_and_the_detail_is_cut() {
         let mut j = Journal::new();
         for i in 0..10 {
-            j.push(Kind::Attached, None, &"x".repeat(200), i);
+            j.push(Kind::Attached, None, &"x".repeat(MAX_DETAIL + 100), i);
         }
         assert!(j.events.iter().all(|e| e.detail.len() == MAX_DETAIL));
         let one = EVENT_OVERHEAD + MAX_DETAIL;

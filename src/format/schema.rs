@@ -457,7 +457,9 @@ pub static EVENT: StructDoc = StructDoc {
         Field {
             name: "detail",
             ty: Ty::Str(Some(format::journal::MAX_DETAIL)),
-            doc: "Details (a fracture's reason or error, a verify's result ...), cut to {MAX_DETAIL} bytes.",
+            doc: "Details (a fracture's reason or error, a verify's result ...), cut to \
+                  {MAX_DETAIL} bytes (96 before format 1.2). An NBD leg is named by its short \
+                  form (the URI without its query).",
         },
     ],
 };
@@ -574,6 +576,14 @@ pub const VERSION_HISTORY: &[(u16, u16, &str, &str)] = &[
         "0.1.0",
         "the event journal (Journal) after the 1.0 payload of a primary; a superblock \
          without one (a secondary's) is still written as 1.0.",
+    ),
+    (
+        1,
+        2,
+        "0.1.0",
+        "event details (Event.detail) up to 256 bytes instead of 96, so the cause of a \
+         failure is kept; the encoding is unchanged (a 1.1 reader reads them), and the journal \
+         still keeps only what fits in the payload.",
     ),
 ];
 

@@ -14,7 +14,7 @@ pub const MAGIC: [u8; 8] = *b"MRRCTLSB";
 pub const FORMAT_MAJOR: u16 = 1;
 /// The minor version this code writes for a superblock with an event journal (a primary's);
 /// one without (a secondary's) is written as 1.0, byte for byte what 1.0 wrote.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Size of the fixed header in front of each superblock copy's payload.
 pub const COPY_HEADER_LEN: usize = 64;
 /// Largest payload a copy can hold.
@@ -360,7 +360,7 @@ pub struct DecodedCopy {
     pub sb: Superblock,
 }
 
-/// Encodes one superblock copy, padded to a whole number of 4 KiB pages: format 1.1 with
+/// Encodes one superblock copy, padded to a whole number of 4 KiB pages: format 1.2 with
 /// the journal after the 1.0 fields (its oldest events dropped as far as needed to fit), or
 /// 1.0 without one.
 pub fn encode_copy(sb: &Superblock, seq: u64) -> Result<Vec<u8>, String> {
@@ -435,7 +435,7 @@ pub fn decode_copy(buf: &[u8]) -> Result<DecodedCopy, CopyError> {
     let (mut sb, used): (Superblock, usize) = bincode::serde::decode_from_slice(payload, config())
         .map_err(|e| CopyError::Decode(e.to_string()))?;
     if minor >= 1 && used < payload.len() {
-        // 1.1: the journal follows; what a newer minor appends after it is ignored.
+        // 1.1 and later: the journal follows; what a newer minor appends after it is ignored.
         let (j, _): (crate::format::journal::Journal, usize) =
             bincode::serde::decode_from_slice(&payload[used..], config())
                 .map_err(|e| CopyError::Decode(format!("event journal: {e}")))?;
@@ -620,17 +620,17 @@ pub(crate) mod tests {
         sb.journal = Some(j.clone());
         let mut payload = bincode::serde::encode_to_vec(&sb, config()).unwrap();
         payload.extend_from_slice(&bincode::serde::encode_to_vec(&j, config()).unwrap());
-        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.2 appends
+        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.3 appends
         let mut buf = vec![0u8; 8192];
         buf[0..8].copy_from_slice(&MAGIC);
         buf[8..10].copy_from_slice(&1u16.to_le_bytes());
-        buf[10..12].copy_from_slice(&2u16.to_le_bytes());
+        buf[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
         buf[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         buf[64..64 + payload.len()].copy_from_slice(&payload);
         let sum = checksum(&buf[0..32], &payload);
         buf[32..64].copy_from_slice(&sum);
         let d = decode_copy(&buf).unwrap();
-        assert_eq!(d.minor, 2);
+        assert_eq!(d.minor, FORMAT_MINOR + 1);
         assert_eq!(d.sb, sb);
     }
 
@@ -642,7 +642,7 @@ pub(crate) mod tests {
         j.push(crate::format::journal::Kind::Created, None, "", 1);
         sb.journal = Some(j);
         let buf = encode_copy(&sb, 3).unwrap();
-        assert_eq!(buf[10..12], 1u16.to_le_bytes());
+        assert_eq!(buf[10..12], FORMAT_MINOR.to_le_bytes());
         let n = peek_len(&buf).unwrap();
         let (old, used): (Superblock, usize) =
             bincode::serde::decode_from_slice(&buf[COPY_HEADER_LEN..n], config()).unwrap();
@@ -684,6 +684,43 @@ pub(crate) mod tests {
         );
         assert_eq!(kept.events.last().unwrap().seq, 2000);
         assert_eq!(kept.next_seq, 2001);
+    }
+
+    /// How many events a copy keeps: `slots` legs with paths of `path` bytes, each event's
+    /// detail `detail` bytes. (The README states these numbers.)
+    fn events_kept(slots: u32, path: usize, detail: usize) -> usize {
+        let mut sb = sample(slots);
+        for l in &mut sb.legs {
+            l.location = "l".repeat(path);
+            l.canonical = "c".repeat(path);
+            l.reason = "r".repeat(MAX_TEXT);
+            l.last_error = "e".repeat(MAX_TEXT);
+        }
+        let mut j = crate::format::journal::Journal::new();
+        for i in 0..2000 {
+            j.push(
+                crate::format::journal::Kind::Fractured,
+                Some(0),
+                &"d".repeat(detail),
+                i,
+            );
+        }
+        sb.journal = Some(j);
+        let d = decode_copy(&encode_copy(&sb, 1).unwrap()).unwrap();
+        d.sb.journal.unwrap().events.len()
+    }
+
+    #[test]
+    fn the_journal_keeps_1024_usual_events_and_at_least_the_documented_floor_of_long_ones() {
+        use crate::format::journal::{MAX_DETAIL, MAX_EVENTS};
+        // Details of 60 bytes (a fracture by error of a local leg) with 4 legs: all.
+        assert_eq!(events_kept(4, 40, 60), MAX_EVENTS);
+        // Every detail as long as it may be, 4 legs: README says "about 440".
+        let n = events_kept(4, 40, MAX_DETAIL);
+        assert!((400..=450).contains(&n), "{n}");
+        // The worst: 32 legs with 1 KiB paths, every detail at its longest: "about 160".
+        let n = events_kept(32, MAX_LOCATION, MAX_DETAIL);
+        assert!((120..=180).contains(&n), "{n}");
     }
 
     #[test]

@@ -143,29 +143,63 @@ fn golden_superblock_1_1() -> Superblock {
 }
 
 #[test]
-fn the_v1_1_superblock_with_a_journal_matches_its_golden_fixture_and_extends_v1_0() {
+fn a_v1_1_superblock_with_a_journal_written_by_an_older_mirrorctl_still_decodes_and_extends_v1_0() {
+    // Format 1.2 changed no encoding: the 1.1 fixture (committed, never re-blessed) still
+    // decodes to the same superblock, journal included.
     let sb = golden_superblock_1_1();
-    let bytes = encode_copy(&sb, 3).unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_1_1);
-    if std::env::var_os("MIRRORCTL_BLESS").is_some() {
-        std::fs::write(&path, &bytes).unwrap();
-    }
-    let golden = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{FIXTURE_1_1}: {e} (generate it once with MIRRORCTL_BLESS=1 and commit it)")
-    });
-    assert_eq!(golden.len(), bytes.len(), "encoded size changed");
-    if let Some(i) = golden.iter().zip(&bytes).position(|(a, b)| a != b) {
-        panic!("the v1.1 encoding changed at byte {i}: a format change needs a new version (see man/mirrorctl-format.5)");
-    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{FIXTURE_1_1}: {e}"));
     let d = decode_copy(&golden).unwrap();
     assert_eq!((d.seq, d.minor), (3, 1));
     assert_eq!(d.sb, sb);
+    // Written again today, only the minor version (and so the checksum) differs.
+    let bytes = encode_copy(&sb, 3).unwrap();
+    assert_eq!(golden.len(), bytes.len(), "encoded size changed");
+    assert_eq!(
+        golden[64..],
+        bytes[64..],
+        "the 1.1 payload encoding changed"
+    );
     // The 1.0 payload is a prefix of the 1.1 one: a 1.0 reader sees the same superblock.
     let v10 = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE)).unwrap();
     let len = |b: &[u8]| u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
     let (n10, n11) = (len(&v10), len(&golden));
     assert!(n11 > n10);
     assert_eq!(v10[64..64 + n10], golden[64..64 + n10]);
+}
+
+const FIXTURE_1_2: &str = "tests/fixtures/superblock-v1.2.bin";
+
+#[test]
+fn the_v1_2_superblock_with_a_long_event_detail_matches_its_golden_fixture() {
+    use mirrorctl::format::journal::{Event, Kind, MAX_DETAIL};
+    let mut sb = golden_superblock_1_1();
+    // 1.2: a detail longer than 1.1's 96 bytes keeps the cause.
+    let detail = "by error: write at data offset 4194304: NBD connection to nbds://10.0.0.2:10809/vm (TLS): Connection reset by peer (os error 104)";
+    assert!(detail.len() > 96 && detail.len() <= MAX_DETAIL);
+    sb.journal.as_mut().unwrap().events.push(Event {
+        seq: 9,
+        at: 1_700_000_700,
+        kind: Kind::Fractured.code(),
+        slot: Some(0),
+        detail: detail.into(),
+    });
+    sb.journal.as_mut().unwrap().next_seq = 10;
+    let bytes = encode_copy(&sb, 3).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_1_2);
+    if std::env::var_os("MIRRORCTL_BLESS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{FIXTURE_1_2}: {e} (generate it once with MIRRORCTL_BLESS=1 and commit it)")
+    });
+    assert_eq!(golden.len(), bytes.len(), "encoded size changed");
+    if let Some(i) = golden.iter().zip(&bytes).position(|(a, b)| a != b) {
+        panic!("the v1.2 encoding changed at byte {i}: a format change needs a new version (see man/mirrorctl-format.5)");
+    }
+    let d = decode_copy(&golden).unwrap();
+    assert_eq!((d.seq, d.minor), (3, 2));
+    assert_eq!(d.sb, sb);
 }
 
 fn image_bytes(p: &Path) -> Vec<u8> {
@@ -451,7 +485,7 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
     ] {
         assert!(s.get(k).is_some(), "status --json lacks {k}: {s:#}");
     }
-    assert_eq!(s["format_version"], "1.1");
+    assert_eq!(s["format_version"], "1.2");
     assert_eq!(s["role"], "primary");
     assert_eq!(s["data_size"], 64 * MIB);
     assert_eq!(s["region_count"], 1024);

@@ -7,6 +7,7 @@ mod support;
 mod completion;
 mod create_status;
 mod events;
+mod events_follow;
 mod failover;
 mod generated_docs;
 mod kill_points;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// A CA and what it signed, under the names qemu, nbdkit and libnbd look for in a
 /// directory: ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
@@ -37,7 +37,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl Pki {
     /// A CA named `name`; its server certificate for localhost and 127.0.0.1.
-    fn new(dir: &Path, name: &str) -> Pki {
+    pub(crate) fn new(dir: &Path, name: &str) -> Pki {
         Self::with_server_names(dir, name, "DNS:localhost,IP:127.0.0.1")
     }
 
@@ -139,7 +139,7 @@ impl Pki {
         self.dir.join(name).display().to_string()
     }
 
-    fn dir(&self) -> String {
+    pub(crate) fn dir(&self) -> String {
         self.dir.display().to_string()
     }
 
@@ -169,7 +169,7 @@ impl Pki {
     }
 
     /// The flags `attach` takes to reach a server of this CA with its client pair.
-    fn attach_args(&self) -> Vec<String> {
+    pub(crate) fn attach_args(&self) -> Vec<String> {
         vec![
             "--tls-ca".into(),
             self.file("ca-cert.pem"),
@@ -192,7 +192,7 @@ fn serve_refused(fx: &Fx, cert: &str, key: &str, extra: &[&str]) -> String {
     o.stderr
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
 
@@ -461,7 +461,7 @@ fn qemu_nbd_tls(file: &Path, dir: &str, port: u16) -> Server {
 }
 
 /// nbdkit serving `file` on a Unix socket, TLS required, clients' certificates checked.
-fn nbdkit_tls(file: &Path, sock: &Path, dir: &str) -> Server {
+pub(crate) fn nbdkit_tls(file: &Path, sock: &Path, dir: &str) -> Server {
     require("nbdkit", "nbdkit");
     let _ = std::fs::remove_file(sock);
     let s = Server::spawn(

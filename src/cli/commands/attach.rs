@@ -96,7 +96,7 @@ pub(super) fn file_secondary(m: &Shape, primary: &Path, spec: &str, sec: &Path) 
             if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
                 return Err(Error::invalid(format!(
                     "{spec} is already attached as slot {i} ({}, {})",
-                    l.location,
+                    crate::device::nbd::display(&l.location),
                     l.state.as_str()
                 )));
             }
@@ -290,7 +290,8 @@ impl Attached {
         l.error.as_ref().map(|e| {
             format!(
                 "attach: initial sync of slot {} ({}) failed: {e}",
-                l.slot, l.location
+                l.slot,
+                crate::device::nbd::display(&l.location)
             )
         })
     }
@@ -312,7 +313,13 @@ impl Attached {
         } else {
             "attached"
         };
-        write!(w, "{verb} {} as slot {}", a.secondary, out.slot).map_err(e)?;
+        write!(
+            w,
+            "{verb} {} as slot {}",
+            crate::device::nbd::display(&a.secondary),
+            out.slot
+        )
+        .map_err(e)?;
         if out.recorded_as.starts_with(crate::device::open::DEV_DISK)
             && out.recorded_as != a.secondary
         {

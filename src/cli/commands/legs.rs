@@ -26,13 +26,13 @@ pub(super) fn fractured_text(
     if done {
         format!(
             "fractured slot {slot} ({}): its changes are tracked; `mirrorctl resync {} {slot}` brings it back\n",
-            leg.location,
+            crate::device::nbd::display(&leg.location),
             display(&a.primary)
         )
     } else {
         format!(
             "slot {slot} ({}) is already {}\n",
-            leg.location,
+            crate::device::nbd::display(&leg.location),
             leg.state.as_str()
         )
     }
@@ -53,7 +53,7 @@ pub(super) fn detach(ctx: &Ctx, a: cli::DetachArgs) -> Result<Exit> {
 pub(super) fn detached_text(slot: u32, leg: &crate::format::Leg) -> String {
     format!(
         "detached slot {slot} ({}, was {})\n",
-        leg.location,
+        crate::device::nbd::display(&leg.location),
         leg.state.as_str()
     )
 }

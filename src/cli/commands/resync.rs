@@ -174,7 +174,8 @@ pub(super) fn finished(
         if let Some(e) = &l.error {
             errs.push(format!(
                 "resync of slot {} ({}) failed: {e}",
-                l.slot, l.location
+                l.slot,
+                crate::device::nbd::display(&l.location)
             ));
         }
         out.regions += l.regions;
@@ -222,7 +223,7 @@ pub(super) fn render(
                     w,
                     "slot {} ({}): would copy {} ({}, {} bytes)",
                     l.slot,
-                    l.path,
+                    crate::device::nbd::display(&l.path),
                     plural(l.regions, "region"),
                     format_size(l.bytes),
                     l.bytes
@@ -232,7 +233,7 @@ pub(super) fn render(
                     w,
                     "slot {} ({}): compared {} ({}), wrote {} ({} bytes); state {}",
                     l.slot,
-                    l.path,
+                    crate::device::nbd::display(&l.path),
                     plural(l.regions, "region"),
                     format_size(l.bytes),
                     format_size(l.written_bytes),
@@ -244,7 +245,7 @@ pub(super) fn render(
                     w,
                     "slot {} ({}): copied {} ({}, {} bytes); state {}",
                     l.slot,
-                    l.path,
+                    crate::device::nbd::display(&l.path),
                     plural(l.regions, "region"),
                     format_size(l.bytes),
                     l.bytes,

@@ -135,11 +135,21 @@ fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) 
     )?;
     for l in &report.legs {
         if let Some(why) = &l.skipped {
-            writeln!(w, "slot {} ({}): {why}", l.slot, l.path)?;
+            writeln!(
+                w,
+                "slot {} ({}): {why}",
+                l.slot,
+                crate::device::nbd::display(&l.path)
+            )?;
             continue;
         }
         if let Some(e) = &l.error {
-            writeln!(w, "slot {} ({}): error: {e}", l.slot, l.path)?;
+            writeln!(
+                w,
+                "slot {} ({}): error: {e}",
+                l.slot,
+                crate::device::nbd::display(&l.path)
+            )?;
         }
         let pending = if l.pending_regions > 0 {
             format!(
@@ -152,7 +162,12 @@ fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) 
         if l.mismatched_regions == 0 {
             // A leg that could not be read is not "identical".
             if l.error.is_none() {
-                writeln!(w, "slot {} ({}): identical{pending}", l.slot, l.path)?;
+                writeln!(
+                    w,
+                    "slot {} ({}): identical{pending}",
+                    l.slot,
+                    crate::device::nbd::display(&l.path)
+                )?;
             }
             continue;
         }
@@ -160,7 +175,7 @@ fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) 
             w,
             "slot {} ({}): {} ({}){}{pending}",
             l.slot,
-            l.path,
+            crate::device::nbd::display(&l.path),
             plural(l.mismatched_regions, "mismatched region"),
             format_size(l.mismatched_bytes),
             if l.repaired { ", repaired" } else { "" }

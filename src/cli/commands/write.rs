@@ -114,11 +114,15 @@ pub(super) fn degraded_line(
         }
         let (n, _) = m.pending_for(s)?;
         if l.state.is_fractured() {
-            missed.push(format!("slot {s} ({}, {})", l.location, l.state.as_str()));
+            missed.push(format!(
+                "slot {s} ({}, {})",
+                crate::device::nbd::display(&l.location),
+                l.state.as_str()
+            ));
         } else if l.state != LegState::InSync || n > 0 {
             behind.push(format!(
                 "slot {s} ({}, {} to copy)",
-                l.location,
+                crate::device::nbd::display(&l.location),
                 plural(n, "region")
             ));
         }

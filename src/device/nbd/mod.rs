@@ -29,7 +29,7 @@ pub mod proto;
 pub mod uri;
 
 use proto::*;
-pub use uri::{identity, is_uri, ClientTls, Endpoint, NbdUri};
+pub use uri::{display, identity, is_uri, ClientTls, Endpoint, NbdUri};
 
 use crate::device::Device;
 use std::io::{self, Read, Write};

@@ -301,9 +301,70 @@ pub fn identity(s: &str) -> Option<String> {
     }
 }
 
+/// The short form of a location for people (status text, logs, event details, the
+/// Prometheus `leg` label): an NBD URI without its query, followed by ` (TLS)` for `nbds`;
+/// for `nbd[s]+unix` the `socket=` parameter is kept (it is where the export is) and the
+/// rest (the TLS files) dropped. Files, block devices and text that is not an NBD URI are
+/// returned as they are. JSON output keeps the full location.
+///
+/// `nbds://10.0.0.2:10809/vm?tls-ca=/etc/pki/ca.pem&...` → `nbds://10.0.0.2:10809/vm (TLS)`.
+pub fn display(location: &str) -> String {
+    if !is_uri(location) {
+        return location.to_string();
+    }
+    let (scheme, rest) = location.split_once("://").unwrap_or(("", location));
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut out = format!("{scheme}://{path}");
+    if scheme.ends_with("+unix") {
+        if let Some(socket) = query.split('&').find(|kv| kv.starts_with("socket=")) {
+            out.push('?');
+            out.push_str(socket);
+        }
+    }
+    if scheme.starts_with("nbds") {
+        out.push_str(" (TLS)");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_display_form_drops_the_query_and_says_tls() {
+        assert_eq!(
+            display("nbds://10.0.0.2:10809/vm?tls-ca=/etc/pki/mirror/ca.pem&tls-cert=/etc/pki/mirror/client.pem&tls-key=/etc/pki/mirror/client.key&tls-hostname=nbd.example"),
+            "nbds://10.0.0.2:10809/vm (TLS)"
+        );
+        assert_eq!(
+            display("nbd://10.0.0.2:10809/vm"),
+            "nbd://10.0.0.2:10809/vm"
+        );
+        assert_eq!(
+            display("nbds://[::1]:11000/x"),
+            "nbds://[::1]:11000/x (TLS)"
+        );
+        // A Unix socket is the location: kept; the TLS files go.
+        assert_eq!(
+            display(
+                "nbds+unix:///vm?socket=/run/nbd/vm.sock&tls-ca=/etc/pki/ca.pem&tls-hostname=h"
+            ),
+            "nbds+unix:///vm?socket=/run/nbd/vm.sock (TLS)"
+        );
+        assert_eq!(
+            display("nbds+unix:///vm?tls-ca=/etc/pki/ca.pem&socket=/run/nbd/vm%20a.sock"),
+            "nbds+unix:///vm?socket=/run/nbd/vm%20a.sock (TLS)"
+        );
+        assert_eq!(
+            display("nbd+unix:///vm?socket=/run/nbd/vm.sock"),
+            "nbd+unix:///vm?socket=/run/nbd/vm.sock"
+        );
+        // Paths and block devices as they are.
+        for p in ["/srv/b.img", "b.img", "/dev/sdb", "weird?name"] {
+            assert_eq!(display(p), p);
+        }
+    }
 
     #[test]
     fn tcp_uris_parse_with_default_port_and_export() {

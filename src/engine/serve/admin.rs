@@ -346,7 +346,8 @@ fn gone(st: &State, id: &LegId) -> String {
     } else if leg.image_uuid != id.image {
         format!(
             "the leg (image {image}) was detached during the resync and {} attached in slot {}; nothing more of the old one was copied",
-            leg.location, id.slot
+            crate::device::nbd::display(&leg.location),
+            id.slot
         )
     } else if leg.state.is_fractured() {
         format!(
