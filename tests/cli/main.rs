@@ -15,6 +15,7 @@ mod live_races;
 mod metadata_fuzz;
 mod mirror_e2e;
 mod mirror_faults;
+mod names;
 mod nbd;
 mod output;
 mod safety;

@@ -503,11 +503,10 @@ pub(super) fn name_cmd(a: cli::NameArgs) -> Result<Exit> {
     conflicts(&name, &uuid, &loc, a.force)?;
     let file = file_of(&name);
     let text = match load(&name) {
-        // The same mirror under this name already: only its primary changes.
-        Ok(e) if e.config.mirror.eq_ignore_ascii_case(&uuid) => {
-            config::set_primary(&e.text, &uuid, &loc).map_err(Error::invalid)?
-        }
-        _ => config::render_new(&name, &uuid, &loc),
+        // A file already (this mirror's, or another's with --force): its mirror and
+        // primary change, its comments and [serve]/[verify] tables are kept.
+        Ok(e) => config::set_primary(&e.text, &uuid, &loc).map_err(Error::invalid)?,
+        Err(_) => config::render_new(&name, &uuid, &loc),
     };
     write_atomic(&file, &text)?;
     println!(

@@ -125,6 +125,12 @@ pub fn render_completions() -> Vec<(PathBuf, Vec<u8>)> {
 /// Subcommands whose positionals after the primary name legs.
 const LEG_COMMANDS: [&str; 4] = ["fracture", "resync", "detach", "verify"];
 
+/// Subcommands whose first positional is a primary, which a mirror's name may stand for.
+const NAMED_COMMANDS: [&str; 10] = [
+    "status", "events", "attach", "write", "read", "fracture", "resync", "detach", "verify",
+    "serve",
+];
+
 /// Every option that takes its value as the next word (so it is not a positional).
 fn value_options(cmd: &clap::Command) -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
@@ -189,6 +195,15 @@ _{BIN}_extra() {{
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
+    # The mirrors' names (mirrorctl name) where a primary goes.
+    case "$sub" in
+        {named_case})
+            if ((n == 0)); then
+                local IFS=$'
+'
+                COMPREPLY+=($(compgen -W "$({BIN} complete-names 2>/dev/null)" -- "$cur"))
+            fi ;;
+    esac
 }}
 complete -F _{BIN}_extra -o nosort -o bashdefault -o default {BIN}
 "#,
@@ -196,6 +211,7 @@ complete -F _{BIN}_extra -o nosort -o bashdefault -o default {BIN}
         opts = value_options(cmd).join("|"),
         legs_case = LEG_COMMANDS.join("|"),
         subs_case = subs.join("|"),
+        named_case = NAMED_COMMANDS.join("|"),
     );
     assert!(
         text.contains(&registration),
