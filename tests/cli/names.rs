@@ -418,6 +418,63 @@ fn verify_by_name_takes_repair_from_the_file() {
     let v = o.json();
     assert_eq!(v["result"], "repaired", "{o:?}");
     assert_eq!(n.status("vm")["healthy"], true);
+    // While serve holds the mirror, the serving process verifies with the file's repair too.
+    let sock = n.path("vm.sock");
+    let mut child = start_serve(
+        &n,
+        &["serve", "vm", "--socket", sock.to_str().unwrap()],
+        &sock,
+    );
+    let img = std::fs::OpenOptions::new()
+        .write(true)
+        .open(n.path("b.img"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&img, b"Y", data_offset + 200).unwrap();
+    drop(img);
+    let o = n.run(&["verify", "vm", "--json"]);
+    stop_serve(&mut child);
+    assert_eq!(o.json()["result"], "repaired", "{o:?}");
+    assert_eq!(n.status("vm")["healthy"], true);
+}
+
+/// `mirrorctl ARGS` (a serve) with the names' directory, once it listens on `sock`.
+fn start_serve(n: &Names, args: &[&str], sock: &Path) -> std::process::Child {
+    let log = n.path("serve.log");
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(n.dir.path())
+        .env("MIRRORCTL_CONFIG_DIR", n.etc())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "serve exited with {st}: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "serve did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// SIGTERM, and the clean stop's exit 0.
+fn stop_serve(child: &mut std::process::Child) {
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let st = child.wait().unwrap();
+    assert!(st.success(), "serve ended with {st}");
 }
 
 #[test]
@@ -442,30 +499,7 @@ fn serve_by_name_listens_where_the_file_says_and_flags_override_the_file() {
     assert!(!sock.exists());
     std::fs::write(n.etc().join("vm.toml"), &f).unwrap();
     // The socket from the file, the export name from the command line.
-    let log = n.path("serve.log");
-    let mut child = Command::new(bin())
-        .args(["serve", "vm", "--export", "other"])
-        .current_dir(n.dir.path())
-        .env("MIRRORCTL_CONFIG_DIR", n.etc())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "serve exited with {st}: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "serve did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = start_serve(&n, &["serve", "vm", "--export", "other"], &sock);
     let info = Command::new("nbdinfo")
         .args([
             "--json",
@@ -473,22 +507,32 @@ fn serve_by_name_listens_where_the_file_says_and_flags_override_the_file() {
         ])
         .output()
         .unwrap();
-    let stopped = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let st = child.wait().unwrap();
+    stop_serve(&mut child);
     assert!(
         info.status.success(),
-        "nbdinfo: {}\n{}",
-        String::from_utf8_lossy(&info.stderr),
-        std::fs::read_to_string(&log).unwrap()
+        "nbdinfo: {}",
+        String::from_utf8_lossy(&info.stderr)
     );
     let v: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["exports"][0]["export-name"], "other", "{v:#}");
     assert_eq!(u(&v["exports"][0]["export-size"]), 16 * MIB, "{v:#}");
-    assert!(st.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    // Without --export, the file's.
+    let mut child = start_serve(&n, &["serve", "vm"], &sock);
+    let info = Command::new("nbdinfo")
+        .args([
+            "--json",
+            &format!("nbd+unix:///vm?socket={}", sock.display()),
+        ])
+        .output()
+        .unwrap();
+    stop_serve(&mut child);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let v: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["exports"][0]["export-name"], "vm", "{v:#}");
 }
 
 #[test]
@@ -535,4 +579,10 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
     // Not for a secondary.
     let got = complete(&["mirrorctl", "attach", "vm1", "v"]);
     assert!(!got.iter().any(|g| g == "vm2"), "{got:?}");
+    // The legs of the mirror a name stands for.
+    n.ok(&["attach", "vm1", "b.img"]);
+    let got = complete(&["mirrorctl", "fracture", "vm1", ""]);
+    for w in ["0", "b.img"] {
+        assert!(got.iter().any(|g| g == w), "{w} not offered: {got:?}");
+    }
 }
