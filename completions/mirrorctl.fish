@@ -288,3 +288,14 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture; and __fish
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
+# Added by mirrorctl: the mirrors' names (mirrorctl name) where a primary goes.
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'

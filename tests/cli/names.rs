@@ -337,6 +337,11 @@ fn after_a_planned_promotion_the_name_points_at_the_new_primary() {
     let n = Names::new();
     n.ok(&["create", "a.img", "--size", "16M", "--name", "vm"]);
     n.ok(&["attach", "vm", "b.img"]);
+    // A name is the primary: promote wants the secondary, and says so.
+    n.refused(
+        &["promote", "vm"],
+        &["promote takes the secondary", "status vm"],
+    );
     let o = n.ok(&["promote", "b.img", "--json"]);
     let p = o.json();
     assert_eq!(p["old_primary_reachable"], true, "{p:#}");
@@ -536,7 +541,7 @@ fn serve_by_name_listens_where_the_file_says_and_flags_override_the_file() {
 }
 
 #[test]
-fn bash_completion_offers_the_names_where_a_primary_goes() {
+fn bash_zsh_and_fish_completion_offer_the_names_where_a_primary_goes() {
     require("bash", "bash");
     let n = Names::new();
     n.ok(&["create", "a.img", "--size", "16M", "--name", "vm1"]);
@@ -579,6 +584,69 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
     // Not for a secondary.
     let got = complete(&["mirrorctl", "attach", "vm1", "v"]);
     assert!(!got.iter().any(|g| g == "vm2"), "{got:?}");
+    // fish and zsh (through a zpty, as at a prompt).
+    let env_path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let shell = |prog: &str, args: &[&str]| -> Vec<String> {
+        let o = Command::new(prog)
+            .args(args)
+            .current_dir(n.dir.path())
+            .env("MIRRORCTL_CONFIG_DIR", n.etc())
+            .env("PATH", &env_path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{prog}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().trim().to_string())
+            .collect()
+    };
+    require("fish", "fish");
+    let got = shell(
+        "fish",
+        &[
+            "-c",
+            &format!(
+                "source {}/mirrorctl.fish; complete -C 'mirrorctl verify '",
+                completions.display()
+            ),
+        ],
+    );
+    for w in ["vm1", "vm2", "a.img"] {
+        assert!(got.iter().any(|g| g == w), "fish: {w} not offered: {got:?}");
+    }
+    require("zsh", "zsh");
+    let capture = n.path("capture.zsh");
+    std::fs::write(
+        &capture,
+        r#"zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "PROMPT='%% '; fpath=($1 \$fpath); autoload -U compinit; compinit -u -D"
+zpty -w z 'compadd() { builtin compadd -O __hits "$@"; print -r -- "" "<<${^__hits[@]}>>" >&2 }'
+zpty -w z "bindkey '^I' complete-word"
+zpty -n -w z "$2"$'\t'
+sleep 2
+zpty -rt z out 2>/dev/null; all=$out
+while zpty -rt z out 2>/dev/null; do all+=$out; done
+zpty -d z
+print -r -- "$all" | tr -d '\r' | grep -o '<<[^>]*>>' | sed 's/<<\(.*\)>>/\1/' | grep -v '^\$'
+"#,
+    )
+    .unwrap();
+    let got = shell(
+        "zsh",
+        &[
+            capture.to_str().unwrap(),
+            completions.to_str().unwrap(),
+            "mirrorctl status ",
+        ],
+    );
+    for w in ["vm1", "vm2", "a.img"] {
+        assert!(got.iter().any(|g| g == w), "zsh: {w} not offered: {got:?}");
+    }
     // The legs of the mirror a name stands for.
     n.ok(&["attach", "vm1", "b.img"]);
     let got = complete(&["mirrorctl", "fracture", "vm1", ""]);

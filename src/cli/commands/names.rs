@@ -215,6 +215,9 @@ fn primary_of(cmd: &mut Command) -> Option<&mut PathBuf> {
 /// mirror's primary (checked to be it), and `serve`/`verify` get the file's defaults for
 /// the options not on the command line.
 pub fn resolve(cli: &mut Cli, matches: &ArgMatches) -> Result<()> {
+    if let Command::Promote(a) = &cli.command {
+        return promote_by_name(&display(&a.secondary));
+    }
     let completing = matches!(cli.command, Command::CompleteLegs(_));
     let Some(arg) = primary_of(&mut cli.command) else {
         return Ok(());
@@ -269,6 +272,20 @@ pub fn resolve(cli: &mut Cli, matches: &ArgMatches) -> Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// `promote NAME`: a name stands for the primary, and promote takes a secondary; said
+/// instead of "no such file".
+fn promote_by_name(s: &str) -> Result<()> {
+    let Ok(name) = Name::parse(s) else {
+        return Ok(());
+    };
+    if s.contains('/') || !file_of(&name).exists() || std::fs::symlink_metadata(s).is_ok() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "promote takes the secondary to make the primary, not the mirror's name {s} (a name stands for the primary); give the secondary's path (`mirrorctl status {s}` lists the legs), and the name follows the promotion"
+    )))
 }
 
 fn apply_serve(e: &Entry, a: &mut cli::ServeArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
@@ -410,8 +427,12 @@ pub(super) fn check_primary(e: &Entry) -> Result<()> {
 /// the names updated; failures are warnings (the promotion itself is done).
 pub(super) fn follow_promotion(mirror: &str, location: &str) -> Vec<String> {
     let mut done = Vec::new();
-    let Ok(list) = all() else {
-        return done;
+    let list = match all() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mirrorctl: warning: the mirror's names were not updated: {e}");
+            return done;
+        }
     };
     for (_, _, e) in list {
         let Ok(e) = e else { continue };

@@ -229,8 +229,12 @@ fn zsh_extras(text: String) -> String {
         }
         let legs = LEG_COMMANDS.contains(&section.as_str())
             && (line.starts_with("':secondary -- ") || line.starts_with("'*::secondaries -- "));
+        let primary = NAMED_COMMANDS.contains(&section.as_str())
+            && (line.starts_with("':primary -- ") || line.starts_with("'::image -- "));
         if legs {
             out.push_str(&line.replacen(":_files'", ":_mirrorctl_legs'", 1));
+        } else if primary {
+            out.push_str(&line.replacen(":_files'", ":_mirrorctl_primary'", 1));
         } else {
             out.push_str(line);
         }
@@ -244,6 +248,15 @@ _{BIN}_legs() {{
     local -a legs
     legs=(${{(f)"$({BIN} complete-legs ${{(Q)line[1]}} 2>/dev/null)"}})
     compadd -a legs
+}}
+
+# Added by mirrorctl: the mirrors' names (mirrorctl name) and files, where a primary goes.
+(( $+functions[_{BIN}_primary] )) ||
+_{BIN}_primary() {{
+    local -a names
+    names=(${{(f)"$({BIN} complete-names 2>/dev/null)"}})
+    compadd -a names
+    _files
 }}
 "#
     );
@@ -285,6 +298,14 @@ end
     for sub in LEG_COMMANDS {
         out.push_str(&format!(
             "complete -c {BIN} -n \"__fish_{BIN}_using_subcommand {sub}; and __fish_{BIN}_has_primary\" -f -a \"(__fish_{BIN}_legs)\"\n"
+        ));
+    }
+    out.push_str(
+        "# Added by mirrorctl: the mirrors' names (mirrorctl name) where a primary goes.\n",
+    );
+    for sub in NAMED_COMMANDS {
+        out.push_str(&format!(
+            "complete -c {BIN} -n \"__fish_{BIN}_using_subcommand {sub}; and not __fish_{BIN}_has_primary\" -a \"({BIN} complete-names 2>/dev/null)\" -d 'mirror name'\n"
         ));
     }
     out
