@@ -391,6 +391,11 @@ fn a_name_whose_primary_was_replaced_elsewhere_is_refused_naming_the_new_primary
         );
     }
     assert_eq!(std::fs::read(n.path("a.img")).unwrap(), before);
+    // Naming the replaced primary again is refused the same way.
+    n.refused(
+        &["name", "a.img", "vm"],
+        &["replaced by a promotion", "b.img"],
+    );
     // The fix it says: the name pointed at the new primary.
     n.ok(&["name", "b.img", "vm"]);
     assert_eq!(n.status("vm")["path"], n.p("b.img"));

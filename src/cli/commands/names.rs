@@ -523,6 +523,19 @@ pub(super) fn name_cmd(a: cli::NameArgs) -> Result<Exit> {
     }
     conflicts(&name, &uuid, &loc, a.force)?;
     let file = file_of(&name);
+    // A primary a promotion replaced (it was away) is refused as a command by name would.
+    check_primary(&Entry {
+        name: name.clone(),
+        file: file.clone(),
+        config: MirrorConfig {
+            name: name.to_string(),
+            mirror: uuid.clone(),
+            primary: display(primary),
+            serve: Default::default(),
+            verify: Default::default(),
+        },
+        text: String::new(),
+    })?;
     let text = match load(&name) {
         // A file already (this mirror's, or another's with --force): its mirror and
         // primary change, its comments and [serve]/[verify] tables are kept.
