@@ -563,7 +563,11 @@ const NAME_ABOUT: &str = "Name a mirror, forget a name, or list the names.
 A named mirror has a file NAME.toml in /etc/mirrorctl (or in $MIRRORCTL_CONFIG_DIR), \
 mode 0644, holding its name, its mirror UUID and where its primary is, and optional tables \
 [serve] and [verify] of defaults for `mirrorctl serve NAME` and `mirrorctl verify NAME` \
-(the long flags, with - written _; a flag on the command line overrides the file). Every \
+(the long flags, with - written _; a flag on the command line overrides the file). [serve] \
+takes socket, listen, export, read_only, hot_extents, tls_cert, tls_key, tls_ca, tls_allow (a \
+list), tls, handshake_limit, write_timeout, max_connections and insecure (paths absolute, \
+durations as \"30s\"); [verify] takes repair and max_time. An unknown key, bad TOML or a bad \
+value is refused, naming the file, the line and the key. Every \
 command that takes a PRIMARY or IMAGE also takes a NAME: an argument with a / is a path; \
 otherwise it is a name if NAME.toml exists, else a path; a name that is also a file in the \
 current directory is refused as ambiguous (write ./NAME for the file). A command by name \
@@ -861,7 +865,8 @@ cleared, and the next command recovers the hot set as after a crash.";
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The mirror's primary image (file or block device), or the mirror's name (see
-    /// `mirrorctl name`).
+    /// `mirrorctl name`): then the [serve] table of its file gives the options not on the
+    /// command line.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for
@@ -1023,7 +1028,8 @@ pub struct DetachArgs {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// The mirror's primary image (file or block device), or the mirror's name (see
-    /// `mirrorctl name`).
+    /// `mirrorctl name`): then the [verify] table of its file gives the options not on the
+    /// command line.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg
