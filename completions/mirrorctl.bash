@@ -34,6 +34,9 @@ _mirrorctl() {
             mirrorctl,help)
                 cmd="mirrorctl__subcmd__help"
                 ;;
+            mirrorctl,name)
+                cmd="mirrorctl__subcmd__name"
+                ;;
             mirrorctl,promote)
                 cmd="mirrorctl__subcmd__promote"
                 ;;
@@ -73,6 +76,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,help)
                 cmd="mirrorctl__subcmd__help__subcmd__help"
                 ;;
+            mirrorctl__subcmd__help,name)
+                cmd="mirrorctl__subcmd__help__subcmd__name"
+                ;;
             mirrorctl__subcmd__help,promote)
                 cmd="mirrorctl__subcmd__help__subcmd__promote"
                 ;;
@@ -101,7 +107,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve name help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,7 +200,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__create)
-            opts="-f -j -h --size --region-size --max-secondaries --force --json --wait --no-progress --timeout --help"
+            opts="-f -j -h --size --region-size --max-secondaries --force --json --name --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -209,6 +215,10 @@ _mirrorctl() {
                     return 0
                     ;;
                 --max-secondaries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -325,7 +335,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status events attach write read fracture resync detach promote verify serve help"
+            opts="create status events attach write read fracture resync detach promote verify serve name help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -409,6 +419,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__name)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -513,6 +537,32 @@ _mirrorctl() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__name)
+            opts="-f -j -h --remove --force --json --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --remove)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -710,7 +760,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__status)
-            opts="-j -h --json --check --format --wait --no-progress --timeout --help"
+            opts="-j -h --all --json --check --format --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -819,12 +869,12 @@ _mirrorctl_extra() {
     local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
     [[ "$cur" == -* ]] && return 0
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
+        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
     esac
     for ((i = 2; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
-            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
+            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
             -*) ;;
             *) ((n == 0)) && primary="$w"; ((n++)) ;;
         esac
@@ -839,10 +889,19 @@ _mirrorctl_extra() {
             fi ;;
     esac
     case "$sub" in
-        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve)
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|name)
             local IFS=$'
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;
+    esac
+    # The mirrors' names (mirrorctl name) where a primary goes.
+    case "$sub" in
+        status|events|attach|write|read|fracture|resync|detach|verify|serve)
+            if ((n == 0)); then
+                local IFS=$'
+'
+                COMPREPLY+=($(compgen -W "$(mirrorctl complete-names 2>/dev/null)" -- "$cur"))
+            fi ;;
     esac
 }
 complete -F _mirrorctl_extra -o nosort -o bashdefault -o default mirrorctl

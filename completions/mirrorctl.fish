@@ -44,6 +44,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "detach" -d 'Rem
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
+complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "name" -d 'Name a mirror, forget a name, or list the names: `mirrorctl name PRIMARY NAME`, `mirrorctl name --remove NAME`, `mirrorctl name`'
 complete -c mirrorctl -n "__fish_mirrorctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l size -d 'Size of the data area (e.g. 10G, 1.5G: a decimal number when it comes to whole bytes). Required for a new file; by default an existing file or device is used whole' -r -f -a "512M\t'512 MiB'
 1G\t'1 GiB'
@@ -56,6 +57,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l region-si
 1M\t'smaller bitmaps for large images'
 4M\t'coarse'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l max-secondaries -d 'Number of secondary slots (1 to 32)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l name -d 'Name the new mirror NAME (writes /etc/mirrorctl/NAME.toml, or under $MIRRORCTL_CONFIG_DIR): other commands then take NAME for the primary. A name that is taken is refused (nothing is created), unless --force re-creates the mirror on the image that name points at' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand create" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
@@ -73,6 +75,7 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l timeout -
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l all -d 'Every named mirror (the files in /etc/mirrorctl, see `mirrorctl name`): a block per mirror, a JSON array (each element the status document plus "name"), or the metrics of all of them with a `name` label. A name whose primary cannot be opened is reported, and counts as unhealthy for --check'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -s j -l json -d 'Print a JSON document with stable field names (see README); the same as --format json'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l check -d 'Exit 3 if the mirror is not fully in sync'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
@@ -238,19 +241,30 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l read-only 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l insecure -d 'Allow --listen on an address that is not loopback without TLS required. Without TLS, anyone who can reach the port can read and overwrite the disk'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "status" -d 'Show the mirror\'s geometry, legs, out-of-sync regions and pending write intents'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "events" -d 'Show the mirror\'s event journal: fractures, resyncs, verifies, recoveries, attach, detach, promotion, serve; follow it and run a program on each new event'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "attach" -d 'Add a secondary image (file, created sparse if missing, or block device) and sync it'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "write" -d 'Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "read" -d 'Read the mirror\'s data area (from an in-sync secondary if the primary fails)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "fracture" -d 'Stop writing to a secondary on purpose; its changed regions are tracked for resync'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "resync" -d 'Copy exactly the out-of-sync regions to secondaries and mark them in sync'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "detach" -d 'Remove a secondary from the mirror and free its slot'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -l remove -d 'Forget the name NAME (its file is removed; the mirror is left as it is)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -s f -l force -d 'Give NAME to this mirror even though it names another mirror (whose name it was)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -s j -l json -d 'List the names as a JSON array (name, mirror, primary, config)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "create" -d 'Create a mirror: write a primary header onto an image file or block device'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "status" -d 'Show the mirror\'s geometry, legs, out-of-sync regions and pending write intents'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "events" -d 'Show the mirror\'s event journal: fractures, resyncs, verifies, recoveries, attach, detach, promotion, serve; follow it and run a program on each new event'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "attach" -d 'Add a secondary image (file, created sparse if missing, or block device) and sync it'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "write" -d 'Write data (from a file or stdin) into the mirror; durable on every in-sync leg at exit'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "read" -d 'Read the mirror\'s data area (from an in-sync secondary if the primary fails)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "fracture" -d 'Stop writing to a secondary on purpose; its changed regions are tracked for resync'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "resync" -d 'Copy exactly the out-of-sync regions to secondaries and mark them in sync'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "detach" -d 'Remove a secondary from the mirror and free its slot'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "promote" -d 'Turn an in-sync secondary into the primary of its mirror (failover)'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "verify" -d 'Compare the primary with its secondaries region by region, byte for byte, and report every differing range; repair on request; scrub in budgeted steps from cron'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "serve" -d 'Serve the mirror\'s data area to hosts over NBD (qemu, nbd-client, nbdfuse, fio): every write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "name" -d 'Name a mirror, forget a name, or list the names: `mirrorctl name PRIMARY NAME`, `mirrorctl name --remove NAME`, `mirrorctl name`'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand help; and not __fish_seen_subcommand_from create status events attach write read fracture resync detach promote verify serve name help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # Added by mirrorctl: the mirror's legs (slots and locations) for a secondary argument.
 function __fish_mirrorctl_legs
@@ -275,3 +289,14 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture; and __fish
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify; and __fish_mirrorctl_has_primary" -f -a "(__fish_mirrorctl_legs)"
+# Added by mirrorctl: the mirrors' names (mirrorctl name) where a primary goes.
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand status; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand events; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand attach; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand read; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand fracture; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand resync; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand detach; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand verify; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve; and not __fish_mirrorctl_has_primary" -a "(mirrorctl complete-names 2>/dev/null)" -d 'mirror name'

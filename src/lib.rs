@@ -9,12 +9,13 @@
 //!   storage model, locations turned into devices, what an image already holds.
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
-//! Beside them: `live` (what a running command publishes for `status`), `lock`, `error`,
+//! Beside them: `config` (mirrors by name: the NAME.toml files, pure), `live` (what a running command publishes for `status`), `lock`, `error`,
 //! `units`, `thread` (helper threads that fall back to the caller when none can be started),
 //! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names),
 //! `systemd` (readiness notification and the priority prefixes of log lines under journald).
 
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -261,6 +261,21 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "hosts read; nothing is written",
             ),
         ],
+        "name" => &[
+            (
+                "mirrorctl name /srv/vm.img vm",
+                "name the mirror whose primary is /srv/vm.img: `mirrorctl status vm` ...",
+            ),
+            ("mirrorctl name", "every name, its mirror and its primary"),
+            (
+                "mirrorctl name --remove vm",
+                "forget the name (the mirror is left as it is)",
+            ),
+            (
+                "mirrorctl status --all --check",
+                "every named mirror; exit 3 if any is not healthy",
+            ),
+        ],
         _ => &[],
     }
 }
@@ -285,6 +300,7 @@ pub fn exit_codes(subcommand: &str) -> &'static [u8] {
         // events takes no lock either, and changes nothing.
         "events" => &[0, 2, 4],
         "attach" | "write" | "read" | "resync" | "promote" => &[0, 2, 3, 4, 5],
+        "name" => &[0, 2, 4],
         _ => &[0, 1, 2, 3, 4, 5],
     }
 }
@@ -394,6 +410,10 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT.
     #[command(long_about = SERVE_ABOUT, after_help = after("serve"))]
     Serve(ServeArgs),
+    /// Name a mirror, forget a name, or list the names: `mirrorctl name PRIMARY NAME`,
+    /// `mirrorctl name --remove NAME`, `mirrorctl name`.
+    #[command(long_about = NAME_ABOUT, after_help = after("name"))]
+    Name(NameArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -401,6 +421,9 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// (nothing, and exit 0, when it cannot be read). Takes no lock.
     #[command(hide = true, name = "complete-legs")]
     CompleteLegs(CompleteLegsArgs),
+    /// For the shell completions: the mirrors' names, one per line.
+    #[command(hide = true, name = "complete-names")]
+    CompleteNames,
 }
 
 impl Command {
@@ -415,6 +438,8 @@ impl Command {
             Command::Resync(a) => a.json,
             Command::Promote(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Name(a) => a.json,
+            Command::CompleteNames => false,
             Command::Read(_)
             | Command::Fracture(_)
             | Command::Detach(_)
@@ -448,13 +473,25 @@ pub struct CreateArgs {
     /// Print the result as JSON.
     #[arg(short, long)]
     pub json: bool,
+    /// Name the new mirror NAME (writes /etc/mirrorctl/NAME.toml, or under
+    /// $MIRRORCTL_CONFIG_DIR): other commands then take NAME for the primary. A name that
+    /// is taken is refused (nothing is created), unless --force re-creates the mirror on
+    /// the image that name points at.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The primary (or any image of a mirror).
-    #[arg(value_hint = clap::ValueHint::FilePath)]
-    pub image: PathBuf,
+    /// The primary (or any image of a mirror), or a mirror's name (see `mirrorctl name`).
+    #[arg(value_hint = clap::ValueHint::FilePath, required_unless_present = "all")]
+    pub image: Option<PathBuf>,
+    /// Every named mirror (the files in /etc/mirrorctl, see `mirrorctl name`): a block per
+    /// mirror, a JSON array (each element the status document plus "name"), or the metrics
+    /// of all of them with a `name` label. A name whose primary cannot be opened is
+    /// reported, and counts as unhealthy for --check.
+    #[arg(long, conflicts_with = "image")]
+    pub all: bool,
     /// Print a JSON document with stable field names (see README); the same as --format json.
     #[arg(short, long, conflicts_with = "format")]
     pub json: bool,
@@ -482,7 +519,8 @@ pub struct CompleteLegsArgs {
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// One JSON document per line per event, with stable field names (see README).
@@ -525,7 +563,8 @@ pub struct EventsArgs {
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary image: a file (created sparse at the right size if missing), a block device,
@@ -577,6 +616,48 @@ pub struct AttachArgs {
     #[arg(long)]
     pub discard_secondary_changes: bool,
     /// Print the result as JSON (see README, JSON output).
+    #[arg(short, long)]
+    pub json: bool,
+}
+
+const NAME_ABOUT: &str = "Name a mirror, forget a name, or list the names.
+
+A named mirror has a file NAME.toml in /etc/mirrorctl (or in $MIRRORCTL_CONFIG_DIR), \
+mode 0644, holding its name, its mirror UUID and where its primary is, and optional tables \
+[serve] and [verify] of defaults for `mirrorctl serve NAME` and `mirrorctl verify NAME` \
+(the long flags, with - written _; a flag on the command line overrides the file). [serve] \
+takes socket, listen, export, read_only, hot_extents, tls_cert, tls_key, tls_ca, tls_allow (a \
+list), tls, handshake_limit, write_timeout, max_connections and insecure (paths absolute, \
+durations as \"30s\"); [verify] takes repair and max_time. An unknown key, bad TOML or a bad \
+value is refused, naming the file, the line and the key. Every \
+command that takes a PRIMARY or IMAGE also takes a NAME: an argument with a / is a path; \
+otherwise it is a name if NAME.toml exists, else a path; a name that is also a file in the \
+current directory is refused as ambiguous (write ./NAME for the file). A command by name \
+checks that the image there holds the mirror the file records, and is still its primary.
+
+`mirrorctl name PRIMARY NAME` records NAME for the mirror whose primary is PRIMARY (a \
+secondary is refused, naming its primary); a block device is recorded by its /dev/disk \
+name. A NAME already given to another mirror is refused unless --force; a mirror has one \
+name. Giving the mirror's own name again points it at PRIMARY (after a promotion done \
+elsewhere), keeping the rest of the file. `promote` points the name at the new primary \
+itself. `mirrorctl name --remove NAME` forgets a name; the mirror is left as it is. \
+`mirrorctl name` lists the names. `mirrorctl status --all` shows every named mirror.";
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    /// The mirror's primary image (file or block device).
+    #[arg(value_hint = clap::ValueHint::FilePath, requires = "name", conflicts_with = "remove")]
+    pub primary: Option<PathBuf>,
+    /// The name: 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit.
+    #[arg(conflicts_with = "remove")]
+    pub name: Option<String>,
+    /// Forget the name NAME (its file is removed; the mirror is left as it is).
+    #[arg(long, value_name = "NAME")]
+    pub remove: Option<String>,
+    /// Give NAME to this mirror even though it names another mirror (whose name it was).
+    #[arg(short, long)]
+    pub force: bool,
+    /// List the names as a JSON array (name, mirror, primary, config).
     #[arg(short, long)]
     pub json: bool,
 }
@@ -803,7 +884,8 @@ pub fn parse_flush(s: &str) -> Result<FlushPolicy, String> {
 
 #[derive(Args, Debug)]
 pub struct WriteArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where writing starts.
@@ -858,7 +940,9 @@ lines carry their syslog priority (error, warning, note, info).";
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`): then the [serve] table of its file gives the options not on the
+    /// command line.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Listen on this Unix socket (mode 0600). Default: /run/mirrorctl/NAME-HASH.sock for
@@ -951,7 +1035,8 @@ fn parse_hot_extents(s: &str) -> std::result::Result<usize, String> {
 
 #[derive(Args, Debug)]
 pub struct ReadArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Byte offset in the data area where reading starts.
@@ -967,7 +1052,8 @@ pub struct ReadArgs {
 
 #[derive(Args, Debug)]
 pub struct FractureArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
@@ -980,7 +1066,8 @@ pub struct FractureArgs {
 
 #[derive(Args, Debug)]
 pub struct ResyncArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondaries (paths, NBD URIs or slot numbers); default: every leg with something to
@@ -1005,7 +1092,8 @@ pub struct ResyncArgs {
 
 #[derive(Args, Debug)]
 pub struct DetachArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`).
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondary path (or NBD URI) as given at attach, or its slot number.
@@ -1015,7 +1103,9 @@ pub struct DetachArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The mirror's primary image (file or block device).
+    /// The mirror's primary image (file or block device), or the mirror's name (see
+    /// `mirrorctl name`): then the [verify] table of its file gives the options not on the
+    /// command line.
     #[arg(value_hint = clap::ValueHint::FilePath)]
     pub primary: PathBuf,
     /// Secondaries to compare (paths, NBD URIs or slot numbers); default: every attached leg

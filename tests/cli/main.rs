@@ -17,6 +17,7 @@ mod metadata_fuzz;
 mod mirror_e2e;
 mod mirror_faults;
 mod monitoring;
+mod names;
 mod nbd;
 mod output;
 mod rule_index;

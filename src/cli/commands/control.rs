@@ -197,6 +197,8 @@ fn run(
         Command::Status(_)
         | Command::Events(_)
         | Command::Generate(_)
+        | Command::Name(_)
+        | Command::CompleteNames
         | Command::CompleteLegs(_) => Err(Error::invalid(
             "this command is not carried out through the control socket",
         )),

@@ -7,6 +7,8 @@ struct CreateOut {
     path: String,
     mirror_uuid: String,
     image_uuid: String,
+    /// The name given with --name; null without.
+    name: Option<String>,
     data_offset: u64,
     data_size: u64,
     /// data_offset + data_size: what the mirror uses of the image (and every secondary needs).
@@ -21,6 +23,11 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     crate::format::layout::check_slots(a.max_secondaries)
         .map_err(|e| Error::invalid(format!("--max-secondaries: {e}")))?;
     let size = a.size;
+    // The name is checked before anything is created: a refused name changes nothing.
+    let named = match &a.name {
+        Some(n) => Some(name_to_take(n, &a)?),
+        None => None,
+    };
     let name = display(&a.image);
     let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
     let (dev, created) = if !exists {
@@ -100,12 +107,30 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
         path: name.clone(),
         mirror_uuid: engine::uuid_str(&img.mirror_uuid),
         image_uuid: engine::uuid_str(&img.image_uuid),
+        name: a.name.clone(),
         data_offset: g.data_offset,
         data_size: g.data_size,
         image_size: g.total_len(),
         region_size: g.region_size,
         region_count: g.region_count,
         max_secondaries: g.slots,
+    };
+    let named = match named {
+        Some((n, file)) => {
+            let text =
+                crate::config::render_new(&n, &out.mirror_uuid, &names::location_of(&a.image));
+            if let Err(e) = names::write_atomic(&file, &text) {
+                return Err(Error::new(
+                    e.kind,
+                    format!(
+                        "created mirror {} on {name}, but naming it {n} failed: {e}; `mirrorctl name {name} {n}` names it",
+                        out.mirror_uuid
+                    ),
+                ));
+            }
+            Some((n, file))
+        }
+        None => None,
     };
     if a.json {
         print_json(&out)?;
@@ -119,8 +144,34 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             format_size(g.region_size),
             plural(g.slots as u64, "secondary slot")
         );
+        if let Some((n, file)) = &named {
+            println!("named it {n} ({})", file.display());
+        }
     }
     Ok(Exit::Success)
+}
+
+/// `create --name NAME`: the name checked, and its file's path. A name already taken is
+/// refused (nothing is created), except with --force when its file points at the very
+/// image being re-created (that mirror is overwritten anyway).
+fn name_to_take(n: &str, a: &cli::CreateArgs) -> Result<(crate::config::Name, PathBuf)> {
+    let n = crate::config::Name::parse(n).map_err(|e| Error::invalid(format!("--name: {e}")))?;
+    let file = names::dir().join(n.file_name());
+    if file.exists() {
+        let here = names::location_of(&a.image);
+        let same = names::load(&n)
+            .map(|e| e.config.primary == here)
+            .unwrap_or(false);
+        if !(a.force && same) {
+            return Err(Error::invalid(format!(
+                "--name {n}: the name is taken ({}){}; nothing was created. Choose another name, or forget it first with `mirrorctl name --remove {n}`",
+                file.display(),
+                if same { " by the mirror on this image: give --force to re-create it" } else { "" }
+            )));
+        }
+    }
+    names::make_dir(&names::dir())?;
+    Ok((n, file))
 }
 
 /// A path that does not exist is created as a new image file, except under /dev: there a

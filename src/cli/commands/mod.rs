@@ -25,13 +25,23 @@ mod control;
 mod create;
 mod events;
 mod legs;
+pub mod names;
 mod promote;
 mod read;
 mod resync;
 mod serve;
 mod status;
+mod status_all;
 mod verify;
 mod write;
+
+/// Runs a parsed command line, its mirror name (if one is given for IMAGE/PRIMARY)
+/// resolved first with `matches` (what came from the command line), and returns the exit
+/// status to use.
+pub fn run_matched(mut cli: Cli, matches: &clap::ArgMatches) -> Result<Exit> {
+    names::resolve(&mut cli, matches)?;
+    run(cli)
+}
 
 /// Runs a parsed command line and returns the exit status to use.
 pub fn run(cli: Cli) -> Result<Exit> {
@@ -55,6 +65,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Name(a) => names::name_cmd(a),
+        Command::CompleteNames => names::complete_names(),
         Command::CompleteLegs(a) => {
             // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
             if let Ok(dev) = FileDevice::open(&a.primary, false) {
@@ -229,7 +241,7 @@ fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit>
     let sock = control::socket_beside(&rec_path);
     let req = Request {
         version: control::VERSION,
-        args: std::env::args().skip(1).collect(),
+        args: names::forwarded_args(),
         cwd: std::env::current_dir().unwrap_or_default(),
     };
     let bar = Bar::new(ctx.progress, what);

@@ -10,6 +10,18 @@ struct PromoteOut {
     old_primary_slot: u32,
     old_primary_reachable: bool,
     notes: Vec<String>,
+    /// The mirror's names (`mirrorctl name`), which now point at this image.
+    names: Vec<String>,
+}
+
+/// After a promotion: the mirror's names follow the new primary (on this machine; an NBD
+/// export's names are pointed at it on its own machine).
+fn follow(m: &Mirror, promoted: &str) -> Vec<String> {
+    let uuid = engine::uuid_str(&m.sb().mirror_uuid);
+    if nbd::is_uri(promoted) {
+        return Vec::new();
+    }
+    names::follow_promotion(&uuid, &names::location_of(Path::new(promoted)))
 }
 
 pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
@@ -56,12 +68,14 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     let opener = Arc::new(FileOpener { writable: true });
     let (out, mut m) = crate::engine::failover::promote(dev, &name, old, a.force, opener)?;
     print_warnings(&mut m);
+    let names = follow(&m, &name);
     let res = PromoteOut {
         path: name.clone(),
         generation: out.generation,
         old_primary_slot: out.old_primary_slot,
         old_primary_reachable: out.old_primary_reachable,
         notes: out.notes,
+        names,
     };
     if a.json {
         print_json(&res)?;
@@ -109,6 +123,7 @@ pub(super) fn finish_promotion(
         false,
     )?;
     print_warnings(&mut m);
+    let names = follow(&m, name);
     let note = format!(
         "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} to copy: run `mirrorctl resync {name}`",
         leg.location, plural(outcome.regions, "region")
@@ -120,6 +135,7 @@ pub(super) fn finish_promotion(
             old_primary_slot: slot,
             old_primary_reachable: true,
             notes: vec![note],
+            names,
         })?;
     } else {
         println!(

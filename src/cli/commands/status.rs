@@ -5,8 +5,11 @@
 use super::*;
 
 pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
-    let name = display(&a.image);
-    let dev = FileDevice::open(&a.image, false).map_err(|e| open_error("opening", &a.image, e))?;
+    let Some(image) = a.image.clone() else {
+        return super::status_all::status_all(&a);
+    };
+    let name = display(&image);
+    let dev = FileDevice::open(&image, false).map_err(|e| open_error("opening", &image, e))?;
     let file = dev.file().unwrap();
     let running = crate::live::read(file);
     // A writer whose record this user cannot read (another user's runtime directory) is

@@ -125,6 +125,12 @@ pub fn render_completions() -> Vec<(PathBuf, Vec<u8>)> {
 /// Subcommands whose positionals after the primary name legs.
 const LEG_COMMANDS: [&str; 4] = ["fracture", "resync", "detach", "verify"];
 
+/// Subcommands whose first positional is a primary, which a mirror's name may stand for.
+const NAMED_COMMANDS: [&str; 10] = [
+    "status", "events", "attach", "write", "read", "fracture", "resync", "detach", "verify",
+    "serve",
+];
+
 /// Every option that takes its value as the next word (so it is not a positional).
 fn value_options(cmd: &clap::Command) -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
@@ -189,6 +195,15 @@ _{BIN}_extra() {{
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
+    # The mirrors' names (mirrorctl name) where a primary goes.
+    case "$sub" in
+        {named_case})
+            if ((n == 0)); then
+                local IFS=$'
+'
+                COMPREPLY+=($(compgen -W "$({BIN} complete-names 2>/dev/null)" -- "$cur"))
+            fi ;;
+    esac
 }}
 complete -F _{BIN}_extra -o nosort -o bashdefault -o default {BIN}
 "#,
@@ -196,6 +211,7 @@ complete -F _{BIN}_extra -o nosort -o bashdefault -o default {BIN}
         opts = value_options(cmd).join("|"),
         legs_case = LEG_COMMANDS.join("|"),
         subs_case = subs.join("|"),
+        named_case = NAMED_COMMANDS.join("|"),
     );
     assert!(
         text.contains(&registration),
@@ -213,8 +229,12 @@ fn zsh_extras(text: String) -> String {
         }
         let legs = LEG_COMMANDS.contains(&section.as_str())
             && (line.starts_with("':secondary -- ") || line.starts_with("'*::secondaries -- "));
+        let primary = NAMED_COMMANDS.contains(&section.as_str())
+            && (line.starts_with("':primary -- ") || line.starts_with("'::image -- "));
         if legs {
             out.push_str(&line.replacen(":_files'", ":_mirrorctl_legs'", 1));
+        } else if primary {
+            out.push_str(&line.replacen(":_files'", ":_mirrorctl_primary'", 1));
         } else {
             out.push_str(line);
         }
@@ -228,6 +248,15 @@ _{BIN}_legs() {{
     local -a legs
     legs=(${{(f)"$({BIN} complete-legs ${{(Q)line[1]}} 2>/dev/null)"}})
     compadd -a legs
+}}
+
+# Added by mirrorctl: the mirrors' names (mirrorctl name) and files, where a primary goes.
+(( $+functions[_{BIN}_primary] )) ||
+_{BIN}_primary() {{
+    local -a names
+    names=(${{(f)"$({BIN} complete-names 2>/dev/null)"}})
+    compadd -a names
+    _files
 }}
 "#
     );
@@ -269,6 +298,14 @@ end
     for sub in LEG_COMMANDS {
         out.push_str(&format!(
             "complete -c {BIN} -n \"__fish_{BIN}_using_subcommand {sub}; and __fish_{BIN}_has_primary\" -f -a \"(__fish_{BIN}_legs)\"\n"
+        ));
+    }
+    out.push_str(
+        "# Added by mirrorctl: the mirrors' names (mirrorctl name) where a primary goes.\n",
+    );
+    for sub in NAMED_COMMANDS {
+        out.push_str(&format!(
+            "complete -c {BIN} -n \"__fish_{BIN}_using_subcommand {sub}; and not __fish_{BIN}_has_primary\" -a \"({BIN} complete-names 2>/dev/null)\" -d 'mirror name'\n"
         ));
     }
     out
