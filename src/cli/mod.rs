@@ -222,6 +222,20 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "mirrorctl serve /srv/vm.img --read-only",
                 "hosts read; nothing is written",
             ),
+            (
+                "mirrorctl serve /srv/vm.img --min-in-sync 1",
+                "writes acknowledged only while a secondary is in sync",
+            ),
+        ],
+        "set" => &[
+            (
+                "mirrorctl set /srv/vm.img --min-in-sync 0",
+                "the running serve acknowledges writes with no secondary in sync",
+            ),
+            (
+                "mirrorctl set /srv/vm.img --min-in-sync 2",
+                "from now on, only with two secondaries in sync",
+            ),
         ],
         _ => &[],
     }
@@ -241,7 +255,7 @@ pub fn exit_status(codes: &[u8]) -> String {
 /// The exit statuses each subcommand can return.
 pub fn exit_codes(subcommand: &str) -> &'static [u8] {
     match subcommand {
-        "create" | "fracture" | "detach" | "serve" => &[0, 2, 4, 5],
+        "create" | "fracture" | "detach" | "serve" | "set" => &[0, 2, 4, 5],
         // status takes no lock: never busy.
         "status" => &[0, 2, 3, 4],
         // events takes no lock either, and changes nothing.
@@ -347,6 +361,10 @@ mdadm --monitor --program and ZED's zedlets).",
     /// write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT.
     #[command(long_about = SERVE_ABOUT, after_help = after("serve"))]
     Serve(ServeArgs),
+    /// Change a running serve's settings live (its --min-in-sync), through its control
+    /// socket.
+    #[command(after_help = after("set"))]
+    Set(SetArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -372,6 +390,7 @@ impl Command {
             | Command::Fracture(_)
             | Command::Detach(_)
             | Command::Serve(_)
+            | Command::Set(_)
             | Command::Generate(_)
             | Command::CompleteLegs(_) => false,
         }
@@ -752,6 +771,11 @@ pub struct WriteArgs {
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(short, long)]
     pub json: bool,
+    /// Refuse to write (exit 3) unless at least N secondaries are in sync: checked before
+    /// anything is written, and the write stops at the first leg lost below N, reporting as
+    /// written only the bytes synced while N were in sync (see --flush). 0: no minimum.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_in_sync: u32,
 }
 
 const SERVE_ABOUT: &str = "Serve the mirror's data area (data_size bytes, starting at \
@@ -849,6 +873,25 @@ pub struct ServeArgs {
     /// anyone who can reach the port can read and overwrite the disk.
     #[arg(long)]
     pub insecure: bool,
+    /// Acknowledge a write or flush only while at least N secondaries are in sync (DRBD's
+    /// quorum, MirrorView's minimum required images). With fewer, a write or flush waits up
+    /// to --timeout for one to come back in sync (a live resync ending), then gets an I/O
+    /// error, as do the next ones at once until enough are back or `mirrorctl set PRIMARY
+    /// --min-in-sync N` lowers the minimum. 0 (the default): writes go on with any number.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_in_sync: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The mirror's primary image, served by `mirrorctl serve`.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub primary: PathBuf,
+    /// The minimum of in-sync secondaries the running serve needs to acknowledge writes
+    /// (its --min-in-sync), from now on; writes refused for too few go on at once when the
+    /// new one is met.
+    #[arg(long, value_name = "N", required = true)]
+    pub min_in_sync: Option<u32>,
 }
 
 fn parse_max_connections(s: &str) -> std::result::Result<usize, String> {

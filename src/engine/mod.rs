@@ -14,6 +14,7 @@ pub mod failover;
 pub(crate) mod legs;
 pub mod metrics;
 pub mod plan;
+pub mod quorum;
 mod recover;
 mod resync;
 pub mod serve;
@@ -75,6 +76,9 @@ pub struct Mirror {
     /// The write intents on disk are a running server's writes in flight (its hot set), not
     /// an unclean stop: what a resync would copy is the fracture logs alone.
     intents_live: bool,
+    /// Secondaries a stream's write needs in sync to be acknowledged (`write
+    /// --min-in-sync`, Q1 of [`quorum`]); 0 by default.
+    pub min_in_sync: u32,
 }
 
 /// "secondary slot 1 (/srv/b.img)".
@@ -175,6 +179,7 @@ impl Mirror {
             open_legs: vec![None; slots],
             window: WINDOW,
             intents_live: false,
+            min_in_sync: 0,
         })
     }
 
@@ -262,6 +267,17 @@ impl Mirror {
     pub fn record(&mut self, kind: EventKind, slot: Option<u32>, detail: &str) -> Result<()> {
         self.event(kind, slot, detail);
         self.commit()
+    }
+
+    /// The legs as the quorum sees them (Q1), `receiving` saying which get writes now.
+    pub fn leg_views(&self, receiving: &dyn Fn(u32) -> bool) -> Vec<quorum::LegView> {
+        (0..self.geometry().slots)
+            .map(|s| quorum::LegView {
+                slot: s,
+                state: self.sb().legs[s as usize].state,
+                receiving: receiving(s),
+            })
+            .collect()
     }
 
     pub(crate) fn commit(&mut self) -> Result<()> {

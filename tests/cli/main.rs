@@ -17,6 +17,7 @@ mod mirror_e2e;
 mod mirror_faults;
 mod nbd;
 mod output;
+mod quorum;
 mod safety;
 mod serve;
 mod serve_limits;

@@ -29,6 +29,7 @@ mod promote;
 mod read;
 mod resync;
 mod serve;
+mod set;
 mod status;
 mod verify;
 mod write;
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Set(a) => set::set(&ctx, a),
         Command::CompleteLegs(a) => {
             // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
             if let Ok(dev) = FileDevice::open(&a.primary, false) {

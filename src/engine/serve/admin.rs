@@ -304,6 +304,9 @@ impl Server {
         if !synced.is_empty() {
             st.mirror.refresh_headers(&synced);
         }
+        // H9: legs back in sync may be what writes wait for.
+        self.resume(&mut st);
+        self.changed.notify_all();
         self.tell(&mut st, say);
         report.seconds = started.elapsed().as_secs_f64();
         (self.log)(&format!(
