@@ -612,7 +612,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__serve)
-            opts="-h --socket --listen --export --read-only --hot-extents --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --min-in-sync --wait --no-progress --timeout --help"
+            opts="-h --socket --listen --export --read-only --hot-extents --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --min-in-sync --fence-peer --unfence --fence-timeout --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -701,6 +701,18 @@ _mirrorctl() {
                     ;;
                 --min-in-sync)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unfence)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -797,7 +809,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__write)
-            opts="-i -j -h --offset --input --length --flush --json --min-in-sync --wait --no-progress --timeout --help"
+            opts="-i -j -h --offset --input --length --flush --json --min-in-sync --fence-peer --fence-timeout --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -825,6 +837,14 @@ _mirrorctl() {
                     ;;
                 --min-in-sync)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -858,12 +878,12 @@ _mirrorctl_extra() {
     local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
     [[ "$cur" == -* ]] && return 0
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
+        --exec|--exec-timeout|--export|--fence-peer|--fence-timeout|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--unfence|--write-timeout|-i|-o) return 0 ;;
     esac
     for ((i = 2; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
-            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
+            --exec|--exec-timeout|--export|--fence-peer|--fence-timeout|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--offset|--output|--rate|--reason|--region-size|--since|--size|--socket|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--unfence|--write-timeout|-i|-o) ((i++)) ;;
             -*) ;;
             *) ((n == 0)) && primary="$w"; ((n++)) ;;
         esac

@@ -130,6 +130,11 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l flush -d '
 always\t'after every chunk'
 every=\t'every SIZE, e.g. every=256M'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l min-in-sync -d 'Refuse to write (exit 3) unless at least N secondaries are in sync: checked before anything is written, and the write stops at the first leg lost below N, reporting as written only the bytes synced while N were in sync (see --flush). 0: no minimum' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l fence-peer -d 'Run COMMAND (/bin/sh -c) for each secondary this write loses (fractured on an error), once its fracture is on disk and before the write goes on; if it fails or runs past --fence-timeout, the write stops as with --min-in-sync (exit 3). The environment is serve\'s (see `mirrorctl serve --help`)' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l fence-timeout -d 'The longest --fence-peer may run; then it is killed and counts as failed' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand write" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
@@ -231,6 +236,12 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l write-time
 1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l max-connections -d 'Clients served at once (handshakes included); one more is refused with a log line. Each holds at most 33 threads and about 240 MiB of buffers' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l min-in-sync -d 'Acknowledge a write or flush only while at least N secondaries are in sync (DRBD\'s quorum, MirrorView\'s minimum required images). With fewer, a write or flush waits up to --timeout for one to come back in sync (a live resync ending), then gets an I/O error, as do the next ones at once until enough are back or `mirrorctl set PRIMARY --min-in-sync N` lowers the minimum. 0 (the default): writes go on with any number' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l fence-peer -d 'Run COMMAND (/bin/sh -c) when a secondary stops receiving writes (it failed, or an admin fractured it), once its fracture is on disk, and acknowledge no write or flush until it exits 0 (DRBD\'s fence-peer handler; e.g. a script adding a Pacemaker constraint that keeps the peer from promotion). It gets MIRRORCTL_SLOT, MIRRORCTL_LEG, MIRRORCTL_MIRROR, MIRRORCTL_PRIMARY and MIRRORCTL_REASON. If it fails or runs past --fence-timeout, writes and flushes get I/O errors until the leg is back in sync or detached' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l unfence -d 'Run COMMAND (/bin/sh -c, the same environment) when a leg whose --fence-peer succeeded is back in sync (a resync ended): to remove the constraint. A failure is logged' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l fence-timeout -d 'The longest --fence-peer or --unfence may run; then it is killed (with what it started) and counts as failed' -r -f -a "500ms\t'half a second'
+30s\t'30 seconds'
+10m\t'10 minutes'
+1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'

@@ -78,6 +78,9 @@ pub struct ServeRecord {
     pub writes_refused: Option<String>,
     #[serde(default)]
     pub refused_total: u64,
+    /// Why writes wait now (a `--fence-peer` hook running), or null.
+    #[serde(default)]
+    pub writes_held: Option<String>,
 }
 
 /// One running command's record.
@@ -530,6 +533,9 @@ pub fn describe(r: &Record) -> String {
             format_size(v.read_bytes_per_second as u64),
             v.flushes_per_second
         );
+        if let Some(why) = &v.writes_held {
+            s += &format!("; WRITES HELD: {why}");
+        }
         if let Some(why) = &v.writes_refused {
             s += &format!("; WRITES REFUSED: {why} (--min-in-sync {})", v.min_in_sync);
         } else if v.min_in_sync > 0 {

@@ -776,6 +776,15 @@ pub struct WriteArgs {
     /// written only the bytes synced while N were in sync (see --flush). 0: no minimum.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub min_in_sync: u32,
+    /// Run COMMAND (/bin/sh -c) for each secondary this write loses (fractured on an
+    /// error), once its fracture is on disk and before the write goes on; if it fails or
+    /// runs past --fence-timeout, the write stops as with --min-in-sync (exit 3). The
+    /// environment is serve's (see `mirrorctl serve --help`).
+    #[arg(long, value_name = "COMMAND")]
+    pub fence_peer: Option<String>,
+    /// The longest --fence-peer may run; then it is killed and counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub fence_timeout: Duration,
 }
 
 const SERVE_ABOUT: &str = "Serve the mirror's data area (data_size bytes, starting at \
@@ -880,6 +889,24 @@ pub struct ServeArgs {
     /// --min-in-sync N` lowers the minimum. 0 (the default): writes go on with any number.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub min_in_sync: u32,
+    /// Run COMMAND (/bin/sh -c) when a secondary stops receiving writes (it failed, or an
+    /// admin fractured it), once its fracture is on disk, and acknowledge no write or flush
+    /// until it exits 0 (DRBD's fence-peer handler; e.g. a script adding a Pacemaker
+    /// constraint that keeps the peer from promotion). It gets MIRRORCTL_SLOT,
+    /// MIRRORCTL_LEG, MIRRORCTL_MIRROR, MIRRORCTL_PRIMARY and MIRRORCTL_REASON. If it fails
+    /// or runs past --fence-timeout, writes and flushes get I/O errors until the leg is back
+    /// in sync or detached.
+    #[arg(long, value_name = "COMMAND")]
+    pub fence_peer: Option<String>,
+    /// Run COMMAND (/bin/sh -c, the same environment) when a leg whose --fence-peer
+    /// succeeded is back in sync (a resync ended): to remove the constraint. A failure is
+    /// logged.
+    #[arg(long, value_name = "COMMAND")]
+    pub unfence: Option<String>,
+    /// The longest --fence-peer or --unfence may run; then it is killed (with what it
+    /// started) and counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub fence_timeout: Duration,
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,7 @@ mod activity;
 mod attach;
 pub mod create;
 pub mod failover;
+pub mod fence;
 pub(crate) mod legs;
 pub mod metrics;
 pub mod plan;
@@ -79,6 +80,8 @@ pub struct Mirror {
     /// Secondaries a stream's write needs in sync to be acknowledged (`write
     /// --min-in-sync`, Q1 of [`quorum`]); 0 by default.
     pub min_in_sync: u32,
+    /// The fence hook a stream runs for each leg it loses (`write --fence-peer`, F1).
+    pub fence: fence::FenceHooks,
 }
 
 /// "secondary slot 1 (/srv/b.img)".
@@ -180,6 +183,7 @@ impl Mirror {
             window: WINDOW,
             intents_live: false,
             min_in_sync: 0,
+            fence: fence::FenceHooks::default(),
         })
     }
 

@@ -282,12 +282,17 @@ impl Mirror {
             .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
             .collect();
         let mut legs = self.active_legs()?;
+        // F1: legs that failed to open are fenced before anything is written.
+        let mut fenced = Vec::new();
+        let fence_failed = self.fence_lost(&fractured_before, &mut fenced);
         // Q1: refused before anything is written when too few legs are in sync (this
         // command holds the mirror: nothing can bring one back while it waits).
-        if let Some(why) = self.shortfall_of(&legs) {
+        if let Some(why) = fence_failed.clone().or_else(|| self.shortfall_of(&legs)) {
             return Err(Error::degraded(format!(
-                "writes refused: {why}, fewer than --min-in-sync {}; nothing was written. `mirrorctl resync {}` brings the legs back in sync, or give a lower --min-in-sync",
-                self.min_in_sync, self.name
+                "writes refused: {why}{}; nothing was written. `mirrorctl resync {}` brings the legs back in sync{}",
+                if fence_failed.is_some() { String::new() } else { format!(", fewer than --min-in-sync {}", self.min_in_sync) },
+                self.name,
+                if fence_failed.is_some() { "" } else { ", or give a lower --min-in-sync" }
             ))
             .with("bytes_written", 0u64)
             .with("acknowledged", false)
@@ -406,7 +411,8 @@ impl Mirror {
                 };
                 // Q1: a leg lost in this chunk (or its sync) below the quorum ends the
                 // stream; what was synced with the quorum held stays acknowledged.
-                refused = self.shortfall_of(&legs);
+                let fence_failed = self.fence_lost(&fractured_before, &mut fenced);
+                refused = fence_failed.or_else(|| self.shortfall_of(&legs));
                 if synced && refused.is_none() {
                     acked = report.bytes;
                 }
@@ -428,15 +434,20 @@ impl Mirror {
                 report.newly_fractured.push(s);
             }
         }
-        // Q1: the last sync too needs the quorum.
-        let refused = refused.or_else(|| self.shortfall_of(&legs));
+        // Q1: the last sync too needs the quorum (F1: and a leg it lost, its fence).
+        let refused = refused
+            .or_else(|| self.fence_lost(&fractured_before, &mut fenced))
+            .or_else(|| self.shortfall_of(&legs));
         if let Some(why) = refused {
             let unacked = report.bytes - acked;
+            let tail = if why.starts_with("--fence-peer") {
+                String::new()
+            } else {
+                format!(", fewer than --min-in-sync {}", self.min_in_sync)
+            };
             return Err(Error::degraded(format!(
-                "writes refused: {why}, fewer than --min-in-sync {}: {acked} bytes at offset {offset}..{} are durable on the primary and at least {} in-sync secondaries; the {unacked} bytes after them reached the primary and the remaining legs but are not acknowledged (the legs that missed them have them in their fracture logs), and the rest of the input was not written. `mirrorctl resync {}` brings the legs back; then write from --offset {} again",
-                self.min_in_sync,
+                "writes refused: {why}{tail}: {acked} bytes at offset {offset}..{} are durable on the primary and every leg in sync at the time; the {unacked} bytes after them reached the primary and the remaining legs but are not acknowledged (the legs that missed them have them in their fracture logs), and the rest of the input was not written. `mirrorctl resync {}` brings the legs back; then write from --offset {} again",
                 offset + acked,
-                self.min_in_sync,
                 self.name,
                 offset + acked
             ))
@@ -476,6 +487,34 @@ impl Mirror {
     fn shortfall_of(&self, legs: &[(u32, Arc<dyn Device>)]) -> Option<String> {
         let views = self.leg_views(&|s| legs.iter().any(|(x, _)| *x == s));
         super::quorum::shortfall(&views, self.min_in_sync)
+    }
+
+    /// F1: runs the fence hook for each leg fractured since the stream began (its fracture
+    /// is committed) and not fenced yet; why the first that failed did, if one did.
+    fn fence_lost(&mut self, before: &[u32], fenced: &mut Vec<u32>) -> Option<String> {
+        let cmd = self.fence.fence_peer.clone()?;
+        let mut failed = None;
+        for s in 0..self.geometry().slots {
+            let leg = self.sb().legs[s as usize].clone();
+            if !leg.state.is_fractured() || before.contains(&s) || fenced.contains(&s) {
+                continue;
+            }
+            fenced.push(s);
+            let call = super::fence::FenceCall {
+                slot: s,
+                leg: leg.location.clone(),
+                mirror: uuid_str(&self.sb().mirror_uuid),
+                reason: format!("by error: {}", leg.last_error),
+            };
+            if let Err(e) = super::fence::run(&cmd, &self.fence, &call) {
+                self.warnings.push(format!(
+                    "warning: --fence-peer for slot {s} ({}) failed ({e})",
+                    leg.location
+                ));
+                failed.get_or_insert(format!("--fence-peer for slot {s} failed ({e})"));
+            }
+        }
+        failed
     }
 
     /// W2 + W5: sync, then clear this command's write intents (and fracture bits set ahead

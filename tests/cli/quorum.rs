@@ -340,3 +340,188 @@ fn write_with_too_few_in_sync_secondaries_exits_3_having_written_and_counted_not
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("at most 4 can be in sync"), "{o:?}");
 }
+
+#[test]
+fn a_host_write_after_a_secondary_dies_is_acknowledged_only_after_the_fence_peer_hook_returned_and_resync_unfences(
+) {
+    let fx = Fx::create("16M", "64K");
+    let file = backing(&fx, "b.img");
+    let nsock = fx.path("b.sock");
+    let mut qn = qemu_unix(&file, &nsock, false);
+    let leg = format!("nbd+unix:///exp?socket={}", nsock.display());
+    fx.ok(&["attach", "a.img", &leg]);
+    let dir = fx.dir.path().display().to_string();
+    // The hook sees the fracture on disk (status takes no lock), records its environment,
+    // and ends a second later, leaving a mark just before it exits.
+    let fence = format!(
+        "{} status {dir}/a.img --json > {dir}/fence.status; env | grep ^MIRRORCTL_ | sort > {dir}/fence.env; sleep 1; touch {dir}/fence.done",
+        bin()
+    );
+    let unfence = format!("env | grep ^MIRRORCTL_REASON > {dir}/unfence.env");
+    let s = Serving::start(
+        &fx,
+        &[
+            "--fence-peer",
+            &fence,
+            "--unfence",
+            &unfence,
+            "--timeout",
+            "2s",
+        ],
+    );
+    let mut h = Host::connect(&s.sock);
+    assert_eq!(h.write(0, &[1; 4096]), 0);
+    assert_eq!(h.flush(), 0);
+    assert!(
+        !fx.path("fence.env").exists(),
+        "the hook ran with the leg in sync"
+    );
+    qn.kill();
+    // The write that finds the leg gone is acknowledged (no --min-in-sync), but only once
+    // the hook has returned.
+    assert_eq!(h.write(4096, &[2; 4096]), 0);
+    assert!(
+        fx.path("fence.done").exists(),
+        "a write was acknowledged before --fence-peer returned:\n{}",
+        s.log()
+    );
+    assert_eq!(h.flush(), 0);
+    let env = std::fs::read_to_string(fx.path("fence.env")).unwrap();
+    let mirror = fx.status()["mirror_uuid"].as_str().unwrap().to_string();
+    for want in [
+        "MIRRORCTL_SLOT=0".to_string(),
+        format!("MIRRORCTL_LEG={leg}"),
+        format!("MIRRORCTL_MIRROR={mirror}"),
+        "MIRRORCTL_PRIMARY=a.img".to_string(),
+        "MIRRORCTL_REASON=by error: write at data offset 4096".to_string(),
+    ] {
+        assert!(
+            env.lines().any(|l| l.starts_with(&want)),
+            "{want} in:\n{env}"
+        );
+    }
+    // The fence stated a truth: the fracture was on disk when it ran.
+    let st: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.path("fence.status")).unwrap()).unwrap();
+    assert_eq!(
+        crate::support::leg(&st, 0)["state"],
+        "fractured-by-error",
+        "{st:#}"
+    );
+    // Back in sync: the unfence hook runs before the resync returns.
+    let _qn = qemu_unix(&file, &nsock, false);
+    fx.ok(&["resync", "a.img"]);
+    assert_eq!(
+        std::fs::read_to_string(fx.path("unfence.env")).unwrap(),
+        "MIRRORCTL_REASON=in sync again\n"
+    );
+    drop(h);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("--fence-peer for slot 0 succeeded"), "{log}");
+    assert!(log.contains("--unfence for slot 0"), "{log}");
+    assert_eq!(data_at(&fx, "b.img", 4096, 4096), vec![2; 4096]);
+}
+
+#[test]
+fn a_failing_fence_peer_hook_gets_writes_refused_with_the_fracture_kept_until_a_resync() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img", "c.img"]);
+    let s = Serving::start(&fx, &["--fence-peer", "echo no cluster; exit 7"]);
+    let mut h = Host::connect(&s.sock);
+    assert_eq!(h.write(0, &[1; 4096]), 0);
+    // The admin's fracture returns once the hook has run, and says it failed.
+    let o = fx.ok(&["fracture", "a.img", "c.img"]);
+    assert!(
+        o.stderr
+            .contains("--fence-peer for slot 1 failed (exit status: 7)"),
+        "{o:?}"
+    );
+    assert_eq!(h.write(0, &[2; 4096]), EIO);
+    assert_eq!(h.flush(), EIO);
+    assert_eq!(data_at(&fx, "a.img", 0, 4096), vec![1; 4096]);
+    let r = until_record(&fx, "the refusal", |r| !r["writes_refused"].is_null());
+    assert_eq!(
+        r["writes_refused"], "--fence-peer for slot 1 failed (exit status: 7)",
+        "{r:#}"
+    );
+    assert_eq!(leg_of(&fx, 1)["state"], "fractured-by-admin");
+    assert_eq!(events_of(&fx, "writes-refused").len(), 1);
+    // Back in sync, nothing is left to fence: writes go on.
+    fx.ok(&["resync", "a.img"]);
+    assert_eq!(h.write(0, &[3; 4096]), 0);
+    assert_eq!(h.flush(), 0);
+    drop(h);
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("no cluster"),
+        "the hook's output is in the log:\n{log}"
+    );
+    crate::serve::legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
+}
+
+#[test]
+fn write_runs_the_fence_peer_hook_for_a_leg_it_loses_and_a_failing_hook_stops_it_with_nothing_counted(
+) {
+    let fx = Fx::create("16M", "64K");
+    let file = backing(&fx, "b.img");
+    let nsock = fx.path("b.sock");
+    let mut qn = qemu_unix(&file, &nsock, false);
+    let leg = format!("nbd+unix:///exp?socket={}", nsock.display());
+    fx.ok(&["attach", "a.img", &leg]);
+    qn.kill();
+    let input = fx.path("in.bin");
+    random_file(&input, MIB, 9);
+    let before = std::fs::read(fx.path("a.img")).unwrap();
+    let o = fx.run(&[
+        "--timeout",
+        "2s",
+        "write",
+        "a.img",
+        "-i",
+        input.to_str().unwrap(),
+        "--fence-peer",
+        "exit 4",
+        "--json",
+    ]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let j = o.json();
+    assert_eq!(j["bytes_written"], 0, "{j:#}");
+    assert_eq!(
+        j["writes_refused"],
+        "--fence-peer for slot 0 failed (exit status: 4)"
+    );
+    // Its fracture stays; nothing reached the data area.
+    assert_eq!(leg_of(&fx, 0)["state"], "fractured-by-error");
+    let g = fx.geometry();
+    let after = std::fs::read(fx.path("a.img")).unwrap();
+    assert!(
+        after[g.data_offset as usize..] == before[g.data_offset as usize..],
+        "a write refused by its fence hook changed the data area"
+    );
+    // Back in sync, lost again: a fence that succeeds lets the write go on (degraded, as
+    // ever without the leg).
+    let mut qn = qemu_unix(&file, &nsock, false);
+    fx.ok(&["resync", "a.img"]);
+    qn.kill();
+    let mark = fx.path("fenced");
+    let hook = format!(
+        "echo \"$MIRRORCTL_SLOT $MIRRORCTL_REASON\" > {}",
+        mark.display()
+    );
+    let o = fx.run(&[
+        "--timeout",
+        "2s",
+        "write",
+        "a.img",
+        "-i",
+        input.to_str().unwrap(),
+        "--fence-peer",
+        &hook,
+        "--json",
+    ]);
+    assert_eq!(o.code, 3, "{o:?}");
+    assert_eq!(o.json()["bytes_written"], MIB, "{o:?}");
+    let said = std::fs::read_to_string(&mark).unwrap();
+    assert!(said.starts_with("0 by error: opening"), "{said}");
+}

@@ -127,6 +127,12 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         read_only: a.read_only,
         min_in_sync: a.min_in_sync,
         quorum_wait: crate::device::nbd::timeout(),
+        fence: engine::fence::FenceHooks {
+            fence_peer: a.fence_peer.clone(),
+            unfence: a.unfence.clone(),
+            timeout: a.fence_timeout,
+            primary: display(&a.primary),
+        },
         ..Default::default()
     };
     let live = m.publish("serve", !a.read_only).map(Arc::new);

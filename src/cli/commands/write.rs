@@ -29,6 +29,12 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
     let mut m = open_for_change(ctx, &a.primary)?;
     check_min_in_sync(a.min_in_sync, &m)?;
     m.min_in_sync = a.min_in_sync;
+    m.fence = engine::fence::FenceHooks {
+        fence_peer: a.fence_peer.clone(),
+        unfence: None,
+        timeout: a.fence_timeout,
+        primary: display(&a.primary),
+    };
     let live = m.publish("write", true);
     check_range(
         offset,

@@ -57,6 +57,13 @@
 //!   which may be what brings the quorum back, must not wait for it: H4 is kept by taking a
 //!   new place when it goes on). Otherwise a write could be acknowledged on fewer copies than
 //!   the admin asked for (an isolated primary acknowledging writes its peer never got).
+//! - H10 With `--fence-peer COMMAND` (F1 of `fence.rs`) a leg that stops receiving writes
+//!   (an error, an admin fracture) has its hook queued in the lock hold that made its
+//!   fracture durable; until the hook exits 0 no write or flush is replied to with success
+//!   (they wait as for H9, with no limit but the hook's own), and if it fails they are
+//!   refused until the leg is back in sync or detached. The hook runs outside the lock, on
+//!   the first thread that waits for it (or the admin command's). Otherwise a write could
+//!   be acknowledged before the peer that missed it is kept from promotion.
 
 mod admin;
 mod verify;
@@ -64,6 +71,8 @@ mod verify;
 pub use admin::Say;
 
 use super::activity::{ActivityLog, ExtentIdx, Plan};
+use super::fence::FenceCall;
+pub use super::fence::FenceHooks;
 use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use std::sync::{Condvar, MutexGuard, Weak};
@@ -198,6 +207,21 @@ struct State {
     /// Set when a write was refused for too few in-sync secondaries (the reason): later ones
     /// are refused at once until enough are back (H9).
     refused: Option<String>,
+    /// Per slot, the fence of a leg that stopped receiving writes (H10).
+    fences: Vec<Fence>,
+}
+
+/// Where a slot's fence hook is (H10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fence {
+    None,
+    /// To be run by the next thread that waits for it.
+    Queued(FenceCall),
+    Running,
+    /// The hook exited 0: the peer is fenced until the leg is back in sync.
+    Done,
+    /// The hook failed (why): writes are refused.
+    Failed(String),
 }
 
 /// A mirror serving requests. Many threads may call it at once.
@@ -220,6 +244,8 @@ pub struct Server {
     admin_stop: AtomicBool,
     /// How long a write or flush waits for enough in-sync secondaries (H9).
     quorum_wait: Duration,
+    /// The fence hooks (H10).
+    fence: FenceHooks,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -239,6 +265,8 @@ pub struct ServeConfig {
     pub min_in_sync: u32,
     /// How long a write or flush waits for them before it is refused.
     pub quorum_wait: Duration,
+    /// Commands run when a leg stops receiving writes and when it is back in sync (H10).
+    pub fence: FenceHooks,
 }
 
 impl Default for ServeConfig {
@@ -250,6 +278,7 @@ impl Default for ServeConfig {
             verify_chunk: crate::engine::verify::READ_CHUNK,
             min_in_sync: 0,
             quorum_wait: Duration::from_secs(5),
+            fence: FenceHooks::default(),
         }
     }
 }
@@ -301,6 +330,58 @@ impl State {
         }
         let views = self.mirror.leg_views(&|s| self.receiving(s));
         super::quorum::shortfall(&views, self.min_in_sync)
+    }
+
+    /// Why writes are refused now (H9, H10): a failed fence hook, or too few in-sync
+    /// secondaries.
+    fn refusal(&self) -> Option<String> {
+        self.fence_failed().or_else(|| self.shortfall())
+    }
+
+    /// A fence hook that failed (H10).
+    fn fence_failed(&self) -> Option<String> {
+        self.fences.iter().enumerate().find_map(|(s, f)| match f {
+            Fence::Failed(why) => Some(format!("--fence-peer for slot {s} failed ({why})")),
+            _ => None,
+        })
+    }
+
+    /// A fence hook still to finish: writes wait for it (H10).
+    fn fence_pending(&self) -> Option<String> {
+        self.fences.iter().enumerate().find_map(|(s, f)| match f {
+            Fence::Queued(_) | Fence::Running => Some(format!("--fence-peer running for slot {s}")),
+            _ => None,
+        })
+    }
+
+    /// Whether a write or flush may not simply go on now (H9, H10).
+    fn gated(&self) -> bool {
+        self.refusal().is_some() || self.fence_pending().is_some()
+    }
+
+    /// H10: the fence hook of a leg that just stopped receiving writes (its fracture
+    /// durable), to be run before any write is acknowledged.
+    fn queue_fence(&mut self, slot: u32, reason: String) {
+        let leg = &self.mirror.sb().legs[slot as usize];
+        let call = FenceCall {
+            slot,
+            leg: leg.location.clone(),
+            mirror: uuid_str(&self.mirror.sb().mirror_uuid),
+            reason,
+        };
+        self.fences[slot as usize] = Fence::Queued(call);
+    }
+
+    /// A queued fence hook, now marked running (its caller runs it).
+    fn take_queued_fence(&mut self) -> Option<FenceCall> {
+        let i = self
+            .fences
+            .iter()
+            .position(|f| matches!(f, Fence::Queued(_)))?;
+        match std::mem::replace(&mut self.fences[i], Fence::Running) {
+            Fence::Queued(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// Regions of the host writes in flight (H5, H7).
@@ -391,6 +472,7 @@ impl Mirror {
             waiters: 0,
             min_in_sync: cfg.min_in_sync,
             refused: None,
+            fences: vec![Fence::None; slots],
         };
         for (s, d) in legs {
             state.join(s, d);
@@ -405,6 +487,7 @@ impl Mirror {
             verify_chunk: cfg.verify_chunk,
             admin_stop: AtomicBool::new(false),
             quorum_wait: cfg.quorum_wait,
+            fence: cfg.fence.clone(),
             primary: state.mirror.image.dev.clone(),
             state: Mutex::new(state),
             changed: Condvar::new(),
@@ -485,6 +568,7 @@ impl Server {
             min_in_sync: u64::from(self.quorum().1),
             in_sync_secondaries: u64::from(self.quorum().0),
             writes_refused: self.writes_refused(),
+            writes_held: self.writes_held(),
             refused_total: c.refused,
             ..Default::default()
         }
@@ -715,8 +799,8 @@ impl Server {
         let g = self.geometry;
         let regions = g.regions_for(t.range.start, m.len());
         let mut st = self.lock();
-        if st.shortfall().is_some() {
-            // H9: out of arrival order while it waits (nothing of it is written yet), so
+        if st.gated() {
+            // H9, H10: out of arrival order while it waits (nothing of it is written yet), so
             // that a resync copy it overlaps is not held up by it.
             st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.changed.notify_all();
@@ -828,7 +912,7 @@ impl Server {
         st.al.end(since);
         self.flush_log(&mut st);
         let mut counted = true;
-        if res.is_ok() && st.shortfall().is_some() {
+        if res.is_ok() && st.gated() {
             // H9: a leg lost meanwhile (its log has this write, H5): no success unless
             // enough are back in sync within the wait.
             self.changed.notify_all();
@@ -854,33 +938,133 @@ impl Server {
         res
     }
 
-    /// H9: waits until at most `deadline` for enough in-sync secondaries; refused at once
-    /// while writes are being refused already (the first refusal is logged and recorded,
+    /// H9 + H10: runs a queued fence hook, waits for one running, then waits until at most
+    /// `deadline` for enough in-sync secondaries; refused at once after a failed fence hook
+    /// or while writes are being refused already (the first refusal is logged and recorded,
     /// once, as is the resumption).
     fn await_quorum<'a>(
-        &self,
+        &'a self,
         mut st: MutexGuard<'a, State>,
         deadline: Instant,
     ) -> (MutexGuard<'a, State>, Served<()>) {
         loop {
-            let Some(why) = st.shortfall() else {
+            if let Some(call) = st.take_queued_fence() {
+                drop(st);
+                self.run_fence(call);
+                st = self.lock();
+                continue;
+            }
+            if st.fence_pending().is_some() {
+                st = self.wait(st);
+                continue;
+            }
+            let failed = st.fence_failed();
+            let Some(why) = failed.clone().or_else(|| st.shortfall()) else {
                 self.resume(&mut st);
                 return (st, Ok(()));
             };
             let now = Instant::now();
-            if st.refused.is_some() || now >= deadline {
+            if failed.is_some() || st.refused.is_some() || now >= deadline {
                 self.refuse(&mut st, &why);
                 st.counters.refused += 1;
                 let f = Failure::new(
                     EIO,
-                    format!(
-                        "writes refused: {why}, fewer than --min-in-sync {}",
-                        st.min_in_sync
-                    ),
+                    if failed.is_some() {
+                        format!("writes refused: {why}; the leg stays fractured")
+                    } else {
+                        format!(
+                            "writes refused: {why}, fewer than --min-in-sync {}",
+                            st.min_in_sync
+                        )
+                    },
                 );
                 return (st, Err(f));
             }
             st = self.wait_at_most(st, deadline - now);
+        }
+    }
+
+    /// H10: runs a fence hook (no lock held) and records how it ended.
+    fn run_fence(&self, call: FenceCall) {
+        let Some(cmd) = self.fence.fence_peer.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        (self.log)(&format!(
+            "secondary slot {} ({}) stopped receiving writes: running --fence-peer; writes wait for it",
+            call.slot, call.leg
+        ));
+        let r = super::fence::run(&cmd, &self.fence, &call);
+        let mut st = self.lock();
+        let slot = call.slot as usize;
+        if st.fences[slot] == Fence::Running {
+            match r {
+                Ok(()) => {
+                    (self.log)(&format!(
+                        "--fence-peer for slot {} succeeded in {:.1}s; writes go on without it",
+                        call.slot,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    st.fences[slot] = Fence::Done;
+                }
+                Err(e) => {
+                    (self.log)(&format!(
+                        "error: --fence-peer for slot {} failed ({e}): writes are refused until the leg is back in sync (`mirrorctl resync {}`) or detached",
+                        call.slot, self.name
+                    ));
+                    st.fences[slot] = Fence::Failed(e);
+                }
+            }
+        }
+        self.wake(st);
+    }
+
+    /// H10: runs every queued fence hook (an admin fracture's, a live resync's).
+    pub fn run_fences(&self) {
+        loop {
+            let call = self.lock().take_queued_fence();
+            match call {
+                Some(c) => self.run_fence(c),
+                None => return,
+            }
+        }
+    }
+
+    /// H10: a leg back in sync (or gone) needs no fence: its state cleared; the calls of
+    /// the unfence hook to run (for fences that succeeded), once the lock is let go.
+    fn unfence(&self, st: &mut State, slots: &[u32]) -> Vec<FenceCall> {
+        let mut out = Vec::new();
+        for &s in slots {
+            let was = std::mem::replace(&mut st.fences[s as usize], Fence::None);
+            if was == Fence::Done && self.fence.unfence.is_some() {
+                let leg = &st.mirror.sb().legs[s as usize];
+                out.push(FenceCall {
+                    slot: s,
+                    leg: leg.location.clone(),
+                    mirror: uuid_str(&st.mirror.sb().mirror_uuid),
+                    reason: "in sync again".into(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs the unfence hook for `calls` (no lock held); its failure is logged.
+    fn run_unfence(&self, calls: Vec<FenceCall>) {
+        let Some(cmd) = self.fence.unfence.clone() else {
+            return;
+        };
+        for c in calls {
+            match super::fence::run(&cmd, &self.fence, &c) {
+                Ok(()) => (self.log)(&format!(
+                    "--unfence for slot {} ({}) succeeded",
+                    c.slot, c.leg
+                )),
+                Err(e) => (self.log)(&format!(
+                    "warning: --unfence for slot {} ({}) failed ({e}); the peer may still be kept from promotion: remove the constraint by hand",
+                    c.slot, c.leg
+                )),
+            }
         }
     }
 
@@ -903,7 +1087,7 @@ impl Server {
 
     /// H9: writes are acknowledged again (if they were refused): logged and recorded once.
     fn resume(&self, st: &mut State) {
-        if st.refused.is_none() || st.shortfall().is_some() {
+        if st.refused.is_none() || st.refusal().is_some() {
             return;
         }
         st.refused = None;
@@ -920,7 +1104,12 @@ impl Server {
     /// Why writes are refused now, if they are (H9): a write arriving now would wait for
     /// enough in-sync secondaries, then be refused. For status and the admin.
     pub fn writes_refused(&self) -> Option<String> {
-        self.lock().shortfall()
+        self.lock().refusal()
+    }
+
+    /// Why writes wait now (a fence hook running, H10), if they do.
+    pub fn writes_held(&self) -> Option<String> {
+        self.lock().fence_pending()
     }
 
     /// (secondaries in sync and receiving writes, the minimum asked for) (H9).
@@ -956,9 +1145,15 @@ impl Server {
         }
         let missed = st.missed_by_a_leaving_leg();
         st.leave(slot);
+        let reason = format!("by error: {what}: {err}");
         st.mirror
             .fracture_on_error(LegFailure { slot, what, err }, &missed)
-            .map_err(|e| Failure::new(EIO, e.to_string()))
+            .map_err(|e| Failure::new(EIO, e.to_string()))?;
+        // H10: after its fracture is durable.
+        if self.fence.fence_peer.is_some() {
+            st.queue_fence(slot, reason);
+        }
+        Ok(())
     }
 
     /// Syncs with the state locked, recording the flush in the activity log.
@@ -1033,8 +1228,8 @@ impl Server {
     fn flush_by(&self, deadline: Instant) -> Served<()> {
         let (covered, legs) = {
             let mut st = self.lock();
-            if st.shortfall().is_some() {
-                // H9: a flush would claim durability on fewer copies than asked for.
+            if st.gated() {
+                // H9, H10: a flush would claim durability on fewer copies than asked for.
                 let (g, r) = self.await_quorum(st, deadline);
                 st = g;
                 r?;
@@ -1060,8 +1255,8 @@ impl Server {
         }
         st.al.flush_done(covered);
         self.flush_log(&mut st);
-        if res.is_ok() && st.shortfall().is_some() {
-            // H9: a leg lost in this flush: not durable on enough copies.
+        if res.is_ok() && st.gated() {
+            // H9, H10: a leg lost in this flush: not durable on enough copies.
             let (g, r) = self.await_quorum(st, deadline);
             st = g;
             res = r;
