@@ -3,8 +3,9 @@
 //! own file, with the durability rules it keeps at the top of that file:
 //! `write` (W1-W6), `recover` (R1-R3), `resync` (S1-S4), `attach` (A1-A4, D0-D2),
 //! `legs` (fractures, headers of the secondaries), `failover` (P1-P7), `verify` (V1),
-//! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H5,
-//! over the activity log of `activity`). This module sees devices, never paths,
+//! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H10,
+//! over the activity log of `activity`), `quorum` (Q1, `--min-in-sync`), `fence` (F1, the
+//! fence hooks). This module sees devices, never paths,
 //! locks or output.
 
 mod activity;

@@ -826,3 +826,69 @@ fn a_stream_that_loses_a_leg_below_the_minimum_stops_and_reports_only_what_was_s
     assert!(m.bitmaps.next_run(id, third, third + 1).unwrap().is_some());
     assert_eq!(m.pending_intents().unwrap(), 0);
 }
+
+fn fence_cfg(cmd: &str) -> serve::ServeConfig {
+    serve::ServeConfig {
+        fence: fence::FenceHooks {
+            fence_peer: Some(cmd.into()),
+            unfence: None,
+            timeout: Duration::from_secs(60),
+            primary: "p".into(),
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_served_write_that_loses_a_leg_is_acknowledged_only_after_its_fence_hook_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("fenced");
+    let (m, _p, secs) = mirror(64, 1);
+    let cmd = format!("echo \"$MIRRORCTL_SLOT\" > {}", mark.display());
+    let srv = m.serve(&fence_cfg(&cmd), Box::new(|_| {})).unwrap();
+    secs[0].fail_writes(libc::EIO);
+    let t = srv.ticket(0, 4096);
+    srv.mutate(t, serve::Mutation::Write(&[1; 4096]), false)
+        .unwrap();
+    // F1: the hook had run (and exited 0) before the reply.
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "0\n");
+    assert_eq!(srv.writes_held(), None);
+    assert_eq!(srv.writes_refused(), None);
+    srv.flush().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+}
+
+#[test]
+fn a_failing_fence_hook_gets_served_writes_and_flushes_refused_until_the_leg_is_back_in_sync() {
+    let (m, p, _secs) = mirror(64, 2);
+    let srv = m.serve(&fence_cfg("exit 1"), Box::new(|_| {})).unwrap();
+    assert!(srv.fracture_leg(1, Some("test"), &|_| {}).unwrap());
+    let write = |byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    let f = write(2).unwrap_err();
+    assert!(
+        f.msg.contains("--fence-peer for slot 1 failed"),
+        "{}",
+        f.msg
+    );
+    assert!(srv.flush().is_err());
+    let g = srv.with_mirror(|m| m.geometry());
+    assert_eq!(
+        p.contents()[g.data_offset as usize],
+        0,
+        "a refused write ran"
+    );
+    srv.resync_legs(&[1], &ResyncOptions::default(), false, &NoProgress, &|_| {})
+        .unwrap();
+    assert_eq!(srv.writes_refused(), None);
+    write(3).unwrap();
+    srv.flush().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    let kinds = event_kinds(&m);
+    let w: Vec<&String> = kinds.iter().filter(|k| k.starts_with("writes-")).collect();
+    assert_eq!(w, ["writes-refused", "writes-resumed"]);
+}
