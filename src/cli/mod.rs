@@ -887,7 +887,12 @@ pub struct ServeArgs {
     /// to --timeout for one to come back in sync (a live resync ending), then gets an I/O
     /// error, as do the next ones at once until enough are back or `mirrorctl set PRIMARY
     /// --min-in-sync N` lowers the minimum. 0 (the default): writes go on with any number.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "read_only"
+    )]
     pub min_in_sync: u32,
     /// Run COMMAND (/bin/sh -c) when a secondary stops receiving writes (it failed, or an
     /// admin fractured it), once its fracture is on disk, and acknowledge no write or flush
@@ -896,12 +901,12 @@ pub struct ServeArgs {
     /// MIRRORCTL_LEG, MIRRORCTL_MIRROR, MIRRORCTL_PRIMARY and MIRRORCTL_REASON. If it fails
     /// or runs past --fence-timeout, writes and flushes get I/O errors until the leg is back
     /// in sync or detached.
-    #[arg(long, value_name = "COMMAND")]
+    #[arg(long, value_name = "COMMAND", conflicts_with = "read_only")]
     pub fence_peer: Option<String>,
     /// Run COMMAND (/bin/sh -c, the same environment) when a leg whose --fence-peer
     /// succeeded is back in sync (a resync ended): to remove the constraint. A failure is
     /// logged.
-    #[arg(long, value_name = "COMMAND")]
+    #[arg(long, value_name = "COMMAND", requires = "fence_peer")]
     pub unfence: Option<String>,
     /// The longest --fence-peer or --unfence may run; then it is killed (with what it
     /// started) and counts as failed.

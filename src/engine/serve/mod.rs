@@ -470,7 +470,8 @@ impl Mirror {
             counters: Counters::default(),
             read_fallback_logged: false,
             waiters: 0,
-            min_in_sync: cfg.min_in_sync,
+            // Read-only: nothing is acknowledged as written, and nothing recorded.
+            min_in_sync: if read_only { 0 } else { cfg.min_in_sync },
             refused: None,
             fences: vec![Fence::None; slots],
         };
@@ -487,7 +488,11 @@ impl Mirror {
             verify_chunk: cfg.verify_chunk,
             admin_stop: AtomicBool::new(false),
             quorum_wait: cfg.quorum_wait,
-            fence: cfg.fence.clone(),
+            fence: if read_only {
+                FenceHooks::default()
+            } else {
+                cfg.fence.clone()
+            },
             primary: state.mirror.image.dev.clone(),
             state: Mutex::new(state),
             changed: Condvar::new(),
