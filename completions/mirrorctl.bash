@@ -49,6 +49,9 @@ _mirrorctl() {
             mirrorctl,serve)
                 cmd="mirrorctl__subcmd__serve"
                 ;;
+            mirrorctl,set)
+                cmd="mirrorctl__subcmd__set"
+                ;;
             mirrorctl,status)
                 cmd="mirrorctl__subcmd__status"
                 ;;
@@ -91,6 +94,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,serve)
                 cmd="mirrorctl__subcmd__help__subcmd__serve"
                 ;;
+            mirrorctl__subcmd__help,set)
+                cmd="mirrorctl__subcmd__help__subcmd__set"
+                ;;
             mirrorctl__subcmd__help,status)
                 cmd="mirrorctl__subcmd__help__subcmd__status"
                 ;;
@@ -107,7 +113,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve name help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve name set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -335,7 +341,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status events attach write read fracture resync detach promote verify serve name help"
+            opts="create status events attach write read fracture resync detach promote verify serve name set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -489,6 +495,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -657,7 +677,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__serve)
-            opts="-h --socket --listen --export --read-only --hot-extents --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --wait --no-progress --timeout --help"
+            opts="-h --socket --listen --export --read-only --hot-extents --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --min-in-sync --fence-peer --unfence --fence-timeout --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -744,6 +764,48 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --min-in-sync)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unfence)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__set)
+            opts="-h --min-in-sync --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --min-in-sync)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -812,7 +874,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__write)
-            opts="-i -j -h --offset --input --length --flush --json --wait --no-progress --timeout --help"
+            opts="-i -j -h --offset --input --length --flush --json --min-in-sync --fence-peer --fence-timeout --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -836,6 +898,18 @@ _mirrorctl() {
                     ;;
                 --flush)
                     COMPREPLY=($(compgen -W "end always every=" -- "${cur}"))
+                    return 0
+                    ;;
+                --min-in-sync)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fence-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
                     return 0
                     ;;
                 --wait)
@@ -869,12 +943,12 @@ _mirrorctl_extra() {
     local cur="${COMP_WORDS[COMP_CWORD]}" sub="${COMP_WORDS[1]}" i w n=0 primary=""
     [[ "$cur" == -* ]] && return 0
     case "${COMP_WORDS[COMP_CWORD-1]}" in
-        --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) return 0 ;;
+        --exec|--exec-timeout|--export|--fence-peer|--fence-timeout|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--unfence|--write-timeout|-i|-o) return 0 ;;
     esac
     for ((i = 2; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
         case "$w" in
-            --exec|--exec-timeout|--export|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--write-timeout|-i|-o) ((i++)) ;;
+            --exec|--exec-timeout|--export|--fence-peer|--fence-timeout|--flush|--format|--handshake-limit|--hot-extents|--input|--length|--listen|--max-connections|--max-secondaries|--max-time|--min-in-sync|--name|--offset|--output|--rate|--reason|--region-size|--remove|--since|--size|--socket|--state-file|--timeout|--tls|--tls-allow|--tls-ca|--tls-cert|--tls-key|--unfence|--write-timeout|-i|-o) ((i++)) ;;
             -*) ;;
             *) ((n == 0)) && primary="$w"; ((n++)) ;;
         esac
@@ -889,7 +963,7 @@ _mirrorctl_extra() {
             fi ;;
     esac
     case "$sub" in
-        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|name)
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|name|set)
             local IFS=$'
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;

@@ -66,6 +66,21 @@ pub struct ServeRecord {
     pub reads_per_second: f64,
     pub read_bytes_per_second: f64,
     pub flushes_per_second: f64,
+    /// `--min-in-sync` now (the admin may change it live), the secondaries in sync and
+    /// receiving writes, and why writes are refused (a write now would wait, then get an
+    /// I/O error; null while they are acknowledged); writes and flushes refused so far.
+    /// Absent in a record of an older mirrorctl.
+    #[serde(default)]
+    pub min_in_sync: u64,
+    #[serde(default)]
+    pub in_sync_secondaries: u64,
+    #[serde(default)]
+    pub writes_refused: Option<String>,
+    #[serde(default)]
+    pub refused_total: u64,
+    /// Why writes wait now (a `--fence-peer` hook running), or null.
+    #[serde(default)]
+    pub writes_held: Option<String>,
 }
 
 /// One running command's record.
@@ -648,6 +663,17 @@ pub fn describe(r: &Record) -> String {
             format_size(v.read_bytes_per_second as u64),
             v.flushes_per_second
         );
+        if let Some(why) = &v.writes_held {
+            s += &format!("; WRITES HELD: {why}");
+        }
+        if let Some(why) = &v.writes_refused {
+            s += &format!("; WRITES REFUSED: {why} (--min-in-sync {})", v.min_in_sync);
+        } else if v.min_in_sync > 0 {
+            s += &format!(
+                "; writes need {} in-sync (--min-in-sync), {} are",
+                v.min_in_sync, v.in_sync_secondaries
+            );
+        }
     }
     s
 }

@@ -260,6 +260,20 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "mirrorctl serve /srv/vm.img --read-only",
                 "hosts read; nothing is written",
             ),
+            (
+                "mirrorctl serve /srv/vm.img --min-in-sync 1",
+                "writes acknowledged only while a secondary is in sync",
+            ),
+        ],
+        "set" => &[
+            (
+                "mirrorctl set /srv/vm.img --min-in-sync 0",
+                "the running serve acknowledges writes with no secondary in sync",
+            ),
+            (
+                "mirrorctl set /srv/vm.img --min-in-sync 2",
+                "from now on, only with two secondaries in sync",
+            ),
         ],
         "name" => &[
             (
@@ -294,7 +308,7 @@ pub fn exit_status(codes: &[u8]) -> String {
 /// The exit statuses each subcommand can return.
 pub fn exit_codes(subcommand: &str) -> &'static [u8] {
     match subcommand {
-        "create" | "fracture" | "detach" | "serve" => &[0, 2, 4, 5],
+        "create" | "fracture" | "detach" | "serve" | "set" => &[0, 2, 4, 5],
         // status takes no lock: never busy.
         "status" => &[0, 2, 3, 4],
         // events takes no lock either, and changes nothing.
@@ -414,6 +428,10 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// `mirrorctl name --remove NAME`, `mirrorctl name`.
     #[command(long_about = NAME_ABOUT, after_help = after("name"))]
     Name(NameArgs),
+    /// Change a running serve's settings live (its --min-in-sync), through its control
+    /// socket.
+    #[command(after_help = after("set"))]
+    Set(SetArgs),
     /// Write man pages and shell completions (for packaging and the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -444,6 +462,7 @@ impl Command {
             | Command::Fracture(_)
             | Command::Detach(_)
             | Command::Serve(_)
+            | Command::Set(_)
             | Command::Generate(_)
             | Command::CompleteLegs(_) => false,
         }
@@ -905,6 +924,20 @@ pub struct WriteArgs {
     /// Print the result as JSON: bytes written, legs written, legs newly fractured.
     #[arg(short, long)]
     pub json: bool,
+    /// Refuse to write (exit 3) unless at least N secondaries are in sync: checked before
+    /// anything is written, and the write stops at the first leg lost below N, reporting as
+    /// written only the bytes synced while N were in sync (see --flush). 0: no minimum.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_in_sync: u32,
+    /// Run COMMAND (/bin/sh -c) for each secondary this write loses (fractured on an
+    /// error), once its fracture is on disk and before the write goes on; if it fails or
+    /// runs past --fence-timeout, the write stops as with --min-in-sync (exit 3). The
+    /// environment is serve's (see `mirrorctl serve --help`).
+    #[arg(long, value_name = "COMMAND")]
+    pub fence_peer: Option<String>,
+    /// The longest --fence-peer may run; then it is killed and counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub fence_timeout: Duration,
 }
 
 const SERVE_ABOUT: &str = "Serve the mirror's data area (data_size bytes, starting at \
@@ -1009,6 +1042,48 @@ pub struct ServeArgs {
     /// anyone who can reach the port can read and overwrite the disk.
     #[arg(long)]
     pub insecure: bool,
+    /// Acknowledge a write or flush only while at least N secondaries are in sync (DRBD's
+    /// quorum, MirrorView's minimum required images). With fewer, a write or flush waits up
+    /// to --timeout for one to come back in sync (a live resync ending), then gets an I/O
+    /// error, as do the next ones at once until enough are back or `mirrorctl set PRIMARY
+    /// --min-in-sync N` lowers the minimum. 0 (the default): writes go on with any number.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "read_only"
+    )]
+    pub min_in_sync: u32,
+    /// Run COMMAND (/bin/sh -c) when a secondary stops receiving writes (it failed, or an
+    /// admin fractured it), once its fracture is on disk, and acknowledge no write or flush
+    /// until it exits 0 (DRBD's fence-peer handler; e.g. a script adding a Pacemaker
+    /// constraint that keeps the peer from promotion). It gets MIRRORCTL_SLOT,
+    /// MIRRORCTL_LEG, MIRRORCTL_MIRROR, MIRRORCTL_PRIMARY and MIRRORCTL_REASON. If it fails
+    /// or runs past --fence-timeout, writes and flushes get I/O errors until the leg is back
+    /// in sync or detached.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "read_only")]
+    pub fence_peer: Option<String>,
+    /// Run COMMAND (/bin/sh -c, the same environment) when a leg whose --fence-peer
+    /// succeeded is back in sync (a resync ended): to remove the constraint. A failure is
+    /// logged.
+    #[arg(long, value_name = "COMMAND", requires = "fence_peer")]
+    pub unfence: Option<String>,
+    /// The longest --fence-peer or --unfence may run; then it is killed (with what it
+    /// started) and counts as failed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub fence_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The mirror's primary image, served by `mirrorctl serve`.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub primary: PathBuf,
+    /// The minimum of in-sync secondaries the running serve needs to acknowledge writes
+    /// (its --min-in-sync), from now on; writes refused for too few go on at once when the
+    /// new one is met.
+    #[arg(long, value_name = "N", required = true)]
+    pub min_in_sync: Option<u32>,
 }
 
 fn parse_max_connections(s: &str) -> std::result::Result<usize, String> {

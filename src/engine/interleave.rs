@@ -250,6 +250,7 @@ fn rig(op: Op) -> (Rig, Arc<Server>) {
         read_only: false,
         // Four regions a chunk: a verify reads the image in many places among the writes.
         verify_chunk: 4 * REGION,
+        ..Default::default()
     };
     let srv = m.serve(&cfg, Box::new(|_| {})).unwrap();
     if let Op::Fracture | Op::Detach | Op::Verify = op {

@@ -260,7 +260,22 @@ pub fn render(s: &Status) -> String {
                 "Extents hot now (marked in the write-intent log).",
                 v.hot_extents as f64,
             );
-            let counters: [(&str, &str, u64); 6] = [
+            o.gauge(
+                "mirrorctl_serve_writes_refused",
+                "1 while serve refuses writes: fewer in-sync secondaries than --min-in-sync.",
+                if v.writes_refused.is_some() { 1.0 } else { 0.0 },
+            );
+            o.gauge(
+                "mirrorctl_serve_min_in_sync",
+                "Secondaries serve needs in sync to acknowledge writes (--min-in-sync).",
+                v.min_in_sync as f64,
+            );
+            o.gauge(
+                "mirrorctl_serve_in_sync_secondaries",
+                "Secondaries in sync and receiving writes now.",
+                v.in_sync_secondaries as f64,
+            );
+            let counters: [(&str, &str, u64); 7] = [
                 (
                     "mirrorctl_serve_connections_total",
                     "Client connections since serve started.",
@@ -290,6 +305,11 @@ pub fn render(s: &Status) -> String {
                     "mirrorctl_serve_flushes_total",
                     "Flush requests served.",
                     v.flushes_total,
+                ),
+                (
+                    "mirrorctl_serve_refused_total",
+                    "Writes and flushes refused for too few in-sync secondaries.",
+                    v.refused_total,
                 ),
             ];
             for (name, help, value) in counters {

@@ -3,17 +3,20 @@
 //! own file, with the durability rules it keeps at the top of that file:
 //! `write` (W1-W6), `recover` (R1-R3), `resync` (S1-S4), `attach` (A1-A4, D0-D2),
 //! `legs` (fractures, headers of the secondaries), `failover` (P1-P7), `verify` (V1),
-//! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H5,
-//! over the activity log of `activity`). This module sees devices, never paths,
+//! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H10,
+//! over the activity log of `activity`), `quorum` (Q1, `--min-in-sync`), `fence` (F1, the
+//! fence hooks). This module sees devices, never paths,
 //! locks or output.
 
 mod activity;
 mod attach;
 pub mod create;
 pub mod failover;
+pub mod fence;
 pub(crate) mod legs;
 pub mod metrics;
 pub mod plan;
+pub mod quorum;
 mod recover;
 mod resync;
 pub mod serve;
@@ -75,6 +78,11 @@ pub struct Mirror {
     /// The write intents on disk are a running server's writes in flight (its hot set), not
     /// an unclean stop: what a resync would copy is the fracture logs alone.
     intents_live: bool,
+    /// Secondaries a stream's write needs in sync to be acknowledged (`write
+    /// --min-in-sync`, Q1 of [`quorum`]); 0 by default.
+    pub min_in_sync: u32,
+    /// The fence hook a stream runs for each leg it loses (`write --fence-peer`, F1).
+    pub fence: fence::FenceHooks,
 }
 
 /// "secondary slot 1 (/srv/b.img)" (an NBD leg by its short form, `nbd::display`).
@@ -178,6 +186,8 @@ impl Mirror {
             open_legs: vec![None; slots],
             window: WINDOW,
             intents_live: false,
+            min_in_sync: 0,
+            fence: fence::FenceHooks::default(),
         })
     }
 
@@ -265,6 +275,17 @@ impl Mirror {
     pub fn record(&mut self, kind: EventKind, slot: Option<u32>, detail: &str) -> Result<()> {
         self.event(kind, slot, detail);
         self.commit()
+    }
+
+    /// The legs as the quorum sees them (Q1), `receiving` saying which get writes now.
+    pub fn leg_views(&self, receiving: &dyn Fn(u32) -> bool) -> Vec<quorum::LegView> {
+        (0..self.geometry().slots)
+            .map(|s| quorum::LegView {
+                slot: s,
+                state: self.sb().legs[s as usize].state,
+                receiving: receiving(s),
+            })
+            .collect()
     }
 
     pub(crate) fn commit(&mut self) -> Result<()> {

@@ -653,3 +653,242 @@ fn a_live_resync_opening_a_leg_whose_server_hangs_stalls_no_host_write() {
     assert_eq!(m.sb().legs[1].state, LegState::InSync);
     assert_same_data(&m, &secs[1], &p);
 }
+
+/// Kinds of the events in the mirror's journal, oldest first.
+fn event_kinds(m: &Mirror) -> Vec<String> {
+    m.sb()
+        .journal
+        .as_ref()
+        .map(|j| {
+            j.events
+                .iter()
+                .map(|e| format::journal::kind_name(e.kind))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn quorum_cfg(min: u32, wait: Duration) -> serve::ServeConfig {
+    serve::ServeConfig {
+        min_in_sync: min,
+        quorum_wait: wait,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_served_write_with_fewer_in_sync_secondaries_than_the_minimum_is_refused_and_changes_nothing() {
+    let (m, p, _secs) = mirror(64, 2);
+    let srv = m
+        .serve(&quorum_cfg(2, Duration::ZERO), Box::new(|_| {}))
+        .unwrap();
+    let write = |byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    write(1).unwrap();
+    srv.flush().unwrap();
+    assert!(srv.fracture_leg(1, None, &|_| {}).unwrap());
+    assert_eq!(
+        srv.writes_refused().as_deref(),
+        Some("1 of min 2 in-sync secondaries (slot 1 fractured-by-admin)")
+    );
+    for _ in 0..3 {
+        let f = write(2).unwrap_err();
+        assert_eq!(f.errno, crate::device::nbd::proto::EIO);
+        assert!(f.msg.contains("writes refused: 1 of min 2"), "{}", f.msg);
+    }
+    assert!(srv.flush().is_err(), "a flush below the minimum is refused");
+    // Nothing of the refused writes reached the primary or the fracture log.
+    let g = srv.with_mirror(|m| m.geometry());
+    assert_eq!(p.contents()[g.data_offset as usize], 1);
+    assert_eq!(
+        srv.with_mirror(|m| m.bitmaps.count(BitmapId::Fracture(SlotIdx(1))).unwrap()),
+        0
+    );
+    // Lowered live: the next write goes on.
+    assert_eq!(srv.set_min_in_sync(1).unwrap(), 2);
+    assert_eq!(srv.writes_refused(), None);
+    write(3).unwrap();
+    srv.flush().unwrap();
+    assert_eq!(p.contents()[g.data_offset as usize], 3);
+    let (m, c) = srv.stop().unwrap();
+    assert_eq!(c.refused, 4);
+    let kinds = event_kinds(&m);
+    let refused: Vec<&String> = kinds.iter().filter(|k| k.starts_with("writes-")).collect();
+    // Once per transition, not per write.
+    assert_eq!(refused, ["writes-refused", "writes-resumed"]);
+}
+
+#[test]
+fn a_leg_failing_during_a_served_write_below_the_minimum_gets_the_host_an_error_and_its_log_the_write(
+) {
+    let (m, _p, secs) = mirror(64, 1);
+    let srv = m
+        .serve(&quorum_cfg(1, Duration::ZERO), Box::new(|_| {}))
+        .unwrap();
+    secs[0].fail_writes(libc::EIO);
+    let t = srv.ticket(8 * 4096, 4096);
+    let f = srv
+        .mutate(t, serve::Mutation::Write(&[9; 4096]), false)
+        .unwrap_err();
+    assert!(f.msg.contains("not acknowledged"), "{}", f.msg);
+    assert!(srv.flush().is_err());
+    let (mut m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+    // The leg is never silently different: the write is in its log.
+    let id = BitmapId::Fracture(SlotIdx(0));
+    assert!(m.bitmaps.next_run(id, 8, 9).unwrap().is_some());
+    assert_eq!(m.pending_intents().unwrap(), 0);
+}
+
+#[test]
+fn a_served_write_waiting_for_the_minimum_goes_on_when_a_live_resync_brings_a_leg_back() {
+    let (m, p, secs) = mirror(64, 2);
+    let srv = Arc::new(
+        m.serve(&quorum_cfg(2, Duration::from_secs(600)), Box::new(|_| {}))
+            .unwrap(),
+    );
+    // Region 0 written while slot 1 is fractured under min 1: in its log.
+    srv.set_min_in_sync(1).unwrap();
+    assert!(srv.fracture_leg(1, None, &|_| {}).unwrap());
+    let t = srv.ticket(0, 4096);
+    srv.mutate(t, serve::Mutation::Write(&[5; 4096]), false)
+        .unwrap();
+    srv.set_min_in_sync(2).unwrap();
+    // A write to the same region waits for a second leg in sync ...
+    let host = {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            let t = srv.ticket(0, 4096);
+            srv.mutate(t, serve::Mutation::Write(&[6; 4096]), false)
+        })
+    };
+    while !srv.waiting() {
+        std::thread::yield_now();
+    }
+    // ... and does not hold up the resync copying that region (H9).
+    let r = srv
+        .resync_legs(&[1], &ResyncOptions::default(), false, &NoProgress, &|_| {})
+        .unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    host.join().unwrap().unwrap();
+    srv.flush().unwrap();
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(data(&m, &p)[0], 6);
+    for d in &secs {
+        assert_eq!(data(&m, d), data(&m, &p));
+    }
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+}
+
+#[test]
+fn a_stream_write_below_the_minimum_is_refused_before_anything_is_written() {
+    let (mut m, p, _secs) = mirror(1024, 2);
+    m.fracture(1, None).unwrap();
+    m.min_in_sync = 2;
+    let before = p.contents();
+    let input = vec![7u8; 8192];
+    let e = m
+        .write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
+        .unwrap_err();
+    assert_eq!(e.kind, crate::error::Kind::Degraded);
+    assert!(e.msg.contains("nothing was written"), "{}", e.msg);
+    assert_eq!(p.contents(), before);
+}
+
+#[test]
+fn a_stream_that_loses_a_leg_below_the_minimum_stops_and_reports_only_what_was_synced_with_it() {
+    let (mut m, p, secs) = mirror(8192, 1); // 32 MiB
+    m.min_in_sync = 1;
+    // Two chunks reach the leg, the third fails on it.
+    secs[0].fail_after_writes(2);
+    let input = vec![7u8; 6 * CHUNK];
+    let e = m
+        .write_stream(0, &mut &input[..], None, None, &FlushPolicy::Always)
+        .unwrap_err();
+    assert_eq!(e.kind, crate::error::Kind::Degraded);
+    let detail = |k: &str| {
+        e.details
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(detail("bytes_written"), Some((2 * CHUNK as u64).into()));
+    assert!(detail("writes_refused").is_some());
+    // The stream stopped: the fourth chunk was never written to the primary.
+    let g = m.geometry();
+    assert_eq!(p.contents()[(g.data_offset as usize) + 3 * CHUNK], 0);
+    // What the leg missed is in its log; no intent is left.
+    let id = BitmapId::Fracture(SlotIdx(0));
+    let third = (2 * CHUNK as u64) / 4096;
+    assert!(m.bitmaps.next_run(id, third, third + 1).unwrap().is_some());
+    assert_eq!(m.pending_intents().unwrap(), 0);
+}
+
+fn fence_cfg(cmd: &str) -> serve::ServeConfig {
+    serve::ServeConfig {
+        fence: fence::FenceHooks {
+            fence_peer: Some(cmd.into()),
+            unfence: None,
+            timeout: Duration::from_secs(60),
+            primary: "p".into(),
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_served_write_that_loses_a_leg_is_acknowledged_only_after_its_fence_hook_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("fenced");
+    let (m, _p, secs) = mirror(64, 1);
+    let cmd = format!("echo \"$MIRRORCTL_SLOT\" > {}", mark.display());
+    let srv = m.serve(&fence_cfg(&cmd), Box::new(|_| {})).unwrap();
+    secs[0].fail_writes(libc::EIO);
+    let t = srv.ticket(0, 4096);
+    srv.mutate(t, serve::Mutation::Write(&[1; 4096]), false)
+        .unwrap();
+    // F1: the hook had run (and exited 0) before the reply.
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "0\n");
+    assert_eq!(srv.writes_held(), None);
+    assert_eq!(srv.writes_refused(), None);
+    srv.flush().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+}
+
+#[test]
+fn a_failing_fence_hook_gets_served_writes_and_flushes_refused_until_the_leg_is_back_in_sync() {
+    let (m, p, _secs) = mirror(64, 2);
+    let srv = m.serve(&fence_cfg("exit 1"), Box::new(|_| {})).unwrap();
+    assert!(srv.fracture_leg(1, Some("test"), &|_| {}).unwrap());
+    let write = |byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    let f = write(2).unwrap_err();
+    assert!(
+        f.msg.contains("--fence-peer for slot 1 failed"),
+        "{}",
+        f.msg
+    );
+    assert!(srv.flush().is_err());
+    let g = srv.with_mirror(|m| m.geometry());
+    assert_eq!(
+        p.contents()[g.data_offset as usize],
+        0,
+        "a refused write ran"
+    );
+    srv.resync_legs(&[1], &ResyncOptions::default(), false, &NoProgress, &|_| {})
+        .unwrap();
+    assert_eq!(srv.writes_refused(), None);
+    write(3).unwrap();
+    srv.flush().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    let kinds = event_kinds(&m);
+    let w: Vec<&String> = kinds.iter().filter(|k| k.starts_with("writes-")).collect();
+    assert_eq!(w, ["writes-refused", "writes-resumed"]);
+}

@@ -21,6 +21,10 @@
 //!   command recovers regions for nothing (and says the mirror was not closed cleanly).
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
 //!   otherwise regions the primary may not hold would look clean.
+//!
+//! With `--min-in-sync N` (Q1 of `quorum.rs`) a stream starts only with N legs in sync, and
+//! ends at the first chunk or sync after which fewer are: the logs are kept as above, and
+//! only bytes synced while N were in sync are reported written.
 
 use super::activity::{ActivityLog, Evicted, Plan};
 use super::plan;
@@ -278,7 +282,27 @@ impl Mirror {
             .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
             .collect();
         let mut legs = self.active_legs()?;
+        // F1: legs that failed to open are fenced before anything is written.
+        let mut fenced = Vec::new();
+        let fence_failed = self.fence_lost(&fractured_before, &mut fenced);
+        // Q1: refused before anything is written when too few legs are in sync (this
+        // command holds the mirror: nothing can bring one back while it waits).
+        if let Some(why) = fence_failed.clone().or_else(|| self.shortfall_of(&legs)) {
+            return Err(Error::degraded(format!(
+                "writes refused: {why}{}; nothing was written. `mirrorctl resync {}` brings the legs back in sync{}",
+                if fence_failed.is_some() { String::new() } else { format!(", fewer than --min-in-sync {}", self.min_in_sync) },
+                self.name,
+                if fence_failed.is_some() { "" } else { ", or give a lower --min-in-sync" }
+            ))
+            .with("bytes_written", 0u64)
+            .with("acknowledged", false)
+            .with("writes_refused", why));
+        }
         let mut report = WriteReport::default();
+        // Q1: bytes made durable while at least --min-in-sync legs were in sync (all of
+        // them once the stream ends with the quorum held).
+        let mut acked = 0u64;
+        let mut refused: Option<String> = None;
         let mut remaining = max_len.unwrap_or(u64::MAX);
         let mut cur = vec![0u8; CHUNK];
         let mut next = vec![0u8; CHUNK];
@@ -373,20 +397,31 @@ impl Mirror {
                 pos += wlen as u64;
                 report.bytes += wlen as u64;
                 since_sync += wlen as u64;
-                match policy {
-                    FlushPolicy::Always => self.sync_legs(&mut legs, &mut st)?,
+                let synced = match policy {
+                    FlushPolicy::Always => {
+                        self.sync_legs(&mut legs, &mut st)?;
+                        true
+                    }
                     FlushPolicy::Every(n) if since_sync >= *n => {
                         self.sync_legs(&mut legs, &mut st)?;
                         since_sync = 0;
+                        true
                     }
-                    _ => {}
+                    _ => false,
+                };
+                // Q1: a leg lost in this chunk (or its sync) below the quorum ends the
+                // stream; what was synced with the quorum held stays acknowledged.
+                let fence_failed = self.fence_lost(&fractured_before, &mut fenced);
+                refused = fence_failed.or_else(|| self.shortfall_of(&legs));
+                if synced && refused.is_none() {
+                    acked = report.bytes;
                 }
                 match nres {
                     Ok(n) => next_len = n,
                     Err(e) => input_err = Some(e),
                 }
             }
-            if overflow || input_err.is_some() {
+            if overflow || input_err.is_some() || refused.is_some() {
                 break;
             }
             remaining -= next_len as u64;
@@ -398,6 +433,28 @@ impl Mirror {
             if self.sb().legs[s as usize].state.is_fractured() && !fractured_before.contains(&s) {
                 report.newly_fractured.push(s);
             }
+        }
+        // Q1: the last sync too needs the quorum (F1: and a leg it lost, its fence).
+        let refused = refused
+            .or_else(|| self.fence_lost(&fractured_before, &mut fenced))
+            .or_else(|| self.shortfall_of(&legs));
+        if let Some(why) = refused {
+            let unacked = report.bytes - acked;
+            let tail = if why.starts_with("--fence-peer") {
+                String::new()
+            } else {
+                format!(", fewer than --min-in-sync {}", self.min_in_sync)
+            };
+            return Err(Error::degraded(format!(
+                "writes refused: {why}{tail}: {acked} bytes at offset {offset}..{} are durable on the primary and every leg in sync at the time; the {unacked} bytes after them reached the primary and the remaining legs but are not acknowledged (the legs that missed them have them in their fracture logs), and the rest of the input was not written. `mirrorctl resync {}` brings the legs back; then write from --offset {} again",
+                offset + acked,
+                self.name,
+                offset + acked
+            ))
+            .with("bytes_written", acked)
+            .with("acknowledged", acked > 0)
+            .with("newly_fractured", report.newly_fractured.clone())
+            .with("writes_refused", why));
         }
         let partial = |e: Error| {
             e.with("bytes_written", report.bytes)
@@ -423,6 +480,41 @@ impl Mirror {
             ))));
         }
         Ok(report)
+    }
+
+    /// Why a write may not be acknowledged with `legs` receiving it (Q1; `None` with
+    /// `min_in_sync` 0).
+    fn shortfall_of(&self, legs: &[(u32, Arc<dyn Device>)]) -> Option<String> {
+        let views = self.leg_views(&|s| legs.iter().any(|(x, _)| *x == s));
+        super::quorum::shortfall(&views, self.min_in_sync)
+    }
+
+    /// F1: runs the fence hook for each leg fractured since the stream began (its fracture
+    /// is committed) and not fenced yet; why the first that failed did, if one did.
+    fn fence_lost(&mut self, before: &[u32], fenced: &mut Vec<u32>) -> Option<String> {
+        let cmd = self.fence.fence_peer.clone()?;
+        let mut failed = None;
+        for s in 0..self.geometry().slots {
+            let leg = self.sb().legs[s as usize].clone();
+            if !leg.state.is_fractured() || before.contains(&s) || fenced.contains(&s) {
+                continue;
+            }
+            fenced.push(s);
+            let call = super::fence::FenceCall {
+                slot: s,
+                leg: leg.location.clone(),
+                mirror: uuid_str(&self.sb().mirror_uuid),
+                reason: format!("by error: {}", leg.last_error),
+            };
+            if let Err(e) = super::fence::run(&cmd, &self.fence, &call) {
+                self.warnings.push(format!(
+                    "warning: --fence-peer for slot {s} ({}) failed ({e})",
+                    leg.location
+                ));
+                failed.get_or_insert(format!("--fence-peer for slot {s} failed ({e})"));
+            }
+        }
+        failed
     }
 
     /// W2 + W5: sync, then clear this command's write intents (and fracture bits set ahead

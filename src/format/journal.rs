@@ -42,6 +42,8 @@ pub enum Kind {
     ServeStarted,
     ServeStopped,
     ClientConnected,
+    WritesRefused,
+    WritesResumed,
 }
 
 /// Every kind, with its code (its place in this list, never reused) and stable name.
@@ -112,6 +114,16 @@ pub const KINDS: &[(Kind, &str, &str)] = &[
         Kind::ClientConnected,
         "client-connected",
         "a host connected to serve",
+    ),
+    (
+        Kind::WritesRefused,
+        "writes-refused",
+        "serve began refusing writes: fewer in-sync secondaries than --min-in-sync (which)",
+    ),
+    (
+        Kind::WritesResumed,
+        "writes-resumed",
+        "serve acknowledges writes again: enough secondaries in sync (how many)",
     ),
 ];
 

@@ -51,7 +51,7 @@ pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 /// qemu-nbd exporting `file` as `exp` on a Unix socket.
-fn qemu_unix(file: &Path, sock: &Path, read_only: bool) -> Server {
+pub(crate) fn qemu_unix(file: &Path, sock: &Path, read_only: bool) -> Server {
     require("qemu-nbd", "qemu-utils");
     let _ = std::fs::remove_file(sock);
     let mut c = Command::new("qemu-nbd");

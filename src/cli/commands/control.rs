@@ -74,7 +74,7 @@ fn run(
 ) -> Result<Exit> {
     let busy = |what: &str| {
         Err(Error::busy(format!(
-            "`mirrorctl {what}` cannot run while the mirror is served (pid {}): status, fracture, resync, attach, detach and verify can; stop serve cleanly with `kill -TERM {}` first",
+            "`mirrorctl {what}` cannot run while the mirror is served (pid {}): status, fracture, resync, attach, detach, verify and set can; stop serve cleanly with `kill -TERM {}` first",
             std::process::id(),
             std::process::id()
         )))
@@ -188,6 +188,14 @@ fn run(
             super::verify::render(&a, &report, &mut text)?;
             out(reply, String::from_utf8_lossy(&text).into_owned());
             Ok(super::verify::exit_of(verdict))
+        }
+        Command::Set(a) => {
+            let n = a.min_in_sync.unwrap_or_default();
+            let old = srv.set_min_in_sync(n)?;
+            let (now, _) = srv.quorum();
+            let refused = srv.writes_refused();
+            out(reply, super::set::set_text(old, n, now, refused.as_deref()));
+            Ok(Exit::Success)
         }
         Command::Write(_) => busy("write"),
         Command::Read(_) => busy("read"),

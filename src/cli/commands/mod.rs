@@ -30,6 +30,7 @@ mod promote;
 mod read;
 mod resync;
 mod serve;
+mod set;
 mod status;
 mod status_all;
 mod verify;
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Serve(a) => serve::serve(&ctx, a),
         Command::Name(a) => names::name_cmd(a),
         Command::CompleteNames => names::complete_names(),
+        Command::Set(a) => set::set(&ctx, a),
         Command::CompleteLegs(a) => {
             // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
             if let Ok(dev) = FileDevice::open(&a.primary, false) {

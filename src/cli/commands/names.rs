@@ -202,6 +202,7 @@ fn primary_of(cmd: &mut Command) -> Option<&mut PathBuf> {
         Command::Detach(a) => Some(&mut a.primary),
         Command::Verify(a) => Some(&mut a.primary),
         Command::Serve(a) => Some(&mut a.primary),
+        Command::Set(a) => Some(&mut a.primary),
         Command::CompleteLegs(a) => Some(&mut a.primary),
         Command::Create(_)
         | Command::Promote(_)

@@ -100,6 +100,8 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         ))
     };
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
+    super::write::check_min_in_sync(a.min_in_sync, &m)
+        .map_err(|e| Error::invalid(e.msg.replace("nothing was written", "nothing was changed")))?;
     // Bound before anything on disk changes: a serve that cannot listen (port taken, bad
     // socket path) exits 2 having changed nothing, not even its journal.
     let bound = server::bind(&listen).map_err(listening)?;
@@ -125,6 +127,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     let cfg = engine::serve::ServeConfig {
         hot_extents: a.hot_extents,
         read_only: a.read_only,
+        min_in_sync: a.min_in_sync,
+        quorum_wait: crate::device::nbd::timeout(),
+        fence: engine::fence::FenceHooks {
+            fence_peer: a.fence_peer.clone(),
+            unfence: a.unfence.clone(),
+            timeout: a.fence_timeout,
+            primary: display(&a.primary),
+        },
         ..Default::default()
     };
     let live = m.publish("serve", !a.read_only).map(Arc::new);
@@ -134,6 +144,13 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         .transpose()
         .map_err(|e| Error::invalid(format!("naming the control socket: {e}")))?;
     let srv = Arc::new(m.serve(&cfg, Box::new(server::log_line))?);
+    if let Some(why) = srv.writes_refused() {
+        server::log_line(&format!(
+            "warning: writes will be refused: {why}, fewer than --min-in-sync {} (a write waits up to --timeout for a leg to come back in sync; `mirrorctl resync {}` brings legs back)",
+            a.min_in_sync,
+            display(&a.primary)
+        ));
+    }
     if let Some(l) = &live {
         let s = Arc::downgrade(&srv);
         l.set_serve(Box::new(move || {

@@ -27,6 +27,14 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         }
     };
     let mut m = open_for_change(ctx, &a.primary)?;
+    check_min_in_sync(a.min_in_sync, &m)?;
+    m.min_in_sync = a.min_in_sync;
+    m.fence = engine::fence::FenceHooks {
+        fence_peer: a.fence_peer.clone(),
+        unfence: None,
+        timeout: a.fence_timeout,
+        primary: display(&a.primary),
+    };
     let live = m.publish("write", true);
     check_range(
         offset,
@@ -145,6 +153,18 @@ pub(super) fn degraded_line(
         parts.join("; "),
         display(primary)
     )))
+}
+
+/// `--min-in-sync N` against the mirror's slots: more can never be in sync.
+pub(super) fn check_min_in_sync(n: u32, m: &Mirror) -> Result<()> {
+    let slots = m.geometry().slots;
+    if n > slots {
+        return Err(Error::invalid(format!(
+            "--min-in-sync {n}: {} has {slots} secondary slots, so at most {slots} can be in sync; nothing was written",
+            m.name
+        )));
+    }
+    Ok(())
 }
 
 /// The input, counted into the progress bar as it is read.

@@ -54,7 +54,7 @@ pub fn set_timeout(d: Duration) {
     let _ = TIMEOUT.set(d);
 }
 
-fn timeout() -> Duration {
+pub fn timeout() -> Duration {
     *TIMEOUT.get().unwrap_or(&DEFAULT_TIMEOUT)
 }
 

@@ -64,8 +64,24 @@ impl Server {
             (self.log)(&format!(
                 "{name} fractured by admin; its changes are tracked"
             ));
+            // H10: after its fracture is durable (committed above).
+            if self.fence.fence_peer.is_some() {
+                st.queue_fence(
+                    slot,
+                    format!("by admin: {}", reason.unwrap_or("fractured by admin")),
+                );
+            }
         }
         self.tell(&mut st, say);
+        drop(st);
+        // The admin's command returns once the fence hook has run, and says how it went.
+        self.run_fences();
+        if let Some(why) = self.lock().fence_failed() {
+            say(&format!(
+                "warning: {why}: writes are refused until the leg is back in sync (`mirrorctl resync {}`) or detached",
+                self.name
+            ));
+        }
         r
     }
 
@@ -76,6 +92,9 @@ impl Server {
         // Requests in flight that write the leg may still finish on it: harmless, it is
         // leaving the mirror. H8: any live operation on it stops at its next step.
         st.leave(slot);
+        // H10: an image leaving the mirror needs no fence (nor is a failed one held
+        // against the writes any more).
+        let _ = self.unfence(&mut st, &[slot]);
         let r = st.mirror.detach(slot);
         if let Ok(l) = &r {
             (self.log)(&format!("{} detached", leg_name(slot, l)));
@@ -306,13 +325,21 @@ impl Server {
         if !synced.is_empty() {
             st.mirror.refresh_headers(&synced);
         }
+        // H10: fenced legs back in sync are unfenced; H9: they may be what writes wait for.
+        let unfence = self.unfence(&mut st, &synced);
+        self.resume(&mut st);
+        self.changed.notify_all();
         self.tell(&mut st, say);
+        drop(st);
         report.seconds = started.elapsed().as_secs_f64();
         (self.log)(&format!(
             "resync ended: slot(s) {synced:?} now in sync, {} in {:.1}s",
             crate::engine::resync::amounts(bytes, written, report.compare),
             report.seconds
         ));
+        self.run_unfence(unfence);
+        // A leg this resync fractured: its fence hook now.
+        self.run_fences();
         Ok(report)
     }
 }

@@ -49,6 +49,21 @@
 //!   detach and an attach into the freed slot, landing during the operation makes it clear
 //!   bits of writes the leg missed or of another image's initial log (data loss, a leg called
 //!   in sync that differs), or report differences that are not there.
+//! - H9 With `--min-in-sync N` (Q1 of `quorum.rs`) a write or flush is replied to with
+//!   success only while N legs are in sync and receive writes: checked before it is admitted
+//!   (a refused write then changes nothing) and again before its reply (a leg lost during it
+//!   leaves the write in that leg's log, H5, and the host an error). It waits at most the
+//!   quorum wait for a leg to come back, out of arrival order (a resync copy it overlaps,
+//!   which may be what brings the quorum back, must not wait for it: H4 is kept by taking a
+//!   new place when it goes on). Otherwise a write could be acknowledged on fewer copies than
+//!   the admin asked for (an isolated primary acknowledging writes its peer never got).
+//! - H10 With `--fence-peer COMMAND` (F1 of `fence.rs`) a leg that stops receiving writes
+//!   (an error, an admin fracture) has its hook queued in the lock hold that made its
+//!   fracture durable; until the hook exits 0 no write or flush is replied to with success
+//!   (they wait as for H9, with no limit but the hook's own), and if it fails they are
+//!   refused until the leg is back in sync or detached. The hook runs outside the lock, on
+//!   the first thread that waits for it (or the admin command's). Otherwise a write could
+//!   be acknowledged before the peer that missed it is kept from promotion.
 
 mod admin;
 mod verify;
@@ -56,6 +71,8 @@ mod verify;
 pub use admin::Say;
 
 use super::activity::{ActivityLog, ExtentIdx, Plan};
+use super::fence::FenceCall;
+pub use super::fence::FenceHooks;
 use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use std::sync::{Condvar, MutexGuard, Weak};
@@ -147,6 +164,8 @@ pub struct Counters {
     pub evictions: u64,
     /// The most extents hot at once.
     pub peak_hot: usize,
+    /// Writes and flushes refused for too few in-sync secondaries (H9).
+    pub refused: u64,
 }
 
 /// A leg as live operations name it (H8): the slot, the image there, and the epoch at which
@@ -183,6 +202,26 @@ struct State {
     read_fallback_logged: bool,
     /// Threads waiting on `changed` (no wake-up system call is made when there are none).
     waiters: usize,
+    /// Secondaries a write needs in sync (H9, Q1); an admin may change it live.
+    min_in_sync: u32,
+    /// Set when a write was refused for too few in-sync secondaries (the reason): later ones
+    /// are refused at once until enough are back (H9).
+    refused: Option<String>,
+    /// Per slot, the fence of a leg that stopped receiving writes (H10).
+    fences: Vec<Fence>,
+}
+
+/// Where a slot's fence hook is (H10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fence {
+    None,
+    /// To be run by the next thread that waits for it.
+    Queued(FenceCall),
+    Running,
+    /// The hook exited 0: the peer is fenced until the leg is back in sync.
+    Done,
+    /// The hook failed (why): writes are refused.
+    Failed(String),
 }
 
 /// A mirror serving requests. Many threads may call it at once.
@@ -203,6 +242,10 @@ pub struct Server {
     verify_chunk: u64,
     /// Set when serve stops: live administration (a resync) ends at its next run.
     admin_stop: AtomicBool,
+    /// How long a write or flush waits for enough in-sync secondaries (H9).
+    quorum_wait: Duration,
+    /// The fence hooks (H10).
+    fence: FenceHooks,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -218,6 +261,12 @@ pub struct ServeConfig {
     /// Bytes a live verify reads at once, in one place among the host writes
     /// ([`crate::engine::verify::READ_CHUNK`]; tests use smaller ones on small images).
     pub verify_chunk: u64,
+    /// Secondaries a write needs in sync to be acknowledged (H9; 0: none).
+    pub min_in_sync: u32,
+    /// How long a write or flush waits for them before it is refused.
+    pub quorum_wait: Duration,
+    /// Commands run when a leg stops receiving writes and when it is back in sync (H10).
+    pub fence: FenceHooks,
 }
 
 impl Default for ServeConfig {
@@ -227,6 +276,9 @@ impl Default for ServeConfig {
             extent_bytes: super::EXTENT_BYTES,
             read_only: false,
             verify_chunk: crate::engine::verify::READ_CHUNK,
+            min_in_sync: 0,
+            quorum_wait: Duration::from_secs(5),
+            fence: FenceHooks::default(),
         }
     }
 }
@@ -269,6 +321,67 @@ impl State {
         self.joined[slot as usize] = 0;
         self.legs.retain(|(s, _)| *s != slot);
         true
+    }
+
+    /// Why a write may not be acknowledged now (H9); `None` with no minimum.
+    fn shortfall(&self) -> Option<String> {
+        if self.min_in_sync == 0 {
+            return None;
+        }
+        let views = self.mirror.leg_views(&|s| self.receiving(s));
+        super::quorum::shortfall(&views, self.min_in_sync)
+    }
+
+    /// Why writes are refused now (H9, H10): a failed fence hook, or too few in-sync
+    /// secondaries.
+    fn refusal(&self) -> Option<String> {
+        self.fence_failed().or_else(|| self.shortfall())
+    }
+
+    /// A fence hook that failed (H10).
+    fn fence_failed(&self) -> Option<String> {
+        self.fences.iter().enumerate().find_map(|(s, f)| match f {
+            Fence::Failed(why) => Some(format!("--fence-peer for slot {s} failed ({why})")),
+            _ => None,
+        })
+    }
+
+    /// A fence hook still to finish: writes wait for it (H10).
+    fn fence_pending(&self) -> Option<String> {
+        self.fences.iter().enumerate().find_map(|(s, f)| match f {
+            Fence::Queued(_) | Fence::Running => Some(format!("--fence-peer running for slot {s}")),
+            _ => None,
+        })
+    }
+
+    /// Whether a write or flush may not simply go on now (H9, H10).
+    fn gated(&self) -> bool {
+        self.refusal().is_some() || self.fence_pending().is_some()
+    }
+
+    /// H10: the fence hook of a leg that just stopped receiving writes (its fracture
+    /// durable), to be run before any write is acknowledged.
+    fn queue_fence(&mut self, slot: u32, reason: String) {
+        let leg = &self.mirror.sb().legs[slot as usize];
+        let call = FenceCall {
+            slot,
+            leg: leg.location.clone(),
+            mirror: uuid_str(&self.mirror.sb().mirror_uuid),
+            reason,
+        };
+        self.fences[slot as usize] = Fence::Queued(call);
+    }
+
+    /// A queued fence hook, now marked running (its caller runs it).
+    fn take_queued_fence(&mut self) -> Option<FenceCall> {
+        let i = self
+            .fences
+            .iter()
+            .position(|f| matches!(f, Fence::Queued(_)))?;
+        match std::mem::replace(&mut self.fences[i], Fence::Running) {
+            Fence::Queued(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// Regions of the host writes in flight (H5, H7).
@@ -357,6 +470,10 @@ impl Mirror {
             counters: Counters::default(),
             read_fallback_logged: false,
             waiters: 0,
+            // Read-only: nothing is acknowledged as written, and nothing recorded.
+            min_in_sync: if read_only { 0 } else { cfg.min_in_sync },
+            refused: None,
+            fences: vec![Fence::None; slots],
         };
         for (s, d) in legs {
             state.join(s, d);
@@ -370,6 +487,12 @@ impl Mirror {
             extent_bytes: cfg.extent_bytes,
             verify_chunk: cfg.verify_chunk,
             admin_stop: AtomicBool::new(false),
+            quorum_wait: cfg.quorum_wait,
+            fence: if read_only {
+                FenceHooks::default()
+            } else {
+                cfg.fence.clone()
+            },
             primary: state.mirror.image.dev.clone(),
             state: Mutex::new(state),
             changed: Condvar::new(),
@@ -447,6 +570,11 @@ impl Server {
             reads_total: c.reads,
             read_bytes_total: c.bytes_read,
             flushes_total: c.flushes,
+            min_in_sync: u64::from(self.quorum().1),
+            in_sync_secondaries: u64::from(self.quorum().0),
+            writes_refused: self.writes_refused(),
+            writes_held: self.writes_held(),
+            refused_total: c.refused,
             ..Default::default()
         }
     }
@@ -483,13 +611,22 @@ impl Server {
     }
 
     /// Waits for a change to the state (a request finished, extents became hot).
-    fn wait<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        st.waiters += 1;
+    fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         // Woken by every change; at the latest after a while, so that a ticket dropped
         // without a wake-up (a panic) is seen.
+        self.wait_at_most(st, Duration::from_millis(200))
+    }
+
+    /// [`Server::wait`], at most `d`.
+    fn wait_at_most<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        d: Duration,
+    ) -> MutexGuard<'a, State> {
+        st.waiters += 1;
         let (mut st, _) = self
             .changed
-            .wait_timeout(st, Duration::from_millis(200))
+            .wait_timeout(st, d.min(Duration::from_millis(200)))
             .unwrap_or_else(|p| p.into_inner());
         st.waiters -= 1;
         st
@@ -648,15 +785,17 @@ impl Server {
 
     /// Writes, zeroes or trims one admitted range, mirrored; syncs everything first if `fua`.
     pub fn mutate(&self, t: Ticket, m: Mutation<'_>, fua: bool) -> Served<()> {
+        // H9: the whole request waits at most this long for enough in-sync secondaries.
+        let deadline = Instant::now() + self.quorum_wait;
         // The ticket leaves `inflight` in the same lock as the extents are released.
-        self.mutate_inner(t, &m)?;
+        self.mutate_inner(t, &m, deadline)?;
         if fua {
-            self.flush()?;
+            self.flush_by(deadline)?;
         }
         Ok(())
     }
 
-    fn mutate_inner(&self, t: Ticket, m: &Mutation<'_>) -> Served<()> {
+    fn mutate_inner(&self, mut t: Ticket, m: &Mutation<'_>, deadline: Instant) -> Served<()> {
         if self.read_only {
             self.cancel(t);
             return Err(Failure::new(EPERM, "the export is read-only".into()));
@@ -664,7 +803,29 @@ impl Server {
         debug_assert_eq!(t.range.end - t.range.start, m.len());
         let g = self.geometry;
         let regions = g.regions_for(t.range.start, m.len());
-        let mut st = self.wait_for_earlier(self.lock(), &t);
+        let mut st = self.lock();
+        if st.gated() {
+            // H9, H10: out of arrival order while it waits (nothing of it is written yet), so
+            // that a resync copy it overlaps is not held up by it.
+            st.inflight.retain(|(s, _, _, _)| *s != t.seq);
+            self.changed.notify_all();
+            let (g, r) = self.await_quorum(st, deadline);
+            st = g;
+            if let Err(f) = r {
+                self.wake(st);
+                return Err(f);
+            }
+            // H4: back in as the newest arrival.
+            t.seq = st.next_seq;
+            st.next_seq += 1;
+            st.inflight.push((
+                t.seq,
+                t.range.clone(),
+                Use::HostWrite,
+                Arc::downgrade(&t._alive),
+            ));
+        }
+        let mut st = self.wait_for_earlier(st, &t);
         let exts = st.al.extents_of(&regions);
         loop {
             // A write into a cold extent that follows a hot one is likely a stream: the next
@@ -754,11 +915,232 @@ impl Server {
         st.inflight.retain(|(s, _, _, _)| *s != t.seq);
         st.al.release(&exts, Some(&regions));
         st.al.end(since);
-        st.counters.writes += 1;
-        st.counters.bytes_written += m.len();
         self.flush_log(&mut st);
+        let mut counted = true;
+        if res.is_ok() && st.gated() {
+            // H9: a leg lost meanwhile (its log has this write, H5): no success unless
+            // enough are back in sync within the wait.
+            self.changed.notify_all();
+            let (g, r) = self.await_quorum(st, deadline);
+            st = g;
+            if let Err(f) = r {
+                // Not reported as written (the stop's summary, status).
+                counted = false;
+                res = Err(Failure::new(
+                    f.errno,
+                    format!(
+                        "{}; this write reached the primary and the legs receiving writes (the others have it in their fracture logs) but is not acknowledged",
+                        f.msg
+                    ),
+                ));
+            }
+        }
+        if counted {
+            st.counters.writes += 1;
+            st.counters.bytes_written += m.len();
+        }
         self.wake(st);
         res
+    }
+
+    /// H9 + H10: runs a queued fence hook, waits for one running, then waits until at most
+    /// `deadline` for enough in-sync secondaries; refused at once after a failed fence hook
+    /// or while writes are being refused already (the first refusal is logged and recorded,
+    /// once, as is the resumption).
+    fn await_quorum<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> (MutexGuard<'a, State>, Served<()>) {
+        loop {
+            if let Some(call) = st.take_queued_fence() {
+                drop(st);
+                self.run_fence(call);
+                st = self.lock();
+                continue;
+            }
+            if st.fence_pending().is_some() {
+                st = self.wait(st);
+                continue;
+            }
+            let failed = st.fence_failed();
+            let Some(why) = failed.clone().or_else(|| st.shortfall()) else {
+                self.resume(&mut st);
+                return (st, Ok(()));
+            };
+            let now = Instant::now();
+            if failed.is_some() || st.refused.is_some() || now >= deadline {
+                self.refuse(&mut st, &why);
+                st.counters.refused += 1;
+                let f = Failure::new(
+                    EIO,
+                    if failed.is_some() {
+                        format!("writes refused: {why}; the leg stays fractured")
+                    } else {
+                        format!(
+                            "writes refused: {why}, fewer than --min-in-sync {}",
+                            st.min_in_sync
+                        )
+                    },
+                );
+                return (st, Err(f));
+            }
+            st = self.wait_at_most(st, deadline - now);
+        }
+    }
+
+    /// H10: runs a fence hook (no lock held) and records how it ended.
+    fn run_fence(&self, call: FenceCall) {
+        let Some(cmd) = self.fence.fence_peer.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        (self.log)(&format!(
+            "secondary slot {} ({}) stopped receiving writes: running --fence-peer; writes wait for it",
+            call.slot, call.leg
+        ));
+        let r = super::fence::run(&cmd, &self.fence, &call);
+        let mut st = self.lock();
+        let slot = call.slot as usize;
+        if st.fences[slot] == Fence::Running {
+            match r {
+                Ok(()) => {
+                    (self.log)(&format!(
+                        "--fence-peer for slot {} succeeded in {:.1}s; writes go on without it",
+                        call.slot,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    st.fences[slot] = Fence::Done;
+                }
+                Err(e) => {
+                    (self.log)(&format!(
+                        "error: --fence-peer for slot {} failed ({e}): writes are refused until the leg is back in sync (`mirrorctl resync {}`) or detached",
+                        call.slot, self.name
+                    ));
+                    st.fences[slot] = Fence::Failed(e);
+                }
+            }
+        }
+        self.wake(st);
+    }
+
+    /// H10: runs every queued fence hook (an admin fracture's, a live resync's).
+    pub fn run_fences(&self) {
+        loop {
+            let call = self.lock().take_queued_fence();
+            match call {
+                Some(c) => self.run_fence(c),
+                None => return,
+            }
+        }
+    }
+
+    /// H10: a leg back in sync (or gone) needs no fence: its state cleared; the calls of
+    /// the unfence hook to run (for fences that succeeded), once the lock is let go.
+    fn unfence(&self, st: &mut State, slots: &[u32]) -> Vec<FenceCall> {
+        let mut out = Vec::new();
+        for &s in slots {
+            let was = std::mem::replace(&mut st.fences[s as usize], Fence::None);
+            if was == Fence::Done && self.fence.unfence.is_some() {
+                let leg = &st.mirror.sb().legs[s as usize];
+                out.push(FenceCall {
+                    slot: s,
+                    leg: leg.location.clone(),
+                    mirror: uuid_str(&st.mirror.sb().mirror_uuid),
+                    reason: "in sync again".into(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs the unfence hook for `calls` (no lock held); its failure is logged.
+    fn run_unfence(&self, calls: Vec<FenceCall>) {
+        let Some(cmd) = self.fence.unfence.clone() else {
+            return;
+        };
+        for c in calls {
+            match super::fence::run(&cmd, &self.fence, &c) {
+                Ok(()) => (self.log)(&format!(
+                    "--unfence for slot {} ({}) succeeded",
+                    c.slot, c.leg
+                )),
+                Err(e) => (self.log)(&format!(
+                    "warning: --unfence for slot {} ({}) failed ({e}); the peer may still be kept from promotion: remove the constraint by hand",
+                    c.slot, c.leg
+                )),
+            }
+        }
+    }
+
+    /// H9: writes start being refused: logged and recorded once.
+    fn refuse(&self, st: &mut State, why: &str) {
+        if st.refused.is_some() {
+            return;
+        }
+        st.refused = Some(why.to_string());
+        (self.log)(&format!(
+            "error: writes refused: {why}, fewer than --min-in-sync {}; hosts get I/O errors for writes and flushes until a leg is back in sync (`mirrorctl resync {}`) or `mirrorctl set {} --min-in-sync N` lowers the minimum",
+            st.min_in_sync, self.name, self.name
+        ));
+        if let Err(e) = st.mirror.record(EventKind::WritesRefused, None, why) {
+            (self.log)(&format!(
+                "warning: recording the refusal in the event journal: {e}"
+            ));
+        }
+    }
+
+    /// H9: writes are acknowledged again (if they were refused): logged and recorded once.
+    fn resume(&self, st: &mut State) {
+        if st.refused.is_none() || st.refusal().is_some() {
+            return;
+        }
+        st.refused = None;
+        let n = super::quorum::in_sync(&st.mirror.leg_views(&|s| st.receiving(s)));
+        let what = format!("{n} of min {} in-sync secondaries", st.min_in_sync);
+        (self.log)(&format!("writes resumed: {what}"));
+        if let Err(e) = st.mirror.record(EventKind::WritesResumed, None, &what) {
+            (self.log)(&format!(
+                "warning: recording the resumption in the event journal: {e}"
+            ));
+        }
+    }
+
+    /// Why writes are refused now, if they are (H9): a write arriving now would wait for
+    /// enough in-sync secondaries, then be refused. For status and the admin.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.lock().refusal()
+    }
+
+    /// Why writes wait now (a fence hook running, H10), if they do.
+    pub fn writes_held(&self) -> Option<String> {
+        self.lock().fence_pending()
+    }
+
+    /// (secondaries in sync and receiving writes, the minimum asked for) (H9).
+    pub fn quorum(&self) -> (u32, u32) {
+        let st = self.lock();
+        let n = super::quorum::in_sync(&st.mirror.leg_views(&|s| st.receiving(s)));
+        (n, st.min_in_sync)
+    }
+
+    /// Changes the minimum of in-sync secondaries live (H9); returns the old one. Writes
+    /// waiting or refused go on at once when the new one is met.
+    pub fn set_min_in_sync(&self, n: u32) -> Result<u32> {
+        let slots = self.geometry.slots;
+        if n > slots {
+            return Err(Error::invalid(format!(
+                "--min-in-sync {n}: the mirror has {slots} secondary slots, so at most {slots} can be in sync; nothing was changed"
+            )));
+        }
+        let mut st = self.lock();
+        let old = std::mem::replace(&mut st.min_in_sync, n);
+        (self.log)(&format!(
+            "min-in-sync changed from {old} to {n} by the admin"
+        ));
+        self.resume(&mut st);
+        self.wake(st);
+        Ok(old)
     }
 
     /// H5 + W4: a leg failed; its log gets what it may have missed, then it is fractured.
@@ -768,9 +1150,15 @@ impl Server {
         }
         let missed = st.missed_by_a_leaving_leg();
         st.leave(slot);
+        let reason = format!("by error: {what}: {err}");
         st.mirror
             .fracture_on_error(LegFailure { slot, what, err }, &missed)
-            .map_err(|e| Failure::new(EIO, e.to_string()))
+            .map_err(|e| Failure::new(EIO, e.to_string()))?;
+        // H10: after its fracture is durable.
+        if self.fence.fence_peer.is_some() {
+            st.queue_fence(slot, reason);
+        }
+        Ok(())
     }
 
     /// Syncs with the state locked, recording the flush in the activity log.
@@ -838,8 +1226,19 @@ impl Server {
     /// H3: makes every write completed so far durable on the primary and every leg
     /// receiving writes (legs that fail are fractured, the flush still succeeds).
     pub fn flush(&self) -> Served<()> {
+        self.flush_by(Instant::now() + self.quorum_wait)
+    }
+
+    /// [`Server::flush`], waiting for enough in-sync secondaries (H9) until `deadline`.
+    fn flush_by(&self, deadline: Instant) -> Served<()> {
         let (covered, legs) = {
             let mut st = self.lock();
+            if st.gated() {
+                // H9, H10: a flush would claim durability on fewer copies than asked for.
+                let (g, r) = self.await_quorum(st, deadline);
+                st = g;
+                r?;
+            }
             st.counters.flushes += 1;
             (st.al.flush_started(), st.legs.clone())
         };
@@ -861,6 +1260,13 @@ impl Server {
         }
         st.al.flush_done(covered);
         self.flush_log(&mut st);
+        if res.is_ok() && st.gated() {
+            // H9, H10: a leg lost in this flush: not durable on enough copies.
+            let (g, r) = self.await_quorum(st, deadline);
+            st = g;
+            res = r;
+        }
+        self.wake(st);
         res
     }
 
