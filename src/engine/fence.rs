@@ -3,7 +3,7 @@
 //! Pacemaker's `crm-fence-peer`, the peer holding it is kept from being promoted) and when
 //! it is back in sync; the command's environment and its time limit.
 //!
-//! - F1 The leg's fracture (its state and log) is durable before its fence hook runs, so
+//! - E1 The leg's fracture (its state and log) is durable before its fence hook runs, so
 //!   the fence states a truth; no write the leg did not receive is acknowledged until the
 //!   hook has exited 0 (writes wait for it); a hook that fails or outlives its time limit
 //!   leaves writes refused (the fracture stays) until the leg is back in sync or detached.

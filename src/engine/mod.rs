@@ -4,7 +4,7 @@
 //! `write` (W1-W6), `recover` (R1-R3), `resync` (S1-S4), `attach` (A1-A4, D0-D2),
 //! `legs` (fractures, headers of the secondaries), `failover` (P1-P7), `verify` (V1),
 //! `status` (the report and the one health rule), `serve` (requests from hosts, H1-H10,
-//! over the activity log of `activity`), `quorum` (Q1, `--min-in-sync`), `fence` (F1, the
+//! over the activity log of `activity`), `quorum` (Q1, `--min-in-sync`), `fence` (E1, the
 //! fence hooks). This module sees devices, never paths,
 //! locks or output.
 
@@ -81,7 +81,7 @@ pub struct Mirror {
     /// Secondaries a stream's write needs in sync to be acknowledged (`write
     /// --min-in-sync`, Q1 of [`quorum`]); 0 by default.
     pub min_in_sync: u32,
-    /// The fence hook a stream runs for each leg it loses (`write --fence-peer`, F1).
+    /// The fence hook a stream runs for each leg it loses (`write --fence-peer`, E1).
     pub fence: fence::FenceHooks,
 }
 

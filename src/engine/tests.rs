@@ -850,7 +850,7 @@ fn a_served_write_that_loses_a_leg_is_acknowledged_only_after_its_fence_hook_suc
     let t = srv.ticket(0, 4096);
     srv.mutate(t, serve::Mutation::Write(&[1; 4096]), false)
         .unwrap();
-    // F1: the hook had run (and exited 0) before the reply.
+    // E1: the hook had run (and exited 0) before the reply.
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "0\n");
     assert_eq!(srv.writes_held(), None);
     assert_eq!(srv.writes_refused(), None);

@@ -282,7 +282,7 @@ impl Mirror {
             .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
             .collect();
         let mut legs = self.active_legs()?;
-        // F1: legs that failed to open are fenced before anything is written.
+        // E1: legs that failed to open are fenced before anything is written.
         let mut fenced = Vec::new();
         let fence_failed = self.fence_lost(&fractured_before, &mut fenced);
         // Q1: refused before anything is written when too few legs are in sync (this
@@ -434,7 +434,7 @@ impl Mirror {
                 report.newly_fractured.push(s);
             }
         }
-        // Q1: the last sync too needs the quorum (F1: and a leg it lost, its fence).
+        // Q1: the last sync too needs the quorum (E1: and a leg it lost, its fence).
         let refused = refused
             .or_else(|| self.fence_lost(&fractured_before, &mut fenced))
             .or_else(|| self.shortfall_of(&legs));
@@ -489,7 +489,7 @@ impl Mirror {
         super::quorum::shortfall(&views, self.min_in_sync)
     }
 
-    /// F1: runs the fence hook for each leg fractured since the stream began (its fracture
+    /// E1: runs the fence hook for each leg fractured since the stream began (its fracture
     /// is committed) and not fenced yet; why the first that failed did, if one did.
     fn fence_lost(&mut self, before: &[u32], fenced: &mut Vec<u32>) -> Option<String> {
         let cmd = self.fence.fence_peer.clone()?;

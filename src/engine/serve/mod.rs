@@ -57,7 +57,7 @@
 //!   which may be what brings the quorum back, must not wait for it: H4 is kept by taking a
 //!   new place when it goes on). Otherwise a write could be acknowledged on fewer copies than
 //!   the admin asked for (an isolated primary acknowledging writes its peer never got).
-//! - H10 With `--fence-peer COMMAND` (F1 of `fence.rs`) a leg that stops receiving writes
+//! - H10 With `--fence-peer COMMAND` (E1 of `fence.rs`) a leg that stops receiving writes
 //!   (an error, an admin fracture) has its hook queued in the lock hold that made its
 //!   fracture durable; until the hook exits 0 no write or flush is replied to with success
 //!   (they wait as for H9, with no limit but the hook's own), and if it fails they are
