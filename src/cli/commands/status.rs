@@ -4,12 +4,11 @@
 
 use super::*;
 
-pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
-    let Some(image) = a.image.clone() else {
-        return super::status_all::status_all(&a);
-    };
-    let name = display(&image);
-    let dev = FileDevice::open(&image, false).map_err(|e| open_error("opening", &image, e))?;
+/// One image's report, with what its running command published (or, when that record
+/// cannot be read, the pid holding the mirror from the kernel's lock table). `status` and
+/// `status --all` both use it.
+pub(super) fn image_report(image: &Path, name: &str) -> Result<engine::status::Status> {
+    let dev = FileDevice::open(image, false).map_err(|e| open_error("opening", image, e))?;
     let file = dev.file().unwrap();
     let running = crate::live::read(file);
     // A writer whose record this user cannot read (another user's runtime directory) is
@@ -18,13 +17,20 @@ pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
         None => crate::live::writers(file).first().copied(),
         Some(_) => None,
     };
-    let s = engine::status::report_held(
+    engine::status::report_held(
         Arc::new(dev),
-        &name,
+        name,
         Arc::new(FileOpener { writable: false }),
         running,
         holder,
-    )?;
+    )
+}
+
+pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
+    let Some(image) = a.image.clone() else {
+        return super::status_all::status_all(&a);
+    };
+    let s = image_report(&image, &display(&image))?;
     let format = match (a.json, a.format) {
         (true, _) => cli::StatusFormat::Json,
         (false, f) => f.unwrap_or(cli::StatusFormat::Text),

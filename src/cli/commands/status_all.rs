@@ -48,15 +48,7 @@ fn collect() -> Result<Vec<Named>> {
 
 fn report(e: &names::Entry) -> Result<Status> {
     names::check_primary(e)?;
-    let p = PathBuf::from(&e.config.primary);
-    let dev = FileDevice::open(&p, false).map_err(|x| open_error("opening", &p, x))?;
-    let running = crate::live::read(dev.file().unwrap());
-    engine::status::report(
-        Arc::new(dev),
-        &e.config.primary,
-        Arc::new(FileOpener { writable: false }),
-        running,
-    )
+    super::status::image_report(Path::new(&e.config.primary), &e.config.primary)
 }
 
 pub(super) fn status_all(a: &cli::StatusArgs) -> Result<Exit> {
