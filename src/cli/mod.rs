@@ -4,7 +4,9 @@
 pub mod commands;
 pub mod doc;
 pub mod exit;
+pub mod metrics;
 pub mod output;
+pub mod status_text;
 
 use crate::engine::FlushPolicy;
 use crate::lock::Wait;

@@ -14,7 +14,6 @@ pub mod create;
 pub mod failover;
 pub mod fence;
 pub(crate) mod legs;
-pub mod metrics;
 pub mod plan;
 pub mod quorum;
 mod recover;
@@ -28,7 +27,8 @@ pub use activity::{DEFAULT_HOT_EXTENTS, EXTENT_BYTES, MIN_HOT_EXTENTS};
 pub use attach::{AttachOutcome, InitialSync};
 use legs::LegFailure;
 pub use resync::{
-    RateLimit, ResyncLegReport, ResyncOptions, ResyncReport, CHECKPOINT, COPY_RUN, RESYNC_BATCH,
+    amounts as resync_amounts, RateLimit, ResyncLegReport, ResyncOptions, ResyncReport, CHECKPOINT,
+    COPY_RUN, RESYNC_BATCH,
 };
 pub use write::{WriteReport, CHUNK, WINDOW};
 

@@ -39,10 +39,10 @@ pub(super) fn status_cmd(_ctx: &Ctx, a: cli::StatusArgs) -> Result<Exit> {
         print_json(&s)?;
     } else if format == cli::StatusFormat::Prometheus {
         io::stdout()
-            .write_all(engine::metrics::render(&s).as_bytes())
+            .write_all(cli::metrics::render(&s).as_bytes())
             .map_err(Error::output)?;
     } else {
-        engine::status::render_text(&s, &mut io::stdout().lock()).map_err(Error::output)?;
+        cli::status_text::render_text(&s, &mut io::stdout().lock()).map_err(Error::output)?;
     }
     Ok(if a.check && !s.healthy {
         Exit::Degraded

@@ -87,7 +87,7 @@ pub(super) fn status_all(a: &cli::StatusArgs) -> Result<Exit> {
             let parts: Vec<Part> = all
                 .iter()
                 .map(|n| match &n.report {
-                    Ok(s) => Part::Metrics(n.name.clone(), engine::metrics::render(s)),
+                    Ok(s) => Part::Metrics(n.name.clone(), cli::metrics::render(s)),
                     Err(_) => Part::Unreadable {
                         name: n.name.clone(),
                         mirror: n.mirror.clone().unwrap_or_default(),
@@ -115,7 +115,7 @@ pub(super) fn status_all(a: &cli::StatusArgs) -> Result<Exit> {
                     }
                     writeln!(o, "name          {} ({})", n.name, n.file.display())?;
                     match &n.report {
-                        Ok(s) => engine::status::render_text(s, &mut o)?,
+                        Ok(s) => cli::status_text::render_text(s, &mut o)?,
                         Err(e) => {
                             if let Some(p) = &n.primary {
                                 writeln!(o, "primary       {p}")?;
