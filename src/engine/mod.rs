@@ -295,13 +295,20 @@ impl Mirror {
     }
 
     /// Resolves a secondary given as a slot number or as the location used at attach.
-    pub fn find_slot(&self, spec: &str, same: &dyn Fn(&str) -> bool) -> Result<u32> {
+    /// `names_a_file`: whether `spec` also names an existing file (the caller looks, from the
+    /// admin's directory), so that a number that is no slot in use is tried as a location.
+    pub fn find_slot(
+        &self,
+        spec: &str,
+        names_a_file: bool,
+        same: &dyn Fn(&str) -> bool,
+    ) -> Result<u32> {
         let legs = &self.sb().legs;
         if let Ok(n) = spec.parse::<u32>() {
             if (n as usize) < legs.len() && legs[n as usize].state != LegState::Empty {
                 return Ok(n);
             }
-            if !std::path::Path::new(spec).exists() {
+            if !names_a_file {
                 return Err(Error::invalid(format!(
                     "secondary '{spec}': slot {n} is not in use on {} (see `mirrorctl status`)",
                     self.name

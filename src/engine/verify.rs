@@ -96,7 +96,8 @@ pub struct VerifyOpts {
     pub restart: bool,
 }
 
-/// Opens (and locks) the mirror; `first` is true for the first batch.
+/// Opens (and locks) the mirror; `first` is true for the first batch. Later calls come
+/// right after the lock was let go: the opener lets a waiting command take it first.
 pub type Opener<'a> = dyn FnMut(bool, Option<Duration>) -> Result<Option<Mirror>> + 'a;
 
 /// Runs a verify pass. `slots` are the legs asked for (None: every non-empty leg; fractured
@@ -155,8 +156,7 @@ pub fn run(
         if out_of_time {
             break;
         }
-        drop(mm.take()); // unlock between batches
-        crate::lock::yield_to_waiters();
+        drop(mm.take()); // unlock between batches (the opener lets waiters in first)
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         mm = open(false, remaining)?;
         if let Some(m) = mm.as_mut() {

@@ -83,6 +83,7 @@ fn run(
     let say = |w: &str| err(reply, w);
     let cwd = req.cwd.clone();
     let same = |s: &str| same_file(&resolve(&cwd, s));
+    let names_a_file = |s: &str| Path::new(&resolve(&cwd, s)).exists();
     // Extents pinned by primary write errors count against health (read before the
     // mirror is borrowed: both take the server's state).
     let health = || -> Result<Exit> {
@@ -92,7 +93,11 @@ fn run(
     match cmd {
         Command::Fracture(a) => {
             let (slot, leg) = srv.with_mirror(|m| -> Result<_> {
-                let s = m.find_slot(&a.secondary, &same(&a.secondary))?;
+                let s = m.find_slot(
+                    &a.secondary,
+                    names_a_file(&a.secondary),
+                    &same(&a.secondary),
+                )?;
                 Ok((s, m.sb().legs[s as usize].clone()))
             })?;
             let done = srv.fracture_leg(slot, a.reason.as_deref(), &say)?;
@@ -100,7 +105,13 @@ fn run(
             Ok(Exit::Success)
         }
         Command::Detach(a) => {
-            let slot = srv.with_mirror(|m| m.find_slot(&a.secondary, &same(&a.secondary)))?;
+            let slot = srv.with_mirror(|m| {
+                m.find_slot(
+                    &a.secondary,
+                    names_a_file(&a.secondary),
+                    &same(&a.secondary),
+                )
+            })?;
             let leg = srv.detach_leg(slot, &say)?;
             out(reply, super::legs::detached_text(slot, &leg));
             Ok(Exit::Success)

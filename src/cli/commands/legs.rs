@@ -8,7 +8,11 @@ pub(super) fn fracture(ctx: &Ctx, a: cli::FractureArgs) -> Result<Exit> {
         Ok(m) => m,
         Err(e) => return via_server(ctx, &a.primary, e, "fracture"),
     };
-    let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
+    let slot = m.find_slot(
+        &a.secondary,
+        Path::new(&a.secondary).exists(),
+        &same_file(&a.secondary),
+    )?;
     let leg = m.sb().legs[slot as usize].clone();
     let done = m.fracture(slot, a.reason.as_deref())?;
     print!("{}", fractured_text(&a, slot, &leg, done));
@@ -43,7 +47,11 @@ pub(super) fn detach(ctx: &Ctx, a: cli::DetachArgs) -> Result<Exit> {
         Ok(m) => m,
         Err(e) => return via_server(ctx, &a.primary, e, "detach"),
     };
-    let slot = m.find_slot(&a.secondary, &same_file(&a.secondary))?;
+    let slot = m.find_slot(
+        &a.secondary,
+        Path::new(&a.secondary).exists(),
+        &same_file(&a.secondary),
+    )?;
     let leg = m.detach(slot)?;
     print!("{}", detached_text(slot, &leg));
     print_warnings(&mut m);

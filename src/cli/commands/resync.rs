@@ -87,7 +87,7 @@ pub(super) fn choose_slots<F: Fn(&str) -> bool>(
 ) -> Result<Vec<u32>> {
     let mut slots = Vec::new();
     for s in &a.secondaries {
-        let slot = m.find_slot(s, &same(s))?;
+        let slot = m.find_slot(s, Path::new(s).exists(), &same(s))?;
         if !slots.contains(&slot) {
             slots.push(slot);
         }

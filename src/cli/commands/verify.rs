@@ -10,6 +10,9 @@ pub(super) fn verify(ctx: &Ctx, a: cli::VerifyArgs) -> Result<Exit> {
     let mut live: Option<crate::live::Publisher> = None;
     let mut open =
         |first: bool, remaining: Option<std::time::Duration>| -> Result<Option<Mirror>> {
+            if !first {
+                crate::lock::yield_to_waiters();
+            }
             let wait = match (first, remaining) {
                 (true, _) => ctx.wait,
                 (false, Some(d)) => Wait::For(d),
@@ -65,7 +68,7 @@ pub(super) fn slots<F: Fn(&str) -> bool>(
     }
     let mut v = Vec::new();
     for s in &a.secondaries {
-        let slot = m.find_slot(s, &same(s))?;
+        let slot = m.find_slot(s, Path::new(s).exists(), &same(s))?;
         if !v.contains(&slot) {
             v.push(slot);
         }
