@@ -318,6 +318,8 @@ fn client_dir(pki: &Pki, at: &Path) -> String {
     at.display().to_string()
 }
 
+/// Two machines with the image at the same path, played on one: machine A's a.img goes
+/// away (to old.img), machine B's secondary takes its path.
 #[test]
 fn a_former_primary_is_exported_only_with_rejoin_and_the_current_primary_takes_it_back_through_it()
 {
@@ -327,18 +329,23 @@ fn a_former_primary_is_exported_only_with_rejoin_and_the_current_primary_takes_i
     fx.ok(&["attach", "a.img", &ex.uri()]);
     fx.write_random(0, 4 * MIB, 6);
     assert_eq!(ex.stop().0, 0);
-    // Unplanned failover: the primary's machine is gone (its image out of reach: what the
-    // new primary recorded as its path names nothing here), the secondary is promoted on its
-    // own and takes writes.
     std::fs::rename(fx.path("a.img"), fx.path("old.img")).unwrap();
-    let o = fx.run(&["promote", "b.img"]);
+    std::fs::rename(fx.path("b.img"), fx.path("a.img")).unwrap();
+    // Unplanned failover on B: the recorded former primary's path names B's own image
+    // there, so the former primary is not reachable (and not this command's own lock).
+    let o = fx.run(&["promote", "a.img"]);
     assert_eq!(
         o.code, 3,
         "promoted, its former primary's slot out of sync: {o:?}"
     );
+    assert!(o.stderr.contains("names a.img itself"), "{o:?}");
+    assert_eq!(fx.status()["role"], "primary");
     random_file(&fx.path("new.bin"), 2 * MIB, 7);
-    let o = fx.run(&["write", "b.img", "--offset", "10M", "--input", "new.bin"]);
-    assert_eq!(o.code, 3, "{o:?}");
+    let o = fx.run(&["write", "a.img", "--offset", "10M", "--input", "new.bin"]);
+    assert_eq!(
+        o.code, 3,
+        "written, its former primary's slot fractured: {o:?}"
+    );
     let s = fx.ok(&["status", "old.img", "--json"]).json();
     assert_eq!(s["role"], "primary", "{s:#}");
     // The former primary comes back: refused as it is, offered with --rejoin.
@@ -357,20 +364,17 @@ fn a_former_primary_is_exported_only_with_rejoin_and_the_current_primary_takes_i
     assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
     let mut old = Exporting::start(&fx, "old.img", "old", &["--rejoin"]);
     assert!(old.log().contains("--rejoin"), "{}", old.log());
-    let a = fx.ok(&["attach", "b.img", &old.uri(), "--json"]).json();
+    let a = fx.ok(&["attach", "a.img", &old.uri(), "--json"]).json();
     assert_eq!(a["slot"], 0, "{a:#}");
     assert_eq!(a["reattached"], true, "{a:#}");
     // Only what changed since the promotion (and its own last write window), not 32 MiB.
     let copied = u(&a["copied_bytes"]);
     assert!((2 * MIB..16 * MIB).contains(&copied), "{a:#}");
     assert!(old.log().contains("is a secondary again"), "{}", old.log());
-    let s = fx.ok(&["status", "b.img", "--json"]).json();
-    assert_eq!(s["legs"][0]["state"], "in-sync", "{s:#}");
-    let (off, size) = (u(&s["data_offset"]), u(&s["data_size"]));
-    assert_eq!(
-        first_difference_between(&fx.path("b.img"), &fx.path("old.img"), off, size),
-        None
-    );
+    assert_eq!(crate::nbd::leg0(&fx)["state"], "in-sync");
+    assert_eq!(same_data_areas(&fx, &fx.path("old.img")), None);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
     // Still exported, now watched: its header says secondary.
     assert_eq!(old.stop().0, 0);
     let s = fx.ok(&["status", "old.img", "--json"]).json();
