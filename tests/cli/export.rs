@@ -447,3 +447,54 @@ fn qemu_io_and_nbdinfo_see_the_raw_image_header_included() {
     let b = std::fs::read(&file).unwrap();
     assert!(b[at as usize..at as usize + 4096].iter().all(|&x| x == 0));
 }
+
+#[test]
+fn an_export_on_a_unix_socket_says_ready_to_systemd_once_it_listens_and_stopping_at_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let fx = Fx::create("16M", "64K");
+    let file = blank(&fx, "b.img");
+    let notify_path = fx.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let sock = fx.path("b.sock");
+    let log = fx.path("export-unix.log");
+    let child = Command::new(bin())
+        .args(["export", "b.img", "--socket", sock.to_str().unwrap()])
+        .args(["--export", "sec"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .current_dir(fx.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting mirrorctl export");
+    let mut server = Server { child };
+    let next = || {
+        let mut b = [0u8; 4096];
+        let n = notify.recv(&mut b).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(ready.contains("serving b.img"), "{ready}");
+    // Ready means listening: a client gets in at once.
+    let uri = format!("nbd+unix:///sec?socket={}", sock.display());
+    fx.ok(&["attach", "a.img", &uri]);
+    fx.write_random(0, 2 * MIB, 8);
+    assert_eq!(same_data_areas(&fx, &file), None);
+    // SAFETY: kill(2) on our own child, not yet waited for.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let stopping = next();
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping}");
+    assert!(stopping.contains("syncing the image"), "{stopping}");
+    let st = server.child.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+    assert!(!sock.exists(), "the socket is removed at the stop");
+}
