@@ -1,6 +1,8 @@
-//! The NBD server front end of `serve`: listening on a Unix socket or TCP, one thread per
-//! connection (handshake, then transmission), log lines, and a clean stop on SIGTERM/SIGINT.
-//! It calls the engine's [`Server`]; the engine decides what is durable when.
+//! The NBD server front end of `serve` and `export`: listening on a Unix socket or TCP, one
+//! thread per connection (handshake, then transmission), log lines, and a clean stop on
+//! SIGTERM/SIGINT (or when the backend asks, [`StopHandle`]). It calls a [`Backend`]: the
+//! engine's `Server` for `serve` (the engine decides what is durable when), an exported image
+//! for `export`.
 //!
 //! Limits ([`Limits`], README "Serving hosts"): at most `max_connections` connections
 //! (handshakes included; one more is refused with a log line), each with the threads and
@@ -448,7 +450,8 @@ fn start_thread<T: Send + 'static>(
     std::thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// Serves `srv` as export `export` until SIGTERM or SIGINT; then stops accepting, closes
+/// Serves `srv` as export `export` until SIGTERM or SIGINT (or until `srv` stops it through
+/// its [`StopHandle`]); then stops accepting, closes
 /// the connections' read sides, lets every request already read finish and be answered
 /// (clients get at most `limits.write_timeout` to take the replies, then every connection
 /// is shut down), and returns (the caller stops the engine: sync, clear intents). A second
