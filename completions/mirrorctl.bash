@@ -28,6 +28,9 @@ _mirrorctl() {
             mirrorctl,events)
                 cmd="mirrorctl__subcmd__events"
                 ;;
+            mirrorctl,export)
+                cmd="mirrorctl__subcmd__export"
+                ;;
             mirrorctl,fracture)
                 cmd="mirrorctl__subcmd__fracture"
                 ;;
@@ -73,6 +76,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,events)
                 cmd="mirrorctl__subcmd__help__subcmd__events"
                 ;;
+            mirrorctl__subcmd__help,export)
+                cmd="mirrorctl__subcmd__help__subcmd__export"
+                ;;
             mirrorctl__subcmd__help,fracture)
                 cmd="mirrorctl__subcmd__help__subcmd__fracture"
                 ;;
@@ -113,7 +119,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve name set help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve export name set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -314,6 +320,105 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mirrorctl__subcmd__export)
+            opts="-h --socket --listen --export --rejoin --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --export)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-key)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-ca)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-allow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
+                    return 0
+                    ;;
+                --handshake-limit)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --write-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mirrorctl__subcmd__fracture)
             opts="-h --reason --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -341,7 +446,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status events attach write read fracture resync detach promote verify serve name set help"
+            opts="create status events attach write read fracture resync detach promote verify serve export name set help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -397,6 +502,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__events)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__export)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -963,7 +1082,7 @@ _mirrorctl_extra() {
             fi ;;
     esac
     case "$sub" in
-        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|name|set)
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|export|name|set)
             local IFS=$'
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;
