@@ -574,7 +574,9 @@ impl ImageState {
 /// The promotion score: 10000 while serve runs it (promoted), 1000 for an in-sync secondary
 /// at the current generation (by its header) or a cleanly stopped primary, 100 for a
 /// primary that was not stopped cleanly, 0 for anything else (syncing, fractured, stale,
-/// detached, damaged): Pacemaker never promotes an image that lacks acknowledged writes.
+/// detached, damaged): Pacemaker never promotes an image that lacks acknowledged writes (a
+/// score of 0 is published as no score at all: Pacemaker 2.1 would promote an instance
+/// scored 0 if no other could be).
 pub fn score(state: &ImageState, promoted: bool) -> u32 {
     match state {
         ImageState::Primary { .. } if promoted => SCORE_PROMOTED,

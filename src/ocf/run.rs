@@ -87,7 +87,7 @@ fn generic(msg: impl Into<String>) -> (Code, String) {
 }
 
 fn probe() -> bool {
-    std::env::var("OCF_RESKEY_CRM_meta_interval").map_or(true, |v| v.trim() == "0")
+    std::env::var("OCF_RESKEY_CRM_meta_interval").map_or(true, |v| matches!(v.trim(), "" | "0"))
 }
 
 fn crm_node_name() -> Option<String> {
@@ -360,13 +360,15 @@ fn marker(p: &Params) -> PathBuf {
     Path::new(&p.state_dir).join("promoted")
 }
 
-/// Publishes this node's promotion score (None: removes it).
+/// Publishes this node's promotion score. A score of 0 (and None: stopped) removes it,
+/// as ocf:linbit:drbd does: Pacemaker promotes an instance whose score is 0 when no other
+/// can be, and a node with no score is never promoted.
 fn publish(p: &Params, score: Option<u32>) {
     let mut cmd = Command::new("crm_attribute");
     cmd.arg("--promotion").args(["-N", &p.me]);
     match score {
-        Some(s) => cmd.args(["-v", &s.to_string()]),
-        None => cmd.arg("-D"),
+        Some(s) if s > 0 => cmd.args(["-v", &s.to_string()]),
+        _ => cmd.arg("-D"),
     };
     match cmd.stdout(Stdio::null()).output() {
         Ok(o) if o.status.success() => {}
