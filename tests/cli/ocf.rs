@@ -346,7 +346,8 @@ fn missing_parameters_are_6_bad_ones_2_a_missing_image_5_and_an_unknown_action_3
     assert_eq!(a.run("notify", &[]).code, 0);
     let o = a.run("frobnicate", &[]);
     assert_eq!(o.code, 3, "{o:?}");
-    let cases: &[(&[(&str, &str)], i32, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: &[Case] = &[
         (&[("image", "")], 6, "the parameter image"),
         (&[("nodes", "")], 6, "the parameter nodes"),
         (&[("insecure", "")], 6, "tls_cert, tls_key, tls_ca not set"),
