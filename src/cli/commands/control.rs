@@ -201,6 +201,7 @@ fn run(
         Command::Read(_) => busy("read"),
         Command::Promote(_) => busy("promote"),
         Command::Serve(_) => busy("serve"),
+        Command::Export(_) => busy("export"),
         Command::Create(_) => busy("create"),
         Command::Status(_)
         | Command::Events(_)

@@ -24,6 +24,7 @@ mod attach;
 mod control;
 mod create;
 mod events;
+mod export;
 mod legs;
 pub mod names;
 mod promote;
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Export(a) => export::export(&ctx, a),
         Command::Name(a) => names::name_cmd(a),
         Command::CompleteNames => names::complete_names(),
         Command::Set(a) => set::set(&ctx, a),

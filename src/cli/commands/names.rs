@@ -205,6 +205,7 @@ fn primary_of(cmd: &mut Command) -> Option<&mut PathBuf> {
         Command::Set(a) => Some(&mut a.primary),
         Command::CompleteLegs(a) => Some(&mut a.primary),
         Command::Create(_)
+        | Command::Export(_)
         | Command::Promote(_)
         | Command::Name(_)
         | Command::Generate(_)
