@@ -89,6 +89,8 @@ struct Agent {
     cib: PathBuf,
     state: PathBuf,
     params: Vec<(String, String)>,
+    /// The node it runs on (alpha, or beta for a second agent).
+    node: &'static str,
 }
 
 impl Agent {
@@ -126,6 +128,38 @@ impl Agent {
             cib: cib_path,
             state,
             params,
+            node: "alpha",
+        }
+    }
+
+    /// The agent of the same resource on `node`, with `image` and a state_dir of its own
+    /// (in `of`'s folder), sharing `of`'s CIB file.
+    fn other(of: &Agent, node: &'static str, image: &Path, state: &str) -> Agent {
+        let fx = Fx::create("1M", "64K");
+        let ra = tempfile::tempdir().unwrap();
+        let state = of.fx.path(state);
+        let mut params = of.params.clone();
+        for (k, v) in params.iter_mut() {
+            match k.as_str() {
+                "image" => *v = image.display().to_string(),
+                "state_dir" => *v = state.display().to_string(),
+                "socket" => {
+                    *v = of
+                        .fx
+                        .path(&format!("serve-{node}.sock"))
+                        .display()
+                        .to_string()
+                }
+                _ => {}
+            }
+        }
+        Agent {
+            fx,
+            ra,
+            cib: of.cib.clone(),
+            state,
+            params,
+            node,
         }
     }
 
@@ -143,7 +177,7 @@ impl Agent {
             cmd.env(format!("OCF_RESKEY_{k}"), v);
         }
         cmd.env("OCF_RESOURCE_INSTANCE", "mirror")
-            .env("OCF_RESKEY_CRM_meta_on_node", "alpha")
+            .env("OCF_RESKEY_CRM_meta_on_node", self.node)
             .env("CIB_file", &self.cib);
     }
 
@@ -185,10 +219,10 @@ impl Agent {
         }
     }
 
-    /// alpha's promotion score in the CIB file, if any.
+    /// This node's promotion score in the CIB file, if any.
     fn score(&self) -> Option<String> {
         let o = Command::new("crm_attribute")
-            .args(["--promotion", "-N", "alpha", "-G", "-q"])
+            .args(["--promotion", "-N", self.node, "-G", "-q"])
             .env("CIB_file", &self.cib)
             .env("OCF_RESOURCE_INSTANCE", "mirror")
             .output()
@@ -642,4 +676,277 @@ fn after_a_failover_between_machines_promote_ignores_its_own_path_and_the_old_pr
         "one slot for the former primary, not two: {s:#}"
     );
     assert_eq!(legs[0]["state"], "in-sync", "{s:#}");
+}
+
+/// The peer node (beta) of an [`Agent`]: a blank image `b.img` of the mirror's size,
+/// exported with `mirrorctl export` on beta's address from the agent's `nodes`.
+fn peer_export(a: &Agent) -> Server {
+    let g = a.fx.geometry();
+    let b = a.fx.path("b.img");
+    std::fs::File::create(&b)
+        .unwrap()
+        .set_len(g.data_offset + g.data_size)
+        .unwrap();
+    let nodes = a.param("nodes");
+    let beta = nodes
+        .split_whitespace()
+        .find_map(|n| n.strip_prefix("beta="))
+        .unwrap()
+        .to_string();
+    let port: u16 = beta.rsplit_once(':').unwrap().1.parse().unwrap();
+    let s = Server::spawn(
+        Command::new(bin())
+            .args([
+                "export",
+                b.to_str().unwrap(),
+                "--listen",
+                &beta,
+                "--export",
+                "mirror",
+            ])
+            .stderr(std::fs::File::create(a.fx.path("peer-export.log")).unwrap()),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the peer's export did not listen: {}",
+            std::fs::read_to_string(a.fx.path("peer-export.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s
+}
+
+/// Waits until `cond` holds for the status of a.img (at most 30 s).
+fn wait_status(a: &Agent, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+    let t = Instant::now();
+    loop {
+        let o = a.fx.run(&["status", "a.img", "--json"]);
+        if matches!(o.code, 0 | 3) && cond(&o.json()) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{what}: {o:?}\npeers log: {}",
+            a.log("peers")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ocf_tester_passes_against_the_agent_with_a_peer_export_on_loopback() {
+    require("ocf-tester", "resource-agents");
+    let a = Agent::new(&[]);
+    let _peer = peer_export(&a);
+    let mut c = Command::new("ocf-tester");
+    c.args(["-n", "mirror"]);
+    for (k, v) in &a.params {
+        c.args(["-o", &format!("{k}={v}")]);
+    }
+    c.arg(a.ra.path().join("mirrorctl/mirror"))
+        .env("OCF_RESKEY_CRM_meta_on_node", "alpha")
+        .env("CIB_file", &a.cib);
+    let o = c.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && said.contains("passed all tests"),
+        "ocf-tester: {said}\nexport log: {}\nserve log: {}",
+        a.log("export"),
+        a.log("serve")
+    );
+    // It left nothing running.
+    assert_eq!(a.run("monitor", &[]).code, 7);
+}
+
+#[test]
+fn start_monitor_promote_demote_and_stop_through_crm_resource_bring_the_peer_in_and_the_constraint_out(
+) {
+    let a = Agent::new(&[("min_in_sync", "1")]);
+    let _peer = peer_export(&a);
+    assert_eq!(a.crm("force-check").code, 7);
+    // start: a.img is a primary that is not running: exported with --rejoin.
+    let o = a.crm("force-start");
+    assert_eq!(o.code, 0, "{o:?}\nexport log: {}", a.log("export"));
+    let export = a.pid("export").expect("export.pid");
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{export}/cmdline")).unwrap())
+            .replace('\0', " ");
+    assert!(
+        cmdline.contains(" export ") && cmdline.contains("--rejoin"),
+        "{cmdline}"
+    );
+    assert_eq!(a.crm("force-check").code, 0);
+    // A cleanly stopped primary: 1000.
+    assert_eq!(a.score().as_deref(), Some("1000"));
+    // Starting the started, demoting the unpromoted: 0, the same export.
+    assert_eq!(a.crm("force-start").code, 0);
+    assert_eq!(a.crm("force-demote").code, 0);
+    assert_eq!(a.pid("export"), Some(export));
+    // promote: serve, the constraint first (the peer is not attached yet), then the peer's
+    // export attached in the background, in sync, and the constraint removed by a monitor.
+    let o = a.crm("force-promote");
+    assert_eq!(o.code, 0, "{o:?}\nserve log: {}", a.log("serve"));
+    assert!(a.constraint().is_some());
+    assert_eq!(a.crm("force-check").code, 8);
+    wait_status(&a, "the peer attached and in sync", |s| {
+        s["legs"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1 && l[0]["state"] == "in-sync")
+    });
+    assert_eq!(a.crm("force-check").code, 8);
+    assert_eq!(
+        a.constraint(),
+        None,
+        "every leg in sync: the constraint goes"
+    );
+    assert_eq!(a.score().as_deref(), Some("10000"));
+    // demote: serve stops cleanly (nothing pending), the export runs again.
+    let o = a.crm("force-demote");
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(a.crm("force-check").code, 0);
+    let s = a.fx.ok(&["status", "a.img", "--json"]).json();
+    assert_eq!(s["healthy"], true, "{s:#}");
+    assert_eq!(a.score().as_deref(), Some("1000"));
+    assert_eq!(a.crm("force-stop").code, 0);
+    assert_eq!(a.crm("force-check").code, 7);
+    assert_eq!(a.score(), None);
+}
+
+/// `qemu-io` on the agent's serve socket.
+fn host_io(a: &Agent, cmds: &[&str]) -> String {
+    let uri = format!("nbd+unix:///?socket={}", a.param("socket"));
+    crate::serve::qemu_io(&uri, cmds)
+}
+
+/// Waits until `cond` holds for `image`'s status (at most 30 s).
+fn wait_image(
+    fx: &Fx,
+    image: &Path,
+    what: &str,
+    log: &dyn Fn() -> String,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) {
+    let t = Instant::now();
+    loop {
+        let o = fx.run(&["status", image.to_str().unwrap(), "--json"]);
+        if matches!(o.code, 0 | 3) && cond(&o.json()) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{what}: {o:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn one_leg_in_sync(s: &serde_json::Value) -> bool {
+    s["legs"]
+        .as_array()
+        .is_some_and(|l| l.len() == 1 && l[0]["state"] == "in-sync")
+}
+
+#[test]
+fn the_primary_node_dies_the_in_sync_secondary_is_promoted_with_every_flushed_write_and_the_old_primary_rejoins_by_uri(
+) {
+    require("qemu-io", "qemu-utils");
+    let alpha = Agent::new(&[]);
+    let g = alpha.fx.geometry();
+    let b_img = alpha.fx.path("b.img");
+    std::fs::File::create(&b_img)
+        .unwrap()
+        .set_len(g.data_offset + g.data_size)
+        .unwrap();
+    let beta = Agent::other(&alpha, "beta", &b_img, "state-beta");
+    // beta holds a blank image: exported, no score.
+    assert_eq!(beta.run("start", &[]).code, 0, "{}", beta.log("export"));
+    assert_eq!(beta.run("monitor", &[]).code, 0);
+    assert_eq!(beta.score(), None);
+    // alpha holds the primary: promoted, beta's export attached and in sync.
+    assert_eq!(alpha.run("start", &[]).code, 0, "{}", alpha.log("export"));
+    let o = alpha.run("promote", &[]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", alpha.log("serve"));
+    let a_img = alpha.fx.path("a.img");
+    let alog = || alpha.log("peers") + &alpha.log("serve");
+    wait_image(&alpha.fx, &a_img, "beta attached", &alog, one_leg_in_sync);
+    assert_eq!(alpha.run("monitor", &[]).code, 8);
+    assert_eq!(alpha.constraint(), None);
+    assert_eq!(beta.run("monitor", &[]).code, 0);
+    assert_eq!(
+        beta.score().as_deref(),
+        Some("1000"),
+        "an in-sync secondary"
+    );
+    // A host writes and flushes through alpha.
+    host_io(&alpha, &["write -P 0x5a 1M 1M", "flush"]);
+    // alpha dies: its serve killed, its disk out of beta's reach (on another machine).
+    let serve = alpha.pid("serve").unwrap();
+    // SAFETY: the serve alpha's agent started.
+    unsafe { libc::kill(serve, libc::SIGKILL) };
+    wait_gone(serve);
+    assert_eq!(alpha.run("monitor", &[]).code, 9);
+    let away = alpha.fx.path("alpha-disk");
+    std::fs::create_dir(&away).unwrap();
+    std::fs::rename(&a_img, away.join("a.img")).unwrap();
+    // beta is promoted: every flushed write is there; the constraint keeps alpha (whose
+    // slot is fractured) from promotion.
+    let o = beta.run("promote", &[]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", beta.log("serve"));
+    assert!(o.stderr.contains("promote: promoted"), "{o:?}");
+    assert_eq!(beta.run("monitor", &[]).code, 8);
+    let c = beta.constraint().expect("placed before serve took writes");
+    assert!(c.contains("value=\"beta\""), "{c}");
+    host_io(&beta, &["read -P 0x5a 1M 1M"]);
+    // beta's hosts write on: three regions.
+    host_io(&beta, &["write -P 0x77 32M 192k", "flush"]);
+    // alpha comes back (its disk under another path here, as on its own machine): its
+    // agent starts, exporting the former primary with --rejoin, and beta's monitor takes it
+    // back into its old slot, copying only what changed.
+    let back = Agent::other(&alpha, "alpha", &away.join("a.img"), "state");
+    let o = back.run("start", &[]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", back.log("export"));
+    let export = back.pid("export").unwrap();
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{export}/cmdline")).unwrap())
+            .replace('\0', " ");
+    assert!(cmdline.contains("--rejoin"), "{cmdline}");
+    assert_eq!(beta.run("monitor", &[]).code, 8);
+    let blog = || beta.log("peers") + &beta.log("serve");
+    wait_image(
+        &alpha.fx,
+        &b_img,
+        "alpha re-attached",
+        &blog,
+        one_leg_in_sync,
+    );
+    let serve_log = beta.log("serve");
+    let line = serve_log
+        .lines()
+        .find(|l| l.contains("attached again; "))
+        .unwrap_or_else(|| panic!("{serve_log}"));
+    let regions: u64 = line
+        .split("attached again; ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        regions >= 3 && regions < g.region_count / 4,
+        "a partial resync, not a full copy: {line}"
+    );
+    assert_eq!(beta.run("monitor", &[]).code, 8);
+    assert_eq!(beta.constraint(), None, "in sync: the constraint goes");
+    assert_eq!(back.run("monitor", &[]).code, 0);
+    assert_eq!(back.score().as_deref(), Some("1000"));
+    assert_eq!(
+        first_difference_between(&away.join("a.img"), &b_img, g.data_offset, g.data_size),
+        None
+    );
 }
