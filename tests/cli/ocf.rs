@@ -678,15 +678,18 @@ fn after_a_failover_between_machines_promote_ignores_its_own_path_and_the_old_pr
     assert_eq!(legs[0]["state"], "in-sync", "{s:#}");
 }
 
-/// The peer node (beta) of an [`Agent`]: a blank image `b.img` of the mirror's size,
-/// exported with `mirrorctl export` on beta's address from the agent's `nodes`.
+/// The peer node (beta) of an [`Agent`]: an image `b.img` of the mirror's size (blank
+/// when new), exported with `mirrorctl export` on beta's address from the agent's `nodes`,
+/// with TLS when the agent has its files.
 fn peer_export(a: &Agent) -> Server {
     let g = a.fx.geometry();
     let b = a.fx.path("b.img");
-    std::fs::File::create(&b)
-        .unwrap()
-        .set_len(g.data_offset + g.data_size)
-        .unwrap();
+    if !b.exists() {
+        std::fs::File::create(&b)
+            .unwrap()
+            .set_len(g.data_offset + g.data_size)
+            .unwrap();
+    }
     let nodes = a.param("nodes");
     let beta = nodes
         .split_whitespace()
@@ -694,24 +697,41 @@ fn peer_export(a: &Agent) -> Server {
         .unwrap()
         .to_string();
     let port: u16 = beta.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut c = Command::new(bin());
+    c.args([
+        "export",
+        b.to_str().unwrap(),
+        "--listen",
+        &beta,
+        "--export",
+        "mirror",
+    ]);
+    for (k, flag) in [
+        ("tls_cert", "--tls-cert"),
+        ("tls_key", "--tls-key"),
+        ("tls_ca", "--tls-ca"),
+    ] {
+        let v = a.param(k);
+        if !v.is_empty() {
+            c.args([flag, &v]);
+        }
+    }
+    let log = a.fx.path("peer-export.log");
     let s = Server::spawn(
-        Command::new(bin())
-            .args([
-                "export",
-                b.to_str().unwrap(),
-                "--listen",
-                &beta,
-                "--export",
-                "mirror",
-            ])
-            .stderr(std::fs::File::create(a.fx.path("peer-export.log")).unwrap()),
+        c.stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        ),
     );
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the peer's export did not listen: {}",
-            std::fs::read_to_string(a.fx.path("peer-export.log")).unwrap_or_default()
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -768,6 +788,40 @@ fn ocf_tester_passes_against_the_agent_with_a_peer_export_on_loopback() {
 fn start_monitor_promote_demote_and_stop_through_crm_resource_bring_the_peer_in_and_the_constraint_out(
 ) {
     let a = Agent::new(&[("min_in_sync", "1")]);
+    start_to_stop(a);
+}
+
+#[test]
+fn with_mutual_tls_the_promoted_node_attaches_the_peers_export_over_nbds_with_its_own_certificate()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    // One certificate per node, for its export (server) and its legs (client), carrying
+    // the node's address; the CA that signed the peers'.
+    let pki = crate::tls::Pki::new(&tmp.path().join("pki"), "cluster");
+    pki.sign_pub("node", "serverAuth,clientAuth", "IP:127.0.0.1");
+    let (cert, key, ca) = (
+        pki.dir() + "/node-cert.pem",
+        pki.dir() + "/node-key.pem",
+        pki.dir() + "/ca-cert.pem",
+    );
+    let a = Agent::new(&[
+        ("insecure", ""),
+        ("min_in_sync", "1"),
+        ("tls_cert", &cert),
+        ("tls_key", &key),
+        ("tls_ca", &ca),
+    ]);
+    let leg = start_to_stop(a);
+    assert!(leg.starts_with("nbds://127.0.0.1:"), "{leg}");
+    assert!(
+        leg.contains("tls-cert=") && leg.contains("tls-ca="),
+        "{leg}"
+    );
+}
+
+/// start, monitor, promote (the peer attached, the constraint gone), demote and stop
+/// through crm_resource; returns the peer's leg location.
+fn start_to_stop(a: Agent) -> String {
     let _peer = peer_export(&a);
     assert_eq!(a.crm("force-check").code, 7);
     // start: a.img is a primary that is not running: exported with --rejoin.
@@ -794,11 +848,11 @@ fn start_monitor_promote_demote_and_stop_through_crm_resource_bring_the_peer_in_
     assert_eq!(o.code, 0, "{o:?}\nserve log: {}", a.log("serve"));
     assert!(a.constraint().is_some());
     assert_eq!(a.crm("force-check").code, 8);
-    wait_status(&a, "the peer attached and in sync", |s| {
-        s["legs"]
-            .as_array()
-            .is_some_and(|l| l.len() == 1 && l[0]["state"] == "in-sync")
-    });
+    wait_status(&a, "the peer attached and in sync", one_leg_in_sync);
+    let leg = a.fx.ok(&["status", "a.img", "--json"]).json()["legs"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(a.crm("force-check").code, 8);
     assert_eq!(
         a.constraint(),
@@ -816,6 +870,7 @@ fn start_monitor_promote_demote_and_stop_through_crm_resource_bring_the_peer_in_
     assert_eq!(a.crm("force-stop").code, 0);
     assert_eq!(a.crm("force-check").code, 7);
     assert_eq!(a.score(), None);
+    leg
 }
 
 /// `qemu-io` on the agent's serve socket.
@@ -947,6 +1002,70 @@ fn the_primary_node_dies_the_in_sync_secondary_is_promoted_with_every_flushed_wr
     assert_eq!(back.score().as_deref(), Some("1000"));
     assert_eq!(
         first_difference_between(&away.join("a.img"), &b_img, g.data_offset, g.data_size),
+        None
+    );
+}
+
+#[test]
+fn the_secondary_node_dies_the_constraint_is_in_the_cib_before_the_write_that_lost_it_is_acknowledged(
+) {
+    require("qemu-io", "qemu-utils");
+    let a = Agent::new(&[]);
+    let mut peer = peer_export(&a);
+    assert_eq!(a.run("start", &[]).code, 0, "{}", a.log("export"));
+    let o = a.run("promote", &[]);
+    assert_eq!(o.code, 0, "{o:?}\n{}", a.log("serve"));
+    let alog = || a.log("peers") + &a.log("serve");
+    wait_image(
+        &a.fx,
+        &a.fx.path("a.img"),
+        "beta attached",
+        &alog,
+        one_leg_in_sync,
+    );
+    assert_eq!(a.run("monitor", &[]).code, 8);
+    assert_eq!(a.constraint(), None);
+    host_io(&a, &["write -P 0x11 0 64k", "flush"]);
+    assert_eq!(a.constraint(), None);
+    // beta dies: the next write fractures its leg, serve runs the agent's fence-peer, and
+    // only then acknowledges the write.
+    peer.kill();
+    host_io(&a, &["write -P 0x22 1M 64k", "flush"]);
+    let c = a.constraint().unwrap_or_else(|| {
+        panic!(
+            "no constraint after an acknowledged write: {}",
+            a.log("serve")
+        )
+    });
+    assert!(c.contains("value=\"alpha\""), "{c}");
+    let serve_log = a.log("serve");
+    assert!(
+        serve_log.contains("mirrorctl ocf-agent: fencing: nbd://127.0.0.1:"),
+        "{serve_log}"
+    );
+    assert_eq!(a.run("monitor", &[]).code, 8);
+    assert!(a.constraint().is_some(), "kept while beta is out of sync");
+    // beta returns: its export again; the promoted node re-attaches it, copies what it
+    // missed, and the constraint goes.
+    let _peer = peer_export(&a);
+    assert_eq!(a.run("monitor", &[]).code, 8);
+    wait_image(
+        &a.fx,
+        &a.fx.path("a.img"),
+        "beta back in sync",
+        &alog,
+        one_leg_in_sync,
+    );
+    assert_eq!(a.run("monitor", &[]).code, 8);
+    assert_eq!(a.constraint(), None, "{}", a.log("peers"));
+    let g = a.fx.geometry();
+    assert_eq!(
+        first_difference_between(
+            &a.fx.path("a.img"),
+            &a.fx.path("b.img"),
+            g.data_offset,
+            g.data_size
+        ),
         None
     );
 }
