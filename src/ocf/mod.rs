@@ -675,6 +675,18 @@ pub fn peer_step(legs: &[(LegState, String)], uri: &str) -> PeerStep {
     }
 }
 
+/// Whether a failed `attach` of a peer's export was refused for something only an admin
+/// can settle (split brain, data it would overwrite): the agent then retries it only after
+/// [`REFUSED_BACKOFF_SECS`] rather than at every monitor (each split-brain refusal is an
+/// event in the journal).
+pub fn attach_needs_admin(stderr: &str) -> bool {
+    stderr.contains("split brain")
+        || stderr.contains("--discard-secondary-changes")
+        || stderr.contains("--force")
+}
+
+pub const REFUSED_BACKOFF_SECS: u64 = 300;
+
 /// Whether every listed leg is in sync (the fencing constraint may go), and at least one is.
 pub fn all_in_sync(legs: &[LegState]) -> bool {
     let listed: Vec<&LegState> = legs.iter().filter(|s| **s != LegState::Empty).collect();
@@ -1048,6 +1060,15 @@ mod tests {
         // by its image UUID.
         let legs = vec![(LegState::FracturedByError, "/srv/vm.img".to_string())];
         assert_eq!(peer_step(&legs, uri), PeerStep::Attach);
+        assert!(attach_needs_admin(
+            "mirrorctl: split brain: generation 4 is the last they share: ..."
+        ));
+        assert!(attach_needs_admin(
+            "mirrorctl: nbd://x/mirror holds an ext4 filesystem; use --force to overwrite it"
+        ));
+        assert!(!attach_needs_admin(
+            "mirrorctl: opening secondary nbd://x/mirror: connection refused"
+        ));
         assert!(all_in_sync(&[LegState::InSync, LegState::Empty]));
         assert!(!all_in_sync(&[LegState::InSync, LegState::Syncing]));
         assert!(!all_in_sync(&[LegState::Empty]));

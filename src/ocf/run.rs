@@ -356,6 +356,10 @@ fn stop_daemon(p: &Params, what: &str, until: Instant) {
     log(&format!("stopped `mirrorctl {what}` (pid {pid})"));
 }
 
+fn refused(p: &Params) -> PathBuf {
+    Path::new(&p.state_dir).join("peers.refused")
+}
+
 fn marker(p: &Params) -> PathBuf {
     Path::new(&p.state_dir).join("promoted")
 }
@@ -556,6 +560,16 @@ fn spawn_peers(p: &Params) {
     if p.peers()
         .all(|n| peer_step(&legs, &p.peer_uri(n)) == PeerStep::Nothing)
     {
+        let _ = std::fs::remove_file(refused(p));
+        return;
+    }
+    // An attach refused for the admin to settle is not retried at every monitor.
+    let recent = std::fs::metadata(refused(p))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() < REFUSED_BACKOFF_SECS);
+    if recent {
         return;
     }
     let Ok(exe) = exe() else { return };
@@ -606,13 +620,23 @@ fn peers(p: &Params) -> Out {
             crate::device::nbd::display(&uri)
         ));
         match Command::new(&exe).args(["attach", &p.image, &uri]).output() {
-            Ok(o) => log(&format!(
-                "attach {}: {} {}{}",
-                n.name,
-                o.status,
-                String::from_utf8_lossy(&o.stdout).trim(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                log(&format!(
+                    "attach {}: {} {}{}",
+                    n.name,
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    err.trim()
+                ));
+                if !o.status.success() && attach_needs_admin(&err) {
+                    log(&format!(
+                        "{} needs an admin (see the line above); retried in {REFUSED_BACKOFF_SECS} s",
+                        n.name
+                    ));
+                    let _ = std::fs::write(refused(p), err.as_bytes());
+                }
+            }
             Err(e) => log(&format!("running attach: {e}")),
         }
     }
