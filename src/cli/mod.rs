@@ -1152,7 +1152,9 @@ takes hosts), serve_options, min_in_sync (0), fence (true), state_dir \
 
 Promotion scores (crm_attribute --promotion): 10000 while promoted, 1000 for an in-sync \
 secondary at the current generation or a cleanly stopped primary, 100 for a primary that \
-was not stopped cleanly, 0 for a syncing, fractured, stale, detached or damaged image.
+was not stopped cleanly; none (0: the attribute is removed, since Pacemaker promotes an \
+instance scored 0 when no other can be) for a syncing, fractured, stale, detached or damaged \
+image.
 
 Return codes: 0 success, 1 generic error, 2 bad parameter, 3 unknown action, 5 not \
 installed (the image or a TLS file missing on this node), 6 not configured (a required \
