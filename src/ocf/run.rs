@@ -90,8 +90,22 @@ fn probe() -> bool {
     std::env::var("OCF_RESKEY_CRM_meta_interval").map_or(true, |v| matches!(v.trim(), "" | "0"))
 }
 
+/// A Pacemaker tool by name: from PATH, else from the directories Pacemaker installs its
+/// tools in (an agent run by pacemaker-execd may get a short PATH).
+fn tool(name: &str) -> Command {
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = dirs
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    Command::new(found.unwrap_or_else(|| PathBuf::from(name)))
+}
+
 fn crm_node_name() -> Option<String> {
-    let o = Command::new("crm_node").arg("-n").output().ok()?;
+    let o = tool("crm_node").arg("-n").output().ok()?;
     let n = String::from_utf8_lossy(&o.stdout).trim().to_string();
     (o.status.success() && !n.is_empty()).then_some(n)
 }
@@ -368,7 +382,7 @@ fn marker(p: &Params) -> PathBuf {
 /// as ocf:linbit:drbd does: Pacemaker promotes an instance whose score is 0 when no other
 /// can be, and a node with no score is never promoted.
 fn publish(p: &Params, score: Option<u32>) {
-    let mut cmd = Command::new("crm_attribute");
+    let mut cmd = tool("crm_attribute");
     cmd.arg("--promotion").args(["-N", &p.me]);
     match score {
         Some(s) if s > 0 => cmd.args(["-v", &s.to_string()]),
@@ -660,7 +674,7 @@ fn fence_lock(p: &Params) -> std::result::Result<File, String> {
 }
 
 fn cibadmin(args: &[&str]) -> std::result::Result<String, String> {
-    let o = Command::new("cibadmin")
+    let o = tool("cibadmin")
         .args(args)
         .output()
         .map_err(|e| format!("running cibadmin: {e}"))?;
