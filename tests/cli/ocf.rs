@@ -628,7 +628,8 @@ fn after_a_failover_between_machines_promote_ignores_its_own_path_and_the_old_pr
     let o = fx.run(&["promote", "a.img", "--json"]);
     assert!(matches!(o.code, 0 | 3), "{o:?}");
     assert!(
-        o.stderr.contains("former primary not used: its recorded path")
+        o.stderr
+            .contains("former primary not used: its recorded path")
             && o.stderr.contains("itself here (it is on another machine)"),
         "{o:?}"
     );
