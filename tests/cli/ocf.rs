@@ -635,6 +635,13 @@ fn after_a_failover_between_machines_promote_ignores_its_own_path_and_the_old_pr
     );
     let v = o.json();
     assert_eq!(v["old_primary_reachable"], false, "{v:#}");
+    assert!(
+        v["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("when the former primary returns, attach its export")),
+        "{v:#}"
+    );
     let slot = v["old_primary_slot"].as_u64().unwrap();
     // The new primary writes three regions while the old one is away.
     random_file(&fx.path("r.bin"), 3 * 64 * KIB, 7);
