@@ -131,7 +131,7 @@ fn exe() -> std::result::Result<String, (Code, String)> {
 }
 
 fn state_dir(p: &Params) -> std::result::Result<PathBuf, (Code, String)> {
-    let d = PathBuf::from(&p.state_dir);
+    let d = p.node_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -212,7 +212,7 @@ fn pid_file(dir: &Path, what: &str) -> PathBuf {
 /// The pid of our `what` process, if it runs (its pid file names a live process whose
 /// command line is `mirrorctl WHAT ...` of our image, or the agent's `peers`).
 fn running(p: &Params, what: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(pid_file(Path::new(&p.state_dir), what)).ok()?;
+    let text = std::fs::read_to_string(pid_file(&p.node_dir(), what)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     alive(pid, what, &p.image).then_some(pid)
 }
@@ -345,7 +345,7 @@ fn spawn_daemon(p: &Params, what: &str, args: &[String], until: Instant) -> Out 
 /// clears its intents); past the deadline, SIGKILL (the next start recovers what it left).
 fn stop_daemon(p: &Params, what: &str, until: Instant) {
     let Some(pid) = running(p, what) else {
-        let _ = std::fs::remove_file(pid_file(Path::new(&p.state_dir), what));
+        let _ = std::fs::remove_file(pid_file(&p.node_dir(), what));
         return;
     };
     let target = if what == PEERS { -pid } else { pid };
@@ -366,16 +366,16 @@ fn stop_daemon(p: &Params, what: &str, until: Instant) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = std::fs::remove_file(pid_file(Path::new(&p.state_dir), what));
+    let _ = std::fs::remove_file(pid_file(&p.node_dir(), what));
     log(&format!("stopped `mirrorctl {what}` (pid {pid})"));
 }
 
 fn refused(p: &Params) -> PathBuf {
-    Path::new(&p.state_dir).join("peers.refused")
+    p.node_dir().join("peers.refused")
 }
 
 fn marker(p: &Params) -> PathBuf {
-    Path::new(&p.state_dir).join("promoted")
+    p.node_dir().join("promoted")
 }
 
 /// Publishes this node's promotion score. A score of 0 (and None: stopped) removes it,

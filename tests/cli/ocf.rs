@@ -237,7 +237,7 @@ impl Agent {
     }
 
     fn pid(&self, what: &str) -> Option<i32> {
-        std::fs::read_to_string(self.state.join(format!("{what}.pid")))
+        std::fs::read_to_string(self.state.join(self.node).join(format!("{what}.pid")))
             .ok()?
             .trim()
             .parse()
@@ -245,7 +245,8 @@ impl Agent {
     }
 
     fn log(&self, what: &str) -> String {
-        std::fs::read_to_string(self.state.join(format!("{what}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.state.join(self.node).join(format!("{what}.log")))
+            .unwrap_or_default()
     }
 }
 
