@@ -40,6 +40,9 @@ _mirrorctl() {
             mirrorctl,name)
                 cmd="mirrorctl__subcmd__name"
                 ;;
+            mirrorctl,ocf-agent)
+                cmd="mirrorctl__subcmd__ocf__subcmd__agent"
+                ;;
             mirrorctl,promote)
                 cmd="mirrorctl__subcmd__promote"
                 ;;
@@ -88,6 +91,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,name)
                 cmd="mirrorctl__subcmd__help__subcmd__name"
                 ;;
+            mirrorctl__subcmd__help,ocf-agent)
+                cmd="mirrorctl__subcmd__help__subcmd__ocf__subcmd__agent"
+                ;;
             mirrorctl__subcmd__help,promote)
                 cmd="mirrorctl__subcmd__help__subcmd__promote"
                 ;;
@@ -119,7 +125,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve export name set help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve export name set ocf-agent help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -446,7 +452,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status events attach write read fracture resync detach promote verify serve export name set help"
+            opts="create status events attach write read fracture resync detach promote verify serve export name set ocf-agent help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -558,6 +564,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__name)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__ocf__subcmd__agent)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -694,6 +714,28 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__ocf__subcmd__agent)
+            opts="-h --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1082,7 +1124,7 @@ _mirrorctl_extra() {
             fi ;;
     esac
     case "$sub" in
-        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|export|name|set)
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|export|name|set|ocf-agent)
             local IFS=$'
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;

@@ -50,9 +50,25 @@ fn after_with(subcommand: &str, example: impl Fn(&str, &str) -> String) -> Strin
         }
         s.push('\n');
     }
-    s.push_str(&exit_status(exit_codes(subcommand)));
+    if subcommand == "ocf-agent" {
+        s.push_str(OCF_EXIT_STATUS);
+    } else {
+        s.push_str(&exit_status(exit_codes(subcommand)));
+    }
     s
 }
+
+/// The agent's exit statuses: OCF return codes (ClusterLabs OCF-spec), not mirrorctl's.
+const OCF_EXIT_STATUS: &str = "EXIT STATUS (OCF return codes):
+  0  success (monitor: running unpromoted)
+  1  generic error
+  2  a parameter has a bad value
+  3  unknown action
+  5  not installed: the image or a TLS file is missing on this node
+  6  not configured: a required parameter is missing
+  7  not running
+  8  running promoted
+  9  promoted, but serve is gone (failed promoted)";
 
 /// Width of an example's lines: short enough that `--help` on an 80-column terminal never
 /// wraps them (clap would wrap a longer line back to column 0).
@@ -291,6 +307,20 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "from now on, only with two secondaries in sync",
             ),
         ],
+        "ocf-agent" => &[
+            (
+                "mirrorctl ocf-agent meta-data",
+                "the agent's parameters and actions (OCF 1.0 XML)",
+            ),
+            (
+                "OCF_RESOURCE_INSTANCE=vm OCF_RESKEY_image=/srv/vm.img OCF_RESKEY_nodes='alpha=10.0.0.1 beta=10.0.0.2' OCF_RESKEY_insecure=true mirrorctl ocf-agent validate-all",
+                "check parameters by hand (exit 0, or 2, 5, 6 with the reason)",
+            ),
+            (
+                "mirrorctl ocf-agent monitor",
+                "what Pacemaker runs, OCF_RESKEY_* set: 0, 7, 8 or 9",
+            ),
+        ],
         "name" => &[
             (
                 "mirrorctl name /srv/vm.img vm",
@@ -452,7 +482,12 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// socket.
     #[command(after_help = after("set"))]
     Set(SetArgs),
-    /// Write man pages and shell completions (for packaging and the repository).
+    /// The Pacemaker resource agent (promotable OCF agent ocf:mirrorctl:mirror): run by
+    /// the cluster through the wrapper /usr/lib/ocf/resource.d/mirrorctl/mirror.
+    #[command(name = "ocf-agent", long_about = OCF_ABOUT, after_help = after("ocf-agent"))]
+    OcfAgent(OcfAgentArgs),
+    /// Write man pages, shell completions and the OCF agent's wrapper (for packaging and
+    /// the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
     /// For the shell completions: the slots and locations of PRIMARY's legs, one per line
@@ -484,6 +519,7 @@ impl Command {
             | Command::Serve(_)
             | Command::Export(_)
             | Command::Set(_)
+            | Command::OcfAgent(_)
             | Command::Generate(_)
             | Command::CompleteLegs(_) => false,
         }
@@ -1093,6 +1129,48 @@ pub struct ServeArgs {
     /// started) and counts as failed.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
     pub fence_timeout: Duration,
+}
+
+const OCF_ABOUT: &str = "The Pacemaker resource agent: `mirrorctl ocf-agent ACTION` is the \
+promotable OCF resource agent ocf:mirrorctl:mirror (the wrapper installed as \
+/usr/lib/ocf/resource.d/mirrorctl/mirror runs it). Pacemaker runs it with the parameters in \
+OCF_RESKEY_* variables; its exit status is an OCF return code, not one of mirrorctl's.
+
+Actions: start (export this node's image with `mirrorctl export`, --rejoin for a former \
+primary), stop, monitor (0 unpromoted and exporting, 8 promoted and serving, 7 stopped, 9 \
+promoted but serve is gone), promote (stop the export, `mirrorctl promote` a secondary, \
+place the fencing constraint if a peer is not in sync, `mirrorctl serve` with \
+--min-in-sync and the fencing hooks, then attach the peers' exports in the background), \
+demote (stop serve cleanly, export again), notify (0), meta-data, validate-all; and \
+fence-peer / unfence-peer, which serve runs as its --fence-peer and --unfence hooks: they \
+add and remove the location constraint mirrorctl-fence-RESOURCE (promoted on no node but \
+this one) with cibadmin.
+
+Parameters (see `mirrorctl ocf-agent meta-data`): image and nodes (required; nodes is \
+NODE=ADDRESS[:PORT] for every node), export_port (10810), export_name (mirror), tls_cert, \
+tls_key, tls_ca (required unless insecure=true), insecure, socket or listen (where serve \
+takes hosts), serve_options, min_in_sync (0), fence (true), state_dir \
+(/run/mirrorctl/ocf-RESOURCE: pid files and logs of the processes it starts, under \
+a subdirectory named after the node).
+
+Promotion scores (crm_attribute --promotion): 10000 while promoted, 1000 for an in-sync \
+secondary at the current generation or a cleanly stopped primary, 100 for a primary that \
+was not stopped cleanly; none (0: the attribute is removed, since Pacemaker promotes an \
+instance scored 0 when no other can be) for a syncing, fractured, stale, detached or damaged \
+image.
+
+Return codes: 0 success, 1 generic error, 2 bad parameter, 3 unknown action, 5 not \
+installed (the image or a TLS file missing on this node), 6 not configured (a required \
+parameter missing), 7 not running, 8 running promoted, 9 failed promoted.";
+
+#[derive(Args, Debug)]
+pub struct OcfAgentArgs {
+    /// start, stop, monitor, promote, demote, notify, meta-data, validate-all, fence-peer
+    /// or unfence-peer.
+    pub action: String,
+    /// What the agent passes its own background runs.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
 }
 
 const EXPORT_ABOUT: &str = "Export one image file or block device raw over NBD: the whole image, \

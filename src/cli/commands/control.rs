@@ -217,6 +217,7 @@ fn run(
         Command::Status(_)
         | Command::Events(_)
         | Command::Generate(_)
+        | Command::OcfAgent(_)
         | Command::Name(_)
         | Command::CompleteNames
         | Command::CompleteLegs(_) => Err(Error::invalid(

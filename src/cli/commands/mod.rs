@@ -71,6 +71,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Name(a) => names::name_cmd(a),
         Command::CompleteNames => names::complete_names(),
         Command::Set(a) => set::set(&ctx, a),
+        // The agent's exit status is an OCF return code.
+        Command::OcfAgent(a) => std::process::exit(crate::ocf::run::main(&a.action)),
         Command::CompleteLegs(a) => {
             // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
             if let Ok(dev) = FileDevice::open(&a.primary, false) {

@@ -209,6 +209,7 @@ fn primary_of(cmd: &mut Command) -> Option<&mut PathBuf> {
         | Command::Promote(_)
         | Command::Name(_)
         | Command::Generate(_)
+        | Command::OcfAgent(_)
         | Command::CompleteNames => None,
     }
 }
