@@ -20,6 +20,7 @@ mod monitoring;
 mod names;
 mod nbd;
 mod output;
+mod perf;
 mod quorum;
 mod rule_index;
 mod safety;

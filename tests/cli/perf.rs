@@ -1,0 +1,261 @@
+//! What the hot paths cost in system calls (issue 28), counted with strace on the real
+//! binary: thread creations and syncs per host write and flush under `serve`.
+
+use crate::support::*;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `mirrorctl serve` under `strace -f`, one line per traced call in a file; the serve
+/// process (strace's child) stopped with SIGTERM, strace killed on drop.
+struct Traced {
+    strace: Option<Child>,
+    trace: PathBuf,
+    log: PathBuf,
+    sock: PathBuf,
+}
+
+impl Traced {
+    fn start(fx: &Fx, calls: &str, extra: &[&str]) -> Traced {
+        require("strace", "strace");
+        let trace = fx.path("trace.txt");
+        let log = fx.path("serve-traced.log");
+        let sock = fx.path("traced.sock");
+        let strace = Command::new("strace")
+            .args(["-f", "-qq", "-y", "-e", calls, "-o"])
+            .arg(&trace)
+            .arg(bin())
+            .args(["serve", "a.img", "--socket"])
+            .arg(&sock)
+            .args(extra)
+            .current_dir(fx.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting strace");
+        let mut t = Traced {
+            strace: Some(strace),
+            trace,
+            log,
+            sock,
+        };
+        let started = Instant::now();
+        while UnixStream::connect(&t.sock).is_err() {
+            if let Some(st) = t.strace.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve under strace exited with {st}:\n{}", t.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve under strace did not listen:\n{}",
+                t.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The trace so far (its length marks a point in time).
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SIGTERM to serve; its exit status must be 0. The serve log.
+    fn stop(mut self) -> String {
+        let mut c = self.strace.take().unwrap();
+        let serve = sh("pgrep", &["-P", &c.id().to_string()]);
+        // SAFETY: kill(2) on the serve process strace started for this test.
+        unsafe { libc::kill(serve.parse().unwrap(), libc::SIGTERM) };
+        let st = c.wait().unwrap();
+        assert!(st.success(), "serve under strace: {st}\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.strace.take() {
+            // strace kills its tracee when it is killed (-f keeps no orphan running).
+            if let Ok(p) = Command::new("pgrep")
+                .args(["-P", &c.id().to_string()])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) on the serve process this test started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs qemu-io with `cmds` on `uri` (write-back cache: a flush only where asked).
+fn qemu_io(uri: &str, cmds: &[String]) {
+    require("qemu-io", "qemu-utils");
+    let mut a = vec![
+        "-f".to_string(),
+        "raw".into(),
+        "-t".into(),
+        "writeback".into(),
+    ];
+    for c in cmds {
+        a.push("-c".into());
+        a.push(c.clone());
+    }
+    a.push(uri.into());
+    let o = Command::new("qemu-io")
+        .args(&a)
+        .output()
+        .expect("running qemu-io");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !out.contains("failed"),
+        "qemu-io: {}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A read of `len` bytes: it shows in the trace as a `pread64` of that length, marking
+/// where the commands before it have finished (qemu-io runs them one after the other).
+fn marker(len: u64) -> String {
+    format!("read 0 {len}")
+}
+
+/// The trace lines between the markers of `from` and `to` bytes.
+fn between(lines: &[String], from: u64, to: u64) -> Vec<String> {
+    let at = |len: u64| {
+        lines
+            .iter()
+            .position(|l| l.contains("pread64") && l.contains(&format!(", {len}, ")))
+            .unwrap_or_else(|| panic!("no read of {len} bytes in the trace:\n{}", lines.join("\n")))
+    };
+    lines[at(from) + 1..at(to)].to_vec()
+}
+
+/// Calls of `name` started in `lines` (a call strace splits across threads shows as
+/// "name(... <unfinished ...>" and "<... name resumed>": counted once).
+fn count(lines: &[String], names: &[&str]) -> usize {
+    lines
+        .iter()
+        .filter(|l| {
+            names.iter().any(|n| {
+                l.split_once(' ')
+                    .map_or(l.as_str(), |(_, rest)| rest)
+                    .trim_start()
+                    .starts_with(&format!("{n}("))
+            })
+        })
+        .count()
+}
+
+const THREADS: &[&str] = &["clone", "clone3", "fork", "vfork"];
+const SYNCS: &[&str] = &["fsync", "fdatasync", "msync", "sync_file_range", "syncfs"];
+
+fn image_syncs(lines: &[String], img: &Path) -> usize {
+    let name = img.file_name().unwrap().to_str().unwrap();
+    let mine: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(&format!("/{name}>")))
+        .cloned()
+        .collect();
+    count(&mine, SYNCS)
+}
+
+#[test]
+fn served_writes_and_flushes_start_no_threads_and_a_flush_syncs_each_leg_once_or_not_at_all_with_nothing_written(
+) {
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    let t = Traced::start(
+        &fx,
+        "trace=clone,clone3,fork,vfork,fsync,fdatasync,msync,sync_file_range,syncfs,pread64",
+        &[],
+    );
+    // Warm-up: the 8 extents of the first 32 MiB made hot, one large request, a flush.
+    let mut cmds: Vec<String> = (0..8u64)
+        .map(|e| format!("write -P 1 {} 4k", e * 4 * MIB))
+        .collect();
+    cmds.push(format!("write -P 2 {} 1M", 8 * MIB));
+    cmds.push("flush".into());
+    cmds.push(marker(12 * KIB));
+    // 1,000 random 4 KiB writes in the hot 32 MiB with a flush every 64 (and one at the
+    // end): 16 flushes with something to sync; then 16 requests of 1 MiB (written to the
+    // legs in parallel) and a flush: 17.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut nonempty = 0;
+    for i in 1..=1000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % (32 * MIB / 4096)) * 4096;
+        cmds.push(format!("write -P {} {off} 4k", i % 250));
+        if i % 64 == 0 || i == 1000 {
+            cmds.push("flush".into());
+            nonempty += 1;
+        }
+    }
+    for i in 0..16u64 {
+        cmds.push(format!("write -P 3 {} 1M", (i % 30) * MIB));
+    }
+    cmds.push("flush".into());
+    nonempty += 1;
+    cmds.push(marker(20 * KIB));
+    // Then flushes with nothing written since the last: no sync at all.
+    for _ in 0..8 {
+        cmds.push("flush".into());
+    }
+    cmds.push(marker(28 * KIB));
+    qemu_io(&t.uri(), &cmds);
+    let lines = t.lines();
+    let log = t.stop();
+    let busy = &between(&lines, 12 * KIB, 20 * KIB);
+    let idle = &between(&lines, 20 * KIB, 28 * KIB);
+
+    let threads = count(busy, THREADS);
+    assert!(
+        threads <= 2,
+        "{threads} threads started for 1,016 writes and {nonempty} flushes (a thread per flush or large request?):\n{}",
+        busy.join("\n")
+    );
+    // One sync per leg (the primary and 2 secondaries) per flush with something to sync.
+    for img in ["a.img", "b.img", "c.img"] {
+        assert_eq!(
+            image_syncs(busy, &fx.path(img)),
+            nonempty,
+            "syncs of {img} for {nonempty} flushes:\n{}",
+            busy.join("\n")
+        );
+    }
+    assert_eq!(
+        count(busy, SYNCS),
+        3 * nonempty,
+        "no other sync:\n{}",
+        busy.join("\n")
+    );
+    assert_eq!(
+        count(idle, SYNCS),
+        0,
+        "flushes with nothing written since the last synced:\n{}",
+        idle.join("\n")
+    );
+    assert_eq!(count(idle, THREADS), 0, "{}", idle.join("\n"));
+    assert!(log.contains("with nothing to sync)"), "{log}");
+    // The data is whole on every leg after the clean stop.
+    crate::serve::legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
+}
