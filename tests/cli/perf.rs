@@ -259,3 +259,36 @@ fn served_writes_and_flushes_start_no_threads_and_a_flush_syncs_each_leg_once_or
     // The data is whole on every leg after the clean stop.
     crate::serve::legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
 }
+
+#[test]
+fn the_live_record_is_written_with_one_write_per_publish() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img"]);
+    let t = Traced::start(&fx, "trace=write,rename,renameat,renameat2", &[]);
+    // Idle: it publishes twice a second.
+    std::thread::sleep(Duration::from_millis(2200));
+    let lines = t.lines();
+    t.stop();
+    let renames: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(".json.tmp\""))
+        .cloned()
+        .collect();
+    let publishes = count(&renames, &["rename", "renameat", "renameat2"]);
+    assert!(
+        publishes >= 3,
+        "{publishes} publishes in 2.2 s:\n{}",
+        lines.join("\n")
+    );
+    let record: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(".json.tmp>"))
+        .cloned()
+        .collect();
+    let writes = count(&record, &["write"]);
+    assert_eq!(
+        writes,
+        publishes,
+        "writes of the live record for {publishes} publishes:\n{}",
+        record.join("\n")
+    );
+}
