@@ -7,6 +7,8 @@
 #   CASES=11 RUNTIME=30 bash tests/bench.sh   # serve against qemu-nbd through fio's nbd engine
 #                                             # (random cases: seconds per 10,000 writes)
 #   CASES=12 bash tests/bench.sh        # TLS: an nbds secondary and serve with TLS, beside clear text
+#   CASES=13 bash tests/bench.sh        # serve under strace: threads per 1,000 writes, syncs
+#                                       # per flush; space used on a sparse 1 TiB mirror
 #   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
 #                                       # runs that binary (e.g. an older commit's) and builds
 #                                       # nothing, to compare builds with the same bench
@@ -495,6 +497,39 @@ rm -f t.img tr.img ts.img serve.log tls-in.bin
 fi
 
 # ---------------------------------------------------------------------------------------------
+if want 13; then
+note "case 13: serve's system calls per write and flush (strace -f -c), and a sparse 1 TiB mirror's space"
+# count13 NAME: the calls of NAME in strace.out (strace -c), 0 when absent.
+count13() { awk -v n="$1" '$NF == n { print $4 }' strace.out | head -1 | grep . || echo 0; }
+# serve13 SIZE SECONDARIES FIO-ARGS...: serve a fresh sparse mirror under strace, fio through it.
+serve13() {
+    local size=$1 n=$2; shift 2
+    rm -f tp.img ts*.img
+    "$M" create tp.img --size "$size" >/dev/null
+    for i in $(seq "$n"); do "$M" attach tp.img "ts$i.img" >/dev/null; done
+    strace -f -c -e trace=clone,clone3,fdatasync,fsync,msync -o strace.out \
+        "$M" serve tp.img --socket "$D/t13.sock" 2>serve13.log & local tp=$!
+    wait_sock13 "$D/t13.sock"
+    fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$D/t13.sock" --output=/dev/null "$@"
+    kill -TERM "$(pgrep -P $tp)"; wait $tp || die "serve under strace failed: $(cat serve13.log)"
+    grep -q "the mirror is healthy" serve13.log || die "a leg failed: $(cat serve13.log)"
+}
+wait_sock13() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
+serve13 2G 2 --rw=randwrite --bs=4k --iodepth=16 --size=2G --number_ios=16384 --fsync=64
+fl=$(sed -n 's/.* \([0-9]*\) flushes\( (\([0-9]*\) with nothing to sync)\)\?.*/\1 \3/p' serve13.log)
+read -r flushes skipped <<<"$fl"; skipped=${skipped:-0}
+th=$(( $(count13 clone) + $(count13 clone3) )); fds=$(count13 fdatasync)
+SYS13="16,384 random 4 KiB writes through serve, 2 secondaries, fio iodepth 16, --fsync=64: $th threads started ($((th * 1000 / 16384)) per 1,000 writes), $flushes flushes of which $skipped had nothing to sync, fdatasync $fds ($(awk "BEGIN{d=$flushes-$skipped; printf \"%.2f\", d ? $fds/d : 0}") per flush that synced; 3 legs)"
+# The same spread over a sparse 1 TiB (200 x the default hot set): the file system's space
+# used must follow the blocks written (issue 28 saw ENOSPC on legs with tens of GB free).
+before=$(df -B1 --output=used . | tail -1)
+serve13 1T 2 --rw=randwrite --bs=4k --iodepth=16 --size=1T --number_ios=16384 --fsync=64
+after=$(df -B1 --output=used . | tail -1)
+SYS13B="the same over a sparse 1 TiB mirror: $(( (after - before) >> 20 )) MiB more used for $((3 * 16384 * 4 / 1024)) MiB written to 3 legs, every leg in sync after the stop"
+rm -f tp.img ts*.img strace.out serve13.log
+fi
+
+# ---------------------------------------------------------------------------------------------
 python3 - "$RESULTS" "$SIZE" "$REPS" <<'EOF'
 import sys, statistics, collections
 path, size, reps = sys.argv[1:]
@@ -517,4 +552,9 @@ if want 7; then
     echo
     echo "- $SYSC"
     echo "- $SYSC2"
+fi
+if want 13; then
+    echo
+    echo "- $SYS13"
+    echo "- $SYS13B"
 fi

@@ -87,6 +87,8 @@ pub struct ActivityLog {
     begun: BTreeMap<u64, usize>,
     /// Flushes in progress: covered epoch -> the `durable` they began at.
     flushing: HashMap<u64, u64>,
+    /// Epoch of the last write that completed (H11); `None` before the first.
+    last_write: Option<u64>,
 }
 
 impl ActivityLog {
@@ -107,6 +109,7 @@ impl ActivityLog {
             durable: 0,
             begun: BTreeMap::new(),
             flushing: HashMap::new(),
+            last_write: None,
         }
     }
 
@@ -124,6 +127,7 @@ impl ActivityLog {
             durable: 0,
             begun: BTreeMap::new(),
             flushing: HashMap::new(),
+            last_write: None,
         }
     }
 
@@ -346,6 +350,7 @@ impl ActivityLog {
             if let Some(w) = written {
                 let part = w.start.max(er.start)..w.end.min(er.end);
                 if !part.is_empty() {
+                    self.last_write = Some(epoch);
                     h.dirty = Some(epoch);
                     add_run(&mut h.written, part.clone());
                     // Bounded: runs of one extent, of the two or three epochs not durable.
@@ -405,6 +410,14 @@ impl ActivityLog {
             .keys()
             .next()
             .map_or(self.durable, |b| (*b).min(self.durable))
+    }
+
+    /// H11: whether every write completed so far is durable on every leg: each completed at
+    /// an epoch a finished flush covered, i.e. before that flush *started* (a write that
+    /// completed while the last flush ran is at the epoch after the one it covered, and is
+    /// not). A flush arriving now then has nothing to sync.
+    pub fn all_durable(&self) -> bool {
+        self.last_write.is_none_or(|e| e < self.durable)
     }
 
     /// A flush (sync of every leg) starts; returns the token to give [`Self::flush_done`]
@@ -548,6 +561,48 @@ mod tests {
             al.plan(&[ExtentIdx(5)]),
             Plan::Activate { sync: true, .. }
         ));
+    }
+
+    #[test]
+    fn a_flush_is_needed_after_a_write_completed_while_the_last_flush_ran_and_never_after_an_empty_one(
+    ) {
+        let mut al = log(4);
+        assert!(al.all_durable(), "nothing written yet");
+        activate(&mut al, &[ExtentIdx(0), ExtentIdx(1)]);
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], Some(&(0..1)));
+        assert!(!al.all_durable());
+        // H11: a write completing while a flush runs (after its syncs may have returned) is
+        // not covered by it, though it completed before that flush finished.
+        let f1 = al.flush_started();
+        al.acquire(&[ExtentIdx(1)]);
+        al.release(&[ExtentIdx(1)], Some(&(64..65)));
+        al.flush_done(f1);
+        assert!(
+            !al.all_durable(),
+            "the write beside the flush is not durable"
+        );
+        let f2 = al.flush_started();
+        assert!(!al.all_durable(), "durable only once the flush finished");
+        al.flush_done(f2);
+        assert!(al.all_durable());
+        // A request that wrote nothing (refused, or failed on the primary) changes nothing.
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], None);
+        assert!(al.all_durable());
+        // A failed flush makes nothing durable (W6): the next one syncs.
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], Some(&(1..2)));
+        let f3 = al.flush_started();
+        al.flush_failed(f3);
+        assert!(!al.all_durable());
+        // Two flushes at once, the later one finishing first, covers what came before it.
+        let f4 = al.flush_started();
+        let f5 = al.flush_started();
+        al.flush_done(f5);
+        assert!(al.all_durable());
+        al.flush_done(f4);
+        assert!(al.all_durable());
     }
 
     #[test]

@@ -459,7 +459,9 @@ pub(super) const COMPARE_BLOCK: u64 = 64 * 1024;
 /// The copy loop, one leg: run by run from the log, each run held exclusive with host
 /// writes while it is copied, then rate-limited with the run released; every RESYNC_BATCH
 /// or CHECKPOINT a durable progress point (S1: the leg synced, then the runs cleared by the
-/// owner). Ends when the log is empty, or with why not (what was settled stays settled).
+/// owner), the sync running beside the next batch's copy and the runs cleared as soon as
+/// it returned. Ends when the log is empty, or with why not (what was settled stays
+/// settled).
 pub(super) fn copy_leg<O: LogOwner>(
     g: &Geometry,
     primary: &dyn Device,
@@ -484,44 +486,166 @@ pub(super) fn copy_leg<O: LogOwner>(
     } else {
         Vec::new()
     };
-    let mut batch: Vec<Range<u64>> = Vec::new();
-    let mut batch_bytes = 0;
-    let mut batch_started = Instant::now();
-    let mut from = 0;
-    loop {
-        if let Some(why) = owner.stop() {
-            settle(g, target, owner, &mut batch, done)?;
-            return Err(why);
+    // The durability points are pipelined: a finished batch is synced on a helper thread
+    // while the next one copies, and its runs are cleared there once that sync has returned
+    // (S1: every write of the batch completed before its sync started). The copy never
+    // stands still for a sync but at the end (and when a batch finishes before the previous
+    // one's sync did).
+    std::thread::scope(|sc| {
+        let mut syncer = Syncer::start(sc, target, owner);
+        let mut batch: Vec<Range<u64>> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut batch_started = Instant::now();
+        let mut from = 0;
+        loop {
+            if let Some(why) = owner.stop() {
+                syncer.collect(g, done, true)?;
+                settle(g, target, owner, &mut batch, done)?;
+                return Err(why);
+            }
+            syncer.collect(g, done, false)?;
+            let Some(r) = owner.next_run(from, max_run)? else {
+                syncer.collect(g, done, true)?;
+                return settle(g, target, owner, &mut batch, done);
+            };
+            from = r.end;
+            owner.before_run();
+            let br = g.regions_bytes(r.clone());
+            let hold = owner.hold(br.clone());
+            let copied = copy_run(
+                g,
+                primary,
+                target,
+                br.clone(),
+                owner.direct_writes(),
+                ctl,
+                &mut buf,
+                &mut theirs,
+            );
+            owner.release(hold);
+            copied?;
+            // The rate limit waits with the run released: host writes there go on meanwhile.
+            ctl.limiter.take(br.end - br.start);
+            ctl.progress.advance(br.end - br.start);
+            batch_bytes += br.end - br.start;
+            batch.push(r);
+            if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
+                // At most one batch waits for its sync: the one before has had its turn.
+                syncer.collect(g, done, true)?;
+                syncer.begin(g, std::mem::take(&mut batch), done)?;
+                batch_bytes = 0;
+                batch_started = Instant::now();
+            }
         }
-        let Some(r) = owner.next_run(from, max_run)? else {
-            return settle(g, target, owner, &mut batch, done);
-        };
-        from = r.end;
-        owner.before_run();
-        let br = g.regions_bytes(r.clone());
-        let hold = owner.hold(br.clone());
-        let copied = copy_run(
-            g,
-            primary,
+    })
+}
+
+/// The thread that makes a copy's finished batch durable while the next one copies: it
+/// syncs the target, then has the batch's runs cleared by the owner (S1), at once, in the
+/// order the batches were finished. One per leg copy, ended with it.
+struct Syncer<'env, O> {
+    ask: Option<std::sync::mpsc::Sender<Vec<Range<u64>>>>,
+    answer: std::sync::mpsc::Receiver<(Vec<Range<u64>>, CopyResult<()>)>,
+    /// Batches handed over and not answered yet.
+    pending: usize,
+    target: &'env dyn Device,
+    owner: &'env O,
+}
+
+impl<'env, O: LogOwner> Syncer<'env, O> {
+    fn start<'scope>(
+        sc: &'scope std::thread::Scope<'scope, 'env>,
+        target: &'env dyn Device,
+        owner: &'env O,
+    ) -> Syncer<'env, O> {
+        let (ask, asked) = std::sync::mpsc::channel::<Vec<Range<u64>>>();
+        let (answered, answer) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("resync-sync".into())
+            .spawn_scoped(sc, move || {
+                while let Ok(batch) = asked.recv() {
+                    let r = durable(target, owner, &batch);
+                    if answered.send((batch, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        Syncer {
+            ask: started.is_ok().then_some(ask),
+            answer,
+            pending: 0,
             target,
-            br.clone(),
-            owner.direct_writes(),
-            ctl,
-            &mut buf,
-            &mut theirs,
-        );
-        owner.release(hold);
-        copied?;
-        // The rate limit waits with the run released: host writes there go on meanwhile.
-        ctl.limiter.take(br.end - br.start);
-        ctl.progress.advance(br.end - br.start);
-        batch_bytes += br.end - br.start;
-        batch.push(r);
-        if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
-            settle(g, target, owner, &mut batch, done)?;
-            batch_bytes = 0;
-            batch_started = Instant::now();
+            owner,
         }
+    }
+
+    /// S1: hands over `batch`, whose writes have all completed (its sync starts after
+    /// them); without the thread, made durable here and now.
+    fn begin(&mut self, g: &Geometry, batch: Vec<Range<u64>>, done: &mut Copied) -> CopyResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match &self.ask {
+            Some(a) => match a.send(batch) {
+                Ok(()) => {
+                    self.pending += 1;
+                    Ok(())
+                }
+                Err(std::sync::mpsc::SendError(batch)) => {
+                    durable(self.target, self.owner, &batch)?;
+                    count(g, batch, done);
+                    Ok(())
+                }
+            },
+            None => {
+                durable(self.target, self.owner, &batch)?;
+                count(g, batch, done);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the answers there are (all of them, waiting, if `wait`); the first failure.
+    fn collect(&mut self, g: &Geometry, done: &mut Copied, wait: bool) -> CopyResult<()> {
+        while self.pending > 0 {
+            let got = if wait {
+                self.answer
+                    .recv()
+                    .map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            } else {
+                self.answer.try_recv()
+            };
+            let (batch, r) = match got {
+                Ok(x) => x,
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.pending = 0;
+                    return Err(CopyEnd::Leg(
+                        "sync".into(),
+                        io::Error::other("the sync thread ended"),
+                    ));
+                }
+            };
+            self.pending -= 1;
+            r?;
+            count(g, batch, done);
+        }
+        Ok(())
+    }
+}
+
+/// S1: the batch durable on the leg, then its runs cleared by the owner.
+fn durable<O: LogOwner>(target: &dyn Device, owner: &O, batch: &[Range<u64>]) -> CopyResult<()> {
+    target.sync().map_err(|e| CopyEnd::Leg("sync".into(), e))?;
+    owner.settle(batch)
+}
+
+/// A settled batch, counted as done.
+fn count(g: &Geometry, batch: Vec<Range<u64>>, done: &mut Copied) {
+    for r in batch {
+        done.regions += r.end - r.start;
+        let br = g.regions_bytes(r);
+        done.bytes += br.end - br.start;
     }
 }
 
@@ -536,13 +660,8 @@ fn settle<O: LogOwner>(
     if batch.is_empty() {
         return Ok(());
     }
-    target.sync().map_err(|e| CopyEnd::Leg("sync".into(), e))?;
-    owner.settle(batch)?;
-    for r in batch.drain(..) {
-        done.regions += r.end - r.start;
-        let br = g.regions_bytes(r);
-        done.bytes += br.end - br.start;
-    }
+    durable(target, owner, batch)?;
+    count(g, std::mem::take(batch), done);
     Ok(())
 }
 
@@ -675,4 +794,167 @@ fn compare_copy(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Ev {
+        Wrote(u64, u64),
+        SyncStart,
+        SyncEnd,
+    }
+
+    /// Memory with slow writes and syncs, every one logged with when it ran.
+    struct Slow {
+        data: Mutex<Vec<u8>>,
+        log: Mutex<Vec<(Instant, Ev)>>,
+    }
+
+    impl Device for Slow {
+        fn len(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+            let d = self.data.lock().unwrap();
+            buf.copy_from_slice(&d[off as usize..off as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(60));
+            self.data.lock().unwrap()[off as usize..off as usize + buf.len()].copy_from_slice(buf);
+            let mut l = self.log.lock().unwrap();
+            l.push((t, Ev::Wrote(off, off + buf.len() as u64)));
+            l.push((Instant::now(), Ev::Wrote(off, off + buf.len() as u64)));
+            Ok(())
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push((Instant::now(), Ev::SyncStart));
+            std::thread::sleep(Duration::from_millis(200));
+            self.log.lock().unwrap().push((Instant::now(), Ev::SyncEnd));
+            Ok(())
+        }
+    }
+
+    /// A log of single regions, cleared when settled (with when).
+    struct Owner {
+        left: Mutex<Vec<u64>>,
+        settled: Mutex<Vec<(Instant, Vec<Range<u64>>)>>,
+    }
+
+    impl LogOwner for Owner {
+        type Hold = ();
+        fn next_run(&self, from: u64, _max: u64) -> CopyResult<Option<Range<u64>>> {
+            let l = self.left.lock().unwrap();
+            Ok(l.iter().find(|&&r| r >= from).map(|&r| r..r + 1))
+        }
+        fn hold(&self, _bytes: Range<u64>) {}
+        fn release(&self, _hold: ()) {}
+        fn settle(&self, runs: &[Range<u64>]) -> CopyResult<()> {
+            self.left
+                .lock()
+                .unwrap()
+                .retain(|r| !runs.iter().any(|x| x.contains(r)));
+            self.settled
+                .lock()
+                .unwrap()
+                .push((Instant::now(), runs.to_vec()));
+            Ok(())
+        }
+        fn stop(&self) -> Option<CopyEnd> {
+            None
+        }
+        fn direct_writes(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_batch_is_synced_while_the_next_copies_and_cleared_only_after_a_sync_that_began_after_its_writes(
+    ) {
+        let g = Geometry::for_data_size(64 * 65536, 65536, 1).unwrap();
+        let len = g.total_len() as usize;
+        let primary = Slow {
+            data: Mutex::new((0..len).map(|i| (i % 251) as u8).collect()),
+            log: Mutex::new(Vec::new()),
+        };
+        let target = Slow {
+            data: Mutex::new(vec![0; len]),
+            log: Mutex::new(Vec::new()),
+        };
+        let regions: Vec<u64> = (0..12).map(|k| 2 * k).collect();
+        let owner = Owner {
+            left: Mutex::new(regions.clone()),
+            settled: Mutex::new(Vec::new()),
+        };
+        let limiter = RateLimit::new(None);
+        let written = AtomicU64::new(0);
+        let ctl = CopyCtl {
+            limiter: &limiter,
+            progress: &NoProgress,
+            compare: false,
+            written: &written,
+        };
+        let mut done = Copied::default();
+        assert!(copy_leg(&g, &primary, &target, &owner, &ctl, &mut done).is_ok());
+        assert_eq!(done.regions, 12);
+        assert!(owner.left.lock().unwrap().is_empty());
+        let log = target.log.lock().unwrap().clone();
+        let syncs: Vec<(Instant, Instant)> = log
+            .iter()
+            .filter(|(_, e)| *e == Ev::SyncStart)
+            .map(|(s, _)| {
+                let end = log
+                    .iter()
+                    .find(|(t, e)| *e == Ev::SyncEnd && t >= s)
+                    .unwrap()
+                    .0;
+                (*s, end)
+            })
+            .collect();
+        assert!(syncs.len() >= 2, "{log:?}");
+        // S1: every run cleared only after a sync that started once its writes had ended
+        // and that returned before the clear.
+        for (at, runs) in owner.settled.lock().unwrap().iter() {
+            for r in runs {
+                let br = g.regions_bytes(r.clone());
+                let (s, e) = (g.data_offset + br.start, g.data_offset + br.end);
+                let last_write = log
+                    .iter()
+                    .filter(|(_, ev)| matches!(ev, Ev::Wrote(a, b) if *a < e && *b > s))
+                    .map(|(t, _)| *t)
+                    .max()
+                    .unwrap();
+                assert!(
+                    syncs.iter().any(|(ss, se)| *ss >= last_write && se <= at),
+                    "region {r:?} cleared without a sync after its write"
+                );
+            }
+        }
+        // Pipelined: the copy wrote on while a batch's sync ran.
+        let overlapped = log.iter().any(|(t, e)| {
+            matches!(e, Ev::Wrote(..)) && syncs.iter().any(|(s, end)| t > s && t < end)
+        });
+        assert!(
+            overlapped,
+            "the copy stood still during every sync: {log:?}"
+        );
+        for &r in &regions {
+            let br = g.regions_bytes(r..r + 1);
+            let (s, e) = (
+                (g.data_offset + br.start) as usize,
+                (g.data_offset + br.end) as usize,
+            );
+            assert_eq!(
+                target.data.lock().unwrap()[s..e],
+                primary.data.lock().unwrap()[s..e]
+            );
+        }
+    }
 }

@@ -337,40 +337,34 @@ impl Mirror {
                 let want_next = !overflow && remaining > 0;
                 let primary = self.image.dev.clone();
                 let nbuf = &mut next;
-                let (pres, lres, nres) = std::thread::scope(|sc| {
-                    let hs: Vec<_> = legs
-                        .iter()
-                        .map(|(s, d)| {
-                            let d = d.clone();
-                            let s = *s;
-                            crate::thread::spawn_or_run(sc, move || {
-                                let r = d.write_at(data, at);
-                                d.start_writeback(at, data.len() as u64);
-                                (s, r)
-                            })
-                        })
-                        .collect();
-                    let ph = crate::thread::spawn_or_run(sc, move || {
-                        let r = primary.write_at(data, at);
-                        primary.start_writeback(at, data.len() as u64);
-                        r
-                    });
-                    // Read the next chunk while the legs write this one.
-                    let n = if want_next {
+                // The legs and the primary on the I/O workers; the next chunk is read here
+                // meanwhile.
+                type Task<'a> = Box<dyn FnOnce() -> (Option<u32>, io::Result<()>) + Send + 'a>;
+                let tasks: Vec<Task> = legs
+                    .iter()
+                    .map(|(s, d)| (Some(*s), d.clone()))
+                    .chain(std::iter::once((None, primary)))
+                    .map(|(s, d)| {
+                        Box::new(move || {
+                            let r = d.write_at(data, at);
+                            d.start_writeback(at, data.len() as u64);
+                            (s, r)
+                        }) as Task
+                    })
+                    .collect();
+                let (nres, mut done) = crate::thread::workers().run_all(tasks, || {
+                    if want_next {
                         let take = (CHUNK as u64).min(remaining) as usize;
                         read_full(input, &mut nbuf[..take])
                     } else {
                         Ok(0)
-                    };
-                    let p = ph.join().unwrap();
-                    (
-                        p,
-                        hs.into_iter()
-                            .map(|h| h.join().unwrap())
-                            .collect::<Vec<_>>(),
-                        n,
-                    )
+                    }
                 });
+                let pres = done.pop().map_or(Ok(()), |(_, r)| r);
+                let lres: Vec<(u32, io::Result<()>)> = done
+                    .into_iter()
+                    .filter_map(|(s, r)| s.map(|s| (s, r)))
+                    .collect();
                 if let Err(e) = pres {
                     // W6: the write-intent log keeps these regions for recovery.
                     return Err(Error::primary(format!(
@@ -528,31 +522,21 @@ impl Mirror {
     }
 }
 
-/// Syncs the primary and every leg at once (a thread per leg); the primary's result and the
-/// legs that failed.
+/// Syncs the primary and every leg at once (the legs on the persistent I/O workers, the
+/// primary on this thread); the primary's result and the legs that failed.
 pub(super) fn sync_parallel(
     primary: &Arc<dyn Device>,
     legs: &[(u32, Arc<dyn Device>)],
 ) -> (io::Result<()>, Vec<(u32, io::Error)>) {
-    if legs.is_empty() {
-        return (primary.sync(), Vec::new());
-    }
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = legs
-            .iter()
-            .map(|(s, d)| {
-                let (s, d) = (*s, d.clone());
-                crate::thread::spawn_or_run(sc, move || (s, d.sync()))
-            })
-            .collect();
-        let p = primary.sync();
-        let errs = hs
-            .into_iter()
-            .filter_map(|h| match h.join().unwrap() {
-                (s, Err(e)) => Some((s, e)),
-                _ => None,
-            })
-            .collect();
-        (p, errs)
-    })
+    type Task<'a> = Box<dyn FnOnce() -> (u32, io::Result<()>) + Send + 'a>;
+    let tasks: Vec<Task> = legs
+        .iter()
+        .map(|(s, d)| Box::new(move || (*s, d.sync())) as Task)
+        .collect();
+    let (p, res) = crate::thread::workers().run_all(tasks, || primary.sync());
+    let errs = res
+        .into_iter()
+        .filter_map(|(s, r)| r.err().map(|e| (s, e)))
+        .collect();
+    (p, errs)
 }

@@ -22,6 +22,7 @@ mod names;
 mod nbd;
 mod ocf;
 mod output;
+mod perf;
 mod quorum;
 mod rule_index;
 mod safety;

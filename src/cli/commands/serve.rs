@@ -318,9 +318,11 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         plural(counters.writes, "request"),
         format_size(counters.bytes_written),
         format_size(counters.bytes_read),
-        match counters.flushes {
-            1 => "1 flush".to_string(),
-            n => format!("{n} flushes"),
+        match (counters.flushes, counters.flushes_skipped) {
+            (1, 0) => "1 flush".to_string(),
+            (n, 0) => format!("{n} flushes"),
+            (1, _) => "1 flush (with nothing to sync)".to_string(),
+            (n, k) => format!("{n} flushes ({k} with nothing to sync)"),
         },
         counters.peak_hot,
         hot_cap,

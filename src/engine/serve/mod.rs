@@ -64,6 +64,15 @@
 //!   refused until the leg is back in sync or detached. The hook runs outside the lock, on
 //!   the first thread that waits for it (or the admin command's). Otherwise a write could
 //!   be acknowledged before the peer that missed it is kept from promotion.
+//! - H11 A flush (or FUA) is answered without a sync only when every write completed before
+//!   it arrived completed at a flush epoch below the activity log's `durable`: before a
+//!   flush that has since finished on the primary and every leg receiving writes *started*
+//!   (its `flush_started`). "Nothing written since the last flush finished" is not enough:
+//!   a write that completes while a flush runs may have reached its leg after that leg's
+//!   fdatasync returned, so that flush does not cover it; a host flushing after it would
+//!   then be told a write is durable that a crash loses (on a leg the mirror calls in
+//!   sync, or on the primary). A failed flush makes nothing durable (W6), so the next one
+//!   syncs again.
 
 mod admin;
 mod verify;
@@ -77,7 +86,8 @@ use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use std::sync::{Condvar, MutexGuard, Weak};
 
-/// Requests up to this size write their legs on the calling thread, larger ones in parallel.
+/// Requests up to this size write their legs on the calling thread, larger ones in parallel
+/// (on the persistent I/O workers, [`crate::thread::workers`]).
 const SMALL: u64 = 256 << 10;
 
 /// Extents marked ahead of a sequential writer, with the one it needs: 64 MiB in all, as
@@ -166,6 +176,8 @@ pub struct Counters {
     pub peak_hot: usize,
     /// Writes and flushes refused for too few in-sync secondaries (H9).
     pub refused: u64,
+    /// Flushes answered without a sync: nothing written since the last (H11).
+    pub flushes_skipped: u64,
 }
 
 /// A leg as live operations name it (H8): the slot, the image there, and the epoch at which
@@ -870,18 +882,13 @@ impl Server {
             };
             (p, l)
         } else {
-            std::thread::scope(|sc| {
-                let hs: Vec<_> = legs
-                    .iter()
-                    .map(|(s, d)| {
-                        let d = d.clone();
-                        let s = *s;
-                        crate::thread::spawn_or_run(sc, move || (s, m.apply(&*d, at)))
-                    })
-                    .collect();
-                let p = m.apply(&*primary, at);
-                (p, hs.into_iter().map(|h| h.join().unwrap()).collect())
-            })
+            // Large ones: the legs on the persistent I/O workers, the primary here.
+            type Task<'a> = Box<dyn FnOnce() -> (u32, io::Result<()>) + Send + 'a>;
+            let tasks: Vec<Task> = legs
+                .iter()
+                .map(|(s, d)| Box::new(move || (*s, m.apply(&**d, at))) as Task)
+                .collect();
+            crate::thread::workers().run_all(tasks, || m.apply(&*primary, at))
         };
 
         let mut st = self.lock();
@@ -1240,6 +1247,12 @@ impl Server {
                 r?;
             }
             st.counters.flushes += 1;
+            if st.al.all_durable() {
+                // H11: every write completed before this flush is durable on every leg
+                // receiving writes already; nothing to sync.
+                st.counters.flushes_skipped += 1;
+                return Ok(());
+            }
             (st.al.flush_started(), st.legs.clone())
         };
         let (p, errs) = super::write::sync_parallel(&self.primary, &legs);

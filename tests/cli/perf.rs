@@ -1,0 +1,393 @@
+//! What the hot paths cost in system calls (issue 28), counted with strace on the real
+//! binary: thread creations and syncs per host write and flush under `serve`.
+
+use crate::support::*;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `mirrorctl serve` under `strace -f`, one line per traced call in a file; the serve
+/// process (strace's child) stopped with SIGTERM, strace killed on drop.
+struct Traced {
+    strace: Option<Child>,
+    trace: PathBuf,
+    log: PathBuf,
+    sock: PathBuf,
+}
+
+impl Traced {
+    fn start(fx: &Fx, calls: &str, extra: &[&str]) -> Traced {
+        require("strace", "strace");
+        let trace = fx.path("trace.txt");
+        let log = fx.path("serve-traced.log");
+        let sock = fx.path("traced.sock");
+        let strace = Command::new("strace")
+            .args(["-f", "-qq", "-y", "-e", calls, "-o"])
+            .arg(&trace)
+            .arg(bin())
+            .args(["serve", "a.img", "--socket"])
+            .arg(&sock)
+            .args(extra)
+            .current_dir(fx.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting strace");
+        let mut t = Traced {
+            strace: Some(strace),
+            trace,
+            log,
+            sock,
+        };
+        let started = Instant::now();
+        while UnixStream::connect(&t.sock).is_err() {
+            if let Some(st) = t.strace.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve under strace exited with {st}:\n{}", t.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "serve under strace did not listen:\n{}",
+                t.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The trace so far (its length marks a point in time).
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SIGTERM to serve; its exit status must be 0. The serve log.
+    fn stop(mut self) -> String {
+        let mut c = self.strace.take().unwrap();
+        let serve = sh("pgrep", &["-P", &c.id().to_string()]);
+        // SAFETY: kill(2) on the serve process strace started for this test.
+        unsafe { libc::kill(serve.parse().unwrap(), libc::SIGTERM) };
+        let st = c.wait().unwrap();
+        assert!(st.success(), "serve under strace: {st}\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.strace.take() {
+            // strace kills its tracee when it is killed (-f keeps no orphan running).
+            if let Ok(p) = Command::new("pgrep")
+                .args(["-P", &c.id().to_string()])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) on the serve process this test started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs qemu-io with `cmds` on `uri` (write-back cache: a flush only where asked).
+fn qemu_io(uri: &str, cmds: &[String]) {
+    require("qemu-io", "qemu-utils");
+    let mut a = vec![
+        "-f".to_string(),
+        "raw".into(),
+        "-t".into(),
+        "writeback".into(),
+    ];
+    for c in cmds {
+        a.push("-c".into());
+        a.push(c.clone());
+    }
+    a.push(uri.into());
+    let o = Command::new("qemu-io")
+        .args(&a)
+        .output()
+        .expect("running qemu-io");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !out.contains("failed"),
+        "qemu-io: {}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A read of `len` bytes: it shows in the trace as a `pread64` of that length, marking
+/// where the commands before it have finished (qemu-io runs them one after the other).
+fn marker(len: u64) -> String {
+    format!("read 0 {len}")
+}
+
+/// The trace lines between the markers of `from` and `to` bytes.
+fn between(lines: &[String], from: u64, to: u64) -> Vec<String> {
+    let at = |len: u64| {
+        lines
+            .iter()
+            .position(|l| l.contains("pread64") && l.contains(&format!(", {len}, ")))
+            .unwrap_or_else(|| panic!("no read of {len} bytes in the trace:\n{}", lines.join("\n")))
+    };
+    lines[at(from) + 1..at(to)].to_vec()
+}
+
+/// Calls of `name` started in `lines` (a call strace splits across threads shows as
+/// "name(... <unfinished ...>" and "<... name resumed>": counted once).
+fn count(lines: &[String], names: &[&str]) -> usize {
+    lines
+        .iter()
+        .filter(|l| {
+            names.iter().any(|n| {
+                l.split_once(' ')
+                    .map_or(l.as_str(), |(_, rest)| rest)
+                    .trim_start()
+                    .starts_with(&format!("{n}("))
+            })
+        })
+        .count()
+}
+
+const THREADS: &[&str] = &["clone", "clone3", "fork", "vfork"];
+const SYNCS: &[&str] = &["fsync", "fdatasync", "msync", "sync_file_range", "syncfs"];
+
+fn image_syncs(lines: &[String], img: &Path) -> usize {
+    let name = img.file_name().unwrap().to_str().unwrap();
+    let mine: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(&format!("/{name}>")))
+        .cloned()
+        .collect();
+    count(&mine, SYNCS)
+}
+
+#[test]
+fn served_writes_and_flushes_start_no_threads_and_a_flush_syncs_each_leg_once_or_not_at_all_with_nothing_written(
+) {
+    let fx = Fx::with_legs("64M", "64K", &["b.img", "c.img"]);
+    let t = Traced::start(
+        &fx,
+        "trace=clone,clone3,fork,vfork,fsync,fdatasync,msync,sync_file_range,syncfs,pread64",
+        &[],
+    );
+    // Warm-up: the 8 extents of the first 32 MiB made hot, one large request, a flush.
+    let mut cmds: Vec<String> = (0..8u64)
+        .map(|e| format!("write -P 1 {} 4k", e * 4 * MIB))
+        .collect();
+    cmds.push(format!("write -P 2 {} 1M", 8 * MIB));
+    cmds.push("flush".into());
+    cmds.push(marker(12 * KIB));
+    // 1,000 random 4 KiB writes in the hot 32 MiB with a flush every 64 (and one at the
+    // end): 16 flushes with something to sync; then 16 requests of 1 MiB (written to the
+    // legs in parallel) and a flush: 17.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut nonempty = 0;
+    for i in 1..=1000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % (32 * MIB / 4096)) * 4096;
+        cmds.push(format!("write -P {} {off} 4k", i % 250));
+        if i % 64 == 0 || i == 1000 {
+            cmds.push("flush".into());
+            nonempty += 1;
+        }
+    }
+    for i in 0..16u64 {
+        cmds.push(format!("write -P 3 {} 1M", (i % 30) * MIB));
+    }
+    cmds.push("flush".into());
+    nonempty += 1;
+    cmds.push(marker(20 * KIB));
+    // Then flushes with nothing written since the last: no sync at all.
+    for _ in 0..8 {
+        cmds.push("flush".into());
+    }
+    cmds.push(marker(28 * KIB));
+    qemu_io(&t.uri(), &cmds);
+    let lines = t.lines();
+    let log = t.stop();
+    let busy = &between(&lines, 12 * KIB, 20 * KIB);
+    let idle = &between(&lines, 20 * KIB, 28 * KIB);
+
+    let threads = count(busy, THREADS);
+    assert!(
+        threads <= 2,
+        "{threads} threads started for 1,016 writes and {nonempty} flushes (a thread per flush or large request?):\n{}",
+        busy.join("\n")
+    );
+    // One sync per leg (the primary and 2 secondaries) per flush with something to sync.
+    for img in ["a.img", "b.img", "c.img"] {
+        assert_eq!(
+            image_syncs(busy, &fx.path(img)),
+            nonempty,
+            "syncs of {img} for {nonempty} flushes:\n{}",
+            busy.join("\n")
+        );
+    }
+    assert_eq!(
+        count(busy, SYNCS),
+        3 * nonempty,
+        "no other sync:\n{}",
+        busy.join("\n")
+    );
+    assert_eq!(
+        count(idle, SYNCS),
+        0,
+        "flushes with nothing written since the last synced:\n{}",
+        idle.join("\n")
+    );
+    assert_eq!(count(idle, THREADS), 0, "{}", idle.join("\n"));
+    assert!(log.contains("with nothing to sync)"), "{log}");
+    // The data is whole on every leg after the clean stop.
+    crate::serve::legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
+}
+
+#[test]
+fn the_live_record_is_written_with_one_write_per_publish() {
+    let fx = Fx::with_legs("16M", "64K", &["b.img"]);
+    let t = Traced::start(&fx, "trace=write,rename,renameat,renameat2", &[]);
+    // Idle: it publishes twice a second.
+    std::thread::sleep(Duration::from_millis(2200));
+    let lines = t.lines();
+    t.stop();
+    let renames: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(".json.tmp\""))
+        .cloned()
+        .collect();
+    let publishes = count(&renames, &["rename", "renameat", "renameat2"]);
+    assert!(
+        publishes >= 3,
+        "{publishes} publishes in 2.2 s:\n{}",
+        lines.join("\n")
+    );
+    let record: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains(".json.tmp>"))
+        .cloned()
+        .collect();
+    let writes = count(&record, &["write"]);
+    assert_eq!(
+        writes,
+        publishes,
+        "writes of the live record for {publishes} publishes:\n{}",
+        record.join("\n")
+    );
+}
+
+/// An ext4 file system on a loop device of `size` bytes, mounted on a temporary folder;
+/// unmounted, then detached, on drop (also when the test fails).
+struct Ext4 {
+    mnt: Option<tempfile::TempDir>,
+    _dev: LoopDev,
+    _backing: tempfile::TempDir,
+}
+
+impl Ext4 {
+    fn new(size: u64) -> Ext4 {
+        require_root("a loop-backed file system");
+        require("mkfs.ext4", "e2fsprogs");
+        let backing = tempfile::tempdir().unwrap();
+        let dev = LoopDev::with_size(&backing.path().join("fs.raw"), size);
+        sh("mkfs.ext4", &["-q", "-F", dev.as_str()]);
+        let mnt = tempfile::tempdir().unwrap();
+        sh("mount", &[dev.as_str(), mnt.path().to_str().unwrap()]);
+        Ext4 {
+            mnt: Some(mnt),
+            _dev: dev,
+            _backing: backing,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.as_ref().unwrap().path()
+    }
+
+    /// Bytes the file system has in use.
+    fn used(&self) -> u64 {
+        let s = rustix::fs::statvfs(self.path()).unwrap();
+        (s.f_blocks - s.f_bfree) * s.f_frsize
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        if let Some(m) = self.mnt.take() {
+            let _ = Command::new("umount").arg(m.path()).status();
+            drop(m);
+        }
+    }
+}
+
+#[test]
+fn random_writes_over_a_sparse_1_tib_mirror_on_a_small_ext4_use_only_the_space_they_write_and_never_get_enospc(
+) {
+    // Issue 28 saw ENOSPC on a leg of a 1 TiB sparse mirror with tens of GB free. Whatever
+    // allocates more than the blocks written (preallocation, zeros written for holes,
+    // metadata) fills this 1 GiB file system long before the data does.
+    let fs = Ext4::new(1024 * MIB);
+    let fx = Fx {
+        dir: tempfile::tempdir_in(fs.path()).unwrap(),
+    };
+    fx.ok(&["create", "a.img", "--size", "1T"]);
+    fx.ok(&["attach", "a.img", "b.img"]);
+    fx.ok(&["attach", "a.img", "c.img"]);
+    let before = fs.used();
+    let s = crate::serve::Serving::start(&fx, &[]);
+    let n = 6000u64;
+    crate::serve::fio(
+        &s.uri(),
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=1T",
+            &format!("--number_ios={n}"),
+            "--fsync=64",
+        ],
+    );
+    let during = fs.used();
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        !log.contains("error") && !log.contains("fractured") && !log.contains("failed"),
+        "{log}"
+    );
+    assert!(log.contains("the mirror is healthy"), "{log}");
+    // 3 legs of n blocks of 4 KiB, with room for the extent trees and the bitmaps.
+    let data = 3 * n * 4 * KIB;
+    let grew = during.saturating_sub(before);
+    assert!(
+        grew <= data + data / 2 + 32 * MIB,
+        "{} MiB used for {} MiB written to 3 legs",
+        grew / MIB,
+        data / MIB
+    );
+    let st = fx.status();
+    for slot in 0..2 {
+        assert_eq!(leg(&st, slot)["state"], "in-sync", "{st:#}");
+    }
+    eprintln!(
+        "{} MiB used for {} MiB written to 3 legs",
+        grew / MIB,
+        data / MIB
+    );
+}
