@@ -2,9 +2,18 @@
 //! writing itself. The command finds or makes the file, sizes it and locks it; what may be
 //! overwritten is decided here (rule D0, device/probe.rs).
 
-use super::*;
 use crate::device::probe::{self, Found};
 use crate::error::opt::*;
+use std::sync::Arc;
+use crate::units::now_unix;
+use crate::meta::image::ReadError;
+use crate::meta::image::Image;
+use crate::format::layout::Geometry;
+use crate::format::Superblock;
+use crate::error::Result;
+use crate::error::Error;
+use crate::engine::uuid_str;
+use crate::device::Device;
 
 /// What `create` found on an existing image that it may go on with.
 pub struct CreateChecks {

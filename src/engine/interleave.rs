@@ -9,12 +9,29 @@
 //! recovery, with every flushed host write on the primary.
 
 use super::serve::{Mutation, ServeConfig, Server};
-use super::*;
 use crate::device::sim::{Rng, SimDevice, World};
 use crate::engine::verify::{VerifyOpts, VerifyReport};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Condvar;
+use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::Arc;
+use std::io;
+use crate::meta::image::Image;
+use crate::format::layout::SlotIdx;
+use crate::format::layout::Geometry;
+use crate::format::layout::BitmapId;
+use crate::format::Superblock;
+use crate::format::LegState;
+use crate::error::Error;
+use crate::engine::ResyncOptions;
+use crate::engine::NoProgress;
+use crate::engine::Mirror;
+use crate::engine::MIN_HOT_EXTENTS;
+use crate::engine::InitialSync;
+use crate::engine::FlushPolicy;
+use crate::device::Device;
 
 const REGION: u64 = 4096;
 const REGIONS: u64 = 64;

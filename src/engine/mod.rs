@@ -36,21 +36,16 @@ pub use write::{WriteReport, CHUNK, WINDOW};
 pub use crate::device::open::Opener;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::format::history::{relate, Relation};
 pub use crate::format::journal::Kind as EventKind;
-use crate::format::layout::{BitmapId, Geometry, SlotIdx, MIB};
+use crate::format::layout::{BitmapId, Geometry, SlotIdx};
 use crate::format::ranges::union;
-use crate::format::{
-    self, cut, Leg, LegState, RecoveryRecord, ResyncRecord, Role, Superblock, Uuid,
-};
+use crate::format::{self, Leg, LegState, Role, Superblock, Uuid};
 use crate::meta::bitmaps::Bitmaps;
 use crate::meta::image::{Image, ReadError};
 use crate::units::now_unix;
-use std::io::{self, Read};
+use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 /// When the legs are made durable during a write.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,32 @@
 //!   read (device.rs turns a short read or a shrunk file into an error).
 
 use super::plan;
-use super::*;
+use std::time::Instant;
+use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::sync::Arc;
+use std::ops::Range;
+use std::io;
+use crate::units::now_unix;
+use crate::meta::bitmaps::Bitmaps;
+use crate::format;
+use crate::format::layout::SlotIdx;
+use crate::format::layout::MIB;
+use crate::format::layout::Geometry;
+use crate::format::layout::BitmapId;
+use crate::format::cut;
+use crate::format::ResyncRecord;
+use crate::format::LegState;
+use crate::error::Error;
+use crate::engine::Progress;
+use crate::engine::Mirror;
+use crate::engine::LegFailure;
+use crate::engine::EventKind;
+use crate::device::Device;
+use crate::error::Result;
 
 /// Largest single copy during resync.
 pub const COPY_RUN: u64 = 8 * MIB;
@@ -799,6 +824,7 @@ fn compare_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::NoProgress;
 
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Ev {

@@ -1,8 +1,29 @@
 //! Engine rules on the storage model, without files.
-use super::*;
 
 use crate::device::sim::{SimDevice, World};
 use std::collections::HashMap;
+use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::Arc;
+use std::io;
+use crate::meta::image::Image;
+use crate::format;
+use crate::format::layout::SlotIdx;
+use crate::format::layout::Geometry;
+use crate::format::layout::BitmapId;
+use crate::format::Superblock;
+use crate::format::LegState;
+use crate::engine::serve;
+use crate::engine::fence;
+use crate::engine::ResyncOptions;
+use crate::engine::Opener;
+use crate::engine::NoProgress;
+use crate::engine::Mirror;
+use crate::engine::MIN_HOT_EXTENTS;
+use crate::engine::InitialSync;
+use crate::engine::FlushPolicy;
+use crate::engine::CHUNK;
+use crate::device::Device;
 
 /// Opens the devices given by location (sim devices here, step-gated ones in
 /// `interleave.rs`).

@@ -82,9 +82,30 @@ pub use admin::Say;
 use super::activity::{ActivityLog, ExtentIdx, Plan};
 use super::fence::FenceCall;
 pub use super::fence::FenceHooks;
-use super::*;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use std::sync::{Condvar, MutexGuard, Weak};
+use std::time::Instant;
+use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::sync::Arc;
+use std::ops::Range;
+use std::io;
+use crate::format::ranges::union;
+use crate::format::layout::SlotIdx;
+use crate::format::layout::Geometry;
+use crate::format::layout::BitmapId;
+use crate::format::Uuid;
+use crate::format::LegState;
+use crate::error::Error;
+use crate::engine::uuid_str;
+use crate::engine::Mirror;
+use crate::engine::LegFailure;
+use crate::engine::EventKind;
+use crate::device::Device;
+use crate::error::Result;
 
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel
 /// (on the persistent I/O workers, [`crate::thread::workers`]).
