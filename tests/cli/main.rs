@@ -10,6 +10,7 @@ mod events;
 mod events_follow;
 mod failover;
 mod generated_docs;
+mod ha_cluster;
 mod kill_points;
 mod live;
 mod live_races;
