@@ -28,6 +28,9 @@ _mirrorctl() {
             mirrorctl,events)
                 cmd="mirrorctl__subcmd__events"
                 ;;
+            mirrorctl,export)
+                cmd="mirrorctl__subcmd__export"
+                ;;
             mirrorctl,fracture)
                 cmd="mirrorctl__subcmd__fracture"
                 ;;
@@ -36,6 +39,9 @@ _mirrorctl() {
                 ;;
             mirrorctl,name)
                 cmd="mirrorctl__subcmd__name"
+                ;;
+            mirrorctl,ocf-agent)
+                cmd="mirrorctl__subcmd__ocf__subcmd__agent"
                 ;;
             mirrorctl,promote)
                 cmd="mirrorctl__subcmd__promote"
@@ -73,6 +79,9 @@ _mirrorctl() {
             mirrorctl__subcmd__help,events)
                 cmd="mirrorctl__subcmd__help__subcmd__events"
                 ;;
+            mirrorctl__subcmd__help,export)
+                cmd="mirrorctl__subcmd__help__subcmd__export"
+                ;;
             mirrorctl__subcmd__help,fracture)
                 cmd="mirrorctl__subcmd__help__subcmd__fracture"
                 ;;
@@ -81,6 +90,9 @@ _mirrorctl() {
                 ;;
             mirrorctl__subcmd__help,name)
                 cmd="mirrorctl__subcmd__help__subcmd__name"
+                ;;
+            mirrorctl__subcmd__help,ocf-agent)
+                cmd="mirrorctl__subcmd__help__subcmd__ocf__subcmd__agent"
                 ;;
             mirrorctl__subcmd__help,promote)
                 cmd="mirrorctl__subcmd__help__subcmd__promote"
@@ -113,7 +125,7 @@ _mirrorctl() {
 
     case "${cmd}" in
         mirrorctl)
-            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve name set help"
+            opts="-h -V --wait --no-progress --timeout --help --version create status events attach write read fracture resync detach promote verify serve export name set ocf-agent help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -314,6 +326,105 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mirrorctl__subcmd__export)
+            opts="-h --socket --listen --export --rejoin --tls-cert --tls-key --tls-ca --tls-allow --tls --handshake-limit --write-timeout --max-connections --insecure --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --export)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-key)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-ca)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --tls-allow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls)
+                    COMPREPLY=($(compgen -W "off on require" -- "${cur}"))
+                    return 0
+                    ;;
+                --handshake-limit)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --write-timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mirrorctl__subcmd__fracture)
             opts="-h --reason --wait --no-progress --timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -341,7 +452,7 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help)
-            opts="create status events attach write read fracture resync detach promote verify serve name set help"
+            opts="create status events attach write read fracture resync detach promote verify serve export name set ocf-agent help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -410,6 +521,20 @@ _mirrorctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mirrorctl__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mirrorctl__subcmd__help__subcmd__fracture)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -439,6 +564,20 @@ _mirrorctl() {
             return 0
             ;;
         mirrorctl__subcmd__help__subcmd__name)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__help__subcmd__ocf__subcmd__agent)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -575,6 +714,28 @@ _mirrorctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -W "500ms 30s 10m 1h" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mirrorctl__subcmd__ocf__subcmd__agent)
+            opts="-h --wait --no-progress --timeout --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -963,7 +1124,7 @@ _mirrorctl_extra() {
             fi ;;
     esac
     case "$sub" in
-        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|name|set)
+        create|status|events|attach|write|read|fracture|resync|detach|promote|verify|serve|export|name|set|ocf-agent)
             local IFS=$'
 '
             COMPREPLY=($(compgen -f -- "$cur")) ;;

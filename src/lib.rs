@@ -9,7 +9,8 @@
 //!   storage model, locations turned into devices, what an image already holds.
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
-//! Beside them: `config` (mirrors by name: the NAME.toml files, pure), `live` (what a running command publishes for `status`), `lock`, `error`,
+//! Beside them: `ocf` (the Pacemaker resource agent: its decisions pure in `ocf/mod.rs`,
+//! its processes in `ocf/run.rs`), `config` (mirrors by name: the NAME.toml files, pure), `live` (what a running command publishes for `status`), `lock`, `error`,
 //! `units`, `thread` (helper threads that fall back to the caller when none can be started),
 //! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names),
 //! `systemd` (readiness notification and the priority prefixes of log lines under journald).
@@ -23,6 +24,7 @@ pub mod format;
 pub mod live;
 pub mod lock;
 pub mod meta;
+pub mod ocf;
 pub mod server;
 pub mod systemd;
 pub mod thread;

@@ -48,9 +48,25 @@ fn after_with(subcommand: &str, example: impl Fn(&str, &str) -> String) -> Strin
         }
         s.push('\n');
     }
-    s.push_str(&exit_status(exit_codes(subcommand)));
+    if subcommand == "ocf-agent" {
+        s.push_str(OCF_EXIT_STATUS);
+    } else {
+        s.push_str(&exit_status(exit_codes(subcommand)));
+    }
     s
 }
+
+/// The agent's exit statuses: OCF return codes (ClusterLabs OCF-spec), not mirrorctl's.
+const OCF_EXIT_STATUS: &str = "EXIT STATUS (OCF return codes):
+  0  success (monitor: running unpromoted)
+  1  generic error
+  2  a parameter has a bad value
+  3  unknown action
+  5  not installed: the image or a TLS file is missing on this node
+  6  not configured: a required parameter is missing
+  7  not running
+  8  running promoted
+  9  promoted, but serve is gone (failed promoted)";
 
 /// Width of an example's lines: short enough that `--help` on an 80-column terminal never
 /// wraps them (clap would wrap a longer line back to column 0).
@@ -265,6 +281,20 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
                 "writes acknowledged only while a secondary is in sync",
             ),
         ],
+        "export" => &[
+            (
+                "mirrorctl export /srv/vm.img --listen 192.0.2.2:10810 --export vm --tls-cert b.pem --tls-key b.key --tls-ca ca.pem",
+                "on machine B: its secondary, for a primary with a certificate from ca.pem",
+            ),
+            (
+                "mirrorctl attach /srv/vm.img 'nbds://192.0.2.2:10810/vm?tls-certificates=/etc/mirrorctl/tls'",
+                "then on machine A: the export becomes a leg of A's mirror",
+            ),
+            (
+                "mirrorctl export /srv/vm.img --listen 192.0.2.1:10810 --export vm --tls-cert a.pem --tls-key a.key --tls-ca ca.pem --rejoin",
+                "a former primary, offered to the new primary's `attach` (it is taken back as a secondary)",
+            ),
+        ],
         "set" => &[
             (
                 "mirrorctl set /srv/vm.img --min-in-sync 0",
@@ -273,6 +303,20 @@ pub fn examples(subcommand: &str) -> &'static [(&'static str, &'static str)] {
             (
                 "mirrorctl set /srv/vm.img --min-in-sync 2",
                 "from now on, only with two secondaries in sync",
+            ),
+        ],
+        "ocf-agent" => &[
+            (
+                "mirrorctl ocf-agent meta-data",
+                "the agent's parameters and actions (OCF 1.0 XML)",
+            ),
+            (
+                "OCF_RESOURCE_INSTANCE=vm OCF_RESKEY_image=/srv/vm.img OCF_RESKEY_nodes='alpha=10.0.0.1 beta=10.0.0.2' OCF_RESKEY_insecure=true mirrorctl ocf-agent validate-all",
+                "check parameters by hand (exit 0, or 2, 5, 6 with the reason)",
+            ),
+            (
+                "mirrorctl ocf-agent monitor",
+                "what Pacemaker runs, OCF_RESKEY_* set: 0, 7, 8 or 9",
             ),
         ],
         "name" => &[
@@ -308,7 +352,7 @@ pub fn exit_status(codes: &[u8]) -> String {
 /// The exit statuses each subcommand can return.
 pub fn exit_codes(subcommand: &str) -> &'static [u8] {
     match subcommand {
-        "create" | "fracture" | "detach" | "serve" | "set" => &[0, 2, 4, 5],
+        "create" | "fracture" | "detach" | "serve" | "set" | "export" => &[0, 2, 4, 5],
         // status takes no lock: never busy.
         "status" => &[0, 2, 3, 4],
         // events takes no lock either, and changes nothing.
@@ -424,6 +468,10 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// write goes to the primary and every in-sync secondary; runs until SIGTERM or SIGINT.
     #[command(long_about = SERVE_ABOUT, after_help = after("serve"))]
     Serve(ServeArgs),
+    /// Export one image raw over NBD (header included), as the secondary of a primary on
+    /// another machine (instead of qemu-nbd); refused once the image becomes a primary.
+    #[command(long_about = EXPORT_ABOUT, after_help = after("export"))]
+    Export(ExportArgs),
     /// Name a mirror, forget a name, or list the names: `mirrorctl name PRIMARY NAME`,
     /// `mirrorctl name --remove NAME`, `mirrorctl name`.
     #[command(long_about = NAME_ABOUT, after_help = after("name"))]
@@ -432,7 +480,12 @@ in the text, MIRRORCTL_LEG and event details; the JSON `leg` field keeps the ful
     /// socket.
     #[command(after_help = after("set"))]
     Set(SetArgs),
-    /// Write man pages and shell completions (for packaging and the repository).
+    /// The Pacemaker resource agent (promotable OCF agent ocf:mirrorctl:mirror): run by
+    /// the cluster through the wrapper /usr/lib/ocf/resource.d/mirrorctl/mirror.
+    #[command(name = "ocf-agent", long_about = OCF_ABOUT, after_help = after("ocf-agent"))]
+    OcfAgent(OcfAgentArgs),
+    /// Write man pages, shell completions and the OCF agent's wrapper (for packaging and
+    /// the repository).
     #[command(hide = true)]
     Generate(GenerateArgs),
     /// For the shell completions: the slots and locations of PRIMARY's legs, one per line
@@ -462,7 +515,9 @@ impl Command {
             | Command::Fracture(_)
             | Command::Detach(_)
             | Command::Serve(_)
+            | Command::Export(_)
             | Command::Set(_)
+            | Command::OcfAgent(_)
             | Command::Generate(_)
             | Command::CompleteLegs(_) => false,
         }
@@ -1072,6 +1127,133 @@ pub struct ServeArgs {
     /// started) and counts as failed.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
     pub fence_timeout: Duration,
+}
+
+const OCF_ABOUT: &str = "The Pacemaker resource agent: `mirrorctl ocf-agent ACTION` is the \
+promotable OCF resource agent ocf:mirrorctl:mirror (the wrapper installed as \
+/usr/lib/ocf/resource.d/mirrorctl/mirror runs it). Pacemaker runs it with the parameters in \
+OCF_RESKEY_* variables; its exit status is an OCF return code, not one of mirrorctl's.
+
+Actions: start (export this node's image with `mirrorctl export`, --rejoin for a former \
+primary), stop, monitor (0 unpromoted and exporting, 8 promoted and serving, 7 stopped, 9 \
+promoted but serve is gone), promote (stop the export, `mirrorctl promote` a secondary, \
+place the fencing constraint if a peer is not in sync, `mirrorctl serve` with \
+--min-in-sync and the fencing hooks, then attach the peers' exports in the background), \
+demote (stop serve cleanly, export again), notify (0), meta-data, validate-all; and \
+fence-peer / unfence-peer, which serve runs as its --fence-peer and --unfence hooks: they \
+add and remove the location constraint mirrorctl-fence-RESOURCE (promoted on no node but \
+this one) with cibadmin.
+
+Parameters (see `mirrorctl ocf-agent meta-data`): image and nodes (required; nodes is \
+NODE=ADDRESS[:PORT] for every node), export_port (10810), export_name (mirror), tls_cert, \
+tls_key, tls_ca (required unless insecure=true), insecure, socket or listen (where serve \
+takes hosts), serve_options, min_in_sync (0), fence (true), state_dir \
+(/run/mirrorctl/ocf-RESOURCE: pid files and logs of the processes it starts).
+
+Promotion scores (crm_attribute --promotion): 10000 while promoted, 1000 for an in-sync \
+secondary at the current generation or a cleanly stopped primary, 100 for a primary that \
+was not stopped cleanly; none (0: the attribute is removed, since Pacemaker promotes an \
+instance scored 0 when no other can be) for a syncing, fractured, stale, detached or damaged \
+image.
+
+Return codes: 0 success, 1 generic error, 2 bad parameter, 3 unknown action, 5 not \
+installed (the image or a TLS file missing on this node), 6 not configured (a required \
+parameter missing), 7 not running, 8 running promoted, 9 failed promoted.";
+
+#[derive(Args, Debug)]
+pub struct OcfAgentArgs {
+    /// start, stop, monitor, promote, demote, notify, meta-data, validate-all, fence-peer
+    /// or unfence-peer.
+    pub action: String,
+    /// What the agent passes its own background runs.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+const EXPORT_ABOUT: &str = "Export one image file or block device raw over NBD: the whole image, \
+header included, as `qemu-nbd -f raw --cache=none` would. It is the secondary side of a mirror \
+whose primary is on another machine: there, `mirrorctl attach PRIMARY nbds://HOST:PORT/NAME` \
+makes it a leg, and the primary's writes, flushes and resyncs come over the network.
+
+It takes an image whose header is a secondary (or a detached one), an image with no mirrorctl \
+header (blank, for the primary to attach: attach refuses data it would destroy), and with \
+--rejoin a former primary (for the mirror's current primary to take back as a secondary with \
+`attach`, which copies only what differs). A primary without --rejoin, or a damaged header, is \
+refused (exit 2). It holds the image's lock while it runs: local commands on the image say \
+busy, and `status` names the export's pid.
+
+Flush is an fdatasync of the image; FUA is honoured; TRIM and WRITE_ZEROES punch holes where \
+the file system can. After every write into the two superblock copies it reads the header \
+back: once the image has become a primary (`mirrorctl promote nbds://...` through the export; \
+with --rejoin, after it was a secondary again), every request of any other connection gets \
+ESHUTDOWN, one log line says so, and the export exits (0) when the promoting connection ends, \
+so that `mirrorctl serve IMAGE` can serve it by path.
+
+TLS, the listening and the limits work as in serve: --tls-cert/--tls-key (TLS required), \
+--tls-ca (clients must present a certificate from it), --tls-allow, --handshake-limit, \
+--write-timeout, --max-connections; a non-loopback --listen needs TLS required or --insecure. \
+SIGTERM or Ctrl-C: the requests in flight are answered, the image synced, exit 0; a second \
+one ends it at once. Under systemd READY=1 is sent once it listens; log lines go to stderr as \
+`mirrorctl export: ...` with journald priorities.";
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["socket", "listen"])))]
+pub struct ExportArgs {
+    /// The image to export (file or block device): a secondary, a blank image, or with
+    /// --rejoin a former primary.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
+    pub image: PathBuf,
+    /// Listen on this Unix socket (mode 0600).
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP HOST:PORT (port 0: any free port, logged). An address that is not
+    /// loopback needs TLS required (--tls-cert, --tls-key) or --insecure.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// The export name clients ask for (the NAME of nbds://HOST:PORT/NAME; default: the
+    /// empty name).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub export: String,
+    /// Offer a former primary (its header says primary, and nothing runs it) for the
+    /// mirror's current primary to take back as a secondary with `attach`. It is watched
+    /// for becoming a primary again only once it is a secondary.
+    #[arg(long)]
+    pub rejoin: bool,
+    /// TLS certificate (PEM; the server's first, then any intermediates) presented to
+    /// clients. Needs --tls-key. Read once at start.
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted). Refused if others may read it
+    /// (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients (the primary's NBD leg) must present a certificate signed by
+    /// this CA (PEM), or are refused.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: admit only clients whose certificate is for NAME; repeat for more.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_allow: Vec<String>,
+    /// Whether clients must start TLS: require (the default with --tls-cert), on, or off
+    /// (the default without a certificate).
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub tls: Option<crate::server::handshake::TlsPolicy>,
+    /// A client must finish its handshake (TLS included) within this, or it is
+    /// disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub handshake_limit: Duration,
+    /// A client that takes none of its replies for this long is disconnected; a stop gives
+    /// clients at most this long to take the replies of the requests in flight.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub write_timeout: Duration,
+    /// Clients served at once (handshakes included); one more is refused with a log line.
+    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
+    /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
+    /// anyone who can reach the port can read and overwrite the image.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Args, Debug)]

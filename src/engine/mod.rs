@@ -11,6 +11,7 @@
 mod activity;
 mod attach;
 pub mod create;
+pub mod export;
 pub mod failover;
 pub mod fence;
 pub(crate) mod legs;

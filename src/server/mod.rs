@@ -10,13 +10,14 @@
 //! connection down both ways; a second signal ends the process at once without the clean
 //! stop (nothing synced, no intent cleared: the next command recovers the hot set).
 
+pub mod backend;
 pub mod control;
 pub mod handshake;
 pub mod request;
 pub mod transmission;
 
 use crate::device::nbd::proto::*;
-use crate::engine::serve::Server;
+pub use backend::{Backend, StopHandle};
 use handshake::{ExportInfo, Negotiated, Outcome, TlsPolicy};
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -70,9 +71,25 @@ pub fn log_line(msg: &str) {
     );
 }
 
+/// The command the log lines name (`serve` unless [`set_log_name`] said otherwise).
+static LOG_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the command in every later log line (`mirrorctl export: ...`); set once, before
+/// the first line.
+pub fn set_log_name(name: &'static str) {
+    let _ = LOG_NAME.set(name);
+}
+
 /// One log line on stderr at priority `p` (for lines whose text does not start with it).
 pub fn log_line_at(p: crate::systemd::Priority, msg: &str) {
-    crate::systemd::eprint_at(p, &format!("mirrorctl serve: {}", crate::error::plain(msg)));
+    crate::systemd::eprint_at(
+        p,
+        &format!(
+            "mirrorctl {}: {}",
+            LOG_NAME.get().copied().unwrap_or("serve"),
+            crate::error::plain(msg)
+        ),
+    );
 }
 
 /// The transmission flags of an export.
@@ -384,6 +401,43 @@ pub fn block_stop_signals() -> libc::sigset_t {
 pub struct Summary {
     pub connections: u64,
     pub signal: Option<&'static str>,
+    /// Why the backend stopped the service (see [`StopHandle`]), when it did.
+    pub stopped_by: Option<String>,
+}
+
+/// What a stop, by signal or by the backend, does to the front end.
+pub(crate) struct StopState {
+    stopping: AtomicBool,
+    /// The listening socket.
+    lfd: RawFd,
+    conns: Conns,
+    why: Mutex<Option<String>>,
+}
+
+impl StopState {
+    /// No more clients; every connection's reading ends (the requests read are answered).
+    fn begin(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // SAFETY: shutdown on descriptors this process owns (the listener lives as long as
+        // `run`, the entries own theirs; a closed one only makes the call fail).
+        unsafe { libc::shutdown(self.lfd, libc::SHUT_RDWR) };
+        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: as above.
+            unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
+        }
+    }
+
+    fn stop(&self, why: &str) {
+        {
+            let mut w = self.why.lock().unwrap_or_else(|p| p.into_inner());
+            if w.is_some() || self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            *w = Some(why.to_string());
+        }
+        crate::systemd::notify(&format!("STOPPING=1\nSTATUS=stopping: {why}"), &log_line);
+        self.begin();
+    }
 }
 
 /// Starts a named thread, or says why it could not be started.
@@ -399,8 +453,8 @@ fn start_thread<T: Send + 'static>(
 /// (clients get at most `limits.write_timeout` to take the replies, then every connection
 /// is shut down), and returns (the caller stops the engine: sync, clear intents). A second
 /// signal ends the process at once (see [`hard_stop`]).
-pub fn run(
-    srv: Arc<Server>,
+pub fn run<B: Backend>(
+    srv: Arc<B>,
     mut bound: Bound,
     listen: &Listen,
     export: &str,
@@ -422,16 +476,9 @@ pub fn run(
         size: srv.size(),
         flags: export_flags(srv.read_only(), srv.fast_zero()),
     });
-    let (hot, cap) = srv.hot();
     log_line(&format!(
-        "serving {description} ({} bytes; {} receiving writes; {} hot extents of {} allowed) at {}",
-        srv.size(),
-        match srv.legs() {
-            1 => "1 secondary".to_string(),
-            n => format!("{n} secondaries"),
-        },
-        hot,
-        cap,
+        "serving {description} ({}) at {}",
+        srv.serving(),
         uri(listen, export, local, tls.policy == TlsPolicy::Require)
     ));
     if let Some(t) = tls.summary() {
@@ -446,13 +493,22 @@ pub fn run(
         ),
         &log_line,
     );
-    let stopping = Arc::new(AtomicBool::new(false));
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let conns: Conns = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(StopState {
+        stopping: AtomicBool::new(false),
+        lfd,
+        conns: conns.clone(),
+        why: Mutex::new(None),
+    });
+    srv.stop_handle(StopHandle {
+        inner: stop.clone(),
+    });
+    let stop_work = srv.stop_work();
+    let hard = srv.hard_stop();
     {
-        let stopping = stopping.clone();
+        let stop = stop.clone();
         let signal = signal.clone();
-        let conns = conns.clone();
         let socket = match &listener {
             Listener::Unix(_, p) => Some(p.clone()),
             Listener::Tcp(_) => None,
@@ -461,36 +517,30 @@ pub fn run(
         // final sync) ends the process too.
         start_thread("stop-signals", move || {
             let mut sig: libc::c_int = 0;
-            // SAFETY: sigwait on the set blocked above; shutdown on descriptors this
-            // process owns (a closed one only makes the call fail).
-            unsafe {
-                libc::sigwait(&set, &mut sig);
-                crate::systemd::notify(
-                    &format!(
-                        "STOPPING=1\nSTATUS=stopping on {}: finishing the requests in flight, then syncing every leg",
-                        signal_name(sig)
-                    ),
-                    &log_line,
-                );
-                *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
-                stopping.store(true, Ordering::SeqCst);
-                libc::shutdown(lfd, libc::SHUT_RDWR);
-                for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD);
-                }
-                libc::sigwait(&set, &mut sig);
-            }
-            hard_stop(sig, socket.as_deref(), cap);
+            // SAFETY: sigwait on the set blocked above.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            crate::systemd::notify(
+                &format!(
+                    "STOPPING=1\nSTATUS=stopping on {}: finishing the requests in flight, then {stop_work}",
+                    signal_name(sig)
+                ),
+                &log_line,
+            );
+            *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
+            stop.begin();
+            // SAFETY: as above.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            hard_stop(sig, socket.as_deref(), &hard);
         })?;
     }
     // A client that has not finished its handshake (TLS included) in time is disconnected:
     // connections that say nothing, or start TLS and stall, hold no thread for long.
     let watchdog = {
-        let (stopping, conns) = (stopping.clone(), conns.clone());
+        let (stop, conns) = (stop.clone(), conns.clone());
         start_thread("handshake-limit", move || {
             let tick =
                 (handshake_limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-            while !stopping.load(Ordering::SeqCst) {
+            while !stop.stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(tick);
                 let now = Instant::now();
                 for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
@@ -512,7 +562,7 @@ pub fn run(
             Listener::Unix(l, _) => match l.accept() {
                 Ok((s, _)) => (Conn::Unix(s), "unix socket".to_string()),
                 Err(e) => {
-                    if stopping.load(Ordering::SeqCst) {
+                    if stop.stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     // Out of descriptors, say: log it and give it a moment, never spin.
@@ -527,7 +577,7 @@ pub fn run(
                     (Conn::Tcp(s), a.to_string())
                 }
                 Err(e) => {
-                    if stopping.load(Ordering::SeqCst) {
+                    if stop.stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     // Out of descriptors, say: log it and give it a moment, never spin.
@@ -537,7 +587,7 @@ pub fn run(
                 }
             },
         };
-        if stopping.load(Ordering::SeqCst) {
+        if stop.stopping.load(Ordering::SeqCst) {
             break;
         }
         let live = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -575,14 +625,14 @@ pub fn run(
         let write_timeout = limits.write_timeout;
         let who = peer.clone();
         let started = start_thread("nbd-connection", move || {
-            srv.client_opened();
+            srv.client_opened(id);
             let limit = Handshaking {
                 conns: &conns2,
                 id,
                 limit: handshake_limit,
             };
             connection(id, conn, peer, &srv, &info, &tls, &limit, write_timeout);
-            srv.client_closed();
+            srv.client_closed(id);
             conns2
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -646,10 +696,14 @@ pub fn run(
     if let Listener::Unix(_, p) = &listener {
         let _ = std::fs::remove_file(p);
     }
+    // The listener is closed on return: a later stop must not shut its number down.
+    stop.stopping.store(true, Ordering::SeqCst);
     let sig = *signal.lock().unwrap_or_else(|p| p.into_inner());
+    let stopped_by = stop.why.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(Summary {
         connections: n,
         signal: sig,
+        stopped_by,
     })
 }
 
@@ -665,11 +719,11 @@ fn signal_name(sig: libc::c_int) -> &'static str {
 /// Requests in flight get no reply, nothing is synced and no write intent is cleared
 /// (intents are only ever cleared after a sync on every leg, W2), so the data is as safe as
 /// after a crash: the next command finds an unclean stop and marks the hot set for resync.
-fn hard_stop(sig: libc::c_int, socket: Option<&Path>, hot_cap: usize) {
-    log_line_at(crate::systemd::Priority::Warning, &format!(
-        "second {}: stopping at once, without the clean stop: requests in flight get no reply, the legs are not synced and the write intents stay marked; the next command recovers the hot set (at most {hot_cap} extents of 4 MiB) as after a crash",
-        signal_name(sig)
-    ));
+fn hard_stop(sig: libc::c_int, socket: Option<&Path>, what: &str) {
+    log_line_at(
+        crate::systemd::Priority::Warning,
+        &format!("second {}: {what}", signal_name(sig)),
+    );
     if let Some(p) = socket {
         let _ = std::fs::remove_file(p);
     }
@@ -834,11 +888,11 @@ fn handshake_end(end: HandshakeEnd, told_tls: bool) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn connection(
+fn connection<B: Backend>(
     id: u64,
     conn: Conn,
     peer: String,
-    srv: &Arc<Server>,
+    srv: &Arc<B>,
     info: &ExportInfo,
     tls: &Tls,
     limit: &Handshaking,
@@ -871,14 +925,17 @@ fn connection(
         (true, false) => "TLS",
         (true, true) => "TLS, client certificate verified",
     };
-    srv.client_connected(&format!(
-        "client {id}: {peer}{}",
-        if how.is_empty() {
-            String::new()
-        } else {
-            format!(" ({how})")
-        }
-    ));
+    srv.client_connected(
+        id,
+        &format!(
+            "client {id}: {peer}{}",
+            if how.is_empty() {
+                String::new()
+            } else {
+                format!(" ({how})")
+            }
+        ),
+    );
     log(&format!(
         "connected ({peer}; {}{} replies{})",
         if how.is_empty() {
@@ -908,7 +965,7 @@ fn connection(
         conn: writer,
         timeout: write_timeout,
     };
-    let end = transmission::transmit(&mut reader, Box::new(writer), srv, neg, &log);
+    let end = transmission::transmit(id, &mut reader, Box::new(writer), srv, neg, &log);
     if let Conn::Tls(t) = &reader {
         t.close();
     }

@@ -11,11 +11,12 @@
 //!   workers wait, the queue of requests fills and its requests are no longer read. A client
 //!   that takes nothing for the write timeout is dropped (the socket's send timeout).
 
+use super::backend::Backend;
 use super::handshake::{transmission_flags, Negotiated, BASE_ALLOCATION_ID};
 use super::request::{self, Command, Header, Invalid, Limits, HEADER_LEN};
 use crate::device::nbd::proto::*;
 use crate::device::{read_full, AlignedBuf, DIRECT_ALIGN};
-use crate::engine::serve::{Failure, Mutation, Server, Ticket};
+use crate::engine::serve::{Failure, Mutation};
 use std::collections::VecDeque;
 use std::io::BufReader;
 use std::io::{Read, Write};
@@ -78,14 +79,14 @@ impl Budget {
     }
 }
 
-struct Job {
+struct Job<T> {
     handle: u64,
     typ: u16,
     flags: u16,
     off: u64,
     len: u32,
     data: AlignedBuf,
-    ticket: Option<Ticket>,
+    ticket: Option<T>,
     /// Payload bytes charged to the budget.
     charged: u64,
 }
@@ -135,14 +136,14 @@ impl Pool {
 /// Requests waiting for a worker. A send wakes one idle worker and only when one is idle (a
 /// mutex around a channel's receiver would wake a second thread per request). It also
 /// says when a worker should be added: more jobs wait than workers are free.
-struct Queue {
-    st: Mutex<QueueState>,
+struct Queue<T> {
+    st: Mutex<QueueState<T>>,
     ready: Condvar,
     room: Condvar,
 }
 
-struct QueueState {
-    jobs: VecDeque<Job>,
+struct QueueState<T> {
+    jobs: VecDeque<Job<T>>,
     idle: usize,
     closed: bool,
     /// Workers started (or being started).
@@ -153,8 +154,8 @@ struct QueueState {
     no_more: bool,
 }
 
-impl Queue {
-    fn new() -> Queue {
+impl<T> Queue<T> {
+    fn new() -> Queue<T> {
         Queue {
             st: Mutex::new(QueueState {
                 jobs: VecDeque::with_capacity(QUEUE_DEPTH),
@@ -172,7 +173,7 @@ impl Queue {
     /// Queues a job, waiting while [`QUEUE_DEPTH`] are queued and not yet taken. True when
     /// the caller should start one more worker (counted as started already; see
     /// [`Queue::not_started`]).
-    fn send(&self, j: Job) -> bool {
+    fn send(&self, j: Job<T>) -> bool {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         while st.jobs.len() >= QUEUE_DEPTH {
             st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -206,7 +207,7 @@ impl Queue {
 
     /// The next job, or `None` once closed and drained, or when this worker has been idle
     /// for [`IDLE_WORKER`] and is not the last one. `done` says the caller finished a job.
-    fn recv(&self, done: bool) -> Option<Job> {
+    fn recv(&self, done: bool) -> Option<Job<T>> {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         if done {
             st.busy -= 1;
@@ -414,10 +415,12 @@ impl Replies {
 }
 
 /// Runs one request and sends its reply.
-fn run(
-    job: Job,
+#[allow(clippy::too_many_arguments)]
+fn run<B: Backend>(
+    client: u64,
+    job: Job<B::Ticket>,
     data: &[u8],
-    srv: &Server,
+    srv: &B,
     rep: &Replies,
     pool: &Pool,
     neg: &Negotiated,
@@ -438,7 +441,7 @@ fn run(
             let mut buf = pool.get(len as usize);
             // Only a read that filled the whole buffer is sent (a reused buffer holds an
             // earlier request's bytes).
-            match srv.read(off, &mut buf) {
+            match srv.read(client, off, &mut buf) {
                 Ok(()) if rep.structured => {
                     rep.chunk(handle, REPLY_TYPE_OFFSET_DATA, &[&off.to_be_bytes(), &buf])
                 }
@@ -448,7 +451,12 @@ fn run(
             pool.put(buf);
             return;
         }
-        CMD_WRITE => srv.mutate(ticket.expect("write ticket"), Mutation::Write(data), fua),
+        CMD_WRITE => srv.mutate(
+            client,
+            ticket.expect("write ticket"),
+            Mutation::Write(data),
+            fua,
+        ),
         CMD_WRITE_ZEROES => {
             let t = ticket.expect("zero ticket");
             if flags & CMD_FLAG_FAST_ZERO != 0 {
@@ -460,6 +468,7 @@ fn run(
             }
             let punch = flags & CMD_FLAG_NO_HOLE == 0;
             srv.mutate(
+                client,
                 t,
                 Mutation::Zero {
                     len: u64::from(len),
@@ -469,6 +478,7 @@ fn run(
             )
         }
         CMD_TRIM => srv.mutate(
+            client,
             ticket.expect("trim ticket"),
             Mutation::Zero {
                 len: u64::from(len),
@@ -476,9 +486,9 @@ fn run(
             },
             fua,
         ),
-        CMD_FLUSH => srv.flush(),
+        CMD_FLUSH => srv.flush(client),
         CMD_CACHE => Ok(()),
-        CMD_BLOCK_STATUS => match srv.extents(off, u64::from(len)) {
+        CMD_BLOCK_STATUS => match srv.extents(client, off, u64::from(len)) {
             Ok(ext) => {
                 let mut p = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
                 let one = flags & CMD_FLAG_REQ_ONE != 0;
@@ -501,9 +511,11 @@ fn run(
     }
 }
 
-fn worker(
-    q: &Queue,
-    srv: &Server,
+#[allow(clippy::too_many_arguments)]
+fn worker<B: Backend>(
+    client: u64,
+    q: &Queue<B::Ticket>,
+    srv: &B,
     rep: &Replies,
     pool: &Pool,
     budget: &Budget,
@@ -515,7 +527,7 @@ fn worker(
         done = true;
         let charged = job.charged;
         let data = std::mem::replace(&mut job.data, AlignedBuf::empty());
-        run(job, &data, srv, rep, pool, neg, log);
+        run(client, job, &data, srv, rep, pool, neg, log);
         pool.put(data);
         budget.give(charged);
     }
@@ -523,10 +535,11 @@ fn worker(
 
 /// Reads requests until the client disconnects; every request read is answered before this
 /// returns (workers are joined).
-pub fn transmit(
+pub fn transmit<B: Backend>(
+    client: u64,
     input: &mut dyn Read,
     output: Box<dyn Write + Send>,
-    srv: &Arc<Server>,
+    srv: &Arc<B>,
     neg: Negotiated,
     log: &(dyn Fn(&str) + Sync),
 ) -> End {
@@ -543,7 +556,7 @@ pub fn transmit(
     // (and small payloads); a large payload is read straight into its own buffer.
     let mut input = BufReader::with_capacity(64 << 10, input);
     let end = std::thread::scope(|sc| {
-        let work = || worker(&q, srv, &rep, &pool, &budget, &neg, log);
+        let work = || worker(client, &q, &**srv, &rep, &pool, &budget, &neg, log);
         let start = || {
             std::thread::Builder::new()
                 .name("nbd-worker".into())
@@ -556,7 +569,7 @@ pub fn transmit(
                 "refused: no thread could be started for its requests ({e})"
             ));
         }
-        let end = read_loop(&mut input, srv, &rep, &pool, &budget, &neg, log, |j| {
+        let end = read_loop(&mut input, &**srv, &rep, &pool, &budget, &neg, log, |j| {
             if rep.failed().is_some() {
                 // Its replies can no longer be sent: nothing more of it is run.
                 if let Some(t) = j.ticket {
@@ -586,15 +599,15 @@ pub fn transmit(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn read_loop(
+fn read_loop<B: Backend>(
     input: &mut dyn Read,
-    srv: &Server,
+    srv: &B,
     rep: &Replies,
     pool: &Pool,
     budget: &Budget,
     neg: &Negotiated,
     log: &dyn Fn(&str),
-    mut dispatch: impl FnMut(Job),
+    mut dispatch: impl FnMut(Job<B::Ticket>),
 ) -> End {
     let limits = Limits {
         size: srv.size(),
@@ -696,7 +709,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn job(handle: u64) -> Job {
+    fn job(handle: u64) -> Job<()> {
         Job {
             handle,
             typ: CMD_FLUSH,

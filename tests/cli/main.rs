@@ -20,6 +20,7 @@ mod mirror_faults;
 mod monitoring;
 mod names;
 mod nbd;
+mod ocf;
 mod output;
 mod quorum;
 mod rule_index;

@@ -669,6 +669,7 @@ fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_unit
         .env("DESTDIR", &dest)
         .env("CARGO_TARGET_DIR", target)
         .env_remove("UNITDIR")
+        .env_remove("OCFDIR")
         .output()
         .unwrap();
     assert!(
@@ -680,6 +681,7 @@ fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_unit
         (root.join("bin/mirrorctl"), 0o755),
         (root.join("bin/.debug/mirrorctl.debug"), 0o644),
         (root.join("lib/mirrorctl/alert"), 0o755),
+        (root.join("lib/ocf/resource.d/mirrorctl/mirror"), 0o755),
         (
             root.join("share/bash-completion/completions/mirrorctl"),
             0o644,
@@ -751,6 +753,12 @@ fn the_readme_install_block_with_prefix_and_destdir_installs_every_file_and_unit
     assert!(sections(&root.join("bin/.debug/mirrorctl.debug")).contains(".debug_line"));
     let v = Command::new(&installed).arg("--version").output().unwrap();
     assert!(v.status.success(), "{v:?}");
+    // The OCF agent's wrapper runs the installed binary.
+    let agent = std::fs::read_to_string(root.join("lib/ocf/resource.d/mirrorctl/mirror")).unwrap();
+    assert_eq!(
+        agent,
+        "#!/bin/sh\nexec /opt/mc/bin/mirrorctl ocf-agent \"$@\"\n"
+    );
     let events = std::fs::read_to_string(unitdir.join("mirrorctl-events@.service")).unwrap();
     assert!(
         events.contains("--exec /opt/mc/lib/mirrorctl/alert "),

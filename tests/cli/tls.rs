@@ -81,6 +81,11 @@ impl Pki {
         self.sign_for(who, usage, san, "digitalSignature,keyEncipherment");
     }
 
+    /// [`Pki::sign`] for other test files (a node certificate for both ends, say).
+    pub(crate) fn sign_pub(&self, who: &str, usage: &str, san: &str) {
+        self.sign(who, usage, san);
+    }
+
     /// [`Pki::sign`] with the key usage given.
     fn sign_for(&self, who: &str, usage: &str, san: &str, key_usage: &str) {
         let ext = format!(

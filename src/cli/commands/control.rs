@@ -201,10 +201,12 @@ fn run(
         Command::Read(_) => busy("read"),
         Command::Promote(_) => busy("promote"),
         Command::Serve(_) => busy("serve"),
+        Command::Export(_) => busy("export"),
         Command::Create(_) => busy("create"),
         Command::Status(_)
         | Command::Events(_)
         | Command::Generate(_)
+        | Command::OcfAgent(_)
         | Command::Name(_)
         | Command::CompleteNames
         | Command::CompleteLegs(_) => Err(Error::invalid(

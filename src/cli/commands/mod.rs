@@ -24,6 +24,7 @@ mod attach;
 mod control;
 mod create;
 mod events;
+mod export;
 mod legs;
 pub mod names;
 mod promote;
@@ -66,9 +67,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify::verify(&ctx, a),
         Command::Promote(a) => promote::promote(&ctx, a),
         Command::Serve(a) => serve::serve(&ctx, a),
+        Command::Export(a) => export::export(&ctx, a),
         Command::Name(a) => names::name_cmd(a),
         Command::CompleteNames => names::complete_names(),
         Command::Set(a) => set::set(&ctx, a),
+        // The agent's exit status is an OCF return code.
+        Command::OcfAgent(a) => std::process::exit(crate::ocf::run::main(&a.action)),
         Command::CompleteLegs(a) => {
             // Best effort, for a shell waiting on a Tab: what can be read, nothing else.
             if let Ok(dev) = FileDevice::open(&a.primary, false) {

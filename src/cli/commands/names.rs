@@ -205,9 +205,11 @@ fn primary_of(cmd: &mut Command) -> Option<&mut PathBuf> {
         Command::Set(a) => Some(&mut a.primary),
         Command::CompleteLegs(a) => Some(&mut a.primary),
         Command::Create(_)
+        | Command::Export(_)
         | Command::Promote(_)
         | Command::Name(_)
         | Command::Generate(_)
+        | Command::OcfAgent(_)
         | Command::CompleteNames => None,
     }
 }

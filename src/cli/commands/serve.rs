@@ -5,9 +5,30 @@ use super::*;
 use crate::server::handshake::TlsPolicy;
 use crate::server::{self, Listen, Tls};
 
+/// The TLS flags of `serve` and `export`.
+pub(super) struct TlsFlags<'a> {
+    pub tls: Option<TlsPolicy>,
+    pub tls_cert: &'a Option<PathBuf>,
+    pub tls_key: &'a Option<PathBuf>,
+    pub tls_ca: &'a Option<PathBuf>,
+    pub tls_allow: &'a [String],
+}
+
+impl<'a> TlsFlags<'a> {
+    fn of(a: &'a cli::ServeArgs) -> TlsFlags<'a> {
+        TlsFlags {
+            tls: a.tls,
+            tls_cert: &a.tls_cert,
+            tls_key: &a.tls_key,
+            tls_ca: &a.tls_ca,
+            tls_allow: &a.tls_allow,
+        }
+    }
+}
+
 /// TLS as the flags ask: the certificate, key and CA read now, before anything changes.
-fn tls(a: &cli::ServeArgs) -> Result<Tls> {
-    let policy = match (a.tls, &a.tls_cert) {
+pub(super) fn tls(a: &TlsFlags) -> Result<Tls> {
+    let policy = match (a.tls, a.tls_cert) {
         (Some(TlsPolicy::Off), Some(_)) => {
             return Err(Error::invalid(
                 "--tls off with --tls-cert: drop --tls-cert, or say --tls on or --tls require",
@@ -34,7 +55,10 @@ fn tls(a: &cli::ServeArgs) -> Result<Tls> {
     }
     let files = crate::tls::ServerFiles {
         cert: a.tls_cert.clone().expect("checked above"),
-        key: a.tls_key.clone().expect("clap requires it with --tls-cert"),
+        key: a
+            .tls_key
+            .clone()
+            .ok_or_else(|| Error::invalid("--tls-cert needs --tls-key"))?,
         ca: a.tls_ca.clone(),
     };
     let config = crate::tls::server_config(&files).map_err(|e| Error::invalid(e.to_string()))?;
@@ -42,45 +66,40 @@ fn tls(a: &cli::ServeArgs) -> Result<Tls> {
         policy,
         config: Some(config),
         mutual: files.ca.is_some(),
-        allow: a.tls_allow.clone(),
+        allow: a.tls_allow.to_vec(),
     })
 }
 
-pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
-    // Before any thread starts: every thread inherits the mask, only the waiter sees them;
-    // and $NOTIFY_SOCKET is taken out of the environment while no thread can read it.
-    server::block_stop_signals();
-    crate::systemd::take_notify_socket();
-    let tls = tls(&a)?;
-    let listen = match (&a.socket, &a.listen) {
-        (_, Some(hp)) => {
-            if !hp.contains(':') {
-                return Err(Error::invalid(format!(
-                    "--listen {hp}: give HOST:PORT (e.g. 127.0.0.1:10809, or [::1]:10809)"
-                )));
-            }
-            let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|a| a.is_loopback());
-            if !loopback && tls.policy != TlsPolicy::Require {
-                if !a.insecure {
-                    return Err(Error::invalid(format!(
-                        "--listen {hp} is not a loopback address and TLS is not required: anyone who can reach it could read and overwrite the disk; give --tls-cert FILE --tls-key FILE (and --tls-ca FILE to admit only clients with a certificate), or --insecure to serve in clear text anyway"
-                    )));
-                }
-                server::log_line(&format!(
-                    "warning: --listen {hp} is not a loopback address and TLS is not required (--insecure): anyone who can reach it can read and overwrite the disk"
-                ));
-            }
-            Listen::Tcp(hp.clone())
+/// `--listen HOST:PORT` checked: HOST:PORT form, and a non-loopback address only with TLS
+/// required or `insecure` (then a warning is logged).
+pub(super) fn tcp_listen(hp: &str, tls: &Tls, insecure: bool) -> Result<Listen> {
+    if !hp.contains(':') {
+        return Err(Error::invalid(format!(
+            "--listen {hp}: give HOST:PORT (e.g. 127.0.0.1:10809, or [::1]:10809)"
+        )));
+    }
+    let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+    if !loopback && tls.policy != TlsPolicy::Require {
+        if !insecure {
+            return Err(Error::invalid(format!(
+                "--listen {hp} is not a loopback address and TLS is not required: anyone who can reach it could read and overwrite the disk; give --tls-cert FILE --tls-key FILE (and --tls-ca FILE to admit only clients with a certificate), or --insecure to serve in clear text anyway"
+            )));
         }
-        (Some(p), None) => Listen::Unix(p.clone()),
-        (None, None) => Listen::Unix(server::default_socket(&a.primary)),
-    };
-    if let Listen::Unix(p) = &listen {
+        server::log_line(&format!(
+            "warning: --listen {hp} is not a loopback address and TLS is not required (--insecure): anyone who can reach it can read and overwrite the disk"
+        ));
+    }
+    Ok(Listen::Tcp(hp.to_string()))
+}
+
+/// A Unix socket path that fits in sun_path.
+pub(super) fn check_socket_path(listen: &Listen) -> Result<()> {
+    if let Listen::Unix(p) = listen {
         // sun_path holds 107 bytes and a NUL.
         if p.as_os_str().len() > 107 {
             return Err(Error::invalid(format!(
@@ -89,6 +108,21 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             )));
         }
     }
+    Ok(())
+}
+
+pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
+    // Before any thread starts: every thread inherits the mask, only the waiter sees them;
+    // and $NOTIFY_SOCKET is taken out of the environment while no thread can read it.
+    server::block_stop_signals();
+    crate::systemd::take_notify_socket();
+    let tls = tls(&TlsFlags::of(&a))?;
+    let listen = match (&a.socket, &a.listen) {
+        (_, Some(hp)) => tcp_listen(hp, &tls, a.insecure)?,
+        (Some(p), None) => Listen::Unix(p.clone()),
+        (None, None) => Listen::Unix(server::default_socket(&a.primary)),
+    };
+    check_socket_path(&listen)?;
     let what = match &listen {
         Listen::Unix(p) => format!("listening on {}", p.display()),
         Listen::Tcp(hp) => format!("listening on {hp}"),

@@ -43,6 +43,10 @@ pub fn generate(out: &Path, what: GenerateWhat) -> io::Result<Vec<PathBuf>> {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&path, contents)?;
+        if path.ends_with(OCF_WRAPPER) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
         written.push(path);
     }
     Ok(written)
@@ -52,8 +56,15 @@ pub fn generate(out: &Path, what: GenerateWhat) -> io::Result<Vec<PathBuf>> {
 pub fn render_all() -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = render_man();
     files.extend(render_completions());
+    files.push((
+        PathBuf::from(OCF_WRAPPER),
+        crate::ocf::wrapper().into_bytes(),
+    ));
     files
 }
+
+/// The OCF agent's wrapper, installed as PREFIX/lib/ocf/resource.d/mirrorctl/mirror.
+pub const OCF_WRAPPER: &str = "ocf/mirror";
 
 /// The man pages: `mirrorctl.1`, one `mirrorctl-<sub>.1` per visible subcommand, and
 /// `mirrorctl-format.5`.

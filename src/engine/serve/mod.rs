@@ -100,10 +100,10 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(errno: u32, msg: String) -> Failure {
+    pub(crate) fn new(errno: u32, msg: String) -> Failure {
         Failure { errno, msg }
     }
-    fn io(msg: String, e: &io::Error) -> Failure {
+    pub(crate) fn io(msg: String, e: &io::Error) -> Failure {
         let errno = match e.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ENOSPC,
             Some(libc::EPERM) | Some(libc::EROFS) => EPERM,
@@ -135,13 +135,13 @@ pub enum Mutation<'a> {
 }
 
 impl Mutation<'_> {
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Mutation::Write(d) => d.len() as u64,
             Mutation::Zero { len, .. } => *len,
         }
     }
-    fn apply(&self, d: &dyn Device, at: u64) -> io::Result<()> {
+    pub(crate) fn apply(&self, d: &dyn Device, at: u64) -> io::Result<()> {
         match self {
             // To the disk at once (O_DIRECT where aligned; the page cache otherwise).
             Mutation::Write(data) if data.len() as u64 >= DIRECT_WRITES => d.write_direct(data, at),
