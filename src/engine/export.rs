@@ -10,7 +10,8 @@
 //!   connects. Otherwise a running mirror's primary could be handed to another machine as
 //!   a leg by mistake.
 //! - P9 After every write, zero or trim that touches the superblock area the header is read
-//!   back before the request is answered; once it says primary (with `--rejoin`: after it
+//!   back before the request is answered, no other request running meanwhile (such a write
+//!   waits for the requests in progress and the next ones wait for it); once it says primary (with `--rejoin`: after it
 //!   was a secondary again), every request of every other connection, and of every later
 //!   one, fails with ESHUTDOWN, and the export stops when the connection that promoted it
 //!   ends. Otherwise a former primary still connected to it as a leg would go on writing
@@ -27,7 +28,7 @@ use crate::server::{Backend, StopHandle};
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 /// The bytes that hold the header (both superblock copies): a write there is followed by
 /// a look at the header (P9).
@@ -166,6 +167,9 @@ pub struct Export {
     name: String,
     fast_zero: bool,
     phase: Mutex<Phase>,
+    /// Requests hold it shared; a write into the header area holds it alone, through its
+    /// read-back (P9).
+    order: RwLock<()>,
     stop: Mutex<Option<StopHandle>>,
     log: Box<dyn Fn(&str) + Send + Sync>,
     connections: AtomicU64,
@@ -195,6 +199,7 @@ impl Export {
                 dev,
                 name: name.to_string(),
                 phase: Mutex::new(phase),
+                order: RwLock::new(()),
                 stop: Mutex::new(None),
                 log,
                 connections: AtomicU64::new(0),
@@ -229,8 +234,16 @@ impl Export {
         self.dev.sync()
     }
 
+    /// P9: a request's turn (shared with every other request but a header write), or its
+    /// refusal if another connection promoted the image.
+    fn gate(&self, client: u64) -> Served<RwLockReadGuard<'_, ()>> {
+        let turn = self.order.read().unwrap_or_else(|p| p.into_inner());
+        self.refuse(client)?;
+        Ok(turn)
+    }
+
     /// P9: refuses every request of a connection other than the one that promoted it.
-    fn gate(&self, client: u64) -> Served<()> {
+    fn refuse(&self, client: u64) -> Served<()> {
         if refused(self.phase(), client) {
             return Err(Failure::new(
                 ESHUTDOWN,
@@ -320,7 +333,7 @@ impl Backend for Export {
         }
     }
     fn read(&self, client: u64, off: u64, buf: &mut [u8]) -> Served<()> {
-        self.gate(client)?;
+        let _turn = self.gate(client)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.bytes_read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -329,7 +342,7 @@ impl Backend for Export {
             .map_err(|e| Failure::io(format!("reading {} at offset {off}", self.name), &e))
     }
     fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
-        self.gate(client)?;
+        let _turn = self.gate(client)?;
         let data = self
             .dev
             .data_extents(off..off + len)
@@ -341,7 +354,16 @@ impl Backend for Export {
     }
     fn cancel(&self, _t: Range<u64>) {}
     fn mutate(&self, client: u64, t: Range<u64>, m: Mutation<'_>, fua: bool) -> Served<()> {
-        self.gate(client)?;
+        let header = touches_header(&t);
+        // P9: a header write runs alone, so that no request of another connection lands
+        // after it unchecked.
+        let (_shared, _alone) = if header {
+            let alone = self.order.write().unwrap_or_else(|p| p.into_inner());
+            self.refuse(client)?;
+            (None, Some(alone))
+        } else {
+            (Some(self.gate(client)?), None)
+        };
         let what = match m {
             Mutation::Write(_) => "writing",
             Mutation::Zero { .. } => "zeroing",
@@ -357,14 +379,14 @@ impl Backend for Export {
             self.writes.fetch_add(1, Ordering::Relaxed);
             self.bytes_written.fetch_add(m.len(), Ordering::Relaxed);
         }
-        if touches_header(&t) {
+        if header {
             // P9: read back before the reply.
             self.watch(client);
         }
         Ok(())
     }
     fn flush(&self, client: u64) -> Served<()> {
-        self.gate(client)?;
+        let _turn = self.gate(client)?;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.dev
             .sync()

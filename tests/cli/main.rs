@@ -8,6 +8,7 @@ mod completion;
 mod create_status;
 mod events;
 mod events_follow;
+mod export;
 mod failover;
 mod generated_docs;
 mod ha_cluster;

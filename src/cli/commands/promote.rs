@@ -47,7 +47,26 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     // The former primary, if it can be reached: it is the authority on how current this
     // image is, and it must not be written while it is demoted.
     let mut old = None;
-    if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
+    // A recorded path that names this very image is the former primary's path on another
+    // machine (two machines with the image at the same path, as a cluster has them): not
+    // reachable from here, and opening it would find this command's own lock.
+    let here = |p: &Path| {
+        !nbd::is_uri(&name)
+            && identity(p).is_ok()
+            && identity(p).ok() == identity(&a.secondary).ok()
+    };
+    if img.sb.role == Role::Secondary
+        && !img.sb.primary_location.is_empty()
+        && here(Path::new(&img.sb.primary_location))
+    {
+        crate::systemd::eprint_at(
+            crate::systemd::Priority::Notice,
+            &format!(
+                "mirrorctl: note: former primary not used: its recorded path {} names {name} itself here (it is on another machine)",
+                img.sb.primary_location
+            ),
+        );
+    } else if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
         let p = PathBuf::from(&img.sb.primary_location);
         // The recorded location is the former primary's path on its own machine: after a
         // failover between machines whose images have the same path (a Pacemaker pair), it
