@@ -68,6 +68,7 @@ pub fn require_cluster_tools() {
         require(t, "pacemaker-cli-utils");
     }
     require("ip", "iproute2");
+    require("ss", "iproute2");
     require("nsenter", "util-linux");
     require("unshare", "util-linux");
     assert!(
@@ -535,9 +536,14 @@ impl Cluster {
     /// Clears node2's connection failures so the DC reconnects now (as an admin does once a
     /// node is back), then waits until it is online.
     pub fn rejoin_node2(&self) {
+        let port = format!(":{REMOTE_PORT}");
+        self.wait_for("node2's pacemaker-remoted to listen", 30, |c| {
+            c.node_run(1, "ss", &["-ltnH"]).stdout.contains(&port)
+        });
         let mut last = Instant::now() - Duration::from_secs(60);
         self.wait_for("node2 to come back online", 90, |c| {
-            if c.online("node2") {
+            // Online once nothing is in flight (a connection being started looks online).
+            if c.online("node2") && c.settled() && c.online("node2") {
                 return true;
             }
             // A connection attempt that fails (node2's daemon still starting, the old TCP
@@ -763,4 +769,298 @@ fn a_pacemaker_cluster_promotes_the_surviving_node_when_the_promoted_remote_node
     c.rejoin_node2();
     c.wait_roles("ms", "node1", Some("node2"), 60);
     eprintln!("cluster harness test took {:?}", t0.elapsed());
+}
+
+/// The export port of both nodes (on their veth addresses).
+const EXPORT_PORT: u16 = 23810;
+
+/// The shipped wrapper (`ocf/mirror`, written by `mirrorctl generate`), calling the binary
+/// under test instead of the installed one.
+fn mirror_agent() -> Agent {
+    let shipped = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ocf/mirror")).unwrap();
+    let installed = shipped
+        .lines()
+        .find_map(|l| l.strip_prefix("exec "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("ocf/mirror execs mirrorctl")
+        .to_string();
+    Agent {
+        provider: "mirrorctl".into(),
+        kind: "mirror".into(),
+        script: shipped.replace(&installed, crate::support::bin()),
+    }
+}
+
+/// The promotable clone of `ocf:mirrorctl:mirror` with min_in_sync=1.
+fn mirror_clone(c: &Cluster) -> String {
+    let run = c.run_dir();
+    let p = |k: &str, v: &str| format!(r#"<nvpair id="mirror-{k}" name="{k}" value="{v}"/>"#);
+    let params = [
+        p("image", c.disk().join("a.img").to_str().unwrap()),
+        p(
+            "nodes",
+            &format!(
+                "node1={}:{EXPORT_PORT} node2={}:{EXPORT_PORT}",
+                c.addr[0], c.addr[1]
+            ),
+        ),
+        p("insecure", "true"),
+        p("socket", run.join("serve.sock").to_str().unwrap()),
+        p("state_dir", run.join("state").to_str().unwrap()),
+        p("min_in_sync", "1"),
+    ]
+    .join("\n            ");
+    format!(
+        r#"<clone id="mirror-clone">
+        <meta_attributes id="mirror-clone-meta">
+          <nvpair id="mirror-promotable" name="promotable" value="true"/>
+          <nvpair id="mirror-promoted-max" name="promoted-max" value="1"/>
+          <nvpair id="mirror-clone-max" name="clone-max" value="2"/>
+        </meta_attributes>
+        <primitive id="mirror" class="ocf" provider="mirrorctl" type="mirror">
+          <instance_attributes id="mirror-ia">
+            {params}
+          </instance_attributes>
+          <operations>
+            <op id="mirror-start" name="start" interval="0" timeout="60s"/>
+            <op id="mirror-stop" name="stop" interval="0" timeout="60s"/>
+            <op id="mirror-promote" name="promote" interval="0" timeout="60s"/>
+            <op id="mirror-demote" name="demote" interval="0" timeout="60s"/>
+            <op id="mirror-monitor-promoted" name="monitor" interval="3s" timeout="30s" role="Promoted"/>
+            <op id="mirror-monitor-unpromoted" name="monitor" interval="4s" timeout="30s" role="Unpromoted"/>
+          </operations>
+        </primitive>
+      </clone>"#
+    )
+}
+
+impl Cluster {
+    /// mirrorctl run on node `i` (its namespaces, so its paths and its /run).
+    pub fn mirrorctl(&self, i: usize, args: &[&str]) -> Out {
+        self.node_run(i, crate::support::bin(), args)
+    }
+
+    /// `status --json` of node `i`'s image (exit 0 or 3, degraded).
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let img = self.disk().join("a.img");
+        let o = self.mirrorctl(i, &["status", img.to_str().unwrap(), "--json"]);
+        assert!(
+            matches!(o.code, 0 | 3),
+            "status on {}: exit {}: {}{}",
+            NODES[i],
+            o.code,
+            o.stdout,
+            o.stderr
+        );
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", o.stdout))
+    }
+
+    /// The agent's log `what` (serve, export, peers) on node `i`.
+    pub fn agent_log(&self, i: usize, what: &str) -> String {
+        let f = self.run_dir().join("state").join(format!("{what}.log"));
+        self.node_run(i, "cat", &[f.to_str().unwrap()]).stdout
+    }
+
+    /// qemu-io against node `i`'s serve socket, run on node `i`: (exit code, output).
+    pub fn host_io(&self, i: usize, cmds: &[&str]) -> (i32, String) {
+        let uri = format!(
+            "nbd+unix:///?socket={}",
+            self.run_dir().join("serve.sock").display()
+        );
+        let mut a = vec!["-f", "raw"];
+        for c in cmds {
+            a.push("-c");
+            a.push(c);
+        }
+        a.push(&uri);
+        let o = self.node_run(i, "qemu-io", &a);
+        (o.code, o.stdout + &o.stderr)
+    }
+
+    /// Like host_io, and every command must succeed.
+    pub fn host_io_ok(&self, i: usize, cmds: &[&str]) {
+        let (code, out) = self.host_io(i, cmds);
+        assert!(
+            code == 0 && !out.contains("failed") && !out.contains("error"),
+            "qemu-io {cmds:?} on {}: exit {code}\n{out}\n{}\nserve log:\n{}",
+            NODES[i],
+            self.diagnostics(),
+            self.agent_log(i, "serve")
+        );
+    }
+
+    /// The fencing constraint the agent places, if in the CIB.
+    pub fn fence_constraint(&self) -> Option<String> {
+        let o = self.crm(
+            "cibadmin",
+            &[
+                "--query",
+                "--xpath",
+                "//rsc_location[@id='mirrorctl-fence-mirror']",
+            ],
+        );
+        let s = o.stdout.trim().to_string();
+        (o.code == 0 && !s.is_empty()).then_some(s)
+    }
+
+    /// Waits until node `i`'s image is a primary with its one leg in sync and no constraint.
+    pub fn wait_in_sync(&self, i: usize, secs: u64) {
+        self.wait_for(
+            &format!("{}'s mirror to have its leg in sync", NODES[i]),
+            secs,
+            |c| {
+                let s = c.status(i);
+                s["legs"]
+                    .as_array()
+                    .is_some_and(|l| l.len() == 1 && l[0]["state"] == "in-sync")
+                    && c.fence_constraint().is_none()
+            },
+        );
+    }
+}
+
+/// Bytes `[off, off+len)` of node `i`'s image data area, all equal to `byte`.
+fn data_is(c: &Cluster, i: usize, data_offset: u64, off: u64, len: u64, byte: u8) -> bool {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(c.node_dir(i).join("a.img")).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, data_offset + off).unwrap();
+    b.iter().all(|x| *x == byte)
+}
+
+/// Issue 27's scenarios on a real cluster with the real agent and export. node2 (Pacemaker
+/// Remote) holds the primary, node1 a blank image that the promoted node2 attaches.
+/// (1) A host writes and flushes through node2; node2's processes are all killed; node2 is
+/// fenced and node1 promoted with every flushed write; writes refused with no secondary in
+/// sync (min_in_sync=1) until the admin lowers it; node2 back (a fresh /run) rejoins as the
+/// secondary, copying only the regions that changed. (2) The link is cut: the isolated
+/// primary acknowledges no write; node2 is never promoted; once the link is back node2 is
+/// in sync again, the images identical, no split brain.
+#[test]
+fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and_rejoins_partially_and_a_cut_link_acknowledges_nothing_without_split_brain(
+) {
+    require("qemu-io", "qemu-utils");
+    let mut c = Cluster::start(Config {
+        resources: String::new(),
+        constraints: String::new(),
+        agent: Some(mirror_agent()),
+    });
+    let img = c.disk().join("a.img");
+    let img_s = img.to_str().unwrap().to_string();
+    // node2 creates the mirror's primary (at the path both nodes use); node1's disk is blank.
+    let o = c.mirrorctl(
+        1,
+        &["create", &img_s, "--size", "64M", "--region-size", "64K"],
+    );
+    assert_eq!(o.code, 0, "create: {}{}", o.stdout, o.stderr);
+    let s = c.status(1);
+    let (data_offset, data_size) = (
+        crate::support::u(&s["data_offset"]),
+        crate::support::u(&s["data_size"]),
+    );
+    let region_count = crate::support::u(&s["region_count"]);
+    fs::File::create(c.node_dir(0).join("a.img"))
+        .unwrap()
+        .set_len(data_offset + data_size)
+        .unwrap();
+    c.crm_ok(
+        "cibadmin",
+        &["--create", "-o", "resources", "-X", &mirror_clone(&c)],
+    );
+    c.wait_roles("mirror-clone", "node2", Some("node1"), 90);
+    c.wait_in_sync(1, 90);
+
+    // (1) A host writes and flushes through the promoted node2.
+    c.host_io_ok(
+        1,
+        &["write -P 0x5a 1M 1M", "write -P 0xa5 40M 256k", "flush"],
+    );
+    let fenced = c.fenced("node2");
+    c.kill_node2();
+    c.wait_roles("mirror-clone", "node1", None, 90);
+    assert!(c.fenced("node2") > fenced, "{}", c.diagnostics());
+    // Every flushed write is on node1's disk and read back through its serve.
+    assert!(data_is(&c, 0, data_offset, 1 << 20, 1 << 20, 0x5a));
+    assert!(data_is(&c, 0, data_offset, 40 << 20, 256 << 10, 0xa5));
+    c.host_io_ok(0, &["read -P 0x5a 1M 1M", "read -P 0xa5 40M 256k"]);
+    // node2's slot is fractured: no node but node1 may be promoted.
+    let fence = c.fence_constraint().expect("the fencing constraint");
+    assert!(
+        fence.contains(r#"operation="ne" value="node1""#) && fence.contains("-INFINITY"),
+        "{fence}"
+    );
+    // No secondary in sync: a write is refused (min_in_sync=1) ...
+    let (code, out) = c.host_io(0, &["write -P 0x66 8M 64k"]);
+    assert!(
+        code != 0 || out.contains("failed"),
+        "a write was acknowledged: {out}"
+    );
+    // ... until the admin lowers it.
+    let o = c.mirrorctl(0, &["set", &img_s, "--min-in-sync", "0"]);
+    assert_eq!(o.code, 0, "set: {}{}", o.stdout, o.stderr);
+    c.host_io_ok(0, &["write -P 0x77 32M 192k", "flush"]);
+
+    // node2 comes back (fresh /run): it rejoins as the secondary with a partial resync.
+    c.start_node2();
+    c.rejoin_node2();
+    c.wait_roles("mirror-clone", "node1", Some("node2"), 90);
+    c.wait_in_sync(0, 90);
+    let serve_log = c.agent_log(0, "serve");
+    let line = serve_log
+        .lines()
+        .find(|l| l.contains("attached again; "))
+        .unwrap_or_else(|| panic!("no re-attach in node1's serve log:\n{serve_log}"));
+    let regions: u64 = line
+        .split("attached again; ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        (3..region_count / 4).contains(&regions),
+        "a partial resync, not a full copy: {line}"
+    );
+    let a = c.node_dir(0).join("a.img");
+    let b = c.node_dir(1).join("a.img");
+    assert_eq!(
+        crate::support::first_difference_between(&a, &b, data_offset, data_size),
+        None
+    );
+    let o = c.mirrorctl(0, &["set", &img_s, "--min-in-sync", "1"]);
+    assert_eq!(o.code, 0, "set: {}{}", o.stdout, o.stderr);
+
+    // (2) The link is cut: the isolated primary acknowledges nothing.
+    let fenced = c.fenced("node2");
+    c.link(false);
+    let (code, out) = c.host_io(0, &["write -P 0x99 16M 64k", "flush"]);
+    assert!(
+        code != 0 || out.contains("failed"),
+        "a write was acknowledged: {out}"
+    );
+    c.wait_for("node2 fenced after the link cut", 60, |c| {
+        c.fenced("node2") > fenced
+    });
+    c.wait_roles("mirror-clone", "node1", None, 60);
+    // The link is back: node2 rejoins, in sync, the images identical, no split brain.
+    c.link(true);
+    c.rejoin_node2();
+    c.wait_roles("mirror-clone", "node1", Some("node2"), 90);
+    c.wait_in_sync(0, 90);
+    assert_eq!(
+        crate::support::first_difference_between(&a, &b, data_offset, data_size),
+        None
+    );
+    let s = c.status(0);
+    assert_eq!(s["healthy"], true, "{s:#}");
+    for i in [0, 1] {
+        for log in ["serve", "peers", "export"] {
+            let text = c.agent_log(i, log);
+            assert!(
+                !text.contains("split brain"),
+                "{} {log}.log:\n{text}",
+                NODES[i]
+            );
+        }
+    }
+    assert_eq!(c.status(1)["role"], "secondary", "{:#}", c.status(1));
 }
