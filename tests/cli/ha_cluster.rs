@@ -657,6 +657,20 @@ impl Cluster {
             let tail = &lines[lines.len().saturating_sub(40)..];
             s += &format!("--- {f} (last {} lines)\n{}\n", tail.len(), tail.join("\n"));
         }
+        // The mirror agent's logs on each node that is up (its /run is its own).
+        let state = self.run_dir().join("state");
+        for i in [0, 1] {
+            if self.holder[i].is_none() {
+                continue;
+            }
+            for what in ["export", "serve", "peers"] {
+                let f = state.join(format!("{what}.log"));
+                let o = self.node_run(i, "tail", &["-n", "15", f.to_str().unwrap()]);
+                if o.code == 0 {
+                    s += &format!("--- {} {what}.log\n{}", NODES[i], o.stdout);
+                }
+            }
+        }
         s
     }
 }
