@@ -1148,7 +1148,8 @@ Parameters (see `mirrorctl ocf-agent meta-data`): image and nodes (required; nod
 NODE=ADDRESS[:PORT] for every node), export_port (10810), export_name (mirror), tls_cert, \
 tls_key, tls_ca (required unless insecure=true), insecure, socket or listen (where serve \
 takes hosts), serve_options, min_in_sync (0), fence (true), state_dir \
-(/run/mirrorctl/ocf-RESOURCE: pid files and logs of the processes it starts).
+(/run/mirrorctl/ocf-RESOURCE: pid files and logs of the processes it starts, under \
+a subdirectory named after the node).
 
 Promotion scores (crm_attribute --promotion): 10000 while promoted, 1000 for an in-sync \
 secondary at the current generation or a cleanly stopped primary, 100 for a primary that \

@@ -360,6 +360,12 @@ fn promote_image(
                 "warning: could not re-read the former primary ({e}); attach it again later"
             )),
         }
+    } else if same_image(&old_loc, name) {
+        // Its recorded path is its own machine's, and names this image here.
+        notes.push(format!(
+            "when the former primary returns, attach its export (`mirrorctl attach {name} nbds://HOST:PORT/NAME`, e.g. `mirrorctl export --rejoin` on its machine): it takes its slot back by its image UUID and only what changed since generation {} is copied",
+            generation - 1
+        ));
     } else {
         notes.push(format!(
             "when the former primary returns, `mirrorctl attach {name} {old_loc}` copies only what changed since generation {}",
@@ -372,6 +378,18 @@ fn promote_image(
         old_primary_reachable: reachable,
         notes,
     })
+}
+
+/// Whether two paths name one image here (device and inode, or block device).
+fn same_image(a: &str, b: &str) -> bool {
+    use crate::device::identity;
+    match (
+        identity(std::path::Path::new(a)),
+        identity(std::path::Path::new(b)),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// What differs between two histories that went apart, for the split-brain refusal: the

@@ -416,6 +416,12 @@ impl Params {
             .unwrap_or(&self.nodes[0])
     }
 
+    /// Where this node keeps its pid files, logs and locks: `state_dir/NODE`, so that nodes
+    /// sharing a /run (test clusters on one machine) keep theirs apart.
+    pub fn node_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.state_dir).join(self.me.replace(['/', '\0'], "_"))
+    }
+
     pub fn peers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(move |n| n.name != self.me)
     }
@@ -767,7 +773,7 @@ pub const PARAMETERS: &[(&str, bool, &str, &str, &str, &str)] = &[
     ("fence", false, "boolean", "true", "Fence peers that miss writes",
      "Place a location constraint (mirrorctl-fence-RESOURCE: the clone promoted on no node but this one) when a peer's leg stops receiving writes, before any write is acknowledged without it, and remove it once every leg is back in sync (as DRBD's crm-fence-peer)."),
     ("state_dir", false, "string", "/run/mirrorctl/ocf-RESOURCE", "Pid files and logs",
-     "Directory of the pid files and logs of the export and serve processes the agent starts."),
+     "Directory of the pid files and logs of the export and serve processes the agent starts, in a subdirectory named after the node."),
 ];
 
 /// The meta-data document (OCF 1.0 DTD, with its DOCTYPE line).
@@ -856,6 +862,10 @@ mod tests {
         let p = p(BASE).unwrap();
         assert_eq!(p.resource, "vm");
         assert_eq!(p.state_dir, "/run/mirrorctl/ocf-vm");
+        assert_eq!(
+            p.node_dir(),
+            std::path::Path::new("/run/mirrorctl/ocf-vm/alpha")
+        );
         assert_eq!(p.me, "alpha");
         assert_eq!(p.own().port, 10810);
         let peers: Vec<_> = p.peers().collect();

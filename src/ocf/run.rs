@@ -90,8 +90,22 @@ fn probe() -> bool {
     std::env::var("OCF_RESKEY_CRM_meta_interval").map_or(true, |v| matches!(v.trim(), "" | "0"))
 }
 
+/// A Pacemaker tool by name: from PATH, else from the directories Pacemaker installs its
+/// tools in (an agent run by pacemaker-execd may get a short PATH).
+fn tool(name: &str) -> Command {
+    let dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = dirs
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    Command::new(found.unwrap_or_else(|| PathBuf::from(name)))
+}
+
 fn crm_node_name() -> Option<String> {
-    let o = Command::new("crm_node").arg("-n").output().ok()?;
+    let o = tool("crm_node").arg("-n").output().ok()?;
     let n = String::from_utf8_lossy(&o.stdout).trim().to_string();
     (o.status.success() && !n.is_empty()).then_some(n)
 }
@@ -117,7 +131,7 @@ fn exe() -> std::result::Result<String, (Code, String)> {
 }
 
 fn state_dir(p: &Params) -> std::result::Result<PathBuf, (Code, String)> {
-    let d = PathBuf::from(&p.state_dir);
+    let d = p.node_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -198,7 +212,7 @@ fn pid_file(dir: &Path, what: &str) -> PathBuf {
 /// The pid of our `what` process, if it runs (its pid file names a live process whose
 /// command line is `mirrorctl WHAT ...` of our image, or the agent's `peers`).
 fn running(p: &Params, what: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(pid_file(Path::new(&p.state_dir), what)).ok()?;
+    let text = std::fs::read_to_string(pid_file(&p.node_dir(), what)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     alive(pid, what, &p.image).then_some(pid)
 }
@@ -331,7 +345,7 @@ fn spawn_daemon(p: &Params, what: &str, args: &[String], until: Instant) -> Out 
 /// clears its intents); past the deadline, SIGKILL (the next start recovers what it left).
 fn stop_daemon(p: &Params, what: &str, until: Instant) {
     let Some(pid) = running(p, what) else {
-        let _ = std::fs::remove_file(pid_file(Path::new(&p.state_dir), what));
+        let _ = std::fs::remove_file(pid_file(&p.node_dir(), what));
         return;
     };
     let target = if what == PEERS { -pid } else { pid };
@@ -352,23 +366,23 @@ fn stop_daemon(p: &Params, what: &str, until: Instant) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = std::fs::remove_file(pid_file(Path::new(&p.state_dir), what));
+    let _ = std::fs::remove_file(pid_file(&p.node_dir(), what));
     log(&format!("stopped `mirrorctl {what}` (pid {pid})"));
 }
 
 fn refused(p: &Params) -> PathBuf {
-    Path::new(&p.state_dir).join("peers.refused")
+    p.node_dir().join("peers.refused")
 }
 
 fn marker(p: &Params) -> PathBuf {
-    Path::new(&p.state_dir).join("promoted")
+    p.node_dir().join("promoted")
 }
 
 /// Publishes this node's promotion score. A score of 0 (and None: stopped) removes it,
 /// as ocf:linbit:drbd does: Pacemaker promotes an instance whose score is 0 when no other
 /// can be, and a node with no score is never promoted.
 fn publish(p: &Params, score: Option<u32>) {
-    let mut cmd = Command::new("crm_attribute");
+    let mut cmd = tool("crm_attribute");
     cmd.arg("--promotion").args(["-N", &p.me]);
     match score {
         Some(s) if s > 0 => cmd.args(["-v", &s.to_string()]),
@@ -660,7 +674,7 @@ fn fence_lock(p: &Params) -> std::result::Result<File, String> {
 }
 
 fn cibadmin(args: &[&str]) -> std::result::Result<String, String> {
-    let o = Command::new("cibadmin")
+    let o = tool("cibadmin")
         .args(args)
         .output()
         .map_err(|e| format!("running cibadmin: {e}"))?;

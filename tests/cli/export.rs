@@ -152,6 +152,8 @@ fn a_blank_image_exported_over_tcp_is_attached_mirrors_every_write_and_is_fractu
     );
     let s = fx.ok(&["status", "b.img", "--json"]).json();
     assert_eq!(s["role"], "secondary", "{s:#}");
+    assert_eq!(s["running"]["command"], "export", "{s:#}");
+    assert_eq!(u(&s["running"]["pid"]), u64::from(ex.pid()), "{s:#}");
     let o = fx.run(&["write", "b.img", "--input", "/dev/null"]);
     assert_eq!(o.code, 5, "{o:?}");
     assert!(o.stderr.contains("mirrorctl export"), "{o:?}");

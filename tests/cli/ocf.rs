@@ -237,7 +237,7 @@ impl Agent {
     }
 
     fn pid(&self, what: &str) -> Option<i32> {
-        std::fs::read_to_string(self.state.join(format!("{what}.pid")))
+        std::fs::read_to_string(self.state.join(self.node).join(format!("{what}.pid")))
             .ok()?
             .trim()
             .parse()
@@ -245,7 +245,8 @@ impl Agent {
     }
 
     fn log(&self, what: &str) -> String {
-        std::fs::read_to_string(self.state.join(format!("{what}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.state.join(self.node).join(format!("{what}.log")))
+            .unwrap_or_default()
     }
 }
 
@@ -628,11 +629,20 @@ fn after_a_failover_between_machines_promote_ignores_its_own_path_and_the_old_pr
     let o = fx.run(&["promote", "a.img", "--json"]);
     assert!(matches!(o.code, 0 | 3), "{o:?}");
     assert!(
-        o.stderr.contains("is this image itself") && o.stderr.contains("treated as unreachable"),
+        o.stderr
+            .contains("former primary not used: its recorded path")
+            && o.stderr.contains("itself here (it is on another machine)"),
         "{o:?}"
     );
     let v = o.json();
     assert_eq!(v["old_primary_reachable"], false, "{v:#}");
+    assert!(
+        v["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("when the former primary returns, attach its export")),
+        "{v:#}"
+    );
     let slot = v["old_primary_slot"].as_u64().unwrap();
     // The new primary writes three regions while the old one is away.
     random_file(&fx.path("r.bin"), 3 * 64 * KIB, 7);

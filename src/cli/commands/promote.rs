@@ -68,41 +68,19 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
         );
     } else if img.sb.role == Role::Secondary && !img.sb.primary_location.is_empty() {
         let p = PathBuf::from(&img.sb.primary_location);
-        // The recorded location is the former primary's path on its own machine: after a
-        // failover between machines whose images have the same path (a Pacemaker pair), it
-        // names this very image here. Locking it would find our own lock (busy); the former
-        // primary is on the other machine, so it is unreachable from here.
-        let own = identity(&p)
-            .ok()
-            .is_some_and(|id| identity(&a.secondary).ok() == Some(id));
-        let found = if own {
-            crate::systemd::eprint_at(
+        match open_mirror_wait(&p, Mode::Exclusive, ctx.wait) {
+            // No recovery here: promote's checks read the write-intent log as it is, so a
+            // refusal leaves both images exactly as they were (its log plan includes the
+            // intents, P3).
+            Ok(mut m) => {
+                print_warnings(&mut m);
+                old = Some(m);
+            }
+            Err(e) if e.kind == Kind::Busy => return Err(e),
+            Err(e) => crate::systemd::eprint_at(
                 crate::systemd::Priority::Notice,
-                &format!(
-                    "mirrorctl: note: the former primary's recorded location {} is this image itself (the former primary was on another machine, at the same path); it is treated as unreachable",
-                    img.sb.primary_location
-                ),
-            );
-            None
-        } else {
-            Some(open_mirror_wait(&p, Mode::Exclusive, ctx.wait))
-        };
-        match found {
-            None => {}
-            Some(found) => match found {
-                // No recovery here: promote's checks read the write-intent log as it is, so a
-                // refusal leaves both images exactly as they were (its log plan includes the
-                // intents, P3).
-                Ok(mut m) => {
-                    print_warnings(&mut m);
-                    old = Some(m);
-                }
-                Err(e) if e.kind == Kind::Busy => return Err(e),
-                Err(e) => crate::systemd::eprint_at(
-                    crate::systemd::Priority::Notice,
-                    &format!("mirrorctl: note: former primary not used: {e}"),
-                ),
-            },
+                &format!("mirrorctl: note: former primary not used: {e}"),
+            ),
         }
     }
     drop(img);
