@@ -1,6 +1,8 @@
-//! The NBD server front end of `serve`: listening on a Unix socket or TCP, one thread per
-//! connection (handshake, then transmission), log lines, and a clean stop on SIGTERM/SIGINT.
-//! It calls the engine's [`Server`]; the engine decides what is durable when.
+//! The NBD server front end of `serve` and `export`: listening on a Unix socket or TCP, one
+//! thread per connection (handshake, then transmission), log lines, and a clean stop on
+//! SIGTERM/SIGINT (or when the backend asks, [`StopHandle`]). It calls a [`Backend`]: the
+//! engine's `Server` for `serve` (the engine decides what is durable when), an exported image
+//! for `export`.
 //!
 //! Limits ([`Limits`], README "Serving hosts"): at most `max_connections` connections
 //! (handshakes included; one more is refused with a log line), each with the threads and
@@ -408,8 +410,9 @@ pub struct Summary {
 /// What a stop, by signal or by the backend, does to the front end.
 pub(crate) struct StopState {
     stopping: AtomicBool,
-    /// The listening socket.
-    lfd: RawFd,
+    /// The listening socket, while it is open (`None` once `run` returns: its number may
+    /// then be another descriptor's).
+    lfd: Mutex<Option<RawFd>>,
     conns: Conns,
     why: Mutex<Option<String>>,
 }
@@ -418,9 +421,14 @@ impl StopState {
     /// No more clients; every connection's reading ends (the requests read are answered).
     fn begin(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown on descriptors this process owns (the listener lives as long as
-        // `run`, the entries own theirs; a closed one only makes the call fail).
-        unsafe { libc::shutdown(self.lfd, libc::SHUT_RDWR) };
+        // Held through the shutdown: `run` forgets the listener before closing it.
+        let lfd = self.lfd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = *lfd {
+            // SAFETY: shutdown on descriptors this process owns (the listener is open while
+            // `lfd` names it, the entries own theirs; a closed one only makes the call fail).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        drop(lfd);
         for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             // SAFETY: as above.
             unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
@@ -448,7 +456,8 @@ fn start_thread<T: Send + 'static>(
     std::thread::Builder::new().name(name.into()).spawn(f)
 }
 
-/// Serves `srv` as export `export` until SIGTERM or SIGINT; then stops accepting, closes
+/// Serves `srv` as export `export` until SIGTERM or SIGINT (or until `srv` stops it through
+/// its [`StopHandle`]); then stops accepting, closes
 /// the connections' read sides, lets every request already read finish and be answered
 /// (clients get at most `limits.write_timeout` to take the replies, then every connection
 /// is shut down), and returns (the caller stops the engine: sync, clear intents). A second
@@ -497,7 +506,7 @@ pub fn run<B: Backend>(
     let conns: Conns = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(StopState {
         stopping: AtomicBool::new(false),
-        lfd,
+        lfd: Mutex::new(Some(lfd)),
         conns: conns.clone(),
         why: Mutex::new(None),
     });
@@ -698,6 +707,7 @@ pub fn run<B: Backend>(
     }
     // The listener is closed on return: a later stop must not shut its number down.
     stop.stopping.store(true, Ordering::SeqCst);
+    *stop.lfd.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let sig = *signal.lock().unwrap_or_else(|p| p.into_inner());
     let stopped_by = stop.why.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(Summary {
