@@ -658,13 +658,12 @@ impl Cluster {
             s += &format!("--- {f} (last {} lines)\n{}\n", tail.len(), tail.join("\n"));
         }
         // The mirror agent's logs on each node that is up (its /run is its own).
-        let state = self.run_dir().join("state");
         for i in [0, 1] {
             if self.holder[i].is_none() {
                 continue;
             }
             for what in ["export", "serve", "peers"] {
-                let f = state.join(format!("{what}.log"));
+                let f = self.agent_log_path(i, what);
                 let o = self.node_run(i, "tail", &["-n", "15", f.to_str().unwrap()]);
                 if o.code == 0 {
                     s += &format!("--- {} {what}.log\n{}", NODES[i], o.stdout);
@@ -869,9 +868,17 @@ impl Cluster {
         serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", o.stdout))
     }
 
+    /// Where the agent on node `i` keeps the log of `what` (its state_dir/NODE).
+    pub fn agent_log_path(&self, i: usize, what: &str) -> PathBuf {
+        self.run_dir()
+            .join("state")
+            .join(NODES[i])
+            .join(format!("{what}.log"))
+    }
+
     /// The agent's log `what` (serve, export, peers) on node `i`.
     pub fn agent_log(&self, i: usize, what: &str) -> String {
-        let f = self.run_dir().join("state").join(format!("{what}.log"));
+        let f = self.agent_log_path(i, what);
         self.node_run(i, "cat", &[f.to_str().unwrap()]).stdout
     }
 
