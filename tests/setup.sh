@@ -50,6 +50,19 @@ command -v unshare >/dev/null || need+=(util-linux)
 # The install block splits the debug information off the binary (objcopy, readelf).
 command -v objcopy >/dev/null || need+=(binutils)
 command -v readelf >/dev/null || need+=(binutils)
+# The real Pacemaker cluster (tests/cli/ha_cluster.rs): corosync and pacemakerd in the
+# foreground, the cluster tools, Pacemaker's own agents (Stateful, remote), ocf-tester and
+# xmllint (meta-data validation), cluster-glue's null STONITH plugin, ip/nsenter for the
+# second node's namespaces.
+command -v corosync >/dev/null || need+=(corosync)
+command -v pacemakerd >/dev/null || need+=(pacemaker)
+command -v crm_mon >/dev/null || need+=(pacemaker-cli-utils)
+command -v cibadmin >/dev/null || need+=(pacemaker-cli-utils)
+command -v ocf-tester >/dev/null || need+=(resource-agents)
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+[ -e /usr/lib/stonith/plugins/stonith2/null.so ] || need+=(cluster-glue)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: missing ${need[*]}; run as root or install them (apt-get install ${need[*]})" >&2
@@ -58,6 +71,21 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# pacemaker-remote conflicts with pacemaker: its daemon is unpacked beside it, into
+# /opt/pacemaker-remote (the daemon is /opt/pacemaker-remote/usr/sbin/pacemaker-remoted; the
+# libraries it links are pacemaker's own, installed above).
+PCMK_REMOTE_DIR=/opt/pacemaker-remote
+if [ ! -x "$PCMK_REMOTE_DIR/usr/sbin/pacemaker-remoted" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tests/setup.sh: missing $PCMK_REMOTE_DIR/usr/sbin/pacemaker-remoted; run as root" >&2
+    exit 1
+  fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq pacemaker-remote 2>/dev/null)
+  mkdir -p "$PCMK_REMOTE_DIR"
+  dpkg-deb -x "$tmp"/pacemaker-remote_*.deb "$PCMK_REMOTE_DIR"
+  rm -rf "$tmp"
 fi
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -11,6 +11,7 @@ mod events_follow;
 mod export;
 mod failover;
 mod generated_docs;
+mod ha_cluster;
 mod kill_points;
 mod live;
 mod live_races;
