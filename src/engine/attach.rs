@@ -21,24 +21,24 @@
 //! `--force`) is kept in `device/probe.rs`.
 
 use super::plan;
-use crate::error::opt::*;
-use std::sync::Arc;
-use crate::units::now_unix;
-use crate::meta::image::ReadError;
-use crate::meta::image::Image;
-use crate::format;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::BitmapId;
-use crate::format::Role;
-use crate::format::LegState;
-use crate::format::Leg;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::engine::new_uuid;
-use crate::engine::Mirror;
-use crate::engine::EventKind;
 use crate::device::Device;
+use crate::engine::new_uuid;
+use crate::engine::uuid_str;
+use crate::engine::EventKind;
+use crate::engine::Mirror;
+use crate::error::opt::*;
+use crate::error::Error;
 use crate::error::Result;
+use crate::format;
+use crate::format::layout::BitmapId;
+use crate::format::layout::SlotIdx;
+use crate::format::Leg;
+use crate::format::LegState;
+use crate::format::Role;
+use crate::meta::image::Image;
+use crate::meta::image::ReadError;
+use crate::units::now_unix;
+use std::sync::Arc;
 
 /// What `attach` does about the data already on a new secondary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

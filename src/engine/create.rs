@@ -3,17 +3,17 @@
 //! overwritten is decided here (rule D0, device/probe.rs).
 
 use crate::device::probe::{self, Found};
+use crate::device::Device;
+use crate::engine::uuid_str;
 use crate::error::opt::*;
-use std::sync::Arc;
-use crate::units::now_unix;
-use crate::meta::image::ReadError;
-use crate::meta::image::Image;
+use crate::error::Error;
+use crate::error::Result;
 use crate::format::layout::Geometry;
 use crate::format::Superblock;
-use crate::error::Result;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::device::Device;
+use crate::meta::image::Image;
+use crate::meta::image::ReadError;
+use crate::units::now_unix;
+use std::sync::Arc;
 
 /// What `create` found on an existing image that it may go on with.
 pub struct CreateChecks {

@@ -7,33 +7,32 @@
 //!   before writing anything. Otherwise whoever can answer on the leg's address with the
 //!   wrong certificate makes the mirror drop a secondary and run degraded, unasked.
 
-use std::sync::Arc;
-use std::ops::Range;
-use std::io;
-use crate::units::now_unix;
-use crate::meta::image::ReadError;
-use crate::meta::image::Image;
+use crate::device::Device;
+use crate::engine::leg_name;
+use crate::engine::uuid_str;
+use crate::engine::EventKind;
+use crate::engine::Mirror;
+use crate::engine::Opener;
+use crate::error::Error;
+use crate::error::Result;
 use crate::format;
-use crate::format::ranges::union;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::BitmapId;
+use crate::format::cut;
 use crate::format::history::relate;
 use crate::format::history::Relation;
-use crate::format::cut;
-use crate::format::Uuid;
-use crate::format::Superblock;
-use crate::format::Role;
-use crate::format::LegState;
+use crate::format::layout::BitmapId;
+use crate::format::layout::SlotIdx;
+use crate::format::ranges::union;
 use crate::format::Leg;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::engine::leg_name;
-use crate::engine::Opener;
-use crate::engine::Mirror;
-use crate::engine::EventKind;
-use crate::device::Device;
-use crate::error::Result;
-
+use crate::format::LegState;
+use crate::format::Role;
+use crate::format::Superblock;
+use crate::format::Uuid;
+use crate::meta::image::Image;
+use crate::meta::image::ReadError;
+use crate::units::now_unix;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// A leg's device opened and its header read ([`fetch_leg`]), before any check.
 pub(crate) type Fetched = io::Result<(Arc<dyn Device>, std::result::Result<Image, ReadError>)>;

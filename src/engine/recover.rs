@@ -8,15 +8,14 @@
 //! - R3 and only then clears the write-intent log. A crash anywhere repeats the recovery;
 //!   in any other order a crash could clear the intents before a log holds them.
 
-use crate::units::now_unix;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::BitmapId;
-use crate::format::RecoveryRecord;
-use crate::format::LegState;
-use crate::error::Result;
-use crate::engine::Mirror;
 use crate::engine::EventKind;
-
+use crate::engine::Mirror;
+use crate::error::Result;
+use crate::format::layout::BitmapId;
+use crate::format::layout::SlotIdx;
+use crate::format::LegState;
+use crate::format::RecoveryRecord;
+use crate::units::now_unix;
 
 impl Mirror {
     /// What every command that changes the mirror does first, once it holds the exclusive

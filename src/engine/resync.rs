@@ -16,32 +16,32 @@
 //!   read (device.rs turns a short read or a shrunk file into an error).
 
 use super::plan;
-use std::time::Instant;
-use std::time::Duration;
-use std::sync::atomic::Ordering;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
-use std::sync::Arc;
-use std::ops::Range;
-use std::io;
-use crate::units::now_unix;
-use crate::meta::bitmaps::Bitmaps;
+use crate::device::Device;
+use crate::engine::EventKind;
+use crate::engine::LegFailure;
+use crate::engine::Mirror;
+use crate::engine::Progress;
+use crate::error::Error;
+use crate::error::Result;
 use crate::format;
+use crate::format::cut;
+use crate::format::layout::BitmapId;
+use crate::format::layout::Geometry;
 use crate::format::layout::SlotIdx;
 use crate::format::layout::MIB;
-use crate::format::layout::Geometry;
-use crate::format::layout::BitmapId;
-use crate::format::cut;
-use crate::format::ResyncRecord;
 use crate::format::LegState;
-use crate::error::Error;
-use crate::engine::Progress;
-use crate::engine::Mirror;
-use crate::engine::LegFailure;
-use crate::engine::EventKind;
-use crate::device::Device;
-use crate::error::Result;
+use crate::format::ResyncRecord;
+use crate::meta::bitmaps::Bitmaps;
+use crate::units::now_unix;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
 
 /// Largest single copy during resync.
 pub const COPY_RUN: u64 = 8 * MIB;

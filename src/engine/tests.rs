@@ -1,29 +1,29 @@
 //! Engine rules on the storage model, without files.
 
 use crate::device::sim::{SimDevice, World};
-use std::collections::HashMap;
-use std::time::Duration;
-use std::sync::Mutex;
-use std::sync::Arc;
-use std::io;
-use crate::meta::image::Image;
-use crate::format;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::Geometry;
-use crate::format::layout::BitmapId;
-use crate::format::Superblock;
-use crate::format::LegState;
-use crate::engine::serve;
-use crate::engine::fence;
-use crate::engine::ResyncOptions;
-use crate::engine::Opener;
-use crate::engine::NoProgress;
-use crate::engine::Mirror;
-use crate::engine::MIN_HOT_EXTENTS;
-use crate::engine::InitialSync;
-use crate::engine::FlushPolicy;
-use crate::engine::CHUNK;
 use crate::device::Device;
+use crate::engine::fence;
+use crate::engine::serve;
+use crate::engine::FlushPolicy;
+use crate::engine::InitialSync;
+use crate::engine::Mirror;
+use crate::engine::NoProgress;
+use crate::engine::Opener;
+use crate::engine::ResyncOptions;
+use crate::engine::CHUNK;
+use crate::engine::MIN_HOT_EXTENTS;
+use crate::format;
+use crate::format::layout::BitmapId;
+use crate::format::layout::Geometry;
+use crate::format::layout::SlotIdx;
+use crate::format::LegState;
+use crate::format::Superblock;
+use crate::meta::image::Image;
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Opens the devices given by location (sim devices here, step-gated ones in
 /// `interleave.rs`).
@@ -912,4 +912,50 @@ fn a_failing_fence_hook_gets_served_writes_and_flushes_refused_until_the_leg_is_
     let kinds = event_kinds(&m);
     let w: Vec<&String> = kinds.iter().filter(|k| k.starts_with("writes-")).collect();
     assert_eq!(w, ["writes-refused", "writes-resumed"]);
+}
+
+#[test]
+fn with_too_few_in_sync_secondaries_a_write_is_refused_without_running_or_waiting_for_the_fence_hook(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("fenced");
+    let delay = dir.path().join("delay");
+    // A hook that cannot reach the cluster (an isolated node) hangs until its time limit.
+    std::fs::write(&delay, "30").unwrap();
+    let (m, _p, secs) = mirror(64, 1);
+    let cmd = format!(
+        "sleep \"$(cat {})\"; echo \"$MIRRORCTL_SLOT\" > {}",
+        delay.display(),
+        mark.display()
+    );
+    let cfg = serve::ServeConfig {
+        min_in_sync: 1,
+        quorum_wait: Duration::from_millis(300),
+        ..fence_cfg(&cmd)
+    };
+    let srv = m.serve(&cfg, Box::new(|_| {})).unwrap();
+    secs[0].fail_writes(libc::EIO);
+    let write = |byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    let start = std::time::Instant::now();
+    let f = write(1).unwrap_err();
+    assert!(f.msg.contains("fewer than --min-in-sync 1"), "{}", f.msg);
+    assert!(write(2).is_err());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "refused only after {:?}: the writes waited for the hook",
+        start.elapsed()
+    );
+    assert!(!mark.exists(), "a refused write ran the hook");
+    // The minimum lowered: the next write could be acknowledged without the peer, so the
+    // hook runs first (E1) and the write is acknowledged only after it exited 0.
+    std::fs::write(&delay, "0").unwrap();
+    srv.set_min_in_sync(0).unwrap();
+    write(3).unwrap();
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "0\n");
+    srv.flush().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
 }

@@ -29,22 +29,22 @@
 use super::activity::{ActivityLog, Evicted, Plan};
 use super::plan;
 use crate::device::read_full;
-use std::sync::Arc;
-use std::ops::Range;
-use std::io;
-use std::io::Read;
-use crate::format::ranges::union;
+use crate::device::Device;
+use crate::engine::uuid_str;
+use crate::engine::FlushPolicy;
+use crate::engine::LegFailure;
+use crate::engine::Mirror;
+use crate::error::Error;
+use crate::error::Result;
+use crate::format::layout::BitmapId;
 use crate::format::layout::SlotIdx;
 use crate::format::layout::MIB;
-use crate::format::layout::BitmapId;
+use crate::format::ranges::union;
 use crate::format::LegState;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::engine::Mirror;
-use crate::engine::LegFailure;
-use crate::engine::FlushPolicy;
-use crate::device::Device;
-use crate::error::Result;
+use std::io;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// Bytes read from the input and written to every leg at once.
 pub const CHUNK: usize = 4 << 20;

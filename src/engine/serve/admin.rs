@@ -3,38 +3,38 @@
 //! `verify.rs`). The rules are the live set, H1..H8, at the top of `mod.rs`; the copy is
 //! resync's one loop ([`crate::engine::resync`]) with serve as the owner of the log.
 
+use crate::device::Device;
+use crate::engine::leg_name;
 use crate::engine::resync::{
     copy_leg, resync_started_detail, Copied, CopyCtl, CopyEnd, CopyResult, LogOwner, RateLimit,
     ResyncOptions,
 };
-use std::time::Instant;
-use std::time::Duration;
-use std::sync::atomic::Ordering;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::ops::Range;
-use crate::units::now_unix;
-use crate::format;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::BitmapId;
-use crate::format::cut;
-use crate::format::LegState;
-use crate::error::Result;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::engine::serve::Use;
-use crate::engine::serve::Ticket;
-use crate::engine::serve::State;
-use crate::engine::serve::Server;
-use crate::engine::serve::MutexGuard;
 use crate::engine::serve::LegId;
-use crate::engine::leg_name;
-use crate::engine::ResyncReport;
-use crate::engine::ResyncLegReport;
-use crate::engine::Progress;
-use crate::engine::Mirror;
+use crate::engine::serve::MutexGuard;
+use crate::engine::serve::Server;
+use crate::engine::serve::State;
+use crate::engine::serve::Ticket;
+use crate::engine::serve::Use;
+use crate::engine::uuid_str;
 use crate::engine::EventKind;
-use crate::device::Device;
+use crate::engine::Mirror;
+use crate::engine::Progress;
+use crate::engine::ResyncLegReport;
+use crate::engine::ResyncReport;
+use crate::error::Error;
+use crate::error::Result;
+use crate::format;
+use crate::format::cut;
+use crate::format::layout::BitmapId;
+use crate::format::layout::SlotIdx;
+use crate::format::LegState;
+use crate::units::now_unix;
+use std::ops::Range;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
 
 /// Where an admin operation's warnings go besides serve's log: the client that asked.
 pub type Say<'a> = &'a dyn Fn(&str);

@@ -63,7 +63,12 @@
 //!   (they wait as for H9, with no limit but the hook's own), and if it fails they are
 //!   refused until the leg is back in sync or detached. The hook runs outside the lock, on
 //!   the first thread that waits for it (or the admin command's). Otherwise a write could
-//!   be acknowledged before the peer that missed it is kept from promotion.
+//!   be acknowledged before the peer that missed it is kept from promotion. While H9 refuses
+//!   writes anyway (too few in-sync secondaries), a write neither runs nor waits for the
+//!   hook: it acknowledges nothing the peer lacks, so it is refused within the quorum wait;
+//!   the hook runs at the first write that could be acknowledged (the minimum lowered).
+//!   Otherwise an isolated primary, whose hook cannot reach the cluster and hangs until its
+//!   time limit, held its hosts' writes for that long instead of failing them.
 //! - H11 A flush (or FUA) is answered without a sync only when every write completed before
 //!   it arrived completed at a flush epoch below the activity log's `durable`: before a
 //!   flush that has since finished on the primary and every leg receiving writes *started*
@@ -83,29 +88,29 @@ use super::activity::{ActivityLog, ExtentIdx, Plan};
 use super::fence::FenceCall;
 pub use super::fence::FenceHooks;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
-use std::sync::{Condvar, MutexGuard, Weak};
-use std::time::Instant;
-use std::time::Duration;
-use std::sync::atomic::Ordering;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
-use std::sync::Arc;
-use std::ops::Range;
-use std::io;
-use crate::format::ranges::union;
-use crate::format::layout::SlotIdx;
-use crate::format::layout::Geometry;
-use crate::format::layout::BitmapId;
-use crate::format::Uuid;
-use crate::format::LegState;
-use crate::error::Error;
-use crate::engine::uuid_str;
-use crate::engine::Mirror;
-use crate::engine::LegFailure;
-use crate::engine::EventKind;
 use crate::device::Device;
+use crate::engine::uuid_str;
+use crate::engine::EventKind;
+use crate::engine::LegFailure;
+use crate::engine::Mirror;
+use crate::error::Error;
 use crate::error::Result;
+use crate::format::layout::BitmapId;
+use crate::format::layout::Geometry;
+use crate::format::layout::SlotIdx;
+use crate::format::ranges::union;
+use crate::format::LegState;
+use crate::format::Uuid;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::{Condvar, MutexGuard, Weak};
+use std::time::Duration;
+use std::time::Instant;
 
 /// Requests up to this size write their legs on the calling thread, larger ones in parallel
 /// (on the persistent I/O workers, [`crate::thread::workers`]).
@@ -981,18 +986,23 @@ impl Server {
         deadline: Instant,
     ) -> (MutexGuard<'a, State>, Served<()>) {
         loop {
-            if let Some(call) = st.take_queued_fence() {
-                drop(st);
-                self.run_fence(call);
-                st = self.lock();
-                continue;
-            }
-            if st.fence_pending().is_some() {
-                st = self.wait(st);
-                continue;
+            // H10: with too few in-sync secondaries (H9) this write is refused whatever the
+            // hook does, so it neither runs nor waits for it.
+            let short = st.shortfall();
+            if short.is_none() {
+                if let Some(call) = st.take_queued_fence() {
+                    drop(st);
+                    self.run_fence(call);
+                    st = self.lock();
+                    continue;
+                }
+                if st.fence_pending().is_some() {
+                    st = self.wait(st);
+                    continue;
+                }
             }
             let failed = st.fence_failed();
-            let Some(why) = failed.clone().or_else(|| st.shortfall()) else {
+            let Some(why) = failed.clone().or(short) else {
                 self.resume(&mut st);
                 return (st, Ok(()));
             };

@@ -10,19 +10,19 @@
 //! in `mod.rs`.
 
 use super::admin::Say;
+use crate::device::Device;
 use crate::engine::plan::Verdict;
+use crate::engine::serve::LegId;
+use crate::engine::serve::Server;
+use crate::engine::serve::Use;
 use crate::engine::verify::{self as v, Pass, VerifyOpts, VerifyReport, BATCH};
+use crate::engine::NoProgress;
+use crate::engine::Progress;
+use crate::error::Error;
+use crate::error::Result;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::io;
-use crate::error::Error;
-use crate::engine::serve::Use;
-use crate::engine::serve::Server;
-use crate::engine::serve::LegId;
-use crate::engine::Progress;
-use crate::engine::NoProgress;
-use crate::device::Device;
-use crate::error::Result;
 
 impl Server {
     /// A verify pass of `slots` (as `mirrorctl verify`: cursor, budget, repair, record)
