@@ -46,6 +46,10 @@ use std::sync::Arc;
 /// Reason recorded for the former primary's slot by promotion.
 pub const REPLACED_REASON: &str = "former primary, replaced by promotion";
 
+/// How the history event of a promotion that `--force` let through ends: the promoted
+/// image may lack acknowledged writes (Q2 then leaves the choice to the admin).
+pub const FORCED_MARK: &str = " (forced)";
+
 /// The history event promotion records (followed by the promoted image's short UUID).
 pub const PROMOTED_EVENT: &str = "promoted ";
 
@@ -142,6 +146,8 @@ fn promote_image(
     }
     let g = sb.geometry;
     let mut notes = Vec::new();
+    // Whether the checks below refused and --force let it through (recorded, Q2).
+    let forced;
     // The authority on how current this image is: the old primary if reachable, else the
     // image's own header ("as far as it knows").
     let base: Superblock = match &old {
@@ -165,7 +171,8 @@ fn promote_image(
             .bitmaps
             .count(BitmapId::Fracture(SlotIdx(slot as u32)))
             .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
-        if (me.state != LegState::InSync || fr > 0) && !force {
+        forced = me.state != LegState::InSync || fr > 0;
+        if forced && !force {
             return Err(Error::invalid(format!(
                 "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use {FORCE} to promote it anyway and lose those changes",
                 o.name,
@@ -175,7 +182,8 @@ fn promote_image(
         }
     } else {
         let current = sb.in_sync_generation != 0 && sb.in_sync_generation == sb.generation;
-        if (!current || me.state != LegState::InSync) && !force {
+        forced = !current || me.state != LegState::InSync;
+        if forced && !force {
             let since = me
                 .fractured_at
                 .map(|t| format!(" since {}", format_time(t)))
@@ -204,7 +212,11 @@ fn promote_image(
     new.last_resync = None;
     new.last_verify = None;
     new.bump_generation(
-        &format!("{PROMOTED_EVENT}{}", &uuid_str(&sb.image_uuid)[..8]),
+        &format!(
+            "{PROMOTED_EVENT}{}{}",
+            &uuid_str(&sb.image_uuid)[..8],
+            if forced { FORCED_MARK } else { "" }
+        ),
         now,
     );
     let generation = new.generation;
@@ -441,6 +453,31 @@ pub fn divergence(
     format!("{shared}: {}, {}", side(b, b_name, nb), side(a, a_name, na))
 }
 
+/// Q2: whether every generation `theirs` went through after the last one it shares with
+/// `ours` is a fracture that left writes refused (and there is at least one), and `ours`
+/// was not promoted with `--force` since (it could lack what `theirs` acknowledged before).
+pub fn acknowledged_nothing_since_split(
+    ours: &[crate::format::HistoryEntry],
+    theirs: &[crate::format::HistoryEntry],
+) -> bool {
+    // A side promoted with --force may lack writes acknowledged before the split.
+    let forced = ours
+        .iter()
+        .rposition(|e| theirs.iter().any(|x| x.id == e.id))
+        .is_some_and(|i| ours[i + 1..].iter().any(|e| e.event.ends_with(FORCED_MARK)));
+    !forced
+        && theirs
+            .iter()
+            .rposition(|e| ours.iter().any(|x| x.id == e.id))
+            .is_some_and(|i| {
+                let after = &theirs[i + 1..];
+                !after.is_empty()
+                    && after
+                        .iter()
+                        .all(|e| crate::engine::quorum::acknowledged_nothing(&e.event))
+            })
+}
+
 /// What a returning image of this mirror that is (still) marked primary may hold that the
 /// current primary lacks: its write-intent log and the fracture log it kept for the current
 /// primary (P3). Refuses diverged histories unless `discard` (P4).
@@ -452,8 +489,16 @@ pub fn returning_primary_regions(
     discard: bool,
 ) -> Result<Vec<Range<u64>>> {
     let rel = relate(&primary.history, &theirs.sb.history);
+    // Q2: a former primary that acknowledged nothing since the split holds nothing of its
+    // own to keep: it is taken back like one that is behind.
+    // With a damaged copy, the one read may be older than the last commit (which may have
+    // ended the refusing generation): not trusted for this.
+    let acknowledged_nothing = matches!(rel, Relation::Diverged { common: Some(_) })
+        && theirs.damaged.is_none()
+        && acknowledged_nothing_since_split(&primary.history, &theirs.sb.history);
     match rel {
         Relation::Same | Relation::Behind { .. } => {}
+        Relation::Diverged { .. } if acknowledged_nothing => {}
         Relation::Ahead { .. } | Relation::Diverged { .. } if !discard => {
             return Err(Error::invalid(format!(
                 "split brain: {}; refusing to mix them. Keep {primary_name}'s data and discard {their_name}'s changes with `mirrorctl attach {primary_name} {their_name} {DISCARD_SECONDARY_CHANGES}`, or the opposite with `mirrorctl attach {their_name} {primary_name} {DISCARD_SECONDARY_CHANGES}`",
@@ -514,6 +559,50 @@ mod tests {
         );
         assert!(t.contains("a.img went through 1 change since, to generation 3 id 000000000000001f (last: fracture"), "{t}");
         assert!(!t.contains("generation 3 and generation 3"), "{t}");
+    }
+
+    #[test]
+    fn a_former_primary_whose_generations_since_the_split_all_refused_writes_acknowledged_nothing()
+    {
+        let refusing = "slot 0 fractured by error; writes refused";
+        let ours = h(&[(1, 10, "created"), (2, 20, "attach"), (3, 32, "promoted")]);
+        let only_refusing = h(&[(1, 10, "created"), (2, 20, "attach"), (3, 31, refusing)]);
+        assert!(acknowledged_nothing_since_split(&ours, &only_refusing));
+        let twice = h(&[
+            (1, 10, "created"),
+            (2, 20, "attach"),
+            (3, 31, refusing),
+            (4, 41, refusing),
+        ]);
+        assert!(acknowledged_nothing_since_split(&ours, &twice));
+        // Writes acknowledged again after the refusing fracture: a real split brain.
+        let acked = h(&[
+            (1, 10, "created"),
+            (2, 20, "attach"),
+            (3, 31, refusing),
+            (4, 41, "writes acknowledged again"),
+        ]);
+        assert!(!acknowledged_nothing_since_split(&ours, &acked));
+        // A fracture with writes going on (no minimum): a real split brain.
+        let plain = h(&[
+            (1, 10, "created"),
+            (2, 20, "attach"),
+            (3, 31, "slot 0 fractured by error"),
+        ]);
+        assert!(!acknowledged_nothing_since_split(&ours, &plain));
+        // A new primary promoted with --force may lack what was acknowledged before.
+        let forced = h(&[
+            (1, 10, "created"),
+            (2, 20, "attach"),
+            (3, 32, "promoted ab (forced)"),
+        ]);
+        assert!(!acknowledged_nothing_since_split(&forced, &only_refusing));
+        // Nothing shared, or nothing changed since: not this case.
+        assert!(!acknowledged_nothing_since_split(
+            &ours,
+            &h(&[(1, 99, refusing)])
+        ));
+        assert!(!acknowledged_nothing_since_split(&ours, &ours[..2]));
     }
 
     #[test]

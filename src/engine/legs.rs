@@ -9,6 +9,7 @@
 
 use crate::device::Device;
 use crate::engine::leg_name;
+use crate::engine::quorum;
 use crate::engine::uuid_str;
 use crate::engine::EventKind;
 use crate::engine::Mirror;
@@ -320,6 +321,17 @@ impl Mirror {
 
     /// Records a leg failure: W4 then the state change.
     pub(super) fn fracture_on_error(&mut self, f: LegFailure, window: &[Range<u64>]) -> Result<()> {
+        self.fracture_on_error_as(f, window, false)
+    }
+
+    /// [`Mirror::fracture_on_error`]; `refusing`: too few secondaries are left in sync for
+    /// the minimum, so writes are refused from this generation on (Q2).
+    pub(super) fn fracture_on_error_as(
+        &mut self,
+        f: LegFailure,
+        window: &[Range<u64>],
+        refusing: bool,
+    ) -> Result<()> {
         let s = f.slot;
         let id = BitmapId::Fracture(SlotIdx(s));
         // W4: everything not known durable on the leg is in the current window (a stream's
@@ -333,9 +345,13 @@ impl Mirror {
         let now = now_unix();
         let name = leg_name(s, &self.sb().legs[s as usize]);
         let text = crate::error::plain(&format!("{}: {}", f.what, f.err));
-        self.image
-            .sb
-            .bump_generation(&format!("slot {s} fractured by error"), now);
+        self.image.sb.bump_generation(
+            &format!(
+                "slot {s} fractured by error{}",
+                if refusing { quorum::REFUSING } else { "" }
+            ),
+            now,
+        );
         let generation = self.sb().generation;
         let leg = &mut self.image.sb.legs[s as usize];
         leg.set_state(LegState::FracturedByError, now);
@@ -383,6 +399,23 @@ impl Mirror {
             }
         }
         Ok(out)
+    }
+
+    /// Q2: before a write is acknowledged on this image, a refusing generation (the last
+    /// one, a fracture that left writes refused) is ended by a new one, committed. A commit
+    /// that failed is tried again here (the refusing one is what is on disk). Returns
+    /// whether there was one to end.
+    pub fn end_refusing_generation(&mut self) -> Result<bool> {
+        if !self.refusing_generation() {
+            return Ok(false);
+        }
+        if quorum::last_refusing(self.sb()) {
+            self.image
+                .sb
+                .bump_generation(quorum::ACKNOWLEDGING, now_unix());
+        }
+        self.commit()?;
+        Ok(true)
     }
 
     /// Admin fracture: the leg stops receiving writes; later writes go to its log.

@@ -79,6 +79,9 @@ pub struct Mirror {
     pub min_in_sync: u32,
     /// The fence hook a stream runs for each leg it loses (`write --fence-peer`, E1).
     pub fence: fence::FenceHooks,
+    /// Q2: the last committed superblock's last generation left writes refused (what a
+    /// failed commit left in memory does not count).
+    committed_refusing: bool,
 }
 
 /// "secondary slot 1 (/srv/b.img)" (an NBD leg by its short form, `nbd::display`).
@@ -173,7 +176,9 @@ impl Mirror {
         let bitmaps = Bitmaps::open(dev, geom, map)
             .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
         let slots = geom.slots as usize;
+        let committed_refusing = quorum::last_refusing(&image.sb);
         Ok(Mirror {
+            committed_refusing,
             image,
             bitmaps,
             opener,
@@ -287,7 +292,16 @@ impl Mirror {
     pub(crate) fn commit(&mut self) -> Result<()> {
         self.image.commit().map_err(|e| {
             Error::primary_io(format!("writing superblock of primary {}", self.name), &e)
-        })
+        })?;
+        self.committed_refusing = quorum::last_refusing(self.sb());
+        Ok(())
+    }
+
+    /// Q2: whether a write acknowledged now would be behind a refusing generation: the
+    /// last one in memory or the last one committed (a change whose commit failed is not on
+    /// disk).
+    pub fn refusing_generation(&self) -> bool {
+        self.committed_refusing || quorum::last_refusing(self.sb())
     }
 
     /// Resolves a secondary given as a slot number or as the location used at attach.

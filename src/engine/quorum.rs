@@ -8,6 +8,18 @@
 //!   primary and some legs leaves every leg that did not get it with the write in its
 //!   fracture log (H5, W4), so no leg is ever silently different; the primary may hold it,
 //!   as after any write that got an I/O error.
+//! - Q2 A fracture after which too few secondaries are in sync for the minimum records its
+//!   generation as refusing (its history event ends in `; writes refused`), and before the
+//!   next write is acknowledged on that image (by serve, by `write`) a new generation
+//!   (`writes acknowledged again`) is committed (whether one is refusing is judged on what
+//!   was last committed as well as on memory, so a failed commit is tried again, never
+//!   skipped). So a former primary whose every generation since
+//!   the split is refusing acknowledged nothing its promoted peer lacks, and attaching it
+//!   back takes it back (its own writes and intents recopied, P3) instead of calling it a
+//!   split brain (P4), unless the promoted side was promoted with `--force` (recorded as
+//!   `(forced)`; it may lack earlier writes) or the copy read is not the newest (a damaged
+//!   one). Without the second half, a primary restarted with a lower minimum
+//!   acknowledged writes behind a refusing mark, and the rejoin discarded them.
 
 use crate::format::LegState;
 
@@ -53,6 +65,23 @@ pub fn shortfall(legs: &[LegView], min: u32) -> Option<String> {
             format!(" ({})", missing.join(", "))
         }
     ))
+}
+
+/// How the history event of a fracture that left writes refused ends (Q2).
+pub const REFUSING: &str = "; writes refused";
+/// The history event that ends a refusing generation before a write is acknowledged (Q2).
+pub const ACKNOWLEDGING: &str = "writes acknowledged again";
+
+/// Whether a generation's history event says nothing was acknowledged in it (Q2).
+pub fn acknowledged_nothing(event: &str) -> bool {
+    event.ends_with(REFUSING)
+}
+
+/// Whether the last generation of `sb` left writes refused (Q2).
+pub fn last_refusing(sb: &crate::format::Superblock) -> bool {
+    sb.history
+        .last()
+        .is_some_and(|e| acknowledged_nothing(&e.event))
 }
 
 #[cfg(test)]

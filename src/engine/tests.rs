@@ -959,3 +959,82 @@ fn with_too_few_in_sync_secondaries_a_write_is_refused_without_running_or_waitin
     let (m, _) = srv.stop().unwrap();
     assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
 }
+
+#[test]
+fn a_fracture_that_leaves_writes_refused_marks_its_generation_and_the_next_acknowledged_write_ends_it_durably_first(
+) {
+    let (m, p, secs) = mirror(64, 1);
+    let cfg = quorum_cfg(1, Duration::from_millis(100));
+    let srv = m.serve(&cfg, Box::new(|_| {})).unwrap();
+    let write = |srv: &serve::Server, byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    write(&srv, 1).unwrap();
+    secs[0].fail_writes(libc::EIO);
+    assert!(write(&srv, 2).is_err());
+    let last = |srv: &serve::Server| srv.with_mirror(|m| m.sb().history.last().unwrap().clone());
+    let refusing = last(&srv);
+    assert!(
+        super::quorum::acknowledged_nothing(&refusing.event),
+        "{}",
+        refusing.event
+    );
+    assert!(write(&srv, 3).is_err());
+    assert_eq!(
+        last(&srv).id,
+        refusing.id,
+        "a refused write changed the generation"
+    );
+    // Stopped and served again with no minimum: its first write ends the refusing
+    // generation (committed) before it is acknowledged.
+    let (m, _) = srv.stop().unwrap();
+    let srv = m
+        .serve(&quorum_cfg(0, Duration::ZERO), Box::new(|_| {}))
+        .unwrap();
+    write(&srv, 4).unwrap();
+    let now = last(&srv);
+    assert_eq!(now.event, super::quorum::ACKNOWLEDGING);
+    assert_eq!(now.generation, refusing.generation + 1);
+    drop(srv.stop().unwrap());
+    let img = Image::read(Arc::new(p.clone())).unwrap();
+    assert_eq!(
+        img.sb.history.last().unwrap().event,
+        super::quorum::ACKNOWLEDGING
+    );
+}
+
+#[test]
+fn a_failed_commit_of_the_generation_that_ends_a_refusing_one_is_retried_before_any_write_is_acknowledged(
+) {
+    let (m, p, secs) = mirror(64, 1);
+    let srv = m
+        .serve(&quorum_cfg(1, Duration::from_millis(100)), Box::new(|_| {}))
+        .unwrap();
+    let write = |byte: u8| {
+        let t = srv.ticket(0, 4096);
+        srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+    };
+    secs[0].fail_writes(libc::EIO);
+    assert!(write(1).is_err());
+    srv.set_min_in_sync(0).unwrap();
+    // The primary's superblock write fails: nothing may be acknowledged.
+    p.fail_writes(libc::EIO);
+    assert!(write(2).is_err());
+    p.heal();
+    let on_disk = || {
+        Image::read(Arc::new(p.clone()))
+            .unwrap()
+            .sb
+            .history
+            .last()
+            .unwrap()
+            .event
+            .clone()
+    };
+    assert!(super::quorum::acknowledged_nothing(&on_disk()));
+    write(3).unwrap();
+    // Acknowledged only once the generation that ends the refusing one is on disk (Q2).
+    assert_eq!(on_disk(), super::quorum::ACKNOWLEDGING);
+    drop(srv.stop());
+}

@@ -313,6 +313,8 @@ impl Mirror {
             .with("acknowledged", false)
             .with("writes_refused", why));
         }
+        // Q2: what this command acknowledges is not behind a refusing generation.
+        self.end_refusing_generation()?;
         let mut report = WriteReport::default();
         // Q1: bytes made durable while at least --min-in-sync legs were in sync (all of
         // them once the stream ends with the quorum held).

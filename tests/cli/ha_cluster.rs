@@ -1084,4 +1084,74 @@ fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and
         }
     }
     assert_eq!(c.status(1)["role"], "secondary", "{:#}", c.status(1));
+
+    // (3) The same cut with the primary on the remote node: the isolated node2 fails its
+    // host's write within the quorum wait (its fence hook cannot reach the cluster and is
+    // not waited for), node1 is promoted, and when the link is back node2, whose only
+    // change since the split is the fracture that refused writes (Q2), is taken back with
+    // a partial resync instead of being called a split brain.
+    c.crm_ok(
+        "crm_resource",
+        &[
+            "--move",
+            "--resource",
+            "mirror-clone",
+            "--node",
+            "node2",
+            "--promoted",
+        ],
+    );
+    c.wait_roles("mirror-clone", "node2", Some("node1"), 90);
+    c.crm_ok("crm_resource", &["--clear", "--resource", "mirror-clone"]);
+    c.wait_in_sync(1, 90);
+    c.host_io_ok(1, &["write -P 0x31 20M 128k", "flush"]);
+    let fenced = c.fenced("node2");
+    c.link(false);
+    let started = std::time::Instant::now();
+    let (code, out) = c.host_io(1, &["write -P 0x32 24M 64k", "flush"]);
+    assert!(
+        code != 0 || out.contains("failed"),
+        "the isolated primary acknowledged a write: {out}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the isolated primary held its host's write for {:?}",
+        started.elapsed()
+    );
+    c.wait_for("node2 fenced after the second cut", 60, |c| {
+        c.fenced("node2") > fenced
+    });
+    c.wait_roles("mirror-clone", "node1", None, 90);
+    c.link(true);
+    c.rejoin_node2();
+    c.wait_roles("mirror-clone", "node1", Some("node2"), 120);
+    c.wait_in_sync(0, 90);
+    assert_eq!(
+        crate::support::first_difference_between(&a, &b, data_offset, data_size),
+        None
+    );
+    // What node2 acknowledged before the cut is there; its refused write is not.
+    let mut block = vec![0u8; 128 * 1024];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&a).unwrap(),
+        &mut block,
+        data_offset + 20 * 1024 * 1024,
+    )
+    .unwrap();
+    assert!(
+        block.iter().all(|&x| x == 0x31),
+        "an acknowledged write is missing"
+    );
+    let s = c.status(0);
+    assert_eq!(s["healthy"], true, "{s:#}");
+    for i in [0, 1] {
+        for log in ["serve", "peers", "export"] {
+            let text = c.agent_log(i, log);
+            assert!(
+                !text.contains("split brain"),
+                "{} {log}.log:\n{text}",
+                NODES[i]
+            );
+        }
+    }
 }

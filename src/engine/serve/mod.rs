@@ -394,7 +394,13 @@ impl State {
 
     /// Whether a write or flush may not simply go on now (H9, H10).
     fn gated(&self) -> bool {
-        self.refusal().is_some() || self.fence_pending().is_some()
+        self.refusal().is_some() || self.fence_pending().is_some() || self.refusing_generation()
+    }
+
+    /// Q2: the image's last generation is a fracture that left writes refused: it is ended
+    /// (in [`Server::await_quorum`]) before anything is acknowledged.
+    fn refusing_generation(&self) -> bool {
+        self.mirror.refusing_generation()
     }
 
     /// H10: the fence hook of a leg that just stopped receiving writes (its fracture
@@ -1003,6 +1009,16 @@ impl Server {
             }
             let failed = st.fence_failed();
             let Some(why) = failed.clone().or(short) else {
+                // Q2: a refusing generation ends, durably, before this is acknowledged.
+                if let Err(e) = st.mirror.end_refusing_generation() {
+                    return (
+                        st,
+                        Err(Failure::new(
+                            EIO,
+                            format!("recording that writes are acknowledged again: {e}"),
+                        )),
+                    );
+                }
                 self.resume(&mut st);
                 return (st, Ok(()));
             };
@@ -1189,8 +1205,10 @@ impl Server {
         let missed = st.missed_by_a_leaving_leg();
         st.leave(slot);
         let reason = format!("by error: {what}: {err}");
+        // Q2: with too few left in sync, nothing is acknowledged from this generation on.
+        let refusing = st.shortfall().is_some();
         st.mirror
-            .fracture_on_error(LegFailure { slot, what, err }, &missed)
+            .fracture_on_error_as(LegFailure { slot, what, err }, &missed, refusing)
             .map_err(|e| Failure::new(EIO, e.to_string()))?;
         // H10: after its fracture is durable.
         if self.fence.fence_peer.is_some() {
