@@ -1,19 +1,24 @@
 //! mirrorctl: synchronous mirroring of disk images with fracture and write-intent logs.
 //!
 //! The map, one folder per concern (dependencies point down this list, never up):
-//! - `cli`: the commands: clap definitions, argument handling, output, generated docs.
-//! - `server`: the NBD server front end of `serve` (handshake, transmission, listening).
-//! - `engine`: the mirror: one file per operation, each with its durability rules on top.
+//! - `cli`: the commands: clap definitions (`cli/args/` per group of commands), argument
+//!   handling (`cli/commands/`), output, the status report worded, generated docs.
+//! - `server`: the NBD server front end of `serve` and `export` (handshake, transmission,
+//!   listening), over a `Backend` each of them implements.
+//! - `engine`: the mirror: one file per operation, each with its durability rules on top;
+//!   `engine/export.rs` is what `export` serves of one image.
 //! - `meta`: one image's header and logs (superblock pair, bitmaps), through a `Device`.
 //! - `device`: the devices: the `Device` trait, files and block devices, NBD exports, the
 //!   storage model, locations turned into devices, what an image already holds.
 //! - `format`: the bytes on disk, pure: layout, superblock encoding, histories, ranges.
 //!
 //! Beside them: `ocf` (the Pacemaker resource agent: its decisions pure in `ocf/mod.rs`,
-//! its processes in `ocf/run.rs`), `config` (mirrors by name: the NAME.toml files, pure), `live` (what a running command publishes for `status`), `lock`, `error`,
-//! `units`, `thread` (helper threads that fall back to the caller when none can be started),
-//! `tls` (TLS for the server and the NBD client; `tls/x509.rs` reads certificate names),
-//! `systemd` (readiness notification and the priority prefixes of log lines under journald).
+//! its processes in `ocf/run.rs`), `config` (mirrors by name: the NAME.toml files, pure),
+//! `live` (what a running command publishes for `status`), `lock`, `error`, `units`,
+//! `thread` (helper threads and the persistent I/O workers, falling back to the caller
+//! when none can be started), `tls` (TLS for the server and the NBD client; `tls/x509.rs`
+//! reads certificate names), `systemd` (readiness notification and the priority prefixes
+//! of log lines under journald).
 
 pub mod cli;
 pub mod config;

@@ -848,6 +848,36 @@ fn mirror_clone(c: &Cluster) -> String {
 }
 
 impl Cluster {
+    /// After a cut link: node2 is fenced and node1 promoted; once the link is back node2
+    /// rejoins as the secondary, in sync, the data areas of `imgs` identical, node1
+    /// healthy, and no agent log on either node says split brain.
+    fn node2_rejoins_after_a_cut(&self, fenced: usize, imgs: (&Path, &Path), area: (u64, u64)) {
+        self.wait_for("node2 fenced after the link cut", 60, |c| {
+            c.fenced("node2") > fenced
+        });
+        self.wait_roles("mirror-clone", "node1", None, 90);
+        self.link(true);
+        self.rejoin_node2();
+        self.wait_roles("mirror-clone", "node1", Some("node2"), 120);
+        self.wait_in_sync(0, 90);
+        assert_eq!(
+            crate::support::first_difference_between(imgs.0, imgs.1, area.0, area.1),
+            None
+        );
+        let s = self.status(0);
+        assert_eq!(s["healthy"], true, "{s:#}");
+        for i in [0, 1] {
+            for log in ["serve", "peers", "export"] {
+                let text = self.agent_log(i, log);
+                assert!(
+                    !text.contains("split brain"),
+                    "{} {log}.log:\n{text}",
+                    NODES[i]
+                );
+            }
+        }
+    }
+
     /// mirrorctl run on node `i` (its namespaces, so its paths and its /run).
     pub fn mirrorctl(&self, i: usize, args: &[&str]) -> Out {
         self.node_run(i, crate::support::bin(), args)
@@ -1058,31 +1088,8 @@ fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and
         code != 0 || out.contains("failed"),
         "a write was acknowledged: {out}"
     );
-    c.wait_for("node2 fenced after the link cut", 60, |c| {
-        c.fenced("node2") > fenced
-    });
-    c.wait_roles("mirror-clone", "node1", None, 60);
     // The link is back: node2 rejoins, in sync, the images identical, no split brain.
-    c.link(true);
-    c.rejoin_node2();
-    c.wait_roles("mirror-clone", "node1", Some("node2"), 90);
-    c.wait_in_sync(0, 90);
-    assert_eq!(
-        crate::support::first_difference_between(&a, &b, data_offset, data_size),
-        None
-    );
-    let s = c.status(0);
-    assert_eq!(s["healthy"], true, "{s:#}");
-    for i in [0, 1] {
-        for log in ["serve", "peers", "export"] {
-            let text = c.agent_log(i, log);
-            assert!(
-                !text.contains("split brain"),
-                "{} {log}.log:\n{text}",
-                NODES[i]
-            );
-        }
-    }
+    c.node2_rejoins_after_a_cut(fenced, (&a, &b), (data_offset, data_size));
     assert_eq!(c.status(1)["role"], "secondary", "{:#}", c.status(1));
 
     // (3) The same cut with the primary on the remote node: the isolated node2 fails its
@@ -1118,18 +1125,7 @@ fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and
         "the isolated primary held its host's write for {:?}",
         started.elapsed()
     );
-    c.wait_for("node2 fenced after the second cut", 60, |c| {
-        c.fenced("node2") > fenced
-    });
-    c.wait_roles("mirror-clone", "node1", None, 90);
-    c.link(true);
-    c.rejoin_node2();
-    c.wait_roles("mirror-clone", "node1", Some("node2"), 120);
-    c.wait_in_sync(0, 90);
-    assert_eq!(
-        crate::support::first_difference_between(&a, &b, data_offset, data_size),
-        None
-    );
+    c.node2_rejoins_after_a_cut(fenced, (&a, &b), (data_offset, data_size));
     // What node2 acknowledged before the cut is there; its refused write is not.
     let mut block = vec![0u8; 128 * 1024];
     std::os::unix::fs::FileExt::read_exact_at(
@@ -1142,16 +1138,4 @@ fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and
         block.iter().all(|&x| x == 0x31),
         "an acknowledged write is missing"
     );
-    let s = c.status(0);
-    assert_eq!(s["healthy"], true, "{s:#}");
-    for i in [0, 1] {
-        for log in ["serve", "peers", "export"] {
-            let text = c.agent_log(i, log);
-            assert!(
-                !text.contains("split brain"),
-                "{} {log}.log:\n{text}",
-                NODES[i]
-            );
-        }
-    }
 }
