@@ -260,29 +260,29 @@ complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand serve" -s h -l help 
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l socket -d 'Listen on this Unix socket (mode 0600)' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l listen -d 'Listen on TCP HOST:PORT (port 0: any free port, logged). An address that is not loopback needs TLS required (--tls-cert, --tls-key) or --insecure' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l export -d 'The export name clients ask for (the NAME of nbds://HOST:PORT/NAME; default: the empty name)' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-cert -d 'TLS certificate (PEM; the server\'s first, then any intermediates) presented to clients. Needs --tls-key. Read once at start' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-cert -d 'TLS certificate (PEM; the server\'s first, then any intermediates) presented to clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and every request travel inside it. Needs --tls-key. Read once at start' -r -F
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-key -d 'The private key of --tls-cert (PEM, unencrypted). Refused if others may read it (chmod 600)' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-ca -d 'Mutual TLS: clients (the primary\'s NBD leg) must present a certificate signed by this CA (PEM), or are refused' -r -F
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-allow -d 'With --tls-ca: admit only clients whose certificate is for NAME; repeat for more' -r
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert), on, or off (the default without a certificate)' -r -f -a "off\t'No TLS offered (NBD_OPT_STARTTLS is answered "unsupported")'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-ca -d 'Mutual TLS: clients must present a certificate signed by this CA (PEM), or are refused, the log naming their address' -r -F
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls-allow -d 'With --tls-ca: admit only clients whose certificate is for NAME (its subject\'s common name, or a DNS name or address among its alternative names); repeat for more. Without it, any certificate the CA signed is admitted' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l tls -d 'Whether clients must start TLS: require (the default with --tls-cert) refuses those that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off (the default without a certificate) offers no TLS' -r -f -a "off\t'No TLS offered (NBD_OPT_STARTTLS is answered "unsupported")'
 on\t'TLS offered; clients may connect without it'
 require\t'Every client must start TLS: other options get NBD_REP_ERR_TLS_REQD until it has'"
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l handshake-limit -d 'A client must finish its handshake (TLS included) within this, or it is disconnected' -r -f -a "500ms\t'half a second'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l handshake-limit -d 'A client must finish its handshake (TLS included) within this, or it is disconnected (as qemu-nbd\'s --handshake-limit): one that connects and says nothing, or starts TLS and stalls, holds no thread for long' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l write-timeout -d 'A client that takes none of its replies for this long is disconnected; a stop gives clients at most this long to take the replies of the requests in flight' -r -f -a "500ms\t'half a second'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l write-timeout -d 'A client that takes none of its replies for this long is disconnected (its requests are no longer read once 16 MiB of replies wait for it). A stop gives clients at most this long to take the replies of the requests in flight, then shuts every connection down' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l max-connections -d 'Clients served at once (handshakes included); one more is refused with a log line' -r
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l max-connections -d 'Clients served at once (handshakes included); one more is refused with a log line. Each holds at most 33 threads and about 240 MiB of buffers' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l wait -d 'If the mirror is locked by another mirrorctl, wait for it (for at most DURATION, e.g. 30s, 5m; without a value, as long as it takes) instead of exiting with status 5. A mirror that `serve` holds is not waited for: the commands it carries out are handed to it at once, the others exit 5' -r
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l timeout -d 'How long to wait for an NBD server (connect, handshake, each request) before the secondary is treated as failed (fractured-by-error), e.g. 500ms, 10s. Default 5s' -r -f -a "500ms\t'half a second'
 30s\t'30 seconds'
 10m\t'10 minutes'
 1h\t'an hour'"
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l rejoin -d 'Offer a former primary (its header says primary, and nothing runs it) for the mirror\'s current primary to take back as a secondary with `attach`. It is watched for becoming a primary again only once it is a secondary'
-complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l insecure -d 'Allow --listen on an address that is not loopback without TLS required. Without TLS, anyone who can reach the port can read and overwrite the image'
+complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l insecure -d 'Allow --listen on an address that is not loopback without TLS required. Without TLS, anyone who can reach the port can read and overwrite the disk'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -l no-progress -d 'Never draw progress bars (they are drawn only when stderr is a terminal)'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mirrorctl -n "__fish_mirrorctl_using_subcommand name" -l remove -d 'Forget the name NAME (its file is removed; the mirror is left as it is)' -r

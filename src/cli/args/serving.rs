@@ -67,49 +67,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_HOT_EXTENTS,
           value_parser = parse_hot_extents)]
     pub hot_extents: usize,
-    /// TLS certificate (PEM; the server's first, then any intermediates) presented to
-    /// clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and
-    /// every request travel inside it. Needs --tls-key. Read once at start.
-    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM, unencrypted). Refused if others may read it
-    /// (chmod 600).
-    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
-    pub tls_key: Option<PathBuf>,
-    /// Mutual TLS: clients must present a certificate signed by this CA (PEM), or are
-    /// refused, the log naming their address.
-    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
-    pub tls_ca: Option<PathBuf>,
-    /// With --tls-ca: admit only clients whose certificate is for NAME (its subject's
-    /// common name, or a DNS name or address among its alternative names); repeat for more.
-    /// Without it, any certificate the CA signed is admitted.
-    #[arg(long, value_name = "NAME", requires = "tls_ca")]
-    pub tls_allow: Vec<String>,
-    /// Whether clients must start TLS: require (the default with --tls-cert) refuses those
-    /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
-    /// (the default without a certificate) offers no TLS.
-    #[arg(long, value_name = "MODE", value_enum)]
-    pub tls: Option<crate::server::handshake::TlsPolicy>,
-    /// A client must finish its handshake (TLS included) within this, or it is
-    /// disconnected (as qemu-nbd's --handshake-limit): one that connects and says nothing,
-    /// or starts TLS and stalls, holds no thread for long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
-    pub handshake_limit: Duration,
-    /// A client that takes none of its replies for this long is disconnected (its requests
-    /// are no longer read once 16 MiB of replies wait for it). A stop gives clients at most
-    /// this long to take the replies of the requests in flight, then shuts every connection
-    /// down.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
-    pub write_timeout: Duration,
-    /// Clients served at once (handshakes included); one more is refused with a log line.
-    /// Each holds at most 33 threads and about 240 MiB of buffers.
-    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
-          value_parser = parse_max_connections)]
-    pub max_connections: usize,
-    /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
-    /// anyone who can reach the port can read and overwrite the disk.
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Acknowledge a write or flush only while at least N secondaries are in sync (DRBD's
     /// quorum, MirrorView's minimum required images). With fewer, a write or flush waits up
     /// to --timeout for one to come back in sync (a live resync ending), then gets an I/O
@@ -204,41 +163,8 @@ pub struct ExportArgs {
     /// for becoming a primary again only once it is a secondary.
     #[arg(long)]
     pub rejoin: bool,
-    /// TLS certificate (PEM; the server's first, then any intermediates) presented to
-    /// clients. Needs --tls-key. Read once at start.
-    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM, unencrypted). Refused if others may read it
-    /// (chmod 600).
-    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
-    pub tls_key: Option<PathBuf>,
-    /// Mutual TLS: clients (the primary's NBD leg) must present a certificate signed by
-    /// this CA (PEM), or are refused.
-    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
-    pub tls_ca: Option<PathBuf>,
-    /// With --tls-ca: admit only clients whose certificate is for NAME; repeat for more.
-    #[arg(long, value_name = "NAME", requires = "tls_ca")]
-    pub tls_allow: Vec<String>,
-    /// Whether clients must start TLS: require (the default with --tls-cert), on, or off
-    /// (the default without a certificate).
-    #[arg(long, value_name = "MODE", value_enum)]
-    pub tls: Option<crate::server::handshake::TlsPolicy>,
-    /// A client must finish its handshake (TLS included) within this, or it is
-    /// disconnected.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
-    pub handshake_limit: Duration,
-    /// A client that takes none of its replies for this long is disconnected; a stop gives
-    /// clients at most this long to take the replies of the requests in flight.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
-    pub write_timeout: Duration,
-    /// Clients served at once (handshakes included); one more is refused with a log line.
-    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
-          value_parser = parse_max_connections)]
-    pub max_connections: usize,
-    /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
-    /// anyone who can reach the port can read and overwrite the image.
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 pub(crate) const OCF_ABOUT: &str =
@@ -282,4 +208,64 @@ pub struct OcfAgentArgs {
     /// What the agent passes its own background runs.
     #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub rest: Vec<String>,
+}
+
+/// The options of a server on the network, shared by `serve` and `export`: TLS, how long a
+/// client may take, how many are served, and clear text beyond loopback.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TLS certificate (PEM; the server's first, then any intermediates) presented to
+    /// clients: clients start TLS (NBD_OPT_STARTTLS) and the rest of the handshake and
+    /// every request travel inside it. Needs --tls-key. Read once at start.
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted). Refused if others may read it
+    /// (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM), or are
+    /// refused, the log naming their address.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: admit only clients whose certificate is for NAME (its subject's
+    /// common name, or a DNS name or address among its alternative names); repeat for more.
+    /// Without it, any certificate the CA signed is admitted.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_allow: Vec<String>,
+    /// Whether clients must start TLS: require (the default with --tls-cert) refuses those
+    /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
+    /// (the default without a certificate) offers no TLS.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub tls: Option<crate::server::handshake::TlsPolicy>,
+    /// A client must finish its handshake (TLS included) within this, or it is
+    /// disconnected (as qemu-nbd's --handshake-limit): one that connects and says nothing,
+    /// or starts TLS and stalls, holds no thread for long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub handshake_limit: Duration,
+    /// A client that takes none of its replies for this long is disconnected (its requests
+    /// are no longer read once 16 MiB of replies wait for it). A stop gives clients at most
+    /// this long to take the replies of the requests in flight, then shuts every connection
+    /// down.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = Examples::new(parse_timeout, DURATION_EXAMPLES), hide_possible_values = true)]
+    pub write_timeout: Duration,
+    /// Clients served at once (handshakes included); one more is refused with a log line.
+    /// Each holds at most 33 threads and about 240 MiB of buffers.
+    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
+    /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
+    /// anyone who can reach the port can read and overwrite the disk.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ServerArgs {
+    /// What each client may hold and take (README "Serving hosts").
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            handshake: self.handshake_limit,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `export`: one image served raw over NBD until SIGTERM/SIGINT, or until it becomes a
 //! primary through the export (engine/export.rs); a clean stop syncs the image.
 
-use super::serve::{check_socket_path, tcp_listen, tls, TlsFlags};
+use super::serve::{check_socket_path, tcp_listen, tls};
 use super::*;
 use crate::engine::export::{Export, Header, Phase};
 use crate::server::{self, Listen};
@@ -12,15 +12,9 @@ pub(super) fn export(ctx: &Ctx, a: cli::ExportArgs) -> Result<Exit> {
     server::block_stop_signals();
     crate::systemd::take_notify_socket();
     server::set_log_name("export");
-    let tls = tls(&TlsFlags {
-        tls: a.tls,
-        tls_cert: &a.tls_cert,
-        tls_key: &a.tls_key,
-        tls_ca: &a.tls_ca,
-        tls_allow: &a.tls_allow,
-    })?;
+    let tls = tls(&a.server)?;
     let listen = match (&a.socket, &a.listen) {
-        (_, Some(hp)) => tcp_listen(hp, &tls, a.insecure)?,
+        (_, Some(hp)) => tcp_listen(hp, &tls, a.server.insecure)?,
         (Some(p), None) => Listen::Unix(p.clone()),
         (None, None) => return Err(Error::invalid("give --listen HOST:PORT or --socket PATH")),
     };
@@ -65,11 +59,7 @@ pub(super) fn export(ctx: &Ctx, a: cli::ExportArgs) -> Result<Exit> {
         &a.export,
         &name,
         &tls,
-        &server::Limits {
-            handshake: a.handshake_limit,
-            write_timeout: a.write_timeout,
-            max_connections: a.max_connections,
-        },
+        &a.server.limits(),
     )
     .map_err(|e| Error::invalid(format!("{what}: {}", crate::error::describe_io(&e))))?;
     crate::systemd::notify("STATUS=stopping: syncing the image", &server::log_line);

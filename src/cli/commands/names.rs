@@ -326,22 +326,22 @@ fn apply_serve(e: &Entry, a: &mut cli::ServeArgs, given: &dyn Fn(&str) -> bool) 
         if n == 0 {
             return Err(bad("max_connections", "must be at least 1".into()));
         }
-        a.max_connections = n as usize;
+        a.server.max_connections = n as usize;
     }
     for (k, file, arg) in [
-        ("tls_cert", &s.tls_cert, &mut a.tls_cert),
-        ("tls_key", &s.tls_key, &mut a.tls_key),
-        ("tls_ca", &s.tls_ca, &mut a.tls_ca),
+        ("tls_cert", &s.tls_cert, &mut a.server.tls_cert),
+        ("tls_key", &s.tls_key, &mut a.server.tls_key),
+        ("tls_ca", &s.tls_ca, &mut a.server.tls_ca),
     ] {
         if let (Some(p), false) = (file, given(k)) {
             *arg = Some(PathBuf::from(p));
         }
     }
     if let (Some(v), false) = (&s.tls_allow, given("tls_allow")) {
-        a.tls_allow = v.clone();
+        a.server.tls_allow = v.clone();
     }
     if let (Some(t), false) = (&s.tls, given("tls")) {
-        a.tls = Some(
+        a.server.tls = Some(
             <crate::server::handshake::TlsPolicy as clap::ValueEnum>::from_str(t, false)
                 .map_err(|x| bad("tls", x))?,
         );
@@ -350,16 +350,20 @@ fn apply_serve(e: &Entry, a: &mut cli::ServeArgs, given: &dyn Fn(&str) -> bool) 
         (
             "handshake_limit",
             &s.handshake_limit,
-            &mut a.handshake_limit,
+            &mut a.server.handshake_limit,
         ),
-        ("write_timeout", &s.write_timeout, &mut a.write_timeout),
+        (
+            "write_timeout",
+            &s.write_timeout,
+            &mut a.server.write_timeout,
+        ),
     ] {
         if let (Some(d), false) = (file, given(k)) {
             *arg = config::duration(d).map_err(|x| bad(k, x))?;
         }
     }
     if let (Some(x), false) = (s.insecure, given("insecure")) {
-        a.insecure = x;
+        a.server.insecure = x;
     }
     Ok(())
 }

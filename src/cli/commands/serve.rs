@@ -5,30 +5,9 @@ use super::*;
 use crate::server::handshake::TlsPolicy;
 use crate::server::{self, Listen, Tls};
 
-/// The TLS flags of `serve` and `export`.
-pub(super) struct TlsFlags<'a> {
-    pub tls: Option<TlsPolicy>,
-    pub tls_cert: &'a Option<PathBuf>,
-    pub tls_key: &'a Option<PathBuf>,
-    pub tls_ca: &'a Option<PathBuf>,
-    pub tls_allow: &'a [String],
-}
-
-impl<'a> TlsFlags<'a> {
-    fn of(a: &'a cli::ServeArgs) -> TlsFlags<'a> {
-        TlsFlags {
-            tls: a.tls,
-            tls_cert: &a.tls_cert,
-            tls_key: &a.tls_key,
-            tls_ca: &a.tls_ca,
-            tls_allow: &a.tls_allow,
-        }
-    }
-}
-
 /// TLS as the flags ask: the certificate, key and CA read now, before anything changes.
-pub(super) fn tls(a: &TlsFlags) -> Result<Tls> {
-    let policy = match (a.tls, a.tls_cert) {
+pub(super) fn tls(a: &cli::ServerArgs) -> Result<Tls> {
+    let policy = match (a.tls, &a.tls_cert) {
         (Some(TlsPolicy::Off), Some(_)) => {
             return Err(Error::invalid(
                 "--tls off with --tls-cert: drop --tls-cert, or say --tls on or --tls require",
@@ -116,9 +95,9 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     // and $NOTIFY_SOCKET is taken out of the environment while no thread can read it.
     server::block_stop_signals();
     crate::systemd::take_notify_socket();
-    let tls = tls(&TlsFlags::of(&a))?;
+    let tls = tls(&a.server)?;
     let listen = match (&a.socket, &a.listen) {
-        (_, Some(hp)) => tcp_listen(hp, &tls, a.insecure)?,
+        (_, Some(hp)) => tcp_listen(hp, &tls, a.server.insecure)?,
         (Some(p), None) => Listen::Unix(p.clone()),
         (None, None) => Listen::Unix(server::default_socket(&a.primary)),
     };
@@ -249,11 +228,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         &a.export,
         &description,
         &tls,
-        &server::Limits {
-            handshake: a.handshake_limit,
-            write_timeout: a.write_timeout,
-            max_connections: a.max_connections,
-        },
+        &a.server.limits(),
     )
     .map_err(|e| Error::invalid(format!("{what}: {}", crate::error::describe_io(&e))));
     crate::systemd::notify(
