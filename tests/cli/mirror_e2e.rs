@@ -31,15 +31,6 @@ fn run_piped(dir: &Path, args: &[&str], input: &[u8]) -> Out {
     }
 }
 
-fn data_area(path: &Path, off: u64, len: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len as usize];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut v, off)
-        .unwrap();
-    v
-}
-
 fn files_of(fx: &Fx, names: &[&str]) -> Vec<Option<Vec<u8>>> {
     names
         .iter()
@@ -64,7 +55,7 @@ fn sixty_four_mib_piped_in_reads_back_identically_from_the_primary_and_every_sec
     assert!(out.stdout == data, "read returned other bytes");
     let g = fx.geometry();
     for name in ["a.img", "b.img", "c.img"] {
-        let got = data_area(&fx.path(name), g.data_offset + 4 * MIB, 64 * MIB);
+        let got = read_at(&fx.path(name), g.data_offset + 4 * MIB, 64 * MIB);
         assert!(got == data, "{name}'s data area differs from the input");
         assert_eq!(fx.first_difference(name), None);
     }
@@ -83,7 +74,7 @@ fn offset_length_input_file_and_input_past_the_end() {
     fx.ok(&[
         "write", "a.img", "--offset", "1M", "--length", "100K", "--input", "in.bin",
     ]);
-    let got = data_area(&fx.path("b.img"), g.data_offset + MIB, 100 * KIB + 1);
+    let got = read_at(&fx.path("b.img"), g.data_offset + MIB, 100 * KIB + 1);
     assert!(got[..100 * KIB as usize] == input[..100 * KIB as usize]);
     assert_eq!(got[100 * KIB as usize], 0, "--length was exceeded");
     // --input - is stdin.
@@ -100,7 +91,7 @@ fn offset_length_input_file_and_input_past_the_end() {
     assert!(o.stderr.contains(&(2 * MIB).to_string()), "{o:?}");
     assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
     assert_eq!(fx.first_difference("b.img"), None);
-    let tail = data_area(&fx.path("a.img"), g.data_offset + 6 * MIB, 2 * MIB);
+    let tail = read_at(&fx.path("a.img"), g.data_offset + 6 * MIB, 2 * MIB);
     assert!(tail == input[..2 * MIB as usize]);
     assert_eq!(fx.status()["write_intent_regions"], 0);
     // An offset past the end writes nothing.
@@ -314,7 +305,7 @@ fn loop_devices_work_as_primary_and_as_secondary() {
     Rng::new(8).fill(&mut data);
     let o = run_piped(dir.path(), &["write", p.as_str()], &data);
     assert_eq!(o.code, 0, "{o:?}");
-    assert!(data_area(&s.path, off, 20 * MIB) == data);
+    assert!(read_at(&s.path, off, 20 * MIB) == data);
     let o = run(&["fracture", p.as_str(), s.as_str()]);
     assert_eq!(o.code, 0, "{o:?}");
     let o = run_piped(

@@ -64,14 +64,6 @@ impl Host {
 
 const EIO: u32 = 5;
 
-/// `len` bytes of the data area of image `name`.
-fn data_at(fx: &Fx, name: &str, off: u64, len: usize) -> Vec<u8> {
-    let g = fx.geometry();
-    let all = std::fs::read(fx.path(name)).unwrap();
-    let at = (g.data_offset + off) as usize;
-    all[at..at + len].to_vec()
-}
-
 fn events_of(fx: &Fx, kind: &str) -> Vec<Value> {
     // One JSON document a line.
     fx.ok(&["events", "a.img", "--json"])
@@ -136,8 +128,8 @@ fn with_two_secondaries_and_min_two_a_fractured_leg_gets_host_writes_an_io_error
     // (qemu-io prints nothing for a failed flush; its exit status says it.)
     assert!(!o.status.success(), "{out}");
     // The primary holds exactly what was acknowledged; the refused writes changed nothing.
-    assert_eq!(data_at(&fx, "a.img", 0, 65536), vec![0x11; 65536]);
-    assert_eq!(data_at(&fx, "a.img", MIB, 65536), vec![0; 65536]);
+    assert_eq!(fx.data_at("a.img", 0, 65536), vec![0x11; 65536]);
+    assert_eq!(fx.data_at("a.img", MIB, 65536), vec![0; 65536]);
     // Status, metrics and events say so, and why.
     let r = until_record(&fx, "the refusal", |r| u(&r["refused_total"]) >= 3);
     assert_eq!(
@@ -182,7 +174,7 @@ fn with_two_secondaries_and_min_two_a_fractured_leg_gets_host_writes_an_io_error
         "{log}"
     );
     crate::serve::legs_identical(&fx, &[&fx.path("b.img"), &fx.path("c.img")]);
-    assert_eq!(data_at(&fx, "c.img", 0, 65536), vec![0x44; 65536]);
+    assert_eq!(fx.data_at("c.img", 0, 65536), vec![0x44; 65536]);
 }
 
 #[test]
@@ -200,7 +192,7 @@ fn lowering_min_in_sync_live_with_set_lets_writes_go_on_and_set_without_a_serve_
     // The same connection goes on.
     assert_eq!(h.write(0, &[8; 4096]), 0);
     assert_eq!(h.flush(), 0);
-    assert_eq!(data_at(&fx, "b.img", 0, 4096), vec![8; 4096]);
+    assert_eq!(fx.data_at("b.img", 0, 4096), vec![8; 4096]);
     // More than the slots can hold: refused, nothing changed.
     let o = fx.run(&["set", "a.img", "--min-in-sync", "9"]);
     assert_eq!(o.code, 2, "{o:?}");
@@ -262,8 +254,8 @@ fn a_secondary_whose_nbd_server_is_killed_mid_workload_with_min_one_gets_nothing
     assert_eq!(code, 0, "{log}");
     // Every acknowledged write is on the primary and on the leg.
     for &i in &acked {
-        assert_eq!(data_at(&fx, "a.img", i * 4096, 4096), block(i), "block {i}");
-        assert_eq!(data_at(&fx, "b.img", i * 4096, 4096), block(i), "block {i}");
+        assert_eq!(fx.data_at("a.img", i * 4096, 4096), block(i), "block {i}");
+        assert_eq!(fx.data_at("b.img", i * 4096, 4096), block(i), "block {i}");
     }
     // What the leg missed is in its fracture log: a resync makes it equal to the primary.
     let l = leg_of(&fx, 0);
@@ -420,7 +412,7 @@ fn a_host_write_after_a_secondary_dies_is_acknowledged_only_after_the_fence_peer
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("--fence-peer for slot 0 succeeded"), "{log}");
     assert!(log.contains("--unfence for slot 0"), "{log}");
-    assert_eq!(data_at(&fx, "b.img", 4096, 4096), vec![2; 4096]);
+    assert_eq!(fx.data_at("b.img", 4096, 4096), vec![2; 4096]);
 }
 
 #[test]
@@ -438,7 +430,7 @@ fn a_failing_fence_peer_hook_gets_writes_refused_with_the_fracture_kept_until_a_
     );
     assert_eq!(h.write(0, &[2; 4096]), EIO);
     assert_eq!(h.flush(), EIO);
-    assert_eq!(data_at(&fx, "a.img", 0, 4096), vec![1; 4096]);
+    assert_eq!(fx.data_at("a.img", 0, 4096), vec![1; 4096]);
     let r = until_record(&fx, "the refusal", |r| !r["writes_refused"].is_null());
     assert_eq!(
         r["writes_refused"], "--fence-peer for slot 1 failed (exit status: 7)",

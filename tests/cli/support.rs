@@ -121,6 +121,17 @@ impl Fx {
         }
     }
 
+    /// `len` bytes of image `name`'s data area from data offset `off`, read from the file.
+    pub fn data_at(&self, name: &str, off: u64, len: u64) -> Vec<u8> {
+        read_at(&self.path(name), self.geometry().data_offset + off, len)
+    }
+
+    /// Image `name`'s whole data area, read from the file.
+    pub fn data_area(&self, name: &str) -> Vec<u8> {
+        let g = self.geometry();
+        read_at(&self.path(name), g.data_offset, g.data_size)
+    }
+
     /// Writes `len` pseudo-random bytes (from `seed`) at data offset `off` through mirrorctl.
     pub fn write_random(&self, off: u64, len: u64, seed: u64) {
         let input = self.path(&format!("input-{seed}.bin"));
@@ -169,6 +180,16 @@ pub struct Geom {
     pub data_size: u64,
     pub region_size: u64,
     pub region_count: u64,
+}
+
+/// `len` bytes of the file at `path` from byte `off`.
+pub fn read_at(path: &Path, off: u64, len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len as usize];
+    File::open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+        .read_exact_at(&mut v, off)
+        .unwrap_or_else(|e| panic!("reading {len} bytes at {off} of {}: {e}", path.display()));
+    v
 }
 
 pub fn u(v: &Value) -> u64 {

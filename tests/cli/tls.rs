@@ -230,13 +230,6 @@ fn qemu_io_tls(dir: &str, server: &str, cmds: &[&str]) -> String {
     out
 }
 
-/// The primary's data area, all of it.
-fn data_area(fx: &Fx) -> Vec<u8> {
-    let g = fx.geometry();
-    let a = std::fs::read(fx.path("a.img")).unwrap();
-    a[g.data_offset as usize..(g.data_offset + g.data_size) as usize].to_vec()
-}
-
 #[test]
 fn serve_with_tls_admits_nbdinfo_nbdcopy_and_qemu_io_with_a_client_certificate_and_their_writes_reach_every_leg(
 ) {
@@ -296,7 +289,7 @@ fn serve_with_tls_admits_nbdinfo_nbdcopy_and_qemu_io_with_a_client_certificate_a
         })
         .count();
     assert!(tls_clients >= 3, "{ev}");
-    let data = data_area(&fx);
+    let data = fx.data_area("a.img");
     let sent = std::fs::read(&src).unwrap();
     assert!(data[..4 * MIB as usize] == sent[..], "nbdcopy's data");
     assert!(data[8 * MIB as usize..][..128 << 10]
@@ -313,7 +306,7 @@ fn clients_without_a_certificate_with_one_from_another_ca_or_without_tls_are_ref
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     let pki = Pki::new(&fx.path("pki"), "good");
     let other = Pki::new(&fx.path("other"), "other");
-    let before = data_area(&fx);
+    let before = fx.data_area("a.img");
     let (s, port) = Serving::start_tcp(&fx, "127.0.0.1", &strs(&pki.serve_args()));
     let src = fx.path("src.bin");
     random_file(&src, MIB, 9);
@@ -383,7 +376,7 @@ fn clients_without_a_certificate_with_one_from_another_ca_or_without_tls_are_ref
         "{log}"
     );
     assert!(!log.contains("connected ("), "{log}");
-    assert!(data_area(&fx) == before, "a refused client wrote");
+    assert!(fx.data_area("a.img") == before, "a refused client wrote");
     assert_eq!(fx.verify(&[]).0, 0);
 }
 
@@ -851,7 +844,7 @@ fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     let pki = Pki::new(&fx.path("pki"), "good");
     let cdir = pki.client_dir(&fx.path("client"), Some(&pki));
-    let before = data_area(&fx);
+    let before = fx.data_area("a.img");
     let src = fx.path("src.bin");
     random_file(&src, MIB, 5);
     let src = src.to_str().unwrap();
@@ -871,7 +864,7 @@ fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
         "{log}"
     );
     assert!(log.contains("signed for backup-host.example"), "{log}");
-    assert!(data_area(&fx) == before, "a refused client wrote");
+    assert!(fx.data_area("a.img") == before, "a refused client wrote");
     // Listed (case does not matter), it gets in and writes.
     args.extend(["--tls-allow".into(), "CLIENT".into()]);
     let s = Serving::start(&fx, &strs(&args));
@@ -880,7 +873,7 @@ fn tls_allow_admits_only_clients_whose_certificate_is_for_a_listed_name() {
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("client certificate verified"), "{log}");
     let sent = std::fs::read(src).unwrap();
-    assert!(data_area(&fx)[..MIB as usize] == sent[..]);
+    assert!(fx.data_area("a.img")[..MIB as usize] == sent[..]);
     // --tls-allow without --tls-ca is a usage error: there is no certificate to name.
     serve_refused(
         &fx,
