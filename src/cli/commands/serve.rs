@@ -91,10 +91,21 @@ pub(super) fn check_socket_path(listen: &Listen) -> Result<()> {
 }
 
 pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
-    // Before any thread starts: every thread inherits the mask, only the waiter sees them;
-    // and $NOTIFY_SOCKET is taken out of the environment while no thread can read it.
+    // The steps, in this order:
+    // 1. stop signals blocked and $NOTIFY_SOCKET taken, before any thread starts;
+    // 2. TLS files read and the listening address bound, before anything on disk changes
+    //    (a serve that cannot listen exits 2 having changed nothing);
+    // 3. P6 and recovery (R1..R3), then the ServeStarted event;
+    // 4. the engine's server made, an interrupted resync continued in the background, the
+    //    control socket opened;
+    // 5. hosts served until SIGTERM/SIGINT;
+    // 6. admin work and control requests ended, the server's last reference taken back;
+    // 7. the clean stop: every leg synced and the write intents cleared, the ServeStopped
+    //    event, the summary line.
+    // 1.
     server::block_stop_signals();
     crate::systemd::take_notify_socket();
+    // 2.
     let tls = tls(&a.server)?;
     let listen = match (&a.socket, &a.listen) {
         (_, Some(hp)) => tcp_listen(hp, &tls, a.server.insecure)?,
@@ -115,9 +126,8 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     let mut m = open_mirror(ctx, &a.primary, Mode::Exclusive)?;
     super::write::check_min_in_sync(a.min_in_sync, &m)
         .map_err(|e| Error::invalid(e.msg.replace("nothing was written", "nothing was changed")))?;
-    // Bound before anything on disk changes: a serve that cannot listen (port taken, bad
-    // socket path) exits 2 having changed nothing, not even its journal.
     let bound = server::bind(&listen).map_err(listening)?;
+    // 3.
     if !a.read_only {
         // P6 and recovery (R1..R3) as for every changing command.
         m.prepare_for_change()?;
@@ -137,26 +147,14 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         );
         m.record(engine::EventKind::ServeStarted, None, &at)?;
     }
-    let cfg = engine::serve::ServeConfig {
-        hot_extents: a.hot_extents,
-        read_only: a.read_only,
-        min_in_sync: a.min_in_sync,
-        quorum_wait: crate::device::nbd::timeout(),
-        fence: engine::fence::FenceHooks {
-            fence_peer: a.fence_peer.clone(),
-            unfence: a.unfence.clone(),
-            timeout: a.fence_timeout,
-            primary: display(&a.primary),
-        },
-        ..Default::default()
-    };
+    // 4.
     let live = m.publish("serve", !a.read_only).map(Arc::new);
     let ctl_path = m
         .primary_file()
         .map(crate::server::control::socket_path)
         .transpose()
         .map_err(|e| Error::invalid(format!("naming the control socket: {e}")))?;
-    let srv = Arc::new(m.serve(&cfg, Box::new(server::log_line))?);
+    let srv = Arc::new(m.serve(&config(&a), Box::new(server::log_line))?);
     if let Some(why) = srv.writes_refused() {
         server::log_line(&format!(
             "warning: writes will be refused: {why}, fewer than --min-in-sync {} (a write waits up to --timeout for a leg to come back in sync; `mirrorctl resync {}` brings legs back)",
@@ -170,57 +168,15 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
             s.upgrade().map(|s| s.live_record()).unwrap_or_default()
         }));
     }
-    // A resync that was interrupted goes on in the background, its progress in the record.
-    let background = {
-        let slots = if a.read_only {
-            Vec::new()
-        } else {
-            srv.syncing_legs()
-        };
-        (!slots.is_empty()).then(|| {
-            let (s, l) = (srv.clone(), live.clone());
-            let started = std::thread::Builder::new().name("resync".into()).spawn(move || {
-                crate::live::block_signals();
-                server::log_line(&format!(
-                    "slot(s) {slots:?} were left syncing: their resync continues in the background"
-                ));
-                let p = super::control::Published::new(l.as_deref());
-                let opts = engine::ResyncOptions::default();
-                // Its warnings are in serve's log already.
-                if let Err(e) = s.resync_legs(&slots, &opts, true, &p, &|_| {}) {
-                    server::log_line(&format!("error: background resync: {e}"));
-                }
-            });
-            started
-                .map_err(|e| {
-                    server::log_line(&format!(
-                        "error: background resync: starting its thread: {e}; `mirrorctl resync {}` starts it",
-                        display(&a.primary)
-                    ))
-                })
-                .ok()
-        })
-    }
-    .flatten();
-    // Other commands on this mirror (fracture, detach, resync) are carried out here; a
-    // read-only server answers each with a refusal at once (see `refuse_read_only`).
+    let background = match a.read_only {
+        true => None,
+        false => background_resync(&srv, live.clone(), &a.primary),
+    };
     let control = match &ctl_path {
-        Some(p) => {
-            let (s, l) = (srv.clone(), live.clone());
-            let h: crate::server::control::Handler = if a.read_only {
-                Arc::new(|req, reply| super::control::refuse_read_only(&req, reply))
-            } else {
-                Arc::new(move |req, reply| super::control::handle(&s, l.as_deref(), req, reply))
-            };
-            Some(crate::server::control::Control::start(p, h).map_err(|e| {
-                Error::invalid(format!(
-                    "listening on the control socket {}: {e}",
-                    p.display()
-                ))
-            })?)
-        }
+        Some(p) => Some(control(p, &srv, live.clone(), a.read_only)?),
         None => None,
     };
+    // 5.
     let summary = server::run(
         srv.clone(),
         bound,
@@ -235,7 +191,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         "STATUS=stopping: syncing every leg and clearing the write intents",
         &server::log_line,
     );
-    // A live resync ends at its next run; the control requests are waited for.
+    // 6. A live resync ends at its next run; the control requests are waited for.
     srv.stop_admin();
     if let Some(c) = control {
         c.stop();
@@ -243,20 +199,8 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     if let Some(b) = background {
         let _ = b.join();
     }
-    // Every connection and control thread has ended: this is the only reference left.
-    // (The live record's publisher holds it for the moment of a snapshot: wait that out.)
-    let mut srv = srv;
-    let t = std::time::Instant::now();
-    let srv = loop {
-        match Arc::try_unwrap(srv) {
-            Ok(s) => break s,
-            Err(s) if t.elapsed() < std::time::Duration::from_secs(2) => {
-                srv = s;
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(_) => return Err(Error::invalid("the server is still in use")),
-        }
-    };
+    let srv = last_reference(srv)?;
+    // 7.
     let (hot_now, hot_cap) = srv.hot();
     // Kept marked after primary write errors, whatever the stop clears (W6): said in the
     // stop's event, so that `status` can tell them from an unclean stop's.
@@ -283,43 +227,160 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         m.record(engine::EventKind::ServeStopped, None, &what)?;
     }
     let healthy = m.is_healthy()?;
-    server::log_line(&format!(
-        "stopped{}: {} served, {} and {} written, {} read, {}, hot set at most {} of {} extents ({} at the end); {}",
-        summary
-            .signal
-            .map(|s| format!(" on {s}"))
-            .unwrap_or_default(),
-        plural(summary.connections, "connection"),
-        plural(counters.writes, "request"),
-        format_size(counters.bytes_written),
-        format_size(counters.bytes_read),
-        match (counters.flushes, counters.flushes_skipped) {
-            (1, 0) => "1 flush".to_string(),
-            (n, 0) => format!("{n} flushes"),
-            (1, _) => "1 flush (with nothing to sync)".to_string(),
-            (n, k) => format!("{n} flushes ({k} with nothing to sync)"),
-        },
-        counters.peak_hot,
-        hot_cap,
-        hot_now,
-        if a.read_only {
-            "nothing on disk was changed".to_string()
-        } else if pinned > 0 {
-            // W6: what the primary failed to write stays marked; saying "cleared" would
-            // contradict the next status.
-            format!(
-                "every leg synced and the write intents cleared but {} kept marked after primary write errors (the next command recovers them); the mirror is degraded (see `mirrorctl status {}`)",
-                plural(pinned, "extent"),
-                display(&a.primary)
-            )
-        } else if healthy {
-            "every leg synced and the write intents cleared; the mirror is healthy".to_string()
-        } else {
-            format!(
-                "every leg synced and the write intents cleared; the mirror is degraded (see `mirrorctl status {}`)",
-                display(&a.primary)
-            )
-        }
-    ));
+    let stop = Stop {
+        summary: &summary,
+        counters: &counters,
+        hot: (hot_now, hot_cap),
+        pinned,
+        healthy,
+    };
+    server::log_line(&stop.line(&a));
     Ok(Exit::Success)
+}
+
+/// The engine's server configuration from serve's flags.
+fn config(a: &cli::ServeArgs) -> engine::serve::ServeConfig {
+    engine::serve::ServeConfig {
+        hot_extents: a.hot_extents,
+        read_only: a.read_only,
+        min_in_sync: a.min_in_sync,
+        quorum_wait: crate::device::nbd::timeout(),
+        fence: engine::fence::FenceHooks {
+            fence_peer: a.fence_peer.clone(),
+            unfence: a.unfence.clone(),
+            timeout: a.fence_timeout,
+            primary: display(&a.primary),
+        },
+        ..Default::default()
+    }
+}
+
+/// A resync that was interrupted goes on in the background, its progress in the record;
+/// its thread, if there was one to start.
+fn background_resync(
+    srv: &Arc<engine::serve::Server>,
+    live: Option<Arc<crate::live::Publisher>>,
+    primary: &Path,
+) -> Option<std::thread::JoinHandle<()>> {
+    let slots = srv.syncing_legs();
+    if slots.is_empty() {
+        return None;
+    }
+    let s = srv.clone();
+    let started = std::thread::Builder::new()
+        .name("resync".into())
+        .spawn(move || {
+            crate::live::block_signals();
+            server::log_line(&format!(
+                "slot(s) {slots:?} were left syncing: their resync continues in the background"
+            ));
+            let p = super::control::Published::new(live.as_deref());
+            let opts = engine::ResyncOptions::default();
+            // Its warnings are in serve's log already.
+            if let Err(e) = s.resync_legs(&slots, &opts, true, &p, &|_| {}) {
+                server::log_line(&format!("error: background resync: {e}"));
+            }
+        });
+    started
+        .map_err(|e| {
+            server::log_line(&format!(
+                "error: background resync: starting its thread: {e}; `mirrorctl resync {}` starts it",
+                display(primary)
+            ))
+        })
+        .ok()
+}
+
+/// The control socket at `path`: other commands on this mirror (fracture, detach, resync)
+/// are carried out here; a read-only server answers each with a refusal at once (see
+/// `refuse_read_only`).
+fn control(
+    path: &Path,
+    srv: &Arc<engine::serve::Server>,
+    live: Option<Arc<crate::live::Publisher>>,
+    read_only: bool,
+) -> Result<crate::server::control::Control> {
+    let s = srv.clone();
+    let h: crate::server::control::Handler = if read_only {
+        Arc::new(|req, reply| super::control::refuse_read_only(&req, reply))
+    } else {
+        Arc::new(move |req, reply| super::control::handle(&s, live.as_deref(), req, reply))
+    };
+    crate::server::control::Control::start(path, h).map_err(|e| {
+        Error::invalid(format!(
+            "listening on the control socket {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Every connection and control thread has ended: `srv` is the only reference left. (The
+/// live record's publisher holds it for the moment of a snapshot: that is waited out.)
+fn last_reference(mut srv: Arc<engine::serve::Server>) -> Result<engine::serve::Server> {
+    let t = std::time::Instant::now();
+    loop {
+        match Arc::try_unwrap(srv) {
+            Ok(s) => return Ok(s),
+            Err(s) if t.elapsed() < std::time::Duration::from_secs(2) => {
+                srv = s;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return Err(Error::invalid("the server is still in use")),
+        }
+    }
+}
+
+/// What a stopped serve says in its last log line.
+struct Stop<'a> {
+    summary: &'a server::Summary,
+    counters: &'a engine::serve::Counters,
+    /// The hot set at the end, and its capacity.
+    hot: (usize, usize),
+    /// Extents kept marked after primary write errors (W6).
+    pinned: u64,
+    healthy: bool,
+}
+
+impl Stop<'_> {
+    fn line(&self, a: &cli::ServeArgs) -> String {
+        let (summary, counters) = (self.summary, self.counters);
+        format!(
+            "stopped{}: {} served, {} and {} written, {} read, {}, hot set at most {} of {} extents ({} at the end); {}",
+            summary
+                .signal
+                .map(|s| format!(" on {s}"))
+                .unwrap_or_default(),
+            plural(summary.connections, "connection"),
+            plural(counters.writes, "request"),
+            format_size(counters.bytes_written),
+            format_size(counters.bytes_read),
+            match (counters.flushes, counters.flushes_skipped) {
+                (1, 0) => "1 flush".to_string(),
+                (n, 0) => format!("{n} flushes"),
+                (1, _) => "1 flush (with nothing to sync)".to_string(),
+                (n, k) => format!("{n} flushes ({k} with nothing to sync)"),
+            },
+            counters.peak_hot,
+            self.hot.1,
+            self.hot.0,
+            if a.read_only {
+                "nothing on disk was changed".to_string()
+            } else if self.pinned > 0 {
+                // W6: what the primary failed to write stays marked; saying "cleared" would
+                // contradict the next status.
+                format!(
+                    "every leg synced and the write intents cleared but {} kept marked after primary write errors (the next command recovers them); the mirror is degraded (see `mirrorctl status {}`)",
+                    plural(self.pinned, "extent"),
+                    display(&a.primary)
+                )
+            } else if self.healthy {
+                "every leg synced and the write intents cleared; the mirror is healthy".to_string()
+            } else {
+                format!(
+                    "every leg synced and the write intents cleared; the mirror is degraded (see `mirrorctl status {}`)",
+                    display(&a.primary)
+                )
+            }
+        )
+    }
 }
