@@ -4,6 +4,7 @@
 //! promotions, the refusals (ambiguous, stale, a replaced primary, bad files), serve by name
 //! with its options from the file (reached with nbdinfo), and the names in bash completion.
 
+use crate::completion::Shells;
 use crate::support::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -547,114 +548,31 @@ fn serve_by_name_listens_where_the_file_says_and_flags_override_the_file() {
 
 #[test]
 fn bash_zsh_and_fish_completion_offer_the_names_where_a_primary_goes() {
-    require("bash", "bash");
     let n = Names::new();
     n.ok(&["create", "a.img", "--size", "16M", "--name", "vm1"]);
     n.ok(&["create", "c.img", "--size", "16M", "--name", "vm2"]);
-    let completions = Path::new(env!("CARGO_MANIFEST_DIR")).join("completions");
-    let dir = Path::new(bin()).parent().unwrap().display().to_string();
-    let complete = |words: &[&str]| -> Vec<String> {
-        let script = format!(
-            r#"source {}/mirrorctl.bash
-COMP_WORDS=("$@"); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}}
-_mirrorctl_extra mirrorctl "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
-printf '%s\n' "${{COMPREPLY[@]}}""#,
-            completions.display()
-        );
-        let o = Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .arg("bash")
-            .args(words)
-            .current_dir(n.dir.path())
-            .env("MIRRORCTL_CONFIG_DIR", n.etc())
-            .env(
-                "PATH",
-                format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
-            )
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
-    let got = complete(&["mirrorctl", "status", ""]);
+    let sh = Shells::in_dir(n.dir.path()).with_env("MIRRORCTL_CONFIG_DIR", &n.etc());
+    let got = sh.bash(&["mirrorctl", "status", ""]);
     for w in ["vm1", "vm2", "a.img"] {
         assert!(got.iter().any(|g| g == w), "{w} not offered: {got:?}");
     }
-    let got = complete(&["mirrorctl", "serve", "vm"]);
+    let got = sh.bash(&["mirrorctl", "serve", "vm"]);
     assert!(got.iter().any(|g| g == "vm1"), "{got:?}");
     // Not for a secondary.
-    let got = complete(&["mirrorctl", "attach", "vm1", "v"]);
+    let got = sh.bash(&["mirrorctl", "attach", "vm1", "v"]);
     assert!(!got.iter().any(|g| g == "vm2"), "{got:?}");
     // fish and zsh (through a zpty, as at a prompt).
-    let env_path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
-    let shell = |prog: &str, args: &[&str]| -> Vec<String> {
-        let o = Command::new(prog)
-            .args(args)
-            .current_dir(n.dir.path())
-            .env("MIRRORCTL_CONFIG_DIR", n.etc())
-            .env("PATH", &env_path)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{prog}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| l.split('\t').next().unwrap().trim().to_string())
-            .collect()
-    };
-    require("fish", "fish");
-    let got = shell(
-        "fish",
-        &[
-            "-c",
-            &format!(
-                "source {}/mirrorctl.fish; complete -C 'mirrorctl verify '",
-                completions.display()
-            ),
-        ],
-    );
+    let got = sh.fish("mirrorctl verify ");
     for w in ["vm1", "vm2", "a.img"] {
         assert!(got.iter().any(|g| g == w), "fish: {w} not offered: {got:?}");
     }
-    require("zsh", "zsh");
-    let capture = n.path("capture.zsh");
-    std::fs::write(
-        &capture,
-        r#"zmodload zsh/zpty
-zpty z zsh -f -i
-zpty -w z "PROMPT='%% '; fpath=($1 \$fpath); autoload -U compinit; compinit -u -D"
-zpty -w z 'compadd() { builtin compadd -O __hits "$@"; print -r -- "" "<<${^__hits[@]}>>" >&2 }'
-zpty -w z "bindkey '^I' complete-word"
-zpty -n -w z "$2"$'\t'
-sleep 2
-zpty -rt z out 2>/dev/null; all=$out
-while zpty -rt z out 2>/dev/null; do all+=$out; done
-zpty -d z
-print -r -- "$all" | tr -d '\r' | grep -o '<<[^>]*>>' | sed 's/<<\(.*\)>>/\1/' | grep -v '^\$'
-"#,
-    )
-    .unwrap();
-    let got = shell(
-        "zsh",
-        &[
-            capture.to_str().unwrap(),
-            completions.to_str().unwrap(),
-            "mirrorctl status ",
-        ],
-    );
+    let got = sh.zsh("mirrorctl status ");
     for w in ["vm1", "vm2", "a.img"] {
         assert!(got.iter().any(|g| g == w), "zsh: {w} not offered: {got:?}");
     }
     // The legs of the mirror a name stands for.
     n.ok(&["attach", "vm1", "b.img"]);
-    let got = complete(&["mirrorctl", "fracture", "vm1", ""]);
+    let got = sh.bash(&["mirrorctl", "fracture", "vm1", ""]);
     for w in ["0", "b.img"] {
         assert!(got.iter().any(|g| g == w), "{w} not offered: {got:?}");
     }
