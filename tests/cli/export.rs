@@ -62,16 +62,15 @@ impl Exporting {
             name: name.to_string(),
         };
         let t = Instant::now();
-        while !e.log().contains(" serving ") {
-            if let Some(st) = e.server.child.try_wait().unwrap() {
-                panic!("export exited with {st} before listening:\n{}", e.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "export did not listen within 10s:\n{}",
-                e.log()
+        let log = text_of(&e.log);
+        while !log().contains(" serving ") {
+            still_starting(
+                "export",
+                &mut e.server.child,
+                t,
+                Duration::from_secs(10),
+                &log,
             );
-            std::thread::sleep(Duration::from_millis(10));
         }
         e
     }
@@ -90,18 +89,9 @@ impl Exporting {
 
     /// Waits up to `limit` for it to exit by itself: its exit code and log.
     fn wait(&mut self, limit: Duration) -> (i32, String) {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.server.child.try_wait().unwrap() {
-                return (st.code().expect("export died of a signal"), self.log());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "export did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = text_of(&self.log);
+        let (st, _) = wait_exit("export", &mut self.server.child, limit, &log);
+        (st.code().expect("export died of a signal"), self.log())
     }
 
     /// SIGTERM: its exit code and log.

@@ -461,18 +461,9 @@ fn start_serve(n: &Names, args: &[&str], sock: &Path) -> std::process::Child {
         .spawn()
         .unwrap();
     let t = Instant::now();
+    let read_log = text_of(&log);
     while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "serve exited with {st}: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "serve did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+        still_starting("serve", &mut child, t, Duration::from_secs(10), &read_log);
     }
     child
 }

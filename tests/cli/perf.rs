@@ -42,16 +42,16 @@ impl Traced {
             sock,
         };
         let started = Instant::now();
+        let log = text_of(&t.log);
         while UnixStream::connect(&t.sock).is_err() {
-            if let Some(st) = t.strace.as_mut().unwrap().try_wait().unwrap() {
-                panic!("serve under strace exited with {st}:\n{}", t.log());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "serve under strace did not listen:\n{}",
-                t.log()
+            let strace = t.strace.as_mut().unwrap();
+            still_starting(
+                "serve under strace",
+                strace,
+                started,
+                Duration::from_secs(20),
+                &log,
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
         t
     }

@@ -281,15 +281,11 @@ fn write_with_too_few_in_sync_secondaries_exits_3_having_written_and_counted_not
     let input = fx.path("in.bin");
     random_file(&input, MIB, 5);
     let before = std::fs::read(fx.path("a.img")).unwrap();
-    let o = fx.run(&[
-        "write",
-        "a.img",
-        "-i",
-        input.to_str().unwrap(),
-        "--min-in-sync",
-        "2",
-        "--json",
-    ]);
+    let write_min = |n: &str| {
+        let i = input.to_str().unwrap();
+        fx.run(&["write", "a.img", "-i", i, "--min-in-sync", n, "--json"])
+    };
+    let o = write_min("2");
     assert_eq!(o.code, 3, "{o:?}");
     let j = o.json();
     assert_eq!(j["exit_code"], 3, "{j:#}");
@@ -309,26 +305,11 @@ fn write_with_too_few_in_sync_secondaries_exits_3_having_written_and_counted_not
         "a refused write changed a.img"
     );
     // With the minimum met it writes (degraded: slot 1 still fractured, exit 3 as ever).
-    let o = fx.run(&[
-        "write",
-        "a.img",
-        "-i",
-        input.to_str().unwrap(),
-        "--min-in-sync",
-        "1",
-        "--json",
-    ]);
+    let o = write_min("1");
     assert_eq!(o.code, 3, "{o:?}");
     assert_eq!(o.json()["bytes_written"], MIB);
     // A minimum no mirror of 4 slots can meet is bad input.
-    let o = fx.run(&[
-        "write",
-        "a.img",
-        "-i",
-        input.to_str().unwrap(),
-        "--min-in-sync",
-        "5",
-    ]);
+    let o = write_min("5");
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("at most 4 can be in sync"), "{o:?}");
 }

@@ -84,15 +84,9 @@ impl Serving {
     /// Waits a moment for a serve started at `t` that does not listen yet; fails if it
     /// exited or took over 10 s.
     fn still_starting(&mut self, t: Instant) {
-        if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("serve exited with {st} before listening:\n{}", self.log());
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "serve did not listen within 10s:\n{}",
-            self.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
+        let log = text_of(&self.log);
+        let c = self.child.as_mut().unwrap();
+        still_starting("serve", c, t, Duration::from_secs(10), &log);
     }
 
     /// `serve a.img --listen HOST:0 EXTRA...`; the port it took, read from its log.
@@ -146,19 +140,8 @@ impl Serving {
         &mut self,
         limit: Duration,
     ) -> (std::process::ExitStatus, Duration) {
-        let c = self.child.as_mut().unwrap();
-        let t = Instant::now();
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return (st, t.elapsed());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "serve did not end within {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let log = text_of(&self.log);
+        wait_exit("serve", self.child.as_mut().unwrap(), limit, &log)
     }
 
     /// `sig`, then the exit code and the log.

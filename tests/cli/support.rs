@@ -8,6 +8,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -180,6 +181,54 @@ pub struct Geom {
     pub data_size: u64,
     pub region_size: u64,
     pub region_count: u64,
+}
+
+/// One turn of a loop waiting for a started `child` (`what`, its log from `log`) to get
+/// ready, waited for since `t`: fails if it exited or `limit` has passed; else sleeps 10 ms.
+pub fn still_starting(
+    what: &str,
+    child: &mut Child,
+    t: Instant,
+    limit: Duration,
+    log: &dyn Fn() -> String,
+) {
+    if let Some(st) = child.try_wait().unwrap() {
+        panic!("{what} exited with {st} before it was ready:\n{}", log());
+    }
+    assert!(
+        t.elapsed() < limit,
+        "{what} was not ready within {limit:?}:\n{}",
+        log()
+    );
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+/// Waits up to `limit` for `child` (`what`, its log from `log`) to exit by itself: its status
+/// and how long that took.
+pub fn wait_exit(
+    what: &str,
+    child: &mut Child,
+    limit: Duration,
+    log: &dyn Fn() -> String,
+) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what} did not exit within {limit:?}:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads the file at `path` (a log) whenever called; empty while it does not exist.
+pub fn text_of(path: &Path) -> impl Fn() -> String {
+    let path = path.to_path_buf();
+    move || std::fs::read_to_string(&path).unwrap_or_default()
 }
 
 /// `len` bytes of the file at `path` from byte `off`.
