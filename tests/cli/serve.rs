@@ -209,18 +209,29 @@ pub(crate) fn run_client(cmd: &str, package: &str, args: &[&str]) -> std::proces
 }
 
 pub(crate) fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let out = client("qemu-io", "qemu-utils", &qemu_io_args(uri, cmds));
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("failed:"),
+        "qemu-io {cmds:?}:\n{out}"
+    );
+    out
+}
+
+/// qemu-io's commands `cmds` on `uri` whatever comes of them (a write the server refuses):
+/// what it printed, stdout and stderr together.
+pub(crate) fn qemu_io_text(uri: &str, cmds: &[&str]) -> String {
+    let o = run_client("qemu-io", "qemu-utils", &qemu_io_args(uri, cmds));
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn qemu_io_args<'a>(uri: &'a str, cmds: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["-f", "raw"];
     for c in cmds {
         a.push("-c");
         a.push(c);
     }
     a.push(uri);
-    let out = client("qemu-io", "qemu-utils", &a);
-    assert!(
-        !out.contains("Pattern verification failed") && !out.contains("failed:"),
-        "qemu-io {cmds:?}:\n{out}"
-    );
-    out
+    a
 }
 
 /// Every listed leg's data area equals the primary's.
@@ -359,11 +370,7 @@ fn nbdinfo_shows_the_size_block_sizes_and_flags_and_the_map_shows_a_sparse_mirro
     let info: Value =
         serde_json::from_str(&client("nbdinfo", "libnbd-bin", &["--json", &s.uri()])).unwrap();
     assert_eq!(info["exports"][0]["is_read_only"], true, "{info:#}");
-    let o = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 1 0 4k", &s.uri()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let text = qemu_io_text(&s.uri(), &["write -P 1 0 4k"]);
     assert!(
         text.contains("ermission") || text.contains("read-only") || text.contains("Read-only"),
         "{text}"
@@ -728,19 +735,7 @@ fn a_failing_primary_gives_the_client_an_error_and_its_regions_stay_marked_for_r
     let s = Serving::start_on(&fx, dev.as_str(), &fx.path("p.sock"), &[]);
     // 80 MiB of data does not fit in the 48 MiB tmpfs behind the loop device: the writes
     // (or the flush) fail on the primary.
-    let o = Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x5a 0 80M",
-            "-c",
-            "flush",
-            &s.uri(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let text = qemu_io_text(&s.uri(), &["write -P 0x5a 0 80M", "flush"]);
     assert!(
         text.contains("Input/output error") || text.contains("No space left"),
         "the client saw no error:\n{text}"

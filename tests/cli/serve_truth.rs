@@ -6,7 +6,7 @@
 //! And (issue 25, items 5 and 6) a serve that cannot listen changes nothing, its journal
 //! included, and a flood of connections never pushes the state events out of the journal.
 
-use crate::serve::Serving;
+use crate::serve::{qemu_io_text, Serving};
 use crate::support::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,19 +30,7 @@ fn a_primary_failing_writes_under_serve_is_unhealthy_with_its_pinned_extents_sho
     let o = fx.run(&["status", &p, "--check"]);
     assert_eq!(o.code, 0, "{o:?}");
     // 80 MiB do not fit in the 48 MiB tmpfs behind the loop device: the primary fails.
-    let o = Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x5a 0 80M",
-            "-c",
-            "flush",
-            &s.uri(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let text = qemu_io_text(&s.uri(), &["write -P 0x5a 0 80M", "flush"]);
     assert!(
         text.contains("Input/output error") || text.contains("No space left"),
         "the client saw no error:\n{text}"
