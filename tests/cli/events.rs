@@ -198,14 +198,14 @@ fn a_promotion_a_split_brain_refusal_and_a_replaced_primary_are_reported() {
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     fx.write_random(0, MIB, 1);
     // Unplanned promotion (the primary is away), writes on both sides: split brain.
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    let o = fx.run(&["promote", "b.img"]);
-    assert!(matches!(o.code, 0 | 3), "{o:?}");
-    write_to(&fx, "b.img", 100 * 64 * 1024, 2);
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
-    std::fs::rename(fx.path("b.img"), fx.path("b.away")).unwrap();
-    write_to(&fx, "a.img", 200 * 64 * 1024, 3);
-    std::fs::rename(fx.path("b.away"), fx.path("b.img")).unwrap();
+    fx.while_away("a.img", || {
+        let o = fx.run(&["promote", "b.img"]);
+        assert!(matches!(o.code, 0 | 3), "{o:?}");
+        write_to(&fx, "b.img", 100 * 64 * 1024, 2);
+    });
+    fx.while_away("b.img", || {
+        write_to(&fx, "a.img", 200 * 64 * 1024, 3);
+    });
     let o = fx.run(&["attach", "b.img", "a.img"]);
     assert_eq!(o.code, 2, "{o:?}");
     let ev = events(&fx, "b.img", &[]);

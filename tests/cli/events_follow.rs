@@ -162,28 +162,23 @@ fn a_follower_goes_with_the_mirror_across_promotions_and_a_rejoin_and_after_sigk
     let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(st["mirror_uuid"], mirror.as_str(), "{st:#}");
 
-    fx.ok(&["fracture", "a.img", "c.img", "--reason", "one"]);
-    fx.ok(&["resync", "a.img"]);
-    wait_for_log(&log, "resync on a.img", |g| {
-        count(g, "resync-finished") == 1
-    });
-
+    // c.img fractured and resynced on the primary of the moment: the nth resync seen.
+    let fracture_resync = |primary: &str, n: usize, reason: &str| {
+        fx.ok(&["fracture", primary, "c.img", "--reason", reason]);
+        fx.ok(&["resync", primary]);
+        wait_for_log(&log, &format!("resync {n} on {primary}"), |g| {
+            count(g, "resync-finished") == n
+        })
+    };
+    fracture_resync("a.img", 1, "one");
     // Planned promotion: a.img becomes b.img's secondary; b.img carries the journal on.
     promote(&fx, "b.img");
     wait_for_log(&log, "planned promotion", |g| count(g, "promoted") == 1);
-    fx.ok(&["fracture", "b.img", "c.img", "--reason", "two"]);
-    fx.ok(&["resync", "b.img"]);
-    wait_for_log(&log, "resync on b.img", |g| {
-        count(g, "resync-finished") == 2
-    });
+    fracture_resync("b.img", 2, "two");
     // And back (planned again).
     promote(&fx, "a.img");
     wait_for_log(&log, "promotion back", |g| count(g, "promoted") == 2);
-    fx.ok(&["fracture", "a.img", "c.img", "--reason", "three"]);
-    fx.ok(&["resync", "a.img"]);
-    let got = wait_for_log(&log, "resync on a.img again", |g| {
-        count(g, "resync-finished") == 3
-    });
+    let got = fracture_resync("a.img", 3, "three");
     // One journal all along: its events after the start, each once, in order.
     let j1: Vec<(u64, String)> = journal(&fx, "a.img")
         .into_iter()
@@ -197,11 +192,11 @@ fn a_follower_goes_with_the_mirror_across_promotions_and_a_rejoin_and_after_sigk
     assert_eq!(count(&got, "following"), 2, "{got:#?}");
 
     // Unplanned promotion: a.img is away; b.img begins a new journal at 1.
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    promote(&fx, "b.img");
-    wait_for_log(&log, "unplanned promotion", |g| count(g, "promoted") == 3);
-    // The old primary returns and is attached back as b.img's secondary.
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
+    fx.while_away("a.img", || {
+        promote(&fx, "b.img");
+        wait_for_log(&log, "unplanned promotion", |g| count(g, "promoted") == 3);
+    });
+    // The old primary is back and is attached back as b.img's secondary.
     // (Exit 3: c.img waits for the full resync the unplanned promotion marked.)
     let o = fx.run(&["attach", "b.img", "a.img"]);
     assert!(matches!(o.code, 0 | 3), "{o:?}");
@@ -317,9 +312,9 @@ fn a_follower_started_on_a_primary_replaced_by_a_promotion_goes_to_the_image_pro
 {
     let fx = Fx::with_legs("16M", "64K", &["b.img", "c.img"]);
     // Unplanned promotion while a.img was away; it is back, still calling itself primary.
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    promote(&fx, "b.img");
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
+    fx.while_away("a.img", || {
+        promote(&fx, "b.img");
+    });
     let log = fx.path("exec.log");
     let state = fx.path("follow.state");
     let f = Follower::start(&fx, &log, &state);

@@ -221,18 +221,18 @@ fn a_stale_secondary_is_refused_with_how_far_behind_it_is_unless_forced() {
 fn split_brain_is_refused_by_every_mixing_command_and_the_discard_flag_copies_the_union() {
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     fx.write_random(0, 2 * MIB, 1);
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    let o = fx.run(&["promote", "b.img"]);
-    assert!(matches!(o.code, 0 | 3), "{o:?}");
-    write_region(&fx, "b.img", 100, 2);
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
+    fx.while_away("a.img", || {
+        let o = fx.run(&["promote", "b.img"]);
+        assert!(matches!(o.code, 0 | 3), "{o:?}");
+        write_region(&fx, "b.img", 100, 2);
+    });
     let b_before = std::fs::read(fx.path("b.img")).unwrap();
     // The old primary still believes it is primary and, while it cannot see b.img (P6
     // needs a reachable leg), writes: b.img is fractured there instead.
-    std::fs::rename(fx.path("b.img"), fx.path("b.away")).unwrap();
-    assert_eq!(write_region(&fx, "a.img", 200, 3), 3);
-    write_region(&fx, "a.img", 201, 4);
-    std::fs::rename(fx.path("b.away"), fx.path("b.img")).unwrap();
+    fx.while_away("b.img", || {
+        assert_eq!(write_region(&fx, "a.img", 200, 3), 3);
+        write_region(&fx, "a.img", 201, 4);
+    });
     let a_status = status_of(&fx, "a.img");
     assert_eq!(leg_named(&a_status, "b.img")["state"], "fractured-by-error");
     assert_eq!(a_status["role"], "replaced", "{a_status:#}");

@@ -344,10 +344,8 @@ fn metrics_of_a_secondary_and_of_a_replaced_primary_say_their_role_and_do_not_al
     assert_eq!(metric(&m, "mirrorctl_healthy{"), 0.0, "{m}");
     fx.ok(&["resync", "a.img"]);
     // Unplanned failover: a.img away, b.img promoted, a.img back: replaced.
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    let o = fx.run(&["promote", "b.img"]);
+    let o = fx.while_away("a.img", || fx.run(&["promote", "b.img"]));
     assert!(matches!(o.code, 0 | 3), "{o:?}");
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
     let m = fx.ok(&["status", "a.img", "--format", "prometheus"]).stdout;
     promtool_accepts(&m);
     assert!(m.contains("role=\"replaced\""), "{m}");
@@ -465,20 +463,20 @@ fn a_mistyped_subcommand_gets_a_suggestion() {
 fn a_split_brain_refusal_names_what_each_side_did_after_the_last_shared_generation() {
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     fx.write_random(0, MIB, 1);
-    std::fs::rename(fx.path("a.img"), fx.path("a.away")).unwrap();
-    let o = fx.run(&["promote", "b.img"]);
-    assert!(matches!(o.code, 0 | 3), "{o:?}");
     let write = |img: &str, off: u64, seed: u64| {
         random_file(&fx.path("w.bin"), 64 * KIB, seed);
         let off = off.to_string();
         let o = fx.run(&["write", img, "--offset", &off, "--input", "w.bin"]);
         assert!(matches!(o.code, 0 | 3), "{o:?}");
     };
-    write("b.img", 100 * 64 * KIB, 2);
-    std::fs::rename(fx.path("a.away"), fx.path("a.img")).unwrap();
-    std::fs::rename(fx.path("b.img"), fx.path("b.away")).unwrap();
-    write("a.img", 200 * 64 * KIB, 3);
-    std::fs::rename(fx.path("b.away"), fx.path("b.img")).unwrap();
+    fx.while_away("a.img", || {
+        let o = fx.run(&["promote", "b.img"]);
+        assert!(matches!(o.code, 0 | 3), "{o:?}");
+        write("b.img", 100 * 64 * KIB, 2);
+    });
+    fx.while_away("b.img", || {
+        write("a.img", 200 * 64 * KIB, 3);
+    });
     let o = fx.run(&["attach", "b.img", "a.img"]);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("split brain"), "{o:?}");

@@ -133,6 +133,16 @@ impl Fx {
         read_at(&self.path(name), g.data_offset, g.data_size)
     }
 
+    /// Runs `f` while image `name` is away (renamed to NAME.away, as a machine that cannot
+    /// be reached), and brings it back after.
+    pub fn while_away<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
+        let away = self.path(&format!("{name}.away"));
+        std::fs::rename(self.path(name), &away).unwrap();
+        let r = f();
+        std::fs::rename(&away, self.path(name)).unwrap();
+        r
+    }
+
     /// Writes `len` pseudo-random bytes (from `seed`) at data offset `off` through mirrorctl.
     pub fn write_random(&self, off: u64, len: u64, seed: u64) {
         let input = self.path(&format!("input-{seed}.bin"));
