@@ -141,6 +141,10 @@ enum Act {
     Detach(u32),
     /// Attach image "n" (an initial copy of everything), taking the first free slot.
     AttachNew,
+    /// A second live resync of the slot beside the operation (serve's background resync
+    /// and the admin's `resync`); with no host write or leg change in its script, it must
+    /// end with no error, the leg in sync and equal to the primary.
+    SecondResync(u32),
 }
 
 /// The scripts let in at each boundary.
@@ -389,8 +393,38 @@ fn run_script(
             Act::AttachNew => {
                 let _ = attach_new(srv);
             }
+            Act::SecondResync(s) => second_resync(srv, s, sims),
         }
     }
+}
+
+/// [`Act::SecondResync`]: the report, the leg's state and its bytes when it returns.
+fn second_resync(srv: &Server, slot: u32, sims: &HashMap<String, SimDevice>) {
+    let r = srv.resync_legs(
+        &[slot],
+        &ResyncOptions::default(),
+        false,
+        &NoProgress,
+        &|_| {},
+    );
+    let legs = r.map(|r| r.legs).map_err(|e| e.to_string());
+    assert!(
+        legs.as_ref()
+            .is_ok_and(|l| l.iter().all(|l| l.error.is_none())),
+        "the second resync of slot {slot} failed: {legs:?}"
+    );
+    let (g, leg) = srv.with_mirror(|m| (m.geometry(), m.sb().legs[slot as usize].clone()));
+    assert_eq!(
+        leg.state,
+        LegState::InSync,
+        "after the second resync: {legs:?}"
+    );
+    let data =
+        |n: &str| sims[n].contents()[g.data_offset as usize..g.total_len() as usize].to_vec();
+    assert!(
+        data(&leg.location) == data("p"),
+        "slot {slot} differs from the primary when the second resync says it is in sync"
+    );
 }
 
 /// What one schedule ended with.
@@ -668,6 +702,26 @@ fn a_live_verify_at_every_step_boundary_records_no_false_difference() {
 #[test]
 fn a_live_verify_repair_at_every_step_boundary_keeps_every_difference_in_a_log() {
     every_boundary(Op::VerifyRepair);
+}
+
+#[test]
+fn a_second_live_resync_of_the_leg_at_every_step_boundary_ends_in_sync_with_the_primarys_bytes() {
+    // A serve restarted after a kill resyncs the legs left syncing in the background while
+    // the admin's `resync` of the same leg comes in through the control socket.
+    let acts = [Act::SecondResync(1)];
+    let mut at = 0;
+    loop {
+        let ctx = format!("a live resync paused before its step {at}, then a second one");
+        let ran = schedule(Op::Resync, &acts, at, None);
+        let reached = ran.reached;
+        check_schedule(ran, &ctx);
+        if !reached {
+            break;
+        }
+        at += 1;
+        assert!(at < 10_000, "{ctx}: the resync never ends");
+    }
+    assert!(at > 2, "the resync was gated at {at} steps only");
 }
 
 #[test]

@@ -251,6 +251,22 @@ pub fn read_at(path: &Path, off: u64, len: u64) -> Vec<u8> {
     v
 }
 
+/// The last `n` lines of `text`, each indented, under a line saying how many came before:
+/// a log short enough that a CI page keeps the whole failure message.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut out = if skip > 0 {
+        format!("  ({skip} earlier lines left out)\n")
+    } else {
+        String::new()
+    };
+    for l in &lines[skip..] {
+        out.push_str(&format!("  {l}\n"));
+    }
+    out
+}
+
 pub fn u(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
