@@ -1038,3 +1038,42 @@ fn a_failed_commit_of_the_generation_that_ends_a_refusing_one_is_retried_before_
     assert_eq!(on_disk(), super::quorum::ACKNOWLEDGING);
     drop(srv.stop());
 }
+
+/// A live resync asked for a leg that is in sync, logs nothing and receives every write
+/// (another resync brought it back a moment ago) copies nothing and never shows it syncing:
+/// set to syncing, the leg would be reported syncing by whichever command looked then.
+#[test]
+fn a_live_resync_of_a_leg_in_sync_with_nothing_logged_leaves_it_in_sync_throughout() {
+    let (m, _p, _secs) = mirror(256, 2);
+    let srv = m
+        .serve(&serve::ServeConfig::default(), Box::new(|_| {}))
+        .unwrap();
+    /// The leg's state when the copy's total is set (after the resync's setup).
+    struct Seen<'a> {
+        srv: &'a serve::Server,
+        state: Mutex<Option<LegState>>,
+    }
+    impl crate::engine::Progress for Seen<'_> {
+        fn set_total(&self, _total: u64) {
+            let now = self.srv.with_mirror(|m| m.sb().legs[1].state);
+            *self.state.lock().unwrap() = Some(now);
+        }
+    }
+    let seen = Seen {
+        srv: &srv,
+        state: Mutex::new(None),
+    };
+    let r = srv
+        .resync_legs(&[1], &ResyncOptions::default(), false, &seen, &|_| {})
+        .unwrap();
+    assert!(r.legs[0].error.is_none(), "{r:?}");
+    assert_eq!(r.legs[0].bytes, 0, "{r:?}");
+    assert_eq!(*seen.state.lock().unwrap(), Some(LegState::InSync));
+    let (m, _) = srv.stop().unwrap();
+    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert!(
+        !event_kinds(&m).iter().any(|k| k.starts_with("resync")),
+        "{:?}",
+        event_kinds(&m)
+    );
+}

@@ -237,6 +237,14 @@ impl Server {
                     report.legs.push(lr);
                     continue;
                 }
+                // In sync, nothing logged, receiving every write: nothing to copy, and its
+                // state stays. (Set to syncing here, a leg another resync had just brought
+                // back, say the background one after a restart, would be reported syncing.)
+                let logged = st.mirror.pending_for(s)?.0;
+                if leg.state == LegState::InSync && logged == 0 && st.receiving(s) {
+                    report.legs.push(lr);
+                    continue;
+                }
                 let opened = match fetched {
                     Some((for_leg, f)) => st.mirror.open_leg_fetched(s, &for_leg, f),
                     None => st.mirror.open_leg(s),
