@@ -171,18 +171,18 @@ fn promote_image(
             .bitmaps
             .count(BitmapId::Fracture(SlotIdx(slot as u32)))
             .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
-        forced = me.state != LegState::InSync || fr > 0;
+        forced = me.state() != LegState::InSync || fr > 0;
         if forced && !force {
             return Err(Error::invalid(format!(
                 "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use {FORCE} to promote it anyway and lose those changes",
                 o.name,
-                me.state.as_str(),
+                me.state().as_str(),
                 format_size(bytes)
             )));
         }
     } else {
         let current = sb.in_sync_generation != 0 && sb.in_sync_generation == sb.generation;
-        forced = !current || me.state != LegState::InSync;
+        forced = !current || me.state() != LegState::InSync;
         if forced && !force {
             let since = me
                 .fractured_at
@@ -191,7 +191,7 @@ fn promote_image(
             return Err(Error::invalid(format!(
                 "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use {FORCE} to promote it anyway",
                 sb.generation,
-                me.state.as_str(),
+                me.state().as_str(),
                 sb.in_sync_generation
             )));
         }
@@ -241,7 +241,7 @@ fn promote_image(
         l.fracture_generation = generation;
     }
     let listed: Vec<u32> = (0..g.slots)
-        .filter(|&s| new.legs[s as usize].state != LegState::Empty)
+        .filter(|&s| new.legs[s as usize].state() != LegState::Empty)
         .collect();
     let old_logs = match old.as_mut() {
         Some(o) => {
@@ -268,7 +268,7 @@ fn promote_image(
     if old_logs.is_none() {
         for (s, _) in &logs {
             let l = &mut new.legs[*s as usize];
-            if l.state.receives_writes() {
+            if l.state().receives_writes() {
                 l.set_state(LegState::Syncing, now);
             }
             notes.push(format!(

@@ -249,7 +249,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     let p_is_leg = m
         .sb()
         .slot_of_uuid(&p.sb.image_uuid)
-        .is_some_and(|s| m.sb().legs[s].state.receives_writes());
+        .is_some_and(|s| m.sb().legs[s].state().receives_writes());
     if p.sb.role == Role::Primary {
         // P6: the old primary still says primary, and refuses every change.
         let old = devs
@@ -277,8 +277,13 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
     for s in 0..m.geometry().slots {
         let l = &m.sb().legs[s as usize];
-        if l.state != LegState::Empty {
-            assert_eq!(l.state, LegState::InSync, "{ctx}: slot {s} {}", l.location);
+        if l.state() != LegState::Empty {
+            assert_eq!(
+                l.state(),
+                LegState::InSync,
+                "{ctx}: slot {s} {}",
+                l.location
+            );
             assert_eq!(m.pending_for(s).unwrap().0, 0, "{ctx}: slot {s}");
         }
     }
