@@ -91,6 +91,60 @@ pub struct PromoteOutcome {
     pub notes: Vec<String>,
 }
 
+/// What finishing an interrupted promotion did (P7).
+pub struct FinishedPromotion {
+    /// The slot the former primary took back.
+    pub slot: u32,
+    /// The former primary's location, as its slot recorded it.
+    pub location: String,
+    /// Regions it now has to copy (`resync`).
+    pub regions: u64,
+}
+
+impl Mirror {
+    /// P7: `promote` run again on an image that is already the primary finishes an
+    /// interrupted promotion: the former primary's slot that still waits for its demotion
+    /// (`unfinished_demotion`) gets the former primary back as a secondary, by the same path
+    /// as `attach NEW OLD` (the returning-primary attach, P3). `open_old` opens (and locks)
+    /// the former primary by the slot's entry and returns it with its canonical location:
+    /// paths and locks stay with the caller.
+    pub fn finish_promotion(
+        &mut self,
+        open_old: impl FnOnce(&Leg) -> Result<(Arc<dyn Device>, String)>,
+    ) -> Result<FinishedPromotion> {
+        // 1. P7: the slot whose image was not demoted yet; none: nothing to finish (and
+        //    nothing written).
+        // 2. The former primary, opened by the caller before anything is written: an image
+        //    it cannot reach or lock leaves both as they were.
+        // 3. P6, R1-R3: refuse if this primary was itself replaced, then recover.
+        // 4. P3 (attach.rs): the returning-primary attach takes the slot back by the image's
+        //    UUID, with what it may hold that this primary lacks in its fracture log; a crash
+        //    before its commit leaves the promotion unfinished, for the next rerun.
+        let Some((slot, leg)) = self.unfinished_demotion() else {
+            return Err(Error::invalid(format!(
+                "{} is already the primary of mirror {}; there is nothing to promote",
+                self.name,
+                uuid_str(&self.sb().mirror_uuid)
+            )));
+        };
+        let (old, canonical) = open_old(&leg)?;
+        self.prepare_for_change()?;
+        let outcome = self.attach(
+            old,
+            &leg.location,
+            &canonical,
+            crate::engine::InitialSync::Copy,
+            false,
+            false,
+        )?;
+        Ok(FinishedPromotion {
+            slot,
+            location: leg.location,
+            regions: outcome.regions,
+        })
+    }
+}
+
 fn runs(b: &mut Bitmaps, id: BitmapId, what: &str) -> Result<Vec<Range<u64>>> {
     b.runs(id, u64::MAX)
         .map_err(|e| Error::primary_io(format!("reading {what}"), &e))
