@@ -97,10 +97,10 @@ impl Mirror {
                 }
                 if let Some(s) = self.sb().slot_of_uuid(&img.sb.image_uuid) {
                     let leg = self.sb().legs[s].clone();
-                    if leg.state.receives_writes() && leg.canonical == canonical {
+                    if leg.state().receives_writes() && leg.canonical == canonical {
                         return Err(Error::invalid(format!(
                             "{location} is already attached as slot {s} ({})",
-                            leg.state.as_str()
+                            leg.state().as_str()
                         )));
                     }
                     // A4: one image UUID, one leg. A byte copy of an attached image carries
@@ -241,7 +241,7 @@ impl Mirror {
             .sb()
             .legs
             .iter()
-            .position(|l| l.state == LegState::Empty)
+            .position(|l| l.state() == LegState::Empty)
         else {
             return Err(Error::invalid(format!(
                 "no free slot: all {} secondary slots of {} are in use; detach one first (the slot count is fixed at create with {MAX_SECONDARIES})",
@@ -274,13 +274,10 @@ impl Mirror {
                 Error::degraded(format!("clearing metadata of secondary {location}: {e}"))
             })?;
         let mut sb = self.secondary_sb(image_uuid, assume_clean);
-        sb.legs[slot as usize] = Leg {
-            image_uuid,
-            location: location.to_string(),
-            canonical: canonical.to_string(),
-            state: LegState::Syncing,
-            ..Leg::empty()
-        };
+        // Its own copy of the entry records no times (the primary's commit below does).
+        let l = &mut sb.legs[slot as usize];
+        *l = Leg::for_image(image_uuid, location, canonical, 0);
+        l.set_state(LegState::Syncing, 0);
         Image::format(dev.clone(), sb)
             .map_err(|e| Error::degraded(format!("writing header of secondary {location}: {e}")))?;
         // A2: reset the slot's log and set the initial one, durably.
@@ -300,13 +297,7 @@ impl Mirror {
             .sb
             .bump_generation(&format!("slot {slot} attached"), now);
         let l = &mut self.image.sb.legs[slot as usize];
-        *l = Leg {
-            image_uuid,
-            location: location.to_string(),
-            canonical: canonical.to_string(),
-            attached_at: now,
-            ..Leg::empty()
-        };
+        *l = Leg::for_image(image_uuid, location, canonical, now);
         l.set_state(
             if regions == 0 {
                 LegState::InSync
@@ -418,7 +409,7 @@ impl Mirror {
         let what = format!(
             "{} (was {})",
             crate::device::nbd::display(&leg.location),
-            leg.state.as_str()
+            leg.state().as_str()
         );
         self.event(EventKind::Detached, Some(slot), &what);
         self.commit()?;

@@ -34,7 +34,7 @@ use crate::engine::{plan, read_error, uuid_str, Mirror, Opener};
 use crate::error::opt::*;
 use crate::error::{Error, Result};
 use crate::format::history::{relate, Relation};
-use crate::format::layout::{BitmapId, SlotIdx};
+use crate::format::layout::{BitmapId, Geometry, SlotIdx};
 use crate::format::ranges::union;
 use crate::format::{cut, Leg, LegState, Role, Superblock, MAX_TEXT};
 use crate::meta::bitmaps::Bitmaps;
@@ -91,6 +91,60 @@ pub struct PromoteOutcome {
     pub notes: Vec<String>,
 }
 
+/// What finishing an interrupted promotion did (P7).
+pub struct FinishedPromotion {
+    /// The slot the former primary took back.
+    pub slot: u32,
+    /// The former primary's location, as its slot recorded it.
+    pub location: String,
+    /// Regions it now has to copy (`resync`).
+    pub regions: u64,
+}
+
+impl Mirror {
+    /// P7: `promote` run again on an image that is already the primary finishes an
+    /// interrupted promotion: the former primary's slot that still waits for its demotion
+    /// (`unfinished_demotion`) gets the former primary back as a secondary, by the same path
+    /// as `attach NEW OLD` (the returning-primary attach, P3). `open_old` opens (and locks)
+    /// the former primary by the slot's entry and returns it with its canonical location:
+    /// paths and locks stay with the caller.
+    pub fn finish_promotion(
+        &mut self,
+        open_old: impl FnOnce(&Leg) -> Result<(Arc<dyn Device>, String)>,
+    ) -> Result<FinishedPromotion> {
+        // 1. P7: the slot whose image was not demoted yet; none: nothing to finish (and
+        //    nothing written).
+        // 2. The former primary, opened by the caller before anything is written: an image
+        //    it cannot reach or lock leaves both as they were.
+        // 3. P6, R1-R3: refuse if this primary was itself replaced, then recover.
+        // 4. P3 (attach.rs): the returning-primary attach takes the slot back by the image's
+        //    UUID, with what it may hold that this primary lacks in its fracture log; a crash
+        //    before its commit leaves the promotion unfinished, for the next rerun.
+        let Some((slot, leg)) = self.unfinished_demotion() else {
+            return Err(Error::invalid(format!(
+                "{} is already the primary of mirror {}; there is nothing to promote",
+                self.name,
+                uuid_str(&self.sb().mirror_uuid)
+            )));
+        };
+        let (old, canonical) = open_old(&leg)?;
+        self.prepare_for_change()?;
+        let outcome = self.attach(
+            old,
+            &leg.location,
+            &canonical,
+            crate::engine::InitialSync::Copy,
+            false,
+            false,
+        )?;
+        Ok(FinishedPromotion {
+            slot,
+            location: leg.location,
+            regions: outcome.regions,
+        })
+    }
+}
+
 fn runs(b: &mut Bitmaps, id: BitmapId, what: &str) -> Result<Vec<Range<u64>>> {
     b.runs(id, u64::MAX)
         .map_err(|e| Error::primary_io(format!("reading {what}"), &e))
@@ -122,23 +176,25 @@ fn promote_image(
     mut old: Option<Mirror>,
     force: bool,
 ) -> Result<PromoteOutcome> {
+    // Steps (a crash between any two leaves either a secondary with unused bits, P2, or a
+    // new primary whose former primary refuses writes until the promotion is finished,
+    // P6/P7):
+    // 1. Read the image: only a secondary is promoted, and only if it is in the leg table
+    //    of the authority on how current it is (the former primary if reachable, else its
+    //    own header).
+    // 2. Refuse, unless forced, an image that may lack acknowledged writes; nothing is
+    //    written before this.
+    // 3. The new superblock: the authority's leg table, this image as primary, the former
+    //    primary in this image's slot, fractured as "replaced by promotion".
+    // 4. P3: the new fracture logs (the former primary's logs and intents when reachable,
+    //    else a full resync of every leg).
+    // 5. P2: the bitmaps, durably, before the superblock names this image primary.
+    // 6. The journal, then the commit: this image is the primary.
+    // 7. A reachable former primary is demoted (its header rewritten as a secondary), then
+    //    its slot says so; else the notes say how it comes back.
     let mut img = Image::read(dev.clone()).map_err(|e| read_error(name, e, &*dev))?;
     let sb = img.sb.clone();
-    match sb.role {
-        Role::Secondary => {}
-        Role::Primary => {
-            return Err(Error::invalid(format!(
-                "{name} is already the primary of mirror {}",
-                uuid_str(&sb.mirror_uuid)
-            )))
-        }
-        Role::Detached => {
-            return Err(Error::invalid(format!(
-                "{name} was detached from mirror {}; it has no mirror to take over (create a new mirror on it instead)",
-                uuid_str(&sb.mirror_uuid)
-            )))
-        }
-    }
+    refuse_unless_secondary(&sb, name)?;
     if let Some(o) = &old {
         if o.sb().mirror_uuid != sb.mirror_uuid || o.sb().image_uuid != sb.primary_uuid {
             old = None;
@@ -146,8 +202,6 @@ fn promote_image(
     }
     let g = sb.geometry;
     let mut notes = Vec::new();
-    // Whether the checks below refused and --force let it through (recorded, Q2).
-    let forced;
     // The authority on how current this image is: the old primary if reachable, else the
     // image's own header ("as far as it knows").
     let base: Superblock = match &old {
@@ -160,139 +214,23 @@ fn promote_image(
             uuid_str(&sb.mirror_uuid)
         )));
     };
-    let me = base.legs[slot].clone();
-    if let Some(o) = old.as_mut() {
-        // Its fracture log only, read before anything is written (recovery does not run
-        // first: a refusal changes nothing on either image). Pending write intents are
-        // writes never acknowledged; an in-sync leg holds every acknowledged one, and the
-        // intents go into the former primary's log below (P3).
-        let (regions, bytes) = o.pending_for(slot as u32)?;
-        let fr = o
-            .bitmaps
-            .count(BitmapId::Fracture(SlotIdx(slot as u32)))
-            .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
-        forced = me.state != LegState::InSync || fr > 0;
-        if forced && !force {
-            return Err(Error::invalid(format!(
-                "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use {FORCE} to promote it anyway and lose those changes",
-                o.name,
-                me.state.as_str(),
-                format_size(bytes)
-            )));
-        }
-    } else {
-        let current = sb.in_sync_generation != 0 && sb.in_sync_generation == sb.generation;
-        forced = !current || me.state != LegState::InSync;
-        if forced && !force {
-            let since = me
-                .fractured_at
-                .map(|t| format!(" since {}", format_time(t)))
-                .unwrap_or_default();
-            return Err(Error::invalid(format!(
-                "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use {FORCE} to promote it anyway",
-                sb.generation,
-                me.state.as_str(),
-                sb.in_sync_generation
-            )));
-        }
+    // Whether the checks refused and --force let it through (recorded, Q2).
+    let forced = refuse_unless_current(&sb, &base.legs[slot], slot, old.as_mut(), force, name)?;
+    if old.is_none() {
         notes.push(format!(
             "the former primary ({}) could not be opened; its last write window is unknown, so the other secondaries are marked for a full resync",
             if sb.primary_location.is_empty() { "unknown path" } else { &sb.primary_location }
         ));
     }
-    // New leg table and logs.
     let now = now_unix();
-    let mut new = base.clone();
-    new.image_uuid = sb.image_uuid;
-    new.role = Role::Primary;
-    new.primary_uuid = sb.image_uuid;
-    new.primary_location = String::new();
-    new.in_sync_generation = 0;
-    new.last_recovery = None;
-    new.last_resync = None;
-    new.last_verify = None;
-    new.bump_generation(
-        &format!(
-            "{PROMOTED_EVENT}{}{}",
-            &uuid_str(&sb.image_uuid)[..8],
-            if forced { FORCED_MARK } else { "" }
-        ),
-        now,
-    );
-    let generation = new.generation;
     let old_loc = match &old {
         Some(o) => o.name.clone(),
         None => sb.primary_location.clone(),
     };
-    {
-        let l = &mut new.legs[slot];
-        l.image_uuid = sb.primary_uuid;
-        l.location = old_loc.clone();
-        l.canonical = std::fs::canonicalize(&old_loc)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| old_loc.clone());
-        l.set_state(LegState::FracturedByError, now);
-        l.reason = cut(
-            &format!("{REPLACED_REASON} at generation {generation}"),
-            MAX_TEXT,
-        );
-        l.last_error.clear();
-        l.fractured_at = Some(now);
-        l.fracture_generation = generation;
-    }
-    let listed: Vec<u32> = (0..g.slots)
-        .filter(|&s| new.legs[s as usize].state != LegState::Empty)
-        .collect();
-    let old_logs = match old.as_mut() {
-        Some(o) => {
-            // The old primary's fracture log for this image becomes the log of the old
-            // primary's own slot (P3); other slots keep theirs.
-            let mut fracture = Vec::new();
-            for &s in &listed {
-                let what = "the old primary's fracture log";
-                fracture.push((
-                    s,
-                    runs(&mut o.bitmaps, BitmapId::Fracture(SlotIdx(s)), what)?,
-                ));
-            }
-            let what = "the old primary's write-intent log";
-            let write_intents = runs(&mut o.bitmaps, BitmapId::WriteIntent, what)?;
-            Some(plan::OldPrimaryLogs {
-                write_intents,
-                fracture,
-            })
-        }
-        None => None,
-    };
-    let logs = plan::promote_logs(&listed, slot as u32, g.region_count, old_logs.as_ref());
-    if old_logs.is_none() {
-        for (s, _) in &logs {
-            let l = &mut new.legs[*s as usize];
-            if l.state.receives_writes() {
-                l.set_state(LegState::Syncing, now);
-            }
-            notes.push(format!(
-                "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} {COMPARE}` writes only the blocks that differ",
-                l.location
-            ));
-        }
-    }
-    // P2: bitmaps first.
-    let mut bm = Bitmaps::open(dev.clone(), g, dev.file().is_some())
-        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
-    let merr = |e: std::io::Error| Error::primary_io(format!("writing bitmaps of {name}"), &e);
-    bm.clear_all(BitmapId::WriteIntent).map_err(merr)?;
-    for s in 0..g.slots {
-        bm.clear_all(BitmapId::Fracture(SlotIdx(s))).map_err(merr)?;
-    }
-    for (s, rs) in &logs {
-        for r in rs {
-            bm.set_range(BitmapId::Fracture(SlotIdx(*s)), r.clone(), true)
-                .map_err(merr)?;
-        }
-    }
-    bm.flush().map_err(merr)?;
-    drop(bm);
+    let mut new = new_primary_sb(&base, &sb, slot, &old_loc, forced, now);
+    let generation = new.generation;
+    let logs = new_logs(&mut new, g, slot, old.as_mut(), name, now, &mut notes)?;
+    write_bitmaps(&dev, g, name, &logs)?;
     // Its journal goes on from the old primary's when that was reachable (a planned
     // promotion), else it starts here, at 1 (not from a copy an old header may carry: its
     // numbers would collide with events the old primary recorded since).
@@ -317,61 +255,10 @@ fn promote_image(
     img.commit()
         .map_err(|e| Error::primary_io(format!("writing the superblock of {name}"), &e))?;
     let reachable = old.is_some();
-    // The former primary, when reachable, becomes a secondary of the new primary right away
-    // (planned failover); its slot's log already holds what it may have that we lack.
     if let Some(o) = old.take() {
-        let dev = o.image.dev.clone();
-        drop(o);
-        match Image::read(dev) {
-            Ok(mut oi) => {
-                let mut osb = img.sb.clone();
-                osb.image_uuid = oi.sb.image_uuid;
-                osb.role = Role::Secondary;
-                osb.primary_uuid = img.sb.image_uuid;
-                osb.primary_location = name.to_string();
-                osb.in_sync_generation = 0;
-                osb.created_at = oi.sb.created_at;
-                // The journal is the primary's: a secondary's header carries none.
-                osb.journal = None;
-                oi.sb = osb;
-                match oi.commit() {
-                    Ok(()) => {
-                        let empty = logs
-                            .iter()
-                            .all(|(s, rs)| *s as usize != slot || rs.is_empty());
-                        let l = &mut img.sb.legs[slot];
-                        l.set_state(
-                            if empty {
-                                LegState::InSync
-                            } else {
-                                LegState::Syncing
-                            },
-                            now,
-                        );
-                        l.reason = "former primary, demoted by promotion".into();
-                        l.fractured_at = None;
-                        img.commit().map_err(|e| {
-                            Error::primary_io(format!("writing the superblock of {name}"), &e)
-                        })?;
-                        notes.push(if empty {
-                            format!(
-                                "the former primary {old_loc} is now slot {slot} of {name}, in sync (nothing to copy)"
-                            )
-                        } else {
-                            format!(
-                            "the former primary {old_loc} is now slot {slot} of {name}; `mirrorctl resync {name}` copies what it lacks"
-                        )
-                        });
-                    }
-                    Err(e) => notes.push(format!(
-                        "warning: could not rewrite the former primary's header ({e}); attach it again with `mirrorctl attach {name} {old_loc}`"
-                    )),
-                }
-            }
-            Err(e) => notes.push(format!(
-                "warning: could not re-read the former primary ({e}); attach it again later"
-            )),
-        }
+        notes.push(demote_former_primary(
+            o, &mut img, name, slot, &old_loc, &logs, now,
+        )?);
     } else if same_image(&old_loc, name) {
         // Its recorded path is its own machine's, and names this image here.
         notes.push(format!(
@@ -389,6 +276,258 @@ fn promote_image(
         old_primary_slot: slot as u32,
         old_primary_reachable: reachable,
         notes,
+    })
+}
+
+/// Step 1: only a secondary is promoted.
+fn refuse_unless_secondary(sb: &Superblock, name: &str) -> Result<()> {
+    match sb.role {
+        Role::Secondary => Ok(()),
+        Role::Primary => Err(Error::invalid(format!(
+            "{name} is already the primary of mirror {}",
+            uuid_str(&sb.mirror_uuid)
+        ))),
+        Role::Detached => Err(Error::invalid(format!(
+            "{name} was detached from mirror {}; it has no mirror to take over (create a new mirror on it instead)",
+            uuid_str(&sb.mirror_uuid)
+        ))),
+    }
+}
+
+/// Step 2: refuses, unless `force`, an image (slot `slot`, entry `me` in the authority's
+/// table) that may lack acknowledged writes; returns whether it may (the promotion is then
+/// recorded as forced, Q2).
+fn refuse_unless_current(
+    sb: &Superblock,
+    me: &Leg,
+    slot: usize,
+    old: Option<&mut Mirror>,
+    force: bool,
+    name: &str,
+) -> Result<bool> {
+    let forced;
+    if let Some(o) = old {
+        // Its fracture log only, read before anything is written (recovery does not run
+        // first: a refusal changes nothing on either image). Pending write intents are
+        // writes never acknowledged; an in-sync leg holds every acknowledged one, and the
+        // intents go into the former primary's log below (P3).
+        let (regions, bytes) = o.pending_for(slot as u32)?;
+        let fr = o
+            .bitmaps
+            .count(BitmapId::Fracture(SlotIdx(slot as u32)))
+            .map_err(|e| Error::primary_io("reading the old primary's fracture log", &e))?;
+        forced = me.state() != LegState::InSync || fr > 0;
+        if forced && !force {
+            return Err(Error::invalid(format!(
+                "refusing to promote {name}: on the primary {} it is slot {slot}, {}, with {regions} regions ({}) it does not have; use {FORCE} to promote it anyway and lose those changes",
+                o.name,
+                me.state().as_str(),
+                format_size(bytes)
+            )));
+        }
+    } else {
+        let current = sb.in_sync_generation != 0 && sb.in_sync_generation == sb.generation;
+        forced = !current || me.state() != LegState::InSync;
+        if forced && !force {
+            let since = me
+                .fractured_at
+                .map(|t| format!(" since {}", format_time(t)))
+                .unwrap_or_default();
+            return Err(Error::invalid(format!(
+                "refusing to promote {name}: as far as it knows (its header, generation {}), it is {}{since} and was last in sync at generation {}; writes the primary made after that are not on it. Use {FORCE} to promote it anyway",
+                sb.generation,
+                me.state().as_str(),
+                sb.in_sync_generation
+            )));
+        }
+    }
+    Ok(forced)
+}
+
+/// Step 3: the new primary's superblock from the authority's (`base`): this image (`sb`)
+/// as primary, a new generation, and in its slot the former primary at `old_loc`,
+/// fractured as replaced by promotion.
+fn new_primary_sb(
+    base: &Superblock,
+    sb: &Superblock,
+    slot: usize,
+    old_loc: &str,
+    forced: bool,
+    now: u64,
+) -> Superblock {
+    let mut new = base.clone();
+    new.image_uuid = sb.image_uuid;
+    new.role = Role::Primary;
+    new.primary_uuid = sb.image_uuid;
+    new.primary_location = String::new();
+    new.in_sync_generation = 0;
+    new.last_recovery = None;
+    new.last_resync = None;
+    new.last_verify = None;
+    new.bump_generation(
+        &format!(
+            "{PROMOTED_EVENT}{}{}",
+            &uuid_str(&sb.image_uuid)[..8],
+            if forced { FORCED_MARK } else { "" }
+        ),
+        now,
+    );
+    let generation = new.generation;
+    let l = &mut new.legs[slot];
+    l.image_uuid = sb.primary_uuid;
+    l.location = old_loc.to_string();
+    l.canonical = std::fs::canonicalize(old_loc)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| old_loc.to_string());
+    l.set_state(LegState::FracturedByError, now);
+    l.reason = cut(
+        &format!("{REPLACED_REASON} at generation {generation}"),
+        MAX_TEXT,
+    );
+    l.last_error.clear();
+    l.fractured_at = Some(now);
+    l.fracture_generation = generation;
+    new
+}
+
+/// Step 4 (P3): the new primary's fracture logs. With the former primary reachable, its
+/// logs and write intents (`plan::promote_logs`); without, every listed leg of `new` that
+/// receives writes is marked for a full resync, and the notes say so.
+fn new_logs(
+    new: &mut Superblock,
+    g: Geometry,
+    slot: usize,
+    old: Option<&mut Mirror>,
+    name: &str,
+    now: u64,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(u32, Vec<Range<u64>>)>> {
+    let listed: Vec<u32> = (0..g.slots)
+        .filter(|&s| new.legs[s as usize].state() != LegState::Empty)
+        .collect();
+    let old_logs = match old {
+        Some(o) => {
+            // The old primary's fracture log for this image becomes the log of the old
+            // primary's own slot (P3); other slots keep theirs.
+            let mut fracture = Vec::new();
+            for &s in &listed {
+                let what = "the old primary's fracture log";
+                fracture.push((
+                    s,
+                    runs(&mut o.bitmaps, BitmapId::Fracture(SlotIdx(s)), what)?,
+                ));
+            }
+            let what = "the old primary's write-intent log";
+            let write_intents = runs(&mut o.bitmaps, BitmapId::WriteIntent, what)?;
+            Some(plan::OldPrimaryLogs {
+                write_intents,
+                fracture,
+            })
+        }
+        None => None,
+    };
+    let logs = plan::promote_logs(&listed, slot as u32, g.region_count, old_logs.as_ref());
+    if old_logs.is_none() {
+        for (s, _) in &logs {
+            let l = &mut new.legs[*s as usize];
+            if l.state().receives_writes() {
+                l.set_state(LegState::Syncing, now);
+            }
+            notes.push(format!(
+                "slot {s} ({}) may differ from {name} in the former primary's last write window: marked for a full resync; `mirrorctl resync {name} {COMPARE}` writes only the blocks that differ",
+                l.location
+            ));
+        }
+    }
+    Ok(logs)
+}
+
+/// Step 5 (P2): the new primary's bitmaps, durably: no write intents, and `logs` as its
+/// fracture logs.
+fn write_bitmaps(
+    dev: &Arc<dyn Device>,
+    g: Geometry,
+    name: &str,
+    logs: &[(u32, Vec<Range<u64>>)],
+) -> Result<()> {
+    let mut bm = Bitmaps::open(dev.clone(), g, dev.file().is_some())
+        .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
+    let merr = |e: std::io::Error| Error::primary_io(format!("writing bitmaps of {name}"), &e);
+    bm.clear_all(BitmapId::WriteIntent).map_err(merr)?;
+    for s in 0..g.slots {
+        bm.clear_all(BitmapId::Fracture(SlotIdx(s))).map_err(merr)?;
+    }
+    for (s, rs) in logs {
+        for r in rs {
+            bm.set_range(BitmapId::Fracture(SlotIdx(*s)), r.clone(), true)
+                .map_err(merr)?;
+        }
+    }
+    bm.flush().map_err(merr)
+}
+
+/// Step 7: the reachable former primary `o` becomes a secondary of the new primary (`img`,
+/// committed) right away (planned failover): its header is rewritten as a secondary, then
+/// its slot says it was demoted, in sync if its log (in `logs`) is empty, else syncing.
+/// Returns the note to show; a header it cannot rewrite is a warning (P7 finishes later).
+fn demote_former_primary(
+    o: Mirror,
+    img: &mut Image,
+    name: &str,
+    slot: usize,
+    old_loc: &str,
+    logs: &[(u32, Vec<Range<u64>>)],
+    now: u64,
+) -> Result<String> {
+    let dev = o.image.dev.clone();
+    drop(o);
+    let mut oi = match Image::read(dev) {
+        Ok(oi) => oi,
+        Err(e) => {
+            return Ok(format!(
+                "warning: could not re-read the former primary ({e}); attach it again later"
+            ))
+        }
+    };
+    let mut osb = img.sb.clone();
+    osb.image_uuid = oi.sb.image_uuid;
+    osb.role = Role::Secondary;
+    osb.primary_uuid = img.sb.image_uuid;
+    osb.primary_location = name.to_string();
+    osb.in_sync_generation = 0;
+    osb.created_at = oi.sb.created_at;
+    // The journal is the primary's: a secondary's header carries none.
+    osb.journal = None;
+    oi.sb = osb;
+    if let Err(e) = oi.commit() {
+        return Ok(format!(
+            "warning: could not rewrite the former primary's header ({e}); attach it again with `mirrorctl attach {name} {old_loc}`"
+        ));
+    }
+    let empty = logs
+        .iter()
+        .all(|(s, rs)| *s as usize != slot || rs.is_empty());
+    let l = &mut img.sb.legs[slot];
+    l.set_state(
+        if empty {
+            LegState::InSync
+        } else {
+            LegState::Syncing
+        },
+        now,
+    );
+    l.reason = "former primary, demoted by promotion".into();
+    l.fractured_at = None;
+    img.commit()
+        .map_err(|e| Error::primary_io(format!("writing the superblock of {name}"), &e))?;
+    Ok(if empty {
+        format!(
+            "the former primary {old_loc} is now slot {slot} of {name}, in sync (nothing to copy)"
+        )
+    } else {
+        format!(
+            "the former primary {old_loc} is now slot {slot} of {name}; `mirrorctl resync {name}` copies what it lacks"
+        )
     })
 }
 

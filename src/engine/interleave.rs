@@ -500,7 +500,7 @@ fn check_logs(m: &mut Mirror, rig: &Rig, intents: bool, ctx: &str) {
     let p = rig.data("p");
     for s in 0..m.geometry().slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
         let d = rig.data(&leg.location);
@@ -515,7 +515,7 @@ fn check_logs(m: &mut Mirror, rig: &Rig, intents: bool, ctx: &str) {
                 logged || marked,
                 "{ctx}: slot {s} ({}, {}) differs from the primary in region {r}, which no log names",
                 leg.location,
-                leg.state.as_str()
+                leg.state().as_str()
             );
         }
     }
@@ -572,10 +572,10 @@ fn check_schedule(ran: Ran, ctx: &str) {
     let p = rig.data("p");
     for s in 0..m.geometry().slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
-        assert_eq!(leg.state, LegState::InSync, "{ctx}: slot {s}");
+        assert_eq!(leg.state(), LegState::InSync, "{ctx}: slot {s}");
         assert!(
             rig.data(&leg.location) == p,
             "{ctx}: slot {s} ({}) differs from the primary after its resync",

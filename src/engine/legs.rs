@@ -222,7 +222,7 @@ impl Mirror {
     /// that another image replaced this primary.
     pub fn refuse_if_replaced(&self) -> Result<()> {
         for (s, leg) in self.sb().legs.iter().enumerate() {
-            if leg.state == LegState::Empty {
+            if leg.state() == LegState::Empty {
                 continue;
             }
             let Some(theirs) = self.leg_header(leg) else {
@@ -257,7 +257,7 @@ impl Mirror {
     /// "replaced by promotion").
     pub fn unfinished_demotion(&self) -> Option<(u32, Leg)> {
         for (s, leg) in self.sb().legs.iter().enumerate() {
-            if leg.state != LegState::FracturedByError
+            if leg.state() != LegState::FracturedByError
                 || !leg
                     .reason
                     .starts_with(crate::engine::failover::REPLACED_REASON)
@@ -293,7 +293,7 @@ impl Mirror {
         }
         self.flush_bitmaps()?;
         let now = now_unix();
-        if self.sb().legs[slot as usize].state == LegState::InSync {
+        if self.sb().legs[slot as usize].state() == LegState::InSync {
             self.image.sb.bump_generation(
                 &format!("slot {slot}: {} region(s) differ", regions.len()),
                 now,
@@ -376,7 +376,7 @@ impl Mirror {
     pub(super) fn active_legs(&mut self) -> Result<Vec<(u32, Arc<dyn Device>)>> {
         let mut out = Vec::new();
         for s in 0..self.geometry().slots {
-            if !self.sb().legs[s as usize].state.receives_writes() {
+            if !self.sb().legs[s as usize].state().receives_writes() {
                 continue;
             }
             match self.open_leg_or_refusal(s) {
@@ -421,7 +421,7 @@ impl Mirror {
     /// Admin fracture: the leg stops receiving writes; later writes go to its log.
     pub fn fracture(&mut self, slot: u32, reason: Option<&str>) -> Result<bool> {
         let leg = self.sb().legs[slot as usize].clone();
-        if leg.state.is_fractured() {
+        if leg.state().is_fractured() {
             return Ok(false);
         }
         let now = now_unix();
@@ -480,7 +480,9 @@ impl Mirror {
     pub fn refresh_headers(&mut self, also: &[u32]) {
         for s in 0..self.geometry().slots {
             let leg = self.sb().legs[s as usize].clone();
-            if leg.state == LegState::Empty || !(leg.state.receives_writes() || also.contains(&s)) {
+            if leg.state() == LegState::Empty
+                || !(leg.state().receives_writes() || also.contains(&s))
+            {
                 continue;
             }
             let clean = self
@@ -488,7 +490,7 @@ impl Mirror {
                 .count(BitmapId::Fracture(SlotIdx(s)))
                 .map(|n| n == 0)
                 .unwrap_or(false);
-            let in_sync = leg.state == LegState::InSync && clean;
+            let in_sync = leg.state() == LegState::InSync && clean;
             if let Err(e) = self.update_secondary_header(s, in_sync) {
                 self.warnings.push(format!(
                     "warning: could not update the header of {}: {e}",
@@ -503,7 +505,7 @@ impl Mirror {
     /// somewhere can no longer write to them. `except` is the former primary's slot.
     pub fn take_over_secondaries(&mut self, except: u32) {
         let others: Vec<u32> = (0..self.geometry().slots)
-            .filter(|&s| s != except && self.sb().legs[s as usize].state != LegState::Empty)
+            .filter(|&s| s != except && self.sb().legs[s as usize].state() != LegState::Empty)
             .collect();
         self.refresh_headers(&others);
     }

@@ -283,7 +283,7 @@ impl Mirror {
         (0..self.geometry().slots)
             .map(|s| quorum::LegView {
                 slot: s,
-                state: self.sb().legs[s as usize].state,
+                state: self.sb().legs[s as usize].state(),
                 receiving: receiving(s),
             })
             .collect()
@@ -315,7 +315,7 @@ impl Mirror {
     ) -> Result<u32> {
         let legs = &self.sb().legs;
         if let Ok(n) = spec.parse::<u32>() {
-            if (n as usize) < legs.len() && legs[n as usize].state != LegState::Empty {
+            if (n as usize) < legs.len() && legs[n as usize].state() != LegState::Empty {
                 return Ok(n);
             }
             if !names_a_file {
@@ -326,7 +326,7 @@ impl Mirror {
             }
         }
         for (i, l) in legs.iter().enumerate() {
-            if l.state != LegState::Empty && (l.location == spec || same(&l.location)) {
+            if l.state() != LegState::Empty && (l.location == spec || same(&l.location)) {
                 return Ok(i as u32);
             }
         }
@@ -347,7 +347,7 @@ impl Mirror {
     pub fn resync_candidates(&mut self) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         for s in 0..self.geometry().slots {
-            let st = self.sb().legs[s as usize].state;
+            let st = self.sb().legs[s as usize].state();
             if st == LegState::Empty {
                 continue;
             }
@@ -393,7 +393,7 @@ impl Mirror {
     /// Whether in-sync `slot`'s logs show `regions` current on it (neither its fracture log
     /// nor the write-intent log names any of them).
     pub(crate) fn current_on(&mut self, slot: u32, regions: &Range<u64>) -> bool {
-        self.sb().legs[slot as usize].state == LegState::InSync
+        self.sb().legs[slot as usize].state() == LegState::InSync
             && [BitmapId::WriteIntent, BitmapId::Fracture(SlotIdx(slot))]
                 .iter()
                 .try_fold(true, |ok, id| -> io::Result<bool> {
@@ -416,7 +416,7 @@ impl Mirror {
         };
         let regions = g.regions_for(off, buf.len() as u64);
         for s in 0..g.slots {
-            if self.sb().legs[s as usize].state != LegState::InSync {
+            if self.sb().legs[s as usize].state() != LegState::InSync {
                 continue;
             }
             if !self.current_on(s, &regions) {

@@ -42,7 +42,7 @@ impl Mirror {
             .as_ref()
             .and_then(|j| j.pinned_at_last_stop());
         let slots: Vec<u32> = (0..self.geometry().slots)
-            .filter(|&s| self.sb().legs[s as usize].state != LegState::Empty)
+            .filter(|&s| self.sb().legs[s as usize].state() != LegState::Empty)
             .collect();
         // R1: merge into every non-empty slot's fracture log, durably.
         for &s in &slots {
@@ -55,7 +55,7 @@ impl Mirror {
         let now = now_unix();
         for &s in &slots {
             let leg = &mut self.image.sb.legs[s as usize];
-            if leg.state == LegState::InSync {
+            if leg.state() == LegState::InSync {
                 leg.set_state(LegState::Syncing, now);
             }
         }

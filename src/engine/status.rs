@@ -165,7 +165,7 @@ pub const LEG_HEADER_WAIT: Duration = Duration::from_millis(800);
 fn leg_headers(sb: &Superblock, opener: Arc<dyn Opener>) -> Vec<(String, Option<Superblock>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut paths: Vec<String> = Vec::new();
-    for l in sb.legs.iter().filter(|l| l.state != LegState::Empty) {
+    for l in sb.legs.iter().filter(|l| l.state() != LegState::Empty) {
         let path = l.open_path().to_string();
         if paths.contains(&path) {
             continue;
@@ -322,7 +322,7 @@ impl Mirror {
         };
         let mut legs = Vec::new();
         for s in 0..self.geometry().slots {
-            let st = self.sb().legs[s as usize].state;
+            let st = self.sb().legs[s as usize].state();
             let pending = if st == LegState::Empty {
                 0
             } else {
@@ -401,7 +401,7 @@ pub fn collect(
     for (i, l) in sb.legs.iter().enumerate() {
         // A detached image's copy of the leg table still lists its own old slot: it is no
         // longer a leg of anything, so it is not shown as one.
-        if l.state == LegState::Empty
+        if l.state() == LegState::Empty
             || (sb.role == Role::Detached && l.image_uuid == sb.image_uuid)
         {
             continue;
@@ -418,14 +418,14 @@ pub fn collect(
                 (r + x.end - x.start, b + br.end - br.start)
             })
         };
-        leg_health.push((l.state, regions));
+        leg_health.push((l.state(), regions));
         // What the leg lacks by its own log (the intents aside), for the health reasons.
-        let own = if wi_runs.is_empty() || l.state != LegState::InSync {
+        let own = if wi_runs.is_empty() || l.state() != LegState::InSync {
             regions
         } else {
             bitmaps.count_bytes(id).map_err(merr)?.0
         };
-        leg_own.push((i as u32, l.state, own));
+        leg_own.push((i as u32, l.state(), own));
         let theirs = if primary { leg_header(l) } else { None };
         if let Some(new) = theirs
             .as_ref()
@@ -453,14 +453,14 @@ pub fn collect(
             path: l.location.clone(),
             canonical_path: l.canonical.clone(),
             image_uuid: uuid_str(&l.image_uuid),
-            state: l.state.as_str().to_string(),
+            state: l.state().as_str().to_string(),
             out_of_sync_regions: regions,
             out_of_sync_bytes: bytes,
             reason: some(&l.reason),
             last_error: some(&l.last_error),
             fractured_at: l.fractured_at.map(format_time),
             attached_at: t(l.attached_at),
-            state_changed_at: t(l.state_changed_at),
+            state_changed_at: t(l.state_changed_at()),
             generation_relation: relation,
             leg_generation: theirs.map(|h| h.generation),
         });

@@ -123,7 +123,7 @@ fn a_failing_secondary_is_fractured_and_its_log_covers_the_write() {
         .unwrap();
     assert_eq!(r.newly_fractured, vec![0]);
     let leg = &m.sb().legs[0];
-    assert_eq!(leg.state, LegState::FracturedByError);
+    assert_eq!(leg.state(), LegState::FracturedByError);
     assert!(
         leg.last_error.contains("offset 40960"),
         "{}",
@@ -317,7 +317,7 @@ fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initi
     // H7: the write in flight is in its log, so it is syncing, not in sync.
     assert!(o.regions > 0, "the write in flight is in no log");
     assert_eq!(
-        srv.with_mirror(|m| m.sb().legs[o.slot as usize].state),
+        srv.with_mirror(|m| m.sb().legs[o.slot as usize].state()),
         LegState::Syncing
     );
     gate.open();
@@ -334,7 +334,7 @@ fn a_leg_attached_while_a_host_write_is_in_flight_gets_that_write_from_its_initi
     assert!(r.legs[0].error.is_none(), "{r:?}");
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    assert_eq!(m.sb().legs[o.slot as usize].state(), LegState::InSync);
     assert_same_data(&m, &n, &gate.inner);
 }
 
@@ -382,7 +382,7 @@ fn a_slot_detached_and_attached_again_while_served_keeps_its_whole_initial_log_a
     // Extent 0 left the hot set: nothing of the new leg's log was trimmed.
     assert_eq!(srv.with_mirror(|m| m.bitmaps.count(id).unwrap()), 1024);
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[1].state, LegState::Syncing);
+    assert_eq!(m.sb().legs[1].state(), LegState::Syncing);
 }
 
 #[test]
@@ -441,7 +441,7 @@ fn a_host_write_sent_while_a_live_resync_copies_its_region_lands_after_the_copy_
     assert!(r.legs[0].error.is_none(), "{r:?}");
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    assert_eq!(m.sb().legs[o.slot as usize].state(), LegState::InSync);
     let at = (g.data_offset + 8192) as usize;
     assert!(
         leg.inner.contents()[at..at + 4096] == [0x22; 4096],
@@ -505,7 +505,7 @@ fn a_live_resync_copies_a_region_only_after_a_host_write_sent_before_it_finished
     assert!(r.legs[0].error.is_none(), "{r:?}");
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[o.slot as usize].state, LegState::InSync);
+    assert_eq!(m.sb().legs[o.slot as usize].state(), LegState::InSync);
     assert_same_data(&m, &leg, &primary.inner);
 }
 
@@ -543,8 +543,8 @@ fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_
         .unwrap_err();
     assert_eq!(e.kind, crate::error::Kind::Invalid, "{e}");
     assert!(e.to_string().contains("not fractured"), "{e}");
-    assert_eq!(m.sb().legs[1].state, LegState::InSync);
-    assert_eq!(m.sb().legs[0].state, LegState::InSync);
+    assert_eq!(m.sb().legs[1].state(), LegState::InSync);
+    assert_eq!(m.sb().legs[0].state(), LegState::InSync);
     assert!(p.contents() == before, "the primary was written");
     drop(m);
     // The same leg merely gone (a server that is down) is fractured, and the write goes on.
@@ -553,7 +553,7 @@ fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_
     let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(gone), false).unwrap();
     m.write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
         .unwrap();
-    assert_eq!(m.sb().legs[1].state, LegState::FracturedByError);
+    assert_eq!(m.sb().legs[1].state(), LegState::FracturedByError);
     assert_eq!(data(&m, &secs[0]), data(&m, &p));
 }
 
@@ -671,7 +671,7 @@ fn a_live_resync_opening_a_leg_whose_server_hangs_stalls_no_host_write() {
     assert!(r.legs[0].error.is_none(), "{r:?}");
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_eq!(m.sb().legs[1].state(), LegState::InSync);
     assert_same_data(&m, &secs[1], &p);
 }
 
@@ -756,7 +756,7 @@ fn a_leg_failing_during_a_served_write_below_the_minimum_gets_the_host_an_error_
     assert!(f.msg.contains("not acknowledged"), "{}", f.msg);
     assert!(srv.flush().is_err());
     let (mut m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+    assert_eq!(m.sb().legs[0].state(), LegState::FracturedByError);
     // The leg is never silently different: the write is in its log.
     let id = BitmapId::Fracture(SlotIdx(0));
     assert!(m.bitmaps.next_run(id, 8, 9).unwrap().is_some());
@@ -801,7 +801,7 @@ fn a_served_write_waiting_for_the_minimum_goes_on_when_a_live_resync_brings_a_le
     for d in &secs {
         assert_eq!(data(&m, d), data(&m, &p));
     }
-    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_eq!(m.sb().legs[1].state(), LegState::InSync);
 }
 
 #[test]
@@ -877,7 +877,7 @@ fn a_served_write_that_loses_a_leg_is_acknowledged_only_after_its_fence_hook_suc
     assert_eq!(srv.writes_refused(), None);
     srv.flush().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+    assert_eq!(m.sb().legs[0].state(), LegState::FracturedByError);
 }
 
 #[test]
@@ -908,7 +908,7 @@ fn a_failing_fence_hook_gets_served_writes_and_flushes_refused_until_the_leg_is_
     write(3).unwrap();
     srv.flush().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_eq!(m.sb().legs[1].state(), LegState::InSync);
     let kinds = event_kinds(&m);
     let w: Vec<&String> = kinds.iter().filter(|k| k.starts_with("writes-")).collect();
     assert_eq!(w, ["writes-refused", "writes-resumed"]);
@@ -957,7 +957,7 @@ fn with_too_few_in_sync_secondaries_a_write_is_refused_without_running_or_waitin
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "0\n");
     srv.flush().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[0].state, LegState::FracturedByError);
+    assert_eq!(m.sb().legs[0].state(), LegState::FracturedByError);
 }
 
 #[test]

@@ -130,7 +130,7 @@ pub fn run(
         // A leg that cannot be read is fractured, as a failed write would do; one that TLS
         // refused is not (O1).
         for lv in legs.iter().filter(|l| l.error.is_some() && !l.refused) {
-            if m.sb().legs[lv.slot as usize].state.receives_writes() {
+            if m.sb().legs[lv.slot as usize].state().receives_writes() {
                 m.fracture_by_error(lv.slot, "verify", lv.error.as_deref().unwrap_or(""))?;
             }
         }
@@ -217,7 +217,7 @@ impl Pass {
                 LegVerify {
                     slot: s,
                     path: l.location.clone(),
-                    state: l.state.as_str().to_string(),
+                    state: l.state().as_str().to_string(),
                     ..Default::default()
                 }
             })
@@ -347,7 +347,7 @@ pub(crate) fn save_record(
             .sb()
             .legs
             .iter()
-            .filter(|l| l.state != crate::format::LegState::Empty)
+            .filter(|l| l.state() != crate::format::LegState::Empty)
             .count();
         let slot = match legs {
             [one] if attached > 1 => Some(one.slot),
@@ -372,13 +372,13 @@ pub(crate) fn batch_legs(
     let mut active = Vec::new();
     for (i, lv) in legs.iter_mut().enumerate() {
         let leg = m.sb().legs[lv.slot as usize].clone();
-        lv.state = leg.state.as_str().to_string();
-        if leg.state == LegState::Empty {
+        lv.state = leg.state().as_str().to_string();
+        if leg.state() == LegState::Empty {
             lv.skipped = Some("detached during verify".into());
             continue;
         }
-        if leg.state.is_fractured() {
-            lv.skipped = Some(format!("{}: not compared", leg.state.as_str()));
+        if leg.state().is_fractured() {
+            lv.skipped = Some(format!("{}: not compared", leg.state().as_str()));
             continue;
         }
         if lv.error.is_some() {

@@ -196,7 +196,7 @@ impl Mirror {
         let mut ahead = Vec::new();
         for s in 0..self.geometry().slots {
             let leg = &self.sb().legs[s as usize];
-            if leg.state == LegState::Empty || leg.state.receives_writes() {
+            if leg.state() == LegState::Empty || leg.state().receives_writes() {
                 continue;
             }
             let id = BitmapId::Fracture(SlotIdx(s));
@@ -294,7 +294,7 @@ impl Mirror {
         };
         // Before the legs are opened: a leg that fails to open is newly fractured too.
         let fractured_before: Vec<u32> = (0..g.slots)
-            .filter(|&s| self.sb().legs[s as usize].state.is_fractured())
+            .filter(|&s| self.sb().legs[s as usize].state().is_fractured())
             .collect();
         let mut legs = self.active_legs()?;
         // E1: legs that failed to open are fenced before anything is written.
@@ -441,7 +441,7 @@ impl Mirror {
         }
         self.finish_stream(&mut legs, &mut st)?;
         for s in 0..g.slots {
-            if self.sb().legs[s as usize].state.is_fractured() && !fractured_before.contains(&s) {
+            if self.sb().legs[s as usize].state().is_fractured() && !fractured_before.contains(&s) {
                 report.newly_fractured.push(s);
             }
         }
@@ -507,7 +507,7 @@ impl Mirror {
         let mut failed = None;
         for s in 0..self.geometry().slots {
             let leg = self.sb().legs[s as usize].clone();
-            if !leg.state.is_fractured() || before.contains(&s) || fenced.contains(&s) {
+            if !leg.state().is_fractured() || before.contains(&s) || fenced.contains(&s) {
                 continue;
             }
             fenced.push(s);

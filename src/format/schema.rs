@@ -708,17 +708,19 @@ mod tests {
     /// A superblock in which every option is set and every list is non-empty.
     fn full_sample() -> Superblock {
         let g = Geometry::for_data_size(3 << 30, 128 * 1024, 3).unwrap();
-        let leg = |i: u8, state| Leg {
-            image_uuid: [i; 16],
-            location: format!("leg-{i}.img"),
-            canonical: format!("/srv/leg-{i}.img"),
-            state,
-            reason: format!("reason {i}"),
-            last_error: "EIO at 4096".into(),
-            attached_at: 1000 + i as u64,
-            state_changed_at: 2000 + i as u64,
-            fractured_at: if i % 2 == 0 { Some(3000) } else { None },
-            fracture_generation: 40 + i as u64,
+        let leg = |i: u8, state| {
+            let mut l = Leg::for_image(
+                [i; 16],
+                &format!("leg-{i}.img"),
+                &format!("/srv/leg-{i}.img"),
+                1000 + i as u64,
+            )
+            .in_state_for_test(state, 2000 + i as u64);
+            l.reason = format!("reason {i}");
+            l.last_error = "EIO at 4096".into();
+            l.fractured_at = if i % 2 == 0 { Some(3000) } else { None };
+            l.fracture_generation = 40 + i as u64;
+            l
         };
         Superblock {
             mirror_uuid: [0xa1; 16],
@@ -921,7 +923,8 @@ mod tests {
         }
         for v in leg_state_variants() {
             let mut sb = full_sample();
-            sb.legs[0].state = serde_json::from_value(Value::String(v.name.clone())).unwrap();
+            let state = serde_json::from_value(Value::String(v.name.clone())).unwrap();
+            sb.legs[0] = sb.legs[0].clone().in_state_for_test(state, 2001);
             check_schema(&sb);
         }
     }

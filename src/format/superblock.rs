@@ -83,6 +83,11 @@ impl LegState {
     }
 }
 
+/// One slot of the leg table. Its state (and when it changed) is private: read with
+/// [`Leg::state`], changed only through [`Leg::set_state`], which checks the transition
+/// table. A new entry ([`Leg::empty`], [`Leg::for_image`]) is always `Empty`, so replacing a
+/// whole entry is the always-legal change to `Empty` (detach); decoding a stored table
+/// restores what was written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leg {
     pub image_uuid: Uuid,
@@ -90,13 +95,13 @@ pub struct Leg {
     pub location: String,
     /// The canonical path at attach time.
     pub canonical: String,
-    pub state: LegState,
+    state: LegState,
     /// Why the leg is fractured (admin text or a summary of the error).
     pub reason: String,
     /// The last I/O error seen on this leg, with offset.
     pub last_error: String,
     pub attached_at: u64,
-    pub state_changed_at: u64,
+    state_changed_at: u64,
     pub fractured_at: Option<u64>,
     /// Mirror generation when the leg stopped receiving writes (0 if never).
     pub fracture_generation: u64,
@@ -135,6 +140,15 @@ pub fn transition_allowed(from: LegState, to: LegState) -> bool {
 }
 
 impl Leg {
+    pub fn state(&self) -> LegState {
+        self.state
+    }
+
+    /// When the state last changed (unix seconds; 0 if never).
+    pub fn state_changed_at(&self) -> u64 {
+        self.state_changed_at
+    }
+
     /// Changes the leg's state (and when it changed); panics on an illegal transition.
     pub fn set_state(&mut self, to: LegState, now: u64) {
         assert!(
@@ -172,6 +186,27 @@ impl Leg {
             fractured_at: None,
             fracture_generation: 0,
         }
+    }
+
+    /// A new entry naming the image `image_uuid` at `location`, still `Empty`: attach gives
+    /// it its state through [`Leg::set_state`].
+    pub fn for_image(image_uuid: Uuid, location: &str, canonical: &str, attached_at: u64) -> Self {
+        Leg {
+            image_uuid,
+            location: location.to_string(),
+            canonical: canonical.to_string(),
+            attached_at,
+            ..Leg::empty()
+        }
+    }
+
+    /// Test fixtures only: this leg in `state`, changed at `at`, past the transition table
+    /// (a table as a crash or an older version may have left it).
+    #[cfg(test)]
+    pub(crate) fn in_state_for_test(mut self, state: LegState, at: u64) -> Self {
+        self.state = state;
+        self.state_changed_at = at;
+        self
     }
 }
 
@@ -513,7 +548,8 @@ pub(crate) mod tests {
     fn the_largest_possible_leg_table_fits_in_one_copy() {
         let mut sb = sample(32);
         for (i, l) in sb.legs.iter_mut().enumerate() {
-            l.state = LegState::FracturedByError;
+            l.set_state(LegState::InSync, i as u64);
+            l.set_state(LegState::FracturedByError, i as u64);
             l.location = "x".repeat(MAX_LOCATION);
             l.canonical = "y".repeat(MAX_LOCATION);
             l.reason = "r".repeat(MAX_TEXT);

@@ -177,7 +177,7 @@ pub fn image_state(image: &str) -> (ImageState, bool) {
     match Image::read(dev.clone()) {
         Ok(img) => {
             let sb = &img.sb;
-            let leg = sb.slot_of_uuid(&sb.image_uuid).map(|s| sb.legs[s].state);
+            let leg = sb.slot_of_uuid(&sb.image_uuid).map(|s| sb.legs[s].state());
             let clean = sb.role == Role::Primary
                 && Bitmaps::open(dev, sb.geometry, false)
                     .and_then(|mut b| b.count(BitmapId::WriteIntent))
@@ -200,7 +200,7 @@ fn legs_of(image: &str) -> Option<Vec<(LegState, String)>> {
         img.sb
             .legs
             .iter()
-            .map(|l| (l.state, l.location.clone()))
+            .map(|l| (l.state(), l.location.clone()))
             .collect()
     })
 }

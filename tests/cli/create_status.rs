@@ -25,30 +25,22 @@ const FIXTURE: &str = "tests/fixtures/superblock-v1.bin";
 fn golden_superblock() -> Superblock {
     let g = Geometry::for_data_size(20 << 30, 64 * KIB, 4).unwrap();
     let mut legs: Vec<Leg> = (0..4).map(|_| Leg::empty()).collect();
-    legs[0] = Leg {
-        image_uuid: [0x11; 16],
-        location: "/mnt/disk2/vm.img".into(),
-        canonical: "/mnt/disk2/vm.img".into(),
-        state: LegState::InSync,
-        reason: String::new(),
-        last_error: String::new(),
-        attached_at: 1_700_000_100,
-        state_changed_at: 1_700_000_200,
-        fractured_at: None,
-        fracture_generation: 0,
-    };
-    legs[2] = Leg {
-        image_uuid: [0x33; 16],
-        location: "/dev/loop7".into(),
-        canonical: "/dev/loop7".into(),
-        state: LegState::FracturedByError,
-        reason: "write failed".into(),
-        last_error: "write at data offset 4194304: No space left on device (os error 28)".into(),
-        attached_at: 1_700_000_300,
-        state_changed_at: 1_700_000_400,
-        fractured_at: Some(1_700_000_400),
-        fracture_generation: 6,
-    };
+    // States only through the checked transitions, as the engine sets them.
+    legs[0] = Leg::for_image(
+        [0x11; 16],
+        "/mnt/disk2/vm.img",
+        "/mnt/disk2/vm.img",
+        1_700_000_100,
+    );
+    legs[0].set_state(LegState::InSync, 1_700_000_200);
+    legs[2] = Leg::for_image([0x33; 16], "/dev/loop7", "/dev/loop7", 1_700_000_300);
+    legs[2].reason = "write failed".into();
+    legs[2].last_error =
+        "write at data offset 4194304: No space left on device (os error 28)".into();
+    legs[2].fractured_at = Some(1_700_000_400);
+    legs[2].fracture_generation = 6;
+    legs[2].set_state(LegState::InSync, 1_700_000_300);
+    legs[2].set_state(LegState::FracturedByError, 1_700_000_400);
     Superblock {
         mirror_uuid: [0xa5; 16],
         image_uuid: [0x5a; 16],

@@ -249,7 +249,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     let p_is_leg = m
         .sb()
         .slot_of_uuid(&p.sb.image_uuid)
-        .is_some_and(|s| m.sb().legs[s].state.receives_writes());
+        .is_some_and(|s| m.sb().legs[s].state().receives_writes());
     if p.sb.role == Role::Primary {
         // P6: the old primary still says primary, and refuses every change.
         let old = devs
@@ -262,13 +262,17 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
             e.to_string().contains("no longer the primary"),
             "{ctx}: {e}"
         );
-        // P7: a rerun of promote finds the unfinished demotion (`finish_promotion`).
-        let (slot, leg) = m
-            .unfinished_demotion()
-            .unwrap_or_else(|| panic!("{ctx}: the new primary finds nothing to finish"));
-        assert_eq!(leg.location, P, "{ctx}: slot {slot}");
-    }
-    if p.sb.role == Role::Primary || !p_is_leg {
+        drop(old);
+        // P7: a rerun of promote finishes the demotion, the engine's way.
+        let done = m
+            .finish_promotion(|leg| {
+                assert_eq!(leg.location, P, "{ctx}");
+                Ok((Arc::new(devs.dev(P)), P.to_string()))
+            })
+            .unwrap_or_else(|e| panic!("{ctx}: finishing the promotion: {e}"));
+        assert_eq!(done.location, P, "{ctx}: slot {}", done.slot);
+    } else if !p_is_leg {
+        // `attach NEW OLD`, the admin's other way to finish (P7).
         m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
             .unwrap_or_else(|e| panic!("{ctx}: re-attaching the old primary: {e}"));
     }
@@ -277,8 +281,13 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
     for s in 0..m.geometry().slots {
         let l = &m.sb().legs[s as usize];
-        if l.state != LegState::Empty {
-            assert_eq!(l.state, LegState::InSync, "{ctx}: slot {s} {}", l.location);
+        if l.state() != LegState::Empty {
+            assert_eq!(
+                l.state(),
+                LegState::InSync,
+                "{ctx}: slot {s} {}",
+                l.location
+            );
             assert_eq!(m.pending_for(s).unwrap().0, 0, "{ctx}: slot {s}");
         }
     }

@@ -98,7 +98,7 @@ fn an_event_and_its_state_change_survive_a_power_cut_both_or_neither() {
                 .iter()
                 .rfind(|e| e.seq > base && e.slot == Some(1))
                 .map(|e| mirrorctl::format::journal::kind_name(e.kind));
-            let state = img.sb.legs[1].state;
+            let state = img.sb.legs[1].state();
             let fits = match last.as_deref() {
                 None => state == LegState::InSync,
                 Some("fractured") => state == LegState::FracturedByAdmin,
@@ -109,7 +109,7 @@ fn an_event_and_its_state_change_survive_a_power_cut_both_or_neither() {
                 Some(other) => panic!("{ctx}: unexpected event {other}"),
             };
             assert!(fits, "{ctx}: slot 1 is {state:?} after {last:?}");
-            assert_eq!(img.sb.legs[0].state, LegState::InSync, "{ctx}");
+            assert_eq!(img.sb.legs[0].state(), LegState::InSync, "{ctx}");
         }
     }
 }

@@ -288,7 +288,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                 }
             }
             Op::Fracture(s) => {
-                if m.sb().legs[*s as usize].state == LegState::Empty {
+                if m.sb().legs[*s as usize].state() == LegState::Empty {
                     Ok("skipped (empty slot)".into())
                 } else {
                     m.fracture(*s, Some("test")).map(|changed| {
@@ -304,7 +304,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                 };
                 let slots = match which {
                     None => m.resync_candidates(),
-                    Some(s) if m.sb().legs[*s as usize].state != LegState::Empty => Ok(vec![*s]),
+                    Some(s) if m.sb().legs[*s as usize].state() != LegState::Empty => Ok(vec![*s]),
                     Some(_) => Ok(vec![]),
                 };
                 match slots {
@@ -349,10 +349,10 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                     .sb()
                     .legs
                     .iter()
-                    .find(|x| x.state != LegState::Empty && x.location == loc);
-                let free = m.sb().legs.iter().any(|x| x.state == LegState::Empty);
+                    .find(|x| x.state() != LegState::Empty && x.location == loc);
+                let free = m.sb().legs.iter().any(|x| x.state() == LegState::Empty);
                 if inst.opener.is_missing(loc)
-                    || listed.is_some_and(|x| x.state.receives_writes())
+                    || listed.is_some_and(|x| x.state().receives_writes())
                     || (listed.is_none() && !free)
                 {
                     Ok("skipped".into())
@@ -381,7 +381,7 @@ fn run_ops(m: &mut Mirror, inst: &Inst, ops: &[Op]) -> Outcome {
                 }
             }
             Op::Detach(s) => {
-                if m.sb().legs[*s as usize].state == LegState::Empty {
+                if m.sb().legs[*s as usize].state() == LegState::Empty {
                     Ok("skipped (empty slot)".into())
                 } else {
                     out.fractured.remove(s);
@@ -464,7 +464,7 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
         );
     }
     for &s in &exp.fractured {
-        let st = m.sb().legs[s as usize].state;
+        let st = m.sb().legs[s as usize].state();
         assert!(
             st.is_fractured(),
             "{ctx}: slot {s} was fractured (acknowledged) but reads back as {st:?}"
@@ -472,7 +472,7 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
     }
     for s in 0..g.slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
         let dev = inst.opener.dev(&leg.location).clone();
@@ -499,10 +499,10 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
                     "{ctx}: slot {s} ({:?}) differs from the primary in region {r} \
                      (data offset {a}), which is in neither the write-intent log nor its \
                      fracture log",
-                    leg.state
+                    leg.state()
                 );
             }
-            if leg.state == LegState::InSync && !wi && !fr {
+            if leg.state() == LegState::InSync && !wi && !fr {
                 if let Some(x) = exp.first_mismatch(&data, br.clone()) {
                     panic!("{ctx}: in-sync slot {s} lacks acknowledged data at offset {x}");
                 }
@@ -521,10 +521,14 @@ fn check_converged(m: &mut Mirror, inst: &Inst, exp: &Expect, ctx: &str) {
     }
     for s in 0..g.slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
-        assert_eq!(leg.state, LegState::InSync, "{ctx}: slot {s} after resync");
+        assert_eq!(
+            leg.state(),
+            LegState::InSync,
+            "{ctx}: slot {s} after resync"
+        );
         assert_eq!(
             m.log_count(fracture_id(s)).unwrap(),
             0,
@@ -584,14 +588,14 @@ fn recover_and_check(
     // A detach cut after D1: the admin runs it again, and it completes.
     for s in 0..m.geometry().slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
         let img = Image::read(Arc::new(inst.opener.dev(&leg.location).clone())).unwrap();
         if img.sb.role == Role::Detached {
             m.detach(s)
                 .unwrap_or_else(|e| panic!("{ctx}: detach again: {e}"));
-            assert_eq!(m.sb().legs[s as usize].state, LegState::Empty, "{ctx}");
+            assert_eq!(m.sb().legs[s as usize].state(), LegState::Empty, "{ctx}");
         }
     }
     let cands = m.resync_candidates().unwrap();
@@ -971,7 +975,7 @@ fn a_secondary_out_of_space_is_fractured_by_error_and_logs_the_written_regions()
     assert_eq!(rep.bytes, len as u64);
     assert_eq!(rep.newly_fractured, vec![1]);
     let leg = m.sb().legs[1].clone();
-    assert_eq!(leg.state, LegState::FracturedByError);
+    assert_eq!(leg.state(), LegState::FracturedByError);
     assert!(
         leg.last_error.contains("data offset 5000") && leg.last_error.contains("space"),
         "last_error: {}",
@@ -980,7 +984,7 @@ fn a_secondary_out_of_space_is_fractured_by_error_and_logs_the_written_regions()
     for r in g.regions_for(off, len as u64) {
         assert!(m.log_bit(fracture_id(1), r).unwrap(), "region {r}");
     }
-    assert_eq!(m.sb().legs[0].state, LegState::InSync);
+    assert_eq!(m.sb().legs[0].state(), LegState::InSync);
     assert_eq!(m.pending_intents().unwrap(), 0);
     // The state is durable, and the other leg got the write.
     let exp = Expect::new(
@@ -991,7 +995,7 @@ fn a_secondary_out_of_space_is_fractured_by_error_and_logs_the_written_regions()
         },
     );
     let mut again = inst.open(WINDOW);
-    assert_eq!(again.sb().legs[1].state, LegState::FracturedByError);
+    assert_eq!(again.sb().legs[1].state(), LegState::FracturedByError);
     check_state(&mut again, &inst, &exp, true, "after ENOSPC");
     inst.secs[1].heal();
     let cands = again.resync_candidates().unwrap();

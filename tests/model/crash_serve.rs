@@ -452,11 +452,11 @@ fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
     }
     for s in 0..g.slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::Empty {
+        if leg.state() == LegState::Empty {
             continue;
         }
         let data = data_area(inst.opener.dev(&leg.location), &g);
-        if leg.state == LegState::InSync {
+        if leg.state() == LegState::InSync {
             if let Some(x) = run.model.violation(&data) {
                 panic!(
                     "{ctx}: in-sync slot {s} lacks acknowledged-durable data at sector {x}\n{}",
@@ -561,7 +561,7 @@ fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
     assert!(r.model.violation(&primary).is_none());
     for s in 0..g.slots {
         let leg = m.sb().legs[s as usize].clone();
-        if leg.state == LegState::InSync {
+        if leg.state() == LegState::InSync {
             assert!(
                 data_area(inst.opener.dev(&leg.location), &g) == primary,
                 "{name}: slot {s}"
@@ -570,7 +570,7 @@ fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
     }
     if let Some(_n) = fail_leg {
         assert_eq!(
-            m.sb().legs[0].state,
+            m.sb().legs[0].state(),
             LegState::FracturedByError,
             "{name}: the failing leg"
         );
@@ -617,7 +617,7 @@ fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every
     );
     let g = t.geom;
     assert_eq!(
-        m.sb().legs[1].state,
+        m.sb().legs[1].state(),
         LegState::InSync,
         "{name}: the resynced leg"
     );
@@ -660,7 +660,7 @@ fn a_live_detach_attach_and_verify_between_host_writes_survive_a_power_cut_at_ev
     );
     let g = t.geom;
     assert_eq!(
-        m.sb().legs[1].state,
+        m.sb().legs[1].state(),
         LegState::InSync,
         "{name}: the attached leg"
     );

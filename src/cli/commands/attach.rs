@@ -93,11 +93,11 @@ pub(super) fn file_secondary(m: &Shape, primary: &Path, spec: &str, sec: &Path) 
             )));
         }
         for (i, l) in m.legs.iter().enumerate() {
-            if l.state.receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
+            if l.state().receives_writes() && identity(Path::new(l.open_path())).ok() == Some(id) {
                 return Err(Error::invalid(format!(
                     "{spec} is already attached as slot {i} ({}, {})",
                     crate::device::nbd::display(&l.location),
-                    l.state.as_str()
+                    l.state().as_str()
                 )));
             }
         }
@@ -227,7 +227,7 @@ pub(super) fn attach(ctx: &Ctx, mut a: cli::AttachArgs) -> Result<Exit> {
     }
     let mut out = Attached::new(&a, &outcome, &location);
     let mut exit = Exit::Success;
-    if out.needs_sync(&a, m.sb().legs[outcome.slot as usize].state) {
+    if out.needs_sync(&a, m.sb().legs[outcome.slot as usize].state()) {
         let bar = Bar::new(ctx.progress, &format!("syncing slot {}", outcome.slot))
             .published(live.as_ref(), "initial sync");
         let opts = engine::ResyncOptions {
@@ -241,7 +241,7 @@ pub(super) fn attach(ctx: &Ctx, mut a: cli::AttachArgs) -> Result<Exit> {
         }
     }
     print_warnings(&mut m);
-    out.set_state(m.sb().legs[outcome.slot as usize].state);
+    out.set_state(m.sb().legs[outcome.slot as usize].state());
     let mut text = Vec::new();
     out.render(&a, &mut text)?;
     io::stdout().write_all(&text).map_err(Error::output)?;

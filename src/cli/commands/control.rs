@@ -168,7 +168,7 @@ fn run(
                 c.0 = None;
             }
             let mut done = super::attach::Attached::new(&a, &outcome, &location);
-            let state = srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state);
+            let state = srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state());
             let mut exit = Exit::Success;
             if done.needs_sync(&a, state) {
                 let p = Sent::new(reply, live, "initial sync");
@@ -183,7 +183,7 @@ fn run(
                     exit = Exit::Degraded;
                 }
             }
-            done.set_state(srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state));
+            done.set_state(srv.with_mirror(|m| m.sb().legs[outcome.slot as usize].state()));
             let mut text = Vec::new();
             done.render(&a, &mut text)?;
             out(reply, String::from_utf8_lossy(&text).into_owned());

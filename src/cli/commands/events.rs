@@ -48,7 +48,7 @@ impl Shown {
         let leg = e
             .slot
             .and_then(|s| sb.legs.get(s as usize))
-            .filter(|l| l.state != LegState::Empty)
+            .filter(|l| l.state() != LegState::Empty)
             .map(|l| l.location.clone());
         Shown {
             seq: Some(e.seq),
@@ -324,7 +324,7 @@ impl Places {
         }
     }
     fn add_legs(&mut self, sb: &Superblock) {
-        for l in sb.legs.iter().filter(|l| l.state != LegState::Empty) {
+        for l in sb.legs.iter().filter(|l| l.state() != LegState::Empty) {
             self.add(Place {
                 name: l.location.clone(),
                 open: l.open_path().to_string(),
@@ -358,7 +358,7 @@ fn find_primary(places: &Places, mirror: &Uuid, not: Option<&str>) -> Option<(Pl
 /// With the primary `sb` (at `here`) still calling itself primary: the image a promotion
 /// put in its place, if a leg shows one (rule P6), and why.
 fn replacement(sb: &Superblock, here: &Place) -> Option<(Place, String)> {
-    for l in sb.legs.iter().filter(|l| l.state != LegState::Empty) {
+    for l in sb.legs.iter().filter(|l| l.state() != LegState::Empty) {
         let Ok(theirs) = read_at(l.open_path()) else {
             continue;
         };

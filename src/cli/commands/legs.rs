@@ -37,7 +37,7 @@ pub(super) fn fractured_text(
         format!(
             "slot {slot} ({}) is already {}\n",
             crate::device::nbd::display(&leg.location),
-            leg.state.as_str()
+            leg.state().as_str()
         )
     }
 }
@@ -62,6 +62,6 @@ pub(super) fn detached_text(slot: u32, leg: &crate::format::Leg) -> String {
     format!(
         "detached slot {slot} ({}, was {})\n",
         crate::device::nbd::display(&leg.location),
-        leg.state.as_str()
+        leg.state().as_str()
     )
 }

@@ -79,7 +79,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
                 let dev: Arc<dyn Device> = Arc::new(dev);
                 if let Ok(sb) = engine::status::read_superblock(&dev, &display(&a.primary)) {
                     for (i, l) in sb.legs.iter().enumerate() {
-                        if l.state != LegState::Empty {
+                        if l.state() != LegState::Empty {
                             println!("{i}\n{}", l.location);
                         }
                     }

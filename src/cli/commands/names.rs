@@ -407,7 +407,7 @@ pub(super) fn check_primary(e: &Entry) -> Result<()> {
         )));
     }
     // A promotion this primary did not see (it was away): one of its legs says so.
-    for leg in sb.legs.iter().filter(|l| l.state != LegState::Empty) {
+    for leg in sb.legs.iter().filter(|l| l.state() != LegState::Empty) {
         if nbd::is_uri(&leg.location) {
             continue;
         }

@@ -42,7 +42,7 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
     if img.sb.role == Role::Primary {
         drop(img);
-        return finish_promotion(ctx, dev, &name, a.json);
+        return finish_interrupted(ctx, dev, &name, a.json);
     }
     // The former primary, if it can be reached: it is the authority on how current this
     // image is, and it must not be written while it is demoted.
@@ -108,50 +108,31 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
 }
 
 /// `promote` of an image that is already the primary: finishes an interrupted promotion
-/// (P7) when the former primary's slot still holds an image that was not demoted, or says
-/// there is nothing to promote.
-pub(super) fn finish_promotion(
-    ctx: &Ctx,
-    dev: Arc<dyn Device>,
-    name: &str,
-    json: bool,
-) -> Result<Exit> {
+/// (P7, `Mirror::finish_promotion`), opening and locking the former primary by its slot's
+/// entry, or says there is nothing to promote.
+fn finish_interrupted(ctx: &Ctx, dev: Arc<dyn Device>, name: &str, json: bool) -> Result<Exit> {
     let mut m = Mirror::open(dev, name, Arc::new(FileOpener { writable: true }), true)?;
-    let Some((slot, leg)) = m.unfinished_demotion() else {
-        return Err(Error::invalid(format!(
-            "{name} is already the primary of mirror {}; there is nothing to promote",
-            engine::uuid_str(&m.sb().mirror_uuid)
-        )));
-    };
-    let old_path = PathBuf::from(leg.open_path());
-    let (old_dev, canonical): (Arc<dyn Device>, String) = if nbd::is_uri(&leg.location) {
-        nbd_secondary(&leg.location)?
-    } else {
+    let done = m.finish_promotion(|leg| {
+        if nbd::is_uri(&leg.location) {
+            return nbd_secondary(&leg.location);
+        }
+        let old_path = PathBuf::from(leg.open_path());
         let d = FileDevice::open(&old_path, true)
             .map_err(|e| open_error("opening the former primary", &old_path, e))?;
         lock::lock(d.file().unwrap(), Mode::Exclusive, ctx.wait, &leg.location)?;
-        (Arc::new(d), leg.canonical.clone())
-    };
-    m.prepare_for_change()?;
-    let outcome = m.attach(
-        old_dev,
-        &leg.location,
-        &canonical,
-        engine::InitialSync::Copy,
-        false,
-        false,
-    )?;
+        Ok((Arc::new(d), leg.canonical.clone()))
+    })?;
     print_warnings(&mut m);
     let names = follow(&m, name);
     let note = format!(
-        "finished an interrupted promotion: the former primary {} is now slot {slot} of {name}, with {} to copy: run `mirrorctl resync {name}`",
-        leg.location, plural(outcome.regions, "region")
+        "finished an interrupted promotion: the former primary {} is now slot {} of {name}, with {} to copy: run `mirrorctl resync {name}`",
+        done.location, done.slot, plural(done.regions, "region")
     );
     if json {
         print_json(&PromoteOut {
             path: name.to_string(),
             generation: m.sb().generation,
-            old_primary_slot: slot,
+            old_primary_slot: done.slot,
             old_primary_reachable: true,
             notes: vec![note],
             names,

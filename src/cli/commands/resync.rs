@@ -97,7 +97,7 @@ pub(super) fn choose_slots<F: Fn(&str) -> bool>(
         if a.dry_run {
             // Pending write intents (unclean stop) will be added to every leg.
             for s in 0..m.geometry().slots {
-                if m.sb().legs[s as usize].state != LegState::Empty
+                if m.sb().legs[s as usize].state() != LegState::Empty
                     && !slots.contains(&s)
                     && m.pending_for(s)?.0 > 0
                 {
@@ -145,7 +145,7 @@ pub(super) fn dry_run(m: &mut Mirror, a: &cli::ResyncArgs, slots: &[u32]) -> Res
             written_bytes: bytes,
             remaining_regions: regions,
             remaining_bytes: bytes,
-            state: l.state.as_str().to_string(),
+            state: l.state().as_str().to_string(),
             error: None,
         });
     }
@@ -166,7 +166,7 @@ pub(super) fn finished(
         // A leg detached during a live resync: the slot's state now is another leg's.
         let state = match l.detached {
             true => "detached",
-            false => m.sb().legs[l.slot as usize].state.as_str(),
+            false => m.sb().legs[l.slot as usize].state().as_str(),
         };
         if l.error.is_some() || state != LegState::InSync.as_str() {
             exit = Exit::Degraded;

@@ -63,7 +63,7 @@ pub(super) fn slots<F: Fn(&str) -> bool>(
 ) -> Result<Vec<u32>> {
     if a.secondaries.is_empty() {
         return Ok((0..m.geometry().slots)
-            .filter(|&s| m.sb().legs[s as usize].state != LegState::Empty)
+            .filter(|&s| m.sb().legs[s as usize].state() != LegState::Empty)
             .collect());
     }
     let mut v = Vec::new();

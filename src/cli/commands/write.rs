@@ -68,7 +68,7 @@ pub(super) fn write(ctx: &Ctx, a: cli::WriteArgs) -> Result<Exit> {
         .sb()
         .legs
         .iter()
-        .filter(|l| l.state.receives_writes())
+        .filter(|l| l.state().receives_writes())
         .count() as u32;
     if ctx.progress && !a.json {
         // On a terminal: what was done, like the other commands say it.
@@ -117,17 +117,17 @@ pub(super) fn degraded_line(
     let mut behind = Vec::new();
     for s in 0..m.geometry().slots {
         let l = m.sb().legs[s as usize].clone();
-        if l.state == LegState::Empty || told.contains(&s) {
+        if l.state() == LegState::Empty || told.contains(&s) {
             continue;
         }
         let (n, _) = m.pending_for(s)?;
-        if l.state.is_fractured() {
+        if l.state().is_fractured() {
             missed.push(format!(
                 "slot {s} ({}, {})",
                 crate::device::nbd::display(&l.location),
-                l.state.as_str()
+                l.state().as_str()
             ));
-        } else if l.state != LegState::InSync || n > 0 {
+        } else if l.state() != LegState::InSync || n > 0 {
             behind.push(format!(
                 "slot {s} ({}, {} to copy)",
                 crate::device::nbd::display(&l.location),

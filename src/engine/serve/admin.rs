@@ -60,7 +60,7 @@ impl Server {
         let st = self.lock();
         let sb = st.mirror.sb();
         (0..sb.geometry.slots)
-            .filter(|&s| sb.legs[s as usize].state == LegState::Syncing)
+            .filter(|&s| sb.legs[s as usize].state() == LegState::Syncing)
             .collect()
     }
 
@@ -75,7 +75,7 @@ impl Server {
     pub fn fracture_leg(&self, slot: u32, reason: Option<&str>, say: Say<'_>) -> Result<bool> {
         let mut st = self.lock();
         in_use(&st, slot)?;
-        if st.mirror.sb().legs[slot as usize].state.is_fractured() {
+        if st.mirror.sb().legs[slot as usize].state().is_fractured() {
             return Ok(false);
         }
         if st.receiving(slot) {
@@ -167,7 +167,7 @@ impl Server {
             st.log_durably(slot, &added)?;
             out.regions += added.iter().map(|r| r.end - r.start).sum::<u64>();
             let leg = &mut st.mirror.image.sb.legs[slot as usize];
-            if leg.state == LegState::InSync {
+            if leg.state() == LegState::InSync {
                 // Declared identical (--assume-clean), but writes in flight may miss it.
                 leg.set_state(LegState::Syncing, now_unix());
                 st.mirror.commit()?;
@@ -213,7 +213,7 @@ impl Server {
             .iter()
             .map(|&s| {
                 let (leg, opener, open) = self.lock().mirror.leg_to_fetch(s);
-                (!open && leg.state != LegState::Empty).then(|| {
+                (!open && leg.state() != LegState::Empty).then(|| {
                     let f = crate::engine::legs::fetch_leg(&*opener, &leg);
                     (leg, f)
                 })
@@ -229,7 +229,7 @@ impl Server {
                     location: leg.location.clone(),
                     ..Default::default()
                 };
-                if leg.state == LegState::Empty {
+                if leg.state() == LegState::Empty {
                     lr.error = Some(format!(
                         "secondary slot {s} is not in use (detached meanwhile?); nothing to copy"
                     ));
@@ -382,7 +382,7 @@ impl Server {
 /// A slot named by an admin command must still hold a leg when the command runs (another
 /// command may have detached it since the slot was looked up).
 fn in_use(st: &State, slot: u32) -> Result<()> {
-    if st.mirror.sb().legs[slot as usize].state == LegState::Empty {
+    if st.mirror.sb().legs[slot as usize].state() == LegState::Empty {
         return Err(Error::invalid(format!(
             "secondary slot {slot} is not in use on {} (detached meanwhile?); nothing was changed (see `mirrorctl status`)",
             st.mirror.name
@@ -394,14 +394,14 @@ fn in_use(st: &State, slot: u32) -> Result<()> {
 /// Whether the leg `id` named was detached (its slot freed, or holding another image).
 fn is_detached(st: &State, id: &LegId) -> bool {
     let leg = &st.mirror.sb().legs[id.slot as usize];
-    leg.state == LegState::Empty || leg.image_uuid != id.image
+    leg.state() == LegState::Empty || leg.image_uuid != id.image
 }
 
 /// Why a live operation's leg is no longer the one it started on (H8), as the admin sees it.
 fn gone(st: &State, id: &LegId) -> String {
     let leg = &st.mirror.sb().legs[id.slot as usize];
     let image = &uuid_str(&id.image)[..8];
-    if leg.state == LegState::Empty {
+    if leg.state() == LegState::Empty {
         format!(
             "the leg (image {image}) was detached during the resync; nothing more of it was copied"
         )
@@ -411,7 +411,7 @@ fn gone(st: &State, id: &LegId) -> String {
             crate::device::nbd::display(&leg.location),
             id.slot
         )
-    } else if leg.state.is_fractured() {
+    } else if leg.state().is_fractured() {
         format!(
             "the leg was fractured during the resync ({}); the rest stays in its log for the next resync",
             leg.reason

@@ -463,7 +463,7 @@ impl State {
     /// get its regions (in memory; durable before the intent is cleared, H2).
     fn log_for_absent_legs(&mut self, regions: &Range<u64>) -> Result<()> {
         for s in 0..self.mirror.geometry().slots {
-            if self.receiving(s) || self.mirror.sb().legs[s as usize].state == LegState::Empty {
+            if self.receiving(s) || self.mirror.sb().legs[s as usize].state() == LegState::Empty {
                 continue;
             }
             let id = BitmapId::Fracture(SlotIdx(s));
