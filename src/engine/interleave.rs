@@ -415,7 +415,7 @@ fn second_resync(srv: &Server, slot: u32, sims: &HashMap<String, SimDevice>) {
     );
     let (g, leg) = srv.with_mirror(|m| (m.geometry(), m.sb().legs[slot as usize].clone()));
     assert_eq!(
-        leg.state,
+        leg.state(),
         LegState::InSync,
         "after the second resync: {legs:?}"
     );

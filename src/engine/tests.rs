@@ -1055,7 +1055,7 @@ fn a_live_resync_of_a_leg_in_sync_with_nothing_logged_leaves_it_in_sync_througho
     }
     impl crate::engine::Progress for Seen<'_> {
         fn set_total(&self, _total: u64) {
-            let now = self.srv.with_mirror(|m| m.sb().legs[1].state);
+            let now = self.srv.with_mirror(|m| m.sb().legs[1].state());
             *self.state.lock().unwrap() = Some(now);
         }
     }
@@ -1070,7 +1070,7 @@ fn a_live_resync_of_a_leg_in_sync_with_nothing_logged_leaves_it_in_sync_througho
     assert_eq!(r.legs[0].bytes, 0, "{r:?}");
     assert_eq!(*seen.state.lock().unwrap(), Some(LegState::InSync));
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(m.sb().legs[1].state, LegState::InSync);
+    assert_eq!(m.sb().legs[1].state(), LegState::InSync);
     assert!(
         !event_kinds(&m).iter().any(|k| k.starts_with("resync")),
         "{:?}",

@@ -241,7 +241,7 @@ impl Server {
                 // state stays. (Set to syncing here, a leg another resync had just brought
                 // back, say the background one after a restart, would be reported syncing.)
                 let logged = st.mirror.pending_for(s)?.0;
-                if leg.state == LegState::InSync && logged == 0 && st.receiving(s) {
+                if leg.state() == LegState::InSync && logged == 0 && st.receiving(s) {
                     report.legs.push(lr);
                     continue;
                 }
