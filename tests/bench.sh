@@ -9,6 +9,9 @@
 #   CASES=12 bash tests/bench.sh        # TLS: an nbds secondary and serve with TLS, beside clear text
 #   CASES=13 bash tests/bench.sh        # serve under strace: threads per 1,000 writes, syncs
 #                                       # per flush; space used on a sparse 1 TiB mirror
+#   CASES=14 bash tests/bench.sh        # attach of a loop-device mirror 5/50/100 % written
+#                                       # (written map, W7) against whole-device copies
+#   CASES=15 bash tests/bench.sh        # attach of a fresh loop-device mirror holding 280 KiB
 #   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
 #                                       # runs that binary (e.g. an older commit's) and builds
 #                                       # nothing, to compare builds with the same bench
@@ -47,7 +50,8 @@ fi
 rm -rf "$D"; mkdir -p "$D"; cd "$D"
 # a copy, so a rebuild during the run cannot swap the binary under it
 cp "$bin" "$D/mirrorctl"; M="$D/mirrorctl"
-trap 'cd /; umount "$D/big" 2>/dev/null || true; [ -z "${RESULTS_TO:-}" ] || [ ! -f "$D/results.tsv" ] || cat "$D/results.tsv" >>"$RESULTS_TO"; rm -rf "$D"' EXIT
+LOOPS=""
+trap 'cd /; umount "$D/big" 2>/dev/null || true; for l in $LOOPS; do losetup -d "$l" 2>/dev/null || true; done; [ -z "${RESULTS_TO:-}" ] || [ ! -f "$D/results.tsv" ] || cat "$D/results.tsv" >>"$RESULTS_TO"; rm -rf "$D"' EXIT
 
 bytes() { numfmt --from=iec "$1"; }
 N=$(bytes "$SIZE")
@@ -530,6 +534,60 @@ rm -f tp.img ts*.img strace.out serve13.log
 fi
 
 # ---------------------------------------------------------------------------------------------
+# loop14 FILE: a loop device over a new sparse FILE of N + 16 MiB (the metadata), detached at exit.
+loop14() {
+    rm -f "$1"; truncate -s $((N + 16 * 1048576)) "$1"
+    local l; l=$(losetup --find --show "$1"); LOOPS="$LOOPS $l"; echo "$l"
+}
+unloop14() { losetup -d "$1"; LOOPS=${LOOPS/ $1/}; }
+# same14 DEV FILE: the data areas of the mirror on DEV and its copy FILE are equal.
+same14() { local o; o=$(doff "$1"); cmp -s -i "$o:$o" -n "$N" "$1" "$2" || die "$1 and $2 differ: a wrong result"; }
+if want 14; then
+note "case 14: attach of a mirror on a loop device with 5, 50 and 100 % of it written, against copies of the whole device"
+for pct in 5 50 100; do
+    lp=$(loop14 p14.raw)
+    "$M" create "$lp" >/dev/null
+    w=$((N * pct / 100 / 1048576 * 1048576))
+    head -c "$w" /dev/urandom >in14.bin
+    ok3 write "$lp" --input in14.bin >/dev/null
+    rm -f in14.bin; sync
+    for r in $(reps); do
+        rm -f dst.img; dropcaches
+        timed "attach-${pct}pct" "mirrorctl attach" "$M" attach "$lp" dst.img >/dev/null
+        same14 "$lp" dst.img
+        "$M" detach "$lp" dst.img >/dev/null; rm -f dst.img; dropcaches
+        cp_sync14() { cp "$lp" dst.img && sync dst.img; }
+        timed "attach-${pct}pct" "cp + sync" cp_sync14
+        rm -f dst.img; dropcaches
+        timed "attach-${pct}pct" "qemu-img convert" qemu-img convert -f raw -O raw -t none "$lp" dst.img
+        rm -f dst.img; dropcaches
+        truncate -s $((N + 16 * 1048576)) dst.img
+        timed "attach-${pct}pct" "nbdcopy" nbdcopy "$lp" dst.img
+        rm -f dst.img
+    done
+    unloop14 "$lp"; rm -f p14.raw
+done
+fi
+if want 15; then
+note "case 15: attach of a fresh mirror on a loop device holding 280 KiB (written map: only that is copied)"
+lp=$(loop14 p15.raw)
+"$M" create "$lp" >/dev/null
+head -c $((280 * 1024)) /dev/urandom >in15.bin
+ok3 write "$lp" --input in15.bin --offset $((N / 3 / 65536 * 65536)) >/dev/null
+for r in $(reps); do
+    rm -f dst.img; truncate -s $((N + 16 * 1048576)) dst.img; dropcaches
+    timed attach-loop-fresh "mirrorctl attach" "$M" attach "$lp" dst.img >/dev/null
+    same14 "$lp" dst.img
+    USED15="a fresh $SIZE loop-device mirror holding 280 KiB: the attached sparse secondary uses $(du -k dst.img | cut -f1) KiB"
+    "$M" detach "$lp" dst.img >/dev/null; rm -f dst.img; dropcaches
+    cp_sync15() { cp "$lp" dst.img && sync dst.img; }
+    timed attach-loop-fresh "cp + sync" cp_sync15
+    rm -f dst.img
+done
+rm -f in15.bin; unloop14 "$lp"; rm -f p15.raw
+fi
+
+# ---------------------------------------------------------------------------------------------
 python3 - "$RESULTS" "$SIZE" "$REPS" <<'EOF'
 import sys, statistics, collections
 path, size, reps = sys.argv[1:]
@@ -557,4 +615,8 @@ if want 13; then
     echo
     echo "- $SYS13"
     echo "- $SYS13B"
+fi
+if want 15; then
+    echo
+    echo "- $USED15"
 fi

@@ -252,7 +252,9 @@ impl Mirror {
         // What must be copied: regions of the primary that may hold data. A regular-file
         // secondary is punched to zeros first, so holes of the primary need no copy; a block
         // device secondary, or one to compare (its data is kept), gets every region (resync
-        // zeroes the target where the primary has holes).
+        // zeroes the target where the primary has holes). To copy, only chunks the primary's
+        // written map holds (W7): a never-written chunk is the mirror's data on no leg.
+        let written = self.written_runs()?;
         let image_uuid = new_uuid();
         let extents = if assume_clean {
             Some(vec![])
@@ -286,7 +288,11 @@ impl Mirror {
             .clear_all(id)
             .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
         let mut regions = 0;
-        for r in plan::initial_log(&g, extents) {
+        let mut log = plan::initial_log(&g, extents);
+        if initial == InitialSync::Copy {
+            log = plan::within_written(&log, &written);
+        }
+        for r in log {
             regions += r.end - r.start;
             self.bitmaps
                 .set_range(id, r, true)

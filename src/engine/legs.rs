@@ -469,6 +469,7 @@ impl Mirror {
             last_recovery: None,
             // The journal is the primary's.
             journal: None,
+            written_map: None,
         }
     }
 

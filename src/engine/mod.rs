@@ -173,7 +173,7 @@ impl Mirror {
             ));
         }
         let geom = image.sb.geometry;
-        let bitmaps = Bitmaps::open(dev, geom, map)
+        let bitmaps = Bitmaps::open_with_written(dev, geom, image.sb.written_map, map)
             .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
         let slots = geom.slots as usize;
         let committed_refusing = quorum::last_refusing(&image.sb);
@@ -211,6 +211,19 @@ impl Mirror {
         self.bitmaps
             .runs(id, u64::MAX)
             .map_err(|e| self.meta_err("reading a log", &e))
+    }
+
+    /// Runs of regions the written map says a write may have reached (W7), ascending; every
+    /// region when the image keeps no map.
+    pub fn written_runs(&mut self) -> Result<Vec<Range<u64>>> {
+        self.bitmaps
+            .written_runs()
+            .map_err(|e| self.meta_err("reading the written map", &e))
+    }
+
+    /// Whether the primary keeps a written map (format 1.3).
+    pub fn has_written_map(&self) -> bool {
+        self.bitmaps.has_written_map()
     }
 
     /// Metadata syncs (bitmap flushes) this mirror made so far.

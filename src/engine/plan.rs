@@ -90,6 +90,28 @@ pub fn initial_log(g: &Geometry, extents: Option<Vec<Range<u64>>>) -> Vec<Range<
     }
 }
 
+/// The part of `log` inside `written` (both ascending, non-overlapping): a new secondary
+/// needs no copy of chunks the primary's written map says were never written (W7).
+pub fn within_written(log: &[Range<u64>], written: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    let mut j = 0;
+    for r in log {
+        while j < written.len() && written[j].end <= r.start {
+            j += 1;
+        }
+        let mut k = j;
+        while k < written.len() && written[k].start < r.end {
+            let piece = r.start.max(written[k].start)..r.end.min(written[k].end);
+            match out.last_mut() {
+                Some(l) if l.end == piece.start => l.end = piece.end,
+                _ => out.push(piece),
+            }
+            k += 1;
+        }
+    }
+    out
+}
+
 /// All of `0..n` as a list of ranges.
 pub fn every(n: u64) -> Vec<Range<u64>> {
     std::iter::once(0..n).collect()
@@ -191,6 +213,25 @@ mod tests {
         assert_eq!(write_limit(&g, 4096, Some(10)), 2);
         assert_eq!(write_limit(&g, 8192, Some(0)), 3, "at least one region");
         assert_eq!(write_limit(&g, 0, Some(u64::MAX)), 256);
+    }
+
+    #[test]
+    fn an_initial_log_keeps_only_what_was_written() {
+        assert_eq!(within_written(&[0..100], &[]), Vec::<Range<u64>>::new());
+        assert_eq!(
+            within_written(&[0..100], &[0..100]),
+            crate::engine::plan::every(100)
+        );
+        assert_eq!(
+            within_written(&[0..10, 20..30, 40..50], &[5..25, 28..29, 45..60]),
+            vec![5..10, 20..25, 28..29, 45..50]
+        );
+        // Adjacent pieces join.
+        assert_eq!(
+            within_written(&[0..10, 10..20], &[5..15]),
+            std::iter::once(5..15).collect::<Vec<_>>()
+        );
+        assert_eq!(within_written(&[], &[0..5]), Vec::<Range<u64>>::new());
     }
 
     #[test]

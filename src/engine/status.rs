@@ -59,6 +59,9 @@ pub struct Status {
     pub secondaries: u32,
     pub write_intent_regions: u64,
     pub write_intent_bytes: u64,
+    /// Bytes of the data area in chunks the written map says a write may have reached (W7,
+    /// format 1.3); `None` without a map (every region counts as written).
+    pub written_bytes: Option<u64>,
     /// No write-intent regions pending: the last writer stopped cleanly.
     pub clean: bool,
     /// The mirror, seen from this image, is fully in sync: only a primary's can be (false on
@@ -216,7 +219,7 @@ pub fn report_held(
     holder: Option<u32>,
 ) -> Result<Status> {
     let img = read_settled(&dev, name)?;
-    let mut bitmaps = Bitmaps::open(dev, img.sb.geometry, false)
+    let mut bitmaps = Bitmaps::open_with_written(dev, img.sb.geometry, img.sb.written_map, false)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
     let headers = leg_headers(&img.sb, opener);
     let leg_header = |l: &crate::format::Leg| -> Option<crate::format::Superblock> {
@@ -473,6 +476,21 @@ pub fn collect(
         )
     });
     let intents_pending = if live_intents { 0 } else { wi_regions };
+    let written_bytes = if bitmaps.has_written_map() {
+        let runs = bitmaps
+            .written_runs()
+            .map_err(|e| Error::primary_io(format!("reading the written map of {path}"), &e))?;
+        Some(
+            runs.into_iter()
+                .map(|r| {
+                    let b = g.regions_bytes(r);
+                    b.end - b.start
+                })
+                .sum(),
+        )
+    } else {
+        None
+    };
     // What the last resync wrote, from its resync-finished events (the newest of each of
     // its slots, committed with the record).
     let resync_written = sb.last_resync.as_ref().and_then(|r| {
@@ -518,6 +536,7 @@ pub fn collect(
         secondaries: legs.len() as u32,
         write_intent_regions: wi_regions,
         write_intent_bytes: wi_bytes,
+        written_bytes,
         clean: wi_regions == 0,
         healthy: is_healthy,
         health_reasons,

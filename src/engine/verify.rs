@@ -82,6 +82,9 @@ pub struct VerifyReport {
     pub bytes_compared: u64,
     /// Of `bytes_compared`, bytes that were holes on both sides: equal, and not read.
     pub hole_bytes: u64,
+    /// Of `bytes_compared`, bytes the primary's written map says no write ever reached
+    /// (W7): not read, equal by definition.
+    pub unwritten_bytes: u64,
     /// Bytes of the data area this run went over (what its progress counts).
     pub data_bytes: u64,
     pub seconds: f64,
@@ -407,20 +410,48 @@ pub(crate) fn batch_legs(
     Ok(active)
 }
 
-/// `batch` cut into the chunks read and compared at once.
-pub(crate) fn chunks_of(g: &Geometry, batch: Range<u64>, chunk_bytes: u64) -> Vec<Chunk> {
+/// `batch` cut into the chunks read and compared at once, none straddling the edge of a
+/// run of `written` regions (ascending): chunks outside them are never-written (W7) and
+/// neither read nor compared.
+pub(crate) fn chunks_of(
+    g: &Geometry,
+    batch: Range<u64>,
+    chunk_bytes: u64,
+    written: &[Range<u64>],
+) -> Vec<Chunk> {
     let chunk_regions = (chunk_bytes / g.region_size).max(1);
-    (batch.start..batch.end)
-        .step_by(chunk_regions as usize)
-        .map(|r| {
-            let regions = r..(r + chunk_regions).min(batch.end);
-            let bytes = g.regions_bytes(regions.clone());
-            Chunk {
-                at: g.data_offset + bytes.start,
-                len: (bytes.end - bytes.start) as usize,
-                offset: bytes.start,
-                regions,
-            }
+    let mut pieces = Vec::new();
+    let mut p = batch.start;
+    for w in written {
+        let (s, e) = (w.start.max(p), w.end.min(batch.end));
+        if s >= e {
+            continue;
+        }
+        if s > p {
+            pieces.push((p..s, true));
+        }
+        pieces.push((s..e, false));
+        p = e;
+    }
+    if p < batch.end {
+        pieces.push((p..batch.end, true));
+    }
+    pieces
+        .into_iter()
+        .flat_map(|(piece, unwritten)| {
+            (piece.start..piece.end)
+                .step_by(chunk_regions as usize)
+                .map(move |r| {
+                    let regions = r..(r + chunk_regions).min(piece.end);
+                    let bytes = g.regions_bytes(regions.clone());
+                    Chunk {
+                        at: g.data_offset + bytes.start,
+                        len: (bytes.end - bytes.start) as usize,
+                        offset: bytes.start,
+                        regions,
+                        unwritten,
+                    }
+                })
         })
         .collect()
 }
@@ -465,7 +496,9 @@ pub(crate) fn compare_chunk(
     lv.regions_compared += total - skipped;
     let n = c.len as u64 * (total - skipped) / total;
     report.bytes_compared += n;
-    if hole {
+    if c.unwritten {
+        report.unwritten_bytes += n;
+    } else if hole {
         report.hole_bytes += n;
     }
 }
@@ -506,7 +539,8 @@ fn compare_batch(
 ) -> Result<u64> {
     let active = batch_legs(m, legs, &batch)?;
     let primary = m.image.dev.clone();
-    let chunks = chunks_of(g, batch.clone(), READ_CHUNK);
+    let written = m.written_runs()?;
+    let chunks = chunks_of(g, batch.clone(), READ_CHUNK, &written);
     let mut found: Vec<Vec<u64>> = vec![Vec::new(); legs.len()];
     let mut r = batch.start;
     if active.is_empty() {
@@ -685,6 +719,8 @@ pub(crate) struct Chunk {
     pub(crate) len: usize,
     /// Offset in the data area (for messages).
     pub(crate) offset: u64,
+    /// Never written (W7): not read, equal on every leg by definition.
+    pub(crate) unwritten: bool,
 }
 
 /// Chunks read ahead by each reader.
@@ -739,8 +775,8 @@ fn spawn_reader<'s, 'e>(
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let hole =
-                matches!(dev.data_extents(c.at..c.at + c.len as u64), Ok(Some(v)) if v.is_empty());
+            let hole = c.unwritten
+                || matches!(dev.data_extents(c.at..c.at + c.len as u64), Ok(Some(v)) if v.is_empty());
             let piece = if hole {
                 Ok(None)
             } else {

@@ -21,6 +21,11 @@
 //!   command recovers regions for nothing (and says the mirror was not closed cleanly).
 //! - W6 After a primary failure nothing is cleared: the next command recovers (R1..R3);
 //!   otherwise regions the primary may not hold would look clean.
+//! - W7 A region is marked in the primary's written map (format 1.3) durably before any leg
+//!   is written in it, in W1's flush (so it costs no sync of its own), and the mark is
+//!   never cleared (only `create` makes a new map); otherwise a crash could leave data the
+//!   primary holds in a chunk recorded as never written, which attach and verify skip.
+//!   Zeros and trims count as writes.
 //!
 //! With `--min-in-sync N` (Q1 of `quorum.rs`) a stream starts only with N legs in sync, and
 //! ends at the first chunk or sync after which fewer are: the logs are kept as above, and
@@ -182,10 +187,20 @@ impl Mirror {
 
     /// W1 alone: marks `regions` in the write-intent log (the caller flushes).
     pub(super) fn mark_write_intents(&mut self, regions: Range<u64>) -> Result<()> {
+        self.mark_written(regions.clone())?;
         self.bitmaps
             .set_range(BitmapId::WriteIntent, regions, true)
             .map(|_| ())
             .map_err(|e| self.meta_err("marking write intents", &e))
+    }
+
+    /// W7: marks `regions` in the written map, in the flush the caller makes for W1 (a chunk
+    /// already marked changes nothing, so the steady state adds no page and no sync).
+    pub(super) fn mark_written(&mut self, regions: Range<u64>) -> Result<()> {
+        self.bitmaps
+            .mark_written(regions)
+            .map(|_| ())
+            .map_err(|e| self.meta_err("marking the written map", &e))
     }
 
     /// W1 + W3: marks `regions` in the write-intent log and, for every leg not receiving

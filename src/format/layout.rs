@@ -5,6 +5,7 @@
 //! 128 KiB    superblock copy B      (SB_COPY_SIZE bytes)
 //! 256 KiB    bitmap 0: write-intent log            (bitmap_stride bytes)
 //!            bitmap 1+s: fracture log of slot s    (bitmap_stride bytes each)
+//! bitmap area end: the written map (format 1.3), in the space left before data_offset
 //! data_offset (1 MiB aligned)  data area, data_size bytes, region_count regions
 //! ```
 //! `man/mirrorctl-format.5` documents the same thing byte by byte.
@@ -51,6 +52,69 @@ impl std::fmt::Display for SlotIdx {
 pub enum BitmapId {
     WriteIntent,
     Fracture(SlotIdx),
+}
+
+/// Where a primary's written map (format 1.3) lies and how coarse it is: one bit per chunk
+/// of `chunk_size` bytes (a power-of-two number of regions), bit set once any write may
+/// have reached the chunk. It fills the space between the last bitmap and `data_offset`
+/// (the alignment slack), so the geometry, and every offset an older reader computes, is
+/// the same as without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenMap {
+    /// Byte offset of the map: the end of the bitmap area.
+    pub offset: u64,
+    /// Bytes of data area per bit.
+    pub chunk_size: u64,
+}
+
+impl WrittenMap {
+    /// Regions per chunk.
+    pub fn chunk_regions(&self, g: &Geometry) -> u64 {
+        self.chunk_size / g.region_size
+    }
+
+    /// Number of chunks (bits that name a chunk).
+    pub fn chunks(&self, g: &Geometry) -> u64 {
+        g.region_count.div_ceil(self.chunk_regions(g))
+    }
+
+    /// Bytes the map occupies (whole pages).
+    pub fn size(&self, g: &Geometry) -> u64 {
+        self.chunks(g).div_ceil(8).div_ceil(PAGE) * PAGE
+    }
+
+    /// Chunks touched by a run of regions.
+    pub fn chunks_of(&self, g: &Geometry, regions: &Range<u64>) -> Range<u64> {
+        let k = self.chunk_regions(g);
+        if regions.is_empty() {
+            return regions.start / k..regions.start / k;
+        }
+        regions.start / k..regions.end.div_ceil(k)
+    }
+
+    /// The regions of a run of chunks (the last chunk may hold fewer).
+    pub fn regions_of(&self, g: &Geometry, chunks: &Range<u64>) -> Range<u64> {
+        let k = self.chunk_regions(g);
+        (chunks.start * k).min(g.region_count)..(chunks.end * k).min(g.region_count)
+    }
+
+    /// Checks a map read from a superblock against its geometry.
+    pub fn validate(&self, g: &Geometry) -> Result<(), String> {
+        let ok = self.offset == g.bitmap_area().end
+            && self.chunk_size.is_power_of_two()
+            && self.chunk_size >= g.region_size
+            && self.offset + self.size(g) <= g.data_offset;
+        if !ok {
+            return Err(format!(
+                "inconsistent written map (offset {}, chunk size {}; the bitmap area ends at {}, data starts at {})",
+                self.offset,
+                self.chunk_size,
+                g.bitmap_area().end,
+                g.data_offset
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Geometry of a mirror: identical on every leg, stored in every superblock.
@@ -182,6 +246,25 @@ impl Geometry {
         self.bitmap_offset..self.bitmap_offset + (1 + self.slots as u64) * self.bitmap_stride
     }
 
+    /// The finest written map that fits between the bitmap area and the data area: chunks of
+    /// a power-of-two number of regions, as small as the space allows. `None` when less than
+    /// a page is left (then every region counts as written).
+    pub fn written_map(&self) -> Option<WrittenMap> {
+        let offset = self.bitmap_area().end;
+        let room = self.data_offset.saturating_sub(offset);
+        if room < PAGE {
+            return None;
+        }
+        let mut chunk_size = self.region_size;
+        loop {
+            let m = WrittenMap { offset, chunk_size };
+            if m.size(self) <= room {
+                return Some(m);
+            }
+            chunk_size = chunk_size.checked_mul(2)?;
+        }
+    }
+
     /// Byte range, within the data area, of a region (the last one may be short).
     pub fn region_bytes(&self, r: RegionIdx) -> Range<u64> {
         let start = r.0 * self.region_size;
@@ -277,6 +360,55 @@ mod tests {
         assert_eq!(g.regions_for(0, 1), 0..1);
         assert_eq!(g.regions_for(4 * PAGE - 1, 2), 0..2);
         assert_eq!(g.bytes_of_regions(3, true), 10 * PAGE);
+    }
+
+    #[test]
+    fn the_written_map_fits_between_the_bitmaps_and_the_data_and_covers_every_region() {
+        for (size, rs, slots) in [
+            (4096, 4096, 1),
+            (2 << 30, 64 * KIB, 4),
+            (1 << 40, 64 * KIB, 4),
+            (16 << 40, 4 * KIB, 32),
+            (16 << 40, 64 * KIB, 4),
+            ((1 << 30) + 4096, 4 * KIB, 3),
+        ] {
+            let g = Geometry::for_data_size(size, rs, slots).unwrap();
+            let Some(m) = g.written_map() else {
+                assert!(g.data_offset - g.bitmap_area().end < PAGE, "{g:?}");
+                continue;
+            };
+            m.validate(&g).unwrap();
+            assert_eq!(m.offset, g.bitmap_area().end);
+            assert!(m.offset + m.size(&g) <= g.data_offset);
+            assert!(m.chunks(&g) * m.chunk_regions(&g) >= g.region_count);
+            assert!(m.size(&g) * 8 >= m.chunks(&g));
+            // The finest that fits: half the chunk would not.
+            if m.chunk_size > rs {
+                let finer = WrittenMap {
+                    chunk_size: m.chunk_size / 2,
+                    ..m
+                };
+                assert!(m.offset + finer.size(&g) > g.data_offset, "{g:?} {m:?}");
+            }
+        }
+        // 2 GiB of 64 KiB regions: one bit per region.
+        let g = Geometry::for_data_size(2 << 30, 64 * KIB, 4).unwrap();
+        assert_eq!(g.written_map().unwrap().chunk_size, 64 * KIB);
+    }
+
+    #[test]
+    fn chunks_and_regions_convert_both_ways_with_a_short_last_chunk() {
+        let g = Geometry::for_data_size(10 * PAGE, PAGE, 1).unwrap();
+        let m = WrittenMap {
+            offset: g.bitmap_area().end,
+            chunk_size: 4 * PAGE,
+        };
+        assert_eq!(m.chunks(&g), 3);
+        assert_eq!(m.chunks_of(&g, &(3..5)), 0..2);
+        assert_eq!(m.chunks_of(&g, &(4..4)), 1..1);
+        assert_eq!(m.regions_of(&g, &(1..3)), 4..10);
+        let bad = WrittenMap { offset: 0, ..m };
+        assert!(bad.validate(&g).is_err());
     }
 
     #[test]

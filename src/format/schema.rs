@@ -200,6 +200,29 @@ pub static LEG_STATE: EnumDoc = EnumDoc {
     variants: leg_state_variants,
 };
 
+/// Format 1.3: the written map's place, after the journal, encoded as an Option (tag 0: no
+/// map, every region counts as written; tag 1 then these fields).
+pub static WRITTEN_MAP: StructDoc = StructDoc {
+    name: "WrittenMap",
+    doc: "Where a primary's written map lies (see BITMAPS). After the journal, as an option: \
+          a u8 tag, 0 (no map: every region counts as written) or 1 followed by these fields.",
+    fields: &[
+        Field {
+            name: "offset",
+            ty: Ty::U64,
+            doc: "Byte offset of the map: the end of the last bitmap, bitmap_offset + (1 + \
+                  slots) * bitmap_stride; the map ends at or before data_offset.",
+        },
+        Field {
+            name: "chunk_size",
+            ty: Ty::U64,
+            doc: "Bytes of data area per bit: region_size times a power of two, the smallest \
+                  for which ceil(ceil(data_size / chunk_size) / 8) rounded up to a multiple of \
+                  {PAGE} fits between offset and data_offset.",
+        },
+    ],
+};
+
 pub static GEOMETRY: StructDoc = StructDoc {
     name: "Geometry",
     doc: "The layout of the image, identical on every leg. A copy whose geometry differs from \
@@ -585,6 +608,17 @@ pub const VERSION_HISTORY: &[(u16, u16, &str, &str)] = &[
          failure is kept; the encoding is unchanged (a 1.1 reader reads them), and the journal \
          still keeps only what fits in the payload.",
     ),
+    (
+        1,
+        3,
+        "0.1.0",
+        "the written map (WrittenMap) after the journal of a primary: one bit per chunk of the \
+         data area, set durably before any write can reach the chunk, kept in the padding \
+         between the bitmaps and the data area (the geometry is unchanged); attach and verify \
+         skip chunks never written. A 1.2 reader ignores it and a 1.2 writer drops it on its \
+         next commit (every region then counts as written again). Images without it (made \
+         before 1.3, secondaries, promoted secondaries) count every region as written.",
+    ),
 ];
 
 impl Ty {
@@ -789,6 +823,7 @@ mod tests {
                     },
                 ],
             }),
+            written_map: None,
         }
     }
 
@@ -882,6 +917,23 @@ mod tests {
         if let Some(j) = &sb.journal {
             let json = serde_json::to_value(j).unwrap();
             walk(&Ty::Struct(&JOURNAL), &payload, &mut pos, &json, "journal");
+            // 1.3: the written map's place, an option.
+            let tag = payload[pos];
+            pos += 1;
+            match &sb.written_map {
+                None => assert_eq!(tag, 0, "no written map"),
+                Some(m) => {
+                    assert_eq!(tag, 1, "a written map");
+                    let json = serde_json::to_value(m).unwrap();
+                    walk(
+                        &Ty::Struct(&WRITTEN_MAP),
+                        &payload,
+                        &mut pos,
+                        &json,
+                        "written_map",
+                    );
+                }
+            }
         }
         assert_eq!(
             pos,
@@ -893,6 +945,10 @@ mod tests {
     #[test]
     fn the_payload_schema_matches_the_encoder_field_by_field() {
         check_schema(&full_sample());
+        let mut with_map = full_sample();
+        with_map.written_map = with_map.geometry.written_map();
+        assert!(with_map.written_map.is_some());
+        check_schema(&with_map);
         let mut sb = full_sample();
         sb.last_verify = None;
         sb.last_resync = None;

@@ -7,14 +7,14 @@
 //! enums are a u32 variant index then the fields. Newer minor versions only append fields
 //! to the end of [`Superblock`]; a reader ignores trailing payload bytes it does not know.
 
-use crate::format::layout::{Geometry, SB_COPY_SIZE};
+use crate::format::layout::{Geometry, WrittenMap, SB_COPY_SIZE};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"MRRCTLSB";
 pub const FORMAT_MAJOR: u16 = 1;
 /// The minor version this code writes for a superblock with an event journal (a primary's);
 /// one without (a secondary's) is written as 1.0, byte for byte what 1.0 wrote.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// Size of the fixed header in front of each superblock copy's payload.
 pub const COPY_HEADER_LEN: usize = 64;
 /// Largest payload a copy can hold.
@@ -275,6 +275,12 @@ pub struct Superblock {
     /// reader ignores it); `None` in a 1.0 copy.
     #[serde(skip)]
     pub journal: Option<crate::format::journal::Journal>,
+    /// Format 1.3: where the primary's written map lies (encoded after the journal, so older
+    /// readers ignore it, and an older writer drops it: then every region counts as written).
+    /// `None`: no map, every region counts as written (images made before 1.3, secondaries,
+    /// a promoted secondary).
+    #[serde(skip)]
+    pub written_map: Option<WrittenMap>,
 }
 
 impl Superblock {
@@ -304,6 +310,7 @@ impl Superblock {
             last_resync: None,
             last_recovery: None,
             journal: Some(crate::format::journal::Journal::new()),
+            written_map: None,
         };
         sb.bump_generation("created", now);
         let what = format!(
@@ -395,20 +402,23 @@ pub struct DecodedCopy {
     pub sb: Superblock,
 }
 
-/// Encodes one superblock copy, padded to a whole number of 4 KiB pages: format 1.2 with
-/// the journal after the 1.0 fields (its oldest events dropped as far as needed to fit), or
-/// 1.0 without one.
+/// Encodes one superblock copy, padded to a whole number of 4 KiB pages: format 1.3 with
+/// the journal after the 1.0 fields (its oldest events dropped as far as needed to fit) and
+/// the written map's place after it, or 1.0 without a journal (and then without a map).
 pub fn encode_copy(sb: &Superblock, seq: u64) -> Result<Vec<u8>, String> {
     let mut payload = bincode::serde::encode_to_vec(sb, config())
         .map_err(|e| format!("superblock does not fit in {MAX_PAYLOAD} bytes: {e}"))?;
     let minor = match &sb.journal {
         None => 0,
         Some(j) => {
+            let map = bincode::serde::encode_to_vec(sb.written_map, config())
+                .map_err(|e| format!("encoding the written map: {e}"))?;
             let mut j = j.clone();
-            j.trim(MAX_PAYLOAD.saturating_sub(payload.len()));
+            j.trim(MAX_PAYLOAD.saturating_sub(payload.len() + map.len()));
             let tail = bincode::serde::encode_to_vec(&j, config())
                 .map_err(|e| format!("encoding the event journal: {e}"))?;
             payload.extend_from_slice(&tail);
+            payload.extend_from_slice(&map);
             FORMAT_MINOR
         }
     };
@@ -471,12 +481,23 @@ pub fn decode_copy(buf: &[u8]) -> Result<DecodedCopy, CopyError> {
         .map_err(|e| CopyError::Decode(e.to_string()))?;
     if minor >= 1 && used < payload.len() {
         // 1.1 and later: the journal follows; what a newer minor appends after it is ignored.
-        let (j, _): (crate::format::journal::Journal, usize) =
+        let (j, n): (crate::format::journal::Journal, usize) =
             bincode::serde::decode_from_slice(&payload[used..], config())
                 .map_err(|e| CopyError::Decode(format!("event journal: {e}")))?;
         sb.journal = Some(j);
+        let rest = &payload[used + n..];
+        if minor >= 3 && !rest.is_empty() {
+            // 1.3 and later: the written map's place.
+            let (m, _): (Option<WrittenMap>, usize) =
+                bincode::serde::decode_from_slice(rest, config())
+                    .map_err(|e| CopyError::Decode(format!("written map: {e}")))?;
+            sb.written_map = m;
+        }
     }
     sb.geometry.validate().map_err(CopyError::Geometry)?;
+    if let Some(m) = &sb.written_map {
+        m.validate(&sb.geometry).map_err(CopyError::Geometry)?;
+    }
     if sb.legs.len() != sb.geometry.slots as usize {
         return Err(CopyError::Decode(format!(
             "leg table has {} entries for {} slots",
@@ -530,6 +551,7 @@ pub(crate) mod tests {
             last_resync: None,
             last_recovery: None,
             journal: None,
+            written_map: None,
         }
     }
 
@@ -656,7 +678,9 @@ pub(crate) mod tests {
         sb.journal = Some(j.clone());
         let mut payload = bincode::serde::encode_to_vec(&sb, config()).unwrap();
         payload.extend_from_slice(&bincode::serde::encode_to_vec(&j, config()).unwrap());
-        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.3 appends
+        let none: Option<WrittenMap> = None;
+        payload.extend_from_slice(&bincode::serde::encode_to_vec(none, config()).unwrap());
+        payload.extend_from_slice(&[9u8; 40]); // fields a future 1.4 appends
         let mut buf = vec![0u8; 8192];
         buf[0..8].copy_from_slice(&MAGIC);
         buf[8..10].copy_from_slice(&1u16.to_le_bytes());

@@ -1,4 +1,5 @@
-//! Durable region bitmaps (the write-intent log and one fracture log per slot): bit math on
+//! Durable region bitmaps (the write-intent log, one fracture log per slot, and a primary's
+//! written map, one bit per chunk of regions, in the pages after them): bit math on
 //! 4 KiB pages, mapped with memmap2 for real images and paged through the [`Device`] for
 //! simulated ones. Only pages whose bits change are dirtied, and a flush writes only those.
 //!
@@ -11,7 +12,7 @@
 //!   stays degraded ("not closed cleanly") forever.
 
 use crate::device::Device;
-use crate::format::layout::{BitmapId, Geometry, PAGE};
+use crate::format::layout::{BitmapId, Geometry, WrittenMap, PAGE};
 use bitvec::prelude::*;
 use memmap2::{MmapMut, MmapOptions};
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +29,9 @@ enum Store {
 
 pub struct Bitmaps {
     geom: Geometry,
+    /// The written map (format 1.3), in the pages right after the bitmap area; `None`: every
+    /// region counts as written.
+    written: Option<WrittenMap>,
     dev: Arc<dyn Device>,
     store: Store,
     /// Pages (index within the bitmap area) changed since the last flush.
@@ -43,7 +47,22 @@ pub struct Bitmaps {
 impl Bitmaps {
     /// Opens the bitmaps of an image. `map` chooses memmap2 when the device has a file.
     pub fn open(dev: Arc<dyn Device>, geom: Geometry, map: bool) -> io::Result<Self> {
+        Self::open_with_written(dev, geom, None, map)
+    }
+
+    /// [`Bitmaps::open`] for a primary with a written map (mapped and flushed with the
+    /// bitmaps, so marking it costs no sync of its own).
+    pub fn open_with_written(
+        dev: Arc<dyn Device>,
+        geom: Geometry,
+        written: Option<WrittenMap>,
+        map: bool,
+    ) -> io::Result<Self> {
         let area = geom.bitmap_area();
+        let area = match written {
+            Some(m) if m.offset == area.end => area.start..m.offset + m.size(&geom),
+            _ => area,
+        };
         let store = match dev.file() {
             Some(f) if map => {
                 // SAFETY: the mapping is private to this process's use under the mirror lock;
@@ -67,6 +86,7 @@ impl Bitmaps {
         });
         Ok(Bitmaps {
             geom,
+            written,
             dev,
             store,
             dirty: BTreeSet::new(),
@@ -133,9 +153,12 @@ impl Bitmaps {
     /// from there on name no region (B1).
     fn tail_bit(&self, p: u64) -> Option<usize> {
         let stride_pages = self.geom.bitmap_stride / PAGE;
+        let area_pages = (1 + self.geom.slots as u64) * stride_pages;
         let last = (self.geom.region_count - 1) / PAGE_BITS;
         let used = (self.geom.region_count % PAGE_BITS) as usize;
-        (p % stride_pages == last && used != 0).then_some(used)
+        // The written map's pages (after the area) have their own length: bits past its
+        // last chunk are never read as chunks (next_bits stops at the count).
+        (p < area_pages && p % stride_pages == last && used != 0).then_some(used)
     }
 
     fn page_mut(&mut self, p: u64) -> io::Result<&mut [u8]> {
@@ -186,6 +209,11 @@ impl Bitmaps {
     pub fn set_range(&mut self, id: BitmapId, rs: Range<u64>, value: bool) -> io::Result<bool> {
         self.check_range(&rs);
         let base = self.first_page(id);
+        self.set_bits(base, rs, value)
+    }
+
+    /// Sets (or clears) bits `rs` of the bit array starting at page `base`.
+    fn set_bits(&mut self, base: u64, rs: Range<u64>, value: bool) -> io::Result<bool> {
         let mut changed = false;
         let mut r = rs.start;
         while r < rs.end {
@@ -213,8 +241,13 @@ impl Bitmaps {
 
     /// First region at or after `from` whose bit equals `value`, or `region_count`.
     fn next_with(&mut self, id: BitmapId, from: u64, value: bool) -> io::Result<u64> {
-        let n = self.geom.region_count;
         let base = self.first_page(id);
+        self.next_bit(base, self.geom.region_count, from, value)
+    }
+
+    /// First bit at or after `from` (below `n`) of the bit array at page `base` whose value
+    /// is `value`, or `n`.
+    fn next_bit(&mut self, base: u64, n: u64, from: u64, value: bool) -> io::Result<u64> {
         let end_page = base + n.div_ceil(PAGE_BITS);
         let mut r = from;
         while r < n {
@@ -326,6 +359,49 @@ impl Bitmaps {
         Ok(())
     }
 
+    /// The page where the written map starts, if there is one.
+    fn written_base(&self) -> Option<(WrittenMap, u64)> {
+        let m = self.written?;
+        Some((m, (m.offset - self.geom.bitmap_offset) / PAGE))
+    }
+
+    /// Whether this image keeps a written map (otherwise every region counts as written).
+    pub fn has_written_map(&self) -> bool {
+        self.written.is_some()
+    }
+
+    /// Marks the chunks holding `regions` written (the caller flushes, with the intents that
+    /// protect the same writes); returns whether a bit changed. Without a map, nothing.
+    pub fn mark_written(&mut self, regions: Range<u64>) -> io::Result<bool> {
+        self.check_range(&regions);
+        let Some((m, base)) = self.written_base() else {
+            return Ok(false);
+        };
+        let chunks = m.chunks_of(&self.geom, &regions);
+        self.set_bits(base, chunks, true)
+    }
+
+    /// Runs of regions that may have been written, in order: those of set chunks, or every
+    /// region without a map.
+    pub fn written_runs(&mut self) -> io::Result<Vec<Range<u64>>> {
+        let Some((m, base)) = self.written_base() else {
+            return Ok(std::iter::once(0..self.geom.region_count).collect());
+        };
+        let n = m.chunks(&self.geom);
+        let mut out = Vec::new();
+        let mut from = 0;
+        while from < n {
+            let s = self.next_bit(base, n, from, true)?;
+            if s >= n {
+                break;
+            }
+            let e = self.next_bit(base, n, s, false)?;
+            out.push(m.regions_of(&self.geom, &(s..e)));
+            from = e;
+        }
+        Ok(out)
+    }
+
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
@@ -383,6 +459,34 @@ mod tests {
     const F0: BitmapId = BitmapId::Fracture(SlotIdx(0));
     const F1: BitmapId = BitmapId::Fracture(SlotIdx(1));
     const WI: BitmapId = BitmapId::WriteIntent;
+
+    #[test]
+    fn the_written_map_marks_whole_chunks_survives_a_flush_and_leaves_the_logs_alone() {
+        let w = World::new();
+        let g = Geometry::for_data_size(1 << 30, 4096, 2).unwrap();
+        let d = SimDevice::new(&w, g.data_offset);
+        let m = WrittenMap {
+            offset: g.bitmap_area().end,
+            chunk_size: 4 * 4096,
+        };
+        let mut b = Bitmaps::open_with_written(Arc::new(d.clone()), g, Some(m), false).unwrap();
+        assert_eq!(b.written_runs().unwrap(), Vec::<Range<u64>>::new());
+        assert!(b.mark_written(5..6).unwrap());
+        assert!(!b.mark_written(4..8).unwrap(), "already marked: no change");
+        b.mark_written(g.region_count - 1..g.region_count).unwrap();
+        b.flush().unwrap();
+        assert_eq!(b.count(BitmapId::WriteIntent).unwrap(), 0);
+        let mut b2 = Bitmaps::open_with_written(Arc::new(d.clone()), g, Some(m), false).unwrap();
+        let last = (g.region_count - 1) / 4 * 4;
+        assert_eq!(b2.written_runs().unwrap(), vec![4..8, last..g.region_count]);
+        // Without a map every region counts as written, and nothing is marked.
+        let mut b3 = Bitmaps::open(Arc::new(d), g, false).unwrap();
+        assert!(!b3.mark_written(0..1).unwrap());
+        assert_eq!(
+            b3.written_runs().unwrap(),
+            crate::engine::plan::every(g.region_count)
+        );
+    }
 
     #[test]
     fn set_ranges_across_page_boundaries_count_and_iterate_exactly() {

@@ -117,8 +117,31 @@ impl Image {
     /// an empty leg table, cleared bitmaps, generation 1 ("created"). The data area is left
     /// as it is.
     pub fn create_primary(dev: Arc<dyn Device>, g: Geometry, now: u64) -> io::Result<Image> {
-        let sb = Superblock::new_primary(g, now);
+        Self::create_primary_written(dev, g, now, &[])
+    }
+
+    /// [`Image::create_primary`] with a written map (format 1.3, where the geometry leaves
+    /// room for one) in which the chunks of `written` (regions) are set: what the data area
+    /// may already hold. The map is written before F1's sync, so it is durable before the
+    /// header that declares it exists.
+    pub fn create_primary_written(
+        dev: Arc<dyn Device>,
+        g: Geometry,
+        now: u64,
+        written: &[std::ops::Range<u64>],
+    ) -> io::Result<Image> {
+        let mut sb = Superblock::new_primary(g, now);
         dev.zero_range(g.bitmap_offset, g.bitmap_area().end - g.bitmap_offset)?;
+        if let Some(m) = g.written_map() {
+            let mut buf = vec![0u8; m.size(&g) as usize];
+            for r in written {
+                for c in m.chunks_of(&g, r) {
+                    buf[(c / 8) as usize] |= 1 << (c % 8);
+                }
+            }
+            dev.write_at(&buf, m.offset)?;
+            sb.written_map = Some(m);
+        }
         Image::format(dev, sb)
     }
 

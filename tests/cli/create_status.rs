@@ -78,6 +78,7 @@ fn golden_superblock() -> Superblock {
             regions: 3,
         }),
         journal: None,
+        written_map: None,
     }
 }
 
@@ -162,11 +163,10 @@ fn a_v1_1_superblock_with_a_journal_written_by_an_older_mirrorctl_still_decodes_
 
 const FIXTURE_1_2: &str = "tests/fixtures/superblock-v1.2.bin";
 
-#[test]
-fn the_v1_2_superblock_with_a_long_event_detail_matches_its_golden_fixture() {
+/// The 1.1 golden superblock with a detail longer than 1.1's 96 bytes: what 1.2 allows.
+fn golden_superblock_1_2() -> Superblock {
     use mirrorctl::format::journal::{Event, Kind, MAX_DETAIL};
     let mut sb = golden_superblock_1_1();
-    // 1.2: a detail longer than 1.1's 96 bytes keeps the cause.
     let detail = "by error: write at data offset 4194304: NBD connection to nbds://10.0.0.2:10809/vm (TLS): Connection reset by peer (os error 104)";
     assert!(detail.len() > 96 && detail.len() <= MAX_DETAIL);
     sb.journal.as_mut().unwrap().events.push(Event {
@@ -177,21 +177,60 @@ fn the_v1_2_superblock_with_a_long_event_detail_matches_its_golden_fixture() {
         detail: detail.into(),
     });
     sb.journal.as_mut().unwrap().next_seq = 10;
-    let bytes = encode_copy(&sb, 3).unwrap();
+    sb
+}
+
+#[test]
+fn the_v1_2_superblock_with_a_long_event_detail_written_by_an_older_mirrorctl_still_decodes() {
+    // The 1.2 fixture (committed, never re-blessed since 1.3) decodes to the same superblock
+    // without a written map: every region counts as written.
+    let sb = golden_superblock_1_2();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_1_2);
+    let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{FIXTURE_1_2}: {e}"));
+    let d = decode_copy(&golden).unwrap();
+    assert_eq!((d.seq, d.minor), (3, 2));
+    assert_eq!(d.sb, sb);
+    assert_eq!(d.sb.written_map, None);
+    // Written again today, the 1.2 payload is a prefix of the 1.3 one, which adds the
+    // written map's place (one byte: none).
+    let bytes = encode_copy(&sb, 3).unwrap();
+    let len = |b: &[u8]| u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+    assert_eq!(len(&bytes), len(&golden) + 1);
+    assert_eq!(golden[64..64 + len(&golden)], bytes[64..64 + len(&golden)]);
+    assert_eq!(bytes[64 + len(&golden)], 0);
+}
+
+const FIXTURE_1_3: &str = "tests/fixtures/superblock-v1.3.bin";
+
+#[test]
+fn the_v1_3_superblock_with_a_written_map_matches_its_golden_fixture() {
+    let mut sb = golden_superblock_1_2();
+    // 1.3: the written map after the journal.
+    sb.written_map = sb.geometry.written_map();
+    assert!(sb.written_map.is_some());
+    let bytes = encode_copy(&sb, 3).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_1_3);
     if std::env::var_os("MIRRORCTL_BLESS").is_some() {
         std::fs::write(&path, &bytes).unwrap();
     }
     let golden = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{FIXTURE_1_2}: {e} (generate it once with MIRRORCTL_BLESS=1 and commit it)")
+        panic!("{FIXTURE_1_3}: {e} (generate it once with MIRRORCTL_BLESS=1 and commit it)")
     });
     assert_eq!(golden.len(), bytes.len(), "encoded size changed");
     if let Some(i) = golden.iter().zip(&bytes).position(|(a, b)| a != b) {
-        panic!("the v1.2 encoding changed at byte {i}: a format change needs a new version (see man/mirrorctl-format.5)");
+        panic!("the v1.3 encoding changed at byte {i}: a format change needs a new version (see man/mirrorctl-format.5)");
     }
     let d = decode_copy(&golden).unwrap();
-    assert_eq!((d.seq, d.minor), (3, 2));
+    assert_eq!((d.seq, d.minor), (3, 3));
     assert_eq!(d.sb, sb);
+    // The map's place: tag 1, then offset and chunk size as u64 little-endian, last in
+    // the payload.
+    let n = u32::from_le_bytes(golden[12..16].try_into().unwrap()) as usize;
+    let m = sb.written_map.unwrap();
+    let tail = &golden[64 + n - 17..64 + n];
+    assert_eq!(tail[0], 1);
+    assert_eq!(tail[1..9], m.offset.to_le_bytes());
+    assert_eq!(tail[9..17], m.chunk_size.to_le_bytes());
 }
 
 fn image_bytes(p: &Path) -> Vec<u8> {
@@ -477,7 +516,7 @@ fn status_text_and_json_show_geometry_legs_out_of_sync_regions_and_intents() {
     ] {
         assert!(s.get(k).is_some(), "status --json lacks {k}: {s:#}");
     }
-    assert_eq!(s["format_version"], "1.2");
+    assert_eq!(s["format_version"], "1.3");
     assert_eq!(s["role"], "primary");
     assert_eq!(s["data_size"], 64 * MIB);
     assert_eq!(s["region_count"], 1024);

@@ -454,3 +454,81 @@ fn the_readme_quick_start_flow_works_end_to_end() {
         assert_eq!(fx.first_difference(n), None, "{n}");
     }
 }
+
+#[test]
+fn attach_and_verify_on_a_fresh_loop_device_mirror_touch_only_what_was_written() {
+    // W7: a 512 MiB block device holds no holes; the written map is what lets attach and
+    // verify skip the chunks no write reached.
+    let dir = tempfile::tempdir().unwrap();
+    let p = LoopDev::with_size(&dir.path().join("p.raw"), 512 * MIB);
+    let run = |args: &[&str]| run_in(dir.path(), args);
+    let o = run(&["create", p.as_str()]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let st = run(&["status", p.as_str(), "--json"]).json();
+    let (off, size) = (u(&st["data_offset"]), u(&st["data_size"]));
+    // A little data in three places: 256 KiB, 64 KiB, one 4 KiB block (of known length:
+    // a stream of unknown length marks its whole 64 MiB write-intent window written).
+    let mut data = vec![0u8; 256 * KIB as usize];
+    Rng::new(28).fill(&mut data);
+    for (at, len) in [("0", 256 * KIB), ("300M", 64 * KIB), ("450M", 4 * KIB)] {
+        let o = run_piped(
+            dir.path(),
+            &[
+                "write",
+                p.as_str(),
+                "--offset",
+                at,
+                "--length",
+                &len.to_string(),
+            ],
+            &data[..len as usize],
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+    }
+    let written = 324 * KIB;
+    // A sparse file secondary: only the written chunks are copied, and it stays sparse.
+    let b = dir.path().join("b.img");
+    std::fs::File::create(&b)
+        .unwrap()
+        .set_len(off + size)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let v = run(&["attach", p.as_str(), "b.img", "--json"]).json();
+    let secs = started.elapsed().as_secs_f64();
+    let copied = u(&v["copied_bytes"]);
+    assert!(
+        (written..=written + 3 * 64 * KIB).contains(&copied),
+        "copied {copied} bytes for {written} written: {v:#}"
+    );
+    assert!(secs < 20.0, "attach took {secs:.1}s");
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&b).unwrap().blocks() * 512;
+    assert!(
+        allocated < off + 4 * MIB,
+        "the secondary allocated {allocated} bytes"
+    );
+    assert_eq!(first_difference_between(&p.path, &b, off, size), None);
+    // A loop device secondary likewise.
+    let s = LoopDev::with_size(&dir.path().join("s.raw"), 512 * MIB);
+    let v = run(&["attach", p.as_str(), s.as_str(), "--json"]).json();
+    let copied = u(&v["copied_bytes"]);
+    assert!(copied <= written + 3 * 64 * KIB, "{v:#}");
+    assert_eq!(first_difference_between(&p.path, &s.path, off, size), None);
+    // verify reads only the written chunks: the rest is counted as never written.
+    let o = run(&["verify", p.as_str(), "--json"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let r = o.json();
+    assert_eq!(r["result"], "clean", "{r:#}");
+    let unwritten = u(&r["unwritten_bytes"]);
+    assert!(
+        unwritten >= 2 * (size - written - 3 * 64 * KIB),
+        "{unwritten} of {} bytes compared were skipped: {r:#}",
+        u(&r["bytes_compared"])
+    );
+    // A byte changed on a secondary inside a written chunk is still found.
+    let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+    f.write_all_at(b"X", off + 300 * MIB + 10).unwrap();
+    f.sync_all().unwrap();
+    let o = run(&["verify", p.as_str(), "--json"]);
+    assert_eq!(o.json()["result"], "differences", "{o:?}");
+}

@@ -263,11 +263,15 @@ fn adjacent_mismatched_regions_are_coalesced_and_separate_ones_are_not() {
 #[test]
 fn mismatches_on_both_sides_of_a_256_mib_lock_batch_are_one_range_and_are_repaired() {
     // 64 MiB regions: four per 256 MiB batch, so regions 3 and 4 lie in different batches
-    // (the lock is released between them). Sparse: only the flipped regions hold data.
+    // (the lock is released between them). Sparse: only the flipped regions hold data,
+    // written through the mirror first (verify skips chunks no write reached, W7).
     let fx = Fx::with_legs("512M", "64M", &["b.img"]);
     let g = fx.geometry();
     assert_eq!(g.region_count, 8);
     let r = g.region_size;
+    for at in [3 * r, 4 * r, 6 * r] {
+        fx.write_random(at, 4 * KIB, at);
+    }
     fx.flip("b.img", 4 * r - 1);
     fx.flip("b.img", 4 * r);
     fx.flip("b.img", 6 * r + 12345);
@@ -712,7 +716,12 @@ fn regions_pending_on_a_syncing_leg_are_counted_and_not_reported_as_mismatches()
         "{o:?}"
     );
 
-    // Outside its pending regions the syncing leg is compared.
+    // Outside its pending regions the syncing leg is compared (where a write reached: the
+    // chunks no write reached are not, W7).
+    random_file(&fx.path("w40.bin"), 64 * KIB, 11);
+    let at = (40 * MIB).to_string();
+    let o = fx.run(&["write", "a.img", "--offset", &at, "--input", "w40.bin"]);
+    assert_eq!(o.code, 3, "written, the mirror still degraded: {o:?}");
     fx.flip("c.img", 40 * MIB + 3);
     let (code, v) = fx.verify(&[]);
     assert_eq!(code, 1, "{v:#}");

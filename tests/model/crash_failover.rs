@@ -92,7 +92,7 @@ fn clean_mirror() -> Devs {
     p.write_at(&pattern(1, g.data_size as usize), g.data_offset)
         .unwrap();
     p.sync().unwrap();
-    create::format_primary(Arc::new(p), P, g).unwrap();
+    create::format_primary(Arc::new(p), P, g, false).unwrap();
     let opener = devs.opener();
     let mut m = devs.open(P, &opener).unwrap();
     for loc in [S0, S1] {

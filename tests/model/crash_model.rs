@@ -142,7 +142,7 @@ impl Template {
                 .unwrap();
             s.sync().unwrap();
         }
-        create::format_primary(Arc::new(primary.clone()), "primary", geom).unwrap();
+        create::format_primary(Arc::new(primary.clone()), "primary", geom, false).unwrap();
         let inst = Inst::new(world, primary.clone(), secs.clone());
         let mut m = inst.open(WINDOW);
         for (i, s) in secs.iter().enumerate().take(attached) {

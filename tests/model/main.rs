@@ -7,4 +7,5 @@ mod crash_failover;
 mod crash_journal;
 mod crash_model;
 mod crash_serve;
+mod crash_written;
 mod harness;

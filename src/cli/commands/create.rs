@@ -99,7 +99,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
         }
     }
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
-    let img = engine::create::format_primary(Arc::new(dev), &name, g)?;
+    let img = engine::create::format_primary(Arc::new(dev), &name, g, a.force)?;
     if let Some(mut guard) = created {
         guard.0 = None;
     }

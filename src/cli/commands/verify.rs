@@ -116,13 +116,21 @@ fn render_text(report: &crate::engine::verify::VerifyReport, w: &mut dyn Write) 
     } else {
         " (stopped at the time budget; the next --max-time run continues here)"
     };
-    let holes = if report.hole_bytes > 0 {
-        format!(
+    let holes = match (report.hole_bytes, report.unwritten_bytes) {
+        (0, 0) => String::new(),
+        (h, 0) => format!(
             " ({} of it holes on both sides, equal without reading)",
-            format_size(report.hole_bytes)
-        )
-    } else {
-        String::new()
+            format_size(h)
+        ),
+        (0, u) => format!(
+            " ({} of it never written, not read)",
+            format_size(u)
+        ),
+        (h, u) => format!(
+            " ({} of it holes on both sides, equal without reading, and {} never written, not read)",
+            format_size(h),
+            format_size(u)
+        ),
     };
     writeln!(
         w,

@@ -175,7 +175,10 @@ pub(super) fn format_page() -> String {
                     layout::BITMAP_AREA_OFFSET
                 ),
                 "up to data_offset".into(),
-                "Padding: unused; mirrorctl neither reads nor writes it.".into(),
+                "Padding. From format 1.3 a primary's written map (see WrittenMap and \
+                 BITMAPS) starts here, at written_map.offset, when the superblock names \
+                 one; the rest is unused: mirrorctl neither reads nor writes it."
+                    .into(),
             ],
             vec![
                 "data_offset".into(),
@@ -258,6 +261,18 @@ pub(super) fn format_page() -> String {
             g.bitmap_stride
         ),
     ]);
+    if let Some(m) = g.written_map() {
+        rows.push(vec![
+            "written map".into(),
+            bytes(m.offset),
+            format!(
+                "{} bytes, one bit per {} (chunk_size), in the {} bytes left before data_offset",
+                m.size(&g),
+                bytes(m.chunk_size),
+                g.data_offset - m.offset
+            ),
+        ]);
+    }
     rows.push(vec![
         "data_offset".into(),
         bytes(g.data_offset),
@@ -433,6 +448,20 @@ pub(super) fn format_page() -> String {
     r.ss(JOURNAL.name);
     r.para(JOURNAL.doc);
     struct_table(&mut r, &JOURNAL, None);
+    // ---- the written map (1.3)
+    r.ss("The written map (format 1.3)");
+    r.para(
+        "A primary's payload goes on after the journal with the written map's place, and its \
+         copy header says minor 3: one u8 tag, 0 when the image keeps no map, or 1 followed \
+         by a WrittenMap. A 1.2 reader stops after the journal and ignores it; a 1.2 writer \
+         drops it on its next commit, and a payload without it (written by 1.2 or earlier) \
+         has no map. Without a map every region counts as written. create writes the map (all \
+         clear, or set where a regular file already holds data, or all set after --force over \
+         an image of unknown contents) before the header that names it.",
+    );
+    r.ss(WRITTEN_MAP.name);
+    r.para(WRITTEN_MAP.doc);
+    struct_table(&mut r, &WRITTEN_MAP, None);
     r.ss(EVENT.name);
     r.para(EVENT.doc);
     struct_table(&mut r, &EVENT, None);
@@ -489,6 +518,21 @@ pub(super) fn format_page() -> String {
          a leg that failed), A2 and A3 (attach), R1 (recovery), V1 (differences verify \
          found) and P3 (promotion); cleared under S1 and S2 (src/engine/resync.rs) and D2 \
          (detach).",
+    );
+    r.tp(
+        "Written map (format 1.3, after the last bitmap)",
+        "One bit per chunk of chunk_size bytes of the data area (chunk c is bit c mod 8 of \
+         byte floor(c / 8)); bits past the last chunk name none and are ignored. A set bit \
+         means a write may have reached the chunk: it is set durably in the same flush as \
+         the write-intent bits of that write, before any leg is written there (rule W7, \
+         src/engine/write.rs), and never cleared; zeroing and trim requests count as writes. \
+         A clear bit means no write ever reached the chunk: its bytes are whatever the device \
+         held before create, they are not the mirror's data, and attach and verify skip the \
+         chunk (legs may differ there). Only the primary keeps one: a secondary's header has \
+         none, and a promoted secondary counts every region as written. A writer older than \
+         1.3 does not set its bits: an image with a map must not be written by an older \
+         mirrorctl that does not commit its header first (it would leave data in chunks the \
+         map calls never written); one that commits drops the map.",
     );
     r.tp(
         "Unclean stop",

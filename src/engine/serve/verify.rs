@@ -61,7 +61,8 @@ impl Server {
             bufs.resize(active.len() + 1, Vec::new());
             let mut found: Vec<Vec<u64>> = vec![Vec::new(); pass.legs.len()];
             let mut failed: Vec<(u32, String, io::Error)> = Vec::new();
-            for c in v::chunks_of(&g, batch.clone(), self.verify_chunk) {
+            let written = self.lock().mirror.written_runs()?;
+            for c in v::chunks_of(&g, batch.clone(), self.verify_chunk, &written) {
                 if pass.out_of_time(pos) {
                     break;
                 }
@@ -69,7 +70,22 @@ impl Server {
                     stopped = true;
                     break;
                 }
-                if !active.is_empty() {
+                if c.unwritten {
+                    // W7: never written: not read, equal on every leg.
+                    for (i, _, pending) in &active {
+                        let lv = &mut pass.legs[*i];
+                        v::compare_chunk(
+                            &g,
+                            &c,
+                            &zeros,
+                            None,
+                            pending,
+                            lv,
+                            &mut found[*i],
+                            &mut pass.report,
+                        );
+                    }
+                } else if !active.is_empty() {
                     let read = self.read_chunk(&c, &active, &ids, &pass.legs, &mut bufs)?;
                     let ours: &[u8] = match &read[0] {
                         Some(Ok(true)) => &bufs[0],
