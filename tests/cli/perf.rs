@@ -391,3 +391,127 @@ fn random_writes_over_a_sparse_1_tib_mirror_on_a_small_ext4_use_only_the_space_t
         data / MIB
     );
 }
+
+/// The descriptor numbers of `a.img` opened with O_DIRECT in `lines`.
+fn direct_fds(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("openat(") && l.contains("O_DIRECT") && l.contains("/a.img>"))
+        .filter_map(|l| {
+            let (_, ret) = l.rsplit_once(" = ")?;
+            Some(ret.split('<').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+/// `pread64` calls on `a.img` in `lines`: (descriptor, length).
+fn image_preads(lines: &[String]) -> Vec<(String, u64)> {
+    lines
+        .iter()
+        .filter(|l| l.contains("pread64(") && l.contains("/a.img>"))
+        .filter_map(|l| {
+            let args = l.split_once("pread64(")?.1;
+            let fd = args.split('<').next()?.to_string();
+            // pread64(fd<path>, "..."..., LEN, OFF) = N
+            let len = args.rsplit_once(", ")?.0.rsplit_once(", ")?.1;
+            Some((fd, len.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Calls sending to a socket in `lines` and the bytes each sent.
+fn socket_sends(lines: &[String]) -> Vec<u64> {
+    const SENDS: &[&str] = &["write", "writev", "sendto", "sendmsg", "pwritev2"];
+    lines
+        .iter()
+        .filter(|l| l.contains("<socket:[") || l.contains("<UNIX-STREAM:["))
+        .filter(|l| count(std::slice::from_ref(l), SENDS) == 1)
+        .filter_map(|l| l.rsplit_once(" = ")?.1.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_served_read_is_one_direct_pread_and_its_reply_one_send_and_a_sequential_reader_is_read_ahead()
+{
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let t = Traced::start(
+        &fx,
+        "trace=openat,pread64,preadv,preadv2,read,write,writev,sendto,sendmsg,fadvise64",
+        &[],
+    );
+    let mut cmds: Vec<String> = vec![
+        format!("write -P 5 0 {}", 48 * MIB),
+        "flush".into(),
+        marker(12 * KIB),
+    ];
+    // 8 random 1 MiB reads (none continues another).
+    let random = [5u64, 1, 9, 3, 13, 7, 11, 15];
+    for m in random {
+        cmds.push(format!("read -P 5 {} 1M", m * MIB));
+    }
+    cmds.push(marker(20 * KIB));
+    // A sequential reader: 16 MiB in 1 MiB requests.
+    for m in 16..32u64 {
+        cmds.push(format!("read -P 5 {} 1M", m * MIB));
+    }
+    cmds.push(marker(28 * KIB));
+    qemu_io(&t.uri(), &cmds);
+    let lines = t.lines();
+    t.stop();
+    let direct = direct_fds(&lines);
+    assert!(
+        !direct.is_empty(),
+        "a.img never opened with O_DIRECT:\n{}",
+        lines.join("\n")
+    );
+    let rnd = between(&lines, 12 * KIB, 20 * KIB);
+    let preads = image_preads(&rnd);
+    // The marker's own read is the first; then one pread per 1 MiB request, on the O_DIRECT
+    // descriptor, none smaller.
+    let big: Vec<&(String, u64)> = preads.iter().filter(|(_, n)| *n != 12 * KIB).collect();
+    assert_eq!(
+        big.len(),
+        8,
+        "preads for 8 random 1 MiB reads:\n{}",
+        rnd.join("\n")
+    );
+    for (fd, n) in &big {
+        assert_eq!(*n, MIB, "{}", rnd.join("\n"));
+        assert!(
+            direct.contains(fd),
+            "read on {fd}, not O_DIRECT ({direct:?})"
+        );
+    }
+    // Each reply (16 or 28 bytes of header, then 1 MiB) in one call; the marker's too.
+    let sends = socket_sends(&rnd);
+    assert!(
+        sends.len() <= 9,
+        "{} sends for 9 replies:\n{}",
+        sends.len(),
+        rnd.join("\n")
+    );
+    assert_eq!(
+        sends.iter().filter(|&&n| n > MIB && n <= MIB + 28).count(),
+        8,
+        "replies of 1 MiB not sent whole in one call each: {sends:?}"
+    );
+    // The sequential reader: one pread per request, through the cache after the first
+    // two, and the cache read ahead of it (a few hints, not one per request).
+    let seq = between(&lines, 20 * KIB, 28 * KIB);
+    let preads = image_preads(&seq);
+    let big: Vec<&(String, u64)> = preads.iter().filter(|(_, n)| *n != 20 * KIB).collect();
+    assert_eq!(big.len(), 16, "{}", seq.join("\n"));
+    assert!(big.iter().all(|(_, n)| *n == MIB), "{}", seq.join("\n"));
+    let cached = big.iter().filter(|(fd, _)| !direct.contains(fd)).count();
+    assert!(
+        cached >= 13,
+        "{cached} of 16 sequential reads through the cache"
+    );
+    let hints = count(&seq, &["fadvise64"]);
+    assert!(
+        (1..=6).contains(&hints),
+        "{hints} read-ahead hints for 16 MiB read:\n{}",
+        seq.join("\n")
+    );
+    assert!(socket_sends(&seq).len() <= 17, "{}", seq.join("\n"));
+}
