@@ -420,14 +420,25 @@ impl Device for FileDevice {
 
     fn read_ahead(&self, off: u64, len: u64) {
         use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on a descriptor this device owns; a hint, errors ignored.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                off as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
+        // In pieces: the kernel reads at most the larger of the device's readahead and its
+        // largest request per WILLNEED (128 KiB and 1280 KiB by default), whatever the
+        // length asked for.
+        const PIECE: u64 = 512 << 10;
+        let end = off + len;
+        let mut at = off;
+        while at < end {
+            let n = PIECE.min(end - at);
+            // SAFETY: a plain syscall on a descriptor this device owns; a hint, errors
+            // ignored.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    at as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+            at += n;
         }
     }
 
