@@ -13,9 +13,9 @@
 //! - read ahead for it in the page cache: [`READ_STREAMS`] sequential streams, each at most
 //!   [`READ_AHEAD`] past its latest request ([`Streams`]).
 //!
-//! Reads: a random one goes past the page cache where it is aligned (O_DIRECT, straight into
-//! its payload buffer, as qemu-nbd `--cache=none` reads); a sequential stream's go through
-//! the cache, which is read ahead of them. A reply goes out from the buffer it was read
+//! Reads: a random or large one goes past the page cache where it is aligned (O_DIRECT,
+//! straight into its payload buffer, as qemu-nbd `--cache=none` reads); a sequential stream
+//! of smaller ones goes through the cache, which is read ahead of it. A reply goes out from the buffer it was read
 //! into, its header with it, in one system call.
 
 use super::backend::Backend;
@@ -46,6 +46,12 @@ pub const REPLY_QUEUE: usize = 16 << 20;
 
 /// Sequential read streams one connection is tracked (and read ahead) for at once.
 pub const READ_STREAMS: usize = 4;
+
+/// Requests of a sequential stream at least this large go past the cache all the same: each
+/// is a large disk read already, and the client's queue keeps the disk busy (1 MiB reads
+/// at iodepth 8 ran at 1.6 x the throughput direct as through the cache read ahead, where
+/// 128 KiB reads at iodepth 1 gained from the read-ahead).
+pub const LARGE_READ: u64 = 512 << 10;
 
 /// How far ahead of a sequential stream's latest request its data is read into the page
 /// cache (asked for in halves of it, as the stream moves on).
@@ -128,9 +134,10 @@ struct Stream {
 }
 
 /// The sequential read streams of one connection (pure: no I/O). A read that starts where
-/// an earlier one ended continues that stream; from its second continuation on it is read
-/// through the cache and the stream is read ahead. Any other read starts a new stream in
-/// place of the least recently used of [`READ_STREAMS`], and goes past the cache.
+/// an earlier one ended continues that stream; from its second continuation on, a request
+/// under [`LARGE_READ`] is read through the cache and the stream is read ahead. Any other
+/// read starts a new stream in place of the least recently used of [`READ_STREAMS`], and
+/// goes past the cache.
 #[derive(Default)]
 struct Streams {
     s: [Stream; READ_STREAMS],
@@ -162,7 +169,7 @@ impl Streams {
         st.used = self.tick;
         st.next = end;
         st.ahead = st.ahead.max(end);
-        if st.run < 3 {
+        if st.run < 3 || len >= LARGE_READ {
             return ReadPlan {
                 direct: true,
                 ahead: None,
@@ -983,8 +990,8 @@ mod tests {
     ) {
         let mut st = Streams::default();
         let size = 1 << 40;
-        let mb = 1u64 << 20;
-        // The first two of a stream go direct, nothing ahead.
+        let mb = 256u64 << 10; // a request's length
+                               // The first two of a stream go direct, nothing ahead.
         assert_eq!(
             st.read(0, mb, size),
             ReadPlan {
@@ -1029,6 +1036,19 @@ mod tests {
         e.read(mb, mb, small);
         assert_eq!(e.read(2 * mb, mb, small).ahead, Some((3 * mb, 4096)));
         assert_eq!(e.read(3 * mb, 4096, small).ahead, None);
+        // A stream of large requests goes direct throughout, nothing read ahead.
+        let mut l = Streams::default();
+        for i in 0..16 {
+            let p = l.read(i * LARGE_READ, LARGE_READ, size);
+            assert_eq!(
+                p,
+                ReadPlan {
+                    direct: true,
+                    ahead: None
+                },
+                "request {i}"
+            );
+        }
     }
 
     #[test]
