@@ -293,6 +293,9 @@ pub struct TlsStream {
 /// Plaintext encrypted per turn of the writer's lock, so a reader is never kept waiting
 /// long for the TLS state.
 const WRITE_CHUNK: usize = 256 << 10;
+/// Ciphertext kept for the next flush at most: a reply of up to 2 MiB goes to the socket
+/// in one system call.
+const SEND_AT: usize = 2 << 20;
 const RAW_BUFFER: usize = 64 << 10;
 
 fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -542,18 +545,43 @@ impl Read for TlsStream {
 
 impl Write for TlsStream {
     /// Encrypts `buf` (up to [`WRITE_CHUNK`] of it); the records go to the socket at the
-    /// next [`flush`](Write::flush), or once that much is waiting.
+    /// next [`flush`](Write::flush), or once [`SEND_AT`] is waiting.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(WRITE_CHUNK);
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    /// As [`TlsStream::write`], the buffers in the same records (a reply's header does not
+    /// take a record of its own).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // At most WRITE_CHUNK per turn of the lock.
+        let mut room = WRITE_CHUNK;
+        let mut parts: Vec<io::IoSlice<'_>> = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if room == 0 {
+                break;
+            }
+            let n = b.len().min(room);
+            parts.push(io::IoSlice::new(&b[..n]));
+            room -= n;
+        }
+        let n = WRITE_CHUNK - room;
         let mut out = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut c = self.lock();
-            c.writer().write_all(&buf[..n])?;
+            let mut w = c.writer();
+            let mut left = &mut parts[..];
+            while !left.is_empty() {
+                let k = w.write_vectored(left)?;
+                if k == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                io::IoSlice::advance_slices(&mut left, k);
+            }
             while c.wants_write() {
                 c.write_tls(&mut *out)?;
             }
         }
-        if out.len() >= WRITE_CHUNK {
+        if out.len() >= SEND_AT {
             let r = write_all_fd(&self.shared.sock, &out);
             out.clear();
             r?;

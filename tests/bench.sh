@@ -12,6 +12,9 @@
 #   CASES=14 bash tests/bench.sh        # attach of a loop-device mirror 5/50/100 % written
 #                                       # (written map, W7) against whole-device copies
 #   CASES=15 bash tests/bench.sh        # attach of a fresh loop-device mirror holding 280 KiB
+#   CASES=16 bash tests/bench.sh        # reads cold and warm: serve vs qemu-nbd --cache=none and
+#                                       # fio direct on a plain file (seconds per GiB / per
+#                                       # 10,000 reads, and p99 in ms; lower is better)
 #   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
 #                                       # runs that binary (e.g. an older commit's) and builds
 #                                       # nothing, to compare builds with the same bench
@@ -585,6 +588,77 @@ for r in $(reps); do
     rm -f dst.img
 done
 rm -f in15.bin; unloop14 "$lp"; rm -f p15.raw
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 16; then
+note "case 16: reads cold and warm: serve vs qemu-nbd --cache=none and fio direct on a plain file (fio, nbd engine)"
+RUNTIME=${RUNTIME:-30}
+wait_sock16() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
+# record16 CASE TOOL JSON: appends seconds per GiB (sequential) or per 10,000 reads (random),
+# so that lower is better as for the times; and the p99 completion latency in ms under
+# CASE-p99.
+record16() {
+    python3 - "$@" >>"$RESULTS" <<'PY'
+import json, sys
+case, tool, f = sys.argv[1:]
+t = open(f).read(); r = json.loads(t[t.index("{"):])["jobs"][0]["read"]
+per = 1024 * 1024 / r["bw"] if case.startswith("read-seq") else 10000 / r["iops"]
+print(f"{case}\t{tool}\t{per:.4f}")
+print(f"{case}-p99\t{tool}\t{r['clat_ns']['percentile']['99.000000'] / 1e6:.3f}")
+PY
+}
+# The same data in three places: a mirror's primary (served), a raw file (qemu-nbd), a
+# plain file (fio direct: the disk's limit).
+rm -f rp.img rq.raw rf.raw
+fallocate -l $((N + (1 << 20))) rp.img
+"$M" create rp.img --force >/dev/null
+"$M" write rp.img <input.bin
+cp input.bin rq.raw; cp input.bin rf.raw; sync
+RSEQ=(--rw=read --bs=1M --iodepth=8 --size="$N")
+RRND=(--rw=randread --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --randrepeat=1)
+# warm16 FIO-ARGS...: cold: caches dropped; warm: one untimed pass of the same reads first.
+warm16() {
+    if [ "$temp" = cold ]; then dropcaches; else fio --name=b "$@" --output=/dev/null; fi
+}
+# read16 CASE TEMP ARGS...: each tool once (caches dropped first when TEMP is cold; warm:
+# one untimed pass first), in the order the repetition number gives.
+read16() {
+    local case=$1 temp=$2; shift 2
+    local k
+    one16() {
+        local tool=$1; shift
+        case $tool in
+        serve)
+            rm -f "$D/r.sock"; "$M" serve rp.img --socket "$D/r.sock" 2>serve16.log & local sp=$!
+            wait_sock16 "$D/r.sock"
+            warm16 --ioengine=nbd --uri="nbd+unix:///?socket=$D/r.sock" "$@"
+            fio --name=b --output-format=json --ioengine=nbd --uri="nbd+unix:///?socket=$D/r.sock" "$@" --output=r16.json
+            kill -TERM $sp; wait $sp || die "serve did not stop cleanly: $(cat serve16.log)"
+            record16 "$case-$temp" "mirrorctl serve" r16.json ;;
+        qemu)
+            rm -f "$D/rq.sock"; qemu-nbd -f raw --cache=none -k "$D/rq.sock" --persistent -x "" rq.raw & local qp=$!
+            wait_sock16 "$D/rq.sock"
+            warm16 --ioengine=nbd --uri="nbd+unix:///?socket=$D/rq.sock" "$@"
+            fio --name=b --output-format=json --ioengine=nbd --uri="nbd+unix:///?socket=$D/rq.sock" "$@" --output=r16.json
+            kill $qp; wait $qp 2>/dev/null || true
+            record16 "$case-$temp" "qemu-nbd --cache=none (raw file)" r16.json ;;
+        disk)
+            warm16 --ioengine=libaio --direct=1 --filename=rf.raw "$@"
+            fio --name=b --output-format=json --ioengine=libaio --direct=1 --filename=rf.raw "$@" --output=r16.json
+            record16 "$case-$temp" "fio direct, plain file (the disk's limit)" r16.json ;;
+        esac
+    }
+    if [ $((r % 2)) = 1 ]; then k="qemu serve disk"; else k="disk serve qemu"; fi
+    for tool in $k; do one16 "$tool" "$@"; done
+}
+for r in $(reps); do
+    for temp in cold warm; do
+        read16 read-seq "$temp" "${RSEQ[@]}"
+        read16 read-rand "$temp" "${RRND[@]}"
+    done
+done
+rm -f rp.img rq.raw rf.raw r16.json serve16.log
 fi
 
 # ---------------------------------------------------------------------------------------------

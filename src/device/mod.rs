@@ -43,6 +43,19 @@ pub trait Device: Send + Sync {
     fn write_direct(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.write_at(buf, off)
     }
+    /// Reads exactly `buf.len()` bytes at `off`, bypassing the page cache (O_DIRECT) where
+    /// the device can and `buf`'s address, `off` and the length are multiples of
+    /// [`DIRECT_ALIGN`]; otherwise as [`Device::read_at`]. For served reads that no one
+    /// reads again soon (random ones): the disk's data lands in `buf` with no copy through
+    /// the page cache. A read sees every write completed before it either way (the kernel
+    /// writes dirty cached pages of the range back before a direct read of it, and a
+    /// direct write drops the cached pages it covers).
+    fn read_direct(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.read_at(buf, off)
+    }
+    /// Asks the device to start reading `len` bytes at `off` into its cache without waiting
+    /// (a sequential reader's next requests then find them there). Only a hint.
+    fn read_ahead(&self, _off: u64, _len: u64) {}
     /// Whether [`Device::zero_range`] is fast (a hole punched, not zeros written).
     fn zero_is_fast(&self) -> bool {
         false
@@ -163,6 +176,12 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Whether `buf` and `off` suit an O_DIRECT transfer ([`DIRECT_ALIGN`]).
+fn direct_aligned(buf: &[u8], off: u64) -> bool {
+    let a = DIRECT_ALIGN as u64;
+    (buf.as_ptr() as usize) % DIRECT_ALIGN == 0 && off % a == 0 && (buf.len() as u64) % a == 0
+}
+
 pub fn write_zeros<D: Device + ?Sized>(dev: &D, mut off: u64, len: u64) -> io::Result<()> {
     let end = off + len;
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
@@ -212,8 +231,8 @@ pub struct FileDevice {
     path: PathBuf,
     len: u64,
     block: bool,
-    /// A second descriptor of the same file with O_DIRECT, opened at the first direct write
-    /// (`None` where the file system refuses it).
+    /// A second descriptor of the same file with O_DIRECT and the same access mode, opened
+    /// at the first direct read or write (`None` where the file system refuses it).
     direct: std::sync::OnceLock<Option<File>>,
     /// The first sync error (kind, text): every later sync fails with it. Linux reports a
     /// writeback error to one fsync only; a concurrent flush must never see a sync succeed
@@ -318,6 +337,32 @@ impl FileDevice {
         &self.path
     }
 
+    /// The O_DIRECT descriptor, opened with the access mode of the device's own at first
+    /// use; `None` where the file system refuses O_DIRECT (tmpfs).
+    fn direct(&self) -> Option<&File> {
+        self.direct
+            .get_or_init(|| {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::OpenOptionsExt;
+                let fd = self.file.as_raw_fd();
+                // SAFETY: F_GETFL on a descriptor this device owns; no pointer involved.
+                let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                let mode = if fl >= 0 {
+                    fl & libc::O_ACCMODE
+                } else {
+                    libc::O_RDONLY
+                };
+                // The same open file, found through /proc (the path may have been renamed).
+                OpenOptions::new()
+                    .read(mode != libc::O_WRONLY)
+                    .write(mode != libc::O_RDONLY)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(format!("/proc/self/fd/{fd}"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
     pub fn is_block(&self) -> bool {
         self.block
     }
@@ -347,26 +392,54 @@ impl Device for FileDevice {
     }
 
     fn write_direct(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        let a = DIRECT_ALIGN as u64;
-        let aligned = (buf.as_ptr() as usize) % DIRECT_ALIGN == 0
-            && off % a == 0
-            && (buf.len() as u64) % a == 0;
-        if aligned {
-            let direct = self.direct.get_or_init(|| {
-                use std::os::fd::AsRawFd;
-                use std::os::unix::fs::OpenOptionsExt;
-                // The same open file, found through /proc (the path may have been renamed).
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-                    .ok()
-            });
-            if let Some(f) = direct {
+        if direct_aligned(buf, off) {
+            if let Some(f) = self.direct() {
                 return f.write_all_at(buf, off);
             }
         }
         self.write_at(buf, off)
+    }
+
+    fn read_direct(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        if direct_aligned(buf, off) && off + buf.len() as u64 <= self.len {
+            if let Some(f) = self.direct() {
+                // One pread for the whole request; a short one (the file shrank) is the
+                // same error as through the cache.
+                return match f.read_exact_at(buf, off) {
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        Err(self.shrunk(off + buf.len() as u64).unwrap_or_else(|| {
+                            io::Error::new(e.kind(), format!("short read at byte {off}"))
+                        }))
+                    }
+                    r => r,
+                };
+            }
+        }
+        self.read_at(buf, off)
+    }
+
+    fn read_ahead(&self, off: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        // In pieces: the kernel reads at most the larger of the device's readahead and its
+        // largest request per WILLNEED (128 KiB and 1280 KiB by default), whatever the
+        // length asked for.
+        const PIECE: u64 = 512 << 10;
+        let end = off + len;
+        let mut at = off;
+        while at < end {
+            let n = PIECE.min(end - at);
+            // SAFETY: a plain syscall on a descriptor this device owns; a hint, errors
+            // ignored.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    at as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+            at += n;
+        }
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -524,6 +597,43 @@ mod tests {
         d.read_at(&mut head, 3).unwrap();
         assert_eq!(&head[..], &a[1..5000]);
         assert!(AlignedBuf::zeroed(0).is_empty());
+    }
+
+    #[test]
+    fn direct_reads_see_every_completed_write_and_fall_back_where_unaligned_or_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let d = FileDevice::open(&p, true).unwrap();
+        let mut a = AlignedBuf::zeroed(64 << 10);
+        a.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 253) as u8);
+        // A buffered write still in the page cache: a direct read sees it.
+        d.write_at(&a, 128 << 10).unwrap();
+        let mut back = AlignedBuf::zeroed(64 << 10);
+        d.read_direct(&mut back, 128 << 10).unwrap();
+        assert_eq!(&back[..], &a[..]);
+        // A direct write over part of it, then a cached read and a direct read agree.
+        let ones = {
+            let mut o = AlignedBuf::zeroed(8192);
+            o.fill(1);
+            o
+        };
+        d.write_direct(&ones, 132 << 10).unwrap();
+        let mut cached = vec![0u8; 64 << 10];
+        d.read_at(&mut cached, 128 << 10).unwrap();
+        d.read_direct(&mut back, 128 << 10).unwrap();
+        assert_eq!(&back[..], &cached[..]);
+        assert!(back[4096..12288].iter().all(|&b| b == 1));
+        // Unaligned offset or length: through the cache, same bytes.
+        let mut odd = vec![0u8; 5000];
+        d.read_direct(&mut odd, (128 << 10) + 3).unwrap();
+        assert_eq!(&odd[..], &cached[3..5003]);
+        // Past the end: an error, not zeros.
+        let mut tail = AlignedBuf::zeroed(8192);
+        assert!(d.read_direct(&mut tail, (1 << 20) - 4096).is_err());
+        d.read_ahead(0, 1 << 20);
     }
 
     #[test]

@@ -332,14 +332,23 @@ impl Backend for Export {
             }
         }
     }
-    fn read(&self, client: u64, off: u64, buf: &mut [u8]) -> Served<()> {
+    fn read(&self, client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
         let _turn = self.gate(client)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.bytes_read
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.dev
-            .read_at(buf, off)
-            .map_err(|e| Failure::io(format!("reading {} at offset {off}", self.name), &e))
+        let r = if direct {
+            self.dev.read_direct(buf, off)
+        } else {
+            self.dev.read_at(buf, off)
+        };
+        r.map_err(|e| Failure::io(format!("reading {} at offset {off}", self.name), &e))
+    }
+    fn read_ahead(&self, _client: u64, off: u64, len: u64) {
+        let end = (off + len).min(self.dev.len());
+        if off < end {
+            self.dev.read_ahead(off, end - off);
+        }
     }
     fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
         let _turn = self.gate(client)?;
@@ -529,7 +538,7 @@ mod tests {
         e.mutate(2, t, Mutation::Write(&head), true).unwrap();
         assert_eq!(e.phase(), Phase::Promoted { by: 2 });
         let mut b = [0u8; 512];
-        let f = e.read(1, 0, &mut b).unwrap_err();
+        let f = e.read(1, 0, &mut b, true).unwrap_err();
         assert_eq!(f.errno, ESHUTDOWN, "{}", f.msg);
         assert_eq!(e.flush(3).unwrap_err().errno, ESHUTDOWN);
         let t = e.ticket(HEADER_AREA.end, 4096);
@@ -537,7 +546,7 @@ mod tests {
         assert_eq!(f.unwrap_err().errno, ESHUTDOWN);
         // The refused write changed nothing; the promoting client goes on.
         let mut d = vec![0u8; 4096];
-        e.read(2, HEADER_AREA.end, &mut d).unwrap();
+        e.read(2, HEADER_AREA.end, &mut d, true).unwrap();
         assert_eq!(d, vec![7u8; 4096]);
         e.flush(2).unwrap();
         // No stop handle here: a close is only noted.
@@ -561,7 +570,7 @@ mod tests {
         e.mutate(1, t, Mutation::Write(&head), false).unwrap();
         assert_eq!(e.phase(), Phase::Watching);
         let mut b = [0u8; 512];
-        e.read(1, 0, &mut b).unwrap();
+        e.read(1, 0, &mut b, false).unwrap();
     }
 
     #[test]

@@ -178,7 +178,7 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
     p.fail_reads(libc::EIO);
     for _ in 0..3 {
         let mut buf = vec![0u8; 4096];
-        srv.read(4096, &mut buf).unwrap();
+        srv.read(4096, &mut buf, true).unwrap();
         assert!(buf.iter().all(|&b| b == 0x5a));
     }
     let l = lines.lock().unwrap().clone();
@@ -192,7 +192,7 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
         .unwrap();
     p.fail_reads(libc::EIO);
     let mut buf = vec![0u8; 4096];
-    let f = srv.read(8192, &mut buf).unwrap_err();
+    let f = srv.read(8192, &mut buf, false).unwrap_err();
     assert_eq!(f.errno, crate::device::nbd::proto::EIO);
     drop(secs);
 }

@@ -49,7 +49,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A client's connection ended (every request of it answered).
     fn client_closed(&self, client: u64);
 
-    fn read(&self, client: u64, off: u64, buf: &mut [u8]) -> Served<()>;
+    /// Reads `buf.len()` bytes at `off`: `direct` past the page cache where the device can
+    /// (a random reader), else through it (a sequential stream, read ahead).
+    fn read(&self, client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()>;
+    /// Starts reading `len` bytes at `off` into the cache for a sequential reader (a hint).
+    fn read_ahead(&self, client: u64, off: u64, len: u64);
     /// `(length, hole)` runs covering `off..off+len`.
     fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>>;
     fn ticket(&self, off: u64, len: u64) -> Self::Ticket;
@@ -105,8 +109,11 @@ impl Backend for crate::engine::serve::Server {
     fn client_closed(&self, _client: u64) {
         crate::engine::serve::Server::client_closed(self)
     }
-    fn read(&self, _client: u64, off: u64, buf: &mut [u8]) -> Served<()> {
-        crate::engine::serve::Server::read(self, off, buf)
+    fn read(&self, _client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
+        crate::engine::serve::Server::read(self, off, buf, direct)
+    }
+    fn read_ahead(&self, _client: u64, off: u64, len: u64) {
+        crate::engine::serve::Server::read_ahead(self, off, len)
     }
     fn extents(&self, _client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
         crate::engine::serve::Server::extents(self, off, len)

@@ -221,6 +221,15 @@ impl io::Write for Conn {
             Conn::Tls(s) => s.write(b),
         }
     }
+    /// One `writev` (a reply's header and payload in one system call); TLS puts them in
+    /// the same records.
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write_vectored(b),
+            Conn::Tcp(s) => s.write_vectored(b),
+            Conn::Tls(s) => s.write_vectored(b),
+        }
+    }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             // TLS records wait for the flush (one system call for a reply's records).
@@ -262,6 +271,9 @@ impl ReplyWriter {
 impl io::Write for ReplyWriter {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         self.conn.write(b).map_err(|e| self.failed(e))
+    }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.conn.write_vectored(b).map_err(|e| self.failed(e))
     }
     fn flush(&mut self) -> io::Result<()> {
         self.conn.flush().map_err(|e| self.failed(e))

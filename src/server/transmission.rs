@@ -9,7 +9,14 @@
 //!   [`POOL_BYTES`] kept for reuse;
 //! - replies not yet taken by the client: [`REPLY_QUEUE`] (plus one reply); over it, the
 //!   workers wait, the queue of requests fills and its requests are no longer read. A client
-//!   that takes nothing for the write timeout is dropped (the socket's send timeout).
+//!   that takes nothing for the write timeout is dropped (the socket's send timeout);
+//! - read ahead for it in the page cache: [`READ_STREAMS`] sequential streams, each at most
+//!   [`READ_AHEAD`] past its latest request ([`Streams`]).
+//!
+//! Reads: a random or large one goes past the page cache where it is aligned (O_DIRECT,
+//! straight into its payload buffer, as qemu-nbd `--cache=none` reads); a sequential stream
+//! of smaller ones goes through the cache, which is read ahead of it. A reply goes out from the buffer it was read
+//! into, its header with it, in one system call.
 
 use super::backend::Backend;
 use super::handshake::{transmission_flags, Negotiated, BASE_ALLOCATION_ID};
@@ -19,7 +26,7 @@ use crate::device::{read_full, AlignedBuf, DIRECT_ALIGN};
 use crate::engine::serve::{Failure, Mutation};
 use std::collections::VecDeque;
 use std::io::BufReader;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,6 +43,19 @@ pub const BUFFER_BUDGET: u64 = 128 << 20;
 /// Reply bytes queued for a client that has not taken them yet, at most (one reply of any
 /// size is queued when nothing is).
 pub const REPLY_QUEUE: usize = 16 << 20;
+
+/// Sequential read streams one connection is tracked (and read ahead) for at once.
+pub const READ_STREAMS: usize = 4;
+
+/// Requests of a sequential stream at least this large go past the cache all the same: each
+/// is a large disk read already, and the client's queue keeps the disk busy (1 MiB reads
+/// at iodepth 8 ran at 1.6 x the throughput direct as through the cache read ahead, where
+/// 128 KiB reads at iodepth 1 gained from the read-ahead).
+pub const LARGE_READ: u64 = 512 << 10;
+
+/// How far ahead of a sequential stream's latest request its data is read into the page
+/// cache (asked for in halves of it, as the stream moves on).
+pub const READ_AHEAD: u64 = 8 << 20;
 
 /// Error lines logged per connection before the rest are only counted.
 const LOGGED_ERRORS: u32 = 20;
@@ -89,6 +109,84 @@ struct Job<T> {
     ticket: Option<T>,
     /// Payload bytes charged to the budget.
     charged: u64,
+    /// A read: how it is done and what to read ahead after it ([`Streams::read`]).
+    plan: ReadPlan,
+}
+
+/// How one read is done, as the connection's [`Streams`] decide in arrival order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct ReadPlan {
+    /// Past the page cache (a read no stream continues).
+    direct: bool,
+    /// `(offset, length)` to read ahead into the cache after this read's reply.
+    ahead: Option<(u64, u64)>,
+}
+
+/// One sequential stream: where its next request would start, how far its data has been
+/// asked for ahead, and how many requests have continued it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    next: u64,
+    ahead: u64,
+    run: u32,
+    /// When it was last continued (for replacing the oldest).
+    used: u64,
+}
+
+/// The sequential read streams of one connection (pure: no I/O). A read that starts where
+/// an earlier one ended continues that stream; from its second continuation on, a request
+/// under [`LARGE_READ`] is read through the cache and the stream is read ahead. Any other
+/// read starts a new stream in place of the least recently used of [`READ_STREAMS`], and
+/// goes past the cache.
+#[derive(Default)]
+struct Streams {
+    s: [Stream; READ_STREAMS],
+    tick: u64,
+}
+
+impl Streams {
+    fn read(&mut self, off: u64, len: u64, size: u64) -> ReadPlan {
+        self.tick += 1;
+        let end = off + len;
+        let Some(st) = self.s.iter_mut().find(|s| s.run > 0 && s.next == off) else {
+            let old = self
+                .s
+                .iter_mut()
+                .min_by_key(|s| s.used)
+                .expect("READ_STREAMS > 0");
+            *old = Stream {
+                next: end,
+                ahead: end,
+                run: 1,
+                used: self.tick,
+            };
+            return ReadPlan {
+                direct: true,
+                ahead: None,
+            };
+        };
+        st.run = st.run.saturating_add(1);
+        st.used = self.tick;
+        st.next = end;
+        st.ahead = st.ahead.max(end);
+        if st.run < 3 || len >= LARGE_READ {
+            return ReadPlan {
+                direct: true,
+                ahead: None,
+            };
+        }
+        // Asked for again once less than half the window is left ahead of it.
+        let want = (end + READ_AHEAD).min(size);
+        let ahead = (st.ahead < end + READ_AHEAD / 2 && st.ahead < want).then(|| {
+            let from = st.ahead;
+            st.ahead = want;
+            (from, want - from)
+        });
+        ReadPlan {
+            direct: false,
+            ahead,
+        }
+    }
 }
 
 /// Payload buffers kept for reuse (at most this many bytes of them per connection): a
@@ -246,8 +344,10 @@ impl<T> Queue<T> {
 }
 
 /// Sends replies, each whole. A worker whose reply finds another one sending leaves it
-/// queued for that one, which sends everything queued in one write: no worker sleeps on
-/// the socket, and replies that finish together cost one system call.
+/// queued for that one, which sends everything queued in one vectored write: no worker
+/// sleeps on the socket, and replies that finish together cost one system call. A large
+/// read's payload is queued as the buffer it was read into, not copied, and goes back to
+/// the connection's [`Pool`] once sent.
 ///
 /// The replies queued are bounded ([`REPLY_QUEUE`]): over it, a worker waits until the
 /// client has taken some. Once a write fails (the client gone, or its replies untaken for
@@ -259,14 +359,19 @@ struct Replies {
     room: Condvar,
     structured: bool,
     errors_logged: Mutex<u32>,
+    /// The connection's payload buffers.
+    pool: Pool,
 }
 
 #[derive(Default)]
 struct Pending {
+    /// Small replies and the headers of large ones, copied.
     buf: Vec<u8>,
+    /// Large payloads, each sent after `buf[..at]` (at, buffer).
+    owned: Vec<(usize, AlignedBuf)>,
     /// A worker is writing to the socket now.
     sending: bool,
-    /// Bytes queued: those in `buf` and the batch being written.
+    /// Bytes queued: those in `buf` and `owned` and the batch being written.
     queued: usize,
     /// Workers waiting for room.
     waiting: usize,
@@ -274,9 +379,40 @@ struct Pending {
     failed: Option<(std::io::ErrorKind, String)>,
 }
 
-/// Replies at least this large go to the socket from the caller's buffer rather than being
-/// copied into the queue of pending replies.
+/// Payloads at least this large are queued as their buffer rather than copied.
 const DIRECT_REPLY: usize = 64 << 10;
+
+/// Writes all of `parts` in order, in one vectored write where the writer takes it whole.
+fn write_parts(out: &mut dyn Write, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The parts of a batch in order: `buf` cut where each owned payload goes.
+fn batch_parts<'a>(buf: &'a [u8], owned: &'a [(usize, AlignedBuf)]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::with_capacity(owned.len() * 2 + 1);
+    let mut at = 0;
+    for (to, b) in owned {
+        parts.push(&buf[at..*to]);
+        parts.push(&b[..]);
+        at = *to;
+    }
+    parts.push(&buf[at..]);
+    parts
+}
 
 impl Replies {
     fn new(out: Box<dyn Write + Send>, structured: bool) -> Replies {
@@ -286,6 +422,9 @@ impl Replies {
             room: Condvar::new(),
             structured,
             errors_logged: Mutex::new(0),
+            pool: Pool {
+                free: Mutex::new(Vec::new()),
+            },
         }
     }
 
@@ -300,7 +439,13 @@ impl Replies {
 
     /// Sends one reply made of `parts` (a header and its payload).
     fn send(&self, parts: &[&[u8]]) {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
+        self.send_owned(parts, AlignedBuf::empty());
+    }
+
+    /// Sends one reply made of `parts` then `data` (a read's payload, queued without a copy
+    /// when large; back in the pool once sent).
+    fn send_owned(&self, parts: &[&[u8]], data: AlignedBuf) {
+        let total: usize = parts.iter().map(|p| p.len()).sum::<usize>() + data.len();
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         // A client that takes no replies holds no more than the queue's bound of them.
         while p.sending && p.failed.is_none() && p.queued > 0 && p.queued + total > REPLY_QUEUE {
@@ -309,49 +454,58 @@ impl Replies {
             p.waiting -= 1;
         }
         if p.failed.is_some() {
+            drop(p);
+            self.pool.put(data);
             return;
         }
-        // While another worker sends, or when the reply is small, it joins the queue.
-        let (queued, direct): (&[&[u8]], &[u8]) = match parts.split_last() {
-            Some((last, head)) if !p.sending && total >= DIRECT_REPLY => (head, last),
-            _ => (parts, &[]),
-        };
-        for q in queued {
+        for q in parts {
             p.buf.extend_from_slice(q);
-            p.queued += q.len();
         }
+        if data.len() >= DIRECT_REPLY {
+            let at = p.buf.len();
+            p.owned.push((at, data));
+        } else {
+            p.buf.extend_from_slice(&data);
+            self.pool.put(data);
+        }
+        p.queued += total;
         if p.sending {
             return; // the sender picks it up
         }
         p.sending = true;
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let mut direct = direct;
         loop {
             let batch = std::mem::take(&mut p.buf);
+            let owned = std::mem::take(&mut p.owned);
             drop(p);
             // A write that fails (the client gone, or its replies untaken for the write
             // timeout: the writer then shuts the socket down) ends the replies; the
             // reader notices the socket's end.
-            let r = out
-                .write_all(&batch)
-                .and_then(|_| out.write_all(direct))
-                .and_then(|_| out.flush());
-            direct = &[];
+            let r = write_parts(&mut **out, &batch_parts(&batch, &owned)).and_then(|_| out.flush());
+            let sent = batch.len() + owned.iter().map(|(_, b)| b.len()).sum::<usize>();
+            for (_, b) in owned {
+                self.pool.put(b);
+            }
             p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.queued -= batch.len();
+            p.queued -= sent;
             if let Err(e) = r {
                 p.failed = Some((e.kind(), e.to_string()));
-                p.queued -= p.buf.len();
+                let left: usize = p.owned.iter().map(|(_, b)| b.len()).sum();
+                p.queued -= p.buf.len() + left;
                 p.buf = Vec::new();
+                let owned = std::mem::take(&mut p.owned);
                 p.sending = false;
                 drop(p);
+                for (_, b) in owned {
+                    self.pool.put(b);
+                }
                 self.room.notify_all();
                 return;
             }
             if p.waiting > 0 {
                 self.room.notify_all();
             }
-            if p.buf.is_empty() {
+            if p.buf.is_empty() && p.owned.is_empty() {
                 p.sending = false;
                 // Keep the larger allocation for the next batch.
                 if p.buf.capacity() < batch.capacity() && batch.capacity() <= 1 << 20 {
@@ -361,6 +515,25 @@ impl Replies {
                 }
                 return;
             }
+        }
+    }
+
+    /// A read's reply: `data`, read at `off` (simple or structured).
+    fn data(&self, handle: u64, off: u64, data: AlignedBuf) {
+        if self.structured {
+            let mut h = [0u8; 28];
+            h[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            h[4..6].copy_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+            h[6..8].copy_from_slice(&REPLY_TYPE_OFFSET_DATA.to_be_bytes());
+            h[8..16].copy_from_slice(&handle.to_be_bytes());
+            h[16..20].copy_from_slice(&((data.len() + 8) as u32).to_be_bytes());
+            h[20..28].copy_from_slice(&off.to_be_bytes());
+            self.send_owned(&[&h], data);
+        } else {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            h[8..16].copy_from_slice(&handle.to_be_bytes());
+            self.send_owned(&[&h], data);
         }
     }
 
@@ -433,6 +606,7 @@ fn run<B: Backend>(
         off,
         len,
         ticket,
+        plan,
         ..
     } = job;
     let fua = flags & CMD_FLAG_FUA != 0;
@@ -441,14 +615,18 @@ fn run<B: Backend>(
             let mut buf = pool.get(len as usize);
             // Only a read that filled the whole buffer is sent (a reused buffer holds an
             // earlier request's bytes).
-            match srv.read(client, off, &mut buf) {
-                Ok(()) if rep.structured => {
-                    rep.chunk(handle, REPLY_TYPE_OFFSET_DATA, &[&off.to_be_bytes(), &buf])
+            match srv.read(client, off, &mut buf, plan.direct) {
+                // Sent from the buffer it was read into (which goes back to the pool then).
+                Ok(()) => rep.data(handle, off, buf),
+                Err(f) => {
+                    pool.put(buf);
+                    rep.error(handle, &f, log)
                 }
-                Ok(()) => rep.simple(handle, 0, &buf),
-                Err(f) => rep.error(handle, &f, log),
             }
-            pool.put(buf);
+            // After the reply: the client's next requests need not wait for the hint.
+            if let Some((at, n)) = plan.ahead {
+                srv.read_ahead(client, at, n);
+            }
             return;
         }
         CMD_WRITE => srv.mutate(
@@ -549,14 +727,12 @@ pub fn transmit<B: Backend>(
         freed: Condvar::new(),
     };
     let q = Queue::new();
-    let pool = Pool {
-        free: Mutex::new(Vec::new()),
-    };
+    let pool = &rep.pool;
     // Buffered: with many requests queued on the socket, one read takes several headers
     // (and small payloads); a large payload is read straight into its own buffer.
     let mut input = BufReader::with_capacity(64 << 10, input);
     let end = std::thread::scope(|sc| {
-        let work = || worker(client, &q, &**srv, &rep, &pool, &budget, &neg, log);
+        let work = || worker(client, &q, &**srv, &rep, pool, &budget, &neg, log);
         let start = || {
             std::thread::Builder::new()
                 .name("nbd-worker".into())
@@ -569,7 +745,7 @@ pub fn transmit<B: Backend>(
                 "refused: no thread could be started for its requests ({e})"
             ));
         }
-        let end = read_loop(&mut input, &**srv, &rep, &pool, &budget, &neg, log, |j| {
+        let end = read_loop(&mut input, &**srv, &rep, pool, &budget, &neg, log, |j| {
             if rep.failed().is_some() {
                 // Its replies can no longer be sent: nothing more of it is run.
                 if let Some(t) = j.ticket {
@@ -609,6 +785,7 @@ fn read_loop<B: Backend>(
     log: &dyn Fn(&str),
     mut dispatch: impl FnMut(Job<B::Ticket>),
 ) -> End {
+    let mut streams = Streams::default();
     let limits = Limits {
         size: srv.size(),
         flags: transmission_flags(super::export_flags(srv.read_only(), srv.fast_zero()), neg),
@@ -690,6 +867,10 @@ fn read_loop<B: Backend>(
         let mutation = req.cmd.mutates();
         // H4: the place in arrival order is taken here, before any worker runs it.
         let ticket = mutation.then(|| srv.ticket(off, u64::from(len)));
+        let plan = match req.cmd {
+            Command::Read => streams.read(off, u64::from(len), limits.size),
+            _ => ReadPlan::default(),
+        };
         let job = Job {
             handle,
             typ,
@@ -699,6 +880,7 @@ fn read_loop<B: Backend>(
             data,
             ticket,
             charged,
+            plan,
         };
         dispatch(job);
     }
@@ -719,6 +901,7 @@ mod tests {
             data: AlignedBuf::empty(),
             ticket: None,
             charged: 0,
+            plan: ReadPlan::default(),
         }
     }
 
@@ -800,6 +983,159 @@ mod tests {
             pos += 16 + n;
         }
         assert_eq!(handles.len(), 200);
+    }
+
+    #[test]
+    fn a_read_continuing_a_stream_twice_goes_through_the_cache_and_is_read_ahead_once_per_half_window(
+    ) {
+        let mut st = Streams::default();
+        let size = 1 << 40;
+        let mb = 256u64 << 10; // a request's length
+                               // The first two of a stream go direct, nothing ahead.
+        assert_eq!(
+            st.read(0, mb, size),
+            ReadPlan {
+                direct: true,
+                ahead: None
+            }
+        );
+        assert_eq!(
+            st.read(mb, mb, size),
+            ReadPlan {
+                direct: true,
+                ahead: None
+            }
+        );
+        // The third: cached, and the window past it asked for.
+        assert_eq!(
+            st.read(2 * mb, mb, size),
+            ReadPlan {
+                direct: false,
+                ahead: Some((3 * mb, READ_AHEAD))
+            }
+        );
+        // Nothing more asked for until less than half the window is left.
+        let mut asked = vec![];
+        for i in 3..64 {
+            let p = st.read(i * mb, mb, size);
+            assert!(!p.direct);
+            asked.extend(p.ahead);
+        }
+        // Asked ranges follow on from each other, never more than the window past the reader.
+        let mut at = 3 * mb + READ_AHEAD;
+        for (off, len) in &asked {
+            assert_eq!(*off, at);
+            at += len;
+        }
+        assert!(at <= 64 * mb + READ_AHEAD, "{at} is past the window");
+        assert!(asked.len() >= 64 * mb as usize / READ_AHEAD as usize - 1);
+        // Not past the end of the export.
+        let mut e = Streams::default();
+        let small = 3 * mb + 4096;
+        e.read(0, mb, small);
+        e.read(mb, mb, small);
+        assert_eq!(e.read(2 * mb, mb, small).ahead, Some((3 * mb, 4096)));
+        assert_eq!(e.read(3 * mb, 4096, small).ahead, None);
+        // A stream of large requests goes direct throughout, nothing read ahead.
+        let mut l = Streams::default();
+        for i in 0..16 {
+            let p = l.read(i * LARGE_READ, LARGE_READ, size);
+            assert_eq!(
+                p,
+                ReadPlan {
+                    direct: true,
+                    ahead: None
+                },
+                "request {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_reads_go_direct_and_interleaved_streams_are_each_followed_up_to_the_limit() {
+        let mut st = Streams::default();
+        let size = 1 << 40;
+        for i in 0..100u64 {
+            let off = (i * 7919 % 1000) * 1_048_576 + 4096;
+            assert!(
+                st.read(off, 4096, size).direct,
+                "random read {i} went through the cache"
+            );
+        }
+        // READ_STREAMS streams read in turns: each is followed.
+        let mut st = Streams::default();
+        let base = |k: u64| k << 32;
+        for step in 0..4u64 {
+            for k in 0..READ_STREAMS as u64 {
+                let p = st.read(base(k) + step * 65536, 65536, size);
+                assert_eq!(p.direct, step < 2, "stream {k} step {step}");
+            }
+        }
+        // One stream more than tracked: the least recently used one is forgotten.
+        st.read(base(99), 65536, size);
+        assert!(!st.read(base(1) + 4 * 65536, 65536, size).direct);
+        assert!(st.read(base(0) + 4 * 65536, 65536, size).direct);
+    }
+
+    #[test]
+    fn read_replies_sent_from_their_buffers_arrive_whole_and_the_buffers_return_to_the_pool() {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        for structured in [false, true] {
+            sink.lock().unwrap().clear();
+            let rep = Replies::new(Box::new(Slow(sink.clone())), structured);
+            let size = |h: u64| {
+                if h % 3 == 0 {
+                    4096
+                } else {
+                    DIRECT_REPLY + 8192
+                }
+            };
+            std::thread::scope(|sc| {
+                for t in 0..6u64 {
+                    let rep = &rep;
+                    sc.spawn(move || {
+                        for i in 0..10u64 {
+                            let h = t * 100 + i;
+                            let mut b = rep.pool.get(size(h));
+                            b.fill(h as u8);
+                            rep.data(h, h << 20, b);
+                        }
+                    });
+                }
+            });
+            let out = sink.lock().unwrap().clone();
+            let (mut pos, mut n) = (0, 0);
+            while pos < out.len() {
+                let h = u64::from_be_bytes(out[pos + 8..pos + 16].try_into().unwrap());
+                let skip = if structured {
+                    let magic = u32::from_be_bytes(out[pos..pos + 4].try_into().unwrap());
+                    assert_eq!(
+                        magic, STRUCTURED_REPLY_MAGIC,
+                        "reply at byte {pos} is not whole"
+                    );
+                    let len = u32::from_be_bytes(out[pos + 16..pos + 20].try_into().unwrap());
+                    assert_eq!(len as usize, size(h) + 8);
+                    let off = u64::from_be_bytes(out[pos + 20..pos + 28].try_into().unwrap());
+                    assert_eq!(off, h << 20);
+                    28
+                } else {
+                    let magic = u32::from_be_bytes(out[pos..pos + 4].try_into().unwrap());
+                    assert_eq!(
+                        magic, SIMPLE_REPLY_MAGIC,
+                        "reply at byte {pos} is not whole"
+                    );
+                    16
+                };
+                let data = &out[pos + skip..pos + skip + size(h)];
+                assert!(data.iter().all(|&b| b == h as u8), "payload of {h} mixed");
+                pos += skip + size(h);
+                n += 1;
+            }
+            assert_eq!(n, 60);
+            assert!(rep.pending.lock().unwrap().owned.is_empty());
+            let kept = rep.pool.free.lock().unwrap().len();
+            assert!(kept > 0, "no buffer came back to the pool");
+        }
     }
 
     #[test]

@@ -391,3 +391,169 @@ fn random_writes_over_a_sparse_1_tib_mirror_on_a_small_ext4_use_only_the_space_t
         data / MIB
     );
 }
+
+/// The descriptor numbers of `a.img` opened with O_DIRECT in `lines`.
+fn direct_fds(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("openat(") && l.contains("O_DIRECT") && l.contains("/a.img>"))
+        .filter_map(|l| {
+            let (_, ret) = l.rsplit_once(" = ")?;
+            Some(ret.split('<').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+/// `lines` with every call strace split ("PID name(ARGS, <unfinished ...>" then, later,
+/// "PID <... name resumed>REST") put back together on one line, where it started.
+fn whole(lines: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut open: std::collections::HashMap<String, usize> = Default::default();
+    for l in lines {
+        let Some((pid, rest)) = l.split_once(' ') else {
+            out.push(l.clone());
+            continue;
+        };
+        if let Some(head) = l.strip_suffix(" <unfinished ...>") {
+            open.insert(pid.to_string(), out.len());
+            out.push(head.to_string());
+        } else if rest.trim_start().starts_with("<... ") {
+            let tail = rest.split_once("resumed>").map_or("", |(_, t)| t);
+            match open.remove(pid) {
+                Some(i) => out[i].push_str(tail),
+                None => out.push(l.clone()),
+            }
+        } else {
+            out.push(l.clone());
+        }
+    }
+    out
+}
+
+/// `pread64` calls on `a.img` in `lines`: (descriptor, length).
+fn image_preads(lines: &[String]) -> Vec<(String, u64)> {
+    whole(lines)
+        .iter()
+        .filter_map(|l| {
+            let args = l.split_once(" pread64(")?.1;
+            if !args.contains("/a.img>") {
+                return None;
+            }
+            let fd = args.split('<').next()?.to_string();
+            // pread64(fd<path>, "..."..., LEN, OFF) = N
+            let len = args.rsplit_once(", ")?.0.rsplit_once(", ")?.1;
+            Some((fd, len.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Calls sending to a socket in `lines` and the bytes each sent.
+fn socket_sends(lines: &[String]) -> Vec<u64> {
+    const SENDS: &[&str] = &["write", "writev", "sendto", "sendmsg", "pwritev2"];
+    whole(lines)
+        .iter()
+        .filter(|l| l.contains("<socket:[") || l.contains("<UNIX-STREAM:["))
+        .filter(|l| count(std::slice::from_ref(l), SENDS) == 1)
+        .filter_map(|l| l.rsplit_once(" = ")?.1.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_served_read_is_one_direct_pread_and_its_reply_one_send_and_a_sequential_reader_is_read_ahead()
+{
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let t = Traced::start(
+        &fx,
+        "trace=openat,pread64,preadv,preadv2,read,write,writev,sendto,sendmsg,fadvise64",
+        &[],
+    );
+    let mut cmds: Vec<String> = vec![
+        format!("write -P 5 0 {}", 48 * MIB),
+        "flush".into(),
+        marker(12 * KIB),
+    ];
+    // 8 random 1 MiB reads (none continues another).
+    let random = [5u64, 1, 9, 3, 13, 7, 11, 14];
+    for m in random {
+        cmds.push(format!("read -P 5 {} 1M", m * MIB));
+    }
+    cmds.push(marker(20 * KIB));
+    // A sequential reader: 16 MiB in 256 KiB requests.
+    for k in 0..64u64 {
+        cmds.push(format!("read -P 5 {} 256k", 16 * MIB + k * 256 * KIB));
+    }
+    cmds.push(marker(28 * KIB));
+    qemu_io(&t.uri(), &cmds);
+    let lines = t.lines();
+    t.stop();
+    let direct = direct_fds(&lines);
+    assert!(
+        !direct.is_empty(),
+        "a.img never opened with O_DIRECT:\n{}",
+        lines.join("\n")
+    );
+    let rnd = between(&lines, 12 * KIB, 20 * KIB);
+    let preads = image_preads(&rnd);
+    // The marker's own read is the first; then one pread per 1 MiB request, on the O_DIRECT
+    // descriptor, none smaller.
+    let big: Vec<&(String, u64)> = preads.iter().filter(|(_, n)| *n != 12 * KIB).collect();
+    assert_eq!(
+        big.len(),
+        8,
+        "preads for 8 random 1 MiB reads:\n{}",
+        rnd.join("\n")
+    );
+    for (fd, n) in &big {
+        assert_eq!(*n, MIB, "{}", rnd.join("\n"));
+        assert!(
+            direct.contains(fd),
+            "read on {fd}, not O_DIRECT ({direct:?})"
+        );
+    }
+    // Each reply (16 or 28 bytes of header, then 1 MiB) in one call; the marker's too.
+    let sends = socket_sends(&rnd);
+    assert!(
+        sends.len() <= 9,
+        "{} sends for 9 replies:\n{}",
+        sends.len(),
+        rnd.join("\n")
+    );
+    assert_eq!(
+        sends.iter().filter(|&&n| n > MIB && n <= MIB + 28).count(),
+        8,
+        "replies of 1 MiB not sent whole in one call each: {sends:?}"
+    );
+    // The sequential reader: one pread per request, through the cache after the first
+    // two, and the cache read ahead of it.
+    let seq = between(&lines, 20 * KIB, 28 * KIB);
+    let preads = image_preads(&seq);
+    let big: Vec<&(String, u64)> = preads.iter().filter(|(_, n)| *n != 20 * KIB).collect();
+    assert_eq!(big.len(), 64, "{}", seq.join("\n"));
+    assert!(
+        big.iter().all(|(_, n)| *n == 256 * KIB),
+        "{}",
+        seq.join("\n")
+    );
+    let cached = big.iter().filter(|(fd, _)| !direct.contains(fd)).count();
+    assert_eq!(cached, 62, "sequential reads through the cache");
+    // Hints: fadvise64(fd<a.img>, OFF, LEN, POSIX_FADV_WILLNEED) = 0, each range asked for
+    // once, in order, from past the third request to at most 8 MiB past the last.
+    let hints: Vec<(u64, u64)> = whole(&seq)
+        .iter()
+        .filter(|l| l.contains("fadvise64(") && l.contains("/a.img>"))
+        .map(|l| {
+            let a: Vec<&str> = l.split_once("fadvise64(").unwrap().1.split(", ").collect();
+            (a[1].parse().unwrap(), a[2].parse().unwrap())
+        })
+        .collect();
+    assert!(!hints.is_empty(), "no read ahead:\n{}", seq.join("\n"));
+    let doff = fx.geometry().data_offset;
+    assert_eq!(hints[0].0, doff + 16 * MIB + 768 * KIB, "{hints:?}");
+    for w in hints.windows(2) {
+        assert_eq!(w[0].0 + w[0].1, w[1].0, "{hints:?}");
+    }
+    let last = hints[hints.len() - 1];
+    assert!(last.0 + last.1 <= doff + 40 * MIB, "{hints:?}");
+    assert!(last.0 + last.1 >= doff + 32 * MIB, "{hints:?}");
+    assert!(socket_sends(&seq).len() <= 65, "{}", seq.join("\n"));
+}

@@ -1240,3 +1240,48 @@ fn random_writes_within_the_hot_set_cost_one_metadata_sync_per_extent_touched() 
         "every flush with something to sync syncs both legs:\n{summary}\n{log}"
     );
 }
+
+#[test]
+fn sequential_unaligned_and_read_ahead_reads_return_what_was_last_written_before_them() {
+    let fx = Fx::with_legs("64M", "64K", &["b.img"]);
+    let s = Serving::start(&fx, &[]);
+    let uri = s.uri();
+    let m = |x: u64| x * MIB;
+    let mut cmds: Vec<String> = vec![format!("write -P 1 0 {}", m(32))];
+    // A sequential reader: from its third request on, the cache is read ahead of it.
+    for i in 0..8 {
+        cmds.push(format!("read -P 1 {} 1M", m(i)));
+    }
+    // Writes land in the range read ahead (a small one through the cache, a large one
+    // past it); the reader then goes on over them and must see them.
+    cmds.push(format!("write -P 2 {} 4k", m(9)));
+    cmds.push(format!("write -P 3 {} 1M", m(10)));
+    cmds.push(format!("read -P 1 {} 1M", m(8)));
+    cmds.push(format!("read -P 2 {} 4k", m(9)));
+    cmds.push(format!("read -P 1 {} {}", m(9) + 4096, m(1) - 4096));
+    cmds.push(format!("read -P 3 {} 1M", m(10)));
+    cmds.push(format!("read -P 1 {} 1M", m(11)));
+    // Unaligned reads, random and following on from each other.
+    cmds.push(format!("read -P 1 {} 3584", m(12) + 512));
+    cmds.push(format!("read -P 1 {} 5000", m(13) + 1000));
+    cmds.push(format!("read -P 1 {} 7000", m(13) + 6000));
+    cmds.push(format!("read -P 1 {} 9000", m(13) + 13000));
+    cmds.push(format!("read -P 0 {} 4k", m(40)));
+    let c: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&uri, &c);
+    // The whole export copied out sequentially (several connections, read ahead).
+    let out = fx.path("out.raw");
+    client("nbdcopy", "libnbd-bin", &[&uri, out.to_str().unwrap()]);
+    let mut want = vec![0u8; m(64) as usize];
+    want[..m(32) as usize].fill(1);
+    want[m(9) as usize..(m(9) + 4096) as usize].fill(2);
+    want[m(10) as usize..m(11) as usize].fill(3);
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), want.len());
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("byte {i} read {} where {} was written", got[i], want[i]);
+    }
+    let (code, log) = s.stop();
+    assert_eq!(code, 0, "{log}");
+    legs_identical(&fx, &[&fx.path("b.img")]);
+}

@@ -754,9 +754,18 @@ impl Server {
     }
 
     /// Reads from the data area; a primary read error is served from an in-sync leg whose
-    /// logs show the region current.
-    pub fn read(&self, off: u64, buf: &mut [u8]) -> Served<()> {
-        let r = self.primary.read_at(buf, self.geometry.data_offset + off);
+    /// logs show the region current. `direct`: past the page cache where the read is aligned
+    /// ([`Device::read_direct`]; a random reader's), else through it (a sequential stream,
+    /// read ahead with [`Server::read_ahead`]). Reads take no place in arrival order (H4 is
+    /// for mutations): either way a read sees every write replied to before it arrived, and
+    /// one racing a write may see either, as NBD allows.
+    pub fn read(&self, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
+        let at = self.geometry.data_offset + off;
+        let r = if direct {
+            self.primary.read_direct(buf, at)
+        } else {
+            self.primary.read_at(buf, at)
+        };
         // Reads take no lock on their way: counted apart.
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.bytes_read
@@ -777,7 +786,7 @@ impl Server {
                 .collect()
         };
         for (slot, d) in candidates {
-            if d.read_at(buf, self.geometry.data_offset + off).is_ok() {
+            if d.read_at(buf, at).is_ok() {
                 let mut st = self.lock();
                 if !st.read_fallback_logged {
                     st.read_fallback_logged = true;
@@ -796,6 +805,16 @@ impl Server {
                 self.name
             ),
         ))
+    }
+
+    /// Starts reading `len` bytes of the data area at `off` into the primary's cache, for a
+    /// sequential reader (a hint; nothing waits for it).
+    pub fn read_ahead(&self, off: u64, len: u64) {
+        let end = (off + len).min(self.size());
+        if off < end {
+            self.primary
+                .read_ahead(self.geometry.data_offset + off, end - off);
+        }
     }
 
     /// Data and hole extents of `off..off+len` from the primary: (length, is a hole).
