@@ -3,8 +3,9 @@
 //! The map, one folder per concern (dependencies point down this list, never up):
 //! - `cli`: the commands: clap definitions (`cli/args/` per group of commands), argument
 //!   handling (`cli/commands/`), output, the status report worded, generated docs.
-//! - `server`: the NBD server front end of `serve` and `export` (handshake, transmission,
-//!   listening), over a `Backend` each of them implements.
+//! - `nbd_server`: the NBD server front end of `serve` and `export` (handshake, transmission,
+//!   listening, and the control socket other commands reach a running serve through), over
+//!   a `Backend` each of them implements (`engine/serve/`, the mirror while it is served).
 //! - `engine`: the mirror: one file per operation, each with its durability rules on top;
 //!   `engine/export.rs` is what `export` serves of one image.
 //! - `meta`: one image's header and logs (superblock pair, bitmaps), through a `Device`.
@@ -29,8 +30,8 @@ pub mod format;
 pub mod live;
 pub mod lock;
 pub mod meta;
+pub mod nbd_server;
 pub mod ocf;
-pub mod server;
 pub mod systemd;
 pub mod thread;
 pub mod tls;

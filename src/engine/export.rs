@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::layout::SB_COPY_SIZE;
 use crate::format::Role;
 use crate::meta::image::{Image, ReadError};
-use crate::server::{Backend, StopHandle};
+use crate::nbd_server::{Backend, StopHandle};
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -236,7 +236,7 @@ pub struct ServerArgs {
     /// that do not with NBD_REP_ERR_TLS_REQD; on lets them connect in clear text; off
     /// (the default without a certificate) offers no TLS.
     #[arg(long, value_name = "MODE", value_enum)]
-    pub tls: Option<crate::server::handshake::TlsPolicy>,
+    pub tls: Option<crate::nbd_server::handshake::TlsPolicy>,
     /// A client must finish its handshake (TLS included) within this, or it is
     /// disconnected (as qemu-nbd's --handshake-limit): one that connects and says nothing,
     /// or starts TLS and stalls, holds no thread for long.
@@ -250,7 +250,7 @@ pub struct ServerArgs {
     pub write_timeout: Duration,
     /// Clients served at once (handshakes included); one more is refused with a log line.
     /// Each holds at most 33 threads and about 240 MiB of buffers.
-    #[arg(long, value_name = "N", default_value_t = crate::server::Limits::DEFAULT_MAX_CONNECTIONS,
+    #[arg(long, value_name = "N", default_value_t = crate::nbd_server::Limits::DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_max_connections)]
     pub max_connections: usize,
     /// Allow --listen on an address that is not loopback without TLS required. Without TLS,
@@ -261,8 +261,8 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// What each client may hold and take (README "Serving hosts").
-    pub fn limits(&self) -> crate::server::Limits {
-        crate::server::Limits {
+    pub fn limits(&self) -> crate::nbd_server::Limits {
+        crate::nbd_server::Limits {
             handshake: self.handshake_limit,
             write_timeout: self.write_timeout,
             max_connections: self.max_connections,

@@ -4,7 +4,7 @@
 use super::serve::{check_socket_path, tcp_listen, tls};
 use super::*;
 use crate::engine::export::{Export, Header, Phase};
-use crate::server::{self, Listen};
+use crate::nbd_server::{self as server, Listen};
 
 pub(super) fn export(ctx: &Ctx, a: cli::ExportArgs) -> Result<Exit> {
     // Before any thread starts: every thread inherits the mask, only the waiter sees them;

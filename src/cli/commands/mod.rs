@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod attach;
-mod control;
 mod create;
 mod events;
 mod export;
@@ -34,6 +33,7 @@ mod serve;
 mod set;
 mod status;
 mod status_all;
+mod through_serve;
 mod verify;
 mod write;
 
@@ -229,10 +229,10 @@ fn is_path_problem(e: &io::Error) -> bool {
 }
 
 /// A command that found the mirror busy: when the holder is `serve`, it is sent to the
-/// serving process through its control socket (`server::control`), which carries it out
+/// serving process through its control socket (`nbd_server::control_socket`), which carries it out
 /// with the same output, progress, JSON and exit status as here on an idle mirror.
 fn via_server(ctx: &Ctx, primary: &Path, err: Error, what: &str) -> Result<Exit> {
-    use crate::server::control::{self, Message, Request};
+    use crate::nbd_server::control_socket::{self as control, Message, Request};
     if err.kind != Kind::Busy {
         return Err(err);
     }

@@ -342,7 +342,7 @@ fn apply_serve(e: &Entry, a: &mut cli::ServeArgs, given: &dyn Fn(&str) -> bool) 
     }
     if let (Some(t), false) = (&s.tls, given("tls")) {
         a.server.tls = Some(
-            <crate::server::handshake::TlsPolicy as clap::ValueEnum>::from_str(t, false)
+            <crate::nbd_server::handshake::TlsPolicy as clap::ValueEnum>::from_str(t, false)
                 .map_err(|x| bad("tls", x))?,
         );
     }

@@ -2,8 +2,8 @@
 //! and clears the write intents.
 
 use super::*;
-use crate::server::handshake::TlsPolicy;
-use crate::server::{self, Listen, Tls};
+use crate::nbd_server::handshake::TlsPolicy;
+use crate::nbd_server::{self as server, Listen, Tls};
 
 /// TLS as the flags ask: the certificate, key and CA read now, before anything changes.
 pub(super) fn tls(a: &cli::ServerArgs) -> Result<Tls> {
@@ -151,7 +151,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     let live = m.publish("serve", !a.read_only).map(Arc::new);
     let ctl_path = m
         .primary_file()
-        .map(crate::server::control::socket_path)
+        .map(crate::nbd_server::control_socket::socket_path)
         .transpose()
         .map_err(|e| Error::invalid(format!("naming the control socket: {e}")))?;
     let srv = Arc::new(m.serve(&config(&a), Box::new(server::log_line))?);
@@ -274,7 +274,7 @@ fn background_resync(
             server::log_line(&format!(
                 "slot(s) {slots:?} were left syncing: their resync continues in the background"
             ));
-            let p = super::control::Published::new(live.as_deref());
+            let p = super::through_serve::Published::new(live.as_deref());
             let opts = engine::ResyncOptions::default();
             // Its warnings are in serve's log already.
             if let Err(e) = s.resync_legs(&slots, &opts, true, &p, &|_| {}) {
@@ -299,14 +299,14 @@ fn control(
     srv: &Arc<engine::serve::Server>,
     live: Option<Arc<crate::live::Publisher>>,
     read_only: bool,
-) -> Result<crate::server::control::Control> {
+) -> Result<crate::nbd_server::control_socket::Control> {
     let s = srv.clone();
-    let h: crate::server::control::Handler = if read_only {
-        Arc::new(|req, reply| super::control::refuse_read_only(&req, reply))
+    let h: crate::nbd_server::control_socket::Handler = if read_only {
+        Arc::new(|req, reply| super::through_serve::refuse_read_only(&req, reply))
     } else {
-        Arc::new(move |req, reply| super::control::handle(&s, live.as_deref(), req, reply))
+        Arc::new(move |req, reply| super::through_serve::handle(&s, live.as_deref(), req, reply))
     };
-    crate::server::control::Control::start(path, h).map_err(|e| {
+    crate::nbd_server::control_socket::Control::start(path, h).map_err(|e| {
         Error::invalid(format!(
             "listening on the control socket {}: {e}",
             path.display()

@@ -1,7 +1,7 @@
 //! The mirror serving hosts: request-level writes, zeroes, trims, flushes and reads, with the
 //! activity log (hot extents) in the write-intent log, safe for many requests at once, and
 //! the live administration (`admin.rs`, `verify.rs`) that runs among them.
-//! `server/` speaks NBD and calls these; this file decides what is durable when.
+//! `nbd_server/` speaks NBD and calls these; this file decides what is durable when.
 //!
 //! The live rules, one set for host requests and admin operations (W1..W6 of `write.rs`,
 //! S1..S4 of `resync.rs` and V1 of `verify.rs` hold here too; each is tagged at the lines that

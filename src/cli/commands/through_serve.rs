@@ -6,7 +6,7 @@ use super::*;
 use crate::engine::serve::Server;
 use crate::engine::Progress;
 use crate::live::{ProgressCounters, Publisher};
-use crate::server::control::{Message, Reply, Request};
+use crate::nbd_server::control_socket::{Message, Reply, Request};
 use clap::Parser;
 use std::sync::Mutex;
 

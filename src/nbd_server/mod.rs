@@ -13,7 +13,7 @@
 //! stop (nothing synced, no intent cleared: the next command recovers the hot set).
 
 pub mod backend;
-pub mod control;
+pub mod control_socket;
 pub mod handshake;
 pub mod request;
 pub mod transmission;
