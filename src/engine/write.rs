@@ -204,9 +204,7 @@ impl Mirror {
                 .clear_runs(id, regions.clone())
                 .map_err(|e| self.meta_err("reading a fracture log", &e))?;
             for r in clear {
-                self.bitmaps
-                    .set_range(id, r.clone(), true)
-                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+                self.mark_logged(s, r.clone())?;
                 ahead.push((s, r));
             }
         }
