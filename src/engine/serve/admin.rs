@@ -23,8 +23,6 @@ use crate::engine::ResyncLegReport;
 use crate::engine::ResyncReport;
 use crate::error::Error;
 use crate::error::Result;
-use crate::format::layout::BitmapId;
-use crate::format::layout::SlotIdx;
 use crate::format::LegState;
 use crate::units::now_unix;
 use std::ops::Range;
@@ -152,14 +150,9 @@ impl Server {
         let slot = out.slot;
         // H7: the writes in flight went to the legs listed when they were admitted: their
         // regions not in the log yet, durably, before the leg is a writer.
-        let id = BitmapId::Fracture(SlotIdx(slot));
         let mut added = Vec::new();
         for r in st.writes_in_flight() {
-            let clear = st
-                .mirror
-                .clear_runs(id, r)
-                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
-            added.extend(clear);
+            added.extend(st.mirror.unlogged_runs(slot, r)?);
         }
         if !added.is_empty() {
             st.log_durably(slot, &added)?;
