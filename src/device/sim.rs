@@ -1,8 +1,11 @@
 //! Simulated devices for tests: a storage model that loses unsynced writes at a power cut,
-//! and injectable write failures (EIO, ENOSPC) in the spirit of crucible's failure queue.
+//! and injectable write failures (EIO, ENOSPC) in the spirit of crucible's failure queue;
+//! [`SimDevs`] is the set of them one mirror lives on, shared by the engine's tests and the
+//! storage-model suites (tests/model).
 
 use crate::device::open::Opener;
 use crate::device::Device;
+use crate::format::layout::Geometry;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +64,15 @@ struct Inner {
     writes: u64,
 }
 
+/// Which unsynced sectors survive a power cut.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep {
+    Nothing,
+    Everything,
+    /// Each unsynced sector survives with probability 1/2 (the PRNG seeded with this).
+    Half(u64),
+}
+
 /// An in-memory device with a durable image and a live image.
 #[derive(Clone)]
 pub struct SimDevice {
@@ -106,6 +118,24 @@ impl SimDevice {
             })),
             world: world.clone(),
         }
+    }
+
+    /// The device as found after a power cut now, in the new `world`, keeping what `keep`
+    /// says of its unsynced sectors.
+    pub fn survive(&self, world: &Arc<World>, keep: Keep) -> Self {
+        match keep {
+            Keep::Nothing => self.after_power_cut(world, || false),
+            Keep::Everything => self.after_power_cut(world, || true),
+            Keep::Half(seed) => {
+                let mut rng = Rng::new(seed);
+                self.after_power_cut(world, move || rng.chance(50))
+            }
+        }
+    }
+
+    /// The data area of the image of geometry `g` this device holds.
+    pub fn data_area(&self, g: &Geometry) -> Vec<u8> {
+        self.contents()[g.data_offset as usize..g.total_len() as usize].to_vec()
     }
 
     /// Current contents as a reader would see them.
@@ -227,15 +257,78 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Opens simulated devices by location, like the real opener opens paths; a location can
-/// be made missing (as if the disk were pulled).
-pub struct SimOpener {
-    devs: HashMap<String, SimDevice>,
+/// Simulated devices of one world by location (a primary, its secondaries, spares): what
+/// the engine's tests and the storage-model suites (tests/model) build their mirrors on.
+#[derive(Clone)]
+pub struct SimDevs {
+    pub world: Arc<World>,
+    devs: Vec<(String, SimDevice)>,
+}
+
+impl SimDevs {
+    /// A new world with a zeroed device of `len` bytes at each of `locations`.
+    pub fn new(locations: &[&str], len: u64) -> SimDevs {
+        let world = World::new();
+        let devs = locations
+            .iter()
+            .map(|l| (l.to_string(), SimDevice::new(&world, len)))
+            .collect();
+        SimDevs { world, devs }
+    }
+
+    /// The device at `location` (panics if there is none: a test bug).
+    pub fn dev(&self, location: &str) -> &SimDevice {
+        self.devs
+            .iter()
+            .find(|(l, _)| l == location)
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("no simulated device at {location}"))
+    }
+
+    /// The devices with their locations, in the order given to [`SimDevs::new`].
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SimDevice)> {
+        self.devs.iter().map(|(l, d)| (l.as_str(), d))
+    }
+
+    /// An opener of every device.
+    pub fn opener(&self) -> SimOpener {
+        self.opener_of(|d| d.clone())
+    }
+
+    /// An opener of every device as `wrap` makes it (a device that holds or counts its
+    /// writes, say).
+    pub fn opener_of<D>(&self, wrap: impl Fn(&SimDevice) -> D) -> SimOpener<D> {
+        SimOpener::new(
+            self.devs
+                .iter()
+                .map(|(l, d)| (l.clone(), wrap(d)))
+                .collect(),
+        )
+    }
+
+    /// The devices as found after a power cut now, in a new world: device `i` (in the
+    /// order given to [`SimDevs::new`]) keeps what `keep(i)` says of its unsynced sectors.
+    pub fn cut(&self, keep: impl Fn(usize) -> Keep) -> SimDevs {
+        let world = World::new();
+        let devs = self
+            .devs
+            .iter()
+            .enumerate()
+            .map(|(i, (l, d))| (l.clone(), d.survive(&world, keep(i))))
+            .collect();
+        SimDevs { world, devs }
+    }
+}
+
+/// Opens simulated devices (or devices wrapping them) by location, like the real opener
+/// opens paths; a location can be made missing (as if the disk were pulled).
+pub struct SimOpener<D = SimDevice> {
+    devs: HashMap<String, D>,
     missing: Mutex<HashSet<String>>,
 }
 
-impl SimOpener {
-    pub fn new(devs: HashMap<String, SimDevice>) -> Self {
+impl<D> SimOpener<D> {
+    pub fn new(devs: HashMap<String, D>) -> Self {
         SimOpener {
             devs,
             missing: Mutex::new(HashSet::new()),
@@ -256,14 +349,14 @@ impl SimOpener {
     }
 
     /// The device at `location` (panics if there is none: a test bug).
-    pub fn dev(&self, location: &str) -> &SimDevice {
+    pub fn dev(&self, location: &str) -> &D {
         self.devs
             .get(location)
             .unwrap_or_else(|| panic!("no simulated device at {location}"))
     }
 }
 
-impl Opener for SimOpener {
+impl<D: Device + Clone + 'static> Opener for SimOpener<D> {
     fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
         if self.is_missing(location) {
             return Err(io::Error::new(

@@ -9,7 +9,7 @@
 //! recovery, with every flushed host write on the primary.
 
 use super::serve::{Mutation, ServeConfig, Server};
-use crate::device::sim::{Rng, SimDevice, World};
+use crate::device::sim::{Keep, SimDevice, SimDevs};
 use crate::device::Device;
 use crate::engine::verify::{VerifyOpts, VerifyReport};
 use crate::engine::FlushPolicy;
@@ -26,7 +26,6 @@ use crate::format::LegState;
 use crate::format::Superblock;
 use crate::meta::image::Image;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::Condvar;
@@ -177,9 +176,8 @@ fn bytes_of(tag: u64, n: u64) -> Vec<u8> {
 }
 
 struct Rig {
-    world: Arc<World>,
     steps: Arc<Steps>,
-    devs: HashMap<String, SimDevice>,
+    devs: SimDevs,
     g: Geometry,
     /// What the primary's data area must hold (every write went there first).
     model: Vec<u8>,
@@ -190,12 +188,11 @@ struct Rig {
 }
 
 impl Rig {
-    /// Everything but the devices.
-    fn clone_model(&self) -> Rig {
+    /// Everything but the devices, on `devs`.
+    fn on(&self, devs: SimDevs) -> Rig {
         Rig {
-            world: self.world.clone(),
             steps: self.steps.clone(),
-            devs: HashMap::new(),
+            devs,
             g: self.g,
             model: self.model.clone(),
             flushed: self.flushed.clone(),
@@ -203,35 +200,39 @@ impl Rig {
         }
     }
     fn sim(&self, name: &str) -> &SimDevice {
-        &self.devs[name]
+        self.devs.dev(name)
     }
     fn data(&self, name: &str) -> Vec<u8> {
-        self.sim(name).contents()[self.g.data_offset as usize..self.g.total_len() as usize].to_vec()
+        self.sim(name).data_area(&self.g)
     }
+}
+
+/// The mirror on primary "p" of `devs`, every device stepped by `steps`.
+fn open_stepped(devs: &SimDevs, steps: &Arc<Steps>) -> crate::error::Result<Mirror> {
+    let opener = devs.opener_of(|d| Stepped {
+        dev: d.clone(),
+        steps: steps.clone(),
+    });
+    let p = opener.dev("p").clone();
+    Mirror::open(Arc::new(p), "p", Arc::new(opener), false)
 }
 
 /// A primary with in-sync secondaries s0 and s1 holding the same data, a spare image "n",
 /// set up for `op`, then served.
 fn rig(op: Op) -> (Rig, Arc<Server>) {
-    let world = World::new();
     let steps = Arc::new(Steps::default());
     let g = Geometry::for_data_size(REGIONS * REGION, REGION, 4).unwrap();
-    let devs: HashMap<String, SimDevice> = ["p", "s0", "s1", "n"]
-        .iter()
-        .map(|n| (n.to_string(), SimDevice::new(&world, g.total_len())))
-        .collect();
+    let devs = SimDevs::new(&["p", "s0", "s1", "n"], g.total_len());
+    Image::format(
+        Arc::new(devs.dev("p").clone()),
+        Superblock::new_primary(g, 0),
+    )
+    .unwrap();
     let stepped = |n: &str| Stepped {
-        dev: devs[n].clone(),
+        dev: devs.dev(n).clone(),
         steps: steps.clone(),
     };
-    Image::format(Arc::new(devs["p"].clone()), Superblock::new_primary(g, 0)).unwrap();
-    let opener = super::tests::Legs(
-        ["s0", "s1", "n"]
-            .iter()
-            .map(|n| (n.to_string(), stepped(n)))
-            .collect(),
-    );
-    let mut m = Mirror::open(Arc::new(stepped("p")), "p", Arc::new(opener), false).unwrap();
+    let mut m = open_stepped(&devs, &steps).unwrap();
     for n in ["s0", "s1"] {
         m.attach(
             Arc::new(stepped(n)),
@@ -259,8 +260,8 @@ fn rig(op: Op) -> (Rig, Arc<Server>) {
         }
         Op::VerifyRepair => {
             let at = g.data_offset + 30 * REGION;
-            devs["s0"].write_at(&[0xee; 512], at).unwrap();
-            devs["s0"].sync().unwrap();
+            devs.dev("s0").write_at(&[0xee; 512], at).unwrap();
+            devs.dev("s0").sync().unwrap();
             corrupt.push(30);
         }
         _ => {}
@@ -284,7 +285,6 @@ fn rig(op: Op) -> (Rig, Arc<Server>) {
     let mut flushed = vec![true; REGIONS as usize];
     flushed[24..26].fill(false);
     let rig = Rig {
-        world,
         steps,
         devs,
         g,
@@ -357,7 +357,7 @@ fn run_script(
     rig: &Mutex<(Vec<u8>, Vec<bool>)>,
     acts: &[Act],
     tag: u64,
-    sims: &HashMap<String, SimDevice>,
+    sims: &SimDevs,
 ) {
     let mut since_flush: Vec<u64> = Vec::new();
     for (i, act) in acts.iter().enumerate() {
@@ -383,7 +383,7 @@ fn run_script(
                     }
                 }
             }
-            Act::Fail(name) => sims[name].fail_writes(libc::EIO),
+            Act::Fail(name) => sims.dev(name).fail_writes(libc::EIO),
             Act::Fracture(s) => {
                 let _ = srv.fracture_leg(s, Some("script"), &|_| {});
             }
@@ -399,7 +399,7 @@ fn run_script(
 }
 
 /// [`Act::SecondResync`]: the report, the leg's state and its bytes when it returns.
-fn second_resync(srv: &Server, slot: u32, sims: &HashMap<String, SimDevice>) {
+fn second_resync(srv: &Server, slot: u32, sims: &SimDevs) {
     let r = srv.resync_legs(
         &[slot],
         &ResyncOptions::default(),
@@ -419,8 +419,7 @@ fn second_resync(srv: &Server, slot: u32, sims: &HashMap<String, SimDevice>) {
         LegState::InSync,
         "after the second resync: {legs:?}"
     );
-    let data =
-        |n: &str| sims[n].contents()[g.data_offset as usize..g.total_len() as usize].to_vec();
+    let data = |n: &str| sims.dev(n).data_area(&g);
     assert!(
         data(&leg.location) == data("p"),
         "slot {slot} differs from the primary when the second resync says it is in sync"
@@ -442,7 +441,7 @@ struct Ran {
 fn schedule(op: Op, acts: &[Act], at: u64, cut: Option<u64>) -> Ran {
     let (mut rig, srv) = rig(op);
     if let Some(n) = cut {
-        rig.world.crash_at(rig.world.sync_points() + n);
+        rig.devs.world.crash_at(rig.devs.world.sync_points() + n);
     }
     rig.steps.st.lock().unwrap().pause_at = Some(at);
     let model = Mutex::new((rig.model.clone(), rig.flushed.clone()));
@@ -549,21 +548,14 @@ fn check_schedule(ran: Ran, ctx: &str) {
     check_logs(&mut m, &rig, false, &format!("{ctx}, after a clean stop"));
     // And as the disks would hold it if the power failed now: a fractured leg's writes
     // that were never synced are gone, and its log must say where (H5).
-    let durable = Rig {
-        devs: rig
-            .devs
-            .iter()
-            .map(|(n, d)| (n.clone(), d.after_power_cut(&World::new(), || false)))
-            .collect(),
-        ..rig.clone_model()
-    };
+    let durable = rig.on(rig.devs.cut(|_| Keep::Nothing));
     check_logs(
         &mut m,
         &durable,
         false,
         &format!("{ctx}, after a clean stop and a power cut"),
     );
-    for d in rig.devs.values() {
+    for (_, d) in rig.devs.iter() {
         d.heal();
     }
     let slots = m.resync_candidates().unwrap();
@@ -588,37 +580,19 @@ fn check_schedule(ran: Ran, ctx: &str) {
 /// a flush covered on the primary.
 fn check_cut(ran: Ran, seed: u64, ctx: &str) -> bool {
     let Ran { rig, srv, .. } = ran;
-    if !rig.world.crashed() {
+    if !rig.devs.world.crashed() {
         return false;
     }
     drop(srv);
-    let world = World::new();
-    let mut rng = Rng::new(seed);
-    let devs: HashMap<String, SimDevice> = rig
-        .devs
-        .iter()
-        .map(|(n, d)| (n.clone(), d.after_power_cut(&world, || rng.chance(50))))
-        .collect();
+    let devs = rig.devs.cut(|i| Keep::Half(seed.wrapping_add(i as u64)));
     let steps = Arc::new(Steps::default());
-    let stepped = |n: &str| Stepped {
-        dev: devs[n].clone(),
-        steps: steps.clone(),
-    };
-    let opener = super::tests::Legs(
-        ["s0", "s1", "n"]
-            .iter()
-            .map(|n| (n.to_string(), stepped(n)))
-            .collect(),
-    );
-    let mut m = Mirror::open(Arc::new(stepped("p")), "p", Arc::new(opener), false)
+    let mut m = open_stepped(&devs, &steps)
         .unwrap_or_else(|e| panic!("{ctx}: reopening after the cut: {e}"));
     m.prepare_for_change()
         .unwrap_or_else(|e| panic!("{ctx}: recovering after the cut: {e}"));
     let after = Rig {
-        world,
         steps,
-        devs,
-        ..rig.clone_model()
+        ..rig.on(devs)
     };
     check_logs(&mut m, &after, false, &format!("{ctx}, recovered"));
     let p = after.data("p");

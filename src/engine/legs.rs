@@ -285,11 +285,8 @@ impl Mirror {
     /// fracture log durably, then an in-sync leg becomes syncing (S2: in sync only with an
     /// empty log) and its header stops claiming to be current.
     pub fn mark_out_of_sync(&mut self, slot: u32, regions: &[u64]) -> Result<()> {
-        let id = BitmapId::Fracture(SlotIdx(slot));
         for r in union(&regions.iter().map(|&r| r..r + 1).collect::<Vec<_>>(), &[]) {
-            self.bitmaps
-                .set_range(id, r, true)
-                .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+            self.mark_logged(slot, r)?;
         }
         self.flush_bitmaps()?;
         let now = now_unix();
@@ -333,13 +330,10 @@ impl Mirror {
         refusing: bool,
     ) -> Result<()> {
         let s = f.slot;
-        let id = BitmapId::Fracture(SlotIdx(s));
         // W4: everything not known durable on the leg is in the current window (a stream's
         // window, or a server's hot set).
         for r in window.iter().filter(|r| !r.is_empty()) {
-            self.bitmaps
-                .set_range(id, r.clone(), true)
-                .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+            self.mark_logged(s, r.clone())?;
         }
         self.flush_bitmaps()?;
         let now = now_unix();

@@ -58,6 +58,11 @@ pub enum FlushPolicy {
     Every(u64),
 }
 
+/// A mirror opened on its primary. Its header and logs (`image`, `bitmaps`) are private:
+/// every change goes through a named method of the engine (`set_leg_state`, `mark_logged`,
+/// ...), `engine/serve` included, with the rule tags at the callers' lines that keep them.
+/// (Rust lets the engine's child modules see the fields; the methods are the way in.) The
+/// `pub` fields are settings and output for the caller, no state of the mirror.
 pub struct Mirror {
     image: Image,
     bitmaps: Bitmaps,
@@ -224,6 +229,54 @@ impl Mirror {
     /// Whether the primary keeps a written map (format 1.3).
     pub fn has_written_map(&self) -> bool {
         self.bitmaps.has_written_map()
+    }
+
+    /// The first run of regions set in `slot`'s fracture log at or after `from`, at most
+    /// `max` long.
+    fn next_logged_run(&mut self, slot: u32, from: u64, max: u64) -> Result<Option<Range<u64>>> {
+        self.bitmaps
+            .next_run(BitmapId::Fracture(SlotIdx(slot)), from, max)
+            .map_err(|e| self.meta_err("reading a fracture log", &e))
+    }
+
+    /// Sets `regions` in `slot`'s fracture log (in memory: the caller flushes).
+    fn mark_logged(&mut self, slot: u32, regions: Range<u64>) -> Result<()> {
+        self.bitmaps
+            .set_range(BitmapId::Fracture(SlotIdx(slot)), regions, true)
+            .map(|_| ())
+            .map_err(|e| self.meta_err("setting a fracture log", &e))
+    }
+
+    /// Clears `runs` in `slot`'s fracture log (in memory: the caller flushes).
+    fn clear_logged(&mut self, slot: u32, runs: &[Range<u64>]) -> Result<()> {
+        let id = BitmapId::Fracture(SlotIdx(slot));
+        for r in runs {
+            self.bitmaps
+                .set_range(id, r.clone(), false)
+                .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
+        }
+        Ok(())
+    }
+
+    /// `slot`'s leg goes to `state` (through the checked transition; the caller commits).
+    fn set_leg_state(&mut self, slot: u32, state: LegState, now: u64) {
+        self.image.sb.legs[slot as usize].set_state(state, now);
+    }
+
+    /// Keeps `msg` as the last error seen on `slot`'s leg (the caller commits).
+    fn record_leg_error(&mut self, slot: u32, msg: &str) {
+        self.image.sb.legs[slot as usize].last_error = format::cut(msg, format::MAX_TEXT);
+    }
+
+    /// The primary's device.
+    fn primary(&self) -> &Arc<dyn Device> {
+        &self.image.dev
+    }
+
+    /// Whether the write intents on disk are a running server's writes in flight (see the
+    /// field).
+    fn set_intents_live(&mut self, live: bool) {
+        self.intents_live = live;
     }
 
     /// Metadata syncs (bitmap flushes) this mirror made so far.

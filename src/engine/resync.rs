@@ -23,8 +23,6 @@ use crate::engine::Mirror;
 use crate::engine::Progress;
 use crate::error::Error;
 use crate::error::Result;
-use crate::format;
-use crate::format::cut;
 use crate::format::layout::BitmapId;
 use crate::format::layout::Geometry;
 use crate::format::layout::SlotIdx;
@@ -193,14 +191,12 @@ impl Mirror {
                     total += bytes;
                     work.push((s, d));
                     // S3: from now on the leg receives writes.
-                    let l = &mut self.image.sb.legs[s as usize];
-                    l.set_state(LegState::Syncing, now);
+                    self.set_leg_state(s, LegState::Syncing, now);
                     let what = resync_started_detail(bytes, opts.compare);
                     self.event(EventKind::ResyncStarted, Some(s), &what);
                 }
                 Err(msg) => {
-                    let l = &mut self.image.sb.legs[s as usize];
-                    l.last_error = cut(&msg, format::MAX_TEXT);
+                    self.record_leg_error(s, &msg);
                     lr.error = Some(msg);
                 }
             }

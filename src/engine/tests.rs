@@ -1,6 +1,6 @@
 //! Engine rules on the storage model, without files.
 
-use crate::device::sim::{SimDevice, World};
+use crate::device::sim::{SimDevice, SimDevs, SimOpener, World};
 use crate::device::Device;
 use crate::engine::fence;
 use crate::engine::serve;
@@ -25,32 +25,30 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Opens the devices given by location (sim devices here, step-gated ones in
-/// `interleave.rs`).
-pub(super) struct Legs<D = SimDevice>(pub(super) HashMap<String, D>);
-impl<D: Device + Clone + Send + Sync + 'static> Opener for Legs<D> {
-    fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
-        match self.0.get(location) {
-            Some(d) => Ok(Arc::new(d.clone())),
-            None => Err(io::Error::from(io::ErrorKind::NotFound)),
-        }
-    }
-}
-
-/// A primary with `n` attached, in-sync secondaries "s0".. on the storage model.
-fn mirror(regions: u64, n: u32) -> (Mirror, SimDevice, Vec<SimDevice>) {
-    let w = World::new();
-    let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
-    let p = SimDevice::new(&w, g.total_len());
-    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
-    let secs: Vec<SimDevice> = (0..n).map(|_| SimDevice::new(&w, g.total_len())).collect();
-    let legs = Legs(
+/// An opener of `secs` as "s0"..
+fn opener_of(secs: &[SimDevice]) -> SimOpener {
+    SimOpener::new(
         secs.iter()
             .enumerate()
             .map(|(i, d)| (format!("s{i}"), d.clone()))
             .collect(),
+    )
+}
+
+/// A primary "p" with `n` attached, in-sync secondaries "s0".. on the storage model.
+fn mirror(regions: u64, n: u32) -> (Mirror, SimDevice, Vec<SimDevice>) {
+    let g = Geometry::for_data_size(regions * 4096, 4096, 4).unwrap();
+    let locs: Vec<String> = std::iter::once("p".to_string())
+        .chain((0..n).map(|i| format!("s{i}")))
+        .collect();
+    let devs = SimDevs::new(
+        &locs.iter().map(String::as_str).collect::<Vec<_>>(),
+        g.total_len(),
     );
-    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(legs), false).unwrap();
+    let p = devs.dev("p").clone();
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let secs: Vec<SimDevice> = locs[1..].iter().map(|l| devs.dev(l).clone()).collect();
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(devs.opener()), false).unwrap();
     for (i, d) in secs.iter().enumerate() {
         let loc = format!("s{i}");
         let o = m
@@ -68,11 +66,6 @@ fn mirror(regions: u64, n: u32) -> (Mirror, SimDevice, Vec<SimDevice>) {
     (m, p, secs)
 }
 
-fn data(m: &Mirror, d: &SimDevice) -> Vec<u8> {
-    let g = m.geometry();
-    d.contents()[g.data_offset as usize..g.total_len() as usize].to_vec()
-}
-
 #[test]
 fn a_streaming_write_pays_one_metadata_sync_per_window_not_per_chunk() {
     let (mut m, p, secs) = mirror(8192, 2); // 32 MiB of 4 KiB regions
@@ -87,7 +80,7 @@ fn a_streaming_write_pays_one_metadata_sync_per_window_not_per_chunk() {
     assert_eq!(syncs, 3 + 1, "metadata syncs");
     assert_eq!(m.pending_intents().unwrap(), 0);
     for d in &secs {
-        assert_eq!(data(&m, d), data(&m, &p));
+        assert_eq!(d.data_area(&m.geometry()), p.data_area(&m.geometry()));
     }
 }
 
@@ -137,7 +130,7 @@ fn a_failing_secondary_is_fractured_and_its_log_covers_the_write() {
         runs.iter().any(|r| r.start <= 10 && r.end >= 13),
         "{runs:?}"
     );
-    assert_eq!(data(&m, &secs[1]), data(&m, &p));
+    assert_eq!(secs[1].data_area(&m.geometry()), p.data_area(&m.geometry()));
 }
 
 #[test]
@@ -199,7 +192,8 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
 
 /// The data areas of `a` and `b` are equal (else the first sector that differs).
 fn assert_same_data(m: &Mirror, a: &SimDevice, b: &SimDevice) {
-    let (a, b) = (data(m, a), data(m, b));
+    let g = m.geometry();
+    let (a, b) = (a.data_area(&g), b.data_area(&g));
     if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
         panic!("the data areas differ from byte {i} (sector {})", i / 512);
     }
@@ -280,7 +274,7 @@ fn gated_server(regions: u64, cfg: &serve::ServeConfig) -> (serve::Server, Arc<G
     let m = Mirror::open(
         Arc::new(gate.clone()),
         "p",
-        Arc::new(Legs::<SimDevice>(HashMap::new())),
+        Arc::new(SimOpener::<SimDevice>::new(HashMap::new())),
         false,
     )
     .unwrap();
@@ -510,7 +504,7 @@ fn a_live_resync_copies_a_region_only_after_a_host_write_sent_before_it_finished
 }
 
 /// Opens "s0".. as given, and refuses `refused` as TLS refuses a server it cannot trust.
-struct Refusing(Legs, &'static str);
+struct Refusing(SimOpener, &'static str);
 impl Opener for Refusing {
     fn open(&self, location: &str) -> io::Result<Arc<dyn Device>> {
         if location == self.1 {
@@ -526,16 +520,8 @@ impl Opener for Refusing {
 fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_o1() {
     let (m, p, secs) = mirror(1024, 2);
     drop(m);
-    let legs = |secs: &[SimDevice]| {
-        Legs(
-            secs.iter()
-                .enumerate()
-                .map(|(i, d)| (format!("s{i}"), d.clone()))
-                .collect(),
-        )
-    };
     let before = p.contents();
-    let opener = Refusing(legs(&secs), "s1");
+    let opener = Refusing(opener_of(&secs), "s1");
     let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(opener), false).unwrap();
     let input = vec![9u8; 64 << 10];
     let e = m
@@ -548,13 +534,13 @@ fn a_leg_tls_refuses_stops_a_write_before_anything_is_written_and_stays_in_sync_
     assert!(p.contents() == before, "the primary was written");
     drop(m);
     // The same leg merely gone (a server that is down) is fractured, and the write goes on.
-    let mut gone = legs(&secs);
-    gone.0.remove("s1");
+    let gone = opener_of(&secs);
+    gone.set_missing("s1", true);
     let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(gone), false).unwrap();
     m.write_stream(0, &mut &input[..], None, None, &FlushPolicy::End)
         .unwrap();
     assert_eq!(m.sb().legs[1].state(), LegState::FracturedByError);
-    assert_eq!(data(&m, &secs[0]), data(&m, &p));
+    assert_eq!(secs[0].data_area(&m.geometry()), p.data_area(&m.geometry()));
 }
 
 #[test]
@@ -575,8 +561,8 @@ fn a_leg_failing_mid_stream_after_a_flush_logs_only_what_it_missed_not_the_windo
     // W4: the chunk it failed and the ones after it, not the two it holds durably, and not
     // the rest of the window the stream never wrote.
     assert_eq!(runs, vec![2 * per_chunk..4 * per_chunk], "{runs:?}");
-    assert_eq!(data(&m, &secs[1]), data(&m, &p));
-    let (leg, prim) = (data(&m, &secs[0]), data(&m, &p));
+    assert_eq!(secs[1].data_area(&m.geometry()), p.data_area(&m.geometry()));
+    let (leg, prim) = (secs[0].data_area(&m.geometry()), p.data_area(&m.geometry()));
     let upto = 2 * CHUNK;
     assert!(
         leg[..upto] == prim[..upto],
@@ -604,11 +590,11 @@ fn a_ticket_dropped_without_release_holds_up_no_later_request() {
     srv.stop().unwrap();
 }
 
-/// Opens like [`Legs`], but an open of `slow` waits until released, 2 s at most (a server
+/// Opens like [`SimOpener`], but an open of `slow` waits until released, 2 s at most (a server
 /// that does not answer; bounded, so that code opening it under the lock fails the test
 /// rather than hanging it).
 struct SlowOpen {
-    legs: Legs,
+    legs: SimOpener,
     slow: &'static str,
     gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
@@ -630,12 +616,7 @@ fn a_live_resync_opening_a_leg_whose_server_hangs_stalls_no_host_write() {
     let (m, p, secs) = mirror(256, 2);
     drop(m);
     let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-    let legs = Legs(
-        secs.iter()
-            .enumerate()
-            .map(|(i, d)| (format!("s{i}"), d.clone()))
-            .collect(),
-    );
+    let legs = opener_of(&secs);
     let opener = SlowOpen {
         legs,
         slow: "s1",
@@ -797,9 +778,9 @@ fn a_served_write_waiting_for_the_minimum_goes_on_when_a_live_resync_brings_a_le
     srv.flush().unwrap();
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (m, _) = srv.stop().unwrap();
-    assert_eq!(data(&m, &p)[0], 6);
+    assert_eq!(p.data_area(&m.geometry())[0], 6);
     for d in &secs {
-        assert_eq!(data(&m, d), data(&m, &p));
+        assert_eq!(d.data_area(&m.geometry()), p.data_area(&m.geometry()));
     }
     assert_eq!(m.sb().legs[1].state(), LegState::InSync);
 }

@@ -110,16 +110,13 @@ impl Mirror {
     /// W4: a leg failed mid-stream: its log gets what was written since the last sync and,
     /// set ahead (trimmed at the window's end where nothing came), the rest of the window.
     fn fail_in_stream(&mut self, f: LegFailure, st: &mut Stream) -> Result<()> {
-        let id = BitmapId::Fracture(SlotIdx(f.slot));
         let mut ahead = Vec::new();
         for r in st.al.hot_regions() {
             let rest = r.start.max(st.next)..r.end;
             if rest.is_empty() {
                 continue;
             }
-            let clear = self
-                .clear_runs(id, rest)
-                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+            let clear = self.unlogged_runs(f.slot, rest)?;
             ahead.extend(clear.into_iter().map(|c| (f.slot, c)));
         }
         let rest: Vec<Range<u64>> = ahead.iter().map(|(_, r)| r.clone()).collect();
@@ -214,14 +211,8 @@ impl Mirror {
             if leg.state() == LegState::Empty || leg.state().receives_writes() {
                 continue;
             }
-            let id = BitmapId::Fracture(SlotIdx(s));
-            let clear = self
-                .clear_runs(id, regions.clone())
-                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-            for r in clear {
-                self.bitmaps
-                    .set_range(id, r.clone(), true)
-                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+            for r in self.unlogged_runs(s, regions.clone())? {
+                self.mark_logged(s, r.clone())?;
                 ahead.push((s, r));
             }
         }
@@ -242,16 +233,16 @@ impl Mirror {
         Ok(())
     }
 
-    /// Sub-ranges of `within` whose bits are clear.
-    pub(super) fn clear_runs(
+    /// Sub-ranges of `within` not in `slot`'s fracture log.
+    pub(super) fn unlogged_runs(
         &mut self,
-        id: BitmapId,
+        slot: u32,
         within: Range<u64>,
-    ) -> io::Result<Vec<Range<u64>>> {
+    ) -> Result<Vec<Range<u64>>> {
         let mut out = Vec::new();
         let mut pos = within.start;
         while pos < within.end {
-            match self.bitmaps.next_run(id, pos, u64::MAX)? {
+            match self.next_logged_run(slot, pos, u64::MAX)? {
                 Some(r) if r.start < within.end => {
                     if r.start > pos {
                         out.push(pos..r.start);

@@ -10,8 +10,7 @@
 //! is not a leg yet, recover, resync) and it must converge: every header readable, the
 //! promoted image the only primary, the acknowledged write present, every leg equal to it.
 
-use crate::harness::{self, survive, Keep};
-use mirrorctl::device::sim::{pattern, SimDevice, SimOpener, World};
+use mirrorctl::device::sim::{pattern, Keep, SimDevs, SimOpener};
 use mirrorctl::device::Device;
 use mirrorctl::engine::create;
 use mirrorctl::engine::failover::promote;
@@ -19,7 +18,6 @@ use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress};
 use mirrorctl::format::layout::Geometry;
 use mirrorctl::format::{LegState, Role};
 use mirrorctl::meta::image::Image;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Locations: the original primary and two secondaries.
@@ -32,72 +30,46 @@ fn geometry() -> Geometry {
     Geometry::for_data_size(64 * 4096, 4096, 2).unwrap()
 }
 
-fn data_area(d: &SimDevice) -> Vec<u8> {
-    harness::data_area(d, &geometry())
+/// The three devices of one world, by location.
+type Devs = SimDevs;
+
+fn opener(devs: &Devs) -> Arc<SimOpener> {
+    Arc::new(devs.opener())
 }
 
-/// The three devices of one world.
-#[derive(Clone)]
-struct Devs {
-    world: Arc<World>,
-    d: [SimDevice; 3],
+fn open(devs: &Devs, loc: &str, opener: &Arc<SimOpener>) -> mirrorctl::error::Result<Mirror> {
+    Mirror::open(Arc::new(devs.dev(loc).clone()), loc, opener.clone(), false)
 }
 
-impl Devs {
-    fn dev(&self, loc: &str) -> SimDevice {
-        self.d[LOCS.iter().position(|l| *l == loc).unwrap()].clone()
-    }
+/// What survives a power cut now, in a new world.
+fn cut(devs: &Devs, keep: u8, seed: u64) -> Devs {
+    cut_each(devs, [keep; 3], seed)
+}
 
-    fn opener(&self) -> Arc<SimOpener> {
-        let m: HashMap<String, SimDevice> = LOCS
-            .iter()
-            .zip(&self.d)
-            .map(|(l, d)| (l.to_string(), d.clone()))
-            .collect();
-        Arc::new(SimOpener::new(m))
-    }
-
-    fn open(&self, loc: &str, opener: &Arc<SimOpener>) -> mirrorctl::error::Result<Mirror> {
-        Mirror::open(Arc::new(self.dev(loc)), loc, opener.clone(), false)
-    }
-
-    /// What survives a power cut now, in a new world.
-    fn cut(&self, keep: u8, seed: u64) -> Devs {
-        self.cut_each([keep; 3], seed)
-    }
-
-    /// A power cut where device `i` keeps unsynced writes per `keeps[i]` (0 none, 1 all,
-    /// 2 a random half).
-    fn cut_each(&self, keeps: [u8; 3], seed: u64) -> Devs {
-        let world = World::new();
-        let d = std::array::from_fn(|i| {
-            let keep = match keeps[i] {
-                0 => Keep::Nothing,
-                1 => Keep::Everything,
-                _ => Keep::Half(seed ^ (i as u64 + 1)),
-            };
-            survive(&self.d[i], &world, keep)
-        });
-        Devs { world, d }
-    }
+/// A power cut where device `i` keeps unsynced writes per `keeps[i]` (0 none, 1 all, 2 a
+/// random half).
+fn cut_each(devs: &Devs, keeps: [u8; 3], seed: u64) -> Devs {
+    devs.cut(|i| match keeps[i] {
+        0 => Keep::Nothing,
+        1 => Keep::Everything,
+        _ => Keep::Half(seed ^ (i as u64 + 1)),
+    })
 }
 
 /// A mirror p + s0 + s1 in sync, with data, closed cleanly; everything durable.
 fn clean_mirror() -> Devs {
     let g = geometry();
-    let world = World::new();
-    let d: [SimDevice; 3] = std::array::from_fn(|_| SimDevice::new(&world, g.total_len()));
-    let devs = Devs { world, d };
-    let p = devs.dev(P);
+    let devs = SimDevs::new(&LOCS, g.total_len());
+    let p = devs.dev(P).clone();
     p.write_at(&pattern(1, g.data_size as usize), g.data_offset)
         .unwrap();
     p.sync().unwrap();
     create::format_primary(Arc::new(p), P, g, false).unwrap();
-    let opener = devs.opener();
-    let mut m = devs.open(P, &opener).unwrap();
+    let opener = opener(&devs);
+    let mut m = open(&devs, P, &opener).unwrap();
     for loc in [S0, S1] {
         m.attach(
-            Arc::new(devs.dev(loc)),
+            Arc::new(devs.dev(loc).clone()),
             loc,
             loc,
             InitialSync::Copy,
@@ -120,7 +92,7 @@ fn clean_mirror() -> Devs {
     drop(m);
     for loc in [S0, S1] {
         assert!(
-            data_area(&devs.dev(loc)) == data_area(&devs.dev(P)),
+            devs.dev(loc).data_area(&geometry()) == devs.dev(P).data_area(&geometry()),
             "template: {loc} not in sync"
         );
     }
@@ -132,10 +104,10 @@ fn template() -> (Devs, Vec<u8>) {
     let devs = clean_mirror();
     // The primary's machine crashes in the middle of a write: its write-intent bits are
     // durable, the new data reached the primary and s1 but not s0, the one to be promoted.
-    let torn = devs.cut(1, 0);
+    let torn = cut(&devs, 1, 0);
     torn.world.crash_at(1);
-    let opener = torn.opener();
-    let mut m = torn.open(P, &opener).unwrap();
+    let opener = opener(&torn);
+    let mut m = open(&torn, P, &opener).unwrap();
     let data = pattern(4, 2 * 4096);
     assert!(m
         .write_stream(
@@ -147,9 +119,11 @@ fn template() -> (Devs, Vec<u8>) {
         )
         .is_err());
     drop(m);
-    let after = torn.cut_each([1, 0, 1], 0);
-    let pre = data_area(&after.dev(S0));
-    assert!(data_area(&after.dev(P)) != pre && data_area(&after.dev(S1)) != pre);
+    let after = cut_each(&torn, [1, 0, 1], 0);
+    let pre = after.dev(S0).data_area(&geometry());
+    assert!(
+        after.dev(P).data_area(&geometry()) != pre && after.dev(S1).data_area(&geometry()) != pre
+    );
     (after, pre)
 }
 
@@ -161,9 +135,9 @@ fn w2() -> (u64, Vec<u8>) {
 /// Promote s0 (planned when `planned`), write on it, re-attach p when unplanned; stops at
 /// the first error (the power cut). Returns whether the write was acknowledged.
 fn scenario(devs: &Devs, planned: bool) -> bool {
-    let opener = devs.opener();
+    let opener = opener(devs);
     let old = if planned {
-        match devs.open(P, &opener) {
+        match open(devs, P, &opener) {
             Ok(m) => Some(m),
             Err(_) => return false,
         }
@@ -172,7 +146,13 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
         None
     };
     // The promotion and its take-over of s1 (P5), as `mirrorctl promote` runs them.
-    let Ok((_, mut m)) = promote(Arc::new(devs.dev(S0)), S0, old, false, opener.clone()) else {
+    let Ok((_, mut m)) = promote(
+        Arc::new(devs.dev(S0).clone()),
+        S0,
+        old,
+        false,
+        opener.clone(),
+    ) else {
         return false;
     };
     if m.recover().is_err() {
@@ -193,8 +173,15 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
     }
     if !planned {
         opener.set_missing(P, false);
-        if m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
-            .is_err()
+        if m.attach(
+            Arc::new(devs.dev(P).clone()),
+            P,
+            P,
+            InitialSync::Copy,
+            false,
+            false,
+        )
+        .is_err()
         {
             return true;
         }
@@ -209,29 +196,34 @@ fn scenario(devs: &Devs, planned: bool) -> bool {
 
 /// The admin's procedure after the cut, then the checks.
 fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
-    let opener = devs.opener();
+    let opener = opener(devs);
     for loc in LOCS {
-        Image::read(Arc::new(devs.dev(loc)))
+        Image::read(Arc::new(devs.dev(loc).clone()))
             .unwrap_or_else(|e| panic!("{ctx}: {loc} has no readable header after the cut: {e}"));
     }
-    let s0 = Image::read(Arc::new(devs.dev(S0))).unwrap();
+    let s0 = Image::read(Arc::new(devs.dev(S0).clone())).unwrap();
     if s0.sb.role != Role::Primary {
         assert_eq!(s0.sb.role, Role::Secondary, "{ctx}");
         // The promotion did not commit: run it again (the old primary is reachable now).
-        let old = devs.open(P, &opener).ok();
-        promote(Arc::new(devs.dev(S0)), S0, old, false, opener.clone())
-            .unwrap_or_else(|e| panic!("{ctx}: promote again: {e}"));
+        let old = open(devs, P, &opener).ok();
+        promote(
+            Arc::new(devs.dev(S0).clone()),
+            S0,
+            old,
+            false,
+            opener.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{ctx}: promote again: {e}"));
     }
-    let mut m = devs
-        .open(S0, &opener)
-        .unwrap_or_else(|e| panic!("{ctx}: opening the new primary: {e}"));
+    let mut m =
+        open(devs, S0, &opener).unwrap_or_else(|e| panic!("{ctx}: opening the new primary: {e}"));
     m.recover().unwrap();
     let (off, data) = w2();
     let mut expect = pre.to_vec();
     expect[off as usize..off as usize + data.len()].copy_from_slice(&data);
     if acked {
         assert!(
-            data_area(&devs.dev(S0)) == expect,
+            devs.dev(S0).data_area(&geometry()) == expect,
             "{ctx}: the acknowledged write is not on the new primary"
         );
     } else {
@@ -245,15 +237,14 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
         )
         .unwrap_or_else(|e| panic!("{ctx}: writing again: {e}"));
     }
-    let p = Image::read(Arc::new(devs.dev(P))).unwrap();
+    let p = Image::read(Arc::new(devs.dev(P).clone())).unwrap();
     let p_is_leg = m
         .sb()
         .slot_of_uuid(&p.sb.image_uuid)
         .is_some_and(|s| m.sb().legs[s].state().receives_writes());
     if p.sb.role == Role::Primary {
         // P6: the old primary still says primary, and refuses every change.
-        let old = devs
-            .open(P, &opener)
+        let old = open(devs, P, &opener)
             .unwrap_or_else(|e| panic!("{ctx}: opening the old primary: {e}"));
         let e = old.refuse_if_replaced().expect_err(&format!(
             "{ctx}: the old primary does not know it was replaced"
@@ -267,14 +258,21 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
         let done = m
             .finish_promotion(|leg| {
                 assert_eq!(leg.location, P, "{ctx}");
-                Ok((Arc::new(devs.dev(P)), P.to_string()))
+                Ok((Arc::new(devs.dev(P).clone()), P.to_string()))
             })
             .unwrap_or_else(|e| panic!("{ctx}: finishing the promotion: {e}"));
         assert_eq!(done.location, P, "{ctx}: slot {}", done.slot);
     } else if !p_is_leg {
         // `attach NEW OLD`, the admin's other way to finish (P7).
-        m.attach(Arc::new(devs.dev(P)), P, P, InitialSync::Copy, false, false)
-            .unwrap_or_else(|e| panic!("{ctx}: re-attaching the old primary: {e}"));
+        m.attach(
+            Arc::new(devs.dev(P).clone()),
+            P,
+            P,
+            InitialSync::Copy,
+            false,
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{ctx}: re-attaching the old primary: {e}"));
     }
     let c = m.resync_candidates().unwrap();
     let rep = m.resync(&c, None, &NoProgress).unwrap();
@@ -293,17 +291,26 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
     }
     assert_eq!(m.pending_intents().unwrap(), 0, "{ctx}");
     drop(m);
-    assert!(data_area(&devs.dev(S0)) == expect, "{ctx}: new primary");
+    assert!(
+        devs.dev(S0).data_area(&geometry()) == expect,
+        "{ctx}: new primary"
+    );
     for loc in [P, S1] {
-        assert!(data_area(&devs.dev(loc)) == expect, "{ctx}: {loc} differs");
+        assert!(
+            devs.dev(loc).data_area(&geometry()) == expect,
+            "{ctx}: {loc} differs"
+        );
     }
-    let new_primary = Image::read(Arc::new(devs.dev(S0))).unwrap().sb.image_uuid;
+    let new_primary = Image::read(Arc::new(devs.dev(S0).clone()))
+        .unwrap()
+        .sb
+        .image_uuid;
     for (loc, role) in [
         (S0, Role::Primary),
         (P, Role::Secondary),
         (S1, Role::Secondary),
     ] {
-        let img = Image::read(Arc::new(devs.dev(loc))).unwrap();
+        let img = Image::read(Arc::new(devs.dev(loc).clone())).unwrap();
         assert_eq!(img.sb.role, role, "{ctx}: role of {loc}");
         assert_eq!(
             img.sb.primary_uuid, new_primary,
@@ -314,7 +321,7 @@ fn converge(devs: &Devs, pre: &[u8], acked: bool, ctx: &str) {
 
 fn every_cut(planned: bool) -> u64 {
     let (tpl, pre) = template();
-    let clean = tpl.cut(1, 0);
+    let clean = cut(&tpl, 1, 0);
     let acked = scenario(&clean, planned);
     assert!(acked, "the scenario fails without a crash");
     let n = clean.world.sync_points();
@@ -322,11 +329,11 @@ fn every_cut(planned: bool) -> u64 {
     converge(&clean, &pre, acked, "no crash");
     for k in 0..n {
         for keep in 0..3u8 {
-            let run = tpl.cut(1, 0);
+            let run = cut(&tpl, 1, 0);
             run.world.crash_at(k);
             let acked = scenario(&run, planned);
             assert!(run.world.crashed(), "cut {k}/{n} never happened");
-            let after = run.cut(keep, k * 7 + keep as u64);
+            let after = cut(&run, keep, k * 7 + keep as u64);
             converge(
                 &after,
                 &pre,
@@ -366,21 +373,34 @@ impl mirrorctl::engine::Opener for ReadOnly {
 fn a_command_that_only_reads_uses_a_secondary_still_naming_the_former_primary_without_taking_it_over(
 ) {
     let devs = clean_mirror();
-    let opener = devs.opener();
-    let old = devs.open(P, &opener).unwrap();
+    let opener = opener(&devs);
+    let old = open(&devs, P, &opener).unwrap();
     // Planned promotion while s1 cannot be reached, so it is not taken over: s1 still
     // names p, in sync.
     opener.set_missing(S1, true);
-    promote(Arc::new(devs.dev(S0)), S0, Some(old), false, opener.clone()).unwrap();
+    promote(
+        Arc::new(devs.dev(S0).clone()),
+        S0,
+        Some(old),
+        false,
+        opener.clone(),
+    )
+    .unwrap();
     opener.set_missing(S1, false);
-    let p_uuid = Image::read(Arc::new(devs.dev(P))).unwrap().sb.image_uuid;
+    let p_uuid = Image::read(Arc::new(devs.dev(P).clone()))
+        .unwrap()
+        .sb
+        .image_uuid;
     let s1_before = devs.dev(S1).contents();
     assert_eq!(
-        Image::read(Arc::new(devs.dev(S1))).unwrap().sb.primary_uuid,
+        Image::read(Arc::new(devs.dev(S1).clone()))
+            .unwrap()
+            .sb
+            .primary_uuid,
         p_uuid
     );
     let ro: Arc<dyn mirrorctl::engine::Opener> = Arc::new(ReadOnly(opener.clone()));
-    let mut m = Mirror::open(Arc::new(devs.dev(S0)), S0, ro, false).unwrap();
+    let mut m = Mirror::open(Arc::new(devs.dev(S0).clone()), S0, ro, false).unwrap();
     // The bitmaps were read while s0 still worked (the model pages them in on first use;
     // a real primary maps them); then its data fails, and p is out of reach.
     for s in 0..2 {

@@ -6,8 +6,8 @@
 //! both or neither.
 
 use crate::crash_model::{Inst, Template, SECS};
-use crate::harness::Keep;
 use mirrorctl::device::sim::pattern;
+use mirrorctl::device::sim::Keep;
 use mirrorctl::engine::{EventKind, FlushPolicy, InitialSync, Mirror, NoProgress, WINDOW};
 use mirrorctl::format::layout::Geometry;
 use mirrorctl::format::LegState;

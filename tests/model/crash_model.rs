@@ -10,8 +10,7 @@
 //! fracture logs alone cover every difference) and after a resync (every leg equal to the
 //! primary, in sync, with an empty fracture log).
 
-use crate::harness::{data_area, survive, Keep};
-use mirrorctl::device::sim::{pattern, SimDevice, SimOpener, World};
+use mirrorctl::device::sim::{pattern, Keep, SimDevice, SimDevs, SimOpener, World};
 use mirrorctl::device::Device;
 use mirrorctl::engine::create;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress, ResyncOptions, WINDOW};
@@ -26,6 +25,8 @@ use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
+/// Location of the primary (its name in messages).
+const PRIMARY: &str = "primary";
 /// Locations of the secondaries, as recorded in the leg table.
 pub(crate) const SECS: [&str; 2] = ["sec0", "sec1"];
 const WI: BitmapId = BitmapId::WriteIntent;
@@ -38,8 +39,9 @@ fn fracture_id(slot: u32) -> BitmapId {
 // The opener and the devices of one world.
 // ---------------------------------------------------------------------------------------
 
-/// The primary and every secondary of one world.
+/// The primary ("primary") and every secondary ([`SECS`]) of one world, by role.
 pub(crate) struct Inst {
+    devs: SimDevs,
     pub(crate) world: Arc<World>,
     pub(crate) primary: SimDevice,
     pub(crate) secs: Vec<SimDevice>,
@@ -47,45 +49,29 @@ pub(crate) struct Inst {
 }
 
 impl Inst {
-    pub(crate) fn new(world: Arc<World>, primary: SimDevice, secs: Vec<SimDevice>) -> Inst {
-        let devs = SECS
-            .iter()
-            .zip(&secs)
-            .map(|(l, d)| (l.to_string(), d.clone()))
-            .collect();
+    pub(crate) fn of(devs: SimDevs) -> Inst {
         Inst {
-            world,
-            primary,
-            secs,
-            opener: Arc::new(SimOpener::new(devs)),
+            world: devs.world.clone(),
+            primary: devs.dev(PRIMARY).clone(),
+            secs: SECS.iter().map(|l| devs.dev(l).clone()).collect(),
+            opener: Arc::new(devs.opener()),
+            devs,
         }
     }
 
     /// The devices as found after a power cut now, in a new world (failures healed,
     /// nothing missing).
     pub(crate) fn cut(&self, keep: Keep) -> Inst {
-        let world = World::new();
-        let one = |d: &SimDevice, i: u64| {
-            let keep = match keep {
-                Keep::Half(seed) => Keep::Half(seed.wrapping_mul(31).wrapping_add(i)),
-                k => k,
-            };
-            survive(d, &world, keep)
-        };
-        let primary = one(&self.primary, 0);
-        let secs = self
-            .secs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| one(d, i as u64 + 1))
-            .collect();
-        Inst::new(world.clone(), primary, secs)
+        Inst::of(self.devs.cut(|i| match keep {
+            Keep::Half(seed) => Keep::Half(seed.wrapping_mul(31).wrapping_add(i as u64)),
+            k => k,
+        }))
     }
 
     pub(crate) fn open(&self, window: u64) -> Mirror {
         let mut m = Mirror::open(
             Arc::new(self.primary.clone()),
-            "primary",
+            PRIMARY,
             self.opener.clone(),
             false,
         )
@@ -116,8 +102,7 @@ impl Read for Trickle<'_> {
 
 pub(crate) struct Template {
     pub(crate) geom: Geometry,
-    pub(crate) primary: SimDevice,
-    pub(crate) secs: Vec<SimDevice>,
+    devs: SimDevs,
     /// The primary's data area before any scenario.
     pub(crate) pre: Vec<u8>,
 }
@@ -126,12 +111,10 @@ impl Template {
     /// Creates the primary with `create`'s engine call, fills it with data, and attaches and
     /// resyncs the first `attached` secondaries. The other secondaries hold random junk.
     pub(crate) fn build(geom: Geometry, attached: usize, seed: u64) -> Template {
-        let world = World::new();
         let len = geom.total_len();
-        let primary = SimDevice::new(&world, len);
-        let secs: Vec<SimDevice> = (0..SECS.len())
-            .map(|_| SimDevice::new(&world, len))
-            .collect();
+        let devs = SimDevs::new(&[PRIMARY, SECS[0], SECS[1]], len);
+        let inst = Inst::of(devs.clone());
+        let (primary, secs) = (&inst.primary, &inst.secs);
         // Data already on the primary (create keeps the data area), junk on the secondaries.
         primary
             .write_at(&pattern(seed, geom.data_size as usize), geom.data_offset)
@@ -142,8 +125,7 @@ impl Template {
                 .unwrap();
             s.sync().unwrap();
         }
-        create::format_primary(Arc::new(primary.clone()), "primary", geom, false).unwrap();
-        let inst = Inst::new(world, primary.clone(), secs.clone());
+        create::format_primary(Arc::new(primary.clone()), PRIMARY, geom, false).unwrap();
         let mut m = inst.open(WINDOW);
         for (i, s) in secs.iter().enumerate().take(attached) {
             let out = m
@@ -163,29 +145,16 @@ impl Template {
         let cands = m.resync_candidates().unwrap();
         let rep = m.resync(&cands, None, &NoProgress).unwrap();
         assert!(rep.legs.iter().all(|l| l.error.is_none()));
-        let pre = data_area(&primary, &geom);
+        let pre = primary.data_area(&geom);
         for s in secs.iter().take(attached) {
-            assert!(data_area(s, &geom) == pre, "template secondary not in sync");
+            assert!(s.data_area(&geom) == pre, "template secondary not in sync");
         }
-        Template {
-            geom,
-            primary,
-            secs,
-            pre,
-        }
+        Template { geom, devs, pre }
     }
 
     /// A fresh copy of the template in a new world.
     pub(crate) fn instance(&self) -> Inst {
-        let world = World::new();
-        Inst::new(
-            world.clone(),
-            self.primary.after_power_cut(&world, || true),
-            self.secs
-                .iter()
-                .map(|d| d.after_power_cut(&world, || true))
-                .collect(),
-        )
+        Inst::of(self.devs.cut(|_| Keep::Everything))
     }
 }
 
@@ -456,7 +425,7 @@ impl Expect {
 /// in-sync legs hold every acknowledged write in their clean regions.
 fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ctx: &str) {
     let g = m.geometry();
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     if let Some(b) = exp.first_mismatch(&primary, 0..g.data_size) {
         panic!(
             "{ctx}: acknowledged data missing on the primary at data offset {b} (region {})",
@@ -487,7 +456,7 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
         );
         assert_eq!(img.sb.image_uuid, leg.image_uuid, "{ctx}: slot {s} uuid");
         assert_eq!(img.sb.mirror_uuid, m.sb().mirror_uuid, "{ctx}: slot {s}");
-        let data = data_area(&dev, &g);
+        let data = dev.data_area(&g);
         for r in 0..g.region_count {
             let br = g.regions_bytes(r..r + 1);
             let (a, b) = (br.start as usize, br.end as usize);
@@ -515,7 +484,7 @@ fn check_state(m: &mut Mirror, inst: &Inst, exp: &Expect, with_intents: bool, ct
 fn check_converged(m: &mut Mirror, inst: &Inst, exp: &Expect, ctx: &str) {
     let g = m.geometry();
     assert_eq!(m.pending_intents().unwrap(), 0, "{ctx}: write intents left");
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     if let Some(b) = exp.first_mismatch(&primary, 0..g.data_size) {
         panic!("{ctx}: acknowledged data missing on the primary at data offset {b}");
     }
@@ -534,7 +503,7 @@ fn check_converged(m: &mut Mirror, inst: &Inst, exp: &Expect, ctx: &str) {
             0,
             "{ctx}: slot {s} fracture log not empty after resync"
         );
-        let data = data_area(inst.opener.dev(&leg.location), &g);
+        let data = inst.opener.dev(&leg.location).data_area(&g);
         if data != primary {
             let b = (0..data.len()).find(|&b| data[b] != primary[b]).unwrap();
             panic!("{ctx}: slot {s} differs from the primary at data offset {b} after resync");
@@ -919,10 +888,10 @@ fn the_write_intent_window_moves_along_a_multi_chunk_write() {
         );
         assert_eq!(m.pending_intents().unwrap(), 0);
         let g = t.geom;
-        let p = data_area(&inst.primary, &g);
+        let p = inst.primary.data_area(&g);
         assert!(p[300_000..300_000 + len] == data[..]);
         for s in &inst.secs {
-            assert!(data_area(s, &g) == p);
+            assert!(s.data_area(&g) == p);
         }
     }
 }

@@ -14,7 +14,7 @@
 //! these operations is `src/engine/interleave.rs`.
 
 use crate::crash_model::{Inst, Template, SECS};
-use crate::harness::{data_area, Keep};
+use mirrorctl::device::sim::Keep;
 use mirrorctl::engine::serve::{Mutation, ServeConfig, Server};
 use mirrorctl::engine::{Mirror, NoProgress, Progress, WINDOW};
 use mirrorctl::format::layout::{BitmapId, Geometry, SlotIdx};
@@ -443,7 +443,7 @@ fn run(t: &Template, inst: &Inst, fractured: bool, fail_leg: Option<u64>) -> (Ru
 fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
     let g = t.geom;
     let mut m = inst.open(WINDOW);
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     if let Some(x) = run.model.violation(&primary) {
         panic!(
             "{ctx}: acknowledged-durable data missing on the primary at sector {x}\n{}",
@@ -455,7 +455,7 @@ fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
         if leg.state() == LegState::Empty {
             continue;
         }
-        let data = data_area(inst.opener.dev(&leg.location), &g);
+        let data = inst.opener.dev(&leg.location).data_area(&g);
         if leg.state() == LegState::InSync {
             if let Some(x) = run.model.violation(&data) {
                 panic!(
@@ -493,14 +493,14 @@ fn check_after_cut(t: &Template, inst: &Inst, run: &Run, ctx: &str) {
             Some(e) => panic!("{ctx}: resync of slot {}: {e}\n{rep:?}", l.slot),
         }
     }
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     for (i, d) in inst.secs.iter().enumerate() {
         // A leg detached (and not attached again before the cut) is no copy any more.
         if !m.sb().legs.iter().any(|l| l.location == SECS[i]) {
             continue;
         }
         assert!(
-            data_area(d, &g) == primary,
+            d.data_area(&g) == primary,
             "{ctx}: {} differs after resync",
             SECS[i]
         );
@@ -557,13 +557,13 @@ fn every_cut(fractured: bool, fail_leg: Option<u64>, name: &str) {
         );
     }
     let g = t.geom;
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     assert!(r.model.violation(&primary).is_none());
     for s in 0..g.slots {
         let leg = m.sb().legs[s as usize].clone();
         if leg.state() == LegState::InSync {
             assert!(
-                data_area(inst.opener.dev(&leg.location), &g) == primary,
+                inst.opener.dev(&leg.location).data_area(&g) == primary,
                 "{name}: slot {s}"
             );
         }
@@ -621,11 +621,11 @@ fn a_live_fracture_and_a_resync_between_host_writes_survive_a_power_cut_at_every
         LegState::InSync,
         "{name}: the resynced leg"
     );
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     assert!(r.model.violation(&primary).is_none());
     for (i, d) in inst.secs.iter().enumerate() {
         assert!(
-            data_area(d, &g) == primary,
+            d.data_area(&g) == primary,
             "{name}: {} differs after a clean stop\n{}",
             SECS[i],
             r.trace.join("\n")
@@ -665,11 +665,11 @@ fn a_live_detach_attach_and_verify_between_host_writes_survive_a_power_cut_at_ev
         "{name}: the attached leg"
     );
     assert_eq!(m.sb().legs[1].location, SECS[1]);
-    let primary = data_area(&inst.primary, &g);
+    let primary = inst.primary.data_area(&g);
     assert!(r.model.violation(&primary).is_none());
     for (i, d) in inst.secs.iter().enumerate() {
         assert!(
-            data_area(d, &g) == primary,
+            d.data_area(&g) == primary,
             "{name}: {} differs after a clean stop\n{}",
             SECS[i],
             r.trace.join("\n")

@@ -3,8 +3,7 @@
 //! calls never written, so an attach afterwards, which copies only written chunks, still
 //! gives a secondary equal to the primary.
 
-use crate::harness::{data_area, survive, Keep};
-use mirrorctl::device::sim::{pattern, SimDevice, SimOpener, World};
+use mirrorctl::device::sim::{pattern, Keep, SimDevice, SimOpener, World};
 use mirrorctl::engine::create;
 use mirrorctl::engine::{FlushPolicy, InitialSync, Mirror, NoProgress};
 use mirrorctl::format::layout::{Geometry, KIB, MIB};
@@ -77,7 +76,7 @@ fn check(p: &SimDevice, ctx: &str) {
     let mut m = open(p, Some(&sec));
     m.prepare_for_change().unwrap();
     let written = m.written_runs().unwrap();
-    let data = data_area(p, &g);
+    let data = p.data_area(&g);
     for (n, region) in data.chunks(g.region_size as usize).enumerate() {
         let r = n as u64;
         if region.iter().any(|&b| b != 0) {
@@ -100,7 +99,7 @@ fn check(p: &SimDevice, ctx: &str) {
     let rep = m.resync(&cands, None, &NoProgress).unwrap();
     assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}");
     assert!(
-        data_area(&sec, &g) == data,
+        sec.data_area(&g) == data,
         "{ctx}: the attached secondary differs"
     );
 }
@@ -113,7 +112,7 @@ fn attach_after_a_power_cut_at_every_sync_point_of_writes_to_a_fresh_primary_cop
     let n = run_writes(&world, &p) - base;
     assert!(n > 3, "{n} sync points");
     // Without a crash the map holds the three writes' chunks only.
-    let cut = survive(&p, &World::new(), Keep::Everything);
+    let cut = p.survive(&World::new(), Keep::Everything);
     let mut m = open(&cut, None);
     let chunks: u64 = m
         .written_runs()
@@ -139,7 +138,7 @@ fn attach_after_a_power_cut_at_every_sync_point_of_writes_to_a_fresh_primary_cop
             let base = world.sync_points();
             world.crash_at(base + k);
             run_writes(&world, &p);
-            let cut = survive(&p, &World::new(), keep);
+            let cut = p.survive(&World::new(), keep);
             check(&cut, &format!("cut at sync point {k}/{n} keeping {keep:?}"));
         }
     }

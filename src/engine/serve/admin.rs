@@ -23,10 +23,6 @@ use crate::engine::ResyncLegReport;
 use crate::engine::ResyncReport;
 use crate::error::Error;
 use crate::error::Result;
-use crate::format;
-use crate::format::cut;
-use crate::format::layout::BitmapId;
-use crate::format::layout::SlotIdx;
 use crate::format::LegState;
 use crate::units::now_unix;
 use std::ops::Range;
@@ -154,22 +150,16 @@ impl Server {
         let slot = out.slot;
         // H7: the writes in flight went to the legs listed when they were admitted: their
         // regions not in the log yet, durably, before the leg is a writer.
-        let id = BitmapId::Fracture(SlotIdx(slot));
         let mut added = Vec::new();
         for r in st.writes_in_flight() {
-            let clear = st
-                .mirror
-                .clear_runs(id, r)
-                .map_err(|e| st.mirror.meta_err("reading a fracture log", &e))?;
-            added.extend(clear);
+            added.extend(st.mirror.unlogged_runs(slot, r)?);
         }
         if !added.is_empty() {
             st.log_durably(slot, &added)?;
             out.regions += added.iter().map(|r| r.end - r.start).sum::<u64>();
-            let leg = &mut st.mirror.image.sb.legs[slot as usize];
-            if leg.state() == LegState::InSync {
+            if st.mirror.sb().legs[slot as usize].state() == LegState::InSync {
                 // Declared identical (--assume-clean), but writes in flight may miss it.
-                leg.set_state(LegState::Syncing, now_unix());
+                st.mirror.set_leg_state(slot, LegState::Syncing, now_unix());
                 st.mirror.commit()?;
             }
         }
@@ -255,7 +245,7 @@ impl Server {
                         total += bytes;
                         // S3 + H7: syncing and receiving writes in this one lock hold; its
                         // log holds every write it missed (H5, H6).
-                        st.mirror.image.sb.legs[s as usize].set_state(LegState::Syncing, now);
+                        st.mirror.set_leg_state(s, LegState::Syncing, now);
                         let what = resync_started_detail(bytes, opts.compare);
                         st.mirror.event(
                             EventKind::ResyncStarted,
@@ -266,8 +256,7 @@ impl Server {
                         work.push((id, d));
                     }
                     Err(msg) => {
-                        st.mirror.image.sb.legs[s as usize].last_error =
-                            cut(&msg, format::MAX_TEXT);
+                        st.mirror.record_leg_error(s, &msg);
                         lr.error = Some(msg);
                     }
                 }
@@ -449,10 +438,9 @@ impl LogOwner for Live<'_> {
 
     fn next_run(&self, from: u64, max: u64) -> CopyResult<Option<Range<u64>>> {
         let mut st = self.current()?;
-        let id = BitmapId::Fracture(SlotIdx(self.leg.slot));
-        st.mirror.bitmaps.next_run(id, from, max).map_err(|e| {
-            CopyEnd::Primary(st.mirror.meta_err("reading a fracture log", &e).to_string())
-        })
+        st.mirror
+            .next_logged_run(self.leg.slot, from, max)
+            .map_err(|e| CopyEnd::Primary(e.to_string()))
     }
 
     fn hold(&self, bytes: Range<u64>) -> Ticket {
@@ -471,21 +459,9 @@ impl LogOwner for Live<'_> {
     fn settle(&self, runs: &[Range<u64>]) -> CopyResult<()> {
         // H8 + S1: cleared only while the same leg receives writes, in this lock hold.
         let mut st = self.current()?;
-        let id = BitmapId::Fracture(SlotIdx(self.leg.slot));
-        for r in runs {
-            st.mirror
-                .bitmaps
-                .set_range(id, r.clone(), false)
-                .map_err(|e| {
-                    CopyEnd::Primary(
-                        st.mirror
-                            .meta_err("clearing a fracture log", &e)
-                            .to_string(),
-                    )
-                })?;
-        }
         st.mirror
-            .flush_bitmaps()
+            .clear_logged(self.leg.slot, runs)
+            .and_then(|()| st.mirror.flush_bitmaps())
             .map_err(|e| CopyEnd::Primary(e.to_string()))
     }
 

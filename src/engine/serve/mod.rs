@@ -95,9 +95,7 @@ use crate::engine::LegFailure;
 use crate::engine::Mirror;
 use crate::error::Error;
 use crate::error::Result;
-use crate::format::layout::BitmapId;
 use crate::format::layout::Geometry;
-use crate::format::layout::SlotIdx;
 use crate::format::ranges::union;
 use crate::format::LegState;
 use crate::format::Uuid;
@@ -449,12 +447,8 @@ impl State {
 
     /// H5: puts `regions` in `slot`'s fracture log durably.
     fn log_durably(&mut self, slot: u32, regions: &[Range<u64>]) -> Result<()> {
-        let id = BitmapId::Fracture(SlotIdx(slot));
         for r in regions.iter().filter(|r| !r.is_empty()) {
-            self.mirror
-                .bitmaps
-                .set_range(id, r.clone(), true)
-                .map_err(|e| self.mirror.meta_err("setting a fracture log", &e))?;
+            self.mirror.mark_logged(slot, r.clone())?;
         }
         self.mirror.flush_bitmaps()
     }
@@ -466,11 +460,7 @@ impl State {
             if self.receiving(s) || self.mirror.sb().legs[s as usize].state() == LegState::Empty {
                 continue;
             }
-            let id = BitmapId::Fracture(SlotIdx(s));
-            self.mirror
-                .bitmaps
-                .set_range(id, regions.clone(), true)
-                .map_err(|e| self.mirror.meta_err("setting a fracture log", &e))?;
+            self.mirror.mark_logged(s, regions.clone())?;
         }
         Ok(())
     }
@@ -494,9 +484,9 @@ impl Mirror {
         for w in self.warnings.drain(..) {
             log(&w);
         }
-        let fast_zero = self.image.dev.zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
+        let fast_zero = self.primary().zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
         // From here on the intents on disk are this server's hot set.
-        self.intents_live = !read_only;
+        self.set_intents_live(!read_only);
         let slots = g.slots as usize;
         let mut state = State {
             al: ActivityLog::new(
@@ -537,7 +527,7 @@ impl Mirror {
             } else {
                 cfg.fence.clone()
             },
-            primary: state.mirror.image.dev.clone(),
+            primary: state.mirror.primary().clone(),
             state: Mutex::new(state),
             changed: Condvar::new(),
             geometry: g,
@@ -1378,7 +1368,7 @@ impl Server {
         } = st;
         counters.reads = reads;
         counters.bytes_read = bytes_read;
-        mirror.intents_live = false;
+        mirror.set_intents_live(false);
         if self.read_only {
             return Ok((mirror, counters));
         }
