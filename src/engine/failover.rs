@@ -364,6 +364,9 @@ fn new_primary_sb(
     new.last_recovery = None;
     new.last_resync = None;
     new.last_verify = None;
+    // W7: the former primary's written map (in `base`) names its own padding, not this
+    // image's; a promoted secondary keeps none, so every region counts as written.
+    new.written_map = None;
     new.bump_generation(
         &format!(
             "{PROMOTED_EVENT}{}{}",

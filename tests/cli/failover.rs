@@ -200,6 +200,26 @@ fn a_planned_promotion_demotes_the_old_primary_and_keeps_the_other_legs_in_sync(
 }
 
 #[test]
+fn a_secondary_attached_after_a_planned_promotion_gets_every_byte_the_new_primary_holds() {
+    // W7: the new primary keeps no written map. The former primary's map, copied with its
+    // superblock, would point at the new primary's own padding (never written there): attach
+    // would copy nothing and verify would call the empty secondary clean.
+    let fx = Fx::with_legs("32M", "64K", &["b.img"]);
+    fx.write_random(MIB, 4 * MIB, 1);
+    fx.ok(&["promote", "b.img"]);
+    // And back: a.img's padding holds its own old map, with nothing of what b.img wrote.
+    assert_eq!(write_region(&fx, "b.img", 200, 2), 0);
+    fx.ok(&["promote", "a.img"]);
+    fx.ok(&["attach", "a.img", "c.img"]);
+    assert!(same(&fx, "a.img", "c.img"), "c.img lacks data a.img holds");
+    fx.ok(&["detach", "a.img", "c.img"]);
+    std::fs::remove_file(fx.path("c.img")).unwrap();
+    fx.ok(&["attach", "a.img", "c.img", "--assume-clean"]);
+    let (code, v) = fx.verify(&[]);
+    assert_eq!(code, 1, "verify calls an empty secondary equal: {v:#}");
+}
+
+#[test]
 fn a_stale_secondary_is_refused_with_how_far_behind_it_is_unless_forced() {
     let fx = Fx::with_legs("32M", "64K", &["b.img"]);
     fx.write_random(0, MIB, 1);
