@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::format;
 use crate::format::layout::BitmapId;
+use crate::format::layout::Geometry;
 use crate::format::layout::SlotIdx;
 use crate::format::Leg;
 use crate::format::LegState;
@@ -38,6 +39,7 @@ use crate::format::Role;
 use crate::meta::image::Image;
 use crate::meta::image::ReadError;
 use crate::units::now_unix;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// What `attach` does about the data already on a new secondary.
@@ -58,8 +60,40 @@ pub struct AttachOutcome {
     pub regions: u64,
 }
 
+/// Attach step 1: the secondary's names fit a leg entry and its size fits the mirror.
+fn check_fits(dev: &dyn Device, g: &Geometry, location: &str, canonical: &str) -> Result<()> {
+    if location.len() > format::MAX_LOCATION || canonical.len() > format::MAX_LOCATION {
+        return Err(Error::invalid(format!(
+            "secondary path is longer than {} bytes; use a shorter path or a symlink",
+            format::MAX_LOCATION
+        )));
+    }
+    if dev.len() < g.total_len() {
+        return Err(Error::invalid(format!(
+            "secondary {location} is too small: it has {} bytes, the mirror needs {} ({} of metadata + {} of data)",
+            dev.len(),
+            g.total_len(),
+            g.data_offset,
+            g.data_size
+        )));
+    }
+    Ok(())
+}
+
 impl Mirror {
     /// Adds a secondary. `dev` is the opened secondary, `location` how the admin named it.
+    ///
+    /// Steps:
+    /// 1. Check the secondary fits: path lengths and size (`check_fits`).
+    /// 2. Read its header and decide: refuse, new leg, or re-attach of slot `s` (A4, D0)
+    ///    (`classify_existing`).
+    /// 3. A re-attach keeps its slot and fracture log (A3, P3) and returns (`reattach`).
+    /// 4. Otherwise pick a free slot (`free_slot`).
+    /// 5. Find what must be copied; a regular-file secondary is cleared first
+    ///    (`initial_extents`).
+    /// 6. Write the secondary's header, durably (A1) (`write_secondary_header`).
+    /// 7. Reset the slot's log and set the initial one, durably (A2) (`set_initial_log`).
+    /// 8. List the leg in the primary's superblock and commit (`record_new_leg`).
     pub fn attach(
         &mut self,
         dev: Arc<dyn Device>,
@@ -71,24 +105,64 @@ impl Mirror {
     ) -> Result<AttachOutcome> {
         let assume_clean = initial == InitialSync::AssumeClean;
         let g = self.geometry();
-        if location.len() > format::MAX_LOCATION || canonical.len() > format::MAX_LOCATION {
-            return Err(Error::invalid(format!(
-                "secondary path is longer than {} bytes; use a shorter path or a symlink",
-                format::MAX_LOCATION
-            )));
-        }
-        if dev.len() < g.total_len() {
-            return Err(Error::invalid(format!(
-                "secondary {location} is too small: it has {} bytes, the mirror needs {} ({} of metadata + {} of data)",
-                dev.len(),
-                g.total_len(),
-                g.data_offset,
-                g.data_size
-            )));
-        }
+        // 1.
+        check_fits(&*dev, &g, location, canonical)?;
+        // 2.
         let existing = Image::read(dev.clone());
+        let reattach_slot =
+            self.classify_existing(&dev, &existing, location, canonical, initial, force)?;
+        let now = now_unix();
+        // 3.
+        if let Some(s) = reattach_slot {
+            let img = existing.as_ref().ok().unwrap();
+            return self.reattach(
+                &dev, img, s, location, canonical, initial, force, discard, now,
+            );
+        }
+        // 4.
+        let slot = self.free_slot(&g)?;
+        // 5. What must be copied: regions of the primary that may hold data. A regular-file
+        // secondary is punched to zeros first, so holes of the primary need no copy; a block
+        // device secondary, or one to compare (its data is kept), gets every region (resync
+        // zeroes the target where the primary has holes). To copy, only chunks the primary's
+        // written map holds (W7): a never-written chunk is the mirror's data on no leg.
+        let written = self.written_runs()?;
+        let image_uuid = new_uuid();
+        let extents = self.initial_extents(&*dev, &g, location, initial)?;
+        // 6.
+        self.write_secondary_header(
+            &dev,
+            &g,
+            slot,
+            image_uuid,
+            location,
+            canonical,
+            assume_clean,
+        )?;
+        // 7.
+        let regions = self.set_initial_log(&g, slot, extents, &written, initial)?;
+        // 8.
+        self.record_new_leg(dev, slot, image_uuid, location, canonical, regions, now)?;
+        Ok(AttachOutcome {
+            slot,
+            reattached: false,
+            regions,
+        })
+    }
+
+    /// Attach step 2: what the secondary's header says. Returns the slot it re-attaches to,
+    /// `None` for a new leg, or the refusal.
+    fn classify_existing(
+        &self,
+        dev: &Arc<dyn Device>,
+        existing: &std::result::Result<Image, ReadError>,
+        location: &str,
+        canonical: &str,
+        initial: InitialSync,
+        force: bool,
+    ) -> Result<Option<u32>> {
         let mut reattach_slot = None;
-        match &existing {
+        match existing {
             Ok(img) if img.sb.mirror_uuid == self.sb().mirror_uuid => {
                 if img.sb.image_uuid == self.sb().image_uuid {
                     return Err(Error::invalid(format!(
@@ -131,7 +205,7 @@ impl Mirror {
                     uuid_str(&img.sb.mirror_uuid)
                 )))
             }
-            Err(ReadError::NotMirrorctl) if !force => self.refuse_if_holds_data(&*dev, location, initial)?,
+            Err(ReadError::NotMirrorctl) if !force => self.refuse_if_holds_data(&**dev, location, initial)?,
             Err(ReadError::NotMirrorctl) | Ok(_) => {}
             Err(ReadError::Io(e)) => {
                 return Err(Error::degraded(format!("reading secondary {location}: {e}")))
@@ -143,100 +217,133 @@ impl Mirror {
             }
             Err(_) => {}
         }
-        let now = now_unix();
-        if let Some(s) = reattach_slot {
-            // A3: keep the fracture log; only what changed is copied.
-            let id = BitmapId::Fracture(SlotIdx(s));
-            let img = existing.as_ref().ok().unwrap();
-            if img.sb.role == Role::Primary {
-                // A former primary returning (or the other side of a split brain).
-                let theirs = match crate::engine::failover::returning_primary_regions(
-                    self.sb(),
-                    &self.name,
-                    img,
-                    location,
-                    discard,
-                ) {
-                    Ok(t) => t,
-                    Err(e) if e.msg.starts_with("split brain") => {
-                        // The refusal is recorded (an alert); nothing else changes.
-                        let what = format!("{}: {}", crate::device::nbd::display(location), e.msg);
-                        let _ = self.record(EventKind::SplitBrainRefused, None, &what);
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
-                };
-                if assume_clean {
-                    return Err(Error::invalid(format!(
-                        "{ASSUME_CLEAN} cannot be used for {location}: it was a primary and may hold writes this primary lacks"
-                    )));
-                }
-                // P3: its possible writes go into its log durably before its header changes.
-                for r in theirs {
-                    self.bitmaps
-                        .set_range(id, r, true)
-                        .map_err(|e| self.meta_err("setting a fracture log", &e))?;
-                }
-                self.flush_bitmaps()?;
-                let mut sec = Image::read(dev.clone())
-                    .map_err(|e| Error::degraded(format!("re-reading {location}: {e}")))?;
-                let mut sb = self.secondary_sb(sec.sb.image_uuid, false);
-                sb.created_at = sec.sb.created_at;
-                sec.sb = sb;
-                sec.commit()
-                    .map_err(|e| Error::degraded(format!("writing header of {location}: {e}")))?;
-            }
-            if initial == InitialSync::Compare {
-                // {COMPARE} compares everything it re-attaches: what the image holds is only
-                // known by reading it (it may be an old copy, or changed behind our back).
-                self.bitmaps
-                    .set_range(id, 0..g.region_count, true)
-                    .map_err(|e| self.meta_err("setting a fracture log", &e))?;
-                self.flush_bitmaps()?;
-            }
-            let (regions, _) = self
-                .bitmaps
-                .count_bytes(id)
-                .map_err(|e| self.meta_err("reading a fracture log", &e))?;
-            if assume_clean && regions > 0 && !force {
-                return Err(Error::invalid(format!(
-                    "{ASSUME_CLEAN} would discard {regions} out-of-sync region(s) of re-attached {location}; run without it (or add {FORCE})"
-                )));
-            }
-            if assume_clean {
-                self.bitmaps
-                    .clear_all(id)
-                    .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
-                self.flush_bitmaps()?;
-            }
-            self.image
-                .sb
-                .bump_generation(&format!("slot {s} re-attached"), now);
-            let l = &mut self.image.sb.legs[s as usize];
-            l.location = location.to_string();
-            l.canonical = canonical.to_string();
-            l.set_state(
-                if assume_clean {
-                    LegState::InSync
-                } else {
-                    LegState::Syncing
-                },
-                now,
-            );
-            l.reason.clear();
-            let what = format!(
-                "{}, re-attached: {regions} regions to copy",
-                crate::device::nbd::display(location)
-            );
-            self.event(EventKind::Attached, Some(s), &what);
-            self.commit()?;
-            self.open_legs[s as usize] = None;
-            return Ok(AttachOutcome {
-                slot: s,
-                reattached: true,
-                regions,
-            });
+        Ok(reattach_slot)
+    }
+
+    /// Attach step 3: slot `s`'s own image comes back.
+    #[allow(clippy::too_many_arguments)]
+    fn reattach(
+        &mut self,
+        dev: &Arc<dyn Device>,
+        img: &Image,
+        s: u32,
+        location: &str,
+        canonical: &str,
+        initial: InitialSync,
+        force: bool,
+        discard: bool,
+        now: u64,
+    ) -> Result<AttachOutcome> {
+        let assume_clean = initial == InitialSync::AssumeClean;
+        let g = self.geometry();
+        // A3: keep the fracture log; only what changed is copied.
+        let id = BitmapId::Fracture(SlotIdx(s));
+        if img.sb.role == Role::Primary {
+            self.take_back_primary(dev, img, id, location, assume_clean, discard)?;
         }
+        if initial == InitialSync::Compare {
+            // {COMPARE} compares everything it re-attaches: what the image holds is only
+            // known by reading it (it may be an old copy, or changed behind our back).
+            self.bitmaps
+                .set_range(id, 0..g.region_count, true)
+                .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+            self.flush_bitmaps()?;
+        }
+        let (regions, _) = self
+            .bitmaps
+            .count_bytes(id)
+            .map_err(|e| self.meta_err("reading a fracture log", &e))?;
+        if assume_clean && regions > 0 && !force {
+            return Err(Error::invalid(format!(
+                "{ASSUME_CLEAN} would discard {regions} out-of-sync region(s) of re-attached {location}; run without it (or add {FORCE})"
+            )));
+        }
+        if assume_clean {
+            self.bitmaps
+                .clear_all(id)
+                .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
+            self.flush_bitmaps()?;
+        }
+        self.image
+            .sb
+            .bump_generation(&format!("slot {s} re-attached"), now);
+        let l = &mut self.image.sb.legs[s as usize];
+        l.location = location.to_string();
+        l.canonical = canonical.to_string();
+        l.set_state(
+            if assume_clean {
+                LegState::InSync
+            } else {
+                LegState::Syncing
+            },
+            now,
+        );
+        l.reason.clear();
+        let what = format!(
+            "{}, re-attached: {regions} regions to copy",
+            crate::device::nbd::display(location)
+        );
+        self.event(EventKind::Attached, Some(s), &what);
+        self.commit()?;
+        self.open_legs[s as usize] = None;
+        Ok(AttachOutcome {
+            slot: s,
+            reattached: true,
+            regions,
+        })
+    }
+
+    /// Attach step 3, for a former primary returning (or the other side of a split brain):
+    /// its possible writes go into slot log `id`, then its header becomes a secondary's.
+    fn take_back_primary(
+        &mut self,
+        dev: &Arc<dyn Device>,
+        img: &Image,
+        id: BitmapId,
+        location: &str,
+        assume_clean: bool,
+        discard: bool,
+    ) -> Result<()> {
+        let theirs = match crate::engine::failover::returning_primary_regions(
+            self.sb(),
+            &self.name,
+            img,
+            location,
+            discard,
+        ) {
+            Ok(t) => t,
+            Err(e) if e.msg.starts_with("split brain") => {
+                // The refusal is recorded (an alert); nothing else changes.
+                let what = format!("{}: {}", crate::device::nbd::display(location), e.msg);
+                let _ = self.record(EventKind::SplitBrainRefused, None, &what);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if assume_clean {
+            return Err(Error::invalid(format!(
+                "{ASSUME_CLEAN} cannot be used for {location}: it was a primary and may hold writes this primary lacks"
+            )));
+        }
+        // P3: its possible writes go into its log durably before its header changes.
+        for r in theirs {
+            self.bitmaps
+                .set_range(id, r, true)
+                .map_err(|e| self.meta_err("setting a fracture log", &e))?;
+        }
+        self.flush_bitmaps()?;
+        let mut sec = Image::read(dev.clone())
+            .map_err(|e| Error::degraded(format!("re-reading {location}: {e}")))?;
+        let mut sb = self.secondary_sb(sec.sb.image_uuid, false);
+        sb.created_at = sec.sb.created_at;
+        sec.sb = sb;
+        sec.commit()
+            .map_err(|e| Error::degraded(format!("writing header of {location}: {e}")))?;
+        Ok(())
+    }
+
+    /// Attach step 4: the first empty slot.
+    fn free_slot(&self, g: &Geometry) -> Result<u32> {
         let Some(slot) = self
             .sb()
             .legs
@@ -248,15 +355,19 @@ impl Mirror {
                 g.slots, self.name
             )));
         };
-        let slot = slot as u32;
-        // What must be copied: regions of the primary that may hold data. A regular-file
-        // secondary is punched to zeros first, so holes of the primary need no copy; a block
-        // device secondary, or one to compare (its data is kept), gets every region (resync
-        // zeroes the target where the primary has holes). To copy, only chunks the primary's
-        // written map holds (W7): a never-written chunk is the mirror's data on no leg.
-        let written = self.written_runs()?;
-        let image_uuid = new_uuid();
-        let extents = if assume_clean {
+        Ok(slot as u32)
+    }
+
+    /// Attach step 5: the primary's data extents to copy (`Some(vec![])` copies nothing,
+    /// `None` every region). A regular-file secondary to copy is cleared here.
+    fn initial_extents(
+        &self,
+        dev: &dyn Device,
+        g: &Geometry,
+        location: &str,
+        initial: InitialSync,
+    ) -> Result<Option<Vec<Range<u64>>>> {
+        Ok(if initial == InitialSync::AssumeClean {
             Some(vec![])
         } else if initial == InitialSync::Compare {
             None
@@ -269,7 +380,21 @@ impl Mirror {
                 .map_err(|e| self.meta_err("finding data extents", &e))?
         } else {
             None
-        };
+        })
+    }
+
+    /// Attach step 6 (A1): the new secondary's header, durable before the primary lists it.
+    #[allow(clippy::too_many_arguments)]
+    fn write_secondary_header(
+        &self,
+        dev: &Arc<dyn Device>,
+        g: &Geometry,
+        slot: u32,
+        image_uuid: [u8; 16],
+        location: &str,
+        canonical: &str,
+        assume_clean: bool,
+    ) -> Result<()> {
         // A1: the secondary's header first.
         dev.zero_range(g.bitmap_offset, g.bitmap_area().end - g.bitmap_offset)
             .map_err(|e| {
@@ -282,15 +407,28 @@ impl Mirror {
         l.set_state(LegState::Syncing, 0);
         Image::format(dev.clone(), sb)
             .map_err(|e| Error::degraded(format!("writing header of secondary {location}: {e}")))?;
+        Ok(())
+    }
+
+    /// Attach step 7 (A2): reset the free slot's log and set the initial one, durably.
+    /// Returns the regions logged.
+    fn set_initial_log(
+        &mut self,
+        g: &Geometry,
+        slot: u32,
+        extents: Option<Vec<Range<u64>>>,
+        written: &[Range<u64>],
+        initial: InitialSync,
+    ) -> Result<u64> {
         // A2: reset the slot's log and set the initial one, durably.
         let id = BitmapId::Fracture(SlotIdx(slot));
         self.bitmaps
             .clear_all(id)
             .map_err(|e| self.meta_err("clearing a fracture log", &e))?;
         let mut regions = 0;
-        let mut log = plan::initial_log(&g, extents);
+        let mut log = plan::initial_log(g, extents);
         if initial == InitialSync::Copy {
-            log = plan::within_written(&log, &written);
+            log = plan::within_written(&log, written);
         }
         for r in log {
             regions += r.end - r.start;
@@ -299,6 +437,21 @@ impl Mirror {
                 .map_err(|e| self.meta_err("setting a fracture log", &e))?;
         }
         self.flush_bitmaps()?;
+        Ok(regions)
+    }
+
+    /// Attach step 8: list the new leg in the primary's superblock, commit, and open it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_new_leg(
+        &mut self,
+        dev: Arc<dyn Device>,
+        slot: u32,
+        image_uuid: [u8; 16],
+        location: &str,
+        canonical: &str,
+        regions: u64,
+        now: u64,
+    ) -> Result<()> {
         self.image
             .sb
             .bump_generation(&format!("slot {slot} attached"), now);
@@ -320,11 +473,7 @@ impl Mirror {
         self.commit()?;
         self.open_legs[slot as usize] = Some(dev);
         self.refresh_headers(&[slot]);
-        Ok(AttachOutcome {
-            slot,
-            reattached: false,
-            regions,
-        })
+        Ok(())
     }
 
     /// D0 (probe.rs): a secondary without a mirrorctl header is overwritten only when it

@@ -491,7 +491,16 @@ pub(super) fn copy_leg<O: LogOwner>(
     ctl: &CopyCtl,
     done: &mut Copied,
 ) -> CopyResult<()> {
-    // A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
+    // Steps:
+    // 1. Size the runs (at most half a CHECKPOINT at the rate) and the buffers.
+    // 2. Start the syncer thread, which makes each finished batch durable (S1).
+    // 3. Per run from the log: stop if asked (settling what was copied), hold it exclusive
+    //    with host writes, copy it, release it, then wait out the rate limit.
+    // 4. Every RESYNC_BATCH or CHECKPOINT, hand the batch to the syncer (S1: its writes
+    //    all completed before its sync starts).
+    // 5. At the end of the log, wait for the syncer and settle the last batch (S1).
+    //
+    // 1. A run is copied whole before CHECKPOINT is looked at, so under a low --rate it must
     // take at most half of it (durable points then come within 1.5 x CHECKPOINT): a
     // COPY_RUN takes 8 s at 1 MiB/s, and a resync interrupted more often than that never
     // made any progress durable.
@@ -507,7 +516,7 @@ pub(super) fn copy_leg<O: LogOwner>(
     } else {
         Vec::new()
     };
-    // The durability points are pipelined: a finished batch is synced on a helper thread
+    // 2. The durability points are pipelined: a finished batch is synced on a helper thread
     // while the next one copies, and its runs are cleared there once that sync has returned
     // (S1: every write of the batch completed before its sync started). The copy never
     // stands still for a sync but at the end (and when a batch finishes before the previous
@@ -519,6 +528,7 @@ pub(super) fn copy_leg<O: LogOwner>(
         let mut batch_started = Instant::now();
         let mut from = 0;
         loop {
+            // 3.
             if let Some(why) = owner.stop() {
                 syncer.collect(g, done, true)?;
                 settle(g, target, owner, &mut batch, done)?;
@@ -526,6 +536,7 @@ pub(super) fn copy_leg<O: LogOwner>(
             }
             syncer.collect(g, done, false)?;
             let Some(r) = owner.next_run(from, max_run)? else {
+                // 5.
                 syncer.collect(g, done, true)?;
                 return settle(g, target, owner, &mut batch, done);
             };
@@ -550,6 +561,7 @@ pub(super) fn copy_leg<O: LogOwner>(
             ctl.progress.advance(br.end - br.start);
             batch_bytes += br.end - br.start;
             batch.push(r);
+            // 4.
             if batch_bytes >= RESYNC_BATCH || batch_started.elapsed() >= CHECKPOINT {
                 // At most one batch waits for its sync: the one before has had its turn.
                 syncer.collect(g, done, true)?;
