@@ -281,7 +281,7 @@ impl Mirror {
         None
     }
 
-    /// Records regions found to differ on a leg (verify, V1 in verify.rs): they go into its
+    /// Records regions found to differ on a leg (verify, V1 in verify/mod.rs): they go into its
     /// fracture log durably, then an in-sync leg becomes syncing (S2: in sync only with an
     /// empty log) and its header stops claiming to be current.
     pub fn mark_out_of_sync(&mut self, slot: u32, regions: &[u64]) -> Result<()> {

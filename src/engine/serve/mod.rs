@@ -4,7 +4,7 @@
 //! `nbd_server/` speaks NBD and calls these; this file decides what is durable when.
 //!
 //! The live rules, one set for host requests and admin operations (W1..W6 of `write.rs`,
-//! S1..S4 of `resync.rs` and V1 of `verify.rs` hold here too; each is tagged at the lines that
+//! S1..S4 of `resync.rs` and V1 of `verify/mod.rs` hold here too; each is tagged at the lines that
 //! keep it):
 //! - H1 A request's extents are hot (their write-intent bits durable, W1) before any leg is
 //!   written; otherwise a crash could leave legs differing where no log says so.

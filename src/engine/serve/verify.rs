@@ -1,4 +1,4 @@
-//! Verify while hosts write: the command's comparison (`engine/verify.rs`) chunk by chunk,
+//! Verify while hosts write: the command's comparison (`engine/verify/`) chunk by chunk,
 //! each chunk in its place among the host writes, its differences recorded (V1) and
 //! repaired through the live resync.
 //!
