@@ -73,8 +73,27 @@ struct Inner {
 struct PoolState {
     queue: VecDeque<Job>,
     idle: usize,
+    /// Workers whose task has finished (its result about to be seen, or seen) that have not
+    /// come back for more yet: counted before the result is visible, so that the caller's
+    /// next task waits for one of them instead of starting a thread.
+    returning: usize,
     threads: usize,
     closing: bool,
+}
+
+thread_local! {
+    /// Whether this thread is one of the pool's workers.
+    static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Inner {
+    /// A task finished on this thread: if it is a worker, it is counted as returning until
+    /// it is back in its loop (see `PoolState::returning`).
+    fn task_done(&self) {
+        if IS_WORKER.with(|w| w.get()) {
+            self.st.lock().unwrap_or_else(|p| p.into_inner()).returning += 1;
+        }
+    }
 }
 
 /// The process's I/O workers.
@@ -146,11 +165,20 @@ impl Workers {
             .threads
     }
 
+    /// Runs `job` on this thread; on a worker (a task that itself runs tasks), the count of
+    /// returning workers its end added is taken back at once.
+    fn run_here(&self, job: Job) {
+        job();
+        if IS_WORKER.with(|w| w.get()) {
+            back(&self.inner);
+        }
+    }
+
     /// Runs `job` on an idle worker, on a new one when none is idle, or on this thread when
     /// none can be started (the limit, or the system refuses).
     fn submit(&self, job: Job) {
         let mut st = self.inner.st.lock().unwrap_or_else(|p| p.into_inner());
-        if st.idle > st.queue.len() {
+        if st.idle + st.returning > st.queue.len() {
             st.queue.push_back(job);
             drop(st);
             self.inner.work.notify_one();
@@ -158,7 +186,7 @@ impl Workers {
         }
         if st.threads >= MAX_WORKERS {
             drop(st);
-            return job();
+            return self.run_here(job);
         }
         st.threads += 1;
         drop(st);
@@ -166,9 +194,11 @@ impl Workers {
         let cell = Arc::new(Mutex::new(Some(job)));
         let theirs = cell.clone();
         let started = Builder::new().name("io-worker".into()).spawn(move || {
+            IS_WORKER.with(|w| w.set(true));
             let first = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(f) = first {
                 f();
+                back(&inner);
             }
             worker_loop(&inner);
         });
@@ -180,7 +210,7 @@ impl Workers {
                 .threads -= 1;
             let job = cell.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(f) = job {
-                f();
+                self.run_here(f);
             }
         }
     }
@@ -213,8 +243,10 @@ impl Workers {
             // is only widened for the queue's type.
             let t: Box<dyn FnOnce() -> T + Send + 'static> = unsafe { std::mem::transmute(t) };
             let l = latch.clone();
+            let pool = self.inner.clone();
             self.submit(Box::new(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(t));
+                pool.task_done();
                 l.put(i, r);
             }));
         }
@@ -233,6 +265,12 @@ impl Workers {
     }
 }
 
+/// A worker is back in its loop after a task (see `PoolState::returning`).
+fn back(inner: &Inner) {
+    let mut st = inner.st.lock().unwrap_or_else(|p| p.into_inner());
+    st.returning = st.returning.saturating_sub(1);
+}
+
 fn worker_loop(inner: &Inner) {
     let mut st = inner.st.lock().unwrap_or_else(|p| p.into_inner());
     loop {
@@ -240,6 +278,7 @@ fn worker_loop(inner: &Inner) {
             drop(st);
             job();
             st = inner.st.lock().unwrap_or_else(|p| p.into_inner());
+            st.returning = st.returning.saturating_sub(1);
             continue;
         }
         if st.closing {

@@ -483,7 +483,17 @@ pub fn run<B: Backend>(
     tls: &Tls,
     limits: &Limits,
 ) -> io::Result<Summary> {
-    let handshake_limit = limits.handshake;
+    // The steps, in this order:
+    // 1. the socket put in place, and serving announced (log line, READY=1): clients and
+    //    admin commands are taken from here on;
+    // 2. the stop made reachable: by the engine (its StopHandle) and by SIGTERM/SIGINT on a
+    //    thread that outlives `run` (a second signal ends the process at once);
+    // 3. the handshake watchdog started;
+    // 4. clients accepted, each checked against the limits and given its thread, until the
+    //    stop;
+    // 5. the drain: read sides closed, the requests in flight answered within the write
+    //    timeout, then every connection shut down and its thread joined.
+    // 1.
     let set = block_stop_signals();
     let listener = bound.publish()?;
     let (lfd, local) = match &listener {
@@ -497,10 +507,10 @@ pub fn run<B: Backend>(
         size: srv.size(),
         flags: export_flags(srv.read_only(), srv.fast_zero()),
     });
+    let at = uri(listen, export, local, tls.policy == TlsPolicy::Require);
     log_line(&format!(
-        "serving {description} ({}) at {}",
-        srv.serving(),
-        uri(listen, export, local, tls.policy == TlsPolicy::Require)
+        "serving {description} ({}) at {at}",
+        srv.serving()
     ));
     if let Some(t) = tls.summary() {
         log_line(&t);
@@ -508,12 +518,10 @@ pub fn run<B: Backend>(
     // The socket is in place, the control socket up: clients and admin commands are taken
     // from now on, so a unit that waits for this (Type=notify) may start its dependents.
     crate::systemd::notify(
-        &format!(
-            "READY=1\nSTATUS=serving {description} at {}",
-            uri(listen, export, local, tls.policy == TlsPolicy::Require)
-        ),
+        &format!("READY=1\nSTATUS=serving {description} at {at}"),
         &log_line,
     );
+    // 2.
     let signal: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let conns: Conns = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(StopState {
@@ -525,89 +533,25 @@ pub fn run<B: Backend>(
     srv.stop_handle(StopHandle {
         inner: stop.clone(),
     });
-    let stop_work = srv.stop_work();
-    let hard = srv.hard_stop();
-    {
-        let stop = stop.clone();
-        let signal = signal.clone();
-        let socket = match &listener {
-            Listener::Unix(_, p) => Some(p.clone()),
-            Listener::Tcp(_) => None,
-        };
-        // It lives on after `run` returns: a second signal during the engine's stop (the
-        // final sync) ends the process too.
-        start_thread("stop-signals", move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: sigwait on the set blocked above.
-            unsafe { libc::sigwait(&set, &mut sig) };
-            crate::systemd::notify(
-                &format!(
-                    "STOPPING=1\nSTATUS=stopping on {}: finishing the requests in flight, then {stop_work}",
-                    signal_name(sig)
-                ),
-                &log_line,
-            );
-            *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
-            stop.begin();
-            // SAFETY: as above.
-            unsafe { libc::sigwait(&set, &mut sig) };
-            hard_stop(sig, socket.as_deref(), &hard);
-        })?;
-    }
-    // A client that has not finished its handshake (TLS included) in time is disconnected:
-    // connections that say nothing, or start TLS and stall, hold no thread for long.
-    let watchdog = {
-        let (stop, conns) = (stop.clone(), conns.clone());
-        start_thread("handshake-limit", move || {
-            let tick =
-                (handshake_limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-            while !stop.stopping.load(Ordering::SeqCst) {
-                std::thread::sleep(tick);
-                let now = Instant::now();
-                for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
-                    if c.handshake_until.is_some_and(|t| t <= now) {
-                        c.handshake_until = None;
-                        c.timed_out = true;
-                        // SAFETY: shutdown on a descriptor the entry owns.
-                        unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
-                    }
-                }
-            }
-        })?
+    let socket = match &listener {
+        Listener::Unix(_, p) => Some(p.clone()),
+        Listener::Tcp(_) => None,
     };
+    watch_signals(
+        set,
+        &stop,
+        &signal,
+        socket,
+        srv.stop_work(),
+        srv.hard_stop(),
+    )?;
+    // 3.
+    let watchdog = handshake_watchdog(&stop, &conns, limits.handshake)?;
+    // 4.
     let ids = AtomicU64::new(0);
     let mut handles = Vec::new();
     let mut refusals = Refusals::default();
-    loop {
-        let (conn, peer) = match &listener {
-            Listener::Unix(l, _) => match l.accept() {
-                Ok((s, _)) => (Conn::Unix(s), "unix socket".to_string()),
-                Err(e) => {
-                    if stop.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    // Out of descriptors, say: log it and give it a moment, never spin.
-                    log_line_at(crate::systemd::Priority::Error, &format!("accept: {e}"));
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    continue;
-                }
-            },
-            Listener::Tcp(l) => match l.accept() {
-                Ok((s, a)) => {
-                    let _ = s.set_nodelay(true);
-                    (Conn::Tcp(s), a.to_string())
-                }
-                Err(e) => {
-                    if stop.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    // Out of descriptors, say: log it and give it a moment, never spin.
-                    log_line_at(crate::systemd::Priority::Error, &format!("accept: {e}"));
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    continue;
-                }
-            },
-        };
+    while let Some((conn, peer)) = accept(&listener, &stop) {
         if stop.stopping.load(Ordering::SeqCst) {
             break;
         }
@@ -636,14 +580,14 @@ pub fn run<B: Backend>(
         conns.lock().unwrap_or_else(|p| p.into_inner()).push(Entry {
             id,
             sock,
-            handshake_until: Some(Instant::now() + handshake_limit),
+            handshake_until: Some(Instant::now() + limits.handshake),
             timed_out: false,
         });
         let srv = srv.clone();
         let info = info.clone();
         let conns2 = conns.clone();
         let tls = tls.clone();
-        let write_timeout = limits.write_timeout;
+        let (write_timeout, handshake_limit) = (limits.write_timeout, limits.handshake);
         let who = peer.clone();
         let started = start_thread("nbd-connection", move || {
             srv.client_opened(id);
@@ -678,41 +622,8 @@ pub fn run<B: Backend>(
         }
         handles.retain(|h| !h.is_finished());
     }
-    let n = ids.load(Ordering::SeqCst);
-    // A connection accepted while the stop was being signalled: its reads end too.
-    for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        // SAFETY: shutdown on a descriptor the entry owns.
-        unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
-    }
-    // The requests in flight finish and are answered; clients get the write timeout to take
-    // their replies (each write waits at most that, but a client taking a byte now and then
-    // could stretch it), then every connection is shut down both ways.
-    let deadline = Instant::now() + limits.write_timeout;
-    while Instant::now() < deadline && handles.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let late = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
-    if late > 0 && handles.iter().any(|h| !h.is_finished()) {
-        log_line_at(
-            crate::systemd::Priority::Warning,
-            &format!(
-                "stopping: {} still open after {:?} (--write-timeout): shut down",
-                if late == 1 {
-                    "1 connection".to_string()
-                } else {
-                    format!("{late} connections")
-                },
-                limits.write_timeout
-            ),
-        );
-        for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            // SAFETY: shutdown on a descriptor the entry owns.
-            unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
-        }
-    }
-    for h in handles {
-        let _ = h.join();
-    }
+    // 5.
+    drain(&conns, handles, limits.write_timeout);
     let _ = watchdog.join();
     if let Listener::Unix(_, p) = &listener {
         let _ = std::fs::remove_file(p);
@@ -723,10 +634,131 @@ pub fn run<B: Backend>(
     let sig = *signal.lock().unwrap_or_else(|p| p.into_inner());
     let stopped_by = stop.why.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(Summary {
-        connections: n,
+        connections: ids.load(Ordering::SeqCst),
         signal: sig,
         stopped_by,
     })
+}
+
+/// The thread that waits for SIGTERM/SIGINT in `set`: the first begins the stop (its name
+/// kept in `signal`, STOPPING=1 sent), a second ends the process at once ([`hard_stop`]).
+/// It lives on after `run` returns: a second signal during the engine's stop (the final
+/// sync) ends the process too.
+fn watch_signals(
+    set: libc::sigset_t,
+    stop: &Arc<StopState>,
+    signal: &Arc<Mutex<Option<&'static str>>>,
+    socket: Option<PathBuf>,
+    stop_work: &'static str,
+    hard: String,
+) -> io::Result<()> {
+    let (stop, signal) = (stop.clone(), signal.clone());
+    start_thread("stop-signals", move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on the set blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        crate::systemd::notify(
+            &format!(
+                "STOPPING=1\nSTATUS=stopping on {}: finishing the requests in flight, then {stop_work}",
+                signal_name(sig)
+            ),
+            &log_line,
+        );
+        *signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal_name(sig));
+        stop.begin();
+        // SAFETY: as above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        hard_stop(sig, socket.as_deref(), &hard);
+    })
+    .map(drop)
+}
+
+/// A client that has not finished its handshake (TLS included) within `limit` is
+/// disconnected: connections that say nothing, or start TLS and stall, hold no thread for
+/// long. Ends with the stop.
+fn handshake_watchdog(
+    stop: &Arc<StopState>,
+    conns: &Conns,
+    limit: Duration,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (stop, conns) = (stop.clone(), conns.clone());
+    start_thread("handshake-limit", move || {
+        let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        while !stop.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(tick);
+            let now = Instant::now();
+            for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                if c.handshake_until.is_some_and(|t| t <= now) {
+                    c.handshake_until = None;
+                    c.timed_out = true;
+                    // SAFETY: shutdown on a descriptor the entry owns.
+                    unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
+                }
+            }
+        }
+    })
+}
+
+/// The next client and who it is; `None` once the stop has begun (it shuts the listener
+/// down). An accept that fails otherwise (out of descriptors, say) is logged and retried
+/// after a moment, never in a spin.
+fn accept(listener: &Listener, stop: &StopState) -> Option<(Conn, String)> {
+    loop {
+        let got = match listener {
+            Listener::Unix(l, _) => l
+                .accept()
+                .map(|(s, _)| (Conn::Unix(s), "unix socket".to_string())),
+            Listener::Tcp(l) => l.accept().map(|(s, a)| {
+                let _ = s.set_nodelay(true);
+                (Conn::Tcp(s), a.to_string())
+            }),
+        };
+        match got {
+            Ok(c) => return Some(c),
+            Err(_) if stop.stopping.load(Ordering::SeqCst) => return None,
+            Err(e) => {
+                log_line_at(crate::systemd::Priority::Error, &format!("accept: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The stop's drain: every connection's read side closed (also one accepted while the stop
+/// was being signalled), the requests in flight finished and answered, clients given
+/// `write_timeout` to take their replies (each write waits at most that, but a client taking
+/// a byte now and then could stretch it), then every connection shut down both ways and
+/// every connection thread joined.
+fn drain(conns: &Conns, handles: Vec<std::thread::JoinHandle<()>>, write_timeout: Duration) {
+    for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // SAFETY: shutdown on a descriptor the entry owns.
+        unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RD) };
+    }
+    let deadline = Instant::now() + write_timeout;
+    while Instant::now() < deadline && handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let late = conns.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if late > 0 && handles.iter().any(|h| !h.is_finished()) {
+        log_line_at(
+            crate::systemd::Priority::Warning,
+            &format!(
+                "stopping: {} still open after {write_timeout:?} (--write-timeout): shut down",
+                if late == 1 {
+                    "1 connection".to_string()
+                } else {
+                    format!("{late} connections")
+                },
+            ),
+        );
+        for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: shutdown on a descriptor the entry owns.
+            unsafe { libc::shutdown(c.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
 }
 
 fn signal_name(sig: libc::c_int) -> &'static str {
