@@ -1056,17 +1056,7 @@ fn under_pacemaker_a_killed_primary_node_fails_over_with_every_flushed_write_and
     c.rejoin_node2();
     c.wait_roles("mirror-clone", "node1", Some("node2"), 90);
     c.wait_in_sync(0, 90);
-    let serve_log = c.agent_log(0, "serve");
-    let line = serve_log
-        .lines()
-        .find(|l| l.contains("attached again; "))
-        .unwrap_or_else(|| panic!("no re-attach in node1's serve log:\n{serve_log}"));
-    let regions: u64 = line
-        .split("attached again; ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let (regions, line) = crate::ocf::reattached_regions(&c.agent_log(0, "serve"));
     assert!(
         (3..region_count / 4).contains(&regions),
         "a partial resync, not a full copy: {line}"

@@ -17,6 +17,22 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// A port of this file's range (22000-22999), free when asked for.
+/// From a serve log: the regions its re-attach of a former primary marked to copy, and the
+/// log line that said so ("... attached again; N regions to copy").
+pub(crate) fn reattached_regions(serve_log: &str) -> (u64, String) {
+    let line = serve_log
+        .lines()
+        .find(|l| l.contains("attached again; "))
+        .unwrap_or_else(|| panic!("no re-attach in the serve log:\n{serve_log}"));
+    let regions = line
+        .split("attached again; ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    (regions, line.to_string())
+}
+
 pub(crate) fn port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = (std::process::id() % 500) as u16;
@@ -991,17 +1007,7 @@ fn the_primary_node_dies_the_in_sync_secondary_is_promoted_with_every_flushed_wr
         &blog,
         one_leg_in_sync,
     );
-    let serve_log = beta.log("serve");
-    let line = serve_log
-        .lines()
-        .find(|l| l.contains("attached again; "))
-        .unwrap_or_else(|| panic!("{serve_log}"));
-    let regions: u64 = line
-        .split("attached again; ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let (regions, line) = reattached_regions(&beta.log("serve"));
     assert!(
         regions >= 3 && regions < g.region_count / 4,
         "a partial resync, not a full copy: {line}"
