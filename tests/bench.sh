@@ -9,6 +9,8 @@
 #   CASES=12 bash tests/bench.sh        # TLS: an nbds secondary and serve with TLS, beside clear text
 #   CASES=13 bash tests/bench.sh        # serve under strace: threads per 1,000 writes, syncs
 #                                       # per flush; space used on a sparse 1 TiB mirror
+#   CASES=14 bash tests/bench.sh        # random 4k writes over SIZE with --hot-extents 16 vs qemu-nbd
+#   CASES=15 bash tests/bench.sh        # random 4k, a flush every 64, 2 secondaries vs disk limit / 3
 #   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
 #                                       # runs that binary (e.g. an older commit's) and builds
 #                                       # nothing, to compare builds with the same bench
@@ -527,6 +529,95 @@ serve13 1T 2 --rw=randwrite --bs=4k --iodepth=16 --size=1T --number_ios=16384 --
 after=$(df -B1 --output=used . | tail -1)
 SYS13B="the same over a sparse 1 TiB mirror: $(( (after - before) >> 20 )) MiB more used for $((3 * 16384 * 4 / 1024)) MiB written to 3 legs, every leg in sync after the stop"
 rm -f tp.img ts*.img strace.out serve13.log
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Cases 14 and 15 reuse case 11's helpers (start_serve, start_qemu, record, fio_): defined
+# here too when case 11 is not run.
+if want 14 || want 15; then
+if ! want 11; then
+RUNTIME=${RUNTIME:-30}
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
+record() {
+    local case=$1 tool=$2; shift 2
+    python3 - "$case" "$tool" "$@" >>"$RESULTS" <<'PY'
+import json, sys
+case, tool, *files = sys.argv[1:]
+iops = [json.loads((t := open(f).read())[t.index("{"):])["jobs"][0]["write"]["iops"] for f in files]
+print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
+PY
+}
+SURI="nbd+unix:///?socket=$D/serve.sock"
+fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
+start_qemu() {
+    qpids=(); quris=(); local i=0
+    for f in "$@"; do
+        rm -f "$f"; fallocate -l "$N" "$f"
+        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & qpids+=($!)
+        wait_sock "$D/q$i.sock"; quris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
+    done
+    sync
+}
+stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock q*.raw; }
+fi
+# start_serve_hot SECONDARIES HOT: as case 11's start_serve, with --hot-extents HOT.
+start_serve_hot() {
+    rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
+    "$M" create sp.img --force >/dev/null
+    for i in $(seq "$1"); do
+        fallocate -l $((N + (1 << 20))) "ss$i.img"
+        "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
+    done
+    sync
+    "$M" serve sp.img --socket "$D/serve.sock" --hot-extents "$2" 2>serve.log & spid=$!
+    wait_sock "$D/serve.sock"
+}
+stop_serve_hot() {
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    for i in $(seq "$1"); do same_data sp.img "ss$i.img"; done
+}
+fi
+
+if want 14; then
+# Random 4 KiB writes, iodepth 16, no flush, spread over the whole SIZE with the smallest
+# hot set (16 extents, 64 MiB: SIZE=2G is 32 x the hot set, 256M 4 x): every write but one
+# in SIZE/64M needs a cold extent, so activity-log transactions are what is measured.
+note "case 14: random 4k writes over SIZE with --hot-extents 16, serve vs qemu-nbd --cache=none"
+RUNTIME=${RUNTIME:-30}
+RND14=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --randrepeat=1)
+for r in $(reps); do
+    q14() { start_qemu q0.raw; fio_ --uri="${quris[0]}" "${RND14[@]}" --output=r14q.json; stop_qemu
+        record serve-rand-cold "qemu-nbd (raw file)" r14q.json; }
+    s14() { start_serve_hot 0 16; fio_ --uri="$SURI" "${RND14[@]}" --output=r14s.json; stop_serve_hot 0
+        record serve-rand-cold "mirrorctl serve, no secondary, --hot-extents 16" r14s.json; }
+    if [ $((r % 2)) = 1 ]; then q14; s14; else s14; q14; fi
+done
+rm -f sp.img ss*.img r14?.json
+fi
+
+if want 15; then
+# Random 4 KiB writes, iodepth 16, a flush every 64, 2 secondaries (3 legs on this one
+# disk), beside the disk's limit: fio direct (O_DIRECT, the same flushes) on a plain file,
+# whose IOPS / 3 is what three copies on one disk can do.
+note "case 15: random 4k writes with a flush every 64, 2 secondaries, vs fio direct on a plain file / 3"
+RUNTIME=${RUNTIME:-30}
+RND15=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
+for r in $(reps); do
+    d15() { rm -f x15; fallocate -l "$N" x15; sync
+        fio --name=b --ioengine=libaio --direct=1 --filename=x15 --output-format=json "${RND15[@]}" --output=r15d.json
+        rm -f x15
+        # a third of the plain file's IOPS: three copies' worth of the same disk
+        python3 - r15d.json >>"$RESULTS" <<'PY'
+import json, sys
+iops = json.load(open(sys.argv[1]))["jobs"][0]["write"]["iops"]
+print(f"serve-rand-2f\tdisk limit / 3 (fio direct on a plain file, libaio)\t{10000 / (iops / 3):.4f}")
+PY
+    }
+    s15() { start_serve_hot 2 1237; fio_ --uri="$SURI" "${RND15[@]}" --output=r15s.json; stop_serve_hot 2
+        record serve-rand-2f "mirrorctl serve, 2 secondaries" r15s.json; }
+    if [ $((r % 2)) = 1 ]; then d15; s15; else s15; d15; fi
+done
+rm -f sp.img ss*.img r15?.json
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@
 //! keep it):
 //! - H1 A request's extents are hot (their write-intent bits durable, W1) before any leg is
 //!   written; otherwise a crash could leave legs differing where no log says so.
-//! - H2 An extent leaves the hot set (retires) only when no request uses it, with no I/O;
-//!   its intents are cleared only after a sync of the primary and every leg receiving
+//! - H2 An extent's intents are cleared only when no request uses it (it left the hot set,
+//!   retired, with no I/O) and only after a sync of the primary and every leg receiving
 //!   writes that started after its last write completed (W2), and after every fracture bit
 //!   H6 set is durable (H13); otherwise its clear could forget data not yet durable on some
 //!   leg, or a write a fractured leg missed. A retired extent not cleared yet is taken
