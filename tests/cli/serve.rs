@@ -787,7 +787,8 @@ fn a_failing_primary_gives_the_client_an_error_and_its_regions_stay_marked_for_r
 }
 
 #[test]
-fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_write_on_every_leg() {
+fn kill_9_then_restart_recovers_at_most_twice_the_hot_set_and_keeps_every_flushed_write_on_every_leg(
+) {
     let fx = Fx::with_legs("256M", "64K", &["b.img"]);
     let s = Serving::start(&fx, &["--hot-extents", "16"]);
     // Acknowledged-durable writes (FUA and flushed), then a random workload over 160 MiB
@@ -820,9 +821,10 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
     let _ = fio.wait();
     let st = fx.status();
     let pending = u(&st["write_intent_regions"]);
-    // 16 extents of 4 MiB = 1024 regions of 64 KiB at most.
+    // The 16 hot extents of 4 MiB (1024 regions of 64 KiB), and those evicted since the last
+    // transaction, not cleared yet (H2, H12): at most as many again.
     assert!(
-        pending > 0 && pending <= 1024,
+        pending > 0 && pending <= 2 * 1024,
         "pending {pending}:\n{st:#}\n{log}"
     );
     // The acknowledged writes are on the secondary, untouched by recovery.
