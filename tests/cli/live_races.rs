@@ -732,7 +732,13 @@ fn killed_during(op: Op, tries: u64) {
         .set_len(g.data_offset + g.data_size)
         .unwrap();
     let ksock = fx.path("kit.sock");
-    let slow = || NbdKit::start(&ksock, &remote, &["--filter=delay", "rdelay=10ms"]);
+    // A verify's repair copies one run per flipped region: its writes slowed too, so that
+    // the kill lands in the repair, after the verify recorded what it found (V1).
+    let delays: &[&str] = match op {
+        Op::VerifyRepair => &["--filter=delay", "rdelay=10ms", "wdelay=2ms"],
+        _ => &["--filter=delay", "rdelay=10ms"],
+    };
+    let slow = || NbdKit::start(&ksock, &remote, delays);
     let mut kit = slow();
     fx.ok(&[
         "attach",
@@ -752,8 +758,9 @@ fn killed_during(op: Op, tries: u64) {
             Op::Attach => fx.write_random(0, 48 * MIB, 300 + t),
             Op::VerifyRepair => {
                 fx.write_random(0, 96 * MIB, 300 + t);
-                for off in [66 * MIB, 78 * MIB + 12345, 90 * MIB + 4096] {
-                    fx.flip("remote.raw", off);
+                // One byte in each of 192 regions between the host's writes (64 to 96 MiB).
+                for k in 0..192 {
+                    fx.flip("remote.raw", 64 * MIB + k * 160 * 1024 + 12345 * (k % 3));
                 }
             }
             Op::Fracture => {}
@@ -792,7 +799,19 @@ fn killed_during(op: Op, tries: u64) {
                 });
                 sleep(ms(rng.next_u64() % 500));
             }
-            Op::VerifyRepair => sleep(ms(100 + rng.next_u64() % 600)),
+            // The verify reads the whole image (one batch) before it records and repairs
+            // anything: a kill in its reads leaves the flips where no log has them, for the
+            // next verify to find. Killed once it recorded them (the leg is syncing), in
+            // its repair.
+            Op::VerifyRepair => {
+                wait_for(
+                    &fx,
+                    60,
+                    "the verify never recorded the flipped regions",
+                    |s| leg(s, 0)["state"] == "syncing",
+                );
+                sleep(ms(rng.next_u64() % 200));
+            }
             // A fracture takes milliseconds: killed 0, 2, 4 ... ms after it was started.
             Op::Fracture => sleep(ms(2 * t)),
         }
