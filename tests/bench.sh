@@ -15,6 +15,8 @@
 #   CASES=16 bash tests/bench.sh        # reads cold and warm: serve vs qemu-nbd --cache=none and
 #                                       # fio direct on a plain file (seconds per GiB / per
 #                                       # 10,000 reads, and p99 in ms; lower is better)
+#   CASES=17 bash tests/bench.sh        # random 4k writes over SIZE with --hot-extents 16 vs qemu-nbd
+#   CASES=18 bash tests/bench.sh        # random 4k, a flush every 64, 2 secondaries vs disk limit / 3
 #   MIRRORCTL=/work/target-old/release/mirrorctl CASES=11 bash tests/bench.sh
 #                                       # runs that binary (e.g. an older commit's) and builds
 #                                       # nothing, to compare builds with the same bench
@@ -659,6 +661,95 @@ for r in $(reps); do
     done
 done
 rm -f rp.img rq.raw rf.raw r16.json serve16.log
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Cases 17 and 18 reuse case 11's helpers (start_serve, start_qemu, record, fio_): defined
+# here too when case 11 is not run.
+if want 17 || want 18; then
+if ! want 11; then
+RUNTIME=${RUNTIME:-30}
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
+record() {
+    local case=$1 tool=$2; shift 2
+    python3 - "$case" "$tool" "$@" >>"$RESULTS" <<'PY'
+import json, sys
+case, tool, *files = sys.argv[1:]
+iops = [json.loads((t := open(f).read())[t.index("{"):])["jobs"][0]["write"]["iops"] for f in files]
+print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
+PY
+}
+SURI="nbd+unix:///?socket=$D/serve.sock"
+fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
+start_qemu() {
+    qpids=(); quris=(); local i=0
+    for f in "$@"; do
+        rm -f "$f"; fallocate -l "$N" "$f"
+        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & qpids+=($!)
+        wait_sock "$D/q$i.sock"; quris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
+    done
+    sync
+}
+stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock q*.raw; }
+fi
+# start_serve_hot SECONDARIES HOT: as case 11's start_serve, with --hot-extents HOT.
+start_serve_hot() {
+    rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
+    "$M" create sp.img --force >/dev/null
+    for i in $(seq "$1"); do
+        fallocate -l $((N + (1 << 20))) "ss$i.img"
+        "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
+    done
+    sync
+    "$M" serve sp.img --socket "$D/serve.sock" --hot-extents "$2" 2>serve.log & spid=$!
+    wait_sock "$D/serve.sock"
+}
+stop_serve_hot() {
+    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
+    for i in $(seq "$1"); do same_data sp.img "ss$i.img"; done
+}
+fi
+
+if want 17; then
+# Random 4 KiB writes, iodepth 16, no flush, spread over the whole SIZE with the smallest
+# hot set (16 extents, 64 MiB: SIZE=2G is 32 x the hot set, 256M 4 x): every write but one
+# in SIZE/64M needs a cold extent, so activity-log transactions are what is measured.
+note "case 17: random 4k writes over SIZE with --hot-extents 16, serve vs qemu-nbd --cache=none"
+RUNTIME=${RUNTIME:-30}
+RND17=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --randrepeat=1)
+for r in $(reps); do
+    q17() { start_qemu q0.raw; fio_ --uri="${quris[0]}" "${RND17[@]}" --output=r17q.json; stop_qemu
+        record serve-rand-cold "qemu-nbd (raw file)" r17q.json; }
+    s17() { start_serve_hot 0 16; fio_ --uri="$SURI" "${RND17[@]}" --output=r17s.json; stop_serve_hot 0
+        record serve-rand-cold "mirrorctl serve, no secondary, --hot-extents 16" r17s.json; }
+    if [ $((r % 2)) = 1 ]; then q17; s17; else s17; q17; fi
+done
+rm -f sp.img ss*.img r17?.json
+fi
+
+if want 18; then
+# Random 4 KiB writes, iodepth 16, a flush every 64, 2 secondaries (3 legs on this one
+# disk), beside the disk's limit: fio direct (O_DIRECT, the same flushes) on a plain file,
+# whose IOPS / 3 is what three copies on one disk can do.
+note "case 18: random 4k writes with a flush every 64, 2 secondaries, vs fio direct on a plain file / 3"
+RUNTIME=${RUNTIME:-30}
+RND18=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
+for r in $(reps); do
+    d18() { rm -f x18; fallocate -l "$N" x18; sync
+        fio --name=b --ioengine=libaio --direct=1 --filename=x18 --output-format=json "${RND18[@]}" --output=r18d.json
+        rm -f x18
+        # a third of the plain file's IOPS: three copies' worth of the same disk
+        python3 - r18d.json >>"$RESULTS" <<'PY'
+import json, sys
+iops = json.load(open(sys.argv[1]))["jobs"][0]["write"]["iops"]
+print(f"serve-rand-2f\tdisk limit / 3 (fio direct on a plain file, libaio)\t{10000 / (iops / 3):.4f}")
+PY
+    }
+    s18() { start_serve_hot 2 1237; fio_ --uri="$SURI" "${RND18[@]}" --output=r18s.json; stop_serve_hot 2
+        record serve-rand-2f "mirrorctl serve, 2 secondaries" r18s.json; }
+    if [ $((r % 2)) = 1 ]; then d18; s18; else s18; d18; fi
+done
+rm -f sp.img ss*.img r18?.json
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,11 @@
 //! write-intent log while hosts write (DRBD's `al-extents`), as pure bookkeeping: which
 //! extents are hot, in use, written since the legs were last synced, and which to evict.
 //! No I/O here; `serve.rs` does the marking, syncing and clearing this plans.
+//!
+//! A server evicts without waiting for a sync: an extent it evicts *retires* (out of the
+//! hot set, its bits still set) and is cleared once a sync that started after its last
+//! write finished ([`ActivityLog::take_clean_retired`]), in the next transaction; a stream
+//! evicts after its own sync ([`ActivityLog::evict`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -15,6 +20,10 @@ pub const DEFAULT_HOT_EXTENTS: usize = 1237;
 /// The fewest hot extents allowed: one maximal request (32 MiB) touches at most nine
 /// 4 MiB extents, and a few requests must fit at once.
 pub const MIN_HOT_EXTENTS: usize = 16;
+
+/// A write into a cold extent follows a sequential writer when the extent before it was
+/// used by one of the last this many requests.
+const SEQUENTIAL_RECENT: u64 = 16;
 
 /// Index of an extent (a run of regions of [`ActivityLog::extent_regions`] each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +84,9 @@ pub struct ActivityLog {
     /// Regions at and past this one are never marked (the image's end, or a stream's).
     region_count: u64,
     hot: HashMap<ExtentIdx, Hot>,
+    /// Extents out of the hot set whose bits are still set: cleared once their data is
+    /// durable on every leg (W2); a request wanting one takes it back without any I/O.
+    retired: HashMap<ExtentIdx, Hot>,
     clock: u64,
     /// Current flush epoch: bumped when a flush starts.
     epoch: u64,
@@ -104,6 +116,7 @@ impl ActivityLog {
             base: 0,
             region_count,
             hot: HashMap::new(),
+            retired: HashMap::new(),
             clock: 0,
             epoch: 0,
             durable: 0,
@@ -122,6 +135,7 @@ impl ActivityLog {
             base: first,
             region_count: limit,
             hot: HashMap::new(),
+            retired: HashMap::new(),
             clock: 0,
             epoch: 0,
             durable: 0,
@@ -198,6 +212,7 @@ impl ActivityLog {
         let runs: Vec<Range<u64>> = self
             .hot
             .values()
+            .chain(self.retired.values())
             .flat_map(|h| h.unsynced.iter())
             .filter(|(e, _)| *e >= floor)
             .map(|(_, r)| r.clone())
@@ -205,16 +220,23 @@ impl ActivityLog {
         crate::format::ranges::union(&runs, &[])
     }
 
-    /// `want`, and when its last extent is cold but the one before it hot (a sequential
-    /// writer), up to `n` further extents that are cold and inside the image.
+    /// `want`, and when its last extent is cold but the one before it hot and among the
+    /// last [`SEQUENTIAL_RECENT`] used (a sequential writer), up to `n` further extents that
+    /// are cold and inside the image, and never more than a quarter of the hot set (a
+    /// random writer over a small hot set would otherwise evict it for extents it never
+    /// writes).
     pub fn with_read_ahead(&self, want: &[ExtentIdx], n: u64) -> Vec<ExtentIdx> {
         let mut out = want.to_vec();
         let Some(&last) = want.last() else {
             return out;
         };
+        let n = n.min(self.capacity as u64 / 4);
         let sequential = last.0 > 0
             && !self.hot.contains_key(&last)
-            && self.hot.contains_key(&ExtentIdx(last.0 - 1));
+            && self
+                .hot
+                .get(&ExtentIdx(last.0 - 1))
+                .is_some_and(|h| h.last_use + SEQUENTIAL_RECENT >= self.clock);
         if sequential {
             for k in 1..=n {
                 let e = ExtentIdx(last.0 + k);
@@ -259,6 +281,64 @@ impl ActivityLog {
 
     fn is_clean(&self, e: ExtentIdx) -> bool {
         self.hot[&e].dirty.is_none_or(|d| d < self.durable)
+    }
+
+    /// A server's eviction: `evict` (idle) leave the hot set at once, with no I/O; their
+    /// bits stay set until [`Self::take_clean_retired`] gives them back for clearing.
+    pub fn retire(&mut self, evict: &[ExtentIdx]) {
+        for e in evict {
+            if let Some(h) = self.hot.remove(e) {
+                self.retired.insert(*e, h);
+            }
+        }
+    }
+
+    /// Takes back into the hot set those of `want` that retired and are not cleared yet:
+    /// their bits are still durable (W1 holds with no I/O). Returns them.
+    pub fn revive(&mut self, want: &[ExtentIdx]) -> Vec<ExtentIdx> {
+        let mut out = Vec::new();
+        for e in want {
+            if let Some(mut h) = self.retired.remove(e) {
+                h.last_use = self.clock;
+                self.hot.insert(*e, h);
+                out.push(*e);
+            }
+        }
+        out
+    }
+
+    /// Whether an extent is retired and not yet cleared.
+    pub fn is_retired(&self, e: ExtentIdx) -> bool {
+        self.retired.contains_key(&e)
+    }
+
+    /// Whether some retired extent waits for a sync of the legs before it may be cleared.
+    pub fn retired_unsynced(&self) -> bool {
+        self.retired
+            .values()
+            .any(|h| !h.pinned && h.dirty.is_some_and(|d| d >= self.durable))
+    }
+
+    /// W2: the retired extents whose data is durable on every leg now (a sync that started
+    /// after their last write finished), taken out to be cleared; pinned ones stay (W6).
+    pub fn take_clean_retired(&mut self) -> Vec<Evicted> {
+        let durable = self.durable;
+        let mut es: Vec<ExtentIdx> = self
+            .retired
+            .iter()
+            .filter(|(_, h)| !h.pinned && h.dirty.is_none_or(|d| d < durable))
+            .map(|(e, _)| *e)
+            .collect();
+        es.sort();
+        es.into_iter()
+            .filter_map(|e| {
+                let h = self.retired.remove(&e)?;
+                Some(Evicted {
+                    regions: self.regions_of(e),
+                    unwritten_ahead: unwritten(&h),
+                })
+            })
+            .collect()
     }
 
     /// Makes `cold` hot (their bits are durable now), with the fracture bits set ahead.
@@ -316,9 +396,16 @@ impl ActivityLog {
             .collect()
     }
 
-    /// Every hot extent that may be cleared at a clean stop (all but pinned ones), taken
-    /// out of the set. Only call after a sync of every leg.
+    /// Every hot (or retired) extent that may be cleared at a clean stop (all but pinned
+    /// ones), taken out of the set. Only call after a sync of every leg.
     pub fn drain_clean(&mut self) -> Vec<Evicted> {
+        let retired: Vec<ExtentIdx> = self
+            .retired
+            .iter()
+            .filter(|(_, h)| !h.pinned)
+            .map(|(e, _)| *e)
+            .collect();
+        self.revive(&retired);
         let mut es: Vec<ExtentIdx> = self
             .hot
             .iter()
@@ -374,7 +461,7 @@ impl ActivityLog {
     /// missing data on the primary, so all of them keep their intents (W6).
     pub fn pin_unflushed(&mut self) {
         let durable = self.durable;
-        for h in self.hot.values_mut() {
+        for h in self.hot.values_mut().chain(self.retired.values_mut()) {
             if h.dirty.is_some_and(|d| d >= durable) {
                 h.pinned = true;
             }
@@ -382,7 +469,11 @@ impl ActivityLog {
     }
 
     pub fn pinned(&self) -> usize {
-        self.hot.values().filter(|h| h.pinned).count()
+        self.hot
+            .values()
+            .chain(self.retired.values())
+            .filter(|h| h.pinned)
+            .count()
     }
 
     /// A request starts (its writes may fail on a leg): returns the token for

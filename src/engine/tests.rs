@@ -1058,3 +1058,164 @@ fn a_live_resync_of_a_leg_in_sync_with_nothing_logged_leaves_it_in_sync_througho
         event_kinds(&m)
     );
 }
+
+/// What [`Watched`] devices saw: primary syncs, and data writes that found their region's
+/// write intent not durable on the primary (W1).
+#[derive(Default)]
+struct Watch {
+    /// (syncs of the primary begun, the next one is held, one is waiting at the hold)
+    st: Mutex<(u64, bool, bool)>,
+    cv: std::sync::Condvar,
+    unmarked: Mutex<Vec<String>>,
+}
+
+/// A device of the storage model whose data writes check, before they start, that the
+/// primary's durable image has the write intents of their regions; the primary's syncs
+/// are counted and can be held.
+#[derive(Clone)]
+struct Watched {
+    dev: SimDevice,
+    primary: SimDevice,
+    is_primary: bool,
+    g: Geometry,
+    watch: Arc<Watch>,
+}
+
+impl Device for Watched {
+    fn len(&self) -> u64 {
+        self.dev.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.dev.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        if off >= self.g.data_offset {
+            // W1: the durable image, as a power cut now would leave it.
+            let durable = self.primary.after_power_cut(&World::new(), || false);
+            let img = durable.contents();
+            let base = self.g.bitmap(BitmapId::WriteIntent) as usize;
+            let at = off - self.g.data_offset;
+            for r in self.g.regions_for(at, buf.len() as u64) {
+                if img[base + (r / 8) as usize] & (1 << (r % 8)) == 0 {
+                    let who = if self.is_primary { "primary" } else { "leg" };
+                    self.watch
+                        .unmarked
+                        .lock()
+                        .unwrap()
+                        .push(format!("{who} written in region {r}"));
+                }
+            }
+        }
+        self.dev.write_at(buf, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        if self.is_primary {
+            let mut s = self.watch.st.lock().unwrap();
+            s.0 += 1;
+            while s.1 {
+                s.2 = true;
+                self.watch.cv.notify_all();
+                s = self.watch.cv.wait(s).unwrap();
+            }
+            s.2 = false;
+        }
+        self.dev.sync()
+    }
+}
+
+#[test]
+fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_writes_before_its_intent_is_durable(
+) {
+    // Extents of 4 regions of 4 KiB, 16 hot at most, one secondary.
+    let w = World::new();
+    let g = Geometry::for_data_size(256 * 4096, 4096, 4).unwrap();
+    let p = SimDevice::new(&w, g.total_len());
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let watch = Arc::new(Watch::default());
+    let dev = |d: &SimDevice, is_primary| Watched {
+        dev: d.clone(),
+        primary: p.clone(),
+        is_primary,
+        g,
+        watch: watch.clone(),
+    };
+    let s = SimDevice::new(&w, g.total_len());
+    let legs = SimOpener::new(HashMap::from([("s0".to_string(), dev(&s, false))]));
+    let mut m = Mirror::open(Arc::new(dev(&p, true)), "p", Arc::new(legs), false).unwrap();
+    m.attach(
+        Arc::new(dev(&s, false)),
+        "s0",
+        "s0",
+        InitialSync::AssumeClean,
+        false,
+        false,
+    )
+    .unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
+    fn extent(e: u64) -> u64 {
+        e * 4 * 4096
+    }
+    let write = |srv: &serve::Server, e: u64| {
+        let t = srv.ticket(extent(e), 4096);
+        srv.mutate(t, serve::Mutation::Write(&[e as u8; 4096]), false)
+    };
+    // The hot set full of written extents (every other one: no writer looks sequential).
+    for e in 0..MIN_HOT_EXTENTS as u64 {
+        write(&srv, 2 * e).unwrap();
+    }
+    assert_eq!(srv.hot().0, MIN_HOT_EXTENTS);
+    // A write whose transaction's sync is held: the requests after it queue.
+    watch.st.lock().unwrap().1 = true;
+    let first = {
+        let srv = srv.clone();
+        std::thread::spawn(move || write(&srv, 33))
+    };
+    {
+        let mut s = watch.st.lock().unwrap();
+        while !s.2 {
+            s = watch.cv.wait(s).unwrap();
+        }
+    }
+    let syncs = |srv: &serve::Server| srv.with_mirror(|m| m.metadata_syncs());
+    let (meta0, primary0) = (syncs(&srv), watch.st.lock().unwrap().0);
+    const N: u64 = 8;
+    let writers: Vec<_> = (0..N)
+        .map(|i| {
+            let srv = srv.clone();
+            std::thread::spawn(move || write(&srv, 35 + 2 * i))
+        })
+        .collect();
+    while srv.queued() < N as usize {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Each needs an extent evicted (dirty ones): none of that is a sync of its own.
+    {
+        let mut s = watch.st.lock().unwrap();
+        s.1 = false;
+        watch.cv.notify_all();
+    }
+    first.join().unwrap().unwrap();
+    for t in writers {
+        t.join().unwrap().unwrap();
+    }
+    let meta = syncs(&srv) - meta0;
+    let primary = watch.st.lock().unwrap().0 - primary0;
+    // The held transaction's sync, then one for all N.
+    assert_eq!(meta, 1 + 1, "metadata syncs for {N} writes to cold extents");
+    assert_eq!(primary, 1, "primary syncs after the held one");
+    let unmarked = watch.unmarked.lock().unwrap().clone();
+    assert!(unmarked.is_empty(), "W1 broken: {unmarked:?}");
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (mut m, _) = srv.stop().unwrap();
+    for e in std::iter::once(33).chain((0..N).map(|i| 35 + 2 * i)) {
+        let at = (g.data_offset + extent(e)) as usize;
+        assert_eq!(p.contents()[at..at + 4096], [e as u8; 4096], "extent {e}");
+    }
+    assert_same_data(&m, &p, &s);
+    assert_eq!(m.pending_intents().unwrap(), 0);
+}

@@ -27,6 +27,10 @@ enum Store {
     Paged(HashMap<u64, Box<[u8]>>),
 }
 
+/// Changed pages written by [`Bitmaps::prepare_sync`], durable once the primary syncs.
+#[must_use]
+pub struct PreparedPages(BTreeSet<u64>);
+
 pub struct Bitmaps {
     geom: Geometry,
     /// The written map (format 1.3), in the pages right after the bitmap area; `None`: every
@@ -430,6 +434,35 @@ impl Bitmaps {
         self.dirty.clear();
         self.flushes += 1;
         Ok(())
+    }
+
+    /// The first half of a flush whose sync the caller makes (a device sync of the primary,
+    /// with no lock held, while later changes go on in memory): writes the changed pages
+    /// (paged store; a mapped store's are in the file's page cache already, which the
+    /// primary's sync writes back) and hands them over. Give them back with
+    /// [`Self::synced`] once the primary's sync returned, or [`Self::sync_failed`].
+    /// A page changed again meanwhile stays changed for the next flush.
+    pub fn prepare_sync(&mut self) -> io::Result<PreparedPages> {
+        if let Store::Paged(pages) = &self.store {
+            for p in &self.dirty {
+                self.dev
+                    .write_at(&pages[p], self.geom.bitmap_offset + p * PAGE)?;
+            }
+        }
+        Ok(PreparedPages(std::mem::take(&mut self.dirty)))
+    }
+
+    /// The primary synced after [`Self::prepare_sync`]: those pages are durable (one
+    /// metadata sync when there were any).
+    pub fn synced(&mut self, p: PreparedPages) {
+        if !p.0.is_empty() {
+            self.flushes += 1;
+        }
+    }
+
+    /// The primary's sync failed: the pages count as changed again.
+    pub fn sync_failed(&mut self, p: PreparedPages) {
+        self.dirty.extend(p.0);
     }
 
     /// Throws away cached pages (paged store), e.g. after a failed flush.

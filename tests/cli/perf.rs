@@ -261,6 +261,44 @@ fn served_writes_and_flushes_start_no_threads_and_a_flush_syncs_each_leg_once_or
 }
 
 #[test]
+fn random_writes_over_16_times_the_hot_set_share_metadata_syncs_at_iodepth_16() {
+    // 1 GiB is 256 extents of 4 MiB: with 16 hot, 15 writes in 16 need a cold extent.
+    let fx = Fx::with_legs("1G", "64K", &["b.img"]);
+    let t = Traced::start(
+        &fx,
+        "trace=fsync,fdatasync,msync,sync_file_range,syncfs",
+        &["--hot-extents", "16"],
+    );
+    let (writes, depth) = (1000u64, 16u64);
+    crate::serve::fio(
+        &t.uri(),
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            &format!("--iodepth={depth}"),
+            "--size=1G",
+            &format!("--number_ios={writes}"),
+        ],
+    );
+    let lines = t.lines();
+    let log = t.stop();
+    assert!(log.contains("the mirror is healthy"), "{log}");
+    // Every metadata sync is a sync of the primary (H12; the clean stop adds two). One per
+    // write without batching; with it, the requests that queue while a transaction syncs
+    // all go in the next one: with `depth` in flight, in two alternating halves, about
+    // depth / 2 per transaction. The bound allows a quarter of that (a loaded machine,
+    // strace slowing every request): still at most one sync per two writes.
+    let syncs = image_syncs(&lines, &fx.path("a.img"));
+    let bound = writes / (depth / 8) + 2;
+    assert!(
+        (syncs as u64) <= bound,
+        "{syncs} syncs of the primary for {writes} random writes at iodepth {depth} (at most {bound}):\n{log}"
+    );
+    eprintln!("{syncs} primary syncs for {writes} random writes beyond the hot set");
+    crate::serve::legs_identical(&fx, &[&fx.path("b.img")]);
+}
+
+#[test]
 fn the_live_record_is_written_with_one_write_per_publish() {
     let fx = Fx::with_legs("16M", "64K", &["b.img"]);
     let t = Traced::start(&fx, "trace=write,rename,renameat,renameat2", &[]);

@@ -765,7 +765,8 @@ fn a_failing_primary_gives_the_client_an_error_and_its_regions_stay_marked_for_r
 }
 
 #[test]
-fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_write_on_every_leg() {
+fn kill_9_then_restart_recovers_at_most_twice_the_hot_set_and_keeps_every_flushed_write_on_every_leg(
+) {
     let fx = Fx::with_legs("256M", "64K", &["b.img"]);
     let s = Serving::start(&fx, &["--hot-extents", "16"]);
     // Acknowledged-durable writes (FUA and flushed), then a random workload over 160 MiB
@@ -798,9 +799,10 @@ fn kill_9_then_restart_recovers_at_most_the_hot_set_and_keeps_every_flushed_writ
     let _ = fio.wait();
     let st = fx.status();
     let pending = u(&st["write_intent_regions"]);
-    // 16 extents of 4 MiB = 1024 regions of 64 KiB at most.
+    // The 16 hot extents of 4 MiB (1024 regions of 64 KiB), and those evicted since the last
+    // transaction, not cleared yet (H2, H12): at most as many again.
     assert!(
-        pending > 0 && pending <= 1024,
+        pending > 0 && pending <= 2 * 1024,
         "pending {pending}:\n{st:#}\n{log}"
     );
     // The acknowledged writes are on the secondary, untouched by recovery.
@@ -1229,16 +1231,20 @@ fn random_writes_within_the_hot_set_cost_one_metadata_sync_per_extent_touched() 
         .and_then(|s| s.rsplit('(').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    // Touching 16 extents: at most 16 activations, plus the clear at stop.
+    // A transaction marking extents syncs the primary (`fdatasync`, H12), the clear at stop
+    // is an `msync`; each flush with something to sync is one `fdatasync` per leg.
+    let fdatasyncs = calls("fdatasync");
     assert!(
-        msyncs <= 16 + 1,
-        "{msyncs} msync calls for 16 extents:\n{summary}\n{log}"
-    );
-    assert!(msyncs >= 2, "the extents were marked at all:\n{summary}");
-    assert!(
-        calls("fdatasync") >= 2 * (flushes - skipped),
+        fdatasyncs >= 2 * (flushes - skipped),
         "every flush with something to sync syncs both legs:\n{summary}\n{log}"
     );
+    let metadata = msyncs + fdatasyncs - 2 * (flushes - skipped);
+    // Touching 16 extents: at most 16 transactions, plus the clear at stop.
+    assert!(
+        metadata <= 16 + 1,
+        "{metadata} metadata syncs for 16 extents:\n{summary}\n{log}"
+    );
+    assert!(metadata >= 2, "the extents were marked at all:\n{summary}");
 }
 
 #[test]

@@ -8,10 +8,12 @@
 //! keep it):
 //! - H1 A request's extents are hot (their write-intent bits durable, W1) before any leg is
 //!   written; otherwise a crash could leave legs differing where no log says so.
-//! - H2 An extent leaves the hot set only when no request uses it, after a sync of the
-//!   primary and every leg receiving writes that started after its last write completed
-//!   (W2), and after every fracture bit H6 set is durable; otherwise its clear could forget
-//!   data not yet durable on some leg, or a write a fractured leg missed.
+//! - H2 An extent's intents are cleared only when no request uses it (it left the hot set,
+//!   retired, with no I/O) and only after a sync of the primary and every leg receiving
+//!   writes that started after its last write completed (W2), and after every fracture bit
+//!   H6 set is durable (H13); otherwise its clear could forget data not yet durable on some
+//!   leg, or a write a fractured leg missed. A retired extent not cleared yet is taken
+//!   back by a request with no I/O: its bits are still durable.
 //! - H3 A write is replied to only once it is written on the primary and on every leg
 //!   receiving writes; a FLUSH, or a FUA request, only after the primary and every such leg
 //!   synced (every write completed before the flush started is durable everywhere); otherwise
@@ -78,13 +80,30 @@
 //!   then be told a write is durable that a crash loses (on a leg the mirror calls in
 //!   sync, or on the primary). A failed flush makes nothing durable (W6), so the next one
 //!   syncs again.
+//! - H12 Activity-log transactions are group commits (`commit.rs`): requests needing cold
+//!   extents queue, and one thread at a time (the leader) collects the extents of the
+//!   queued requests (up to 64, within the hot set's capacity), sets their bits and clears
+//!   those of clean retired extents (H2) in memory under the lock, then syncs the primary
+//!   once with the lock let go (the legs beside it, in parallel, when a retired extent
+//!   waits for them); requests arriving meanwhile wait for the next one. A request is given
+//!   its extents (acquired for it) only after the sync that marked them returned (H1). Every
+//!   bit goes into memory only once its own rule holds (a mark at any time, a clear per
+//!   H2), so a sync that makes a later change durable early, or a torn one, loses nothing.
+//!   Otherwise a request could write a leg before its intent is durable, or one metadata
+//!   sync per request would cap random writes beyond the hot set.
+//! - H13 Every sync that counts as a flush of every leg (a FLUSH, a transaction that syncs
+//!   the legs) writes the bitmaps' changes first and makes them durable with the primary's
+//!   sync (`Bitmaps::prepare_sync`): a retired extent clean by such a flush has the
+//!   fracture bits H6 set for its writes durable. Otherwise its clear, torn beside them,
+//!   could leave a write a fractured leg missed in no log.
 
 mod admin;
+mod commit;
 mod verify;
 
 pub use admin::Say;
 
-use super::activity::{ActivityLog, ExtentIdx, Plan};
+use super::activity::ActivityLog;
 use super::fence::FenceCall;
 pub use super::fence::FenceHooks;
 use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
@@ -245,6 +264,8 @@ struct State {
     refused: Option<String>,
     /// Per slot, the fence of a leg that stopped receiving writes (H10).
     fences: Vec<Fence>,
+    /// Requests waiting for an activity-log transaction (H12).
+    commits: commit::Commits,
 }
 
 /// Where a slot's fence hook is (H10).
@@ -508,6 +529,7 @@ impl Mirror {
             min_in_sync: if read_only { 0 } else { cfg.min_in_sync },
             refused: None,
             fences: vec![Fence::None; slots],
+            commits: Default::default(),
         };
         for (s, d) in legs {
             state.join(s, d);
@@ -878,33 +900,22 @@ impl Server {
                 Arc::downgrade(&t._alive),
             ));
         }
-        let mut st = self.wait_for_earlier(st, &t);
+        let st = self.wait_for_earlier(st, &t);
         let exts = st.al.extents_of(&regions);
-        loop {
-            // A write into a cold extent that follows a hot one is likely a stream: the next
-            // extents are marked in the same flush (fewer metadata syncs per byte).
-            let want = st.al.with_read_ahead(&exts, READ_AHEAD);
-            match st.al.plan(&want) {
-                Plan::Ready => break,
-                Plan::Wait => st = self.wait(st),
-                Plan::Activate { cold, evict, sync } => {
-                    let r = self.activate(&mut st, &cold, &evict, sync);
-                    self.flush_log(&mut st);
-                    if let Err(f) = r {
-                        st.inflight.retain(|(s, _, _, _)| *s != t.seq);
-                        self.wake(st);
-                        return Err(f);
-                    }
-                }
-            }
+        // H1 + H12: the extents hot (a transaction's sync) and acquired for this request.
+        let (mut st, r) = self.make_hot(st, &exts, &regions);
+        if let Err(f) = r {
+            st.inflight.retain(|(s, _, _, _)| *s != t.seq);
+            self.wake(st);
+            return Err(f);
         }
         // H6: in the lock hold that takes the legs to write.
         if let Err(e) = st.log_for_absent_legs(&regions) {
+            st.al.release(&exts, None);
             st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.wake(st);
             return Err(Failure::new(EIO, e.to_string()));
         }
-        st.al.acquire(&exts);
         // H5: until it ends, what a leg failing in it may miss reaches back to here.
         let since = st.al.begin();
         let legs = st.legs.clone();
@@ -1226,68 +1237,6 @@ impl Server {
         Ok(())
     }
 
-    /// Syncs with the state locked, recording the flush in the activity log.
-    fn sync_locked(&self, st: &mut State) -> Served<()> {
-        let covered = st.al.flush_started();
-        let legs = st.legs.clone();
-        let (p, errs) = super::write::sync_parallel(&self.primary, &legs);
-        if let Err(e) = p {
-            // W6: nothing written since the last good flush is ever cleared.
-            st.al.pin_unflushed();
-            st.al.flush_failed(covered);
-            return Err(Failure::io(
-                format!("syncing primary {}", st.mirror.name),
-                &e,
-            ));
-        }
-        for (s, e) in errs {
-            if let Err(f) = self.fracture(st, s, "sync".into(), e) {
-                st.al.flush_failed(covered);
-                return Err(f);
-            }
-        }
-        st.al.flush_done(covered);
-        Ok(())
-    }
-
-    /// H1 + H2: one activation: sync if an evicted extent is dirty, then clear the evicted
-    /// extents' intents, set the new ones (and W3's fracture bits) in one flush.
-    fn activate(
-        &self,
-        st: &mut State,
-        cold: &[ExtentIdx],
-        evict: &[ExtentIdx],
-        sync: bool,
-    ) -> Served<()> {
-        if sync {
-            // H2: the evicted extents' data durable on every leg before their bits go.
-            self.sync_locked(st)?;
-        }
-        let meta = |e: Error| Failure::new(EIO, e.to_string());
-        if !evict.is_empty() {
-            // H2 + H6: the fracture bits set for writes legs missed are durable before any
-            // intent over them is cleared.
-            st.mirror.flush_bitmaps().map_err(meta)?;
-        }
-        for ev in st.al.evict(evict) {
-            st.mirror.clear_evicted(ev).map_err(meta)?;
-            st.counters.evictions += 1;
-        }
-        // H1/W1: the new extents' intents (legs not receiving writes get bits per write, H6,
-        // not whole extents ahead: their logs stay exact).
-        for &e in cold {
-            let regions = st.al.regions_of(e);
-            st.mirror.mark_write_intents(regions).map_err(meta)?;
-        }
-        st.mirror
-            .flush_bitmaps()
-            .map_err(|e| Failure::new(EIO, e.to_string()))?;
-        st.al.insert(cold, Vec::new());
-        st.counters.activations += cold.len() as u64;
-        st.counters.peak_hot = st.counters.peak_hot.max(st.al.len());
-        Ok(())
-    }
-
     /// H3: makes every write completed so far durable on the primary and every leg
     /// receiving writes (legs that fail are fractured, the flush still succeeds).
     pub fn flush(&self) -> Served<()> {
@@ -1296,7 +1245,7 @@ impl Server {
 
     /// [`Server::flush`], waiting for enough in-sync secondaries (H9) until `deadline`.
     fn flush_by(&self, deadline: Instant) -> Served<()> {
-        let (covered, legs) = {
+        let (covered, legs, pages) = {
             let mut st = self.lock();
             if st.gated() {
                 // H9, H10: a flush would claim durability on fewer copies than asked for.
@@ -1311,11 +1260,21 @@ impl Server {
                 st.counters.flushes_skipped += 1;
                 return Ok(());
             }
-            (st.al.flush_started(), st.legs.clone())
+            // H13: the bitmaps' changes go with the primary's sync (paged store).
+            let pages = match st.mirror.bitmaps.prepare_sync() {
+                Ok(p) => p,
+                Err(e) => {
+                    let f = Failure::io(format!("writing bitmaps of primary {}", self.name), &e);
+                    (self.log)(&format!("error: {}", f.msg));
+                    return Err(f);
+                }
+            };
+            (st.al.flush_started(), st.legs.clone(), pages)
         };
         let (p, errs) = super::write::sync_parallel(&self.primary, &legs);
         let mut st = self.lock();
         if let Err(e) = p {
+            st.mirror.bitmaps.sync_failed(pages);
             // W6: nothing written since the last good flush is ever cleared.
             st.al.pin_unflushed();
             st.al.flush_failed(covered);
@@ -1323,6 +1282,7 @@ impl Server {
             (self.log)(&format!("error: {}", f.msg));
             return Err(f);
         }
+        st.mirror.bitmaps.synced(pages);
         let mut res = Ok(());
         for (s, e) in errs {
             if let Err(f) = self.fracture(&mut st, s, "sync".into(), e) {
