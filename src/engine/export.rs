@@ -17,9 +17,8 @@
 //!   ends. Otherwise a former primary still connected to it as a leg would go on writing
 //!   into the new primary (split brain).
 
-use crate::device::nbd::proto::{ENOTSUP, ESHUTDOWN};
 use crate::device::Device;
-use crate::engine::serve::{Failure, Mutation, Served};
+use crate::engine::serve::{Failure, FailureKind, Mutation, Served};
 use crate::error::{Error, Result};
 use crate::format::layout::SB_COPY_SIZE;
 use crate::format::Role;
@@ -246,7 +245,7 @@ impl Export {
     fn refuse(&self, client: u64) -> Served<()> {
         if refused(self.phase(), client) {
             return Err(Failure::new(
-                ESHUTDOWN,
+                FailureKind::ShutDown,
                 format!(
                     "{} became a primary through another connection: this export serves nothing more (serve it with `mirrorctl serve {}`)",
                     self.name, self.name
@@ -406,7 +405,7 @@ impl Backend for Export {
             Ok(())
         } else {
             Err(Failure::new(
-                ENOTSUP,
+                FailureKind::Unsupported,
                 format!("fast zeroing is not possible on {}", self.name),
             ))
         }
@@ -539,11 +538,11 @@ mod tests {
         assert_eq!(e.phase(), Phase::Promoted { by: 2 });
         let mut b = [0u8; 512];
         let f = e.read(1, 0, &mut b, true).unwrap_err();
-        assert_eq!(f.errno, ESHUTDOWN, "{}", f.msg);
-        assert_eq!(e.flush(3).unwrap_err().errno, ESHUTDOWN);
+        assert_eq!(f.kind, FailureKind::ShutDown, "{}", f.msg);
+        assert_eq!(e.flush(3).unwrap_err().kind, FailureKind::ShutDown);
         let t = e.ticket(HEADER_AREA.end, 4096);
         let f = e.mutate(1, t, Mutation::Write(&[1u8; 4096]), false);
-        assert_eq!(f.unwrap_err().errno, ESHUTDOWN);
+        assert_eq!(f.unwrap_err().kind, FailureKind::ShutDown);
         // The refused write changed nothing; the promoting client goes on.
         let mut d = vec![0u8; 4096];
         e.read(2, HEADER_AREA.end, &mut d, true).unwrap();

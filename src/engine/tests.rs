@@ -186,7 +186,7 @@ fn a_served_read_the_primary_fails_comes_from_an_in_sync_leg_and_is_logged_once(
     p.fail_reads(libc::EIO);
     let mut buf = vec![0u8; 4096];
     let f = srv.read(8192, &mut buf, false).unwrap_err();
-    assert_eq!(f.errno, crate::device::nbd::proto::EIO);
+    assert_eq!(f.kind, serve::FailureKind::Io);
     drop(secs);
 }
 
@@ -697,7 +697,7 @@ fn a_served_write_with_fewer_in_sync_secondaries_than_the_minimum_is_refused_and
     );
     for _ in 0..3 {
         let f = write(2).unwrap_err();
-        assert_eq!(f.errno, crate::device::nbd::proto::EIO);
+        assert_eq!(f.kind, serve::FailureKind::Io);
         assert!(f.msg.contains("writes refused: 1 of min 2"), "{}", f.msg);
     }
     assert!(srv.flush().is_err(), "a flush below the minimum is refused");

@@ -23,7 +23,7 @@ use super::handshake::{transmission_flags, Negotiated, BASE_ALLOCATION_ID};
 use super::request::{self, Command, Header, Invalid, Limits, HEADER_LEN};
 use crate::device::nbd::proto::*;
 use crate::device::{read_full, AlignedBuf, DIRECT_ALIGN};
-use crate::engine::serve::{Failure, Mutation};
+use crate::engine::serve::{Failure, FailureKind, Mutation};
 use std::collections::VecDeque;
 use std::io::BufReader;
 use std::io::{IoSlice, Read, Write};
@@ -563,27 +563,48 @@ impl Replies {
         self.simple(handle, 0, &[]);
     }
 
+    /// The reply to a request the engine failed: the error number its kind gets.
+    fn failure(&self, handle: u64, f: &Failure, log: &dyn Fn(&str)) {
+        self.error(handle, errno_of(f.kind), &f.msg, log);
+    }
+
     /// An error reply: structured (with the message) where structured replies are on.
-    fn error(&self, handle: u64, f: &Failure, log: &dyn Fn(&str)) {
-        if f.errno != EINVAL {
+    /// Failures other than EINVAL (the client's own mistake) are logged, a few per
+    /// connection.
+    fn error(&self, handle: u64, errno: u32, msg: &str, log: &dyn Fn(&str)) {
+        if errno != EINVAL {
             let mut n = self.errors_logged.lock().unwrap();
             *n += 1;
             if *n <= LOGGED_ERRORS {
-                log(&format!("request failed: {}", f.msg));
+                log(&format!("request failed: {msg}"));
             } else if *n == LOGGED_ERRORS + 1 {
                 log("more request errors; not logging them for this connection");
             }
         }
         if self.structured {
-            let msg = crate::format::cut(&f.msg, 4096);
+            let msg = crate::format::cut(msg, 4096);
             let msg = msg.as_bytes();
-            let mut p = f.errno.to_be_bytes().to_vec();
+            let mut p = errno.to_be_bytes().to_vec();
             p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
             p.extend_from_slice(msg);
             self.chunk(handle, REPLY_TYPE_ERROR, &[&p]);
         } else {
-            self.simple(handle, f.errno, &[]);
+            self.simple(handle, errno, &[]);
         }
+    }
+}
+
+/// The NBD error a host gets for each kind of failure (the protocol's errno values: a
+/// client maps them to its own, e.g. qemu and the kernel's nbd driver pass ENOSPC up so a
+/// VM can pause on a full disk rather than see an I/O error).
+pub fn errno_of(kind: FailureKind) -> u32 {
+    match kind {
+        FailureKind::OutOfRange => EINVAL,
+        FailureKind::Io => EIO,
+        FailureKind::NoSpace => ENOSPC,
+        FailureKind::NotPermitted => EPERM,
+        FailureKind::Unsupported => ENOTSUP,
+        FailureKind::ShutDown => ESHUTDOWN,
     }
 }
 
@@ -620,7 +641,7 @@ fn run<B: Backend>(
                 Ok(()) => rep.data(handle, off, buf),
                 Err(f) => {
                     pool.put(buf);
-                    rep.error(handle, &f, log)
+                    rep.failure(handle, &f, log)
                 }
             }
             // After the reply: the client's next requests need not wait for the hint.
@@ -640,7 +661,7 @@ fn run<B: Backend>(
             if flags & CMD_FLAG_FAST_ZERO != 0 {
                 if let Err(f) = srv.check_fast_zero() {
                     srv.cancel(t);
-                    rep.error(handle, &f, log);
+                    rep.failure(handle, &f, log);
                     return;
                 }
             }
@@ -685,7 +706,7 @@ fn run<B: Backend>(
     };
     match res {
         Ok(()) => rep.ok(handle),
-        Err(f) => rep.error(handle, &f, log),
+        Err(f) => rep.failure(handle, &f, log),
     }
 }
 
@@ -823,7 +844,7 @@ fn read_loop<B: Backend>(
                         Err(e) => return End::Broken(format!("reading a request: {e}")),
                     }
                 }
-                rep.error(handle, &Failure { errno, msg }, log);
+                rep.error(handle, errno, &msg, log);
                 continue;
             }
         };
@@ -890,6 +911,36 @@ fn read_loop<B: Backend>(
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_device_error_reaches_the_host_as_the_nbd_error_the_protocol_names_for_it() {
+        let wire = |raw: i32| {
+            let e = std::io::Error::from_raw_os_error(raw);
+            errno_of(Failure::io("writing".into(), &e).kind)
+        };
+        // A full disk stays a full disk for the host (qemu can pause the VM on ENOSPC),
+        // a quota too; a refused write is EPERM; anything else an I/O error.
+        assert_eq!(wire(libc::ENOSPC), ENOSPC);
+        assert_eq!(wire(libc::EDQUOT), ENOSPC);
+        assert_eq!(wire(libc::EROFS), EPERM);
+        assert_eq!(wire(libc::EPERM), EPERM);
+        assert_eq!(wire(libc::EIO), EIO);
+        assert_eq!(wire(libc::ETIMEDOUT), EIO);
+        // Every kind has its own error number.
+        let kinds = [
+            FailureKind::OutOfRange,
+            FailureKind::Io,
+            FailureKind::NoSpace,
+            FailureKind::NotPermitted,
+            FailureKind::Unsupported,
+            FailureKind::ShutDown,
+        ];
+        let errnos: HashSet<u32> = kinds.iter().map(|k| errno_of(*k)).collect();
+        assert_eq!(errnos.len(), kinds.len());
+        assert_eq!(errno_of(FailureKind::ShutDown), ESHUTDOWN);
+        assert_eq!(errno_of(FailureKind::Unsupported), ENOTSUP);
+        assert_eq!(errno_of(FailureKind::OutOfRange), EINVAL);
+    }
 
     fn job(handle: u64) -> Job<()> {
         Job {

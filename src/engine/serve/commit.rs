@@ -6,8 +6,7 @@
 //! durable (H2). DRBD packs up to 64 activity-log extent changes into one transaction the
 //! same way (`AL_UPDATES_PER_TRANSACTION`).
 
-use super::{Failure, Served, Server, State};
-use crate::device::nbd::proto::EIO;
+use super::{Failure, FailureKind, Served, Server, State};
 use crate::engine::activity::{ExtentIdx, Plan};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -61,7 +60,7 @@ impl State {
     /// by the transaction before, or retired and not cleared yet) are granted at once.
     /// `None`: nothing to commit (the queue empty, or no room until a request finishes).
     fn collect_txn(&mut self) -> std::result::Result<Option<Txn>, Failure> {
-        let meta = |e: crate::error::Error| Failure::new(EIO, e.to_string());
+        let meta = |e: crate::error::Error| Failure::new(FailureKind::Io, e.to_string());
         let mut union: Vec<ExtentIdx> = Vec::new();
         let mut ids = Vec::new();
         let mut i = 0;
@@ -179,7 +178,7 @@ impl Server {
                 return (st, Ok(()));
             }
             if let Some(msg) = st.commits.failed.remove(&id) {
-                return (st, Err(Failure::new(EIO, msg)));
+                return (st, Err(Failure::new(FailureKind::Io, msg)));
             }
             if !st.commits.busy {
                 let (g, led) = self.lead(st);

@@ -106,7 +106,6 @@ pub use admin::Say;
 use super::activity::ActivityLog;
 use super::fence::FenceCall;
 pub use super::fence::FenceHooks;
-use crate::device::nbd::proto::{EINVAL, EIO, ENOSPC, ENOTSUP, EPERM};
 use crate::device::Device;
 use crate::engine::uuid_str;
 use crate::engine::EventKind;
@@ -145,24 +144,45 @@ const READ_AHEAD: u64 = 15;
 /// flush every 64 ran at 1.3 x the IOPS of buffered writes.
 const DIRECT_WRITES: u64 = 4096;
 
-/// A failed request: the error number to send and the line to log.
+/// Why a served request failed, in the engine's terms: `nbd_server` maps each kind to the
+/// error number the host gets (`nbd_server::errno_of`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The request names bytes outside the data area.
+    OutOfRange,
+    /// Reading or writing failed, or writes are refused for now (a leg, the quorum, the
+    /// metadata): the host may retry later.
+    Io,
+    /// A device had no space left (ENOSPC, EDQUOT).
+    NoSpace,
+    /// Writing is not allowed: a read-only export, or a device that refused it (EPERM,
+    /// EROFS).
+    NotPermitted,
+    /// What was asked cannot be done on these devices (fast zeroing).
+    Unsupported,
+    /// The export serves nothing more (it became a primary through another connection).
+    ShutDown,
+}
+
+/// A failed request: what kind of failure, and the line to log (and send, where the host
+/// takes messages).
 #[derive(Debug)]
 pub struct Failure {
-    pub errno: u32,
+    pub kind: FailureKind,
     pub msg: String,
 }
 
 impl Failure {
-    pub(crate) fn new(errno: u32, msg: String) -> Failure {
-        Failure { errno, msg }
+    pub(crate) fn new(kind: FailureKind, msg: String) -> Failure {
+        Failure { kind, msg }
     }
     pub(crate) fn io(msg: String, e: &io::Error) -> Failure {
-        let errno = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ENOSPC,
-            Some(libc::EPERM) | Some(libc::EROFS) => EPERM,
-            _ => EIO,
+        let kind = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FailureKind::NoSpace,
+            Some(libc::EPERM) | Some(libc::EROFS) => FailureKind::NotPermitted,
+            _ => FailureKind::Io,
         };
-        Failure::new(errno, format!("{msg}: {e}"))
+        Failure::new(kind, format!("{msg}: {e}"))
     }
 }
 
@@ -728,7 +748,7 @@ impl Server {
         match off.checked_add(len) {
             Some(end) if end <= self.geometry.data_size => Ok(()),
             _ => Err(Failure::new(
-                EINVAL,
+                FailureKind::OutOfRange,
                 format!(
                     "request at offset {off} length {len} runs past the end of the export ({} bytes)",
                     self.geometry.data_size
@@ -811,7 +831,7 @@ impl Server {
             }
         }
         Err(Failure::new(
-            EIO,
+            FailureKind::Io,
             format!(
                 "reading primary {} at data offset {off}: {perr}; no in-sync secondary could serve it",
                 self.name
@@ -873,7 +893,10 @@ impl Server {
     fn mutate_inner(&self, mut t: Ticket, m: &Mutation<'_>, deadline: Instant) -> Served<()> {
         if self.read_only {
             self.cancel(t);
-            return Err(Failure::new(EPERM, "the export is read-only".into()));
+            return Err(Failure::new(
+                FailureKind::NotPermitted,
+                "the export is read-only".into(),
+            ));
         }
         debug_assert_eq!(t.range.end - t.range.start, m.len());
         let g = self.geometry;
@@ -914,7 +937,7 @@ impl Server {
             st.al.release(&exts, None);
             st.inflight.retain(|(s, _, _, _)| *s != t.seq);
             self.wake(st);
-            return Err(Failure::new(EIO, e.to_string()));
+            return Err(Failure::new(FailureKind::Io, e.to_string()));
         }
         // H5: until it ends, what a leg failing in it may miss reaches back to here.
         let since = st.al.begin();
@@ -986,7 +1009,7 @@ impl Server {
                 // Not reported as written (the stop's summary, status).
                 counted = false;
                 res = Err(Failure::new(
-                    f.errno,
+                    f.kind,
                     format!(
                         "{}; this write reached the primary and the legs receiving writes (the others have it in their fracture logs) but is not acknowledged",
                         f.msg
@@ -1034,7 +1057,7 @@ impl Server {
                     return (
                         st,
                         Err(Failure::new(
-                            EIO,
+                            FailureKind::Io,
                             format!("recording that writes are acknowledged again: {e}"),
                         )),
                     );
@@ -1047,7 +1070,7 @@ impl Server {
                 self.refuse(&mut st, &why);
                 st.counters.refused += 1;
                 let f = Failure::new(
-                    EIO,
+                    FailureKind::Io,
                     if failed.is_some() {
                         format!("writes refused: {why}; the leg stays fractured")
                     } else {
@@ -1229,7 +1252,7 @@ impl Server {
         let refusing = st.shortfall().is_some();
         st.mirror
             .fracture_on_error_as(LegFailure { slot, what, err }, &missed, refusing)
-            .map_err(|e| Failure::new(EIO, e.to_string()))?;
+            .map_err(|e| Failure::new(FailureKind::Io, e.to_string()))?;
         // H10: after its fracture is durable.
         if self.fence.fence_peer.is_some() {
             st.queue_fence(slot, reason);
@@ -1307,7 +1330,7 @@ impl Server {
             Ok(())
         } else {
             Err(Failure::new(
-                ENOTSUP,
+                FailureKind::Unsupported,
                 "fast zeroing is not possible on every leg".into(),
             ))
         }
