@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::format::layout::SB_COPY_SIZE;
 use crate::format::Role;
 use crate::meta::image::{Image, ReadError};
-use crate::nbd_server::{Backend, StopHandle};
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +31,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 /// The bytes that hold the header (both superblock copies): a write there is followed by
 /// a look at the header (P9).
 pub const HEADER_AREA: Range<u64> = 0..2 * SB_COPY_SIZE;
+
+/// Stops the export's server, saying why (given by the front end).
+pub type StopFn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// What an image's header says, as the export sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +171,7 @@ pub struct Export {
     /// Requests hold it shared; a write into the header area holds it alone, through its
     /// read-back (P9).
     order: RwLock<()>,
-    stop: Mutex<Option<StopHandle>>,
+    stop: Mutex<Option<StopFn>>,
     log: Box<dyn Fn(&str) + Send + Sync>,
     connections: AtomicU64,
     writes: AtomicU64,
@@ -284,19 +286,18 @@ impl Export {
     }
 }
 
-impl Backend for Export {
-    type Ticket = Range<u64>;
-
-    fn size(&self) -> u64 {
+/// What the NBD front end calls (`nbd_server::Backend` for an export delegates here).
+impl Export {
+    pub fn size(&self) -> u64 {
         self.dev.len()
     }
-    fn read_only(&self) -> bool {
+    pub fn read_only(&self) -> bool {
         false
     }
-    fn fast_zero(&self) -> bool {
+    pub fn fast_zero(&self) -> bool {
         self.fast_zero
     }
-    fn serving(&self) -> String {
+    pub fn serving(&self) -> String {
         format!(
             "{} bytes, the whole image raw, header included; {}",
             self.dev.len(),
@@ -307,31 +308,31 @@ impl Backend for Export {
             }
         )
     }
-    fn stop_work(&self) -> &'static str {
+    pub fn stop_work(&self) -> &'static str {
         "syncing the image"
     }
-    fn hard_stop(&self) -> String {
+    pub fn hard_stop(&self) -> String {
         "stopping at once, without the clean stop: requests in flight get no reply and the image is not synced (the primary treats its leg as failed and resyncs what it may lack)".into()
     }
-    fn stop_handle(&self, stop: StopHandle) {
+    pub fn on_stop(&self, stop: StopFn) {
         *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
     }
-    fn client_opened(&self, _client: u64) {
+    pub fn client_opened(&self, _client: u64) {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
-    fn client_connected(&self, _client: u64, _what: &str) {}
-    fn client_closed(&self, client: u64) {
+    pub fn client_connected(&self, _client: u64, _what: &str) {}
+    pub fn client_closed(&self, client: u64) {
         if self.phase() == (Phase::Promoted { by: client }) {
             // P9: the promoting connection is done; the image is served by path from now.
             if let Some(s) = &*self.stop.lock().unwrap_or_else(|p| p.into_inner()) {
-                s.stop(&format!(
+                s(&format!(
                     "{} became a primary and the client that promoted it disconnected",
                     self.name
                 ));
             }
         }
     }
-    fn read(&self, client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
+    pub fn read(&self, client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
         let _turn = self.gate(client)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.bytes_read
@@ -343,13 +344,13 @@ impl Backend for Export {
         };
         r.map_err(|e| Failure::io(format!("reading {} at offset {off}", self.name), &e))
     }
-    fn read_ahead(&self, _client: u64, off: u64, len: u64) {
+    pub fn read_ahead(&self, _client: u64, off: u64, len: u64) {
         let end = (off + len).min(self.dev.len());
         if off < end {
             self.dev.read_ahead(off, end - off);
         }
     }
-    fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
+    pub fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
         let _turn = self.gate(client)?;
         let data = self
             .dev
@@ -357,11 +358,11 @@ impl Backend for Export {
             .map_err(|e| Failure::io(format!("mapping {} at offset {off}", self.name), &e))?;
         Ok(runs(off, len, data))
     }
-    fn ticket(&self, off: u64, len: u64) -> Range<u64> {
+    pub fn ticket(&self, off: u64, len: u64) -> Range<u64> {
         off..off + len
     }
-    fn cancel(&self, _t: Range<u64>) {}
-    fn mutate(&self, client: u64, t: Range<u64>, m: Mutation<'_>, fua: bool) -> Served<()> {
+    pub fn cancel(&self, _t: Range<u64>) {}
+    pub fn mutate(&self, client: u64, t: Range<u64>, m: Mutation<'_>, fua: bool) -> Served<()> {
         let header = touches_header(&t);
         // P9: a header write runs alone, so that no request of another connection lands
         // after it unchecked.
@@ -393,14 +394,14 @@ impl Backend for Export {
         }
         Ok(())
     }
-    fn flush(&self, client: u64) -> Served<()> {
+    pub fn flush(&self, client: u64) -> Served<()> {
         let _turn = self.gate(client)?;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.dev
             .sync()
             .map_err(|e| Failure::io(format!("syncing {}", self.name), &e))
     }
-    fn check_fast_zero(&self) -> Served<()> {
+    pub fn check_fast_zero(&self) -> Served<()> {
         if self.fast_zero {
             Ok(())
         } else {

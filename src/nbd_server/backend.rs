@@ -134,3 +134,63 @@ impl Backend for crate::engine::serve::Server {
         crate::engine::serve::Server::check_fast_zero(self)
     }
 }
+
+/// A mirror's secondary image, as `export` serves it.
+impl Backend for crate::engine::export::Export {
+    type Ticket = std::ops::Range<u64>;
+
+    fn size(&self) -> u64 {
+        crate::engine::export::Export::size(self)
+    }
+    fn read_only(&self) -> bool {
+        crate::engine::export::Export::read_only(self)
+    }
+    fn fast_zero(&self) -> bool {
+        crate::engine::export::Export::fast_zero(self)
+    }
+    fn serving(&self) -> String {
+        crate::engine::export::Export::serving(self)
+    }
+    fn stop_work(&self) -> &'static str {
+        crate::engine::export::Export::stop_work(self)
+    }
+    fn hard_stop(&self) -> String {
+        crate::engine::export::Export::hard_stop(self)
+    }
+    fn stop_handle(&self, stop: StopHandle) {
+        self.on_stop(Box::new(move |why: &str| stop.stop(why)))
+    }
+    fn client_opened(&self, client: u64) {
+        crate::engine::export::Export::client_opened(self, client)
+    }
+    fn client_connected(&self, client: u64, what: &str) {
+        crate::engine::export::Export::client_connected(self, client, what)
+    }
+    fn client_closed(&self, client: u64) {
+        crate::engine::export::Export::client_closed(self, client)
+    }
+    fn read(&self, client: u64, off: u64, buf: &mut [u8], direct: bool) -> Served<()> {
+        crate::engine::export::Export::read(self, client, off, buf, direct)
+    }
+    fn read_ahead(&self, client: u64, off: u64, len: u64) {
+        crate::engine::export::Export::read_ahead(self, client, off, len)
+    }
+    fn extents(&self, client: u64, off: u64, len: u64) -> Served<Vec<(u64, bool)>> {
+        crate::engine::export::Export::extents(self, client, off, len)
+    }
+    fn ticket(&self, off: u64, len: u64) -> Self::Ticket {
+        crate::engine::export::Export::ticket(self, off, len)
+    }
+    fn cancel(&self, t: Self::Ticket) {
+        crate::engine::export::Export::cancel(self, t)
+    }
+    fn mutate(&self, client: u64, t: Self::Ticket, m: Mutation<'_>, fua: bool) -> Served<()> {
+        crate::engine::export::Export::mutate(self, client, t, m, fua)
+    }
+    fn flush(&self, client: u64) -> Served<()> {
+        crate::engine::export::Export::flush(self, client)
+    }
+    fn check_fast_zero(&self) -> Served<()> {
+        crate::engine::export::Export::check_fast_zero(self)
+    }
+}

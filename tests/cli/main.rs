@@ -13,6 +13,7 @@ mod failover;
 mod generated_docs;
 mod ha_cluster;
 mod kill_points;
+mod layers;
 mod live;
 mod live_races;
 mod metadata_fuzz;
