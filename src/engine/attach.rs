@@ -371,7 +371,7 @@ impl Mirror {
             Some(vec![])
         } else if initial == InitialSync::Compare {
             None
-        } else if dev.file().is_some() && dev.needs_allocation() {
+        } else if dev.is_regular_file() {
             dev.zero_range(g.data_offset, g.data_size)
                 .map_err(|e| Error::degraded(format!("clearing secondary {location}: {e}")))?;
             self.image

@@ -296,9 +296,10 @@ impl Mirror {
         Error::primary_io(format!("{what} on primary {}", self.name), e)
     }
 
-    /// The primary's open file (for the names of its runtime files).
-    pub fn primary_file(&self) -> Option<&std::fs::File> {
-        self.image.dev.file()
+    /// The primary's lock handle (for the names of its runtime files); `None` for a primary
+    /// that cannot be locked (not a file or block device).
+    pub fn lock_handle(&self) -> Option<crate::lock::Handle<'_>> {
+        self.image.dev.lock_handle()
     }
 
     /// Starts publishing this command's live record, for `status` in another process
@@ -309,13 +310,8 @@ impl Mirror {
         command: &str,
         write_intents_live: bool,
     ) -> Option<crate::live::Publisher> {
-        let f = self.image.dev.file()?;
-        Some(crate::live::Publisher::start(
-            f,
-            &self.name,
-            command,
-            write_intents_live,
-        ))
+        let h = self.image.dev.lock_handle()?;
+        Some(h.publish(&self.name, command, write_intents_live))
     }
 
     pub(crate) fn flush_bitmaps(&mut self) -> Result<()> {
