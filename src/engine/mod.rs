@@ -69,8 +69,8 @@ pub struct Mirror {
     opener: Arc<dyn Opener>,
     /// Name of the primary for messages (its path).
     pub name: String,
-    /// One-line warnings for the user, printed by the caller.
-    pub warnings: Vec<String>,
+    /// One-line warnings for the user, printed by the caller ([`Mirror::take_warnings`]).
+    warnings: Vec<String>,
     /// Legs opened (and checked) during this command, by slot.
     open_legs: Vec<Option<Arc<dyn Device>>>,
     /// Bytes of write-intent window marked at once; [`WINDOW`] unless a test shrinks it to
@@ -294,6 +294,12 @@ impl Mirror {
 
     pub(crate) fn meta_err(&self, what: &str, e: &io::Error) -> Error {
         Error::primary_io(format!("{what} on primary {}", self.name), e)
+    }
+
+    /// The warnings gathered since they were last taken, oldest first, for the caller to
+    /// print or log; none are kept.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// The primary's lock handle (for the names of its runtime files); `None` for a primary

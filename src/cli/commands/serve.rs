@@ -132,7 +132,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         // P6 and recovery (R1..R3) as for every changing command.
         m.prepare_for_change()?;
     }
-    for w in m.warnings.drain(..) {
+    for w in m.take_warnings() {
         server::log_line(&w);
     }
     let description = display(&a.primary);
