@@ -135,6 +135,51 @@ pub fn lock(file: &File, mode: Mode, wait: Wait, name: &str) -> Result<()> {
     }
 }
 
+/// The open primary the mirror lock is taken on and its runtime files (the live record,
+/// the control socket) are named by: what a device that can be locked hands out
+/// ([`crate::device::Device::lock_handle`]), so a command locks and finds the running
+/// command without reaching for the file behind the device.
+#[derive(Clone, Copy)]
+pub struct Handle<'a>(&'a File);
+
+impl<'a> Handle<'a> {
+    /// The handle of an open file or block device (for `crate::device`, which owns it).
+    pub(crate) fn new(file: &'a File) -> Handle<'a> {
+        Handle(file)
+    }
+
+    /// Takes the mirror lock ([`lock`]); released when the device is closed.
+    pub fn lock(self, mode: Mode, wait: Wait, name: &str) -> Result<()> {
+        lock(self.0, mode, wait, name)
+    }
+
+    /// The record of the command running on the mirror now ([`crate::live::read`]).
+    pub fn running(self) -> Option<crate::live::Record> {
+        crate::live::read(self.0)
+    }
+
+    /// Pids of other processes holding the lock exclusively ([`crate::live::writers`]).
+    pub fn writers(self) -> Vec<u32> {
+        crate::live::writers(self.0)
+    }
+
+    /// Starts publishing this command's live record ([`crate::live::Publisher::start`]).
+    pub fn publish(
+        self,
+        primary: &str,
+        command: &str,
+        write_intents_live: bool,
+    ) -> crate::live::Publisher {
+        crate::live::Publisher::start(self.0, primary, command, write_intents_live)
+    }
+
+    /// Where the live record of a command on this mirror is ([`crate::live::record_path`];
+    /// a serving process's control socket is beside it).
+    pub fn record_path(self) -> std::io::Result<std::path::PathBuf> {
+        crate::live::record_path(self.0)
+    }
+}
+
 /// Lets a waiter blocked in [`lock`] take the lock that was just released.
 pub fn yield_to_waiters() {
     std::thread::sleep(Duration::from_millis(2));

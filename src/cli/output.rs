@@ -64,7 +64,7 @@ impl Progress for Bar {
 }
 
 pub fn print_warnings(m: &mut Mirror) {
-    for w in m.warnings.drain(..) {
+    for w in m.take_warnings() {
         crate::systemd::eprint(
             &format!("mirrorctl: {}", crate::error::plain(&w)),
             crate::systemd::Priority::Warning,

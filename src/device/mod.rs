@@ -12,9 +12,13 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// One image: a regular file, a block device, or (in tests) a simulated device.
+/// One image: a regular file, a block device, an NBD export, or (in tests) a simulated
+/// device. What a caller may want beyond reading and writing is asked of the device as a
+/// capability (a regular file? mapped? copied in the kernel? locked?), never by reaching for
+/// the file behind it. (`Any`: a device can tell whether another is of its own kind, as
+/// [`Device::copy_range_to`] does.)
 #[allow(clippy::len_without_is_empty)]
-pub trait Device: Send + Sync {
+pub trait Device: Send + Sync + std::any::Any {
     fn len(&self) -> u64;
     /// Reads exactly `buf.len()` bytes at `off`.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
@@ -60,8 +64,36 @@ pub trait Device: Send + Sync {
     fn zero_is_fast(&self) -> bool {
         false
     }
-    /// The open file behind the device, where there is one (used to map bitmaps).
-    fn file(&self) -> Option<&File> {
+    /// Whether the device is a regular file (not a block device, an NBD export or a
+    /// simulated one): holes can be punched in it and its length is its size on disk.
+    fn is_regular_file(&self) -> bool {
+        false
+    }
+    /// Copies `len` bytes at `off` to the same offset of `to` without passing them through
+    /// this process (copy_file_range, between two files or block devices). `Unsupported`
+    /// where either device cannot; after any error the caller reads and writes instead,
+    /// which tells which side is at fault.
+    fn copy_range_to(&self, _to: &dyn Device, _off: u64, _len: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Tells the device `len` bytes at `off` (to its end for 0) will be read in order, once:
+    /// it may read further ahead (a larger readahead window for cold caches). Only a hint.
+    fn advise_sequential(&self, _off: u64, _len: u64) {}
+    /// A writable shared mapping of `range`, or `None` where the device cannot be mapped
+    /// (its bytes are then read and written through [`Device::read_at`] and
+    /// [`Device::write_at`]). Changes reach the device at the mapping's flush.
+    ///
+    /// # Safety
+    /// No other process may write the range while the mapping lives (the mirror lock keeps
+    /// other mirrorctl processes out), and the caller turns the SIGBUS an I/O error on a
+    /// mapped page raises into a clean exit.
+    unsafe fn map_mut(&self, _range: Range<u64>) -> io::Result<Option<memmap2::MmapMut>> {
+        Ok(None)
+    }
+    /// The handle the mirror lock is taken on and the runtime records (live record, control
+    /// socket) are named by; `None` for a device that cannot be locked: an NBD export (the
+    /// admin keeps other users away, README "Remote secondaries") or a simulated device.
+    fn lock_handle(&self) -> Option<crate::lock::Handle<'_>> {
         None
     }
     /// Whether bitmap pages should be allocated before they are first written through a
@@ -366,6 +398,33 @@ impl FileDevice {
     pub fn is_block(&self) -> bool {
         self.block
     }
+
+    /// The handle the mirror lock is taken on ([`Device::lock_handle`], which a file or
+    /// block device always has).
+    pub fn handle(&self) -> crate::lock::Handle<'_> {
+        crate::lock::Handle::new(&self.file)
+    }
+
+    /// Makes a regular file `len` bytes long (ftruncate), and the device that long.
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes at `off` from one file to the same offset of another in the kernel.
+fn copy_file_range_all(from: &File, to: &File, off: u64, len: u64) -> io::Result<()> {
+    let (mut src, mut dst) = (off, off);
+    let end = off + len;
+    while src < end {
+        let want = (end - src) as usize;
+        let n = rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), want)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+    }
+    Ok(())
 }
 
 impl Device for FileDevice {
@@ -549,8 +608,41 @@ impl Device for FileDevice {
         !self.block
     }
 
-    fn file(&self) -> Option<&File> {
-        Some(&self.file)
+    fn is_regular_file(&self) -> bool {
+        !self.block
+    }
+
+    fn copy_range_to(&self, to: &dyn Device, off: u64, len: u64) -> io::Result<()> {
+        let to: &dyn std::any::Any = to;
+        match to.downcast_ref::<FileDevice>() {
+            Some(to) => copy_file_range_all(&self.file, &to.file, off, len),
+            None => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+
+    fn advise_sequential(&self, off: u64, len: u64) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            off,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::Sequential,
+        );
+    }
+
+    unsafe fn map_mut(&self, range: Range<u64>) -> io::Result<Option<memmap2::MmapMut>> {
+        // SAFETY: the caller keeps other processes from writing the range and handles
+        // SIGBUS (this method's contract).
+        let m = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(range.start)
+                .len((range.end - range.start) as usize)
+                .map_mut(&self.file)?
+        };
+        Ok(Some(m))
+    }
+
+    fn lock_handle(&self) -> Option<crate::lock::Handle<'_>> {
+        Some(self.handle())
     }
 
     fn needs_allocation(&self) -> bool {
@@ -634,6 +726,104 @@ mod tests {
         let mut tail = AlignedBuf::zeroed(8192);
         assert!(d.read_direct(&mut tail, (1 << 20) - 4096).is_err());
         d.read_ahead(0, 1 << 20);
+    }
+
+    /// A file of `len` bytes holding `i % 251` at byte `i`, opened writable.
+    fn patterned(dir: &Path, name: &str, len: usize) -> FileDevice {
+        let p = dir.join(name);
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, bytes).unwrap();
+        FileDevice::open(&p, true).unwrap()
+    }
+
+    fn simulated(len: u64) -> sim::SimDevice {
+        sim::SimDevice::new(&sim::World::new(), len)
+    }
+
+    #[test]
+    fn a_regular_file_says_it_is_one_and_a_simulated_device_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(patterned(dir.path(), "img", 4096).is_regular_file());
+        assert!(!simulated(4096).is_regular_file());
+    }
+
+    #[test]
+    fn a_range_copied_in_the_kernel_between_two_files_reads_back_the_same_and_other_devices_are_unsupported(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let from = patterned(dir.path(), "from", 1 << 20);
+        let p = dir.path().join("to");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let to = FileDevice::open(&p, true).unwrap();
+        from.copy_range_to(&to, 4096, 300 << 10).unwrap();
+        let mut want = vec![0u8; 1 << 20];
+        from.read_at(&mut want, 0).unwrap();
+        want[..4096].fill(0);
+        want[4096 + (300 << 10)..].fill(0);
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        // A simulated device on either side: the caller reads and writes instead.
+        let s = simulated(1 << 20);
+        let e = from.copy_range_to(&s, 0, 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        let e = s.copy_range_to(&to, 0, 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(s.contents().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn bytes_written_through_a_files_mapping_read_back_through_the_device_and_a_simulated_device_has_none(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = patterned(dir.path(), "img", 64 << 10);
+        // SAFETY: a private temporary file no other process writes.
+        let mut m = unsafe { d.map_mut(8192..16384) }.unwrap().unwrap();
+        assert_eq!(m[0], (8192 % 251) as u8, "the mapping starts at its range");
+        m[..4096].fill(0xab);
+        m.flush().unwrap();
+        let mut back = vec![0u8; 4097];
+        d.read_at(&mut back, 8192).unwrap();
+        assert!(back[..4096].iter().all(|&b| b == 0xab));
+        assert_eq!(back[4096], ((8192 + 4096) % 251) as u8);
+        // SAFETY: as above; nothing is mapped.
+        assert!(unsafe { simulated(1 << 20).map_mut(0..4096) }
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_file_locked_through_its_handle_is_busy_for_a_second_open_and_a_simulated_device_has_no_handle(
+    ) {
+        use crate::lock::{Mode, Wait};
+        let dir = tempfile::tempdir().unwrap();
+        let a = patterned(dir.path(), "img", 4096);
+        let b = FileDevice::open(&dir.path().join("img"), false).unwrap();
+        a.handle().lock(Mode::Exclusive, Wait::No, "img").unwrap();
+        let e = b.handle().lock(Mode::Shared, Wait::No, "img").unwrap_err();
+        assert_eq!(e.kind, crate::error::Kind::Busy, "{e}");
+        assert!(e.to_string().contains("img is busy"), "{e}");
+        // Through the trait, as the engine asks: the same lock.
+        let dyn_b: &dyn Device = &b;
+        let h = dyn_b.lock_handle().expect("a file can be locked");
+        assert!(h.lock(Mode::Shared, Wait::No, "img").is_err());
+        drop(a);
+        h.lock(Mode::Shared, Wait::No, "img").unwrap();
+        assert!(simulated(4096).lock_handle().is_none());
+    }
+
+    #[test]
+    fn setting_the_length_of_a_file_device_grows_the_file_and_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = patterned(dir.path(), "img", 4096);
+        d.set_len(1 << 20).unwrap();
+        assert_eq!(d.len(), 1 << 20);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("img")).unwrap().len(),
+            1 << 20
+        );
+        let mut tail = [1u8; 16];
+        d.read_at(&mut tail, (1 << 20) - 16).unwrap();
+        assert_eq!(tail, [0u8; 16]);
+        d.sync().unwrap();
     }
 
     #[test]

@@ -109,12 +109,11 @@ impl Mirror {
         check_fits(&*dev, &g, location, canonical)?;
         // 2.
         let existing = Image::read(dev.clone());
-        let reattach_slot =
+        let reattach =
             self.classify_existing(&dev, &existing, location, canonical, initial, force)?;
         let now = now_unix();
         // 3.
-        if let Some(s) = reattach_slot {
-            let img = existing.as_ref().ok().unwrap();
+        if let Some((s, img)) = reattach {
             return self.reattach(
                 &dev, img, s, location, canonical, initial, force, discard, now,
             );
@@ -150,17 +149,17 @@ impl Mirror {
         })
     }
 
-    /// Attach step 2: what the secondary's header says. Returns the slot it re-attaches to,
-    /// `None` for a new leg, or the refusal.
-    fn classify_existing(
+    /// Attach step 2: what the secondary's header says. Returns the slot it re-attaches to
+    /// with the header read, `None` for a new leg, or the refusal.
+    fn classify_existing<'i>(
         &self,
         dev: &Arc<dyn Device>,
-        existing: &std::result::Result<Image, ReadError>,
+        existing: &'i std::result::Result<Image, ReadError>,
         location: &str,
         canonical: &str,
         initial: InitialSync,
         force: bool,
-    ) -> Result<Option<u32>> {
+    ) -> Result<Option<(u32, &'i Image)>> {
         let mut reattach_slot = None;
         match existing {
             Ok(img) if img.sb.mirror_uuid == self.sb().mirror_uuid => {
@@ -190,7 +189,7 @@ impl Mirror {
                             leg.location
                         )));
                     }
-                    reattach_slot = Some(s as u32);
+                    reattach_slot = Some((s as u32, img));
                 } else if img.sb.role == Role::Primary && !force {
                     return Err(Error::invalid(format!(
                         "{location} is a primary of mirror {}; use {FORCE} to overwrite it",
@@ -371,7 +370,7 @@ impl Mirror {
             Some(vec![])
         } else if initial == InitialSync::Compare {
             None
-        } else if dev.file().is_some() && dev.needs_allocation() {
+        } else if dev.is_regular_file() {
             dev.zero_range(g.data_offset, g.data_size)
                 .map_err(|e| Error::degraded(format!("clearing secondary {location}: {e}")))?;
             self.image

@@ -163,8 +163,8 @@ pub fn promote(
     opener: Arc<dyn Opener>,
 ) -> Result<(PromoteOutcome, Mirror)> {
     let out = promote_image(dev.clone(), name, old, force)?;
-    let map = dev.file().is_some();
-    let mut m = Mirror::open(dev, name, opener, map)?;
+    // Bitmaps mapped where the device can be mapped (`Device::map_mut`), paged otherwise.
+    let mut m = Mirror::open(dev, name, opener, true)?;
     m.take_over_secondaries(out.old_primary_slot);
     Ok((out, m))
 }
@@ -453,7 +453,7 @@ fn write_bitmaps(
     name: &str,
     logs: &[(u32, Vec<Range<u64>>)],
 ) -> Result<()> {
-    let mut bm = Bitmaps::open(dev.clone(), g, dev.file().is_some())
+    let mut bm = Bitmaps::open(dev.clone(), g, true)
         .map_err(|e| Error::primary_io(format!("opening bitmaps of {name}"), &e))?;
     let merr = |e: std::io::Error| Error::primary_io(format!("writing bitmaps of {name}"), &e);
     bm.clear_all(BitmapId::WriteIntent).map_err(merr)?;

@@ -69,8 +69,8 @@ pub struct Mirror {
     opener: Arc<dyn Opener>,
     /// Name of the primary for messages (its path).
     pub name: String,
-    /// One-line warnings for the user, printed by the caller.
-    pub warnings: Vec<String>,
+    /// One-line warnings for the user, printed by the caller ([`Mirror::take_warnings`]).
+    warnings: Vec<String>,
     /// Legs opened (and checked) during this command, by slot.
     open_legs: Vec<Option<Arc<dyn Device>>>,
     /// Bytes of write-intent window marked at once; [`WINDOW`] unless a test shrinks it to
@@ -296,9 +296,16 @@ impl Mirror {
         Error::primary_io(format!("{what} on primary {}", self.name), e)
     }
 
-    /// The primary's open file (for the names of its runtime files).
-    pub fn primary_file(&self) -> Option<&std::fs::File> {
-        self.image.dev.file()
+    /// The warnings gathered since they were last taken, oldest first, for the caller to
+    /// print or log; none are kept.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// The primary's lock handle (for the names of its runtime files); `None` for a primary
+    /// that cannot be locked (not a file or block device).
+    pub fn lock_handle(&self) -> Option<crate::lock::Handle<'_>> {
+        self.image.dev.lock_handle()
     }
 
     /// Starts publishing this command's live record, for `status` in another process
@@ -309,13 +316,8 @@ impl Mirror {
         command: &str,
         write_intents_live: bool,
     ) -> Option<crate::live::Publisher> {
-        let f = self.image.dev.file()?;
-        Some(crate::live::Publisher::start(
-            f,
-            &self.name,
-            command,
-            write_intents_live,
-        ))
+        let h = self.image.dev.lock_handle()?;
+        Some(h.publish(&self.name, command, write_intents_live))
     }
 
     pub(crate) fn flush_bitmaps(&mut self) -> Result<()> {

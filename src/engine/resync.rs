@@ -380,25 +380,6 @@ impl Mirror {
     }
 }
 
-/// Copies `len` bytes at `off` from one file to the same offset of another in the kernel.
-pub(super) fn copy_file_range_all(
-    from: &std::fs::File,
-    to: &std::fs::File,
-    off: u64,
-    len: u64,
-) -> io::Result<()> {
-    let (mut src, mut dst) = (off, off);
-    let end = off + len;
-    while src < end {
-        let want = (end - src) as usize;
-        let n = rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), want)?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-    }
-    Ok(())
-}
-
 /// What a resync-started event says.
 pub(super) fn resync_started_detail(bytes: u64, compare: bool) -> String {
     format!(
@@ -743,13 +724,9 @@ fn copy_run(
             // File to file (offline): the kernel copies without passing the data through
             // here. Any error is retried by reading and writing, which tells whether the
             // primary or the target is at fault.
-            if !direct {
-                if let (Some(from), Some(to)) = (primary.file(), target.file()) {
-                    if copy_file_range_all(from, to, p, n as u64).is_ok() {
-                        p += n as u64;
-                        continue;
-                    }
-                }
+            if !direct && primary.copy_range_to(target, p, n as u64).is_ok() {
+                p += n as u64;
+                continue;
             }
             primary.read_at(&mut buf[..n], p).map_err(|e| perr(p, e))?;
             let w = if direct {

@@ -14,7 +14,7 @@
 use crate::device::Device;
 use crate::format::layout::{BitmapId, Geometry, WrittenMap, PAGE};
 use bitvec::prelude::*;
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::MmapMut;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::ops::Range;
@@ -49,7 +49,8 @@ pub struct Bitmaps {
 }
 
 impl Bitmaps {
-    /// Opens the bitmaps of an image. `map` chooses memmap2 when the device has a file.
+    /// Opens the bitmaps of an image. `map` chooses memmap2 where the device can be mapped
+    /// ([`Device::map_mut`]); otherwise pages are read and written through the device.
     pub fn open(dev: Arc<dyn Device>, geom: Geometry, map: bool) -> io::Result<Self> {
         Self::open_with_written(dev, geom, None, map)
     }
@@ -67,21 +68,18 @@ impl Bitmaps {
             Some(m) if m.offset == area.end => area.start..m.offset + m.size(&geom),
             _ => area,
         };
-        let store = match dev.file() {
-            Some(f) if map => {
-                // SAFETY: the mapping is private to this process's use under the mirror lock;
-                // other mirrorctl processes do not write the bitmap area while we hold it, and
-                // an I/O error on a mapped page raises SIGBUS, which the binary turns into a
-                // clean exit 4.
-                let m = unsafe {
-                    MmapOptions::new()
-                        .offset(area.start)
-                        .len((area.end - area.start) as usize)
-                        .map_mut(f)?
-                };
-                Store::Mapped(m)
-            }
-            _ => Store::Paged(HashMap::new()),
+        let mapped = if map {
+            // SAFETY: the mapping is private to this process's use under the mirror lock;
+            // other mirrorctl processes do not write the bitmap area while we hold it, and
+            // an I/O error on a mapped page raises SIGBUS, which the binary turns into a
+            // clean exit 4.
+            unsafe { dev.map_mut(area.clone())? }
+        } else {
+            None
+        };
+        let store = match mapped {
+            Some(m) => Store::Mapped(m),
+            None => Store::Paged(HashMap::new()),
         };
         let extents = dev.data_extents(area.clone())?.map(|v| {
             v.into_iter()

@@ -12,7 +12,6 @@
 //! answered with an error naming both versions, exit 5.
 
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -51,8 +50,8 @@ pub enum Message {
 }
 
 /// The control socket's path for an open primary.
-pub fn socket_path(file: &File) -> io::Result<PathBuf> {
-    Ok(socket_beside(&crate::live::record_path(file)?))
+pub fn socket_path(primary: crate::lock::Handle<'_>) -> io::Result<PathBuf> {
+    Ok(socket_beside(&primary.record_path()?))
 }
 
 /// The control socket of the server whose live record is at `record`.

@@ -30,7 +30,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
     };
     let name = display(&a.image);
     let exists = a.image.exists() || std::fs::symlink_metadata(&a.image).is_ok();
-    let (dev, created) = if !exists {
+    let (mut dev, created) = if !exists {
         refuse_missing_device(&a.image, "creating")?;
         let Some(size) = size else {
             return Err(Error::invalid(format!(
@@ -60,7 +60,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             None,
         )
     };
-    lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+    dev.handle().lock(Mode::Exclusive, ctx.wait, &name)?;
     let capacity = dev.len();
     let g = match size {
         Some(s) => Geometry::for_data_size(s, region_size, a.max_secondaries)
@@ -83,9 +83,7 @@ pub(super) fn create(ctx: &Ctx, a: cli::CreateArgs) -> Result<Exit> {
             );
         }
         if checks.grow {
-            dev.file()
-                .unwrap()
-                .set_len(g.total_len())
+            dev.set_len(g.total_len())
                 .map_err(|e| Error::invalid(format!("growing {name}: {e}")))?;
         } else if size.is_some() && capacity > g.total_len() {
             crate::systemd::eprint_at(crate::systemd::Priority::Notice, &format!(

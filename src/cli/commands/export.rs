@@ -25,12 +25,10 @@ pub(super) fn export(ctx: &Ctx, a: cli::ExportArgs) -> Result<Exit> {
     };
     let name = display(&a.image);
     let dev = FileDevice::open(&a.image, true).map_err(|e| open_error("opening", &a.image, e))?;
-    let file = dev
-        .file()
-        .ok_or_else(|| Error::invalid(format!("{name}: not a file or block device")))?;
+    let primary = dev.handle();
     // Held while it runs: a local promote, write or serve of the image says busy.
-    lock::lock(file, Mode::Exclusive, ctx.wait, &name)?;
-    let live = crate::live::Publisher::start(file, &name, "export", false);
+    primary.lock(Mode::Exclusive, ctx.wait, &name)?;
+    let live = primary.publish(&name, "export", false);
     let dev: Arc<dyn Device> = Arc::new(dev);
     let (exp, header) = Export::open(dev, &name, a.rejoin, Box::new(server::log_line))?;
     // Bound after the checks: a refused image never listened.

@@ -11,7 +11,7 @@ use crate::engine::{self, Mirror};
 use crate::error::{Error, Kind, Result};
 use crate::format::layout::Geometry;
 use crate::format::{LegState, Role};
-use crate::lock::{self, Mode, Wait};
+use crate::lock::{Mode, Wait};
 use crate::meta::image::Image;
 use crate::units::{format_size, plural};
 use serde::Serialize;
@@ -330,15 +330,15 @@ fn open_mirror(ctx: &Ctx, path: &Path, mode: Mode) -> Result<Mirror> {
 fn open_mirror_wait(path: &Path, mode: Mode, wait: Wait) -> Result<Mirror> {
     let writable = mode == Mode::Exclusive;
     let dev = FileDevice::open(path, writable).map_err(|e| open_error("opening", path, e))?;
-    let file = dev.file().unwrap();
+    let primary = dev.handle();
     // A served mirror is not waited for (serve holds it for its whole life): the caller
     // hands the command to the serving process instead (`via_server`).
-    match lock::lock(file, mode, Wait::No, &display(path)) {
+    match primary.lock(mode, Wait::No, &display(path)) {
         Err(e) if e.kind == Kind::Busy && wait != Wait::No => {
-            if crate::live::read(file).is_some_and(|r| r.command == "serve") {
+            if primary.running().is_some_and(|r| r.command == "serve") {
                 return Err(e);
             }
-            lock::lock(file, mode, wait, &display(path))?;
+            primary.lock(mode, wait, &display(path))?;
         }
         r => r?,
     }

@@ -36,7 +36,7 @@ pub(super) fn promote(ctx: &Ctx, a: cli::PromoteArgs) -> Result<Exit> {
     } else {
         let dev = FileDevice::open(&a.secondary, true)
             .map_err(|e| open_error("opening", &a.secondary, e))?;
-        lock::lock(dev.file().unwrap(), Mode::Exclusive, ctx.wait, &name)?;
+        dev.handle().lock(Mode::Exclusive, ctx.wait, &name)?;
         Arc::new(dev)
     };
     let img = Image::read(dev.clone()).map_err(|e| engine::read_error(&name, e, &*dev))?;
@@ -119,7 +119,7 @@ fn finish_interrupted(ctx: &Ctx, dev: Arc<dyn Device>, name: &str, json: bool) -
         let old_path = PathBuf::from(leg.open_path());
         let d = FileDevice::open(&old_path, true)
             .map_err(|e| open_error("opening the former primary", &old_path, e))?;
-        lock::lock(d.file().unwrap(), Mode::Exclusive, ctx.wait, &leg.location)?;
+        d.handle().lock(Mode::Exclusive, ctx.wait, &leg.location)?;
         Ok((Arc::new(d), leg.canonical.clone()))
     })?;
     print_warnings(&mut m);

@@ -132,7 +132,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
         // P6 and recovery (R1..R3) as for every changing command.
         m.prepare_for_change()?;
     }
-    for w in m.warnings.drain(..) {
+    for w in m.take_warnings() {
         server::log_line(&w);
     }
     let description = display(&a.primary);
@@ -150,7 +150,7 @@ pub(super) fn serve(ctx: &Ctx, a: cli::ServeArgs) -> Result<Exit> {
     // 4.
     let live = m.publish("serve", !a.read_only).map(Arc::new);
     let ctl_path = m
-        .primary_file()
+        .lock_handle()
         .map(crate::nbd_server::control_socket::socket_path)
         .transpose()
         .map_err(|e| Error::invalid(format!("naming the control socket: {e}")))?;

@@ -9,12 +9,12 @@ use super::*;
 /// `status --all` both use it.
 pub(super) fn image_report(image: &Path, name: &str) -> Result<engine::status::Status> {
     let dev = FileDevice::open(image, false).map_err(|e| open_error("opening", image, e))?;
-    let file = dev.file().unwrap();
-    let running = crate::live::read(file);
+    let primary = dev.handle();
+    let running = primary.running();
     // A writer whose record this user cannot read (another user's runtime directory) is
     // still seen in the kernel's lock table: its intents are not an unclean stop.
     let holder = match running {
-        None => crate::live::writers(file).first().copied(),
+        None => primary.writers().first().copied(),
         Some(_) => None,
     };
     engine::status::report_held(

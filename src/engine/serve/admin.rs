@@ -38,7 +38,7 @@ pub type Say<'a> = &'a dyn Fn(&str);
 impl Server {
     /// The mirror's warnings to serve's log and to the client that asked.
     pub(super) fn tell(&self, st: &mut State, say: Say<'_>) {
-        for w in st.mirror.warnings.drain(..) {
+        for w in st.mirror.take_warnings() {
             (self.log)(&w);
             say(&w);
         }

@@ -522,7 +522,7 @@ impl Mirror {
         } else {
             self.active_legs()?
         };
-        for w in self.warnings.drain(..) {
+        for w in self.take_warnings() {
             log(&w);
         }
         let fast_zero = self.primary().zero_is_fast() && legs.iter().all(|(_, d)| d.zero_is_fast());
@@ -738,7 +738,7 @@ impl Server {
     }
 
     fn flush_log(&self, st: &mut State) {
-        for w in st.mirror.warnings.drain(..) {
+        for w in st.mirror.take_warnings() {
             (self.log)(&w);
         }
     }
@@ -1389,7 +1389,7 @@ impl Server {
                 crate::units::plural(pinned as u64, "extent")
             ));
         }
-        for w in mirror.warnings.drain(..) {
+        for w in mirror.take_warnings() {
             log(&w);
         }
         Ok((mirror, counters))

@@ -136,7 +136,7 @@ pub fn run(
         unreachable!("the first open either locks or fails");
     };
     m.prepare_for_change()?;
-    let mut warnings = std::mem::take(&mut m.warnings);
+    let mut warnings = m.take_warnings();
     let g = m.geometry();
     let slots = slots_for(&m)?;
     let mut pass = Pass::begin(&m, &slots, opts, progress);
@@ -158,7 +158,7 @@ pub fn run(
                 m.fracture_by_error(lv.slot, "verify", lv.error.as_deref().unwrap_or(""))?;
             }
         }
-        warnings.append(&mut m.warnings);
+        warnings.extend(m.take_warnings());
         let complete = pos >= g.region_count;
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
         // Save the cursor before letting go of the lock (the last one with the event).
@@ -185,7 +185,7 @@ pub fn run(
         mm = open(false, remaining)?;
         if let Some(m) = mm.as_mut() {
             m.prepare_for_change()?;
-            warnings.append(&mut m.warnings);
+            warnings.extend(m.take_warnings());
         }
     }
     progress.finish();

@@ -49,9 +49,8 @@ pub(super) fn spawn_reader<'s, 'e>(
     let failed = tx.clone();
     let started = std::thread::Builder::new().spawn_scoped(sc, move || {
         // Sequential reads: ask for the larger readahead window (cold caches).
-        if let (Some(f), Some(first), Some(last)) = (dev.file(), chunks.first(), chunks.last()) {
-            let len = std::num::NonZeroU64::new(last.at + last.len as u64 - first.at);
-            let _ = rustix::fs::fadvise(f, first.at, len, rustix::fs::Advice::Sequential);
+        if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
+            dev.advise_sequential(first.at, last.at + last.len as u64 - first.at);
         }
         let mut fresh = READ_AHEAD + 2;
         for c in chunks {
