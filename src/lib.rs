@@ -1,6 +1,7 @@
 //! mirrorctl: synchronous mirroring of disk images with fracture and write-intent logs.
 //!
-//! The map, one folder per concern (dependencies point down this list, never up):
+//! The map, one folder per concern (dependencies point down this list, never up; a test,
+//! `tests/cli/layers.rs`, fails on a cycle between the top-level modules):
 //! - `cli`: the commands: clap definitions (`cli/args/` per group of commands), argument
 //!   handling (`cli/commands/`), output, the status report worded, generated docs.
 //! - `nbd_server`: the NBD server front end of `serve` and `export` (handshake, transmission,
