@@ -287,8 +287,8 @@ rm -f n.img nl.img nr.img
 fi
 
 # ---------------------------------------------------------------------------------------------
-if want 11; then
-note "case 11: hosts writing through serve vs qemu-nbd (fio, ioengine=nbd, Unix socket)"
+# Helpers of the cases that serve (11, 17, 18).
+if want 11 || want 17 || want 18; then
 RUNTIME=${RUNTIME:-30}
 # wait_sock PATH: until something listens there.
 wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
@@ -304,7 +304,8 @@ iops = [json.loads((t := open(f).read())[t.index("{"):])["jobs"][0]["write"]["io
 print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
 PY
 }
-# start_serve SECONDARIES: a fresh mirror with that many file secondaries, served.
+# start_serve SECONDARIES [HOT]: a fresh mirror with that many file secondaries, served
+# (with --hot-extents HOT when given).
 start_serve() {
     rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
     "$M" create sp.img --force >/dev/null
@@ -313,7 +314,7 @@ start_serve() {
         "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
     done
     sync
-    "$M" serve sp.img --socket "$D/serve.sock" 2>serve.log & spid=$!
+    "$M" serve sp.img --socket "$D/serve.sock" ${2:+--hot-extents "$2"} 2>serve.log & spid=$!
     wait_sock "$D/serve.sock"
 }
 # stop_serve SECONDARIES: a clean stop; every leg checked equal to the primary.
@@ -334,6 +335,11 @@ start_qemu() {
 }
 stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock q*.raw; }
 fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
+fi
+
+# ---------------------------------------------------------------------------------------------
+if want 11; then
+note "case 11: hosts writing through serve vs qemu-nbd (fio, ioengine=nbd, Unix socket)"
 SEQ=(--rw=write --bs=1M --iodepth=8 --size="$N" --end_fsync=1 --output=/dev/null)
 RND=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$RUNTIME" --fsync=64 --randrepeat=1)
 for r in $(reps); do
@@ -664,52 +670,6 @@ rm -f rp.img rq.raw rf.raw r16.json serve16.log
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Cases 17 and 18 reuse case 11's helpers (start_serve, start_qemu, record, fio_): defined
-# here too when case 11 is not run.
-if want 17 || want 18; then
-if ! want 11; then
-RUNTIME=${RUNTIME:-30}
-wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; die "nothing listens on $1"; }
-record() {
-    local case=$1 tool=$2; shift 2
-    python3 - "$case" "$tool" "$@" >>"$RESULTS" <<'PY'
-import json, sys
-case, tool, *files = sys.argv[1:]
-iops = [json.loads((t := open(f).read())[t.index("{"):])["jobs"][0]["write"]["iops"] for f in files]
-print(f"{case}\t{tool}\t{10000 / (sum(iops) / len(iops)):.4f}")
-PY
-}
-SURI="nbd+unix:///?socket=$D/serve.sock"
-fio_() { fio --name=b --ioengine=nbd --output-format=json "$@"; }
-start_qemu() {
-    qpids=(); quris=(); local i=0
-    for f in "$@"; do
-        rm -f "$f"; fallocate -l "$N" "$f"
-        qemu-nbd -f raw --cache=none -k "$D/q$i.sock" --persistent -x "" "$f" & qpids+=($!)
-        wait_sock "$D/q$i.sock"; quris+=("nbd+unix:///?socket=$D/q$i.sock"); i=$((i + 1))
-    done
-    sync
-}
-stop_qemu() { kill "${qpids[@]}"; wait "${qpids[@]}" 2>/dev/null || true; rm -f "$D"/q*.sock q*.raw; }
-fi
-# start_serve_hot SECONDARIES HOT: as case 11's start_serve, with --hot-extents HOT.
-start_serve_hot() {
-    rm -f sp.img ss*.img; fallocate -l $((N + (1 << 20))) sp.img
-    "$M" create sp.img --force >/dev/null
-    for i in $(seq "$1"); do
-        fallocate -l $((N + (1 << 20))) "ss$i.img"
-        "$M" attach sp.img "ss$i.img" --assume-clean --force >/dev/null
-    done
-    sync
-    "$M" serve sp.img --socket "$D/serve.sock" --hot-extents "$2" 2>serve.log & spid=$!
-    wait_sock "$D/serve.sock"
-}
-stop_serve_hot() {
-    kill -TERM $spid; wait $spid || die "serve did not stop cleanly: $(cat serve.log)"
-    for i in $(seq "$1"); do same_data sp.img "ss$i.img"; done
-}
-fi
-
 if want 17; then
 # Random 4 KiB writes, iodepth 16, no flush, spread over the whole SIZE with the smallest
 # hot set (16 extents, 64 MiB: SIZE=2G is 32 x the hot set, 256M 4 x): every write but one
@@ -720,7 +680,7 @@ RND17=(--rw=randwrite --bs=4k --iodepth=16 --size="$N" --time_based --runtime="$
 for r in $(reps); do
     q17() { start_qemu q0.raw; fio_ --uri="${quris[0]}" "${RND17[@]}" --output=r17q.json; stop_qemu
         record serve-rand-cold "qemu-nbd (raw file)" r17q.json; }
-    s17() { start_serve_hot 0 16; fio_ --uri="$SURI" "${RND17[@]}" --output=r17s.json; stop_serve_hot 0
+    s17() { start_serve 0 16; fio_ --uri="$SURI" "${RND17[@]}" --output=r17s.json; stop_serve 0
         record serve-rand-cold "mirrorctl serve, no secondary, --hot-extents 16" r17s.json; }
     if [ $((r % 2)) = 1 ]; then q17; s17; else s17; q17; fi
 done
@@ -745,7 +705,7 @@ iops = json.load(open(sys.argv[1]))["jobs"][0]["write"]["iops"]
 print(f"serve-rand-2f\tdisk limit / 3 (fio direct on a plain file, libaio)\t{10000 / (iops / 3):.4f}")
 PY
     }
-    s18() { start_serve_hot 2 1237; fio_ --uri="$SURI" "${RND18[@]}" --output=r18s.json; stop_serve_hot 2
+    s18() { start_serve 2 1237; fio_ --uri="$SURI" "${RND18[@]}" --output=r18s.json; stop_serve 2
         record serve-rand-2f "mirrorctl serve, 2 secondaries" r18s.json; }
     if [ $((r % 2)) = 1 ]; then d18; s18; else s18; d18; fi
 done
