@@ -476,7 +476,8 @@ pub(super) fn copy_leg<O: LogOwner>(
     // 1. Size the runs (at most half a CHECKPOINT at the rate) and the buffers.
     // 2. Start the syncer thread, which makes each finished batch durable (S1).
     // 3. Per run from the log: stop if asked (settling what was copied), hold it exclusive
-    //    with host writes, copy it, release it, then wait out the rate limit.
+    //    with host writes, copy it (through memory: read ahead on a thread within the run,
+    //    `copy_through`), release it, then wait out the rate limit.
     // 4. Every RESYNC_BATCH or CHECKPOINT, hand the batch to the syncer (S1: its writes
     //    all completed before its sync starts).
     // 5. At the end of the log, wait for the syncer and settle the last batch (S1).
@@ -718,27 +719,119 @@ fn copy_run(
                 })?;
             continue;
         }
+        // File to file (offline): the kernel copies without passing the data through
+        // here. From the first error on, the rest goes through memory, which tells
+        // whether the primary or the target is at fault.
         let mut p = piece.start;
-        while p < piece.end {
-            let n = ((piece.end - p) as usize).min(buf.len());
-            // File to file (offline): the kernel copies without passing the data through
-            // here. Any error is retried by reading and writing, which tells whether the
-            // primary or the target is at fault.
-            if !direct && primary.copy_range_to(target, p, n as u64).is_ok() {
-                p += n as u64;
-                continue;
+        if !direct {
+            while p < piece.end {
+                let n = (piece.end - p).min(COPY_RUN);
+                if primary.copy_range_to(target, p, n).is_err() {
+                    break;
+                }
+                p += n;
             }
-            primary.read_at(&mut buf[..n], p).map_err(|e| perr(p, e))?;
-            let w = if direct {
-                target.write_direct(&buf[..n], p)
-            } else {
-                target.write_at(&buf[..n], p)
-            };
-            w.map_err(|e| CopyEnd::Leg(format!("write at data offset {}", at(p)), e))?;
-            p += n as u64;
         }
+        copy_through(primary, target, p..piece.end, direct, g, buf)?;
     }
     Ok(())
+}
+
+/// Bytes per read and per write of [`copy_through`]. Below 2 MiB: a buffered write of
+/// 2 MiB or more has the target's page cache take 2 MiB folios (Linux 6.x, ext4 and xfs),
+/// whole free 2 MiB blocks, which a VM with free page reporting (virtio-balloon) has
+/// handed back to its host: each is faulted in again 4 KiB at a time as it is filled, and
+/// the copy took 2 to 4 x as long as `cp`'s 128 KiB writes (issue 28).
+pub const COPY_CHUNK: usize = MIB as usize;
+
+/// Copies `span` (device offsets) from the primary to the leg through memory, a reader
+/// thread reading the chunks ahead while this one writes them. Returns once every write
+/// has completed (S1: the caller hands the run to a sync only then), or at the first
+/// error with the reader stopped.
+fn copy_through(
+    primary: &dyn Device,
+    target: &dyn Device,
+    span: Range<u64>,
+    direct: bool,
+    g: &Geometry,
+    buf: &mut [u8],
+) -> CopyResult<()> {
+    // Steps:
+    // 1. Cut `buf` into COPY_CHUNK buffers, all free. Memory is bounded by `buf` (one
+    //    COPY_RUN per leg copy): the reader is at most that far ahead of the writes.
+    // 2. The reader takes a free buffer per chunk, in order, reads the primary into it
+    //    past the page cache (S4: a short read or a read error is an error, handed over
+    //    in the chunk's place), and hands it over; it stops at its first error, or when
+    //    this side is gone.
+    // 3. This thread writes each chunk as it comes, in order, and gives the buffer back.
+    // 4. At the first error, or the last write, this side's channel ends drop, so the
+    //    reader stops, and it is joined before returning.
+    if span.is_empty() {
+        return Ok(());
+    }
+    let at = |p: u64| p - g.data_offset;
+    let chunks = || {
+        (span.start..span.end)
+            .step_by(COPY_CHUNK)
+            .map(|p| (p, ((span.end - p) as usize).min(COPY_CHUNK)))
+    };
+    let read = |b: &mut [u8], p: u64| {
+        primary
+            .read_direct(b, p)
+            .map_err(|e| CopyEnd::Primary(format!("reading primary at data offset {}: {e}", at(p))))
+    };
+    let write = |b: &[u8], p: u64| {
+        if direct {
+            target.write_direct(b, p)
+        } else {
+            target.write_at(b, p)
+        }
+        .map_err(|e| CopyEnd::Leg(format!("write at data offset {}", at(p)), e))
+    };
+    // 1.
+    let (free, take) = std::sync::mpsc::channel::<&mut [u8]>();
+    for b in buf.chunks_mut(COPY_CHUNK) {
+        let _ = free.send(b);
+    }
+    let (hand, filled) = std::sync::mpsc::channel::<(&mut [u8], CopyResult<()>)>();
+    let piped = std::thread::scope(|sc| {
+        // 2.
+        let reader = std::thread::Builder::new()
+            .name("resync-read".into())
+            .spawn_scoped(sc, move || {
+                for (p, n) in chunks() {
+                    let Ok(b) = take.recv() else { return };
+                    let r = read(&mut b[..n], p);
+                    let failed = r.is_err();
+                    if hand.send((b, r)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        reader.ok()?;
+        // 3.
+        let write_all = move || {
+            for (p, n) in chunks() {
+                let (b, r) = filled.recv().map_err(|_| {
+                    CopyEnd::Primary("reading primary: the reader thread ended".into())
+                })?;
+                r?;
+                write(&b[..n], p)?;
+                let _ = free.send(b);
+            }
+            Ok(())
+        };
+        // 4. (`free` and `filled` dropped with `write_all`, before the reader is joined.)
+        Some(write_all())
+    });
+    piped.unwrap_or_else(|| {
+        // No thread to be had: one chunk after the other on this one.
+        for (p, n) in chunks() {
+            read(&mut buf[..n], p)?;
+            write(&buf[..n], p)?;
+        }
+        Ok(())
+    })
 }
 
 /// `resync --compare` of one piece of a run: reads the primary (zeros for a hole) and the
@@ -814,14 +907,30 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Ev {
         Wrote(u64, u64),
+        Read(u64, u64),
         SyncStart,
         SyncEnd,
     }
 
-    /// Memory with slow writes and syncs, every one logged with when it ran.
+    /// Memory with slow writes and syncs (and reads, if `read_ms`), every one logged with
+    /// when it ran (writes and reads twice: when they began and when they ended).
     struct Slow {
         data: Mutex<Vec<u8>>,
         log: Mutex<Vec<(Instant, Ev)>>,
+        read_ms: u64,
+        /// A read covering this byte fails with EIO.
+        bad: Option<u64>,
+    }
+
+    impl Slow {
+        fn new(data: Vec<u8>, read_ms: u64) -> Slow {
+            Slow {
+                data: Mutex::new(data),
+                log: Mutex::new(Vec::new()),
+                read_ms,
+                bad: None,
+            }
+        }
     }
 
     impl Device for Slow {
@@ -829,8 +938,18 @@ mod tests {
             self.data.lock().unwrap().len() as u64
         }
         fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+            let (t, end) = (Instant::now(), off + buf.len() as u64);
+            if self.bad.is_some_and(|b| (off..end).contains(&b)) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            std::thread::sleep(Duration::from_millis(self.read_ms));
             let d = self.data.lock().unwrap();
-            buf.copy_from_slice(&d[off as usize..off as usize + buf.len()]);
+            buf.copy_from_slice(&d[off as usize..end as usize]);
+            if self.read_ms > 0 {
+                let mut l = self.log.lock().unwrap();
+                l.push((t, Ev::Read(off, end)));
+                l.push((Instant::now(), Ev::Read(off, end)));
+            }
             Ok(())
         }
         fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -859,11 +978,28 @@ mod tests {
         settled: Mutex<Vec<(Instant, Vec<Range<u64>>)>>,
     }
 
+    impl Owner {
+        fn new(regions: &[u64]) -> Owner {
+            Owner {
+                left: Mutex::new(regions.to_vec()),
+                settled: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
     impl LogOwner for Owner {
         type Hold = ();
-        fn next_run(&self, from: u64, _max: u64) -> CopyResult<Option<Range<u64>>> {
+        fn next_run(&self, from: u64, max: u64) -> CopyResult<Option<Range<u64>>> {
             let l = self.left.lock().unwrap();
-            Ok(l.iter().find(|&&r| r >= from).map(|&r| r..r + 1))
+            let Some(i) = l.iter().position(|&r| r >= from) else {
+                return Ok(None);
+            };
+            // Neighbouring regions make one run, of at most `max`.
+            let mut run = l[i]..l[i] + 1;
+            while l.get(i + run.clone().count()) == Some(&run.end) && run.end - run.start < max {
+                run.end += 1;
+            }
+            Ok(Some(run))
         }
         fn hold(&self, _bytes: Range<u64>) {}
         fn release(&self, _hold: ()) {}
@@ -891,63 +1027,12 @@ mod tests {
     ) {
         let g = Geometry::for_data_size(64 * 65536, 65536, 1).unwrap();
         let len = g.total_len() as usize;
-        let primary = Slow {
-            data: Mutex::new((0..len).map(|i| (i % 251) as u8).collect()),
-            log: Mutex::new(Vec::new()),
-        };
-        let target = Slow {
-            data: Mutex::new(vec![0; len]),
-            log: Mutex::new(Vec::new()),
-        };
+        let primary = Slow::new((0..len).map(|i| (i % 251) as u8).collect(), 0);
+        let target = Slow::new(vec![0; len], 0);
         let regions: Vec<u64> = (0..12).map(|k| 2 * k).collect();
-        let owner = Owner {
-            left: Mutex::new(regions.clone()),
-            settled: Mutex::new(Vec::new()),
-        };
-        let limiter = RateLimit::new(None);
-        let written = AtomicU64::new(0);
-        let ctl = CopyCtl {
-            limiter: &limiter,
-            progress: &NoProgress,
-            compare: false,
-            written: &written,
-        };
-        let mut done = Copied::default();
-        assert!(copy_leg(&g, &primary, &target, &owner, &ctl, &mut done).is_ok());
-        assert_eq!(done.regions, 12);
-        assert!(owner.left.lock().unwrap().is_empty());
-        let log = target.log.lock().unwrap().clone();
-        let syncs: Vec<(Instant, Instant)> = log
-            .iter()
-            .filter(|(_, e)| *e == Ev::SyncStart)
-            .map(|(s, _)| {
-                let end = log
-                    .iter()
-                    .find(|(t, e)| *e == Ev::SyncEnd && t >= s)
-                    .unwrap()
-                    .0;
-                (*s, end)
-            })
-            .collect();
+        let owner = Owner::new(&regions);
+        let (log, syncs) = copy_and_check_s1(&g, &primary, &target, &owner);
         assert!(syncs.len() >= 2, "{log:?}");
-        // S1: every run cleared only after a sync that started once its writes had ended
-        // and that returned before the clear.
-        for (at, runs) in owner.settled.lock().unwrap().iter() {
-            for r in runs {
-                let br = g.regions_bytes(r.clone());
-                let (s, e) = (g.data_offset + br.start, g.data_offset + br.end);
-                let last_write = log
-                    .iter()
-                    .filter(|(_, ev)| matches!(ev, Ev::Wrote(a, b) if *a < e && *b > s))
-                    .map(|(t, _)| *t)
-                    .max()
-                    .unwrap();
-                assert!(
-                    syncs.iter().any(|(ss, se)| *ss >= last_write && se <= at),
-                    "region {r:?} cleared without a sync after its write"
-                );
-            }
-        }
         // Pipelined: the copy wrote on while a batch's sync ran.
         let overlapped = log.iter().any(|(t, e)| {
             matches!(e, Ev::Wrote(..)) && syncs.iter().any(|(s, end)| t > s && t < end)
@@ -967,5 +1052,170 @@ mod tests {
                 primary.data.lock().unwrap()[s..e]
             );
         }
+    }
+
+    /// When something began and ended.
+    type Span = (Instant, Instant);
+
+    /// Reads and writes of `log`, each logged as two entries in a row.
+    fn spans(log: &[(Instant, Ev)]) -> Vec<Span> {
+        log.windows(2)
+            .filter(|w| matches!(w[0].1, Ev::Read(..) | Ev::Wrote(..)) && w[0].1 == w[1].1)
+            .map(|w| (w[0].0, w[1].0))
+            .collect()
+    }
+
+    /// Syncs of `log`.
+    fn syncs_of(log: &[(Instant, Ev)]) -> Vec<Span> {
+        log.iter()
+            .filter(|(_, e)| *e == Ev::SyncStart)
+            .map(|(s, _)| {
+                let end = log
+                    .iter()
+                    .find(|(t, e)| *e == Ev::SyncEnd && t >= s)
+                    .unwrap()
+                    .0;
+                (*s, end)
+            })
+            .collect()
+    }
+
+    /// Runs `copy_leg` over every region of `owner` to the end, and checks S1: every run
+    /// cleared only after a sync of the target that started once its last write had
+    /// ended and that returned before the clear. Returns the target's log and its syncs.
+    fn copy_and_check_s1(
+        g: &Geometry,
+        primary: &Slow,
+        target: &Slow,
+        owner: &Owner,
+    ) -> (Vec<(Instant, Ev)>, Vec<Span>) {
+        let regions = owner.left.lock().unwrap().len() as u64;
+        let limiter = RateLimit::new(None);
+        let written = AtomicU64::new(0);
+        let ctl = CopyCtl {
+            limiter: &limiter,
+            progress: &NoProgress,
+            compare: false,
+            written: &written,
+        };
+        let mut done = Copied::default();
+        let r = copy_leg(g, primary, target, owner, &ctl, &mut done);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(done.regions, regions);
+        assert!(owner.left.lock().unwrap().is_empty());
+        let log = target.log.lock().unwrap().clone();
+        let syncs = syncs_of(&log);
+        for (at, runs) in owner.settled.lock().unwrap().iter() {
+            for r in runs {
+                let br = g.regions_bytes(r.clone());
+                let (s, e) = (g.data_offset + br.start, g.data_offset + br.end);
+                let last_write = log
+                    .iter()
+                    .filter(|(_, ev)| matches!(ev, Ev::Wrote(a, b) if *a < e && *b > s))
+                    .map(|(t, _)| *t)
+                    .max()
+                    .unwrap();
+                assert!(
+                    syncs.iter().any(|(ss, se)| *ss >= last_write && se <= at),
+                    "region {r:?} cleared without a sync after its last write"
+                );
+            }
+        }
+        (log, syncs)
+    }
+
+    #[test]
+    fn a_run_is_read_ahead_while_written_in_chunks_and_cleared_only_after_a_sync_that_began_after_its_last_write(
+    ) {
+        let g = Geometry::for_data_size(256 * 65536, 65536, 1).unwrap();
+        let len = g.total_len() as usize;
+        let primary = Slow::new((0..len).map(|i| (i % 251) as u8).collect(), 20);
+        let target = Slow::new(vec![0; len], 0);
+        // Runs of 2.5 MiB, 8 MiB (a whole COPY_RUN) and 192 KiB.
+        let regions: Vec<u64> = (0..40).chain(64..192).chain(200..203).collect();
+        let owner = Owner::new(&regions);
+        let (log, _) = copy_and_check_s1(&g, &primary, &target, &owner);
+        // The target got the copied regions and nothing else.
+        let (want, got) = (primary.data.lock().unwrap(), target.data.lock().unwrap());
+        for r in 0..g.region_count {
+            let br = g.regions_bytes(r..r + 1);
+            let (s, e) = (
+                (g.data_offset + br.start) as usize,
+                (g.data_offset + br.end) as usize,
+            );
+            if regions.contains(&r) {
+                assert!(got[s..e] == want[s..e], "region {r} differs");
+            } else {
+                assert!(got[s..e].iter().all(|&b| b == 0), "region {r} was written");
+            }
+        }
+        // Written in chunks below 2 MiB (no 2 MiB page-cache folios for the target).
+        let writes: Vec<(u64, u64)> = log
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Ev::Wrote(a, b) => Some((*a, *b)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            writes.iter().all(|(a, b)| b - a <= COPY_CHUNK as u64),
+            "{writes:?}"
+        );
+        // Pipelined: the primary was read while the target was written ...
+        let reads = primary.log.lock().unwrap().clone();
+        let (rs, ws) = (spans(&reads), spans(&log));
+        assert!(
+            rs.iter()
+                .any(|(a, b)| ws.iter().any(|(c, d)| a < d && c < b)),
+            "no read overlapped a write: reads {rs:?}, writes {ws:?}"
+        );
+        // ... and at most a COPY_RUN ahead of the writes (the memory bound).
+        for (t, _) in &rs {
+            let started = rs.iter().filter(|(a, _)| a <= t).count();
+            let ended = ws.iter().filter(|(_, b)| b < t).count();
+            assert!(
+                started - ended.min(started) <= (COPY_RUN as usize) / COPY_CHUNK,
+                "{started} chunks read and {ended} written"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_error_of_the_primary_mid_run_fails_the_copy_writes_nothing_for_it_and_keeps_the_run_in_the_log(
+    ) {
+        let g = Geometry::for_data_size(256 * 65536, 65536, 1).unwrap();
+        let len = g.total_len() as usize;
+        let mut primary = Slow::new(vec![7; len], 1);
+        // The third chunk of the one 4 MiB run.
+        let bad = g.data_offset + 2 * COPY_CHUNK as u64 + 5;
+        primary.bad = Some(bad);
+        let target = Slow::new(vec![0; len], 0);
+        let regions: Vec<u64> = (0..64).collect();
+        let owner = Owner::new(&regions);
+        let limiter = RateLimit::new(None);
+        let written = AtomicU64::new(0);
+        let ctl = CopyCtl {
+            limiter: &limiter,
+            progress: &NoProgress,
+            compare: false,
+            written: &written,
+        };
+        let mut done = Copied::default();
+        let r = copy_leg(&g, &primary, &target, &owner, &ctl, &mut done);
+        match r {
+            Err(CopyEnd::Primary(m)) => assert!(
+                m.contains(&format!("data offset {}", 2 * COPY_CHUNK)),
+                "{m}"
+            ),
+            r => panic!("{r:?}"),
+        }
+        // S4: nothing written for the chunk that could not be read, or past it; S1: the
+        // run stays in the log.
+        let got = target.data.lock().unwrap();
+        let chunk = bad as usize - 5;
+        assert!(got[chunk..].iter().all(|&b| b == 0));
+        assert!(got[g.data_offset as usize..chunk].iter().all(|&b| b == 7));
+        assert_eq!(*owner.left.lock().unwrap(), regions);
+        assert_eq!(done.regions, 0);
     }
 }

@@ -320,6 +320,29 @@ fn loop_devices_work_as_primary_and_as_secondary() {
 }
 
 #[test]
+fn attach_of_a_fully_written_loop_device_mirror_copies_every_byte_to_a_file_and_a_loop_device() {
+    // A block-device primary is copied through memory (issue 28: read ahead on a thread,
+    // written in chunks of 1 MiB), runs of 8 MiB and a last short one.
+    let dir = tempfile::tempdir().unwrap();
+    let p = LoopDev::with_size(&dir.path().join("p.raw"), 40 * MIB + 192 * KIB);
+    let s = LoopDev::with_size(&dir.path().join("s.raw"), 40 * MIB + 192 * KIB);
+    let run = |args: &[&str]| run_in(dir.path(), args);
+    assert_eq!(run(&["create", p.as_str()]).code, 0);
+    let st = run(&["status", p.as_str(), "--json"]).json();
+    let (off, size) = (u(&st["data_offset"]), u(&st["data_size"]));
+    let mut data = vec![0u8; size as usize];
+    Rng::new(28).fill(&mut data);
+    let o = run_piped(dir.path(), &["write", p.as_str()], &data);
+    assert_eq!(o.code, 0, "{o:?}");
+    for leg in ["b.img", s.as_str()] {
+        let v = run(&["attach", p.as_str(), leg, "--json"]).json();
+        assert_eq!(u(&v["copied_bytes"]), size, "{v:#}");
+        let path = dir.path().join(leg);
+        assert!(read_at(&path, off, size) == data, "{leg} differs");
+    }
+}
+
+#[test]
 fn every_refusal_names_the_fault_and_changes_nothing_on_disk() {
     let fx = Fx::with_legs("16M", "64K", &["b.img"]);
     let other = Fx::create("16M", "64K");
