@@ -430,6 +430,76 @@ fn random_writes_over_a_sparse_1_tib_mirror_on_a_small_ext4_use_only_the_space_t
     );
 }
 
+#[test]
+fn a_resync_of_a_whole_fractured_leg_syncs_its_target_once_per_batch_not_per_copy() {
+    // Copies never stop to sync per piece: the target is synced once per batch (64 MiB, or
+    // about every 250 ms on a slow disk), beside the next batch's copy, and the fracture
+    // bits are cleared after each such sync (S1). 256 MiB written while the leg was
+    // fractured: 256 copies of 1 MiB, 4 batches.
+    require("strace", "strace");
+    let fx = Fx::with_legs("256M", "64K", &["b.img"]);
+    fx.ok(&["fracture", "a.img", "b.img"]);
+    let input = fx.path("input.bin");
+    random_file(&input, 256 * MIB, 28);
+    let w = fx.run(&["write", "a.img", "--input", "input.bin"]);
+    assert_eq!(w.code, 3, "a write with a fractured leg is degraded: {w:?}");
+    std::fs::remove_file(&input).unwrap();
+    let trace = fx.path("resync.trace");
+    let started = Instant::now();
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,msync,sync_file_range,syncfs,pwrite64,copy_file_range",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(bin())
+        .args(["resync", "a.img"])
+        .current_dir(fx.dir.path())
+        .output()
+        .expect("starting strace");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.data_area("a.img"), fx.data_area("b.img"));
+    let lines: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let copies = count(
+        &lines
+            .iter()
+            .filter(|l| l.contains("/b.img>"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        &["pwrite64", "copy_file_range"],
+    );
+    let target = image_syncs(&lines, &fx.path("b.img"));
+    // Batches end at 64 MiB or at a checkpoint (250 ms): the bound allows both, and the
+    // sync at the end.
+    let batches = 256 / 64 + (took.as_millis() / 250) as usize + 2;
+    eprintln!(
+        "{target} syncs of the target for 256 MiB copied in {copies} writes ({} per GiB), {took:?} under strace",
+        target * 4
+    );
+    assert!(
+        copies >= 32,
+        "{copies} copies: the copy went some other way"
+    );
+    assert!(target >= 1, "the target was never synced (S1)");
+    assert!(
+        target <= batches && target < copies,
+        "{target} syncs of the target for {copies} copies in {took:?}: more than once per batch"
+    );
+}
+
 /// The descriptor numbers of `a.img` opened with O_DIRECT in `lines`.
 fn direct_fds(lines: &[String]) -> Vec<String> {
     lines
