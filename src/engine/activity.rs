@@ -321,8 +321,11 @@ impl ActivityLog {
 
     /// W2: the retired extents whose data is durable on every leg now (a sync that started
     /// after their last write finished), taken out to be cleared; pinned ones stay (W6).
+    /// Not while a request or flush that began before that sync is in progress ([`Self::floor`]):
+    /// the leg error it may yet get can be about those writes (H5), and a leg failing then
+    /// must find them in the unsynced set, their intents still set.
     pub fn take_clean_retired(&mut self) -> Vec<Evicted> {
-        let durable = self.durable;
+        let durable = self.floor();
         let mut es: Vec<ExtentIdx> = self
             .retired
             .iter()
@@ -458,9 +461,12 @@ impl ActivityLog {
     }
 
     /// The primary failed a sync: every extent written since the last good flush may be
-    /// missing data on the primary, so all of them keep their intents (W6).
+    /// missing data on the primary, so all of them keep their intents (W6). Since an
+    /// earlier one while the failed sync (or another request or flush) that began before
+    /// it is in progress ([`Self::floor`]): its error may be about writes a sync beside it
+    /// counted durable. Call before that sync's [`Self::flush_failed`].
     pub fn pin_unflushed(&mut self) {
-        let durable = self.durable;
+        let durable = self.floor();
         for h in self.hot.values_mut().chain(self.retired.values_mut()) {
             if h.dirty.is_some_and(|d| d >= durable) {
                 h.pinned = true;
