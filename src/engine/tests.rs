@@ -1433,3 +1433,135 @@ fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_intents_when_t
     let (mut m, _) = srv.stop().unwrap();
     assert_differences_logged(&mut m, &p, &s, 0, true, "after a clean stop");
 }
+
+#[test]
+fn concurrent_writers_beyond_the_hot_set_leave_every_difference_logged_after_a_power_cut_at_any_sync_point(
+) {
+    writers_beyond_the_hot_set_cut_at_every_sync_point(None);
+}
+
+#[test]
+fn a_leg_fractured_by_the_admin_or_failing_among_writers_beyond_the_hot_set_keeps_every_difference_logged_after_a_power_cut(
+) {
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false));
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(true));
+}
+
+/// Four threads write 4 KiB at random over 4 times the hot set (group commits, evictions,
+/// retired extents cleared), with flushes; the power fails at each sync point in turn
+/// (the clean stop's included). After recovery every region where the leg differs from the
+/// primary is in its log, every flushed write is on the primary, and a resync makes them
+/// equal. `leg_trouble`: halfway, the leg is fractured by the admin (`false`) or its
+/// writes start failing (`true`).
+fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>) {
+    // 64 extents of 4 regions, 16 hot: most writes need a transaction, most evict.
+    const REGIONS: u64 = 256;
+    const THREADS: u64 = 4;
+    const WRITES: u64 = 24;
+    let g = Geometry::for_data_size(REGIONS * 4096, 4096, 4).unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let mut cut_at = 0;
+    let mut runs = 0;
+    loop {
+        let devs = SimDevs::new(&["p", "s0"], g.total_len());
+        let p = devs.dev("p").clone();
+        Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+        let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(devs.opener()), false).unwrap();
+        let s = devs.dev("s0").clone();
+        m.attach(
+            Arc::new(s.clone()),
+            "s0",
+            "s0",
+            InitialSync::AssumeClean,
+            false,
+            false,
+        )
+        .unwrap();
+        let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
+        devs.world.crash_at(devs.world.sync_points() + cut_at);
+        // Each thread writes its own regions (r % THREADS == t), so a region's bytes are
+        // those of its thread's last write; a flush that succeeded after a write's reply
+        // makes it one the primary must keep.
+        let flushed: Vec<Vec<(u64, u8)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (srv, s) = (srv.clone(), &s);
+                    sc.spawn(move || {
+                        let mut rng = crate::device::sim::Rng::new(cut_at * 7 + t + 1);
+                        let (mut acked, mut kept) = (Vec::new(), Vec::new());
+                        for i in 0..WRITES {
+                            if t == 0 && i == WRITES / 2 {
+                                match leg_trouble {
+                                    Some(false) => {
+                                        let _ = srv.fracture_leg(0, None, &|_| {});
+                                    }
+                                    Some(true) => s.fail_writes(libc::EIO),
+                                    None => {}
+                                }
+                            }
+                            let r = (rng.next_u64() % (REGIONS / THREADS)) * THREADS + t;
+                            let b = (t * WRITES + i) as u8 | 1;
+                            let tk = srv.ticket(r * 4096, 4096);
+                            // Until a flush covers it, either bytes may survive a cut.
+                            acked.retain(|(x, _)| *x != r);
+                            kept.retain(|(x, _)| *x != r);
+                            if srv
+                                .mutate(tk, serve::Mutation::Write(&[b; 4096]), false)
+                                .is_ok()
+                            {
+                                acked.push((r, b));
+                            }
+                            if i % 6 == 5 && srv.flush().is_ok() {
+                                kept.append(&mut acked);
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        runs += 1;
+        // The clean stop's syncs are sync points too.
+        let stopped = Arc::try_unwrap(srv).ok().unwrap().stop();
+        if !devs.world.crashed() {
+            // Every sync point was passed with no cut: a clean stop leaves nothing logged.
+            let (mut m, _) = stopped.unwrap();
+            if leg_trouble.is_none() {
+                assert_same_data(&m, &p, &s);
+            } else {
+                assert_differences_logged(&mut m, &p, &s, 0, false, "after a clean stop");
+            }
+            assert_eq!(m.pending_intents().unwrap(), 0);
+            break;
+        }
+        drop(stopped);
+        let after = devs.cut(|i| crate::device::sim::Keep::Half(cut_at * 13 + i as u64));
+        let (p2, s2) = (after.dev("p").clone(), after.dev("s0").clone());
+        let mut m = Mirror::open(Arc::new(p2.clone()), "p", Arc::new(after.opener()), false)
+            .unwrap_or_else(|e| panic!("cut at sync {cut_at}: reopening: {e}"));
+        m.prepare_for_change()
+            .unwrap_or_else(|e| panic!("cut at sync {cut_at}: recovering: {e}"));
+        let ctx = format!("{leg_trouble:?}: cut at sync {cut_at}, recovered");
+        assert_differences_logged(&mut m, &p2, &s2, 0, false, &ctx);
+        let data = p2.data_area(&g);
+        for (r, b) in flushed.iter().flatten() {
+            let at = (*r * 4096) as usize;
+            assert!(
+                data[at..at + 4096] == [*b; 4096],
+                "{ctx}: a flushed write to region {r} is not on the primary"
+            );
+        }
+        let rep = m.resync(&[0], None, &NoProgress).unwrap();
+        assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
+        assert_same_data(&m, &p2, &s2);
+        cut_at += 1;
+        assert!(cut_at < 5_000, "the workload never ends");
+    }
+    assert!(runs > 20, "only {runs} sync points");
+    eprintln!("{runs} power cuts checked");
+}
