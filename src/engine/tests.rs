@@ -1437,14 +1437,20 @@ fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_intents_when_t
 #[test]
 fn concurrent_writers_beyond_the_hot_set_leave_every_difference_logged_after_a_power_cut_at_any_sync_point(
 ) {
-    writers_beyond_the_hot_set_cut_at_every_sync_point(None);
+    writers_beyond_the_hot_set_cut_at_every_sync_point(None, false);
 }
 
 #[test]
 fn a_leg_fractured_by_the_admin_or_failing_among_writers_beyond_the_hot_set_keeps_every_difference_logged_after_a_power_cut(
 ) {
-    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false));
-    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(true));
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false), false);
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(true), false);
+}
+
+#[test]
+fn a_live_resync_among_writers_beyond_the_hot_set_keeps_every_difference_logged_after_a_power_cut()
+{
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false), true);
 }
 
 /// Four threads write 4 KiB at random over 4 times the hot set (group commits, evictions,
@@ -1452,8 +1458,8 @@ fn a_leg_fractured_by_the_admin_or_failing_among_writers_beyond_the_hot_set_keep
 /// (the clean stop's included). After recovery every region where the leg differs from the
 /// primary is in its log, every flushed write is on the primary, and a resync makes them
 /// equal. `leg_trouble`: halfway, the leg is fractured by the admin (`false`) or its
-/// writes start failing (`true`).
-fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>) {
+/// writes start failing (`true`); `resync`: three quarters of the way, a live resync of it.
+fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>, resync: bool) {
     // 64 extents of 4 regions, 16 hot: most writes need a transaction, most evict.
     const REGIONS: u64 = 256;
     const THREADS: u64 = 4;
@@ -1503,6 +1509,15 @@ fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>)
                                     None => {}
                                 }
                             }
+                            if t == 1 && i == 3 * WRITES / 4 && resync {
+                                let _ = srv.resync_legs(
+                                    &[0],
+                                    &ResyncOptions::default(),
+                                    false,
+                                    &NoProgress,
+                                    &|_| {},
+                                );
+                            }
                             let r = (rng.next_u64() % (REGIONS / THREADS)) * THREADS + t;
                             let b = (t * WRITES + i) as u8 | 1;
                             let tk = srv.ticket(r * 4096, 4096);
@@ -1546,7 +1561,7 @@ fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>)
             .unwrap_or_else(|e| panic!("cut at sync {cut_at}: reopening: {e}"));
         m.prepare_for_change()
             .unwrap_or_else(|e| panic!("cut at sync {cut_at}: recovering: {e}"));
-        let ctx = format!("{leg_trouble:?}: cut at sync {cut_at}, recovered");
+        let ctx = format!("{leg_trouble:?}, resync {resync}: cut at sync {cut_at}, recovered");
         assert_differences_logged(&mut m, &p2, &s2, 0, false, &ctx);
         let data = p2.data_area(&g);
         for (r, b) in flushed.iter().flatten() {
