@@ -1190,7 +1190,8 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_w
             std::thread::spawn(move || write(&srv, 35 + 2 * i))
         })
         .collect();
-    while srv.queued() < N as usize {
+    // The held transaction's own request stays queued until its sync returns: N more.
+    while srv.queued() < N as usize + 1 {
         std::thread::sleep(Duration::from_millis(1));
     }
     // Each needs an extent evicted (dirty ones): none of that is a sync of its own.
