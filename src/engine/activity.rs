@@ -99,6 +99,10 @@ pub struct ActivityLog {
     begun: BTreeMap<u64, usize>,
     /// Flushes in progress: covered epoch -> the `durable` they began at.
     flushing: HashMap<u64, u64>,
+    /// Syncs in progress (flushes, activity-log transactions), by the value of `durable`
+    /// when they began (with a count): the error one of them may yet get can be about a
+    /// write a sync beside it counted durable (Linux reports a writeback error to one fsync).
+    syncing: BTreeMap<u64, usize>,
     /// Epoch of the last write that completed (H11); `None` before the first.
     last_write: Option<u64>,
 }
@@ -122,6 +126,7 @@ impl ActivityLog {
             durable: 0,
             begun: BTreeMap::new(),
             flushing: HashMap::new(),
+            syncing: BTreeMap::new(),
             last_write: None,
         }
     }
@@ -141,6 +146,7 @@ impl ActivityLog {
             durable: 0,
             begun: BTreeMap::new(),
             flushing: HashMap::new(),
+            syncing: BTreeMap::new(),
             last_write: None,
         }
     }
@@ -321,8 +327,11 @@ impl ActivityLog {
 
     /// W2: the retired extents whose data is durable on every leg now (a sync that started
     /// after their last write finished), taken out to be cleared; pinned ones stay (W6).
+    /// Not while a sync that began before that one is in progress ([`Self::sync_floor`]):
+    /// the error it may yet get can be about those writes (H5, W6), and a leg failing then
+    /// must find them in the unsynced set, the primary failing them their intents set.
     pub fn take_clean_retired(&mut self) -> Vec<Evicted> {
-        let durable = self.durable;
+        let durable = self.sync_floor();
         let mut es: Vec<ExtentIdx> = self
             .retired
             .iter()
@@ -458,9 +467,12 @@ impl ActivityLog {
     }
 
     /// The primary failed a sync: every extent written since the last good flush may be
-    /// missing data on the primary, so all of them keep their intents (W6).
+    /// missing data on the primary, so all of them keep their intents (W6). Since an
+    /// earlier one while the failed sync (or another request or flush) that began before
+    /// it is in progress ([`Self::floor`]): its error may be about writes a sync beside it
+    /// counted durable. Call before that sync's [`Self::flush_failed`].
     pub fn pin_unflushed(&mut self) {
-        let durable = self.durable;
+        let durable = self.floor();
         for h in self.hot.values_mut().chain(self.retired.values_mut()) {
             if h.dirty.is_some_and(|d| d >= durable) {
                 h.pinned = true;
@@ -511,12 +523,40 @@ impl ActivityLog {
         self.last_write.is_none_or(|e| e < self.durable)
     }
 
+    /// A sync starts (of the primary, or of every leg): returns the token for
+    /// [`Self::sync_end`]. While it runs, nothing written since the current `durable` is
+    /// cleared ([`Self::take_clean_retired`]) and a failing leg may miss it (H5).
+    pub fn sync_begin(&mut self) -> u64 {
+        *self.syncing.entry(self.durable).or_default() += 1;
+        self.begin()
+    }
+
+    /// The sync that began with `since` returned.
+    pub fn sync_end(&mut self, since: u64) {
+        if let Some(n) = self.syncing.get_mut(&since) {
+            *n -= 1;
+            if *n == 0 {
+                self.syncing.remove(&since);
+            }
+        }
+        self.end(since);
+    }
+
+    /// The `durable` of the oldest sync in progress, or `durable`: a write completed at an
+    /// epoch below it is durable on every leg, and no error still to come is about it.
+    pub fn sync_floor(&self) -> u64 {
+        self.syncing
+            .keys()
+            .next()
+            .map_or(self.durable, |b| (*b).min(self.durable))
+    }
+
     /// A flush (sync of every leg) starts; returns the token to give [`Self::flush_done`]
     /// (or [`Self::flush_failed`]).
     pub fn flush_started(&mut self) -> u64 {
         let covered = self.epoch;
         self.epoch += 1;
-        let since = self.begin();
+        let since = self.sync_begin();
         self.flushing.insert(covered, since);
         covered
     }
@@ -525,14 +565,14 @@ impl ActivityLog {
     pub fn flush_done(&mut self, covered: u64) {
         self.durable = self.durable.max(covered + 1);
         if let Some(since) = self.flushing.remove(&covered) {
-            self.end(since);
+            self.sync_end(since);
         }
     }
 
     /// The flush that started with `covered` failed (the primary): nothing is durable.
     pub fn flush_failed(&mut self, covered: u64) {
         if let Some(since) = self.flushing.remove(&covered) {
-            self.end(since);
+            self.sync_end(since);
         }
     }
 }
@@ -812,6 +852,29 @@ mod tests {
         assert_eq!(al.unsynced_regions(), vec![9..10]);
         al.end(r);
         assert!(al.unsynced_regions().is_empty());
+    }
+
+    #[test]
+    fn a_retired_extent_is_cleared_only_once_every_sync_that_began_before_its_flush_returned() {
+        let mut al = log(4);
+        activate(&mut al, &[ExtentIdx(0)]);
+        al.acquire(&[ExtentIdx(0)]);
+        al.release(&[ExtentIdx(0)], Some(&(0..1)));
+        // F1 syncs; region 0's lost writeback may be reported to it alone.
+        let f1 = al.flush_started();
+        al.retire(&[ExtentIdx(0)]);
+        let f2 = al.flush_started();
+        al.flush_done(f2);
+        assert!(
+            al.take_clean_retired().is_empty(),
+            "F1 may still report region 0 lost"
+        );
+        assert_eq!(al.unsynced_regions(), vec![0..1]);
+        // A request in progress does not hold it (a write reports its own error).
+        let r = al.begin();
+        al.flush_failed(f1);
+        assert_eq!(al.take_clean_retired().len(), 1);
+        al.end(r);
     }
 
     #[test]

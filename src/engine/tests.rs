@@ -1190,7 +1190,8 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_w
             std::thread::spawn(move || write(&srv, 35 + 2 * i))
         })
         .collect();
-    while srv.queued() < N as usize {
+    // The held transaction's own request stays queued until its sync returns: N more.
+    while srv.queued() < N as usize + 1 {
         std::thread::sleep(Duration::from_millis(1));
     }
     // Each needs an extent evicted (dirty ones): none of that is a sync of its own.
@@ -1218,4 +1219,365 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_w
     }
     assert_same_data(&m, &p, &s);
     assert_eq!(m.pending_intents().unwrap(), 0);
+}
+
+/// A leg whose first sync after [`HeldSync::arm`] waits until [`HeldSync::fail`], then
+/// fails with EIO: the one sync Linux reports the leg's lost writeback to, while syncs
+/// beside it succeed.
+#[derive(Clone)]
+struct HeldSync {
+    inner: SimDevice,
+    st: Arc<(Mutex<Held>, std::sync::Condvar)>,
+}
+
+/// (armed, a sync waits, failed)
+type Held = (bool, bool, bool);
+
+impl HeldSync {
+    fn new(inner: SimDevice) -> HeldSync {
+        HeldSync {
+            inner,
+            st: Arc::new((Mutex::new((false, false, false)), std::sync::Condvar::new())),
+        }
+    }
+    fn arm(&self) {
+        self.st.0.lock().unwrap().0 = true;
+    }
+    fn wait_held(&self) {
+        let (m, cv) = &*self.st;
+        let mut s = m.lock().unwrap();
+        while !s.1 {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    fn fail(&self) {
+        let (m, cv) = &*self.st;
+        m.lock().unwrap().2 = true;
+        cv.notify_all();
+    }
+}
+
+impl Device for HeldSync {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        let (m, cv) = &*self.st;
+        let mut s = m.lock().unwrap();
+        if s.0 {
+            s.0 = false;
+            s.1 = true;
+            cv.notify_all();
+            while !s.2 {
+                s = cv.wait(s).unwrap();
+            }
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        drop(s);
+        self.inner.sync()
+    }
+}
+
+/// Every region where `leg` (slot `slot`) differs from `primary` is in the slot's fracture
+/// log, or (when `intents` count) in the write-intent log.
+fn assert_differences_logged(
+    m: &mut Mirror,
+    primary: &SimDevice,
+    leg: &SimDevice,
+    slot: u32,
+    intents: bool,
+    ctx: &str,
+) {
+    let g = m.geometry();
+    let (a, b) = (primary.data_area(&g), leg.data_area(&g));
+    let rs = g.region_size as usize;
+    for r in 0..g.region_count {
+        let span = r as usize * rs..(r as usize + 1) * rs;
+        if a[span.clone()] == b[span] {
+            continue;
+        }
+        let logged = m.log_bit(BitmapId::Fracture(SlotIdx(slot)), r).unwrap();
+        let marked = intents && m.log_bit(BitmapId::WriteIntent, r).unwrap();
+        assert!(
+            logged || marked,
+            "{ctx}: slot {slot} differs from the primary in region {r}, which no log names"
+        );
+    }
+}
+
+#[test]
+fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_writes_for_the_leg_that_flush_finds_failed(
+) {
+    // Extents of 4 regions of 4 KiB, 16 hot at most, one secondary.
+    let w = World::new();
+    let g = Geometry::for_data_size(256 * 4096, 4096, 4).unwrap();
+    let p = SimDevice::new(&w, g.total_len());
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let s = SimDevice::new(&w, g.total_len());
+    let leg = HeldSync::new(s.clone());
+    let legs = SimOpener::new(HashMap::from([("s0".to_string(), leg.clone())]));
+    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(legs), false).unwrap();
+    m.attach(
+        Arc::new(leg.clone()),
+        "s0",
+        "s0",
+        InitialSync::AssumeClean,
+        false,
+        false,
+    )
+    .unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
+    fn extent(e: u64) -> u64 {
+        e * 4 * 4096
+    }
+    let write = |srv: &serve::Server, e: u64| {
+        let t = srv.ticket(extent(e), 4096);
+        srv.mutate(t, serve::Mutation::Write(&[e as u8 + 1; 4096]), false)
+    };
+    // The hot set full of written extents, extent 0 the least recently used.
+    for e in 0..MIN_HOT_EXTENTS as u64 {
+        write(&srv, 2 * e).unwrap();
+    }
+    // A flush whose sync of the leg is held: Linux will report the leg's lost writeback
+    // of extent 0 to it alone (H5).
+    leg.arm();
+    let flush = {
+        let srv = srv.clone();
+        std::thread::spawn(move || srv.flush())
+    };
+    leg.wait_held();
+    // Meanwhile two cold extents: the first transaction evicts extent 0 and syncs the legs
+    // (that sync of the leg succeeds), the next one may clear what the first made clean.
+    write(&srv, 40).unwrap();
+    write(&srv, 42).unwrap();
+    // The leg lost extent 0's write; the held flush is told.
+    s.write_at(&[0; 4096], g.data_offset + extent(0)).unwrap();
+    leg.fail();
+    flush.join().unwrap().unwrap();
+    srv.with_mirror(|m| {
+        assert!(m.sb().legs[0].state().is_fractured());
+        assert_differences_logged(m, &p, &s, 0, true, "while serving");
+    });
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (mut m, _) = srv.stop().unwrap();
+    assert_differences_logged(&mut m, &p, &s, 0, false, "after a clean stop");
+    let rep = m.resync(&[0], None, &NoProgress).unwrap();
+    assert!(rep.legs.iter().all(|l| l.error.is_none()), "{rep:?}");
+    assert_same_data(&m, &p, &s);
+}
+
+#[test]
+fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_intents_when_that_flush_finds_the_primary_failed(
+) {
+    let w = World::new();
+    let g = Geometry::for_data_size(256 * 4096, 4096, 4).unwrap();
+    let p = SimDevice::new(&w, g.total_len());
+    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let primary = HeldSync::new(p.clone());
+    let s = SimDevice::new(&w, g.total_len());
+    let legs = SimOpener::new(HashMap::from([("s0".to_string(), s.clone())]));
+    let mut m = Mirror::open(Arc::new(primary.clone()), "p", Arc::new(legs), false).unwrap();
+    m.attach(
+        Arc::new(s.clone()),
+        "s0",
+        "s0",
+        InitialSync::AssumeClean,
+        false,
+        false,
+    )
+    .unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
+    fn extent(e: u64) -> u64 {
+        e * 4 * 4096
+    }
+    let write = |srv: &serve::Server, e: u64| {
+        let t = srv.ticket(extent(e), 4096);
+        srv.mutate(t, serve::Mutation::Write(&[e as u8 + 1; 4096]), false)
+    };
+    for e in 0..MIN_HOT_EXTENTS as u64 {
+        write(&srv, 2 * e).unwrap();
+    }
+    // A flush whose sync of the primary is held: the primary's lost writeback of extent 0
+    // is reported to it alone; the transactions' syncs beside it succeed.
+    primary.arm();
+    let flush = {
+        let srv = srv.clone();
+        std::thread::spawn(move || srv.flush())
+    };
+    primary.wait_held();
+    write(&srv, 40).unwrap();
+    write(&srv, 42).unwrap();
+    p.write_at(&[0; 4096], g.data_offset + extent(0)).unwrap();
+    primary.fail();
+    assert!(flush.join().unwrap().is_err());
+    // W6: nothing that flush covered is cleared, by this transaction or any later one.
+    write(&srv, 44).unwrap();
+    write(&srv, 46).unwrap();
+    srv.with_mirror(|m| assert_differences_logged(m, &p, &s, 0, true, "while serving"));
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (mut m, _) = srv.stop().unwrap();
+    assert_differences_logged(&mut m, &p, &s, 0, true, "after a clean stop");
+}
+
+#[test]
+fn concurrent_writers_beyond_the_hot_set_leave_every_difference_logged_after_a_power_cut_at_any_sync_point(
+) {
+    writers_beyond_the_hot_set_cut_at_every_sync_point(None, false);
+}
+
+#[test]
+fn a_leg_fractured_by_the_admin_or_failing_among_writers_beyond_the_hot_set_keeps_every_difference_logged_after_a_power_cut(
+) {
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false), false);
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(true), false);
+}
+
+#[test]
+fn a_live_resync_among_writers_beyond_the_hot_set_keeps_every_difference_logged_after_a_power_cut()
+{
+    writers_beyond_the_hot_set_cut_at_every_sync_point(Some(false), true);
+}
+
+/// Four threads write 4 KiB at random over 4 times the hot set (group commits, evictions,
+/// retired extents cleared), with flushes; the power fails at each sync point in turn
+/// (the clean stop's included). After recovery every region where the leg differs from the
+/// primary is in its log, every flushed write is on the primary, and a resync makes them
+/// equal. `leg_trouble`: halfway, the leg is fractured by the admin (`false`) or its
+/// writes start failing (`true`); `resync`: three quarters of the way, a live resync of it.
+fn writers_beyond_the_hot_set_cut_at_every_sync_point(leg_trouble: Option<bool>, resync: bool) {
+    // 64 extents of 4 regions, 16 hot: most writes need a transaction, most evict.
+    const REGIONS: u64 = 256;
+    const THREADS: u64 = 4;
+    const WRITES: u64 = 24;
+    let g = Geometry::for_data_size(REGIONS * 4096, 4096, 4).unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    let mut cut_at = 0;
+    let mut runs = 0;
+    loop {
+        let devs = SimDevs::new(&["p", "s0"], g.total_len());
+        let p = devs.dev("p").clone();
+        Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+        let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(devs.opener()), false).unwrap();
+        let s = devs.dev("s0").clone();
+        m.attach(
+            Arc::new(s.clone()),
+            "s0",
+            "s0",
+            InitialSync::AssumeClean,
+            false,
+            false,
+        )
+        .unwrap();
+        let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
+        devs.world.crash_at(devs.world.sync_points() + cut_at);
+        // Each thread writes its own regions (r % THREADS == t), so a region's bytes are
+        // those of its thread's last write; a flush that succeeded after a write's reply
+        // makes it one the primary must keep.
+        let flushed: Vec<Vec<(u64, u8)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (srv, s) = (srv.clone(), &s);
+                    sc.spawn(move || {
+                        let mut rng = crate::device::sim::Rng::new(cut_at * 7 + t + 1);
+                        let (mut acked, mut kept) = (Vec::new(), Vec::new());
+                        for i in 0..WRITES {
+                            if t == 0 && i == WRITES / 2 {
+                                match leg_trouble {
+                                    Some(false) => {
+                                        let _ = srv.fracture_leg(0, None, &|_| {});
+                                    }
+                                    Some(true) => s.fail_writes(libc::EIO),
+                                    None => {}
+                                }
+                            }
+                            if t == 1 && i == 3 * WRITES / 4 && resync {
+                                let _ = srv.resync_legs(
+                                    &[0],
+                                    &ResyncOptions::default(),
+                                    false,
+                                    &NoProgress,
+                                    &|_| {},
+                                );
+                            }
+                            let r = (rng.next_u64() % (REGIONS / THREADS)) * THREADS + t;
+                            let b = (t * WRITES + i) as u8 | 1;
+                            let tk = srv.ticket(r * 4096, 4096);
+                            // Until a flush covers it, either bytes may survive a cut.
+                            acked.retain(|(x, _)| *x != r);
+                            kept.retain(|(x, _)| *x != r);
+                            if srv
+                                .mutate(tk, serve::Mutation::Write(&[b; 4096]), false)
+                                .is_ok()
+                            {
+                                acked.push((r, b));
+                            }
+                            if i % 6 == 5 && srv.flush().is_ok() {
+                                kept.append(&mut acked);
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        runs += 1;
+        // The clean stop's syncs are sync points too.
+        let stopped = Arc::try_unwrap(srv).ok().unwrap().stop();
+        if !devs.world.crashed() {
+            // Every sync point was passed with no cut: a clean stop leaves nothing logged.
+            let (mut m, _) = stopped.unwrap();
+            if leg_trouble.is_none() {
+                assert_same_data(&m, &p, &s);
+            } else {
+                assert_differences_logged(&mut m, &p, &s, 0, false, "after a clean stop");
+            }
+            assert_eq!(m.pending_intents().unwrap(), 0);
+            break;
+        }
+        drop(stopped);
+        let after = devs.cut(|i| crate::device::sim::Keep::Half(cut_at * 13 + i as u64));
+        let (p2, s2) = (after.dev("p").clone(), after.dev("s0").clone());
+        let mut m = Mirror::open(Arc::new(p2.clone()), "p", Arc::new(after.opener()), false)
+            .unwrap_or_else(|e| panic!("cut at sync {cut_at}: reopening: {e}"));
+        m.prepare_for_change()
+            .unwrap_or_else(|e| panic!("cut at sync {cut_at}: recovering: {e}"));
+        let ctx = format!("{leg_trouble:?}, resync {resync}: cut at sync {cut_at}, recovered");
+        assert_differences_logged(&mut m, &p2, &s2, 0, false, &ctx);
+        let data = p2.data_area(&g);
+        for (r, b) in flushed.iter().flatten() {
+            let at = (*r * 4096) as usize;
+            assert!(
+                data[at..at + 4096] == [*b; 4096],
+                "{ctx}: a flushed write to region {r} is not on the primary"
+            );
+        }
+        let rep = m.resync(&[0], None, &NoProgress).unwrap();
+        assert!(rep.legs.iter().all(|l| l.error.is_none()), "{ctx}: {rep:?}");
+        assert_same_data(&m, &p2, &s2);
+        cut_at += 1;
+        assert!(cut_at < 5_000, "the workload never ends");
+    }
+    assert!(runs > 20, "only {runs} sync points");
+    eprintln!("{runs} power cuts checked");
 }

@@ -232,6 +232,9 @@ impl Server {
             Vec::new()
         };
         st.commits.busy = true;
+        // H5/W6: an error this sync gets may be about writes a sync beside it counts durable:
+        // while it runs, nothing written since the current `durable` is cleared.
+        let since = st.al.sync_begin();
         drop(st);
         // H12: one sync of the primary (the bitmaps and, when the legs sync too, the data
         // of every write completed before it, on every leg in parallel).
@@ -278,6 +281,7 @@ impl Server {
                 st.fail(&txn.ids, &f);
             }
         }
+        st.al.sync_end(since);
         self.flush_log(&mut st);
         self.changed.notify_all();
         (st, true)

@@ -10,10 +10,12 @@
 //!   written; otherwise a crash could leave legs differing where no log says so.
 //! - H2 An extent's intents are cleared only when no request uses it (it left the hot set,
 //!   retired, with no I/O) and only after a sync of the primary and every leg receiving
-//!   writes that started after its last write completed (W2), and after every fracture bit
-//!   H6 set is durable (H13); otherwise its clear could forget data not yet durable on some
-//!   leg, or a write a fractured leg missed. A retired extent not cleared yet is taken
-//!   back by a request with no I/O: its bits are still durable.
+//!   writes that started after its last write completed (W2) and once no sync that began
+//!   before that one is in progress (its error may be about those writes, H5, W6), and
+//!   after every fracture bit H6 set is durable (H13); otherwise its clear could forget
+//!   data not yet durable on some leg or on the primary, or a write a fractured leg
+//!   missed. A retired extent not cleared yet is taken back by a request with no I/O: its
+//!   bits are still durable.
 //! - H3 A write is replied to only once it is written on the primary and on every leg
 //!   receiving writes; a FLUSH, or a FUA request, only after the primary and every such leg
 //!   synced (every write completed before the flush started is durable everywhere); otherwise
