@@ -97,7 +97,7 @@ impl Backend for crate::engine::serve::Server {
     fn hard_stop(&self) -> String {
         let (_, cap) = self.hot();
         format!(
-            "stopping at once, without the clean stop: requests in flight get no reply, the legs are not synced and the write intents stay marked; the next command recovers the hot set (at most {cap} extents of 4 MiB) as after a crash"
+            "stopping at once, without the clean stop: requests in flight get no reply, the legs are not synced and the write intents stay marked; the next command recovers the hot set (at most {cap} extents of 4 MiB, and those evicted whose writes no finished sync has covered yet) as after a crash"
         )
     }
     fn client_opened(&self, _client: u64) {

@@ -18,7 +18,7 @@ databases rely on. A secondary that fails (I/O error, full disk, NBD server gone
 its changes tracked for `resync`, and the host's request still succeeds; a primary that fails \
 gets the host an I/O error for that request. Regions being written stay marked in the \
 write-intent log in 4 MiB extents (--hot-extents); after a crash the next command (or serve) \
-marks at most those (and as many evicted since the last activity-log transaction) out of sync, \
+marks at most those (and the extents evicted whose writes no finished sync has covered yet) out of sync, \
 and `resync` copies them.
 
 Clients: qemu -drive file=nbd+unix:///?socket=PATH,format=raw; the kernel's nbd-client \
@@ -64,8 +64,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub read_only: bool,
     /// Extents of 4 MiB kept marked in the write-intent log (the activity log): writes into
-    /// them cost no metadata I/O; after a crash at most these, and as many evicted since the
-    /// last activity-log transaction, are resynced. At least 16.
+    /// them cost no metadata I/O; after a crash at most these, and the extents evicted whose
+    /// writes no finished sync has covered yet, are resynced. At least 16.
     #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_HOT_EXTENTS,
           value_parser = parse_hot_extents)]
     pub hot_extents: usize,
