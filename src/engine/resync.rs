@@ -1080,16 +1080,13 @@ mod tests {
             .collect()
     }
 
-    /// Runs `copy_leg` over every region of `owner` to the end, and checks S1: every run
-    /// cleared only after a sync of the target that started once its last write had
-    /// ended and that returned before the clear. Returns the target's log and its syncs.
-    fn copy_and_check_s1(
+    /// `copy_leg` with no rate limit and no compare: its result and what it copied.
+    fn plain_copy(
         g: &Geometry,
         primary: &Slow,
         target: &Slow,
         owner: &Owner,
-    ) -> (Vec<(Instant, Ev)>, Vec<Span>) {
-        let regions = owner.left.lock().unwrap().len() as u64;
+    ) -> (CopyResult<()>, Copied) {
         let limiter = RateLimit::new(None);
         let written = AtomicU64::new(0);
         let ctl = CopyCtl {
@@ -1100,6 +1097,20 @@ mod tests {
         };
         let mut done = Copied::default();
         let r = copy_leg(g, primary, target, owner, &ctl, &mut done);
+        (r, done)
+    }
+
+    /// Runs `copy_leg` over every region of `owner` to the end, and checks S1: every run
+    /// cleared only after a sync of the target that started once its last write had
+    /// ended and that returned before the clear. Returns the target's log and its syncs.
+    fn copy_and_check_s1(
+        g: &Geometry,
+        primary: &Slow,
+        target: &Slow,
+        owner: &Owner,
+    ) -> (Vec<(Instant, Ev)>, Vec<Span>) {
+        let regions = owner.left.lock().unwrap().len() as u64;
+        let (r, done) = plain_copy(g, primary, target, owner);
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(done.regions, regions);
         assert!(owner.left.lock().unwrap().is_empty());
@@ -1192,16 +1203,7 @@ mod tests {
         let target = Slow::new(vec![0; len], 0);
         let regions: Vec<u64> = (0..64).collect();
         let owner = Owner::new(&regions);
-        let limiter = RateLimit::new(None);
-        let written = AtomicU64::new(0);
-        let ctl = CopyCtl {
-            limiter: &limiter,
-            progress: &NoProgress,
-            compare: false,
-            written: &written,
-        };
-        let mut done = Copied::default();
-        let r = copy_leg(&g, &primary, &target, &owner, &ctl, &mut done);
+        let (r, done) = plain_copy(&g, &primary, &target, &owner);
         match r {
             Err(CopyEnd::Primary(m)) => assert!(
                 m.contains(&format!("data offset {}", 2 * COPY_CHUNK)),

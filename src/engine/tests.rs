@@ -1123,6 +1123,44 @@ impl Device for Watched {
     }
 }
 
+/// A mirror on `primary` (formatted already) with `leg` attached as "s0" (assumed clean),
+/// served with the smallest hot set in extents of 4 regions of 4 KiB: the activity-log
+/// tests' setup.
+fn serve_small<P, L>(primary: P, leg: L) -> Arc<serve::Server>
+where
+    P: Device + Clone + 'static,
+    L: Device + Clone + 'static,
+{
+    let legs = SimOpener::new(HashMap::from([("s0".to_string(), leg.clone())]));
+    let mut m = Mirror::open(Arc::new(primary), "p", Arc::new(legs), false).unwrap();
+    m.attach(
+        Arc::new(leg),
+        "s0",
+        "s0",
+        InitialSync::AssumeClean,
+        false,
+        false,
+    )
+    .unwrap();
+    let cfg = serve::ServeConfig {
+        hot_extents: MIN_HOT_EXTENTS,
+        extent_bytes: 4 * 4096,
+        ..Default::default()
+    };
+    Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap())
+}
+
+/// The data offset of extent `e` of [`serve_small`]'s mirror.
+fn extent(e: u64) -> u64 {
+    e * 4 * 4096
+}
+
+/// A 4 KiB host write of `byte` at the start of extent `e`.
+fn write_extent(srv: &serve::Server, e: u64, byte: u8) -> serve::Served<()> {
+    let t = srv.ticket(extent(e), 4096);
+    srv.mutate(t, serve::Mutation::Write(&[byte; 4096]), false)
+}
+
 #[test]
 fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_writes_before_its_intent_is_durable(
 ) {
@@ -1140,30 +1178,8 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_w
         watch: watch.clone(),
     };
     let s = SimDevice::new(&w, g.total_len());
-    let legs = SimOpener::new(HashMap::from([("s0".to_string(), dev(&s, false))]));
-    let mut m = Mirror::open(Arc::new(dev(&p, true)), "p", Arc::new(legs), false).unwrap();
-    m.attach(
-        Arc::new(dev(&s, false)),
-        "s0",
-        "s0",
-        InitialSync::AssumeClean,
-        false,
-        false,
-    )
-    .unwrap();
-    let cfg = serve::ServeConfig {
-        hot_extents: MIN_HOT_EXTENTS,
-        extent_bytes: 4 * 4096,
-        ..Default::default()
-    };
-    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
-    fn extent(e: u64) -> u64 {
-        e * 4 * 4096
-    }
-    let write = |srv: &serve::Server, e: u64| {
-        let t = srv.ticket(extent(e), 4096);
-        srv.mutate(t, serve::Mutation::Write(&[e as u8; 4096]), false)
-    };
+    let srv = serve_small(dev(&p, true), dev(&s, false));
+    let write = |srv: &serve::Server, e: u64| write_extent(srv, e, e as u8);
     // The hot set full of written extents (every other one: no writer looks sequential).
     for e in 0..MIN_HOT_EXTENTS as u64 {
         write(&srv, 2 * e).unwrap();
@@ -1311,56 +1327,47 @@ fn assert_differences_logged(
     }
 }
 
-#[test]
-fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_writes_for_the_leg_that_flush_finds_failed(
-) {
-    // Extents of 4 regions of 4 KiB, 16 hot at most, one secondary.
+/// A formatted primary and a blank secondary for [`serve_small`]: 256 regions of 4 KiB,
+/// 64 extents of 4 regions (4 x the smallest hot set).
+fn small_devices() -> (Geometry, SimDevice, SimDevice) {
     let w = World::new();
     let g = Geometry::for_data_size(256 * 4096, 4096, 4).unwrap();
     let p = SimDevice::new(&w, g.total_len());
     Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
     let s = SimDevice::new(&w, g.total_len());
-    let leg = HeldSync::new(s.clone());
-    let legs = SimOpener::new(HashMap::from([("s0".to_string(), leg.clone())]));
-    let mut m = Mirror::open(Arc::new(p.clone()), "p", Arc::new(legs), false).unwrap();
-    m.attach(
-        Arc::new(leg.clone()),
-        "s0",
-        "s0",
-        InitialSync::AssumeClean,
-        false,
-        false,
-    )
-    .unwrap();
-    let cfg = serve::ServeConfig {
-        hot_extents: MIN_HOT_EXTENTS,
-        extent_bytes: 4 * 4096,
-        ..Default::default()
-    };
-    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
-    fn extent(e: u64) -> u64 {
-        e * 4 * 4096
-    }
-    let write = |srv: &serve::Server, e: u64| {
-        let t = srv.ticket(extent(e), 4096);
-        srv.mutate(t, serve::Mutation::Write(&[e as u8 + 1; 4096]), false)
-    };
-    // The hot set full of written extents, extent 0 the least recently used.
+    (g, p, s)
+}
+
+/// Fills the hot set with written extents (extent 0 the least recently used), starts a
+/// flush whose sync `held` holds, and meanwhile writes two cold extents: the first
+/// transaction evicts extent 0 and syncs the legs (those syncs succeed), the next one may
+/// clear what the first made clean. Returns the flush, still held.
+fn evict_during_a_held_flush(
+    srv: &Arc<serve::Server>,
+    held: &HeldSync,
+) -> std::thread::JoinHandle<serve::Served<()>> {
     for e in 0..MIN_HOT_EXTENTS as u64 {
-        write(&srv, 2 * e).unwrap();
+        write_extent(srv, 2 * e, 2 * e as u8 + 1).unwrap();
     }
-    // A flush whose sync of the leg is held: Linux will report the leg's lost writeback
-    // of extent 0 to it alone (H5).
-    leg.arm();
+    held.arm();
     let flush = {
         let srv = srv.clone();
         std::thread::spawn(move || srv.flush())
     };
-    leg.wait_held();
-    // Meanwhile two cold extents: the first transaction evicts extent 0 and syncs the legs
-    // (that sync of the leg succeeds), the next one may clear what the first made clean.
-    write(&srv, 40).unwrap();
-    write(&srv, 42).unwrap();
+    held.wait_held();
+    write_extent(srv, 40, 41).unwrap();
+    write_extent(srv, 42, 43).unwrap();
+    flush
+}
+
+#[test]
+fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_writes_for_the_leg_that_flush_finds_failed(
+) {
+    let (g, p, s) = small_devices();
+    let leg = HeldSync::new(s.clone());
+    let srv = serve_small(p.clone(), leg.clone());
+    // Linux will report the leg's lost writeback of extent 0 to the held flush alone (H5).
+    let flush = evict_during_a_held_flush(&srv, &leg);
     // The leg lost extent 0's write; the held flush is told.
     s.write_at(&[0; 4096], g.data_offset + extent(0)).unwrap();
     leg.fail();
@@ -1380,55 +1387,18 @@ fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_writes_for_the
 #[test]
 fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_intents_when_that_flush_finds_the_primary_failed(
 ) {
-    let w = World::new();
-    let g = Geometry::for_data_size(256 * 4096, 4096, 4).unwrap();
-    let p = SimDevice::new(&w, g.total_len());
-    Image::format(Arc::new(p.clone()), Superblock::new_primary(g, 0)).unwrap();
+    let (g, p, s) = small_devices();
     let primary = HeldSync::new(p.clone());
-    let s = SimDevice::new(&w, g.total_len());
-    let legs = SimOpener::new(HashMap::from([("s0".to_string(), s.clone())]));
-    let mut m = Mirror::open(Arc::new(primary.clone()), "p", Arc::new(legs), false).unwrap();
-    m.attach(
-        Arc::new(s.clone()),
-        "s0",
-        "s0",
-        InitialSync::AssumeClean,
-        false,
-        false,
-    )
-    .unwrap();
-    let cfg = serve::ServeConfig {
-        hot_extents: MIN_HOT_EXTENTS,
-        extent_bytes: 4 * 4096,
-        ..Default::default()
-    };
-    let srv = Arc::new(m.serve(&cfg, Box::new(|_| {})).unwrap());
-    fn extent(e: u64) -> u64 {
-        e * 4 * 4096
-    }
-    let write = |srv: &serve::Server, e: u64| {
-        let t = srv.ticket(extent(e), 4096);
-        srv.mutate(t, serve::Mutation::Write(&[e as u8 + 1; 4096]), false)
-    };
-    for e in 0..MIN_HOT_EXTENTS as u64 {
-        write(&srv, 2 * e).unwrap();
-    }
-    // A flush whose sync of the primary is held: the primary's lost writeback of extent 0
-    // is reported to it alone; the transactions' syncs beside it succeed.
-    primary.arm();
-    let flush = {
-        let srv = srv.clone();
-        std::thread::spawn(move || srv.flush())
-    };
-    primary.wait_held();
-    write(&srv, 40).unwrap();
-    write(&srv, 42).unwrap();
+    let srv = serve_small(primary.clone(), s.clone());
+    // The primary's lost writeback of extent 0 is reported to the held flush alone; the
+    // transactions' syncs beside it succeed.
+    let flush = evict_during_a_held_flush(&srv, &primary);
     p.write_at(&[0; 4096], g.data_offset + extent(0)).unwrap();
     primary.fail();
     assert!(flush.join().unwrap().is_err());
     // W6: nothing that flush covered is cleared, by this transaction or any later one.
-    write(&srv, 44).unwrap();
-    write(&srv, 46).unwrap();
+    write_extent(&srv, 44, 45).unwrap();
+    write_extent(&srv, 46, 47).unwrap();
     srv.with_mirror(|m| assert_differences_logged(m, &p, &s, 0, true, "while serving"));
     let srv = Arc::try_unwrap(srv).ok().unwrap();
     let (mut m, _) = srv.stop().unwrap();
