@@ -586,7 +586,8 @@ fn an_ext4_made_through_nbdfuse_mounts_holds_a_copied_tree_and_checks_clean() {
 }
 
 /// nbdkit serving a file on a Unix socket (with extra filter arguments); killed on drop.
-pub(crate) struct NbdKit(Child);
+/// nbdkit serving a file on a Unix socket, its stderr kept beside the socket.
+pub(crate) struct NbdKit(Child, PathBuf);
 
 impl NbdKit {
     pub(crate) fn start(sock: &Path, file: &Path, filter: &[&str]) -> NbdKit {
@@ -601,8 +602,12 @@ impl NbdKit {
             .arg(format!("file={}", file.display()))
             .args(&params)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        let log = sock.with_extension("nbdkit.log");
+        match std::fs::File::create(&log) {
+            Ok(f) => c.stderr(f),
+            Err(_) => c.stderr(Stdio::null()),
+        };
         let child = c.spawn().expect("starting nbdkit");
         let t = Instant::now();
         while UnixStream::connect(sock).is_err() {
@@ -612,7 +617,20 @@ impl NbdKit {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        NbdKit(child)
+        NbdKit(child, log)
+    }
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+    /// Whether nbdkit is still running, else how it ended, and what it printed.
+    pub(crate) fn state(&mut self) -> String {
+        let how = match self.0.try_wait() {
+            Ok(None) => "running".to_string(),
+            Ok(Some(st)) => format!("exited: {st}"),
+            Err(e) => format!("unknown: {e}"),
+        };
+        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        format!("nbdkit {how}; its log:\n{}", last_lines(&log, 8))
     }
     pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
