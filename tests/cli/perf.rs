@@ -73,15 +73,17 @@ impl Traced {
             .collect()
     }
 
-    /// SIGTERM to serve; its exit status must be 0. The serve log.
-    fn stop(mut self) -> String {
+    /// SIGTERM to serve; its exit status must be 0. The whole trace (read once strace has
+    /// exited: it buffers its output, and a trace read while it runs may end early) and the
+    /// serve log.
+    fn stop(mut self) -> (Vec<String>, String) {
         let mut c = self.strace.take().unwrap();
         let serve = sh("pgrep", &["-P", &c.id().to_string()]);
         // SAFETY: kill(2) on the serve process strace started for this test.
         unsafe { libc::kill(serve.parse().unwrap(), libc::SIGTERM) };
         let st = c.wait().unwrap();
         assert!(st.success(), "serve under strace: {st}\n{}", self.log());
-        self.log()
+        (self.lines(), self.log())
     }
 }
 
@@ -222,8 +224,7 @@ fn served_writes_and_flushes_start_no_threads_and_a_flush_syncs_each_leg_once_or
     }
     cmds.push(marker(28 * KIB));
     qemu_io(&t.uri(), &cmds);
-    let lines = t.lines();
-    let log = t.stop();
+    let (lines, log) = t.stop();
     let busy = &between(&lines, 12 * KIB, 20 * KIB);
     let idle = &between(&lines, 20 * KIB, 28 * KIB);
 
@@ -280,8 +281,7 @@ fn random_writes_over_16_times_the_hot_set_share_metadata_syncs_at_iodepth_16() 
             &format!("--number_ios={writes}"),
         ],
     );
-    let lines = t.lines();
-    let log = t.stop();
+    let (lines, log) = t.stop();
     assert!(log.contains("the mirror is healthy"), "{log}");
     // Every metadata sync is a sync of the primary (H12; the clean stop adds two). One per
     // write without batching; with it, the requests that queue while a transaction syncs
@@ -304,8 +304,7 @@ fn the_live_record_is_written_with_one_write_per_publish() {
     let t = Traced::start(&fx, "trace=write,rename,renameat,renameat2", &[]);
     // Idle: it publishes twice a second.
     std::thread::sleep(Duration::from_millis(2200));
-    let lines = t.lines();
-    t.stop();
+    let (lines, _) = t.stop();
     let renames: Vec<String> = lines
         .iter()
         .filter(|l| l.contains(".json.tmp\""))
@@ -592,8 +591,7 @@ fn a_served_read_is_one_direct_pread_and_its_reply_one_send_and_a_sequential_rea
     }
     cmds.push(marker(28 * KIB));
     qemu_io(&t.uri(), &cmds);
-    let lines = t.lines();
-    t.stop();
+    let (lines, _) = t.stop();
     let direct = direct_fds(&lines);
     assert!(
         !direct.is_empty(),

@@ -1257,9 +1257,11 @@ fn random_writes_within_the_hot_set_cost_one_metadata_sync_per_extent_touched() 
         "every flush with something to sync syncs both legs:\n{summary}\n{log}"
     );
     let metadata = msyncs + fdatasyncs - 2 * (flushes - skipped);
-    // Touching 16 extents: at most 16 transactions, plus the clear at stop.
+    // Touching 16 extents: at most 16 transactions (fewer when a sequential-looking write
+    // marks the next extents in the same one), plus the clean stop's sync of both legs and
+    // its clear.
     assert!(
-        metadata <= 16 + 1,
+        metadata <= 16 + 2 + 1,
         "{metadata} metadata syncs for 16 extents:\n{summary}\n{log}"
     );
     assert!(metadata >= 2, "the extents were marked at all:\n{summary}");
