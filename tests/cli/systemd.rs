@@ -628,10 +628,13 @@ fn log_lines_carry_syslog_priorities_only_when_stderr_is_the_stream_journal_stre
         "{said}"
     );
 
-    // JOURNAL_STREAM inherited by a process whose stderr goes elsewhere: no prefixes.
+    // JOURNAL_STREAM inherited by a process whose stderr goes elsewhere: no prefixes. The
+    // stream named is journal.log's, which still exists, so it cannot be other.log's inode
+    // (a made-up inode number once was: ext4 gave other.log `ino + 1`).
     let other = fx.path("other.log");
     std::fs::File::create(&other).unwrap();
-    let text = serve_journald(&other, &format!("{dev}:{}", ino + 1));
+    assert_ne!(dev_ino(&other), (dev, ino));
+    let text = serve_journald(&other, &stream);
     assert!(text.contains("mirrorctl serve: serving "), "{text}");
     assert!(
         text.lines().all(|l| l.starts_with("mirrorctl serve: ")),
