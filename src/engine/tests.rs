@@ -1162,7 +1162,7 @@ fn write_extent(srv: &serve::Server, e: u64, byte: u8) -> serve::Served<()> {
 }
 
 #[test]
-fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_writes_before_its_intent_is_durable(
+fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_wake_only_when_granted_and_none_writes_before_its_intent_is_durable(
 ) {
     // Extents of 4 regions of 4 KiB, 16 hot at most, one secondary.
     let w = World::new();
@@ -1225,6 +1225,13 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_and_none_w
     // The held transaction's sync, then one for all N.
     assert_eq!(meta, 1 + 1, "metadata syncs for {N} writes to cold extents");
     assert_eq!(primary, 1, "primary syncs after the held one");
+    // Each queued request woke once: when granted (or to lead the one transaction). Waking
+    // every queued request at each change wakes them about N times each.
+    assert_eq!(
+        srv.idle_wakeups(),
+        0,
+        "wake-ups of queued requests with nothing to do"
+    );
     let unmarked = watch.unmarked.lock().unwrap().clone();
     assert!(unmarked.is_empty(), "W1 broken: {unmarked:?}");
     let srv = Arc::try_unwrap(srv).ok().unwrap();

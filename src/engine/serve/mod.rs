@@ -674,7 +674,7 @@ impl Server {
     pub(crate) fn waiting(&self) -> bool {
         self.state
             .try_lock()
-            .map(|st| st.waiters > 0)
+            .map(|st| st.waiters > 0 || st.commits.parked > 0)
             .unwrap_or(false)
     }
 
@@ -688,7 +688,7 @@ impl Server {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a change to the state (a request finished, extents became hot).
+    /// Waits for a change to the state (a request finished, a leg came back in sync).
     fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         // Woken by every change; at the latest after a while, so that a ticket dropped
         // without a wake-up (a panic) is seen.
@@ -731,12 +731,22 @@ impl Server {
     }
 
     /// Unlocks after a change, waking the threads that wait for one.
-    fn wake(&self, st: MutexGuard<'_, State>) {
+    fn wake(&self, mut st: MutexGuard<'_, State>) {
         let any = st.waiters > 0;
+        let threads = st.commits.take_wakes();
         drop(st);
         if any {
             self.changed.notify_all();
         }
+        threads.iter().for_each(std::thread::Thread::unpark);
+    }
+
+    /// Unlocks, then wakes the requests a transaction told and, when none is syncing, the
+    /// first queued request (H12).
+    fn unlock(&self, mut st: MutexGuard<'_, State>) {
+        let threads = st.commits.take_wakes();
+        drop(st);
+        threads.iter().for_each(std::thread::Thread::unpark);
     }
 
     fn flush_log(&self, st: &mut State) {
@@ -944,7 +954,8 @@ impl Server {
         // H5: until it ends, what a leg failing in it may miss reaches back to here.
         let since = st.al.begin();
         let legs = st.legs.clone();
-        drop(st);
+        // The requests a transaction led from here granted go once the lock is let go.
+        self.unlock(st);
 
         let at = g.data_offset + t.range.start;
         let primary = self.primary.clone();
