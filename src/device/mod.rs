@@ -5,6 +5,7 @@ pub mod nbd;
 pub mod open;
 pub mod probe;
 pub mod sim;
+pub mod sync_order;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -266,11 +267,11 @@ pub struct FileDevice {
     /// A second descriptor of the same file with O_DIRECT and the same access mode, opened
     /// at the first direct read or write (`None` where the file system refuses it).
     direct: std::sync::OnceLock<Option<File>>,
-    /// The first sync error (kind, text): every later sync fails with it. Linux reports a
-    /// writeback error to one fsync only; a concurrent flush must never see a sync succeed
-    /// after writes were lost, or it would count them durable (and a leg failing in the
-    /// other flush would miss them in its log).
-    sync_failed: std::sync::OnceLock<(io::ErrorKind, String)>,
+    /// The syncs in progress and the first sync error (every later sync fails with it).
+    /// Linux reports a writeback error to one fsync only; a concurrent flush must never see
+    /// a sync succeed after writes were lost, or it would count them durable (and a leg
+    /// failing in the other flush would miss them in its log): rule Y1.
+    syncs: sync_order::SyncOrder,
 }
 
 /// Identity of an image for "is this the same thing" checks: (device, inode) for files,
@@ -342,7 +343,7 @@ impl FileDevice {
             len,
             block,
             direct: std::sync::OnceLock::new(),
-            sync_failed: std::sync::OnceLock::new(),
+            syncs: sync_order::SyncOrder::default(),
         })
     }
 
@@ -502,15 +503,8 @@ impl Device for FileDevice {
     }
 
     fn sync(&self) -> io::Result<()> {
-        if let Some((k, m)) = self.sync_failed.get() {
-            return Err(io::Error::new(
-                *k,
-                format!("an earlier sync failed ({m}); nothing written since is trusted"),
-            ));
-        }
-        self.file.sync_data().inspect_err(|e| {
-            let _ = self.sync_failed.set((e.kind(), e.to_string()));
-        })?;
+        // Y1: success only once every sync beside this one returned, none failing.
+        self.syncs.run(|| self.file.sync_data())?;
         // A file truncated behind our back (`truncate -s`, a careless `cp`): writes past its
         // new end extend it again with holes where the data was, so the loss shows only
         // here, at the sync point, as the error it is (exit 4 for a primary; a leg is

@@ -1412,6 +1412,74 @@ fn an_extent_evicted_while_an_earlier_flush_still_syncs_keeps_its_intents_when_t
     assert_differences_logged(&mut m, &p, &s, 0, true, "after a clean stop");
 }
 
+/// A primary whose syncs follow Y1, as a file's do ([`crate::device::FileDevice`]): the held
+/// sync of [`HeldSync`] among them.
+#[derive(Clone)]
+struct Ordered {
+    held: HeldSync,
+    order: Arc<crate::device::sync_order::SyncOrder>,
+}
+
+impl Device for Ordered {
+    fn len(&self) -> u64 {
+        self.held.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.held.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.held.write_at(buf, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.order.run(|| self.held.sync())
+    }
+}
+
+#[test]
+fn a_cold_write_whose_intent_sync_succeeds_beside_a_flush_that_finds_the_primary_failed_is_not_acknowledged(
+) {
+    let (g, p, s) = small_devices();
+    let primary = Ordered {
+        held: HeldSync::new(p.clone()),
+        order: Default::default(),
+    };
+    let srv = serve_small(primary.clone(), s.clone());
+    for e in 0..MIN_HOT_EXTENTS as u64 {
+        write_extent(&srv, 2 * e, 1).unwrap();
+    }
+    // A flush whose sync of the primary is held; it will be told of a lost writeback.
+    primary.held.arm();
+    let flush = {
+        let srv = srv.clone();
+        std::thread::spawn(move || srv.flush())
+    };
+    primary.held.wait_held();
+    // A write to a cold extent: its transaction's sync returns beside the held one. The
+    // lost writeback may be that of the page holding its intent bits (W1): it must not
+    // write any leg until the held sync has returned, and not at all when it failed.
+    let cold = {
+        let srv = srv.clone();
+        std::thread::spawn(move || write_extent(&srv, 41, 9))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !cold.is_finished(),
+        "a write acknowledged while a sync beside its own ran"
+    );
+    primary.held.fail();
+    assert!(flush.join().unwrap().is_err());
+    let r = cold.join().unwrap();
+    let e = r.expect_err("a write acknowledged after a sync beside its intent's failed");
+    assert!(e.msg.contains("a sync beside this one failed"), "{}", e.msg);
+    let at = g.data_offset + extent(41);
+    let mut b = [0u8; 4096];
+    s.read_at(&mut b, at).unwrap();
+    assert_eq!(
+        b, [0; 4096],
+        "the leg received a write whose intent may be lost"
+    );
+}
+
 #[test]
 fn concurrent_writers_beyond_the_hot_set_leave_every_difference_logged_after_a_power_cut_at_any_sync_point(
 ) {

@@ -236,6 +236,7 @@ impl Server {
                 let (g, led) = self.lead(st);
                 st = g;
                 if led {
+                    woken = false;
                     continue;
                 }
             }
