@@ -267,11 +267,12 @@ pub struct FileDevice {
     /// A second descriptor of the same file with O_DIRECT and the same access mode, opened
     /// at the first direct read or write (`None` where the file system refuses it).
     direct: std::sync::OnceLock<Option<File>>,
-    /// The syncs in progress and the first sync error (every later sync fails with it).
-    /// Linux reports a writeback error to one fsync only; a concurrent flush must never see
-    /// a sync succeed after writes were lost, or it would count them durable (and a leg
-    /// failing in the other flush would miss them in its log): rule Y1.
-    syncs: sync_order::SyncOrder,
+    /// Open file descriptions for syncs, one per sync in progress, and the first sync error
+    /// (every later sync fails with it). Linux reports a writeback error once per open file
+    /// description; a concurrent flush must never see a sync succeed after writes were
+    /// lost, or it would count them durable (and a leg failing in the other flush would
+    /// miss them in its log): rule Y1.
+    syncs: sync_order::SyncSlots<File>,
 }
 
 /// Identity of an image for "is this the same thing" checks: (device, inode) for files,
@@ -343,7 +344,7 @@ impl FileDevice {
             len,
             block,
             direct: std::sync::OnceLock::new(),
-            syncs: sync_order::SyncOrder::default(),
+            syncs: sync_order::SyncSlots::default(),
         })
     }
 
@@ -372,6 +373,36 @@ impl FileDevice {
 
     /// The O_DIRECT descriptor, opened with the access mode of the device's own at first
     /// use; `None` where the file system refuses O_DIRECT (tmpfs).
+    /// Y1: [`sync_order::SLOTS`] open file descriptions of this same file for syncs (found
+    /// through /proc, as [`FileDevice::direct`]'s). Without /proc, one: the device's own
+    /// (its syncs then run one at a time, which Y1 allows).
+    fn sync_descriptions(&self) -> io::Result<Vec<File>> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: F_GETFL on a descriptor this device owns; no pointer involved.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let mode = if fl >= 0 {
+            fl & libc::O_ACCMODE
+        } else {
+            libc::O_RDONLY
+        };
+        let mut v = Vec::with_capacity(sync_order::SLOTS);
+        for _ in 0..sync_order::SLOTS {
+            match OpenOptions::new()
+                .read(mode != libc::O_WRONLY)
+                .write(mode != libc::O_RDONLY)
+                .open(format!("/proc/self/fd/{fd}"))
+            {
+                Ok(f) => v.push(f),
+                Err(_) => break,
+            }
+        }
+        if v.is_empty() {
+            v.push(self.file.try_clone()?);
+        }
+        Ok(v)
+    }
+
     fn direct(&self) -> Option<&File> {
         self.direct
             .get_or_init(|| {
@@ -503,8 +534,8 @@ impl Device for FileDevice {
     }
 
     fn sync(&self) -> io::Result<()> {
-        // Y1: success only once every sync beside this one returned, none failing.
-        self.syncs.run(|| self.file.sync_data())?;
+        // Y1: on a description of its own, told of every error since its last sync.
+        self.syncs.sync(|| self.sync_descriptions())?;
         // A file truncated behind our back (`truncate -s`, a careless `cp`): writes past its
         // new end extend it again with holes where the data was, so the loss shows only
         // here, at the sync point, as the error it is (exit 4 for a primary; a leg is
@@ -656,6 +687,38 @@ impl Device for FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Open descriptors of this process that refer to `path` (through /proc/self/fd).
+    fn descriptors_of(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t == path)
+            .count()
+    }
+
+    #[test]
+    fn a_file_is_synced_on_descriptions_of_its_own_opened_together_at_its_first_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let p = p.canonicalize().unwrap();
+        let d = FileDevice::open(&p, true).unwrap();
+        let before = descriptors_of(&p);
+        d.write_at(&[1; 4096], 0).unwrap();
+        assert_eq!(descriptors_of(&p), before, "opened before any sync");
+        // Y1: every sync description opened at the first, none later.
+        d.sync().unwrap();
+        assert_eq!(descriptors_of(&p), before + sync_order::SLOTS);
+        std::thread::scope(|s| {
+            for _ in 0..3 * sync_order::SLOTS {
+                s.spawn(|| d.sync().unwrap());
+            }
+        });
+        assert_eq!(descriptors_of(&p), before + sync_order::SLOTS);
+        drop(d);
+        assert_eq!(descriptors_of(&p), before - 1);
+    }
 
     #[test]
     fn direct_writes_aligned_or_not_read_back_the_same_and_buffers_are_aligned() {
