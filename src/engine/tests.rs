@@ -1247,6 +1247,156 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_wake_only_
 /// A leg whose first sync after [`HeldSync::arm`] waits until [`HeldSync::fail`], then
 /// fails with EIO: the one sync Linux reports the leg's lost writeback to, while syncs
 /// beside it succeed.
+/// (holding, syncs waiting for a turn, turns given and not taken)
+type Turns = (bool, u64, u64);
+
+/// A primary whose syncs, once `hold` is called, each wait for a turn given by `let_one`.
+#[derive(Clone)]
+struct Turnstile {
+    inner: SimDevice,
+    st: Arc<(Mutex<Turns>, std::sync::Condvar)>,
+}
+
+impl Turnstile {
+    fn new(inner: SimDevice) -> Turnstile {
+        Turnstile {
+            inner,
+            st: Arc::new((Mutex::new((false, 0, 0)), std::sync::Condvar::new())),
+        }
+    }
+    fn hold(&self) {
+        self.st.0.lock().unwrap().0 = true;
+    }
+    /// Waits until a sync stands at the turnstile.
+    fn wait_held(&self) {
+        let (m, cv) = &*self.st;
+        let mut s = m.lock().unwrap();
+        while s.1 == 0 {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    /// Lets the sync standing at the turnstile go on, and waits until it went.
+    fn let_one(&self) {
+        let (m, cv) = &*self.st;
+        let mut s = m.lock().unwrap();
+        s.2 += 1;
+        cv.notify_all();
+        while s.2 > 0 {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    fn open(&self) {
+        let (m, cv) = &*self.st;
+        m.lock().unwrap().0 = false;
+        cv.notify_all();
+    }
+}
+
+impl Device for Turnstile {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn sync(&self) -> io::Result<()> {
+        let (m, cv) = &*self.st;
+        let mut s = m.lock().unwrap();
+        if s.0 {
+            s.1 += 1;
+            cv.notify_all();
+            while s.0 && s.2 == 0 {
+                s = cv.wait(s).unwrap();
+            }
+            if s.2 > 0 {
+                s.2 -= 1;
+            }
+            s.1 -= 1;
+            cv.notify_all();
+        }
+        drop(s);
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn a_request_granted_by_a_transaction_its_leader_was_left_out_of_goes_on_while_the_leader_syncs_its_own(
+) {
+    let (g, p, s) = small_devices();
+    let primary = Turnstile::new(p.clone());
+    let leg = Gate::new(s.clone(), g.data_offset);
+    let srv = serve_small(primary.clone(), leg.clone());
+    let write = |srv: &Arc<serve::Server>, e: u64, n: u64, b: u8| {
+        let srv = srv.clone();
+        std::thread::spawn(move || {
+            let t = srv.ticket(extent(e), n * extent(1));
+            let buf = vec![b; (n * extent(1)) as usize];
+            srv.mutate(t, serve::Mutation::Write(&buf), false)
+        })
+    };
+    // The hot set full: extents 40..52 (X's), then 0, 2, 4, 6.
+    write(&srv, 40, 12, 1).join().unwrap().unwrap();
+    for e in [0, 2, 4, 6] {
+        write(&srv, e, 1, 2).join().unwrap().unwrap();
+    }
+    assert_eq!(srv.hot().0, MIN_HOT_EXTENTS);
+    // X holds 12 of the 16 hot extents while its leg write is held.
+    leg.arm();
+    let x = write(&srv, 40, 12, 3);
+    leg.wait_for_writer();
+    // L needs 5 cold extents: no room (4 idle); it queues first.
+    let l = write(&srv, 20, 5, 4);
+    while srv.queued() < 1 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Y fits (an idle extent evicted): its transaction, left L out, is held.
+    primary.hold();
+    let y = write(&srv, 60, 1, 5);
+    primary.wait_held();
+    // B queues behind L while Y's transaction syncs.
+    let b = write(&srv, 62, 1, 6);
+    while srv.queued() < 3 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Y's transaction ends; Y wakes L, which leads one for B (L still has no room): held.
+    primary.let_one();
+    y.join().unwrap().unwrap();
+    primary.wait_held();
+    // X ends: room for L once B's transaction ended.
+    leg.open();
+    x.join().unwrap().unwrap();
+    // B's transaction ends; its leader L goes on to one of its own, held.
+    primary.let_one();
+    primary.wait_held();
+    // B was granted: it writes while L's own transaction syncs.
+    let t = std::time::Instant::now();
+    while !b.is_finished() && t.elapsed() < Duration::from_millis(100) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waited = t.elapsed();
+    primary.open();
+    b.join().unwrap().unwrap();
+    l.join().unwrap().unwrap();
+    assert!(
+        waited < Duration::from_millis(100),
+        "a granted request stood asleep {waited:?} while its leader synced another transaction"
+    );
+    let srv = Arc::try_unwrap(srv).ok().unwrap();
+    let (m, _) = srv.stop().unwrap();
+    for (e, n, byte) in [(40, 12, 3), (20, 5, 4), (60, 1, 5), (62, 1, 6)] {
+        let at = (g.data_offset + extent(e)) as usize;
+        let len = (n * extent(1)) as usize;
+        assert!(
+            p.contents()[at..at + len].iter().all(|&x| x == byte),
+            "extent {e}"
+        );
+    }
+    assert_same_data(&m, &p, &s);
+}
+
 #[derive(Clone)]
 struct HeldSync {
     inner: SimDevice,

@@ -301,7 +301,9 @@ impl Server {
         // H5/W6: an error this sync gets may be about writes a sync beside it counts durable:
         // while it runs, nothing written since the current `durable` is cleared.
         let since = st.al.sync_begin();
-        drop(st);
+        // The requests an earlier transaction of this leader granted go now, not after this
+        // sync (its own request may have had no room in that one).
+        self.unlock(st);
         // H12: one sync of the primary (the bitmaps and, when the legs sync too, the data
         // of every write completed before it, on every leg in parallel).
         let (p, errs) = crate::engine::write::sync_parallel(&self.primary, &legs);
