@@ -85,7 +85,7 @@ impl<D: Descriptor> SyncSlots<D> {
         self.freed.notify_one();
         if let Err(e) = &r {
             if st.failed.is_none() {
-                st.failed = Some((e.kind(), e.to_string()));
+                st.failed = Some((e.kind(), crate::error::describe_io(e)));
             }
         }
         r?;

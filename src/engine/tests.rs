@@ -1397,6 +1397,29 @@ fn a_request_granted_by_a_transaction_its_leader_was_left_out_of_goes_on_while_t
     assert_same_data(&m, &p, &s);
 }
 
+#[test]
+fn a_sync_that_fails_for_an_earlier_one_that_found_the_disk_full_tells_the_host_no_space() {
+    use crate::device::sync_order::{Descriptor, SyncSlots};
+    struct Full;
+    impl Descriptor for Full {
+        fn sync_data(&self) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    }
+    let slots = SyncSlots::<Full>::default();
+    // The first sync finds the disk full; every later one fails with its kind (Y1), no
+    // number of its own.
+    let errs = [
+        slots.sync(|| Ok(vec![Full])).unwrap_err(),
+        slots.sync(|| Ok(Vec::new())).unwrap_err(),
+    ];
+    assert!(errs[1].raw_os_error().is_none(), "{}", errs[1]);
+    for e in errs {
+        let f = serve::Failure::io("syncing primary p".into(), &e);
+        assert_eq!(f.kind, serve::FailureKind::NoSpace, "{}", f.msg);
+    }
+}
+
 #[derive(Clone)]
 struct HeldSync {
     inner: SimDevice,

@@ -179,9 +179,16 @@ impl Failure {
         Failure { kind, msg }
     }
     pub(crate) fn io(msg: String, e: &io::Error) -> Failure {
-        let kind = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FailureKind::NoSpace,
-            Some(libc::EPERM) | Some(libc::EROFS) => FailureKind::NotPermitted,
+        // By kind too: a sync that fails for an earlier or a concurrent one's error (Y1)
+        // carries that error's kind, not its number.
+        let kind = match (e.raw_os_error(), e.kind()) {
+            (Some(libc::ENOSPC) | Some(libc::EDQUOT), _)
+            | (_, io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => {
+                FailureKind::NoSpace
+            }
+            (Some(libc::EPERM) | Some(libc::EROFS), _) | (_, io::ErrorKind::ReadOnlyFilesystem) => {
+                FailureKind::NotPermitted
+            }
             _ => FailureKind::Io,
         };
         Failure::new(kind, format!("{msg}: {e}"))
