@@ -371,13 +371,11 @@ impl FileDevice {
         &self.path
     }
 
-    /// The O_DIRECT descriptor, opened with the access mode of the device's own at first
-    /// use; `None` where the file system refuses O_DIRECT (tmpfs).
-    /// Y1: [`sync_order::SLOTS`] open file descriptions of this same file for syncs (found
-    /// through /proc, as [`FileDevice::direct`]'s). Without /proc, one: the device's own
-    /// (its syncs then run one at a time, which Y1 allows).
-    fn sync_descriptions(&self) -> io::Result<Vec<File>> {
+    /// Another open file description of this same file (found through /proc, so a rename
+    /// does not matter), with the access mode of the device's own and `flags`.
+    fn reopen(&self, flags: i32) -> io::Result<File> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let fd = self.file.as_raw_fd();
         // SAFETY: F_GETFL on a descriptor this device owns; no pointer involved.
         let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -386,44 +384,31 @@ impl FileDevice {
         } else {
             libc::O_RDONLY
         };
-        let mut v = Vec::with_capacity(sync_order::SLOTS);
-        for _ in 0..sync_order::SLOTS {
-            match OpenOptions::new()
-                .read(mode != libc::O_WRONLY)
-                .write(mode != libc::O_RDONLY)
-                .open(format!("/proc/self/fd/{fd}"))
-            {
-                Ok(f) => v.push(f),
-                Err(_) => break,
-            }
-        }
+        OpenOptions::new()
+            .read(mode != libc::O_WRONLY)
+            .write(mode != libc::O_RDONLY)
+            .custom_flags(flags)
+            .open(format!("/proc/self/fd/{fd}"))
+    }
+
+    /// Y1: [`sync_order::SLOTS`] open file descriptions of this same file for syncs.
+    /// Without /proc, one: the device's own (its syncs then run one at a time, which Y1
+    /// allows).
+    fn sync_descriptions(&self) -> io::Result<Vec<File>> {
+        let mut v: Vec<File> = (0..sync_order::SLOTS)
+            .map_while(|_| self.reopen(0).ok())
+            .collect();
         if v.is_empty() {
             v.push(self.file.try_clone()?);
         }
         Ok(v)
     }
 
+    /// The O_DIRECT descriptor, opened with the access mode of the device's own at first
+    /// use; `None` where the file system refuses O_DIRECT (tmpfs).
     fn direct(&self) -> Option<&File> {
         self.direct
-            .get_or_init(|| {
-                use std::os::fd::AsRawFd;
-                use std::os::unix::fs::OpenOptionsExt;
-                let fd = self.file.as_raw_fd();
-                // SAFETY: F_GETFL on a descriptor this device owns; no pointer involved.
-                let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-                let mode = if fl >= 0 {
-                    fl & libc::O_ACCMODE
-                } else {
-                    libc::O_RDONLY
-                };
-                // The same open file, found through /proc (the path may have been renamed).
-                OpenOptions::new()
-                    .read(mode != libc::O_WRONLY)
-                    .write(mode != libc::O_RDONLY)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(format!("/proc/self/fd/{fd}"))
-                    .ok()
-            })
+            .get_or_init(|| self.reopen(libc::O_DIRECT).ok())
             .as_ref()
     }
 
