@@ -1244,9 +1244,31 @@ fn concurrent_writes_to_distinct_cold_extents_share_one_metadata_sync_wake_only_
     assert_eq!(m.pending_intents().unwrap(), 0);
 }
 
-/// A leg whose first sync after [`HeldSync::arm`] waits until [`HeldSync::fail`], then
-/// fails with EIO: the one sync Linux reports the leg's lost writeback to, while syncs
-/// beside it succeed.
+/// `impl Device` for a test device that wraps the [`SimDevice`] in its `inner` and changes
+/// only its syncs: its `before_sync` answers a sync itself (`Some`) or lets the inner
+/// device's go on (`None`).
+macro_rules! sync_wrapper {
+    ($t:ty) => {
+        impl Device for $t {
+            fn len(&self) -> u64 {
+                self.inner.len()
+            }
+            fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+                self.inner.read_at(buf, off)
+            }
+            fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+                self.inner.write_at(buf, off)
+            }
+            fn sync(&self) -> io::Result<()> {
+                match self.before_sync() {
+                    Some(r) => r,
+                    None => self.inner.sync(),
+                }
+            }
+        }
+    };
+}
+
 /// (holding, syncs waiting for a turn, turns given and not taken)
 type Turns = (bool, u64, u64);
 
@@ -1292,17 +1314,11 @@ impl Turnstile {
     }
 }
 
-impl Device for Turnstile {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.inner.read_at(buf, off)
-    }
-    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.inner.write_at(buf, off)
-    }
-    fn sync(&self) -> io::Result<()> {
+sync_wrapper!(Turnstile);
+
+impl Turnstile {
+    /// Once held, a sync waits for its turn, then goes on.
+    fn before_sync(&self) -> Option<io::Result<()>> {
         let (m, cv) = &*self.st;
         let mut s = m.lock().unwrap();
         if s.0 {
@@ -1317,8 +1333,7 @@ impl Device for Turnstile {
             s.1 -= 1;
             cv.notify_all();
         }
-        drop(s);
-        self.inner.sync()
+        None
     }
 }
 
@@ -1420,6 +1435,9 @@ fn a_sync_that_fails_for_an_earlier_one_that_found_the_disk_full_tells_the_host_
     }
 }
 
+/// A leg whose first sync after [`HeldSync::arm`] waits until [`HeldSync::fail`], then
+/// fails with EIO: the one sync Linux reports the leg's lost writeback to, while syncs
+/// beside it succeed.
 #[derive(Clone)]
 struct HeldSync {
     inner: SimDevice,
@@ -1453,17 +1471,11 @@ impl HeldSync {
     }
 }
 
-impl Device for HeldSync {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.inner.read_at(buf, off)
-    }
-    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.inner.write_at(buf, off)
-    }
-    fn sync(&self) -> io::Result<()> {
+sync_wrapper!(HeldSync);
+
+impl HeldSync {
+    /// The first sync once armed is held, then fails with EIO.
+    fn before_sync(&self) -> Option<io::Result<()>> {
         let (m, cv) = &*self.st;
         let mut s = m.lock().unwrap();
         if s.0 {
@@ -1473,10 +1485,9 @@ impl Device for HeldSync {
             while !s.2 {
                 s = cv.wait(s).unwrap();
             }
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            return Some(Err(io::Error::from_raw_os_error(libc::EIO)));
         }
-        drop(s);
-        self.inner.sync()
+        None
     }
 }
 
