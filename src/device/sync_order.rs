@@ -68,10 +68,12 @@ impl<D: Descriptor> SyncSlots<D> {
             if let Some(e) = &st.failed {
                 return Err(earlier(e));
             }
-            if let (false, Some(open)) = (st.opened, open.take()) {
-                // Y1: all at once, before any sync has been told of an error.
-                st.idle = open()?;
-                st.opened = true;
+            if !st.opened {
+                if let Some(open) = open.take() {
+                    // Y1: all at once, before any sync has been told of an error.
+                    st.idle = open()?;
+                    st.opened = true;
+                }
             }
             if let Some(d) = st.idle.pop() {
                 break d;
